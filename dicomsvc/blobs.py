@@ -1,0 +1,78 @@
+"""Local blob storage: ``<root>/<first 2 chars of id>/<id>.<ext>``.
+
+Blobs are written under ``<root>/.tmp`` and renamed into place, so a reader
+never sees half a file; whatever is left in ``.tmp`` after a crash is removed
+at the next start.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import TooLarge
+
+COPY_CHUNK = 1 << 20
+
+
+class BlobStore:
+    def __init__(self, root: Path):
+        self.root = root
+        self.tmp = root / ".tmp"
+
+    def open(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+
+    @staticmethod
+    def key(blob_id: str, ext: str) -> str:
+        """The blob's path relative to the root, as the database records it."""
+        return f"{blob_id[:2]}/{blob_id}.{ext}"
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def temp_path(self, suffix: str = "") -> Path:
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=suffix)
+        os.close(fd)
+        return Path(name)
+
+    def write_temp(self, data: bytes, suffix: str = "") -> Path:
+        path = self.temp_path(suffix)
+        path.write_bytes(data)
+        return path
+
+    def spool(self, src: BinaryIO, max_bytes: int, suffix: str = ".dcm") -> Path:
+        """Copy a stream to a temporary blob, refusing more than ``max_bytes``."""
+        path = self.temp_path(suffix)
+        try:
+            copied = 0
+            with open(path, "wb") as out:
+                while chunk := src.read(COPY_CHUNK):
+                    copied += len(chunk)
+                    if copied > max_bytes:
+                        raise TooLarge(f"file is larger than the limit of {max_bytes} bytes")
+                    out.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def commit(self, temp: Path, key: str) -> None:
+        """Rename a temporary blob into place."""
+        final = self.path(key)
+        final.parent.mkdir(exist_ok=True)
+        os.replace(temp, final)
+
+    def remove(self, *keys: str | None) -> None:
+        for key in keys:
+            if key:
+                self.path(key).unlink(missing_ok=True)
+
+    @staticmethod
+    def discard(*temps: Path | None) -> None:
+        for temp in temps:
+            if temp is not None:
+                temp.unlink(missing_ok=True)

@@ -1,0 +1,60 @@
+"""Configuration: read from the environment once, in ``create_app``, then passed down."""
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PREFIX = "DICOMSVC_"
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    import_root: Path
+    host: str = "0.0.0.0"
+    port: int = 8001
+    max_upload_bytes: int = 4 * 1024**3
+    log_level: str = "info"
+    workers: int = 2
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "dicom.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @classmethod
+    def from_env(cls, env: os._Environ | dict | None = None) -> "Config":
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            return env.get(PREFIX + name, "") or default
+
+        def get_int(name: str, default: int) -> int:
+            raw = get(name, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"{PREFIX}{name} must be an integer, got {raw!r}") from None
+            if value <= 0:
+                raise ValueError(f"{PREFIX}{name} must be positive, got {value}")
+            return value
+
+        data_dir = Path(get("DATA_DIR", ".")).resolve()
+        return cls(
+            data_dir=data_dir,
+            import_root=Path(get("IMPORT_ROOT", "./import")).resolve(),
+            host=get("HOST", "0.0.0.0"),
+            port=get_int("PORT", 8001),
+            max_upload_bytes=get_int("MAX_UPLOAD_BYTES", 4 * 1024**3),
+            log_level=get("LOG_LEVEL", "info").lower(),
+            workers=get_int("WORKERS", max(2, os.cpu_count() or 2)),
+        )
+
+    def log(self, logger: logging.Logger) -> None:
+        """Log the settings once at start-up (nothing here is secret yet)."""
+        settings = ", ".join(f"{k}={v}" for k, v in asdict(self).items())
+        logger.info("dicomsvc config: %s", settings)

@@ -1,0 +1,47 @@
+"""The one error hierarchy: every error a client can cause maps to a status and a code.
+
+Messages (``detail``) never carry patient data: they name files, tags and
+transfer syntaxes, never values read from a dataset.
+"""
+
+
+class DicomSvcError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+    def to_json(self) -> dict:
+        return {"error": self.code, "detail": self.detail}
+
+
+class BadRequest(DicomSvcError):
+    status, code = 400, "bad_request"
+
+
+class Forbidden(DicomSvcError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(DicomSvcError):
+    status, code = 404, "not_found"
+
+
+class NoPixelData(DicomSvcError):
+    status, code = 404, "no_pixel_data"
+
+
+class TooLarge(DicomSvcError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedTransferSyntax(DicomSvcError):
+    """Pixel data that cannot be decoded (unsupported syntax, corrupt stream)."""
+
+    status, code = 415, "unsupported_transfer_syntax"
+
+
+class InvalidDicom(DicomSvcError):
+    status, code = 422, "invalid_dicom"

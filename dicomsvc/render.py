@@ -1,0 +1,188 @@
+"""Decoding one frame and turning it into display pixels, in the standard's order.
+
+Greyscale: modality LUT → VOI LUT or window (or the frame's min–max) →
+MONOCHROME1 inversion → 8 bits. Colour (RGB, YBR_*, PALETTE COLOR) → 8-bit RGB.
+The reference for "right" is dcmtk's ``dcmj2pnm`` on the same file.
+
+For integer data the whole greyscale chain is computed once per distinct input
+value (a lookup table over the frame's range) and then indexed, which is both
+exact and much cheaper than transforming every pixel in floating point.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, as_pixel_options, get_decoder
+from pydicom.pixels.processing import apply_voi
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .errors import NoPixelData, UnsupportedTransferSyntax
+from .parse import Parsed
+from .png import encode_png
+
+MAX_LUT_SPAN = 1 << 17  # integer ranges up to this wide go through a lookup table
+
+
+def render_png(path: Path, parsed: Parsed, index: int = 0) -> bytes:
+    """PNG bytes of frame ``index`` (0-based) of the file at ``path``."""
+    return encode_png(to_display(decode_frame(path, parsed, index), parsed.ds))
+
+
+def decode_frame(path: Path, parsed: Parsed, index: int = 0) -> np.ndarray:
+    """Decode one frame, reading only what that frame needs from ``path``."""
+    pixel = parsed.pixel
+    if pixel is None:
+        raise NoPixelData("this instance has no pixel data")
+    ds = parsed.ds
+    tsyntax = UID(parsed.transfer_syntax or _guess_syntax(ds))
+    try:
+        decoder = get_decoder(tsyntax)
+        if pixel.offset is None:  # held in memory (deflated files)
+            src = ds
+            opts = _pixel_options(ds)
+        else:
+            opts = _pixel_options(
+                ds, transfer_syntax_uid=tsyntax, pixel_keyword=pixel.keyword, pixel_vr=pixel.vr
+            )
+            src = open(path, "rb")
+            src.seek(pixel.offset)
+        try:
+            arr, _ = decoder.as_array(src, index=index, validate=True, **opts)
+        finally:
+            if src is not ds:
+                src.close()
+    except Exception as exc:  # unsupported syntax, missing plugin, corrupt or short data
+        raise UnsupportedTransferSyntax(_decode_failure(tsyntax, exc)) from None
+    return arr
+
+
+def _pixel_options(ds: Dataset, **kwargs) -> dict:
+    try:
+        return as_pixel_options(ds, **kwargs)
+    except ValueError:  # e.g. (0028,0008) Number of Frames "1A": read it as dcmtk does
+        fixed = Dataset(ds)  # shallow copy: the stored tags keep the original value
+        digits = re.match(r"\s*(\d+)", str(ds.get("NumberOfFrames", "")))
+        fixed.NumberOfFrames = int(digits.group(1)) if digits else 1
+        return as_pixel_options(fixed, **kwargs)
+
+
+def _guess_syntax(ds: Dataset) -> str:
+    implicit, little = ds.original_encoding
+    if implicit or implicit is None:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _decode_failure(tsyntax: str, exc: Exception) -> str:
+    name = getattr(tsyntax, "name", "") or str(tsyntax)
+    message = " ".join(str(exc).split())[:300]
+    return f"pixel data ({name}) could not be decoded: {type(exc).__name__}: {message}"
+
+
+def to_display(frame: np.ndarray, ds: Dataset) -> np.ndarray:
+    """8-bit display pixels: (rows, columns) grey or (rows, columns, 3) RGB."""
+    # (0028,0004) Photometric Interpretation
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        return _to_uint8(apply_color_lut(frame, ds), _lut_bits(ds))
+    if frame.ndim == 3:  # RGB, or YBR_* already converted to RGB by the decoder
+        # (0028,0101) Bits Stored
+        return _to_uint8(frame, int(ds.get("BitsStored", 8) or 8))
+    return _grey(frame, ds, invert=photometric == "MONOCHROME1")
+
+
+def _grey(frame: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
+    if frame.dtype.kind in "iub":
+        lo, hi = int(frame.min()), int(frame.max())
+        if hi - lo < MAX_LUT_SPAN:
+            domain = np.arange(lo, hi + 1, dtype=np.int64)
+            present = np.bincount((frame.astype(np.int64) - lo).ravel(), minlength=hi - lo + 1) > 0
+            lut = _grey_chain(domain, ds, invert, present)
+            return lut[frame.astype(np.intp) - lo]
+    return _grey_chain(frame, ds, invert, None)
+
+
+def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present: np.ndarray | None) -> np.ndarray:
+    """Modality LUT → VOI → inversion for an array of stored values."""
+    # (0028,1052) Rescale Intercept, (0028,1053) Rescale Slope, (0028,3000) Modality LUT Sequence
+    modality = apply_modality_lut(values, ds)
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        out = _window(modality, ds)
+    elif ds.get("VOILUTSequence"):
+        out = _voi_lut(modality, ds)
+    else:
+        out = None
+    if out is None:  # neither, or an unusable window: the frame's own min–max
+        seen = modality if present is None else modality[present]
+        out = _linear(modality, *_minmax_window(seen))
+    out = np.clip(out, 0.0, 255.0)
+    if invert:  # MONOCHROME1: minimum is white
+        out = 255.0 - out
+    return np.floor(out + 0.5).astype(np.uint8)
+
+
+def _first(value) -> float:
+    if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, str):
+        value = value[0]
+    return float(value)
+
+
+def _window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    # (0028,1050) Window Center, (0028,1051) Window Width: the first pair
+    try:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    except (TypeError, ValueError, IndexError):
+        return None
+    # (0028,1056) VOI LUT Function
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if function == "SIGMOID" and width > 0:
+        return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT" and width > 0:
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0) * 255.0
+    if width < 1:
+        return None
+    return _linear(values, center, width)
+
+
+def _linear(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1, output range 0..255."""
+    if width <= 1:
+        return np.where(values > center - 0.5, 255.0, 0.0)
+    out = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.clip(out, 0.0, 255.0)
+
+
+def _minmax_window(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return (lo + hi) / 2.0, hi - lo
+
+
+def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    # (0028,3010) VOI LUT Sequence: the first LUT; (0028,3002) LUT Descriptor gives its depth
+    try:
+        mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    except Exception:
+        return None
+    return mapped.astype(np.float64) * (255.0 / ((1 << bits) - 1))
+
+
+def _lut_bits(ds: Dataset) -> int:
+    # (0028,1101) Red Palette Color LUT Descriptor: third value is bits per entry
+    try:
+        return 16 if int(ds.RedPaletteColorLookupTableDescriptor[2]) > 8 else 8
+    except Exception:
+        return 8
+
+
+def _to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind == "f":
+        arr = np.clip(arr, 0, None)
+        bits = max(bits, int(np.ceil(np.log2(float(arr.max()) + 1))) if arr.size else 8)
+    bits = max(bits, 8)
+    scaled = np.floor(arr.astype(np.float64) * (255.0 / ((1 << bits) - 1)) + 0.5)
+    return np.ascontiguousarray(np.clip(scaled, 0, 255).astype(np.uint8))

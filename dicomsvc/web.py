@@ -1,0 +1,37 @@
+"""Small HTTP helpers shared by the handlers in app.py."""
+
+import json
+
+from starlette.requests import Request
+
+from .errors import BadRequest, TooLarge
+
+MAX_JSON_BYTES = 1 << 20
+
+
+async def read_json_object(request: Request, limit: int = MAX_JSON_BYTES) -> dict:
+    """The request body as a JSON object; 400 if it is not one, 413 past ``limit`` bytes."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"JSON body larger than {limit} bytes")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header matches ``etag`` (weak comparison, RFC 9110)."""
+    if not if_none_match:
+        return False
+    bare = etag.removeprefix("W/")
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == bare:
+            return True
+    return False
