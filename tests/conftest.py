@@ -1,0 +1,45 @@
+import shutil
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from app import create_app
+from dicomfiles import sample_file
+from dicomsvc.config import Config
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def import_root(tmp_path: Path) -> Path:
+    root = tmp_path / "import"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def config(data_dir: Path, import_root: Path) -> Config:
+    return Config.from_env({"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root)})
+
+
+@pytest.fixture
+def client(config: Config):
+    with TestClient(create_app(config)) as c:
+        yield c
+
+
+@pytest.fixture
+def put(import_root: Path):
+    """Copy pydicom test files into the import root; returns the relative name."""
+
+    def _put(name: str, as_name: str | None = None) -> str:
+        target = import_root / (as_name or name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sample_file(name), target)
+        return str(target.relative_to(import_root))
+
+    return _put

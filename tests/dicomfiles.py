@@ -1,0 +1,76 @@
+"""Test data: pydicom's bundled files and datasets built here."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+def sample_file(name: str) -> Path:
+    """A file shipped with pydicom (test_files or charset_files); never downloaded."""
+    found = get_testdata_file(name, download=False)
+    if found is None:
+        matches = get_charset_files(name)
+        found = matches[0] if matches else None
+    if found is None:
+        pytest.fail(f"pydicom does not ship {name}")
+    return Path(found)
+
+
+def make_ct(
+    pixels: np.ndarray | None = None,
+    *,
+    sop_uid: str | None = None,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = (40.0, 400.0),
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    **elements,
+) -> Dataset:
+    """A small, valid CT-like dataset (explicit VR little endian, int16)."""
+    if pixels is None:
+        rng = np.random.default_rng(7)
+        pixels = rng.integers(0, 2000, size=(32, 48), dtype=np.int16)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.PatientName = "Test^Patient"
+    ds.PatientID = "TEST-001"
+    ds.StudyDate = "20240102"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return ds
+
+
+def save(ds: Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def blob_files(data_dir: Path) -> list[Path]:
+    """Every file in blob storage, temp space included."""
+    root = data_dir / "blobs"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []

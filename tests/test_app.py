@@ -1,0 +1,274 @@
+"""The HTTP contract, as a client sees it: statuses, bodies, headers, no leftovers."""
+
+import io
+import os
+import socket
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from dicomfiles import blob_files, make_ct, sample_file, save
+
+ALL_TEST_FILES = sorted(
+    p.name
+    for p in sample_file("CT_small.dcm").parent.iterdir()
+    if p.is_file() and p.suffix in {".dcm", ".gz", ".txt", ".json", ".icc", ".dump"}
+)
+
+
+def post(client, path):
+    return client.post("/dicom", json={"path": path})
+
+
+def rows_in(data_dir, table):
+    with sqlite3.connect(data_dir / "dicom.db") as db:
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code
+    assert isinstance(body["detail"], str) and body["detail"]
+
+
+# POST /dicom ------------------------------------------------------------------
+
+
+def test_post_creates_then_duplicate_returns_same_id(client, put, data_dir):
+    name = put("CT_small.dcm")
+    first = post(client, name)
+    assert first.status_code == 201
+    instance_id = first.json()["id"]
+    assert len(instance_id) == 22 and instance_id.isalnum()
+    again = post(client, name)
+    assert again.status_code == 200
+    assert again.json() == {"id": instance_id}
+    assert rows_in(data_dir, "dicom") == 1
+    assert len([p for p in blob_files(data_dir) if ".tmp" not in p.parts]) == 2  # .dcm + .png
+    assert not [p for p in blob_files(data_dir) if ".tmp" in p.parts]
+
+
+def test_same_uid_with_other_pixels_is_a_new_instance(client, import_root):
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    save(make_ct(np.zeros((8, 8), np.int16), sop_uid=uid), import_root / "a.dcm")
+    save(make_ct(np.ones((8, 8), np.int16), sop_uid=uid), import_root / "b.dcm")
+    a, b = post(client, "a.dcm"), post(client, "b.dcm")
+    assert (a.status_code, b.status_code) == (201, 201)
+    assert a.json()["id"] != b.json()["id"]
+
+
+def test_absolute_path_inside_root_and_nested_relative_path(client, import_root, put):
+    name = put("MR_small.dcm", "study/series/one.dcm")
+    assert post(client, str(import_root / name)).status_code == 201
+    assert post(client, "study/../study/series/one.dcm").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[1, 2]", b'"path"', b"", b"\xff\xfe"],
+    ids=["malformed", "array", "string", "empty", "not-utf8"],
+)
+def test_malformed_body_is_400(client, body):
+    assert_error(client.post("/dicom", content=body), 400, "bad_request")
+
+
+@pytest.mark.parametrize("payload", [{}, {"path": ""}, {"path": "   "}, {"path": 7}, {"path": None}, {"path": "a\x00b"}])
+def test_missing_or_empty_path_is_400(client, payload):
+    assert_error(client.post("/dicom", json=payload), 400, "bad_request")
+
+
+def test_oversized_json_body_is_413(client):
+    assert_error(client.post("/dicom", json={"path": "x" * (2 << 20)}), 413, "too_large")
+
+
+@pytest.mark.parametrize("path", ["../outside.dcm", "a/../../outside.dcm", "/etc/passwd"])
+def test_paths_outside_the_root_are_403(client, path, import_root):
+    (import_root.parent / "outside.dcm").write_bytes(sample_file("CT_small.dcm").read_bytes())
+    assert_error(post(client, path), 403, "forbidden")
+
+
+def test_symlink_pointing_out_is_403_and_inside_is_fine(client, import_root, put):
+    outside = import_root.parent / "secret.dcm"
+    outside.write_bytes(sample_file("CT_small.dcm").read_bytes())
+    (import_root / "escape.dcm").symlink_to(outside)
+    assert_error(post(client, "escape.dcm"), 403, "forbidden")
+    (import_root / "linkdir").symlink_to(import_root.parent)
+    assert_error(post(client, "linkdir/secret.dcm"), 403, "forbidden")
+    put("MR_small.dcm")
+    (import_root / "alias.dcm").symlink_to(import_root / "MR_small.dcm")
+    assert post(client, "alias.dcm").status_code == 201
+
+
+def test_missing_file_is_404(client):
+    assert_error(post(client, "nope.dcm"), 404, "not_found")
+
+
+def test_directory_is_400_for_now(client, import_root):
+    (import_root / "folder").mkdir()
+    assert_error(post(client, "folder"), 400, "bad_request")
+
+
+def test_fifo_is_400_and_never_opened(client, import_root, data_dir):
+    fifo = import_root / "pipe.dcm"
+    os.mkfifo(fifo)
+    # A reader that opened the FIFO would block until a writer came: none ever does.
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("r", post(client, "pipe.dcm")))
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "POST of a FIFO hung"
+    assert_error(result["r"], 400, "bad_request")
+    assert "FIFO" in result["r"].json()["detail"]
+
+
+def test_socket_is_400(client, import_root):
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(import_root / "s.sock"))
+        assert_error(post(client, "s.sock"), 400, "bad_request")
+    finally:
+        sock.close()
+
+
+def test_device_is_400(client, import_root):
+    try:
+        os.mknod(import_root / "null", 0o600 | 0o020000, os.makedev(1, 3))  # S_IFCHR, /dev/null
+    except PermissionError:
+        pytest.skip("creating device nodes needs root")
+    assert_error(post(client, "null"), 400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        os.urandom(4096),
+        b"",
+        b"DICM",
+        b"\x00" * 128 + b"DICM" + b"\xff" * 300,  # a preamble and garbage
+    ],
+    ids=["random", "empty", "tiny", "garbage-after-preamble"],
+)
+def test_not_dicom_is_422_and_leaves_nothing(client, import_root, data_dir, content):
+    (import_root / "x.dcm").write_bytes(content)
+    assert_error(post(client, "x.dcm"), 422, "invalid_dicom")
+    assert rows_in(data_dir, "dicom") == 0
+    assert blob_files(data_dir) == []
+
+
+def test_png_and_truncated_header_are_422(client, import_root, data_dir):
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    (import_root / "img.png").write_bytes(buf.getvalue())
+    assert_error(post(client, "img.png"), 422, "invalid_dicom")
+    head = sample_file("CT_small.dcm").read_bytes()[:200]  # cut inside the file meta
+    (import_root / "cut.dcm").write_bytes(head)
+    assert_error(post(client, "cut.dcm"), 422, "invalid_dicom")
+    assert blob_files(data_dir) == []
+
+
+def test_every_bundled_file_gets_a_clean_answer(client, put):
+    """No 500s for any input pydicom ships, valid or not; images answer 200/404/415."""
+    for name in ALL_TEST_FILES:
+        response = post(client, put(name))
+        assert response.status_code in (200, 201, 422), (name, response.status_code, response.text)
+        if response.status_code == 422:
+            assert response.json()["error"] == "invalid_dicom"
+            continue
+        image = client.get("/image", params={"id": response.json()["id"]})
+        assert image.status_code in (200, 404, 415), (name, image.status_code)
+        tags = client.get("/tags", params={"id": response.json()["id"]})
+        assert tags.status_code == 200, name
+
+
+# GET /image ---------------------------------------------------------------------
+
+
+def test_image_is_png_with_caching_headers_and_304(client, put):
+    instance_id = post(client, put("CT_small.dcm")).json()["id"]
+    response = client.get("/image", params={"id": instance_id})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+    etag = response.headers["etag"]
+    img = Image.open(io.BytesIO(response.content))
+    assert img.size == (128, 128) and img.mode == "L"
+    again = client.get("/image", params={"id": instance_id}, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == etag
+    other = client.get("/image", params={"id": instance_id}, headers={"If-None-Match": '"nope"'})
+    assert other.status_code == 200
+
+
+def test_image_without_pixel_data_is_404_no_pixel_data(client, put):
+    response = post(client, put("rtplan.dcm"))
+    assert response.status_code == 201 and "warnings" not in response.json()
+    instance_id = response.json()["id"]
+    assert_error(client.get("/image", params={"id": instance_id}), 404, "no_pixel_data")
+    assert client.get("/tags", params={"id": instance_id}).status_code == 200
+
+
+def test_undecodable_pixels_are_stored_with_warning_and_image_415(client, import_root):
+    ds = make_ct(np.zeros((16, 16), np.int16))
+    ds.PixelData = ds.PixelData[:100]  # far too short for 16 x 16 x 2 bytes
+    save(ds, import_root / "short.dcm")
+    response = post(client, "short.dcm")
+    assert response.status_code == 201
+    assert response.json()["warnings"] and "could not be decoded" in response.json()["warnings"][0]
+    image = client.get("/image", params={"id": response.json()["id"]})
+    assert_error(image, 415, "unsupported_transfer_syntax")
+    assert "could not be decoded" in image.json()["detail"]
+
+
+def test_image_and_tags_need_a_known_id(client):
+    assert_error(client.get("/image"), 400, "bad_request")
+    assert_error(client.get("/tags"), 400, "bad_request")
+    assert_error(client.get("/image", params={"id": "A" * 22}), 404, "not_found")
+    assert_error(client.get("/tags", params={"id": "A" * 22}), 404, "not_found")
+    assert_error(client.get("/tags", params={"id": "../../etc"}), 404, "not_found")
+
+
+def test_unknown_route_and_method_are_json(client):
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert client.get("/dicom").status_code == 405
+    assert client.get("/dicom").json()["error"] == "method_not_allowed"
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+# Concurrency ----------------------------------------------------------------------
+
+
+def test_eight_concurrent_posts_of_different_files(client, import_root, data_dir):
+    names = []
+    for i in range(8):
+        save(make_ct(np.full((16, 16), i, np.int16)), import_root / f"f{i}.dcm")
+        names.append(f"f{i}.dcm")
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda n: post(client, n), names))
+    assert [r.status_code for r in responses] == [201] * 8
+    assert len({r.json()["id"] for r in responses}) == 8
+    assert rows_in(data_dir, "dicom") == 8
+
+
+def test_same_file_posted_by_eight_clients_is_stored_once(client, put, data_dir):
+    name = put("CT_small.dcm")
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: post(client, name), range(8)))
+    assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert rows_in(data_dir, "dicom") == 1
+    stored = [p for p in blob_files(data_dir) if ".tmp" not in p.parts]
+    assert len(stored) == 2, stored  # the losers removed their blobs
+    assert not [p for p in blob_files(data_dir) if ".tmp" in p.parts]
+
+
+def test_testdata_helper_never_downloads():
+    assert get_testdata_file("CT_small.dcm", download=False) is not None
