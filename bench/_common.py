@@ -71,7 +71,8 @@ def orthanc_binary() -> str | None:
 def orthanc_version(binary: str) -> str:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-        return out.splitlines()[0].strip() if out else "?"
+        first = out.splitlines()[0].strip() if out else "?"
+        return "Orthanc " + first.split()[-1] if first.split() else first
     except (OSError, subprocess.SubprocessError):
         return "?"
 

@@ -11,6 +11,7 @@ compressed as a whole, so they are read into memory.
 """
 
 import hashlib
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -83,8 +84,10 @@ def read(path: Path) -> Parsed:
             raise
         except Exception as exc:  # pydicom raises many kinds on broken input
             raise InvalidDicom(f"not a readable DICOM file ({type(exc).__name__})") from None
-        if not _has_content(ds):
-            raise InvalidDicom("not a DICOM file: no data elements")
+        if len(ds) == 0:
+            raise InvalidDicom("not a DICOM instance: no data elements after the file meta")
+        if pixel is None:
+            _check_complete(ds, os.fstat(fp.fileno()).st_size)
         sop_uid = _sop_instance_uid(ds)
         digest = _pixel_hash(fp, ds, pixel)
     return Parsed(ds=ds, sop_instance_uid=sop_uid, pixel=pixel, pixel_hash=digest)
@@ -103,8 +106,15 @@ def _check_header(fp: BinaryIO) -> None:
         raise InvalidDicom("not a DICOM file: no 'DICM' prefix and no DICOM data set at the start")
 
 
-def _has_content(ds: Dataset) -> bool:
-    return len(ds) > 0 or len(ds.file_meta) > 0
+def _check_complete(ds: Dataset, file_size: int) -> None:
+    """pydicom silently returns what it could read of a cut file: check the last element."""
+    last = ds.get_item(max(ds.keys()))
+    value_tell = getattr(last, "value_tell", None)
+    if value_tell is None or last.length == UNDEFINED_LENGTH:
+        return  # already converted, or a sequence of undefined length: no cheap check
+    end = value_tell + last.length
+    if end > file_size or 0 < file_size - end < 8:
+        raise InvalidDicom("truncated file: the data set ends in the middle of an element")
 
 
 def _sop_instance_uid(ds: Dataset) -> str:

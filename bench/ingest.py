@@ -1,0 +1,582 @@
+"""Ingest + render benchmark: dicomsvc vs. Orthanc, on synthetic CT, on loopback.
+
+Run from the repo root:
+
+    .venv/bin/python bench/ingest.py [--n 500] [--no-orthanc] [--keep] [--json out.json]
+
+What it does (all bounded by request counts and deadlines; servers are always
+killed in a finally block):
+
+  1. writes N CT-like instances (512x512 int16, explicit VR LE) into a temp dir;
+  2. phase "1 client":  a fresh dicomsvc, then a fresh Orthanc, each ingests all N
+     files sequentially (dicomsvc: POST /dicom {"path": rel}; Orthanc: POST
+     /instances with the file bytes);
+  3. reads: with both servers from phase 2 still up, GET image/tags (dicomsvc
+     /image, /tags; Orthanc /instances/{id}/preview, /instances/{id}/tags) on
+     stored ids, one request to each service in turn (order swapped each time);
+  4. phase "4 clients": a fresh Orthanc, then a fresh dicomsvc (ABBA order),
+     each ingests all N files with 4 concurrent client threads;
+  5. prints a table + ratios, and the numbers as JSON on the last stdout line.
+
+Server CPU is utime+stime of the server process tree from /proc, taken just
+before the first and after the last ingest request, plus up to 3 s of settling
+(background work the server finishes after answering).  Peak RSS is VmHWM of
+the server process and its live children, read just before the server is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+APP_DIR = REPO  # where `app:app` is imported from (--app-dir, for testing the bench itself)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HEADERS = {"Accept-Encoding": "identity"}
+MAX_ERR_SAMPLES = 5
+
+
+# --------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------
+class Target:
+    """A service under test: how to start it and how to talk to it."""
+
+    label = "?"
+
+    def __init__(self, workroot: Path, tag: str):
+        self.work = Path(tempfile.mkdtemp(prefix=f"{self.label}-{tag}-", dir=workroot))
+        self.port = C.free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.server: C.ServerProc | None = None
+        self.startup_s = None
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, headers=HEADERS, timeout=60.0, trust_env=False)
+
+    def stop(self):
+        if self.server is not None:
+            self.server.stop()
+
+    # to override
+    def start(self): ...
+    def ingest(self, c: httpx.Client, inst: C.Instance) -> tuple[str | None, str | None]: ...
+    def image_url(self, id_: str) -> str: ...
+    def tags_url(self, id_: str) -> str: ...
+
+
+class Ours(Target):
+    label = "dicomsvc"
+
+    def __init__(self, workroot: Path, tag: str, import_root: Path):
+        super().__init__(workroot, tag)
+        self.import_root = import_root
+
+    def start(self):
+        data = self.work / "data"
+        data.mkdir()
+        env = dict(os.environ)
+        for k in list(env):
+            if k.startswith("DICOMSVC_"):
+                del env[k]
+        env.update(
+            DICOMSVC_DATA_DIR=str(data),
+            DICOMSVC_IMPORT_ROOT=str(self.import_root),
+            DICOMSVC_LOG_LEVEL="warning",
+            PYTHONUNBUFFERED="1",
+        )
+        argv = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.server = C.ServerProc(self.label, argv, str(APP_DIR), env, self.work / "server.log")
+        self.server.start()
+        self.startup_s = self.server.wait_ready(self.base + "/healthz", timeout=60)
+
+    def ingest(self, c, inst):
+        r = c.post("/dicom", json={"path": inst.rel})
+        if r.status_code != 201:
+            return None, f"POST /dicom {inst.rel}: HTTP {r.status_code} {r.text[:300]!r}"
+        try:
+            return str(r.json()["id"]), None
+        except Exception as e:  # noqa: BLE001
+            return None, f"POST /dicom {inst.rel}: 201 but body {r.text[:300]!r} ({e!r})"
+
+    def image_url(self, id_):
+        return f"/image?id={id_}"
+
+    def tags_url(self, id_):
+        return f"/tags?id={id_}"
+
+
+class Orthanc(Target):
+    label = "orthanc"
+
+    def __init__(self, workroot: Path, tag: str, binary: str):
+        super().__init__(workroot, tag)
+        self.binary = binary
+
+    def start(self):
+        cfg = C.write_orthanc_config(self.work, self.port)
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")}
+        self.server = C.ServerProc(self.label, [self.binary, str(cfg)], str(self.work), env, self.work / "server.log")
+        self.server.start()
+        self.startup_s = self.server.wait_ready(self.base + "/system", timeout=60)
+
+    def ingest(self, c, inst):
+        body = inst.path.read_bytes()
+        r = c.post("/instances", content=body, headers={"Content-Type": "application/dicom"})
+        if r.status_code != 200:
+            return None, f"POST /instances {inst.rel}: HTTP {r.status_code} {r.text[:300]!r}"
+        try:
+            j = r.json()
+        except Exception as e:  # noqa: BLE001
+            return None, f"POST /instances {inst.rel}: body {r.text[:300]!r} ({e!r})"
+        if j.get("Status") != "Success":
+            return None, f"POST /instances {inst.rel}: Status {j.get('Status')!r}"
+        return j["ID"], None
+
+    def image_url(self, id_):
+        return f"/instances/{id_}/preview"
+
+    def tags_url(self, id_):
+        return f"/instances/{id_}/tags"
+
+
+# --------------------------------------------------------------------------
+# phases
+# --------------------------------------------------------------------------
+def settle_cpu(pid: int, max_s: float = 3.0) -> float:
+    """Wait (<= max_s) until the server tree stops burning CPU; return its CPU seconds."""
+    last = C.tree_cpu_seconds(pid)
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = C.tree_cpu_seconds(pid)
+        if now - last < 0.02:
+            return now
+        last = now
+    return last
+
+
+def run_ingest(t: Target, corpus: C.Corpus, clients: int, deadline_s: float) -> dict:
+    insts = corpus.instances
+    ids: list[str | None] = [None] * len(insts)
+    errors: list[str] = []
+    n_err = 0
+    lock = threading.Lock()
+    next_i = 0
+    deadline = time.monotonic() + deadline_s
+    timed_out = False
+
+    def worker():
+        nonlocal next_i, n_err, timed_out
+        with t.client() as c:
+            for _ in range(len(insts)):  # bounded by count
+                with lock:
+                    if next_i >= len(insts):
+                        return
+                    i = next_i
+                    next_i += 1
+                if time.monotonic() > deadline:
+                    with lock:
+                        timed_out = True
+                    return
+                try:
+                    id_, err = t.ingest(c, insts[i])
+                except httpx.HTTPError as e:
+                    id_, err = None, f"{insts[i].rel}: {e!r}"
+                if err:
+                    with lock:
+                        n_err += 1
+                        if len(errors) < MAX_ERR_SAMPLES:
+                            errors.append(err)
+                else:
+                    ids[i] = id_
+
+    pid = t.server.pid
+    cpu0 = C.tree_cpu_seconds(pid)
+    ccpu0 = time.process_time()
+    t0 = time.perf_counter()
+    if clients == 1:
+        worker()
+    else:
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=max(1.0, deadline - time.monotonic() + 120))
+    wall = time.perf_counter() - t0
+    cpu1 = C.tree_cpu_seconds(pid)
+    client_cpu = time.process_time() - ccpu0
+    cpu2 = settle_cpu(pid)
+    ok = sum(1 for x in ids if x is not None)
+    return {
+        "clients": clients,
+        "n": len(insts),
+        "ok": ok,
+        "errors": n_err,
+        "error_samples": errors,
+        "timed_out": timed_out,
+        "wall_s": round(wall, 3),
+        "inst_per_s": round(ok / wall, 2) if wall > 0 else None,
+        "server_cpu_s": round(cpu2 - cpu0, 3),
+        "server_cpu_ms_per_inst": round(1000 * (cpu2 - cpu0) / ok, 2) if ok else None,
+        "server_cpu_after_reply_s": round(cpu2 - cpu1, 3),
+        "client_cpu_ms_per_inst": round(1000 * client_cpu / ok, 2) if ok else None,
+        "mb_per_s": round(sum(i.size for i, x in zip(insts, ids) if x) / wall / 1e6, 1) if wall > 0 else None,
+        "_ids": ids,
+    }
+
+
+def check_image(r: httpx.Response) -> str | None:
+    if r.status_code != 200:
+        return f"HTTP {r.status_code} {r.text[:300]!r}"
+    if not r.content.startswith(PNG_MAGIC):
+        return f"200 but not a PNG (content-type {r.headers.get('content-type')!r}, first bytes {r.content[:16]!r})"
+    return None
+
+
+def check_tags(r: httpx.Response) -> str | None:
+    if r.status_code != 200:
+        return f"HTTP {r.status_code} {r.text[:300]!r}"
+    try:
+        j = r.json()
+    except Exception as e:  # noqa: BLE001
+        return f"200 but not JSON ({e!r}): {r.text[:200]!r}"
+    if not j:
+        return "200 but empty JSON"
+    return None
+
+
+def run_reads(targets: list[tuple[Target, list[str | None]]], n_req: int, deadline_s: float, seed: int) -> dict:
+    """Alternate single requests between targets; same instance order for all."""
+    # only instances that every target stored
+    common = [i for i in range(len(targets[0][1])) if all(ids[i] for _, ids in targets)]
+    res = {t.label: {} for t, _ in targets}
+    if not common:
+        for t, _ in targets:
+            res[t.label] = {"image": {"n": 0, "errors": 0}, "tags": {"n": 0, "errors": 0}, "note": "no stored ids"}
+        return res
+    rnd = random.Random(seed)
+    order = common[:]
+    rnd.shuffle(order)
+    seq = [order[k % len(order)] for k in range(n_req)]  # each id once before any repeats
+    warm = order[: min(5, len(order))]
+    clients = {t.label: t.client() for t, _ in targets}
+    try:
+        for kind, url_of, check in (("image", "image_url", check_image), ("tags", "tags_url", check_tags)):
+            lat = {t.label: [] for t, _ in targets}
+            errs = {t.label: [] for t, _ in targets}
+            nerr = {t.label: 0 for t, _ in targets}
+            nbytes = {t.label: 0 for t, _ in targets}
+            for t, ids in targets:  # warm-up, not counted
+                for i in warm:
+                    try:
+                        clients[t.label].get(getattr(t, url_of)(ids[i]))
+                    except httpx.HTTPError:
+                        pass
+            deadline = time.monotonic() + deadline_s
+            done = 0
+            for k, i in enumerate(seq):
+                if time.monotonic() > deadline:
+                    break
+                pair = targets if k % 2 == 0 else targets[::-1]
+                for t, ids in pair:
+                    c = clients[t.label]
+                    url = getattr(t, url_of)(ids[i])
+                    t0 = time.perf_counter()
+                    try:
+                        r = c.get(url)
+                        dt = (time.perf_counter() - t0) * 1000
+                        err = check(r)
+                    except httpx.HTTPError as e:
+                        dt, err, r = None, repr(e), None
+                    if err:
+                        nerr[t.label] += 1
+                        if len(errs[t.label]) < MAX_ERR_SAMPLES:
+                            errs[t.label].append(f"GET {url}: {err}")
+                    else:
+                        lat[t.label].append(dt)
+                        nbytes[t.label] += len(r.content)
+                done += 1
+            for t, _ in targets:
+                s = C.lat_summary(lat[t.label])
+                s.update(
+                    requests=done,
+                    errors=nerr[t.label],
+                    error_samples=errs[t.label],
+                    mean_bytes=round(nbytes[t.label] / len(lat[t.label])) if lat[t.label] else None,
+                )
+                res[t.label][kind] = s
+    finally:
+        for c in clients.values():
+            c.close()
+    return res
+
+
+def snapshot_rss(t: Target) -> dict:
+    return C.tree_peak_rss_mib(t.server.pid) if t.server and t.server.alive() else {"sum_mib": None}
+
+
+# --------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------
+def _f(x, fmt="{:.1f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def _ratio(num, den):
+    if num is None or den is None or den == 0:
+        return None
+    return round(num / den, 2)
+
+
+def print_report(out: dict) -> None:
+    svc = out["services"]
+    names = list(svc)
+    rows = []
+
+    def row(label, key_fn, fmt="{:.1f}", better="hi"):
+        vals = [key_fn(svc[n]) for n in names]
+        r = None
+        if len(names) == 2:
+            o, t = vals[0], vals[1]
+            r = _ratio(o, t) if better == "hi" else _ratio(t, o)
+        rows.append((label, [_f(v, fmt) for v in vals], r))
+
+    g = lambda *ks: (lambda d: _dig(d, ks))  # noqa: E731
+    row("ingest, 1 client      [inst/s]", g("ingest_1", "inst_per_s"))
+    row("ingest, 4 clients     [inst/s]", g("ingest_4", "inst_per_s"))
+    row("server CPU/inst, 1 cl [ms]", g("ingest_1", "server_cpu_ms_per_inst"), better="lo")
+    row("server CPU/inst, 4 cl [ms]", g("ingest_4", "server_cpu_ms_per_inst"), better="lo")
+    row("image p50             [ms]", g("reads", "image", "p50_ms"), "{:.2f}", better="lo")
+    row("image p95             [ms]", g("reads", "image", "p95_ms"), "{:.2f}", better="lo")
+    row("tags  p50             [ms]", g("reads", "tags", "p50_ms"), "{:.2f}", better="lo")
+    row("tags  p95             [ms]", g("reads", "tags", "p95_ms"), "{:.2f}", better="lo")
+    row("peak RSS, 1-cl server [MiB]", g("rss_1", "sum_mib"), better="lo")
+    row("peak RSS, 4-cl server [MiB]", g("rss_4", "sum_mib"), better="lo")
+    row("startup to ready      [s]", g("startup_s"), "{:.2f}", better="lo")
+
+    w0 = max(len(r[0]) for r in rows)
+    head = f"{'':{w0}}  " + "  ".join(f"{n:>10}" for n in names)
+    if len(names) == 2:
+        head += f"  {'ratio':>7}"
+    print(head)
+    print("-" * len(head))
+    for label, vals, r in rows:
+        line = f"{label:{w0}}  " + "  ".join(f"{v:>10}" for v in vals)
+        if len(names) == 2:
+            line += f"  {_f(r, '{:.2f}'):>7}"
+        print(line)
+    if len(names) == 2:
+        print("ratio: ours/Orthanc for throughput, Orthanc/ours for latency, CPU, RSS, startup"
+              " -> >1 means dicomsvc is better")
+    # extra facts
+    for n in names:
+        s = svc[n]
+        i1, i4, rd = s.get("ingest_1", {}), s.get("ingest_4", {}), s.get("reads", {})
+        print(
+            f"{n}: image mean {_f(_dig(rd, ('image', 'mean_bytes')), '{:.0f}')} B/resp,"
+            f" tags mean {_f(_dig(rd, ('tags', 'mean_bytes')), '{:.0f}')} B/resp;"
+            f" CPU after last reply {_f(i1.get('server_cpu_after_reply_s'), '{:.2f}')}/"
+            f"{_f(i4.get('server_cpu_after_reply_s'), '{:.2f}')} s (1/4 cl);"
+            f" bench-client CPU/inst {_f(i1.get('client_cpu_ms_per_inst'))}/{_f(i4.get('client_cpu_ms_per_inst'))} ms"
+        )
+
+
+def _dig(d, ks):
+    for k in ks:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def collect_errors(out: dict) -> list[str]:
+    lines = []
+    for n, s in out["services"].items():
+        for ph in ("ingest_1", "ingest_4"):
+            p = s.get(ph)
+            if p and (p["errors"] or p["timed_out"] or p["ok"] != p["n"]):
+                lines.append(f"{n} {ph}: {p['ok']}/{p['n']} ok, {p['errors']} errors, timed_out={p['timed_out']}")
+                lines += [f"    {e}" for e in p["error_samples"]]
+        for kind in ("image", "tags"):
+            p = _dig(s, ("reads", kind))
+            if p and p.get("errors"):
+                lines.append(f"{n} GET {kind}: {p['errors']} errors of {p.get('requests')}")
+                lines += [f"    {e}" for e in p.get("error_samples", [])]
+        for e in s.get("fatal", []):
+            lines.append(f"{n}: {e}")
+    return lines
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=500, help="instances to synthesize and ingest (default 500)")
+    ap.add_argument("--reads", type=int, default=500, help="GET requests per endpoint per service (default 500)")
+    ap.add_argument("--no-orthanc", action="store_true", help="benchmark dicomsvc only")
+    ap.add_argument("--no-ours", action="store_true", help="benchmark Orthanc only (bench development)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (instances, data dirs, server logs)")
+    ap.add_argument("--json", metavar="FILE", help="also write the JSON results to FILE")
+    ap.add_argument("--phase-timeout", type=float, default=900.0, help="deadline per ingest/read phase, s")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--app-dir", default=str(REPO), help=argparse.SUPPRESS)  # bench self-test only
+    a = ap.parse_args(argv)
+    if a.n < 1 or a.reads < 0:
+        ap.error("--n must be >= 1 and --reads >= 0")
+
+    global APP_DIR
+    APP_DIR = Path(a.app_dir).resolve()
+    facts = C.machine_facts()
+    binary = None if a.no_orthanc else C.orthanc_binary()
+    if binary:
+        facts["orthanc"] = C.orthanc_version(binary)
+    print(f"machine: nproc={facts['nproc']}  cpu={facts['cpu_model']}  mem={facts['mem_gib']} GiB  "
+          f"python {facts['python']}  pydicom {facts['pydicom']}" + (f"  {facts['orthanc']}" if binary else ""))
+    print("caveat: 2 shared noisy cores: compare ratios within one run, not absolute numbers across runs")
+    if not a.no_orthanc and not binary:
+        print("note: Orthanc not installed -> dicomsvc only")
+
+    use_ours = not a.no_ours
+    use_orth = binary is not None
+    if not (use_ours or use_orth):
+        print("nothing to benchmark", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="dicomsvc-bench-"))
+    import_root = tmp / "import"
+    import_root.mkdir()
+    live: list[Target] = []
+    out = {"facts": facts, "config": {}, "services": {}}
+    if use_ours:
+        out["services"]["dicomsvc"] = {}
+    if use_orth:
+        out["services"]["orthanc"] = {}
+    rc = 0
+    try:
+        corpus = C.synthesize(import_root, a.n, seed=a.seed)
+        problems = C.verify_corpus(corpus)
+        print(f"corpus: {len(corpus.instances)} CT instances 512x512 int16, {corpus.n_elements} elements each,"
+              f" {corpus.n_patients} patients/{corpus.n_studies} studies/{corpus.n_series} series,"
+              f" {corpus.bytes_total / 1e6:.0f} MB, made in {corpus.seconds:.1f}s"
+              + (f" in {tmp}" if a.keep else ""))
+        if problems:
+            print("corpus problems: " + "; ".join(problems), file=sys.stderr)
+            return 2
+        out["config"] = {
+            "n": a.n, "reads": a.reads, "elements_per_instance": corpus.n_elements,
+            "bytes_total": corpus.bytes_total,
+            "phases": "1-client: fresh dicomsvc then fresh Orthanc, each ingests all N; reads alternate request by"
+                      " request on those two servers; 4-client: fresh Orthanc then fresh dicomsvc, each ingests all N",
+        }
+
+        def start(t: Target) -> bool:
+            live.append(t)
+            try:
+                t.start()
+                out["services"][t.label].setdefault("startup_s", round(t.startup_s, 2))
+                return True
+            except Exception as e:  # noqa: BLE001
+                out["services"][t.label].setdefault("fatal", []).append(f"start failed: {e}")
+                print(f"[{t.label}] start failed: {e}", file=sys.stderr)
+                return False
+
+        def ingest(t: Target, clients: int, key: str):
+            t0 = time.monotonic()
+            r = run_ingest(t, corpus, clients, a.phase_timeout)
+            ids = r.pop("_ids")
+            out["services"][t.label][key] = r
+            print(f"  [{t.label}] ingest x{clients}: {r['ok']}/{r['n']} ok in {r['wall_s']:.1f}s"
+                  f" = {r['inst_per_s']} inst/s" + (f", {r['errors']} ERRORS" if r["errors"] else "")
+                  + f"  ({time.monotonic() - t0:.0f}s)", flush=True)
+            return ids
+
+        # ---- phase 1: 1 client, ours then Orthanc; then reads on both ----
+        print("phase 1: sequential ingest (1 client), fresh servers", flush=True)
+        readers = []
+        if use_ours:
+            o1 = Ours(tmp, "p1", import_root)
+            if start(o1):
+                readers.append((o1, ingest(o1, 1, "ingest_1")))
+        if use_orth:
+            r1 = Orthanc(tmp, "p1", binary)
+            if start(r1):
+                readers.append((r1, ingest(r1, 1, "ingest_1")))
+        if readers and a.reads:
+            print(f"phase 2: {a.reads} x GET image + {a.reads} x GET tags per service, alternating services"
+                  " request by request", flush=True)
+            rd = run_reads(readers, a.reads, a.phase_timeout, a.seed)
+            for t, _ in readers:
+                out["services"][t.label]["reads"] = rd[t.label]
+                im, tg = rd[t.label]["image"], rd[t.label]["tags"]
+                print(f"  [{t.label}] image p50 {im.get('p50_ms')} ms p95 {im.get('p95_ms')} ms;"
+                      f" tags p50 {tg.get('p50_ms')} ms p95 {tg.get('p95_ms')} ms"
+                      + (f"; {im['errors']}+{tg['errors']} ERRORS" if im.get("errors") or tg.get("errors") else ""),
+                      flush=True)
+        for t, _ in readers:
+            out["services"][t.label]["rss_1"] = snapshot_rss(t)
+        for t in list(live):
+            t.stop()
+            live.remove(t)
+
+        # ---- phase 3: 4 clients, Orthanc then ours (ABBA) ----
+        print("phase 3: concurrent ingest (4 clients), fresh servers", flush=True)
+        order = []
+        if use_orth:
+            order.append(Orthanc(tmp, "p3", binary))
+        if use_ours:
+            order.append(Ours(tmp, "p3", import_root))
+        for t in order:
+            if start(t):
+                ingest(t, 4, "ingest_4")
+                out["services"][t.label]["rss_4"] = snapshot_rss(t)
+            t.stop()
+            live.remove(t)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        rc = 130
+    finally:
+        for t in live:
+            try:
+                t.stop()
+            except Exception as e:  # noqa: BLE001
+                print(f"stopping {t.label} failed: {e}", file=sys.stderr)
+        if a.keep:
+            print(f"kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print_report(out)
+    errs = collect_errors(out)
+    if errs:
+        print("\nPROBLEMS:")
+        for line in errs:
+            print("  " + line)
+        if any(l.startswith("dicomsvc") for l in errs):
+            rc = rc or 1
+        elif rc == 0:
+            rc = 3
+    text = json.dumps(out, separators=(",", ":"), sort_keys=False)
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(text)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Reading and validating: what counts as a DICOM instance, and where its pixels are."""
+
+import hashlib
+import io
+import os
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.encaps import encapsulate
+from pydicom.uid import RLELossless
+
+from dicomfiles import make_ct, sample_file, save
+from dicomsvc.errors import InvalidDicom
+from dicomsvc.parse import read
+
+
+def test_native_pixel_location_and_hash():
+    path = sample_file("CT_small.dcm")
+    parsed = read(path)
+    ds = pydicom.dcmread(path)
+    assert parsed.sop_instance_uid == ds.SOPInstanceUID
+    assert "PixelData" not in parsed.ds  # never read into memory
+    pixel = parsed.pixel
+    assert (pixel.vr, pixel.length, pixel.encapsulated) == ("OW", len(ds.PixelData), False)
+    raw = path.read_bytes()
+    assert raw[pixel.offset : pixel.offset + pixel.length] == ds.PixelData
+    assert parsed.pixel_hash == hashlib.sha256(ds.PixelData).hexdigest()
+
+
+def test_encapsulated_length_runs_to_the_delimiter(tmp_path):
+    frames = [b"\x01" * 10, b"\x02" * 20]
+    ds = make_ct(np.zeros((4, 4), np.int16))
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.NumberOfFrames = 2
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    path = save(ds, tmp_path / "enc.dcm")
+    parsed = read(path)
+    assert parsed.pixel.encapsulated
+    assert parsed.pixel.length == len(ds.PixelData)  # every item; not the delimiter pydicom adds
+    raw = path.read_bytes()
+    assert parsed.pixel_hash == hashlib.sha256(raw[parsed.pixel.offset : parsed.pixel.offset + parsed.pixel.length]).hexdigest()
+
+
+def test_hash_depends_on_pixels_only(tmp_path):
+    a = make_ct(np.zeros((4, 4), np.int16))
+    b = make_ct(np.zeros((4, 4), np.int16), StudyDescription="other")
+    c = make_ct(np.ones((4, 4), np.int16))
+    ha, hb, hc = (read(save(d, tmp_path / f"{n}.dcm")).pixel_hash for n, d in zip("abc", (a, b, c)))
+    assert ha == hb != hc
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "SC_rgb_jpeg.dcm", "JPEG2000.dcm"]
+)
+def test_encodings_are_read(name):
+    parsed = read(sample_file(name))
+    assert parsed.pixel is not None and parsed.pixel.length > 0
+    assert parsed.sop_instance_uid == pydicom.dcmread(sample_file(name)).SOPInstanceUID
+
+
+def test_deflated_file_is_held_in_memory():
+    parsed = read(sample_file("image_dfl.dcm"))
+    assert parsed.pixel.offset is None and "PixelData" in parsed.ds
+
+
+def test_files_without_pixel_data():
+    for name in ("rtplan.dcm", "test-SR.dcm", "ExplVR_LitEndNoMeta.dcm"):
+        parsed = read(sample_file(name))
+        assert parsed.pixel is None and parsed.pixel_hash == ""
+
+
+def png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"abc", os.urandom(10_000), png_bytes(), b"%PDF-1.4\n" + b"x" * 500, b"\x00" * 132],
+    ids=["empty", "short", "random", "png", "pdf", "zeros"],
+)
+def test_non_dicom_is_refused(tmp_path, content):
+    path = tmp_path / "x"
+    path.write_bytes(content)
+    with pytest.raises(InvalidDicom):
+        read(path)
+
+
+def test_truncated_header_and_missing_sop_uid_are_refused(tmp_path):
+    raw = sample_file("CT_small.dcm").read_bytes()
+    for cut in (140, 200, 300):
+        (tmp_path / "cut").write_bytes(raw[:cut])
+        with pytest.raises(InvalidDicom):
+            read(tmp_path / "cut")
+    ds = make_ct()
+    del ds.SOPInstanceUID
+    del ds.file_meta.MediaStorageSOPInstanceUID
+    ds.save_as(tmp_path / "nouid.dcm")
+    with pytest.raises(InvalidDicom, match="SOP Instance UID"):
+        read(tmp_path / "nouid.dcm")
+
+
+def test_truncated_pixel_data_still_parses():
+    parsed = read(sample_file("MR_truncated.dcm"))
+    assert parsed.pixel is not None
+    assert parsed.pixel.offset + parsed.pixel.length > sample_file("MR_truncated.dcm").stat().st_size
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "test-SR.dcm"])
+def test_files_cut_inside_the_dataset_are_refused(tmp_path, name):
+    raw = sample_file(name).read_bytes()
+    for cut in (len(raw) // 2, len(raw) - 3, len(raw) - 1):
+        (tmp_path / "cut").write_bytes(raw[:cut])
+        with pytest.raises(InvalidDicom, match="truncated"):
+            read(tmp_path / "cut")
+    (tmp_path / "whole").write_bytes(raw)
+    assert read(tmp_path / "whole").pixel is None

@@ -1,0 +1,175 @@
+"""Tag flattening: the rows GET /tags serves, checked directly and through HTTP."""
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dicomfiles import make_ct, sample_file, save
+from dicomsvc.parse import read
+from dicomsvc.tags import flatten, format_tag
+
+
+def rows_of(path: Path):
+    parsed = read(path)
+    return flatten(parsed.ds, parsed.pixel)
+
+
+def by_keyword(rows, keyword):
+    return [r for r in rows if r.keyword == keyword]
+
+
+def test_file_meta_first_then_file_order_and_pixel_data_last():
+    rows = rows_of(sample_file("CT_small.dcm"))
+    top = [r for r in rows if r.parent is None]
+    groups = [r.tag >> 16 for r in top]
+    assert groups[0] == 0x0002 and 0x0002 not in groups[groups.index(0x0008):]
+    body = [r.tag for r in top if r.tag >> 16 != 0x0002]
+    assert body == sorted(body)  # the standard's order, which is the file's
+    assert top[-1].keyword == "PixelData"
+    assert top[-1].value is None and top[-1].nbytes == 128 * 128 * 2
+
+
+def test_values_vrs_and_names_match_pydicom():
+    path = sample_file("MR_small.dcm")
+    ds = pydicom.dcmread(path)
+    rows = rows_of(path)
+    for row in rows:
+        assert len(row.vr) == 2 and row.vr.isalpha() and row.vr.isupper()
+    (name,) = by_keyword(rows, "PatientName")
+    assert name.value == str(ds.PatientName) and name.vr == "PN"
+    (position,) = by_keyword(rows, "ImagePositionPatient")
+    assert position.value == "\\".join(str(v) for v in ds.ImagePositionPatient)
+    assert position.value.count("\\") == 2
+    (rows_elem,) = by_keyword(rows, "Rows")
+    assert rows_elem.value == str(ds.Rows) and rows_elem.vr == "US"
+    (meta_version,) = by_keyword(rows, "FileMetaInformationVersion")
+    assert meta_version.value is None and meta_version.nbytes == 2
+
+
+def test_ds_values_keep_their_original_text(tmp_path):
+    ds = make_ct()
+    ds.SliceThickness = "2.50"
+    ds.ImagePositionPatient = ["-125.000", "0", "1e2"]
+    rows = rows_of(save(ds, tmp_path / "x.dcm"))
+    assert by_keyword(rows, "SliceThickness")[0].value == "2.50"
+    assert by_keyword(rows, "ImagePositionPatient")[0].value == "-125.000\\0\\1e2"
+
+
+def test_nested_sequences_carry_parent_and_item():
+    rows = rows_of(sample_file("rtplan.dcm"))
+    ds = pydicom.dcmread(sample_file("rtplan.dcm"))
+    (fractions,) = by_keyword(rows, "FractionGroupSequence")
+    index = rows.index(fractions)
+    assert fractions.vr == "SQ" and fractions.value is None
+    children = [r for r in rows if r.parent == index]
+    assert {r.item for r in children} == set(range(len(ds.FractionGroupSequence)))
+    (beams,) = [r for r in children if r.keyword == "ReferencedBeamSequence"]
+    grandchildren = [r for r in rows if r.parent == rows.index(beams)]
+    expected = ds.FractionGroupSequence[0].ReferencedBeamSequence
+    assert len({r.item for r in grandchildren}) == len(expected)
+    dose = [r for r in grandchildren if r.keyword == "BeamDose"]
+    assert [d.value for d in dose] == [str(item.BeamDose) for item in expected]
+    # children come right after their sequence row, before the next top-level element
+    assert rows[index + 1].parent == index
+
+
+def test_item_indexes_restart_for_each_sequence(tmp_path):
+    ds = make_ct()
+    items = []
+    for code in ("A", "B", "C"):
+        item = Dataset()
+        item.CodeValue = code
+        item.CodingSchemeDesignator = "99TEST"
+        items.append(item)
+    ds.ProcedureCodeSequence = Sequence(items)
+    rows = rows_of(save(ds, tmp_path / "seq.dcm"))
+    (seq,) = by_keyword(rows, "ProcedureCodeSequence")
+    codes = [(r.item, r.value) for r in rows if r.parent == rows.index(seq) and r.keyword == "CodeValue"]
+    assert codes == [(0, "A"), (1, "B"), (2, "C")]
+
+
+def test_private_tags_have_empty_name():
+    rows = rows_of(sample_file("CT_small.dcm"))
+    private = [r for r in rows if (r.tag >> 16) % 2 == 1]
+    assert private and all(r.keyword == "" for r in private)
+
+
+def test_private_sequence_in_implicit_vr():
+    rows = rows_of(sample_file("priv_SQ.dcm"))
+    assert [r.tag_str for r in rows if r.parent is None][-2:] == ["(3F03,0010)", "(3F03,1001)"]
+
+
+def test_charsets_are_decoded():
+    expected = {
+        "chrH31.dcm": "Yamada^Tarou=山田^太郎=やまだ^たろう",
+        "chrX1.dcm": "Wang^XiaoDong=王^小東",
+        "chrRuss.dcm": "Люкceмбypг",
+        "chrGerm.dcm": "Äneas^Rüdiger",
+        "chrI2.dcm": "Hong^Gildong=洪^吉洞=홍^길동",
+        "chrArab.dcm": "قباني^لنزار",
+    }
+    for name, patient in expected.items():
+        (row,) = by_keyword(rows_of(sample_file(name)), "PatientName")
+        assert row.value == patient, name
+
+
+def test_charset_inside_sequences():
+    rows = rows_of(sample_file("chrSQEncoding.dcm"))
+    names = [r.value for r in by_keyword(rows, "PatientName")]
+    assert any("=" in n and any(ord(c) > 0x3000 for c in n) for n in names), names
+
+
+def test_binary_vrs_and_at_and_ambiguous_vrs(tmp_path):
+    ds = make_ct(np.zeros((4, 4), np.int16))
+    ds.FrameIncrementPointer = 0x00181063
+    ds.add_new(0x00291010, "OB", b"\x01\x02\x03\x04")
+    ds.SmallestImagePixelValue = -5  # 'US or SS' in the dictionary: SS here (signed pixels)
+    implicit = tmp_path / "implicit.dcm"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    save(ds, implicit)
+    rows = rows_of(implicit)
+    (pointer,) = by_keyword(rows, "FrameIncrementPointer")
+    assert (pointer.vr, pointer.value) == ("AT", "(0018,1063)")
+    (private,) = [r for r in rows if r.tag == 0x00291010]
+    assert private.value is None and private.nbytes == 4 and private.vr == "UN"
+    (smallest,) = by_keyword(rows, "SmallestImagePixelValue")
+    assert smallest.vr == "SS" and smallest.value == "-5"
+
+
+def test_format_tag():
+    assert format_tag(0x7FE00010) == "(7FE0,0010)"
+    assert format_tag(0x0010000A) == "(0010,000A)"
+
+
+def test_tags_over_http_have_the_documented_shape(client, put):
+    instance_id = client.post("/dicom", json={"path": put("rtplan.dcm")}).json()["id"]
+    body = client.get("/tags", params={"id": instance_id}).json()
+    assert body["uuid"] == instance_id
+    rows = body["tags"]
+    ids = [r["ID"] for r in rows]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for row in rows:
+        assert {"ID", "Tag", "VR", "Value", "Name"} <= row.keys()
+        assert row["Tag"] == row["Tag"].upper() and len(row["Tag"]) == 11
+        if "Parent" in row:
+            parent = next(r for r in rows if r["ID"] == row["Parent"])
+            assert parent["VR"] == "SQ" and isinstance(row["Item"], int)
+    assert rows[0]["Tag"].startswith("(0002,")
+    (plan,) = [r for r in rows if r["Name"] == "RTPlanLabel"]
+    assert plan["Value"] == "Plan1" and "Parent" not in plan
+    version = next(r for r in rows if r["Name"] == "FileMetaInformationVersion")
+    assert version["Value"] is None and version["Bytes"] == 2
+
+
+def test_tags_of_two_instances_do_not_mix(client, put):
+    a = client.post("/dicom", json={"path": put("CT_small.dcm")}).json()["id"]
+    b = client.post("/dicom", json={"path": put("chrH31.dcm")}).json()["id"]
+    tags_a = client.get("/tags", params={"id": a}).json()["tags"]
+    tags_b = client.get("/tags", params={"id": b}).json()["tags"]
+    name_b = next(r["Value"] for r in tags_b if r["Name"] == "PatientName")
+    assert name_b == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert not {r["ID"] for r in tags_a} & {r["ID"] for r in tags_b}
+    assert len(tags_a) == len(rows_of(sample_file("CT_small.dcm")))
