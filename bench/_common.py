@@ -215,6 +215,9 @@ class ServerProc:
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM the process group we created, then SIGKILL after grace. Idempotent."""
         if self.proc is None:
+            if self._log:
+                self._log.close()
+                self._log = None
             return None
         if self.proc.poll() is None:
             try:

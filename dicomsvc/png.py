@@ -114,7 +114,7 @@ def _filter_scanlines(arr: np.ndarray, row_filter: RowFilter = "average") -> np.
             np.subtract(head, head_up >> 1, out=out2d[:, 1:bpp])
         else:  # Paeth with a = c = 0 predicts b
             np.subtract(head, head_up, out=out2d[:, 1:bpp])
-    out2d[:, 0] = 3
+    out2d[:, 0] = code
     return out
 
 

@@ -117,10 +117,11 @@ def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present: np.ndarr
     if out is None:  # neither, or an unusable window: the frame's own min–max
         seen = modality if present is None else modality[present]
         out = _linear(modality, *_minmax_window(seen))
-    out = np.clip(out, 0.0, 255.0)
+    # Truncate to 8 bits, as dcmtk does (it matches dcmj2pnm exactly on lossless data).
+    grey = np.floor(np.clip(out, 0.0, 255.0)).astype(np.uint8)
     if invert:  # MONOCHROME1: minimum is white
-        out = 255.0 - out
-    return np.floor(out + 0.5).astype(np.uint8)
+        grey = 255 - grey
+    return grey
 
 
 def _first(value) -> float:

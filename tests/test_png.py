@@ -202,7 +202,9 @@ def test_deterministic() -> None:
 # --------------------------------------------------------------------------
 # container format
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("name,colour", [("grey 7x13 noise", 0), ("rgb 7x13 noise", 2), ("grey Nx1", 0), ("rgb 1xN", 2)])
+@pytest.mark.parametrize(
+    "name,colour", [("grey 7x13 noise", 0), ("rgb 7x13 noise", 2), ("grey Nx1", 0), ("rgb 1xN", 2)]
+)
 def test_ihdr_and_chunk_layout(name: str, colour: int) -> None:
     arr = IMAGES[name]
     data = encode_png(arr)
@@ -297,7 +299,9 @@ def test_not_an_array_raises_type_error() -> None:
         encode_png([[0, 1], [2, 3]])  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kwargs", [{"level": -1}, {"level": 4}, {"level": 9}, {"row_filter": "adaptive"}, {"row_filter": 3}])
+@pytest.mark.parametrize(
+    "kwargs", [{"level": -1}, {"level": 4}, {"level": 9}, {"row_filter": "adaptive"}, {"row_filter": 3}]
+)
 def test_bad_options_raise_value_error(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         encode_png(IMAGES["grey 7x13 noise"], **kwargs)
