@@ -3,6 +3,7 @@
 Run from the repo root:
 
     .venv/bin/python bench/ingest.py [--n 500] [--no-orthanc] [--keep] [--json out.json]
+                                     [--reads 500] [--no-access-log] [--phase-timeout 900]
 
 What it does (all bounded by request counts and deadlines; servers are always
 killed in a finally block):
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+UVICORN_EXTRA: list[str] = []  # --no-access-log adds "--no-access-log"
 APP_DIR = REPO  # where `app:app` is imported from (--app-dir, for testing the bench itself)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"Accept-Encoding": "identity"}
@@ -99,6 +101,7 @@ class Ours(Target):
             PYTHONUNBUFFERED="1",
         )
         argv = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += UVICORN_EXTRA
         self.server = C.ServerProc(self.label, argv, str(APP_DIR), env, self.work / "server.log")
         self.server.start()
         self.startup_s = self.server.wait_ready(self.base + "/healthz", timeout=60)
@@ -434,13 +437,18 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the JSON results to FILE")
     ap.add_argument("--phase-timeout", type=float, default=900.0, help="deadline per ingest/read phase, s")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--no-access-log", action="store_true",
+                    help="pass --no-access-log to uvicorn (its access log is on by default, DICOMSVC_LOG_LEVEL"
+                         " does not govern it; Orthanc logs no access lines)")
     ap.add_argument("--app-dir", default=str(REPO), help=argparse.SUPPRESS)  # bench self-test only
     a = ap.parse_args(argv)
     if a.n < 1 or a.reads < 0:
         ap.error("--n must be >= 1 and --reads >= 0")
 
-    global APP_DIR
+    global APP_DIR  # noqa: PLW0603
     APP_DIR = Path(a.app_dir).resolve()
+    if a.no_access_log:
+        UVICORN_EXTRA.append("--no-access-log")
     facts = C.machine_facts()
     binary = None if a.no_orthanc else C.orthanc_binary()
     if binary:
@@ -478,9 +486,10 @@ def main(argv=None) -> int:
             print("corpus problems: " + "; ".join(problems), file=sys.stderr)
             return 2
         out["config"] = {
-            "n": a.n, "reads": a.reads, "elements_per_instance": corpus.n_elements,
+            "n": a.n, "reads": a.reads, "uvicorn_access_log": not a.no_access_log, "elements_per_instance": corpus.n_elements,
             "bytes_total": corpus.bytes_total,
-            "phases": "1-client: fresh dicomsvc then fresh Orthanc, each ingests all N; reads alternate request by"
+            "phases": "1-client: fresh dicomsvc then fresh Orthanc, each ingests all N; reads (ids in one shuffled"
+                      " order, each id once before any repeats, 5 warm-up GETs not counted) alternate request by"
                       " request on those two servers; 4-client: fresh Orthanc then fresh dicomsvc, each ingests all N",
         }
 

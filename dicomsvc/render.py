@@ -117,11 +117,11 @@ def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present: np.ndarr
     if out is None:  # neither, or an unusable window: the frame's own min–max
         seen = modality if present is None else modality[present]
         out = _linear(modality, *_minmax_window(seen))
-    # Truncate to 8 bits, as dcmtk does (it matches dcmj2pnm exactly on lossless data).
-    grey = np.floor(np.clip(out, 0.0, 255.0)).astype(np.uint8)
+    out = np.clip(out, 0.0, 255.0)
     if invert:  # MONOCHROME1: minimum is white
-        grey = 255 - grey
-    return grey
+        out = 255.0 - out
+    # Truncate to 8 bits, as dcmtk does (it then matches dcmj2pnm exactly on lossless data).
+    return np.floor(out).astype(np.uint8)
 
 
 def _first(value) -> float:
@@ -148,16 +148,22 @@ def _window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
 
 
 def _linear(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """PS3.3 C.11.2.1.2.1, output range 0..255."""
+    """PS3.3 C.11.2.1.2.1, output range 0..255.
+
+    ``((x - (c - 0.5)) / (w - 1) + 0.5) * 255``, computed as dcmtk does (an offset
+    plus a gradient, in that order) so the truncated result matches it bit for bit.
+    """
     if width <= 1:
         return np.where(values > center - 0.5, 255.0, 0.0)
-    out = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
-    return np.clip(out, 0.0, 255.0)
+    gradient = 255.0 / (width - 1)
+    offset = 255.0 - ((center - 0.5) / (width - 1) + 0.5) * 255.0
+    return np.clip(offset + values * gradient, 0.0, 255.0)
 
 
 def _minmax_window(values: np.ndarray) -> tuple[float, float]:
+    """dcmtk's min-max window: min maps to 0, max to 255 (a constant frame to 0)."""
     lo, hi = float(np.min(values)), float(np.max(values))
-    return (lo + hi) / 2.0, hi - lo
+    return (lo + hi + 1.0) / 2.0, hi - lo + 1.0
 
 
 def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
@@ -167,7 +173,7 @@ def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
     except Exception:
         return None
-    return mapped.astype(np.float64) * (255.0 / ((1 << bits) - 1))
+    return mapped.astype(np.float64) * (256.0 / (1 << bits))  # L >> (bits - 8), as dcmtk
 
 
 def _lut_bits(ds: Dataset) -> int:
@@ -179,11 +185,12 @@ def _lut_bits(ds: Dataset) -> int:
 
 
 def _to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Colour samples to 8 bits: the top 8 of ``bits`` (dcmtk's ``v >> (bits - 8)``)."""
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
-    if arr.dtype.kind == "f":
-        arr = np.clip(arr, 0, None)
-        bits = max(bits, int(np.ceil(np.log2(float(arr.max()) + 1))) if arr.size else 8)
-    bits = max(bits, 8)
-    scaled = np.floor(arr.astype(np.float64) * (255.0 / ((1 << bits) - 1)) + 0.5)
-    return np.ascontiguousarray(np.clip(scaled, 0, 255).astype(np.uint8))
+    if arr.dtype.kind == "f":  # float colour data: scale its own range
+        top = float(arr.max()) if arr.size else 0.0
+        scaled = np.clip(arr, 0, None) * (255.0 / top) if top > 0 else np.zeros_like(arr)
+        return np.ascontiguousarray(np.floor(scaled).astype(np.uint8))
+    shift = max(bits, 8) - 8
+    return np.ascontiguousarray(np.clip(arr >> shift if shift else arr, 0, 255).astype(np.uint8))

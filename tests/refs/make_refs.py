@@ -265,6 +265,19 @@ def render_one(folder: str, path: Path, png_name: str, tmp: Path, subst):
 
     raw_png = tmp / (path.stem + ".dcmtk.png")
     attempts = []
+    ba = ival(ds.get("BitsAllocated"))
+    if ts == "1.2.840.10008.1.2.2" and isinstance(ba, int) and ba > 16:
+        # Known toolkit disagreement, not a rendering we can use as a reference:
+        # dcmtk (and GDCM) byte-swap Big Endian OW Pixel Data as 16-bit words, so
+        # 32-bit samples come out with their two halves swapped, whereas pydicom
+        # (and the identical little-endian twin file) read them as 32-bit values.
+        return None, {"file": path.name, "folder": folder,
+                      "reason": f"Explicit VR Big Endian with Bits Allocated {ba}: dcmtk "
+                                "(and GDCM) byte-swap OW Pixel Data as 16-bit words, so each "
+                                "32-bit sample has its 16-bit halves swapped; the render is "
+                                "garbage compared with the little-endian twin (e.g. "
+                                "rtdose.dcm) and with pydicom's decoding, so it is not a "
+                                "usable reference"}
     if "Rows" not in ds or "Columns" not in ds or not pi:
         n = len(ds.PixelData) if PIXEL_DATA in ds else 0
         attempts.append(f"no Image Pixel module (Rows/Columns/PhotometricInterpretation "
@@ -401,8 +414,13 @@ def main() -> int:
         "dcmtk": tool_version("dcmj2pnm"),
         "gdcm": tool_version("gdcmconv") if shutil.which("gdcmconv") else None,
         "pydicom": pydicom.__version__,
+        # verified with synthetic files: dcmj2pnm renders MONOCHROME1 inverted
+        # (low=255, high=0 in its output pipeline) without any option
         "monochrome1_inverted_by_default": True,
         "conventions": {
+            "file": "bare file name; folder 'test_files' -> "
+                    "pydicom.data.get_testdata_file(file), folder 'charset_files' -> "
+                    "pydicom.data.get_charset_files(file)[0]",
             "frame": "frame 1 only (dcmj2pnm --frame 1)",
             "output": "8-bit grayscale (L) or 24-bit RGB PNG exactly as dcmj2pnm "
                       "--write-png wrote it, re-encoded losslessly by Pillow",
