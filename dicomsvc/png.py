@@ -123,7 +123,7 @@ def _filter_scanlines(arr: np.ndarray, row_filter: RowFilter = "average") -> np.
 
 def _paeth_predictor(buf: np.ndarray, bpp: int, stride: int, n: int) -> np.ndarray:
     """Paeth predictor for every output byte (see _filter_scanlines for the layout),
-    branch-free: np.where on data-dependent masks is ~20x slower here."""
+    branch-free: with np.where on these data-dependent masks it was ~6x slower."""
     wide = buf.astype(np.int16)
     a, b, c = wide[stride : stride + n], wide[bpp : bpp + n], wide[:n]
     pa = b - c  # p - a, with p = a + b - c

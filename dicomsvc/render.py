@@ -22,7 +22,8 @@ from .errors import NoPixelData, UnsupportedTransferSyntax
 from .parse import Parsed
 from .png import encode_png
 
-MAX_LUT_SPAN = 1 << 17  # integer ranges up to this wide go through a lookup table
+# 8- and 16-bit frames go through a lookup table indexed by their raw bits
+SMALL_INTS = {np.dtype(t): np.dtype("u" + t[1:]) for t in ("i1", "u1", "i2", "u2")}
 
 
 def render_png(path: Path, parsed: Parsed, index: int = 0) -> bytes:
@@ -94,18 +95,25 @@ def to_display(frame: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def _grey(frame: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
-    if frame.dtype.kind in "iub":
-        lo, hi = int(frame.min()), int(frame.max())
-        if hi - lo < MAX_LUT_SPAN:
-            domain = np.arange(lo, hi + 1, dtype=np.int64)
-            present = np.bincount((frame.astype(np.int64) - lo).ravel(), minlength=hi - lo + 1) > 0
-            lut = _grey_chain(domain, ds, invert, present)
-            return lut[frame.astype(np.intp) - lo]
+    if frame.dtype in SMALL_INTS:
+        # One table over every value the type can hold, indexed by the raw bits: the
+        # chain runs on 256 or 65536 values instead of every pixel.
+        unsigned = frame.view(SMALL_INTS[frame.dtype])
+        domain = np.arange(1 << (8 * frame.itemsize), dtype=unsigned.dtype).view(frame.dtype)
+        return _grey_chain(domain, ds, invert, lambda: np.bincount(unsigned.ravel(), minlength=domain.size) > 0)[
+            unsigned
+        ]
+    if frame.dtype == np.bool_:
+        frame = frame.astype(np.uint8)
     return _grey_chain(frame, ds, invert, None)
 
 
-def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present: np.ndarray | None) -> np.ndarray:
-    """Modality LUT → VOI → inversion for an array of stored values."""
+def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present) -> np.ndarray:
+    """Modality LUT → VOI → inversion for an array of stored values.
+
+    ``present``, when given, says which of ``values`` occur in the frame (a callable,
+    as only the min–max window needs it).
+    """
     # (0028,1052) Rescale Intercept, (0028,1053) Rescale Slope, (0028,3000) Modality LUT Sequence
     modality = apply_modality_lut(values, ds)
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
@@ -115,7 +123,7 @@ def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present: np.ndarr
     else:
         out = None
     if out is None:  # neither, or an unusable window: the frame's own min–max
-        seen = modality if present is None else modality[present]
+        seen = modality if present is None else modality[present()]
         out = _linear(modality, *_minmax_window(seen))
     out = np.clip(out, 0.0, 255.0)
     if invert:  # MONOCHROME1: minimum is white

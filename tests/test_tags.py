@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -173,3 +174,46 @@ def test_tags_of_two_instances_do_not_mix(client, put):
     assert name_b == "Yamada^Tarou=山田^太郎=やまだ^たろう"
     assert not {r["ID"] for r in tags_a} & {r["ID"] for r in tags_b}
     assert len(tags_a) == len(rows_of(sample_file("CT_small.dcm")))
+
+
+def all_bundled_instances():
+    from dicomsvc.errors import InvalidDicom
+
+    folder = sample_file("CT_small.dcm").parent
+    for path in sorted(folder.glob("*.dcm")) + sorted(sample_file("chrH31.dcm").parent.glob("*.dcm")):
+        try:
+            read(path)
+        except InvalidDicom:
+            continue
+        yield path
+
+
+@pytest.mark.parametrize("path", list(all_bundled_instances()), ids=lambda p: p.name)
+def test_fast_path_gives_the_same_rows_as_pydicom(path):
+    fast = flatten(*_parsed(path), fast=True)
+    slow = flatten(*_parsed(path), fast=False)
+    assert fast == slow
+
+
+def test_fast_path_on_padding_and_multivalues(tmp_path):
+    ds = make_ct()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = ["ORIGINAL ", "PRIMARY", "AXIAL"]
+    ds.StationName = "Ünïcode "
+    ds.StudyDescription = "a\\b"  # LO: backslash separates values
+    ds.ImageComments = "free text \\ with backslash  "  # LT: one value
+    ds.PixelSpacing = [" 0.5", "0.50 "]
+    ds.add_new(0x00181310, "US", [0, 256, 256, 0])  # AcquisitionMatrix
+    ds.add_new(0x00189087, "FD", 1.25)
+    rows_path = save(ds, tmp_path / "pad.dcm")
+    fast = flatten(*_parsed(rows_path), fast=True)
+    assert fast == flatten(*_parsed(rows_path), fast=False)
+    values = {r.keyword: r.value for r in fast}
+    assert values["StationName"] == "Ünïcode" and values["AcquisitionMatrix"] == "0\\256\\256\\0"
+    assert values["ImageComments"] == "free text \\ with backslash"
+    assert values["DiffusionBValue"] == "1.25"
+
+
+def _parsed(path):
+    parsed = read(path)
+    return parsed.ds, parsed.pixel
