@@ -6,7 +6,7 @@ import logging
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dicomsvc import ingest, instances
@@ -34,11 +34,12 @@ async def get_image(request: Request) -> Response:
     headers = {"ETag": image.etag, "Cache-Control": IMMUTABLE}
     if etag_matches(request.headers.get("if-none-match"), image.etag):
         return Response(status_code=304, headers=headers)
-    return FileResponse(image.path, media_type="image/png", headers=headers)
+    return Response(await image.read(request.app.state.svc), media_type="image/png", headers=headers)
 
 
-async def get_tags(request: Request) -> JSONResponse:
-    return JSONResponse(await instances.tags(request.app.state.svc, request.query_params.get("id")))
+async def get_tags(request: Request) -> Response:
+    body = await instances.tags_json(request.app.state.svc, request.query_params.get("id"))
+    return Response(body, media_type="application/json")
 
 
 async def healthz(request: Request) -> JSONResponse:

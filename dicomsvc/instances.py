@@ -13,8 +13,12 @@ ID_RE = re.compile(r"^[0-9A-Za-z]{22}$")  # shortuuid.uuid()
 
 @dataclass(frozen=True)
 class Image:
-    path: Path
     etag: str
+    path: Path
+
+    async def read(self, svc: Service) -> bytes:
+        """The PNG's bytes, in one trip to a worker thread (a FileResponse makes several)."""
+        return await svc.run(self.path.read_bytes)
 
 
 def check_id(instance_id: str | None) -> str:
@@ -39,11 +43,12 @@ async def image(svc: Service, instance_id: str | None) -> Image:
         raise NoPixelData("this instance has no pixel data")
     if record["png_blob"] is None:
         raise UnsupportedTransferSyntax(record["render_error"] or "pixel data could not be rendered")
-    return Image(path=svc.blobs.path(record["png_blob"]), etag=f'"{record["id"]}.png"')
+    return Image(etag=f'"{record["id"]}.png"', path=svc.blobs.path(record["png_blob"]))
 
 
-async def tags(svc: Service, instance_id: str | None) -> dict:
-    rows = await store.get_tags(svc.db, check_id(instance_id))
+async def tags_json(svc: Service, instance_id: str | None) -> bytes:
+    """``{"uuid": id, "tags": [...]}`` as JSON bytes, the rows serialized by SQLite."""
+    rows = await store.get_tags_json(svc.db, check_id(instance_id))
     if rows is None:
         raise NotFound("no instance with that id")
-    return {"uuid": instance_id, "tags": rows}
+    return b'{"uuid":"%s","tags":%s}' % (instance_id.encode(), rows.encode())

@@ -2,6 +2,8 @@
 
 One database in WAL mode; all writes go through one connection, one
 transaction at a time (``Database.write_lock``); reads use a second connection.
+Every ``await`` on an aiosqlite connection is a round trip to its thread, so
+each function here makes as few as it can: an ingest costs four, a read one.
 """
 
 import asyncio
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from .tags import TagRow, format_tag
+from .tags import TagRow
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 
@@ -30,6 +32,8 @@ class Database:
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # (tag, vr, keyword) -> tag.id, filled as rows are committed
     tag_ids: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    # the next dicom_tag.id: this connection is the only writer, so it counts them itself
+    next_tag_row: int = 1
 
     async def close(self) -> None:
         await self.reader.close()
@@ -50,52 +54,57 @@ async def open_database(path: Path) -> Database:
     await writer.execute("PRAGMA journal_mode = WAL")
     await writer.executescript(SCHEMA.read_text())
     reader = await _connect(path)
-    return Database(writer=writer, reader=reader)
+    db = Database(writer=writer, reader=reader)
+    await _sync_next_tag_row(db)
+    return db
+
+
+async def _sync_next_tag_row(db: Database) -> None:
+    ((last,),) = await db.writer.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM dicom_tag")
+    db.next_tag_row = last + 1
 
 
 async def find_instance(db: Database, sop_instance_uid: str, pixel_hash: str) -> str | None:
     """The id of an instance with the same SOP Instance UID and pixels, if stored."""
-    cursor = await db.reader.execute(
+    rows = await db.reader.execute_fetchall(
         "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?",
         (sop_instance_uid, pixel_hash),
     )
-    row = await cursor.fetchone()
-    return row["id"] if row else None
+    return rows[0]["id"] if rows else None
 
 
 async def get_instance(db: Database, instance_id: str) -> dict | None:
-    cursor = await db.reader.execute("SELECT * FROM dicom WHERE id = ?", (instance_id,))
-    row = await cursor.fetchone()
-    return dict(row) if row else None
+    rows = await db.reader.execute_fetchall("SELECT * FROM dicom WHERE id = ?", (instance_id,))
+    return dict(rows[0]) if rows else None
 
 
-async def get_tags(db: Database, instance_id: str) -> list[dict] | None:
-    """The tag rows of an instance in file order, or None for an unknown id."""
-    cursor = await db.reader.execute(
-        """
-        SELECT dt.id, t.tag, t.vr, dt.value, t.keyword, dt.nbytes, dt.parent_id, dt.item
-        FROM dicom d
-        JOIN dicom_tag dt ON dt.dicom_pk = d.pk
-        JOIN tag t ON t.id = dt.tag_id
-        WHERE d.id = ?
-        ORDER BY dt.id
-        """,
-        (instance_id,),
-    )
-    rows = await cursor.fetchall()
-    if not rows and await get_instance(db, instance_id) is None:
-        return None
-    return [_tag_json(r) for r in rows]
+# Each row as a JSON object, built by SQLite: optional keys only where they apply.
+_ROW_JSON = """
+    json_object('ID', dt.id, 'Tag', printf('(%04X,%04X)', t.tag >> 16, t.tag & 65535),
+                'VR', t.vr, 'Value', dt.value, 'Name', t.keyword{extra})"""
+TAGS_JSON_SQL = f"""
+SELECT json_group_array(json(row)) FROM (
+    SELECT CASE
+        WHEN dt.nbytes IS NULL AND dt.parent_id IS NULL THEN {_ROW_JSON.format(extra="")}
+        WHEN dt.parent_id IS NULL THEN {_ROW_JSON.format(extra=", 'Bytes', dt.nbytes")}
+        WHEN dt.nbytes IS NULL THEN {_ROW_JSON.format(extra=", 'Parent', dt.parent_id, 'Item', dt.item")}
+        ELSE {_ROW_JSON.format(extra=", 'Bytes', dt.nbytes, 'Parent', dt.parent_id, 'Item', dt.item")}
+    END AS row
+    FROM dicom_tag dt JOIN tag t ON t.id = dt.tag_id
+    WHERE dt.dicom_pk = (SELECT pk FROM dicom WHERE id = ?)
+    ORDER BY dt.id
+)
+"""
 
 
-def _tag_json(r: aiosqlite.Row) -> dict:
-    out = {"ID": r["id"], "Tag": format_tag(r["tag"]), "VR": r["vr"], "Value": r["value"], "Name": r["keyword"]}
-    if r["nbytes"] is not None:
-        out["Bytes"] = r["nbytes"]
-    if r["parent_id"] is not None:
-        out["Parent"] = r["parent_id"]
-        out["Item"] = r["item"]
-    return out
+async def get_tags_json(db: Database, instance_id: str) -> str | None:
+    """The tag rows of an instance in file order, as a JSON array; None for an unknown id.
+
+    SQLite builds the JSON (one query, one round trip); every stored instance has
+    rows, so an empty array means there is no such instance.
+    """
+    ((text,),) = await db.reader.execute_fetchall(TAGS_JSON_SQL, (instance_id,))
+    return None if text == "[]" else text
 
 
 async def insert_instance(db: Database, record: dict, rows: Sequence[TagRow]) -> str | None:
@@ -112,28 +121,25 @@ async def insert_instance(db: Database, record: dict, rows: Sequence[TagRow]) ->
     async with db.write_lock:
         await w.execute("BEGIN IMMEDIATE")
         try:
-            cursor = await w.execute(
+            inserted = await w.execute_fetchall(
                 f"INSERT INTO dicom ({columns}) VALUES ({marks}) "
                 "ON CONFLICT (sop_instance_uid, pixel_hash) DO NOTHING RETURNING pk",
                 values,
             )
-            inserted = await cursor.fetchone()
-            await cursor.close()
-            if inserted is None:
+            if not inserted:
                 await w.execute("ROLLBACK")
                 return None
             new_tags = await _tag_ids(w, db.tag_ids, rows)
-            cursor = await w.execute("SELECT COALESCE(MAX(id), 0) FROM dicom_tag")
-            (last,) = await cursor.fetchone()
+            first = db.next_tag_row
             await w.executemany(
                 "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        last + 1 + i,
-                        inserted[0],
+                        first + i,
+                        inserted[0][0],
                         db.tag_ids.get(_tag_key(r)) or new_tags[_tag_key(r)],
-                        None if r.parent is None else last + 1 + r.parent,
+                        None if r.parent is None else first + r.parent,
                         r.item,
                         r.value,
                         r.nbytes,
@@ -145,7 +151,9 @@ async def insert_instance(db: Database, record: dict, rows: Sequence[TagRow]) ->
         except BaseException:
             if w.in_transaction:
                 await w.execute("ROLLBACK")
+            await _sync_next_tag_row(db)  # in case someone else wrote rows meanwhile
             raise
+        db.next_tag_row = first + len(rows)
     db.tag_ids.update(new_tags)
     return record["id"]
 
@@ -156,12 +164,13 @@ def _tag_key(r: TagRow) -> tuple[int, str, str]:
 
 async def _tag_ids(w: aiosqlite.Connection, known: dict, rows: Sequence[TagRow]) -> dict:
     """Ids for dictionary entries not yet cached, inserting those that are new."""
-    missing = {_tag_key(r) for r in rows} - known.keys()
+    missing = sorted({_tag_key(r) for r in rows} - known.keys())
     if not missing:
         return {}
-    await w.executemany("INSERT OR IGNORE INTO tag (tag, vr, keyword) VALUES (?, ?, ?)", sorted(missing))
+    await w.executemany("INSERT OR IGNORE INTO tag (tag, vr, keyword) VALUES (?, ?, ?)", missing)
     found = {}
     for key in missing:
-        cursor = await w.execute("SELECT id FROM tag WHERE tag = ? AND vr = ? AND keyword = ?", key)
-        (found[key],) = await cursor.fetchone()
+        ((found[key],),) = await w.execute_fetchall(
+            "SELECT id FROM tag WHERE tag = ? AND vr = ? AND keyword = ?", key
+        )
     return found
