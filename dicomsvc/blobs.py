@@ -8,6 +8,7 @@ at the next start.
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -49,13 +50,19 @@ class BlobStore:
         """Copy a stream to a temporary blob, refusing more than ``max_bytes``."""
         path, out = self._create_temp(suffix)
         try:
-            copied = 0
             with out:
-                while chunk := src.read(COPY_CHUNK):
-                    copied += len(chunk)
-                    if copied > max_bytes:
+                size = _regular_file_size(src)
+                if size is not None:  # a file: let the kernel copy it
+                    if size > max_bytes:
                         raise TooLarge(f"file is larger than the limit of {max_bytes} bytes")
-                    out.write(chunk)
+                    _copy_file(src, out, size)
+                else:
+                    copied = 0
+                    while chunk := src.read(COPY_CHUNK):
+                        copied += len(chunk)
+                        if copied > max_bytes:
+                            raise TooLarge(f"more than the limit of {max_bytes} bytes")
+                        out.write(chunk)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -80,3 +87,21 @@ class BlobStore:
         for temp in temps:
             if temp is not None:
                 temp.unlink(missing_ok=True)
+
+
+def _regular_file_size(src: BinaryIO) -> int | None:
+    try:
+        st = os.fstat(src.fileno())
+    except (AttributeError, OSError, ValueError):  # not backed by a file descriptor
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _copy_file(src: BinaryIO, out: BinaryIO, size: int) -> None:
+    """Copy ``size`` bytes from the start of ``src`` in the kernel (sendfile)."""
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(out.fileno(), src.fileno(), offset, size - offset)
+        if sent == 0:  # the file shrank while we copied
+            break
+        offset += sent

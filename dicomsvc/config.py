@@ -16,7 +16,7 @@ class Config:
     port: int = 8001
     max_upload_bytes: int = 4 * 1024**3
     log_level: str = "info"
-    workers: int = 2
+    workers: int = 2  # worker processes for CPU work; 0 runs it in threads instead
 
     @property
     def db_path(self) -> Path:
@@ -33,14 +33,14 @@ class Config:
         def get(name: str, default: str) -> str:
             return env.get(PREFIX + name, "") or default
 
-        def get_int(name: str, default: int) -> int:
+        def get_int(name: str, default: int, minimum: int = 1) -> int:
             raw = get(name, str(default))
             try:
                 value = int(raw)
             except ValueError:
                 raise ValueError(f"{PREFIX}{name} must be an integer, got {raw!r}") from None
-            if value <= 0:
-                raise ValueError(f"{PREFIX}{name} must be positive, got {value}")
+            if value < minimum:
+                raise ValueError(f"{PREFIX}{name} must be at least {minimum}, got {value}")
             return value
 
         data_dir = Path(get("DATA_DIR", ".")).resolve()
@@ -51,7 +51,7 @@ class Config:
             port=get_int("PORT", 8001),
             max_upload_bytes=get_int("MAX_UPLOAD_BYTES", 4 * 1024**3),
             log_level=get("LOG_LEVEL", "info").lower(),
-            workers=get_int("WORKERS", max(2, os.cpu_count() or 2)),
+            workers=get_int("WORKERS", os.cpu_count() or 1, minimum=0),
         )
 
     def log(self, logger: logging.Logger) -> None:

@@ -1,13 +1,16 @@
-"""The ingest pipeline: spool → parse → (duplicate?) → flatten + render → blobs → row.
+"""The ingest pipeline: spool → parse → duplicate? → flatten + render → blobs → row.
 
-``spool_path`` and ``prepare`` are plain synchronous code (they run in worker
-threads); ``ingest_path`` strings them together around the database. Blobs
-are renamed into place before the row is committed, and a failed or
-duplicate ingest removes what it wrote, so a crash leaves a whole record or
-nothing that anything points at.
+``prepare_import`` and ``prepare_file`` are plain synchronous code with plain,
+picklable inputs and outputs: the service runs them in worker processes (so
+parsing and rendering use every core), and tests and tools can call them
+directly. They write the blobs to temporary names and never touch the
+database except to read. ``ingest_path`` then, in the service, renames the
+blobs into place and commits the row; a failed or duplicate ingest removes
+what it wrote, so a crash leaves a whole record or nothing anything points at
+(and temporary files are cleared at the next start).
 """
 
-import asyncio
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from . import paths, store
 from .blobs import BlobStore
+from .config import Config
 from .errors import DicomSvcError
 from .parse import Parsed, read
 from .render import render_png
@@ -24,22 +28,18 @@ from .service import Service
 from .tags import TagRow, flatten
 
 
-@dataclass
-class Spooled:
-    temp: Path  # our own copy of the input, in blob temp space
-    parsed: Parsed
-    source: str
+@dataclass(frozen=True)
+class Duplicate:
+    id: str
 
 
 @dataclass
 class Prepared:
-    record: dict
+    record: dict  # the dicom row
     rows: list[TagRow]
+    dcm_temp: Path
+    png_temp: Path | None
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def blob_keys(self) -> tuple[str, str | None]:
-        return self.record["dcm_blob"], self.record["png_blob"]
 
 
 @dataclass(frozen=True)
@@ -49,56 +49,65 @@ class Ingested:
     warnings: list[str]
 
 
-def spool_path(import_root: Path, raw: object, blobs: BlobStore, max_bytes: int) -> Spooled:
-    """Copy the file ``raw`` names (inside the import root) to temp space and parse it."""
-    real = paths.resolve(import_root, raw)
-    shown = str(raw)
-    with paths.open_regular(real, shown) as src:
-        temp = blobs.spool(src, max_bytes)
+def prepare_import(config: Config, raw: object) -> Prepared | Duplicate:
+    """Ingest the file ``raw`` names inside the import root, up to (not including) the commit."""
+    real = paths.resolve(config.import_root, raw)
+    blobs = BlobStore(config.blob_dir)
+    with paths.open_regular(real, str(raw)) as src:
+        temp = blobs.spool(src, config.max_upload_bytes)
+    source = str(real.relative_to(config.import_root.resolve()))
+    return prepare_file(config, temp, source)
+
+
+def prepare_file(config: Config, temp: Path, source: str) -> Prepared | Duplicate:
+    """Ingest a file already spooled to blob temp space (it is moved or removed)."""
+    blobs = BlobStore(config.blob_dir)
+    png_temp = None
     try:
         parsed = read(temp)
+        existing = find_duplicate(config.db_path, parsed)
+        if existing:
+            blobs.discard(temp)
+            return Duplicate(existing)
+        rows = flatten(parsed.ds, parsed.pixel)
+        png_temp, render_error = _render(temp, parsed, blobs)
     except BaseException:
-        blobs.discard(temp)
-        raise
-    return Spooled(temp=temp, parsed=parsed, source=str(real.relative_to(import_root.resolve())))
-
-
-def prepare(spooled: Spooled, blobs: BlobStore, instance_id: str) -> Prepared:
-    """Flatten tags, render frame 1, and move the blobs into place under ``instance_id``."""
-    parsed = spooled.parsed
-    rows = flatten(parsed.ds, parsed.pixel)
-    warnings: list[str] = []
-    png_temp = render_error = None
-    if parsed.pixel is not None:
-        try:
-            png_temp = blobs.write_temp(render_png(spooled.temp, parsed), ".png")
-        except DicomSvcError as exc:
-            render_error = exc.detail
-        except Exception as exc:  # odd pixel data must not cost the client its tags
-            render_error = f"pixel data could not be rendered: {type(exc).__name__}"
-        if render_error:
-            warnings.append(render_error)
-    dcm_key = blobs.key(instance_id, "dcm")
-    png_key = blobs.key(instance_id, "png") if png_temp else None
-    size = spooled.temp.stat().st_size
-    try:
-        blobs.commit(spooled.temp, dcm_key)
-        if png_temp:
-            blobs.commit(png_temp, png_key)
-    except BaseException:
-        blobs.discard(spooled.temp, png_temp)
-        blobs.remove(dcm_key, png_key)
+        blobs.discard(temp, png_temp)
         raise
     record = summary(parsed) | {
-        "id": instance_id,
-        "dcm_blob": dcm_key,
-        "dcm_bytes": size,
-        "png_blob": png_key,
+        "id": shortuuid.uuid(),
+        "dcm_bytes": temp.stat().st_size,
         "render_error": render_error,
-        "source": spooled.source,
+        "source": source,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     }
-    return Prepared(record=record, rows=rows, warnings=warnings)
+    record["dcm_blob"] = BlobStore.key(record["id"], "dcm")
+    record["png_blob"] = BlobStore.key(record["id"], "png") if png_temp else None
+    return Prepared(record, rows, temp, png_temp, [render_error] if render_error else [])
+
+
+def find_duplicate(db_path: Path, parsed: Parsed) -> str | None:
+    """A stored instance with the same SOP Instance UID and pixel data (read-only look-up)."""
+    if not db_path.exists():
+        return None
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        row = db.execute(store.FIND_INSTANCE_SQL, (parsed.sop_instance_uid, parsed.pixel_hash)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
+def _render(temp: Path, parsed: Parsed, blobs: BlobStore) -> tuple[Path | None, str | None]:
+    """Frame 1 as a temporary PNG blob, or why there is none (pixel data that won't decode)."""
+    if parsed.pixel is None:
+        return None, None
+    try:
+        return blobs.write_temp(render_png(temp, parsed), ".png"), None
+    except DicomSvcError as exc:
+        return None, exc.detail
+    except Exception as exc:  # odd pixel data must not cost the client its tags
+        return None, f"pixel data could not be rendered: {type(exc).__name__}"
 
 
 def summary(parsed: Parsed) -> dict:
@@ -144,31 +153,40 @@ async def ingest_path(svc: Service, raw: object) -> Ingested:
     The work runs as a tracked task, so a client that goes away mid-request
     does not leave half of it behind.
     """
-    return await svc.shielded(_ingest_path(svc, raw))
+    return await svc.shielded(_ingest(svc, prepare_import, svc.config, raw))
 
 
-async def _ingest_path(svc: Service, raw: object) -> Ingested:
-    cfg = svc.config
-    spooled = await svc.run(spool_path, cfg.import_root, raw, svc.blobs, cfg.max_upload_bytes)
-    return await _store(svc, spooled)
+async def _ingest(svc: Service, prepare, *args) -> Ingested:
+    outcome = await svc.cpu(prepare, *args)
+    if isinstance(outcome, Duplicate):
+        return Ingested(outcome.id, created=False, warnings=[])
+    return await _commit(svc, outcome)
 
 
-async def _store(svc: Service, spooled: Spooled) -> Ingested:
-    parsed = spooled.parsed
+async def _commit(svc: Service, prepared: Prepared) -> Ingested:
+    """Blobs into place, then the row; undo the blobs if the row does not land."""
+    record = prepared.record
+    keys = (record["dcm_blob"], record["png_blob"])
+    await svc.io(_place_blobs, svc.blobs, prepared)
     try:
-        existing = await store.find_instance(svc.db, parsed.sop_instance_uid, parsed.pixel_hash)
-        if existing:
-            return Ingested(existing, created=False, warnings=[])
-        prepared = await svc.run(prepare, spooled, svc.blobs, shortuuid.uuid())
-    finally:
-        await svc.run(svc.blobs.discard, spooled.temp)  # gone already when prepare moved it
-    try:
-        stored = await store.insert_instance(svc.db, prepared.record, prepared.rows)
+        stored = await store.insert_instance(svc.db, record, prepared.rows)
     except BaseException:
-        await asyncio.shield(svc.run(svc.blobs.remove, *prepared.blob_keys))
+        await svc.io(svc.blobs.remove, *keys)
         raise
     if stored is None:  # a concurrent post of the same instance won the race
-        await svc.run(svc.blobs.remove, *prepared.blob_keys)
-        existing = await store.find_instance(svc.db, parsed.sop_instance_uid, parsed.pixel_hash)
+        await svc.io(svc.blobs.remove, *keys)
+        existing = await store.find_instance(svc.db, record["sop_instance_uid"], record["pixel_hash"])
         return Ingested(existing, created=False, warnings=[])
     return Ingested(stored, created=True, warnings=prepared.warnings)
+
+
+def _place_blobs(blobs: BlobStore, prepared: Prepared) -> None:
+    record = prepared.record
+    try:
+        blobs.commit(prepared.dcm_temp, record["dcm_blob"])
+        if prepared.png_temp:
+            blobs.commit(prepared.png_temp, record["png_blob"])
+    except BaseException:
+        blobs.discard(prepared.dcm_temp, prepared.png_temp)
+        blobs.remove(record["dcm_blob"], record["png_blob"])
+        raise

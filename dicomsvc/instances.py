@@ -18,7 +18,7 @@ class Image:
 
     async def read(self, svc: Service) -> bytes:
         """The PNG's bytes, in one trip to a worker thread (a FileResponse makes several)."""
-        return await svc.run(self.path.read_bytes)
+        return await svc.io(self.path.read_bytes)
 
 
 def check_id(instance_id: str | None) -> str:

@@ -1,20 +1,42 @@
-"""The service's resources, opened in the app's lifespan and passed to every call."""
+"""The service's resources, opened in the app's lifespan and passed to every call.
+
+CPU work (parsing, decoding, rendering, PNG encoding) runs in a pool of worker
+processes, so it uses every core and a decoder that crashes takes down a
+worker, not the server; small blocking I/O runs in a thread pool.
+"""
 
 import asyncio
 import contextlib
 import functools
 import logging
+import multiprocessing
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import store
 from .blobs import BlobStore
 from .config import Config
+from .errors import InvalidDicom
+from .logs import quiet_pydicom
 
 T = TypeVar("T")
 log = logging.getLogger("dicomsvc")
+
+
+def _new_cpu_pool(config: Config) -> Executor:
+    if config.workers == 0:  # in-process threads: tests, debugging
+        return ThreadPoolExecutor(2, thread_name_prefix="dicomsvc-cpu", initializer=quiet_pydicom)
+    return ProcessPoolExecutor(
+        config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=quiet_pydicom
+    )
+
+
+def _warm_up() -> None:
+    """Import what the pipeline needs, so the first request does not pay for it."""
+    from . import ingest  # noqa: F401
 
 
 @dataclass
@@ -22,13 +44,33 @@ class Service:
     config: Config
     db: store.Database
     blobs: BlobStore
-    executor: ThreadPoolExecutor
+    cpu_pool: Executor
+    io_pool: ThreadPoolExecutor
     tasks: set[asyncio.Task] = field(default_factory=set)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking or CPU-bound ``fn(*args)`` in a worker thread."""
+    async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound ``fn(*args)`` in a worker process (arguments and result are pickled)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+        for attempt in (1, 2):
+            pool = self.cpu_pool
+            try:
+                return await loop.run_in_executor(pool, functools.partial(fn, *args))
+            except BrokenProcessPool:
+                # A worker died (a decoder crashed on some input). Replace the pool and
+                # try once more: requests that merely shared the pool then succeed, and
+                # the input that kills a worker twice is refused.
+                if self.cpu_pool is pool:
+                    log.error("a worker process died; starting a new pool")
+                    self.cpu_pool = _new_cpu_pool(self.config)
+                    pool.shutdown(wait=False)
+                if attempt == 2:
+                    raise InvalidDicom("the file crashed the DICOM reader or decoder") from None
+        raise AssertionError("unreachable")
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run small blocking I/O ``fn(*args)`` in a thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.io_pool, functools.partial(fn, *args))
 
     async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` as a task that finishes even if the caller is cancelled."""
@@ -46,13 +88,20 @@ async def open_service(config: Config) -> AsyncIterator[Service]:
     blobs = BlobStore(config.blob_dir)
     blobs.open()
     db = await store.open_database(config.db_path)
-    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="dicomsvc")
-    svc = Service(config=config, db=db, blobs=blobs, executor=executor)
+    svc = Service(
+        config=config,
+        db=db,
+        blobs=blobs,
+        cpu_pool=_new_cpu_pool(config),
+        io_pool=ThreadPoolExecutor(4, thread_name_prefix="dicomsvc-io"),
+    )
     try:
+        await asyncio.gather(*(svc.cpu(_warm_up) for _ in range(max(config.workers, 1))))
         yield svc
     finally:
         if svc.tasks:
             log.info("waiting for %d ingest(s) to finish", len(svc.tasks))
             await asyncio.gather(*svc.tasks, return_exceptions=True)
-        await asyncio.to_thread(executor.shutdown, wait=True)
+        await asyncio.to_thread(svc.cpu_pool.shutdown, wait=True)
+        await asyncio.to_thread(svc.io_pool.shutdown, wait=True)
         await db.close()

@@ -64,12 +64,12 @@ async def _sync_next_tag_row(db: Database) -> None:
     db.next_tag_row = last + 1
 
 
+FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
+
+
 async def find_instance(db: Database, sop_instance_uid: str, pixel_hash: str) -> str | None:
     """The id of an instance with the same SOP Instance UID and pixels, if stored."""
-    rows = await db.reader.execute_fetchall(
-        "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?",
-        (sop_instance_uid, pixel_hash),
-    )
+    rows = await db.reader.execute_fetchall(FIND_INSTANCE_SQL, (sop_instance_uid, pixel_hash))
     return rows[0]["id"] if rows else None
 
 

@@ -21,14 +21,37 @@ def import_root(tmp_path: Path) -> Path:
     return root
 
 
+def make_config(data_dir: Path, import_root: Path, workers: int) -> Config:
+    return Config.from_env(
+        {
+            "DICOMSVC_DATA_DIR": str(data_dir),
+            "DICOMSVC_IMPORT_ROOT": str(import_root),
+            "DICOMSVC_WORKERS": str(workers),
+        }
+    )
+
+
 @pytest.fixture
 def config(data_dir: Path, import_root: Path) -> Config:
-    return Config.from_env({"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root)})
+    """CPU work in threads (workers=0): the same code, without spawning processes per test."""
+    return make_config(data_dir, import_root, workers=0)
+
+
+@pytest.fixture
+def process_config(data_dir: Path, import_root: Path) -> Config:
+    """As the service runs by default: CPU work in two worker processes."""
+    return make_config(data_dir, import_root, workers=2)
 
 
 @pytest.fixture
 def client(config: Config):
     with TestClient(create_app(config)) as c:
+        yield c
+
+
+@pytest.fixture
+def process_client(process_config: Config):
+    with TestClient(create_app(process_config)) as c:
         yield c
 
 

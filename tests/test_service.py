@@ -1,0 +1,55 @@
+"""The service as it runs by default: CPU work in worker processes."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from dicomfiles import blob_files, make_ct, save
+from dicomsvc.errors import InvalidDicom
+
+
+def test_storyline_in_worker_processes(process_client, put, data_dir):
+    name = put("MR_small.dcm")
+    created = process_client.post("/dicom", json={"path": name})
+    assert created.status_code == 201
+    instance_id = created.json()["id"]
+    assert process_client.get("/image", params={"id": instance_id}).headers["content-type"] == "image/png"
+    tags = process_client.get("/tags", params={"id": instance_id}).json()["tags"]
+    assert any(r["Name"] == "PatientName" for r in tags)
+    assert process_client.post("/dicom", json={"path": name}).json() == {"id": instance_id}
+
+
+def test_errors_cross_the_process_boundary(process_client, import_root):
+    (import_root / "junk.dcm").write_bytes(os.urandom(1000))
+    os.mkfifo(import_root / "pipe")
+    cases = {"junk.dcm": (422, "invalid_dicom"), "pipe": (400, "bad_request"), "none.dcm": (404, "not_found")}
+    for path, (status, code) in cases.items():
+        response = process_client.post("/dicom", json={"path": path})
+        assert (response.status_code, response.json()["error"]) == (status, code), path
+    ds = make_ct(np.zeros((16, 16), np.int16))
+    ds.PixelData = ds.PixelData[:10]
+    save(ds, import_root / "short.dcm")
+    response = process_client.post("/dicom", json={"path": "short.dcm"})
+    assert response.status_code == 201 and response.json()["warnings"]
+
+
+def test_concurrent_posts_in_worker_processes(process_client, import_root, data_dir):
+    for i in range(8):
+        save(make_ct(np.full((16, 16), i, np.int16)), import_root / f"f{i}.dcm")
+    with ThreadPoolExecutor(8) as pool:
+        different = list(pool.map(lambda i: process_client.post("/dicom", json={"path": f"f{i}.dcm"}), range(8)))
+        same = list(pool.map(lambda _: process_client.post("/dicom", json={"path": "f0.dcm"}), range(8)))
+    assert [r.status_code for r in different] == [201] * 8
+    assert [r.status_code for r in same] == [200] * 8
+    assert {r.json()["id"] for r in same} == {different[0].json()["id"]}
+    stored = [p for p in blob_files(data_dir) if ".tmp" not in p.parts]
+    assert len(stored) == 16 and not [p for p in blob_files(data_dir) if ".tmp" in p.parts]
+
+
+def test_a_crashing_worker_is_replaced(process_client, put):
+    svc = process_client.app.state.svc
+    with pytest.raises(InvalidDicom, match="crashed"):
+        process_client.portal.call(svc.cpu, os._exit, 3)  # kills the worker, twice
+    assert process_client.post("/dicom", json={"path": put("CT_small.dcm")}).status_code == 201
