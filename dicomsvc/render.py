@@ -9,6 +9,7 @@ value (a lookup table over the frame's range) and then indexed, which is both
 exact and much cheaper than transforming every pixel in floating point.
 """
 
+import functools
 import re
 from pathlib import Path
 
@@ -97,15 +98,49 @@ def to_display(frame: np.ndarray, ds: Dataset) -> np.ndarray:
 def _grey(frame: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
     if frame.dtype in SMALL_INTS:
         # One table over every value the type can hold, indexed by the raw bits: the
-        # chain runs on 256 or 65536 values instead of every pixel.
+        # chain runs on 256 or 65536 values instead of every pixel. With a plain
+        # rescale and window the table depends on a handful of numbers, shared by a
+        # whole series, so it is cached.
         unsigned = frame.view(SMALL_INTS[frame.dtype])
-        domain = np.arange(1 << (8 * frame.itemsize), dtype=unsigned.dtype).view(frame.dtype)
-        return _grey_chain(domain, ds, invert, lambda: np.bincount(unsigned.ravel(), minlength=domain.size) > 0)[
-            unsigned
-        ]
+        plain = _plain_window(ds)
+        if plain is not None:
+            return _window_table(frame.dtype.str, invert, *plain)[unsigned]
+        domain = _domain(frame.dtype.str)
+        present = lambda: np.bincount(unsigned.ravel(), minlength=domain.size) > 0  # noqa: E731
+        return _grey_chain(domain, ds, invert, present)[unsigned]
     if frame.dtype == np.bool_:
         frame = frame.astype(np.uint8)
     return _grey_chain(frame, ds, invert, None)
+
+
+def _domain(dtype: str) -> np.ndarray:
+    """Every value of an 8- or 16-bit integer type, in the order of its raw bits."""
+    kind = np.dtype(dtype)
+    return np.arange(1 << (8 * kind.itemsize), dtype=SMALL_INTS[kind]).view(kind)
+
+
+def _plain_window(ds: Dataset) -> tuple[float, float, float, float, str] | None:
+    """(slope, intercept, center, width, function) when nothing but those shapes the output."""
+    if "ModalityLUTSequence" in ds or ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    try:
+        params = _window_params(ds)
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if params is None or _window_values(np.zeros(1), *params) is None:
+        return None  # an unusable window: the min–max of the frame decides
+    return (slope, intercept, *params)
+
+
+@functools.lru_cache(maxsize=32)
+def _window_table(dtype: str, invert: bool, slope: float, intercept: float, center, width, function) -> np.ndarray:
+    # (0028,1053) Rescale Slope, (0028,1052) Rescale Intercept: as apply_modality_lut does
+    values = _domain(dtype).astype(np.float64) * slope + intercept
+    table = _to_grey8(_window_values(values, center, width, function), invert)
+    table.flags.writeable = False
+    return table
 
 
 def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present) -> np.ndarray:
@@ -125,6 +160,10 @@ def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present) -> np.nd
     if out is None:  # neither, or an unusable window: the frame's own min–max
         seen = modality if present is None else modality[present()]
         out = _linear(modality, *_minmax_window(seen))
+    return _to_grey8(out, invert)
+
+
+def _to_grey8(out: np.ndarray, invert: bool) -> np.ndarray:
     out = np.clip(out, 0.0, 255.0)
     if invert:  # MONOCHROME1: minimum is white
         out = 255.0 - out
@@ -139,13 +178,23 @@ def _first(value) -> float:
 
 
 def _window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
-    # (0028,1050) Window Center, (0028,1051) Window Width: the first pair
     try:
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        params = _window_params(ds)
     except (TypeError, ValueError, IndexError):
         return None
+    return _window_values(values, *params)
+
+
+def _window_params(ds: Dataset) -> tuple[float, float, str]:
+    # (0028,1050) Window Center, (0028,1051) Window Width: the first pair
+    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
     # (0028,1056) VOI LUT Function
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    return center, width, function
+
+
+def _window_values(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:
+    """The window applied to ``values`` (0..255), or None when the window is unusable."""
     if function == "SIGMOID" and width > 0:
         return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT" and width > 0:

@@ -1,8 +1,10 @@
 """The service's resources, opened in the app's lifespan and passed to every call.
 
-CPU work (parsing, decoding, rendering, PNG encoding) runs in a pool of worker
-processes, so it uses every core and a decoder that crashes takes down a
-worker, not the server; small blocking I/O runs in a thread pool.
+CPU work (parsing, decoding, rendering, PNG encoding, the ingest's SQLite
+insert) runs in a pool of worker processes, so it uses every core and a decoder
+that crashes takes down a worker, not the server; small blocking I/O runs in a
+thread pool. Work handed to a worker finishes even if its client goes away,
+and shutting down waits for it.
 """
 
 import asyncio
@@ -10,10 +12,10 @@ import contextlib
 import functools
 import logging
 import multiprocessing
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import store
@@ -46,7 +48,6 @@ class Service:
     blobs: BlobStore
     cpu_pool: Executor
     io_pool: ThreadPoolExecutor
-    tasks: set[asyncio.Task] = field(default_factory=set)
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound ``fn(*args)`` in a worker process (arguments and result are pickled)."""
@@ -72,12 +73,6 @@ class Service:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.io_pool, functools.partial(fn, *args))
 
-    async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await ``coro`` as a task that finishes even if the caller is cancelled."""
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return await asyncio.shield(task)
 
 
 @contextlib.asynccontextmanager
@@ -99,9 +94,6 @@ async def open_service(config: Config) -> AsyncIterator[Service]:
         await asyncio.gather(*(svc.cpu(_warm_up) for _ in range(max(config.workers, 1))))
         yield svc
     finally:
-        if svc.tasks:
-            log.info("waiting for %d ingest(s) to finish", len(svc.tasks))
-            await asyncio.gather(*svc.tasks, return_exceptions=True)
         await asyncio.to_thread(svc.cpu_pool.shutdown, wait=True)
         await asyncio.to_thread(svc.io_pool.shutdown, wait=True)
         await db.close()

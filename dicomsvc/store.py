@@ -1,12 +1,15 @@
 """SQLite storage: plain SQL in short functions that return plain data.
 
-One database in WAL mode; all writes go through one connection, one
-transaction at a time (``Database.write_lock``); reads use a second connection.
-Every ``await`` on an aiosqlite connection is a round trip to its thread, so
-each function here makes as few as it can: an ingest costs four, a read one.
+One database file in WAL mode. The ingest pipeline writes from the worker
+processes, each through its own connection (``connection``), one short
+``BEGIN IMMEDIATE`` transaction per instance: SQLite serializes the writers,
+and no write ever crosses a process boundary or the event loop. The HTTP side
+only reads, through one aiosqlite connection (``Database``); every ``await``
+on it is a round trip to its thread, so each read is a single query.
 """
 
-import asyncio
+import sqlite3
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,48 +26,127 @@ INSTANCE_COLUMNS = (
     "modality", "transfer_syntax_uid", "rows", "columns", "frames", "has_pixels",
     "dcm_blob", "dcm_bytes", "png_blob", "render_error", "source", "created_at",
 )  # fmt: skip
+PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL")
+FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
+
+
+# The write side (sync, in worker processes) ---------------------------------------
+
+@dataclass
+class Writer:
+    """A worker's connection, with the tag dictionary ids it has seen committed."""
+
+    db: sqlite3.Connection
+    tag_ids: dict[tuple[int, str, str], int] = field(default_factory=dict)
+
+
+_local = threading.local()
+
+
+def connection(path: Path) -> Writer:
+    """This thread's connection to ``path``, opened on first use and kept (opening costs ~0.4 ms)."""
+    writers = _local.__dict__.setdefault("writers", {})
+    writer = writers.get(path)
+    if writer is None:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        for pragma in PRAGMAS:
+            db.execute(pragma)
+        writer = writers[path] = Writer(db)
+    return writer
+
+
+def find_instance_sync(w: Writer, sop_instance_uid: str, pixel_hash: str) -> str | None:
+    row = w.db.execute(FIND_INSTANCE_SQL, (sop_instance_uid, pixel_hash)).fetchone()
+    return row[0] if row else None
+
+
+def insert_instance(w: Writer, record: dict, rows: Sequence[TagRow]) -> str | None:
+    """Insert an instance and its tag rows in one transaction.
+
+    Returns None when an instance with the same SOP Instance UID and pixel hash
+    is already stored: the unique constraint decides, so concurrent posts of one
+    file store it once.
+    """
+    columns = ", ".join(INSTANCE_COLUMNS)
+    marks = ", ".join("?" for _ in INSTANCE_COLUMNS)
+    db = w.db
+    missing = sorted({(r.tag, r.vr, r.keyword) for r in rows} - w.tag_ids.keys())
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        inserted = db.execute(
+            f"INSERT INTO dicom ({columns}) VALUES ({marks}) "
+            "ON CONFLICT (sop_instance_uid, pixel_hash) DO NOTHING RETURNING pk",
+            tuple(record[c] for c in INSTANCE_COLUMNS),
+        ).fetchone()
+        if inserted is None:
+            db.execute("ROLLBACK")
+            return None
+        db.executemany("INSERT OR IGNORE INTO tag (tag, vr, keyword) VALUES (?, ?, ?)", missing)
+        tag_ids = w.tag_ids | _tag_ids(db, missing)
+        # Row ids are chosen here (inside the write lock) so sequence items can point
+        # at their sequence's row: the tree is written in one statement.
+        (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM dicom_tag").fetchone()
+        db.executemany(
+            "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    first + i,
+                    inserted[0],
+                    tag_ids[(r.tag, r.vr, r.keyword)],
+                    None if r.parent is None else first + r.parent,
+                    r.item,
+                    r.value,
+                    r.nbytes,
+                )
+                for i, r in enumerate(rows)
+            ],
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    w.tag_ids = tag_ids  # only ids that are committed (tag rows are never deleted)
+    return record["id"]
+
+
+def _tag_ids(db: sqlite3.Connection, keys: list[tuple[int, str, str]]) -> dict:
+    """tag.id for each (tag, vr, keyword), in one query over a temporary VALUES list."""
+    found = {}
+    for start in range(0, len(keys), 300):  # stay under SQLite's bound-parameter limit
+        chunk = keys[start : start + 300]
+        values = ", ".join("(?, ?, ?)" for _ in chunk)
+        params = [v for key in chunk for v in key]
+        for tag_id, tag, vr, keyword in db.execute(
+            f"SELECT t.id, t.tag, t.vr, t.keyword FROM tag t "
+            f"JOIN (VALUES {values}) AS k ON t.tag = k.column1 AND t.vr = k.column2 AND t.keyword = k.column3",
+            params,
+        ):
+            found[(tag, vr, keyword)] = tag_id
+    return found
+
+
+# The read side (async, in the service) ---------------------------------------------
 
 
 @dataclass
 class Database:
-    writer: aiosqlite.Connection
     reader: aiosqlite.Connection
-    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # (tag, vr, keyword) -> tag.id, filled as rows are committed
-    tag_ids: dict[tuple[int, str, str], int] = field(default_factory=dict)
-    # the next dicom_tag.id: this connection is the only writer, so it counts them itself
-    next_tag_row: int = 1
 
     async def close(self) -> None:
         await self.reader.close()
-        await self.writer.close()
-
-
-async def _connect(path: Path) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=None)
-    db.row_factory = aiosqlite.Row
-    await db.execute("PRAGMA busy_timeout = 10000")
-    await db.execute("PRAGMA foreign_keys = ON")
-    await db.execute("PRAGMA synchronous = NORMAL")
-    return db
 
 
 async def open_database(path: Path) -> Database:
-    writer = await _connect(path)
-    await writer.execute("PRAGMA journal_mode = WAL")
-    await writer.executescript(SCHEMA.read_text())
-    reader = await _connect(path)
-    db = Database(writer=writer, reader=reader)
-    await _sync_next_tag_row(db)
-    return db
-
-
-async def _sync_next_tag_row(db: Database) -> None:
-    ((last,),) = await db.writer.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM dicom_tag")
-    db.next_tag_row = last + 1
-
-
-FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
+    """Create or upgrade the schema and open the service's read connection."""
+    reader = await aiosqlite.connect(path, isolation_level=None)
+    reader.row_factory = aiosqlite.Row
+    for pragma in PRAGMAS:
+        await reader.execute(pragma)
+    await reader.execute("PRAGMA journal_mode = WAL")
+    await reader.executescript(SCHEMA.read_text())
+    return Database(reader=reader)
 
 
 async def find_instance(db: Database, sop_instance_uid: str, pixel_hash: str) -> str | None:
@@ -105,72 +187,3 @@ async def get_tags_json(db: Database, instance_id: str) -> str | None:
     """
     ((text,),) = await db.reader.execute_fetchall(TAGS_JSON_SQL, (instance_id,))
     return None if text == "[]" else text
-
-
-async def insert_instance(db: Database, record: dict, rows: Sequence[TagRow]) -> str | None:
-    """Insert an instance and its tag rows in one transaction.
-
-    Returns None when an instance with the same SOP Instance UID and pixel hash
-    is already stored (the unique constraint decides, so concurrent posts of
-    one file store it once); the caller then looks up the existing id.
-    """
-    columns = ", ".join(INSTANCE_COLUMNS)
-    marks = ", ".join("?" for _ in INSTANCE_COLUMNS)
-    values = tuple(record[c] for c in INSTANCE_COLUMNS)
-    w = db.writer
-    async with db.write_lock:
-        await w.execute("BEGIN IMMEDIATE")
-        try:
-            inserted = await w.execute_fetchall(
-                f"INSERT INTO dicom ({columns}) VALUES ({marks}) "
-                "ON CONFLICT (sop_instance_uid, pixel_hash) DO NOTHING RETURNING pk",
-                values,
-            )
-            if not inserted:
-                await w.execute("ROLLBACK")
-                return None
-            new_tags = await _tag_ids(w, db.tag_ids, rows)
-            first = db.next_tag_row
-            await w.executemany(
-                "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        first + i,
-                        inserted[0][0],
-                        db.tag_ids.get(_tag_key(r)) or new_tags[_tag_key(r)],
-                        None if r.parent is None else first + r.parent,
-                        r.item,
-                        r.value,
-                        r.nbytes,
-                    )
-                    for i, r in enumerate(rows)
-                ],
-            )
-            await w.execute("COMMIT")
-        except BaseException:
-            if w.in_transaction:
-                await w.execute("ROLLBACK")
-            await _sync_next_tag_row(db)  # in case someone else wrote rows meanwhile
-            raise
-        db.next_tag_row = first + len(rows)
-    db.tag_ids.update(new_tags)
-    return record["id"]
-
-
-def _tag_key(r: TagRow) -> tuple[int, str, str]:
-    return (r.tag, r.vr, r.keyword)
-
-
-async def _tag_ids(w: aiosqlite.Connection, known: dict, rows: Sequence[TagRow]) -> dict:
-    """Ids for dictionary entries not yet cached, inserting those that are new."""
-    missing = sorted({_tag_key(r) for r in rows} - known.keys())
-    if not missing:
-        return {}
-    await w.executemany("INSERT OR IGNORE INTO tag (tag, vr, keyword) VALUES (?, ?, ?)", missing)
-    found = {}
-    for key in missing:
-        ((found[key],),) = await w.execute_fetchall(
-            "SELECT id FROM tag WHERE tag = ? AND vr = ? AND keyword = ?", key
-        )
-    return found
