@@ -272,3 +272,48 @@ def test_same_file_posted_by_eight_clients_is_stored_once(client, put, data_dir)
 
 def test_testdata_helper_never_downloads():
     assert get_testdata_file("CT_small.dcm", download=False) is not None
+
+
+def test_file_over_the_size_limit_is_413_and_leaves_nothing(data_dir, import_root, put):
+    from starlette.testclient import TestClient
+
+    from app import create_app
+    from dicomsvc.config import Config
+
+    config = Config.from_env(
+        {
+            "DICOMSVC_DATA_DIR": str(data_dir),
+            "DICOMSVC_IMPORT_ROOT": str(import_root),
+            "DICOMSVC_WORKERS": "0",
+            "DICOMSVC_MAX_UPLOAD_BYTES": "5000",
+        }
+    )
+    with TestClient(create_app(config)) as small:
+        assert_error(post(small, put("CT_small.dcm")), 413, "too_large")  # 39 kB
+        assert post(small, put("MR_small.dcm")).status_code == 413  # 9.8 kB
+        assert post(small, put("rtplan.dcm")).status_code == 201  # 2.5 kB
+    assert [p for p in blob_files(data_dir) if ".tmp" in p.parts] == []
+
+
+def test_no_patient_data_in_logs_or_errors(client, import_root, capfd, caplog):
+    """Values that pydicom would complain about (and quote) never reach logs or answers."""
+    caplog.set_level("DEBUG")
+    marker_name, marker_id = "Zebedee^Quux", "PHI-7731"
+    ds = make_ct(np.zeros((8, 8), np.int16), PatientName=marker_name, PatientID=marker_id)
+    ds.PatientBirthDate = "19XX0101"  # invalid DA: pydicom warns, quoting the value
+    ds.add_new(0x00100030, "DA", "19XX0101")
+    ds.PixelData = ds.PixelData[:10]  # and the pixels cannot be decoded
+    save(ds, import_root / "phi.dcm")
+    response = post(client, "phi.dcm")
+    assert response.status_code == 201
+    assert_error(client.get("/image", params={"id": response.json()["id"]}), 415, "unsupported_transfer_syntax")
+    (import_root / "bad.dcm").write_bytes(b"\x08\x00\x10\x00" + marker_name.encode() * 10)
+    bad = post(client, "bad.dcm")
+    assert bad.status_code == 422
+    out, err = capfd.readouterr()
+    seen = out + err + caplog.text + response.text + bad.text
+    for marker in (marker_name, marker_id, "Zebedee", "19XX0101"):
+        assert marker not in seen
+    # and the values are stored: they just never leak
+    tags = client.get("/tags", params={"id": response.json()["id"]}).json()["tags"]
+    assert any(r["Value"] == marker_name for r in tags)
