@@ -13,10 +13,10 @@ their bytes (``_fast_value``), and everything else goes through pydicom. The
 tests check that both paths give the same rows for every file pydicom ships.
 """
 
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import RawDataElement
 
@@ -58,7 +58,8 @@ PLAIN_CHARSETS = {"": DEFAULT_CODEC, "ISO_IR 6": DEFAULT_CODEC, "ISO_IR 100": "l
 DEFAULT_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 CHARSET_TEXT_VRS = {"LO", "SH", "UC"}  # PN goes through pydicom (component groups)
 UNSPLIT_TEXT_VRS = {"LT", "ST", "UT", "UR"}  # one value, backslashes and all
-NUMBER_DTYPES = {"US": "u2", "SS": "i2", "UL": "u4", "SL": "i4", "FL": "f4", "FD": "f8", "UV": "u8", "SV": "i8"}
+# struct codes and sizes of the binary number VRs
+NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 
 
 def flatten(ds: Dataset, pixel: PixelElement | None = None, fast: bool = True) -> list[TagRow]:
@@ -129,12 +130,13 @@ def _fast_row(raw: RawDataElement, little: bool, codec: str, parent: int | None,
         return None  # pydicom re-reads UN with the dictionary's VR
     if vr in BINARY_VRS:
         return TagRow(tag, vr, _keyword(tag), None, len(value), parent, item)
-    if vr in NUMBER_DTYPES:
-        size = int(NUMBER_DTYPES[vr][1])
-        if len(value) % size:
+    if vr in NUMBER_FORMATS:
+        code = NUMBER_FORMATS[vr]
+        count, extra = divmod(len(value), struct.calcsize(code))
+        if extra:
             return None
-        numbers = np.frombuffer(value, ("<" if little else ">") + NUMBER_DTYPES[vr])
-        text = "\\".join(repr(float(v)) if vr in ("FL", "FD") else str(int(v)) for v in numbers)
+        numbers = struct.unpack(f"{'<' if little else '>'}{count}{code}", value)
+        text = "\\".join(map(repr if code in "fd" else str, numbers))
         return TagRow(tag, vr, _keyword(tag), text, None, parent, item)
     if vr in DEFAULT_TEXT_VRS:  # as pydicom does: AE, DS, IS per value, the rest at the end
         text = value.decode(DEFAULT_CODEC)
