@@ -14,7 +14,7 @@ from dicomsvc.config import Config
 from dicomsvc.errors import DicomSvcError
 from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
-from dicomsvc.web import etag_matches, read_json_object
+from dicomsvc.web import read_json_object
 
 log = logging.getLogger("dicomsvc")
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -30,11 +30,13 @@ async def post_dicom(request: Request) -> JSONResponse:
 
 
 async def get_image(request: Request) -> Response:
-    image = await instances.image(request.app.state.svc, request.query_params.get("id"))
+    image = await instances.image(
+        request.app.state.svc, request.query_params.get("id"), request.headers.get("if-none-match")
+    )
     headers = {"ETag": image.etag, "Cache-Control": IMMUTABLE}
-    if etag_matches(request.headers.get("if-none-match"), image.etag):
+    if image.png is None:
         return Response(status_code=304, headers=headers)
-    return Response(await image.read(request.app.state.svc), media_type="image/png", headers=headers)
+    return Response(image.png, media_type="image/png", headers=headers)
 
 
 async def get_tags(request: Request) -> Response:

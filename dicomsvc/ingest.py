@@ -53,7 +53,7 @@ def ingest_file(config: Config, temp: Path, source: str) -> Ingested:
     png_temp = None
     try:
         parsed = read(temp)
-        existing = store.find_instance_sync(db, parsed.sop_instance_uid, parsed.pixel_hash)
+        existing = store.find_instance(db, parsed.sop_instance_uid, parsed.pixel_hash)
         if existing:
             blobs.discard(temp)
             return Ingested(existing, created=False, warnings=[])
@@ -73,7 +73,7 @@ def ingest_file(config: Config, temp: Path, source: str) -> Ingested:
         raise
     if stored is None:  # a concurrent post of the same instance won the race
         blobs.remove(record["dcm_blob"], record["png_blob"])
-        existing = store.find_instance_sync(db, parsed.sop_instance_uid, parsed.pixel_hash)
+        existing = store.find_instance(db, parsed.sop_instance_uid, parsed.pixel_hash)
         return Ingested(existing, created=False, warnings=[])
     return Ingested(stored, created=True, warnings=[render_error] if render_error else [])
 

@@ -55,7 +55,7 @@ def connection(path: Path) -> Writer:
     return writer
 
 
-def find_instance_sync(w: Writer, sop_instance_uid: str, pixel_hash: str) -> str | None:
+def find_instance(w: Writer, sop_instance_uid: str, pixel_hash: str) -> str | None:
     row = w.db.execute(FIND_INSTANCE_SQL, (sop_instance_uid, pixel_hash)).fetchone()
     return row[0] if row else None
 
@@ -147,12 +147,6 @@ async def open_database(path: Path) -> Database:
     await reader.execute("PRAGMA journal_mode = WAL")
     await reader.executescript(SCHEMA.read_text())
     return Database(reader=reader)
-
-
-async def find_instance(db: Database, sop_instance_uid: str, pixel_hash: str) -> str | None:
-    """The id of an instance with the same SOP Instance UID and pixels, if stored."""
-    rows = await db.reader.execute_fetchall(FIND_INSTANCE_SQL, (sop_instance_uid, pixel_hash))
-    return rows[0]["id"] if rows else None
 
 
 async def get_instance(db: Database, instance_id: str) -> dict | None:

@@ -83,14 +83,14 @@ def test_failed_insert_removes_the_placed_blobs(ready, monkeypatch):
 
 def test_losing_a_race_returns_the_winner_and_removes_its_blobs(ready, monkeypatch):
     winner = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "first")
-    real_find = store.find_instance_sync
+    real_find = store.find_instance
     calls = []
 
     def late_find(*args):  # the duplicate check runs before the winner's commit is visible
         calls.append(args)
         return None if len(calls) == 1 else real_find(*args)
 
-    monkeypatch.setattr(store, "find_instance_sync", late_find)
+    monkeypatch.setattr(store, "find_instance", late_find)
     loser = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "second")
     assert (loser.id, loser.created) == (winner.id, False)
     assert stored_blobs(ready) == sorted([f"{winner.id}.dcm", f"{winner.id}.png"])
