@@ -7,8 +7,10 @@ open itself is non-blocking and re-checked with ``fstat`` so a file swapped for
 a FIFO between the two checks cannot hang a worker.
 """
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,30 +32,28 @@ def resolve(root: Path, raw: object) -> Path:
 
 def open_regular(path: Path, shown: str) -> BinaryIO:
     """Open ``path`` for reading if, and only if, it is a regular file."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise NotFound(f"no such file: {shown}") from None
-    except PermissionError:
-        raise Forbidden(f"not readable: {shown}") from None
-    except OSError as exc:
-        raise BadRequest(f"cannot access {shown}: {exc.strerror}") from None
-    _require_regular(st.st_mode, shown)
-    try:
+    with _os_errors(shown):
+        _require_regular(os.stat(path).st_mode, shown)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+    try:
+        _require_regular(os.fstat(fd).st_mode, shown)  # the same file as the one checked
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+@contextlib.contextmanager
+def _os_errors(shown: str) -> Iterator[None]:
+    try:
+        yield
     except FileNotFoundError:
         raise NotFound(f"no such file: {shown}") from None
     except PermissionError:
         raise Forbidden(f"not readable: {shown}") from None
     except OSError as exc:
         raise BadRequest(f"cannot open {shown}: {exc.strerror}") from None
-    try:
-        _require_regular(os.fstat(fd).st_mode, shown)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
 
 
 def _require_regular(mode: int, shown: str) -> None:
