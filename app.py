@@ -5,28 +5,34 @@ import logging
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dicomsvc import ingest, instances
+from dicomsvc import instances, intake, jobs, stow
 from dicomsvc.config import Config
 from dicomsvc.errors import DicomSvcError
 from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
-from dicomsvc.web import read_json_object
 
 log = logging.getLogger("dicomsvc")
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 async def post_dicom(request: Request) -> JSONResponse:
-    body = await read_json_object(request)
-    result = await ingest.ingest_path(request.app.state.svc, body.get("path"))
-    content = {"id": result.id}
-    if result.warnings:
-        content["warnings"] = result.warnings
-    return JSONResponse(content, status_code=201 if result.created else 200)
+    answer = await intake.post_dicom(request.app.state.svc, request)
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
+async def post_studies(request: Request) -> JSONResponse:
+    study = request.path_params.get("study")
+    base_url = str(request.base_url).rstrip("/")
+    answer = await stow.store_instances(request.app.state.svc, request, study, base_url)
+    return JSONResponse(answer.body, status_code=answer.status, media_type="application/dicom+json")
+
+
+async def get_job(request: Request) -> JSONResponse:
+    return JSONResponse(await jobs.status(request.app.state.svc, request.path_params["job"]))
 
 
 async def get_image(request: Request) -> Response:
@@ -59,6 +65,11 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
     return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    # Nobody is left to read this; whatever the upload had spooled is already removed.
+    return JSONResponse({"error": "bad_request", "detail": "client disconnected"}, status_code=400)
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # The type only: messages can quote values read from a dataset.
     log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
@@ -67,6 +78,9 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 routes = [
     Route("/dicom", post_dicom, methods=["POST"]),
+    Route("/studies", post_studies, methods=["POST"]),
+    Route("/studies/{study}", post_studies, methods=["POST"]),
+    Route("/jobs/{job}", get_job, methods=["GET"]),
     Route("/image", get_image, methods=["GET"]),
     Route("/tags", get_tags, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
@@ -75,6 +89,7 @@ routes = [
 exception_handlers = {
     DicomSvcError: service_error,
     HTTPException: http_error,
+    ClientDisconnect: client_gone,
     Exception: internal_error,
 }
 
@@ -86,7 +101,7 @@ def create_app(config: Config | None = None) -> Starlette:
     async def lifespan(app: Starlette):
         setup_logging(config.log_level)
         config.log(log)
-        async with open_service(config) as svc:
+        async with open_service(config) as svc, jobs.running(svc):
             app.state.svc = svc
             yield
 

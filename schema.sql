@@ -54,3 +54,23 @@ CREATE TABLE IF NOT EXISTS dicom_tag (
 );
 -- GET /tags is one scan of this index.
 CREATE INDEX IF NOT EXISTS dicom_tag_by_dicom ON dicom_tag (dicom_pk, id);
+
+-- Background imports: one row per job, one per file in it (see dicomsvc/jobs.py).
+CREATE TABLE IF NOT EXISTS job (
+    id          TEXT PRIMARY KEY,                    -- shortuuid
+    status      TEXT NOT NULL,                       -- queued | running | done | failed
+    total       INTEGER NOT NULL,
+    detail      TEXT,                                -- why a job failed as a whole
+    spool_dir   TEXT,                                -- uploaded input, kept until the job is done
+    created_at  TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS job_item (
+    job_id   TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+    seq      INTEGER NOT NULL,                       -- order in the request
+    item     TEXT NOT NULL,                          -- JSON: what to ingest (dicomsvc.batch.Item)
+    status   TEXT NOT NULL,                          -- pending | created | duplicate | failed | skipped
+    result   TEXT,                                   -- JSON: the per-file result
+    PRIMARY KEY (job_id, seq)
+);
+CREATE INDEX IF NOT EXISTS job_item_pending ON job_item (job_id, status);

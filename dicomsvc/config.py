@@ -17,6 +17,10 @@ class Config:
     max_upload_bytes: int = 4 * 1024**3
     log_level: str = "info"
     workers: int = 2  # worker processes for CPU work; 0 runs it in threads instead
+    sync_limit: int = 100  # more files than this in one request: a background job
+    max_archive_files: int = 20_000
+    max_archive_bytes: int = 16 * 1024**3  # total uncompressed size of one archive
+    max_zip_ratio: int = 1000  # uncompressed / compressed size of one archive member
 
     @property
     def db_path(self) -> Path:
@@ -25,6 +29,11 @@ class Config:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Uploaded input kept for background jobs (survives a restart, unlike blobs/.tmp)."""
+        return self.data_dir / "spool"
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> "Config":
@@ -52,6 +61,10 @@ class Config:
             max_upload_bytes=get_int("MAX_UPLOAD_BYTES", 4 * 1024**3),
             log_level=get("LOG_LEVEL", "info").lower(),
             workers=get_int("WORKERS", os.cpu_count() or 1, minimum=0),
+            sync_limit=get_int("SYNC_LIMIT", 100),
+            max_archive_files=get_int("MAX_ARCHIVE_FILES", 20_000),
+            max_archive_bytes=get_int("MAX_ARCHIVE_BYTES", 16 * 1024**3),
+            max_zip_ratio=get_int("MAX_ZIP_RATIO", 1000),
         )
 
     def log(self, logger: logging.Logger) -> None:

@@ -45,3 +45,13 @@ class UnsupportedTransferSyntax(DicomSvcError):
 
 class InvalidDicom(DicomSvcError):
     status, code = 422, "invalid_dicom"
+
+
+class NotDicom(InvalidDicom):
+    """Not even shaped like DICOM (a README, a PNG): in a batch such a file is skipped."""
+
+
+class StudyMismatch(DicomSvcError):
+    """STOW-RS to /studies/{uid} with an instance of another study."""
+
+    status, code = 409, "study_mismatch"

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from . import paths, store
 from .blobs import BlobStore
 from .config import Config
-from .errors import DicomSvcError
+from .errors import DicomSvcError, NotDicom, StudyMismatch
 from .parse import Parsed, read
 from .render import render_png
 from .service import Service
@@ -31,6 +31,8 @@ class Ingested:
     id: str
     created: bool
     warnings: list[str]
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
 
 
 async def ingest_path(svc: Service, raw: object) -> Ingested:
@@ -46,17 +48,26 @@ def ingest_import(config: Config, raw: object) -> Ingested:
     return ingest_file(config, temp, source=str(real.relative_to(config.import_root.resolve())))
 
 
-def ingest_file(config: Config, temp: Path, source: str) -> Ingested:
-    """Ingest a file already spooled to blob temp space (it is moved into place or removed)."""
+def ingest_file(config: Config, temp: Path, source: str, study_uid: str | None = None) -> Ingested:
+    """Ingest a file already spooled to blob temp space (it is moved into place or removed).
+
+    ``study_uid``, when given, must be the instance's Study Instance UID (STOW-RS).
+    """
     blobs = BlobStore(config.blob_dir)
     db = store.connection(config.db_path)
     png_temp = None
     try:
         parsed = read(temp)
+        # (0002,0002) Media Storage SOP Class UID: Media Storage Directory Storage
+        if parsed.ds.file_meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
+            raise NotDicom("a DICOMDIR (a media directory), not an instance")
+        uids = {"sop_class_uid": _text(parsed.ds, "SOPClassUID"), "sop_instance_uid": parsed.sop_instance_uid}
+        if study_uid is not None and _text(parsed.ds, "StudyInstanceUID") != study_uid:
+            raise StudyMismatch("the instance belongs to another study than the one in the URL")
         existing = store.find_instance(db, parsed.sop_instance_uid, parsed.pixel_hash)
         if existing:
             blobs.discard(temp)
-            return Ingested(existing, created=False, warnings=[])
+            return Ingested(existing, created=False, warnings=[], **uids)
         rows = flatten(parsed.ds, parsed.pixel)
         png_temp, render_error = _render(temp, parsed, blobs)
         record = _record(parsed, temp, source, render_error, png_temp is not None)
@@ -74,8 +85,8 @@ def ingest_file(config: Config, temp: Path, source: str) -> Ingested:
     if stored is None:  # a concurrent post of the same instance won the race
         blobs.remove(record["dcm_blob"], record["png_blob"])
         existing = store.find_instance(db, parsed.sop_instance_uid, parsed.pixel_hash)
-        return Ingested(existing, created=False, warnings=[])
-    return Ingested(stored, created=True, warnings=[render_error] if render_error else [])
+        return Ingested(existing, created=False, warnings=[], **uids)
+    return Ingested(stored, created=True, warnings=[render_error] if render_error else [], **uids)
 
 
 def _record(parsed: Parsed, temp: Path, source: str, render_error: str | None, has_png: bool) -> dict:

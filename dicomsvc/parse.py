@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from .errors import InvalidDicom
+from .errors import InvalidDicom, NotDicom
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00009, 0x7FE00008)  # Pixel Data, Double Float, Float
 PIXEL_KEYWORDS = {
@@ -99,11 +99,13 @@ def _check_header(fp: BinaryIO) -> None:
     fp.seek(0)
     if len(head) >= 132 and head[128:132] == b"DICM":
         return
+    if head[:4] == b"PK\x03\x04":
+        raise NotDicom("a ZIP archive, not a DICOM file (archives inside archives are not expanded)")
     if len(head) < 8:
-        raise InvalidDicom("not a DICOM file: too short")
+        raise NotDicom("not a DICOM file: too short")
     group_le, group_be = struct.unpack("<H", head[:2])[0], struct.unpack(">H", head[:2])[0]
     if group_le not in FIRST_GROUPS and group_be not in FIRST_GROUPS:
-        raise InvalidDicom("not a DICOM file: no 'DICM' prefix and no DICOM data set at the start")
+        raise NotDicom("not a DICOM file: no 'DICM' prefix and no DICOM data set at the start")
 
 
 def _check_complete(ds: Dataset, file_size: int) -> None:

@@ -15,7 +15,7 @@ import multiprocessing
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import store
@@ -48,6 +48,7 @@ class Service:
     blobs: BlobStore
     cpu_pool: Executor
     io_pool: ThreadPoolExecutor
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # a background job is queued
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound ``fn(*args)`` in a worker process (arguments and result are pickled)."""

@@ -4,8 +4,9 @@ One database file in WAL mode. The ingest pipeline writes from the worker
 processes, each through its own connection (``connection``), one short
 ``BEGIN IMMEDIATE`` transaction per instance: SQLite serializes the writers,
 and no write ever crosses a process boundary or the event loop. The HTTP side
-only reads, through one aiosqlite connection (``Database``); every ``await``
-on it is a round trip to its thread, so each read is a single query.
+reads (and keeps the books of background jobs) through one aiosqlite
+connection (``Database``); every ``await`` on it is a round trip to its thread,
+so each read is a single query.
 """
 
 import sqlite3
@@ -132,25 +133,25 @@ def _tag_ids(db: sqlite3.Connection, keys: list[tuple[int, str, str]]) -> dict:
 
 @dataclass
 class Database:
-    reader: aiosqlite.Connection
+    conn: aiosqlite.Connection  # the service's own: reads, and job bookkeeping
 
     async def close(self) -> None:
-        await self.reader.close()
+        await self.conn.close()
 
 
 async def open_database(path: Path) -> Database:
     """Create or upgrade the schema and open the service's read connection."""
-    reader = await aiosqlite.connect(path, isolation_level=None)
-    reader.row_factory = aiosqlite.Row
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = aiosqlite.Row
     for pragma in PRAGMAS:
-        await reader.execute(pragma)
-    await reader.execute("PRAGMA journal_mode = WAL")
-    await reader.executescript(SCHEMA.read_text())
-    return Database(reader=reader)
+        await conn.execute(pragma)
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.executescript(SCHEMA.read_text())
+    return Database(conn=conn)
 
 
 async def get_instance(db: Database, instance_id: str) -> dict | None:
-    rows = await db.reader.execute_fetchall("SELECT * FROM dicom WHERE id = ?", (instance_id,))
+    rows = await db.conn.execute_fetchall("SELECT * FROM dicom WHERE id = ?", (instance_id,))
     return dict(rows[0]) if rows else None
 
 
@@ -179,5 +180,5 @@ async def get_tags_json(db: Database, instance_id: str) -> str | None:
     SQLite builds the JSON (one query, one round trip); every stored instance has
     rows, so an empty array means there is no such instance.
     """
-    ((text,),) = await db.reader.execute_fetchall(TAGS_JSON_SQL, (instance_id,))
+    ((text,),) = await db.conn.execute_fetchall(TAGS_JSON_SQL, (instance_id,))
     return None if text == "[]" else text

@@ -109,11 +109,6 @@ def test_missing_file_is_404(client):
     assert_error(post(client, "nope.dcm"), 404, "not_found")
 
 
-def test_directory_is_400_for_now(client, import_root):
-    (import_root / "folder").mkdir()
-    assert_error(post(client, "folder"), 400, "bad_request")
-
-
 def test_fifo_is_400_and_never_opened(client, import_root, data_dir):
     fifo = import_root / "pipe.dcm"
     os.mkfifo(fifo)

@@ -1,0 +1,221 @@
+"""Several files in one request: ZIP archives, multipart uploads, folders.
+
+A batch is a list of ``Item``s, each one file to ingest, described by plain
+data (so it can be pickled to a worker and stored in a job). ``expand_*``
+turn an archive or a folder into items, refusing oversized archives before
+anything is stored; ``ingest_items`` (synchronous, in a worker) ingests a
+chunk of them and returns one result per item; ``run`` (async, in the
+service) spreads the chunks over the workers.
+
+Archive member names are only ever labels: nothing is written to disk under a
+name taken from an archive, so ``../../x`` and absolute names are harmless.
+"""
+
+import asyncio
+import json
+import os
+import posixpath
+import zipfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .blobs import BlobStore
+from .config import Config
+from .errors import BadRequest, DicomSvcError, NotDicom, TooLarge
+from .ingest import Ingested, ingest_file, ingest_import
+from .service import Service
+
+CHUNK = 8  # items per trip to a worker
+
+
+@dataclass(frozen=True)
+class Item:
+    file: str  # the name the client knows: in the archive, the request or the folder
+    kind: str  # "spooled": a file we own | "import": under the import root | "member": of a ZIP we own
+    path: str  # the spooled file, the path relative to the import root, or the ZIP
+    member: str | None = None  # the member's name in the ZIP
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Item":
+        return cls(**json.loads(text))
+
+
+async def run_entries(svc: Service, entries: Sequence["Entry"], study_uid: str | None = None) -> list[dict]:
+    """Results for every entry, in order: ingest the items, keep the decided ones."""
+    items = [e for e in entries if isinstance(e, Item)]
+    done = iter(await run(svc, items, study_uid=study_uid))
+    return [next(done) if isinstance(e, Item) else e for e in entries]
+
+
+PUBLIC_KEYS = ("file", "id", "status", "error", "detail", "warnings")
+
+
+def summarize(results: Sequence[dict]) -> dict:
+    """The batch answer: counts by status, then every file's result in request order."""
+    counts = {"created": 0, "duplicates": 0, "failed": 0, "skipped": 0}
+    for result in results:
+        key = "duplicates" if result["status"] == "duplicate" else result["status"]
+        counts[key] += 1
+    return counts | {"results": [{k: r[k] for k in PUBLIC_KEYS if k in r} for r in results]}
+
+
+# Expanding requests into items ------------------------------------------------------------
+
+
+Entry = Item | dict  # a file to ingest, or a result decided without ingesting it (skipped, failed)
+
+
+def expand_zip(config: Config, zip_path: Path, label: str = "") -> list[Entry]:
+    """An entry per archive member, in archive order; or TooLarge.
+
+    Checks the central directory against the limits before anything is extracted:
+    the number of files, their total size, and each member's compression ratio.
+    """
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = [info for info in archive.infolist() if not info.is_dir()]
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BadRequest(f"{label or 'the body'} is not a readable ZIP archive ({type(exc).__name__})") from None
+    if len(members) > config.max_archive_files:
+        raise TooLarge(f"the archive holds {len(members)} files; the limit is {config.max_archive_files}")
+    total = sum(info.file_size for info in members)
+    if total > config.max_archive_bytes:
+        raise TooLarge(f"the archive expands to {total} bytes; the limit is {config.max_archive_bytes}")
+    for info in members:
+        if info.file_size > (1 << 20) and info.file_size > config.max_zip_ratio * max(info.compress_size, 1):
+            raise TooLarge(f"member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)} times")
+    entries: list[Entry] = []
+    for info in members:
+        name = posixpath.join(label, info.filename) if label else info.filename
+        if info.flag_bits & 0x1:
+            entries.append(failed(name, "encrypted", "encrypted archive members are not supported"))
+        elif skip_reason(info.filename):
+            entries.append(skipped(name, skip_reason(info.filename)))
+        else:
+            entries.append(Item(file=name, kind="member", path=str(zip_path), member=info.filename))
+    return entries
+
+
+def expand_directory(config: Config, real: Path) -> list[Entry]:
+    """Items for every file below a folder of the import root (links are not followed)."""
+    root = config.import_root.resolve()
+    items = []
+    for folder, dirs, files in os.walk(real):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            items.append(Item(file=str(path.relative_to(real)), kind="import", path=str(path.relative_to(root))))
+    return items
+
+
+def skip_reason(name: str) -> str | None:
+    """Why a file is not even looked at, judged by its name."""
+    parts = name.replace("\\", "/").split("/")
+    if "__MACOSX" in parts or parts[-1].startswith("."):
+        return "hidden or macOS metadata file"
+    if parts[-1].upper() == "DICOMDIR":
+        return "DICOMDIR (a media directory, not an instance)"
+    return None
+
+
+# Ingesting items (synchronous, in a worker) --------------------------------------------------
+
+
+def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = None) -> list[dict]:
+    """Ingest each item; one result each, in order. One bad file never spoils the others."""
+    archives: dict[str, zipfile.ZipFile] = {}
+    try:
+        return [_ingest_item(config, item, archives, study_uid) for item in items]
+    finally:
+        for archive in archives.values():
+            archive.close()
+
+
+def _ingest_item(config: Config, item: Item, archives: dict, study_uid: str | None) -> dict:
+    reason = skip_reason(item.file)
+    if reason:
+        return skipped(item.file, reason)
+    blobs = BlobStore(config.blob_dir)
+    try:
+        if item.kind == "import":
+            ingested = ingest_import(config, item.path)
+        else:
+            temp = _member_to_temp(config, blobs, item, archives) if item.kind == "member" else _link(blobs, item)
+            ingested = ingest_file(config, temp, source=item.file, study_uid=study_uid)
+    except NotDicom as exc:  # a README, a nested ZIP, a DICOMDIR...
+        return skipped(item.file, exc.detail)
+    except DicomSvcError as exc:
+        return failed(item.file, exc.code, exc.detail)
+    return created_or_duplicate(item.file, ingested)
+
+
+def created_or_duplicate(name: str, ingested: Ingested) -> dict:
+    result = {"file": name, "id": ingested.id, "status": "created" if ingested.created else "duplicate"}
+    if ingested.warnings:
+        result["warnings"] = ingested.warnings
+    result["sop_class_uid"], result["sop_instance_uid"] = ingested.sop_class_uid, ingested.sop_instance_uid
+    return result
+
+
+def failed(name: str, code: str, detail: str) -> dict:
+    return {"file": name, "status": "failed", "error": code, "detail": detail}
+
+
+def skipped(name: str, detail: str) -> dict:
+    return {"file": name, "status": "skipped", "detail": detail}
+
+
+def _link(blobs: BlobStore, item: Item) -> Path:
+    """A second name for a spooled part in blob temp space: ingesting moves that name, so
+    the part itself stays until its job is done (and can be ingested again after a crash)."""
+    temp = blobs.tmp / f"{os.urandom(12).hex()}.dcm"
+    os.link(item.path, temp)
+    return temp
+
+
+def _member_to_temp(config: Config, blobs: BlobStore, item: Item, archives: dict) -> Path:
+    """Extract one member, streaming, never past the size its header declares."""
+    archive = archives.get(item.path)
+    if archive is None:
+        archive = archives[item.path] = zipfile.ZipFile(item.path)
+    try:
+        info = archive.getinfo(item.member)
+        with archive.open(info) as src:
+            return blobs.spool(src, min(info.file_size, config.max_upload_bytes))
+    except TooLarge:
+        raise TooLarge("the member is larger than its header says or than the file size limit") from None
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise BadRequest(f"the archive member could not be extracted ({type(exc).__name__})") from None
+
+
+# Running a batch (async, in the service) ------------------------------------------------------
+
+
+async def run(
+    svc: Service,
+    items: Sequence[Item],
+    on_done: Callable[[int, list[dict]], Awaitable[None]] | None = None,
+    study_uid: str | None = None,
+) -> list[dict]:
+    """Ingest ``items`` on the workers, a chunk at a time, a few chunks in flight.
+
+    ``on_done(start, results)`` is awaited as each chunk finishes (jobs record
+    progress with it). Results come back in the order of ``items``.
+    """
+    results: list[dict | None] = [None] * len(items)
+    limit = asyncio.Semaphore(max(svc.config.workers, 1) * 2)
+
+    async def one_chunk(start: int) -> None:
+        async with limit:
+            chunk = list(items[start : start + CHUNK])
+            done = await svc.cpu(ingest_items, svc.config, chunk, study_uid)
+            results[start : start + len(done)] = done
+            if on_done is not None:
+                await on_done(start, done)
+
+    await asyncio.gather(*(one_chunk(start) for start in range(0, len(items), CHUNK)))
+    return [r for r in results if r is not None]

@@ -1,0 +1,152 @@
+"""``POST /dicom``: one route, chosen by Content-Type.
+
+- ``application/json`` ``{"path"}``: a file under the import root (one instance), or a
+  folder (every file below it);
+- ``application/dicom``: the body is one instance;
+- ``application/zip``: the body is an archive of instances;
+- ``multipart/form-data``: ``file`` parts, each a DICOM file or a ZIP.
+
+One instance answers ``201``/``200`` ``{"id"}``; several answer ``200`` with
+per-file results. More files than ``DICOMSVC_SYNC_LIMIT``, or ``?async=true``,
+answer ``202 {"job", "status_url"}`` once the upload is safely on disk, and are
+ingested in the background (``dicomsvc.jobs``).
+"""
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from python_multipart.multipart import parse_options_header
+from starlette.requests import Request
+
+from . import batch, jobs, paths, uploads
+from .batch import Entry, Item
+from .errors import BadRequest, DicomSvcError
+from .ingest import Ingested, ingest_file, ingest_path
+from .service import Service
+from .web import read_json_object
+
+ZIP_TYPES = {"application/zip", "application/x-zip-compressed"}
+
+
+class UnsupportedMediaType(DicomSvcError):
+    status, code = 415, "unsupported_media_type"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict
+
+
+def media_type(request: Request) -> str:
+    kind, _ = parse_options_header(request.headers.get("content-type", ""))
+    return kind.decode("latin-1").lower()
+
+
+async def post_dicom(svc: Service, request: Request) -> Answer:
+    kind = media_type(request)
+    want_async = request.query_params.get("async", "").lower() in ("1", "true", "yes")
+    if kind in ("", "application/json", "text/plain", "application/x-www-form-urlencoded"):
+        return await _from_path(svc, request, want_async)
+    if kind == "application/dicom":
+        return await _from_body(svc, request, want_async)
+    if kind in ZIP_TYPES:
+        return await _with_spool(svc, request, want_async, _zip_entries)
+    if kind == "multipart/form-data":
+        return await _with_spool(svc, request, want_async, _form_entries)
+    raise UnsupportedMediaType(
+        f"Content-Type {kind!r} is not accepted here: send application/json {{\"path\"}}, "
+        "application/dicom, application/zip or multipart/form-data"
+    )
+
+
+def single(ingested: Ingested) -> Answer:
+    body = {"id": ingested.id} | ({"warnings": ingested.warnings} if ingested.warnings else {})
+    return Answer(201 if ingested.created else 200, body)
+
+
+async def _from_path(svc: Service, request: Request, want_async: bool) -> Answer:
+    raw = (await read_json_object(request)).get("path")
+    real = await svc.io(paths.resolve, svc.config.import_root, raw)
+    if await svc.io(real.is_dir):
+        entries = await svc.io(batch.expand_directory, svc.config, real)
+    elif want_async:
+        relative = real.relative_to(svc.config.import_root.resolve())
+        entries = [Item(file=str(raw), kind="import", path=str(relative))]
+    else:
+        return single(await ingest_path(svc, raw))
+    return await _run(svc, entries, None, want_async)
+
+
+async def _from_body(svc: Service, request: Request, want_async: bool) -> Answer:
+    """One instance in the body."""
+    cfg = svc.config
+    if want_async:
+        return await _with_spool(svc, request, True, _body_entries)
+    temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"
+    try:
+        await uploads.spool_body(svc, request, temp, cfg.max_upload_bytes)
+        return single(await svc.cpu(ingest_file, cfg, temp, _source(request)))
+    finally:
+        await svc.io(svc.blobs.discard, temp)  # gone already if it was stored
+
+
+def _source(request: Request) -> str:
+    """What the upload is called: Content-Disposition's filename, if the client sent one."""
+    _, options = parse_options_header(request.headers.get("content-disposition", ""))
+    return options.get(b"filename", b"upload").decode("utf-8", "replace")
+
+
+async def _with_spool(svc: Service, request: Request, want_async: bool, entries_of) -> Answer:
+    """Spool the upload to a folder of its own, expand it into entries, run them."""
+    folder = await svc.io(uploads.new_spool, svc.config.spool_dir)
+    handed_over = False
+    try:
+        entries = await entries_of(svc, request, folder)
+        answer = await _run(svc, entries, folder, want_async)
+        handed_over = answer.status == 202
+        return answer
+    finally:
+        if not handed_over:
+            await svc.io(uploads.remove_spool, folder)
+
+
+async def _body_entries(svc: Service, request: Request, folder: Path) -> list[Entry]:
+    target = folder / "body.dcm"
+    await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes)
+    return [Item(file=_source(request), kind="spooled", path=str(target))]
+
+
+async def _zip_entries(svc: Service, request: Request, folder: Path) -> list[Entry]:
+    target = folder / "upload.zip"
+    await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes)
+    return await svc.io(batch.expand_zip, svc.config, target, "")
+
+
+async def _form_entries(svc: Service, request: Request, folder: Path) -> list[Entry]:
+    cfg = svc.config
+    parts = await uploads.spool_multipart(svc, request, folder, cfg.max_upload_bytes, cfg.max_archive_files)
+    files = [p for p in parts if p.path is not None]
+    if not files:
+        raise BadRequest("no file parts: send each file as a part named 'file'")
+    entries: list[Entry] = []
+    for number, part in enumerate(files, 1):
+        name = part.filename or f"part {number}"
+        if part.content_type in ZIP_TYPES or await svc.io(_is_zip, part.path):
+            entries += await svc.io(batch.expand_zip, cfg, part.path, name)
+        else:
+            entries.append(Item(file=name, kind="spooled", path=str(part.path)))
+    return entries
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+async def _run(svc: Service, entries: list[Entry], spool: Path | None, want_async: bool) -> Answer:
+    if want_async or len(entries) > svc.config.sync_limit:
+        job_id = await jobs.submit(svc, entries, spool)
+        return Answer(202, {"job": job_id, "status_url": f"/jobs/{job_id}"})
+    return Answer(200, batch.summarize(await batch.run_entries(svc, entries)))

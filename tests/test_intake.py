@@ -1,0 +1,281 @@
+"""POST /dicom by upload, ZIP, multipart and folder; jobs; limits; STOW-RS."""
+
+import io
+import json
+import shutil
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from dicomfiles import blob_files, make_ct, sample_file, save
+
+
+def dicom_bytes(name: str) -> bytes:
+    return sample_file(name).read_bytes()
+
+
+def ct_bytes(i: int) -> bytes:
+    buf = io.BytesIO()
+    make_ct(np.full((8, 8), i, np.int16)).save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def make_zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def post_zip(client, data: bytes, query: str = ""):
+    return client.post(f"/dicom{query}", content=data, headers={"content-type": "application/zip"})
+
+
+def wait_for(client, status_url: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(status_url).json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job not done: {job}")
+
+
+def stored(data_dir) -> list:
+    return [p for p in blob_files(data_dir) if ".tmp" not in p.parts]
+
+
+def leftovers(data_dir) -> list:
+    """Temp and spool files: none once a request or job is over."""
+    spool = data_dir / "spool"
+    spooled = [p for p in spool.rglob("*")] if spool.exists() else []
+    return [p for p in blob_files(data_dir) if ".tmp" in p.parts] + spooled
+
+
+# application/dicom -------------------------------------------------------------------------
+
+
+def test_raw_body_answers_like_the_path_form(client, data_dir):
+    body = dicom_bytes("CT_small.dcm")
+    first = client.post("/dicom", content=body, headers={"content-type": "application/dicom"})
+    assert first.status_code == 201 and len(first.json()["id"]) == 22
+    again = client.post("/dicom", content=body, headers={"content-type": "application/dicom"})
+    assert again.status_code == 200 and again.json() == first.json()
+    image = client.get("/image", params={"id": first.json()["id"]})
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    bad = client.post("/dicom", content=b"hello" * 100, headers={"content-type": "application/dicom"})
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_dicom"
+    assert len(stored(data_dir)) == 2 and leftovers(data_dir) == []
+
+
+def test_unknown_media_type_is_415(client):
+    response = client.post("/dicom", content=b"x", headers={"content-type": "image/png"})
+    assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
+
+
+# ZIP ----------------------------------------------------------------------------------------
+
+
+def test_zip_with_good_broken_and_non_dicom_members(client, data_dir):
+    members = {f"series/{i}.dcm": ct_bytes(i) for i in range(9)}
+    members["series/broken.dcm"] = ct_bytes(99)[:400]  # cut inside the data set
+    members["README.txt"] = b"these are test files"
+    members["__MACOSX/series/._0.dcm"] = b"\x00\x05\x16\x07"
+    members[".DS_Store"] = b"\x00\x00\x00\x01Bud1"
+    members["DICOMDIR"] = dicom_bytes("rtplan.dcm")
+    members["inner.zip"] = make_zip({"x.dcm": ct_bytes(50)})
+    response = post_zip(client, make_zip(members))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["created"], body["duplicates"], body["failed"], body["skipped"]) == (9, 0, 1, 5)
+    by_file = {r["file"]: r for r in body["results"]}
+    assert [r["file"] for r in body["results"]] == list(members)  # archive order
+    assert by_file["series/broken.dcm"]["status"] == "failed"
+    assert by_file["series/broken.dcm"]["error"] == "invalid_dicom"
+    assert by_file["inner.zip"]["status"] == "skipped" and "archive" in by_file["inner.zip"]["detail"]
+    assert by_file["DICOMDIR"]["status"] == "skipped"
+    assert all(by_file[f"series/{i}.dcm"]["status"] == "created" for i in range(9))
+    assert len(stored(data_dir)) == 18 and leftovers(data_dir) == []
+    again = post_zip(client, make_zip(members)).json()
+    assert again["duplicates"] == 9 and again["created"] == 0
+
+
+def test_zip_slip_names_are_only_labels(client, data_dir, tmp_path):
+    members = {"../../escape.dcm": ct_bytes(1), "/abs/path.dcm": ct_bytes(2), "a/../../../up.dcm": ct_bytes(3)}
+    body = post_zip(client, make_zip(members)).json()
+    assert body["created"] == 3
+    assert sorted(r["file"] for r in body["results"]) == sorted(members)
+    for name in ("escape.dcm", "path.dcm", "up.dcm"):
+        assert not list(tmp_path.parent.rglob(name))  # nothing written under an archive name
+
+
+def test_stored_zip_and_encrypted_member(client):
+    plain = make_zip({"a.dcm": ct_bytes(1)}, compression=zipfile.ZIP_STORED)
+    assert post_zip(client, plain).json()["created"] == 1
+    encrypted = bytearray(make_zip({"secret.dcm": ct_bytes(2)}, compression=zipfile.ZIP_STORED))
+    # set the "encrypted" flag in the local and central headers
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = encrypted.index(signature) + offset
+        encrypted[at] |= 0x01
+    body = post_zip(client, bytes(encrypted)).json()
+    assert body["failed"] == 1 and body["results"][0]["error"] == "encrypted"
+
+
+def test_not_a_zip_is_400(client):
+    response = post_zip(client, b"PK\x03\x04 but then nothing sensible" * 10)
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+
+
+@pytest.fixture
+def small_limits(data_dir, import_root):
+    from starlette.testclient import TestClient
+
+    from app import create_app
+    from dicomsvc.config import Config
+
+    def make(**limits):
+        env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "0"}
+        env |= {f"DICOMSVC_{k.upper()}": str(v) for k, v in limits.items()}
+        return TestClient(create_app(Config.from_env(env)))
+
+    return make
+
+
+def test_zip_bomb_and_archive_limits_are_413_and_store_nothing(small_limits, data_dir):
+    bomb = make_zip({"a.dcm": ct_bytes(1), "bomb.dcm": bytes(50 << 20)})  # 50 MB of zeros, ~50 kB zipped
+    many = make_zip({f"{i}.dcm": ct_bytes(i) for i in range(6)})
+    with small_limits(max_zip_ratio=100, max_archive_files=5, max_archive_bytes=60 << 20) as client:
+        response = post_zip(client, bomb)
+        assert response.status_code == 413 and response.json()["error"] == "too_large"
+        assert "expands" in response.json()["detail"]
+        assert post_zip(client, many).status_code == 413
+    with small_limits(max_archive_bytes=100_000) as client:
+        assert post_zip(client, many).status_code == 200  # 6 x ~1 kB is fine, but 4 x 31 kB is not
+        big = make_zip({f"{i}.dcm": ct_bytes(i) + bytes(30_000) for i in range(4)})
+        assert post_zip(client, big).status_code == 413
+    with small_limits(max_upload_bytes=10_000) as client:
+        assert post_zip(client, make_zip({"x.dcm": np.random.bytes(20_000)}, zipfile.ZIP_STORED)).status_code == 413
+        too_big = client.post("/dicom", content=bytes(20_000), headers={"content-type": "application/dicom"})
+        assert too_big.status_code == 413
+    assert len(stored(data_dir)) == 12 and leftovers(data_dir) == []  # only the 6 that fit
+
+
+# multipart/form-data --------------------------------------------------------------------------
+
+
+def test_multipart_files_and_zips(client, data_dir):
+    files = [
+        ("file", ("ct.dcm", dicom_bytes("CT_small.dcm"), "application/dicom")),
+        ("file", ("mr.dcm", dicom_bytes("MR_small.dcm"), "application/octet-stream")),
+        ("file", ("more.zip", make_zip({"x/1.dcm": ct_bytes(1), "x/2.dcm": ct_bytes(2)}), "application/zip")),
+        ("file", ("notes.txt", b"not dicom", "text/plain")),
+    ]
+    response = client.post("/dicom", files=files, data={"comment": "a form field"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["file"] for r in body["results"]] == ["ct.dcm", "mr.dcm", "more.zip/x/1.dcm", "more.zip/x/2.dcm", "notes.txt"]
+    assert (body["created"], body["skipped"]) == (4, 1)
+    assert leftovers(data_dir) == []
+
+
+def test_multipart_without_files_or_boundary_is_400(client):
+    assert client.post("/dicom", data={"just": "fields"}).status_code == 400
+    bad = client.post("/dicom", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
+    assert bad.status_code == 400
+
+
+# folders --------------------------------------------------------------------------------------
+
+
+def test_folder_import_walks_everything_below(client, import_root, data_dir):
+    folder = import_root / "study"
+    (folder / "a" / "b").mkdir(parents=True)
+    shutil.copyfile(sample_file("CT_small.dcm"), folder / "ct.dcm")
+    shutil.copyfile(sample_file("MR_small.dcm"), folder / "a" / "mr.dcm")
+    shutil.copyfile(sample_file("rtplan.dcm"), folder / "a" / "b" / "plan")
+    (folder / "a" / "notes.txt").write_text("hello")
+    (folder / "a" / "link.dcm").symlink_to(import_root.parent / "outside.dcm")
+    (import_root.parent / "outside.dcm").write_bytes(dicom_bytes("CT_small.dcm"))
+    body = client.post("/dicom", json={"path": "study"}).json()
+    by_file = {r["file"]: r for r in body["results"]}
+    assert set(by_file) == {"ct.dcm", "a/mr.dcm", "a/b/plan", "a/notes.txt", "a/link.dcm"}
+    assert by_file["a/b/plan"]["status"] == "created" and by_file["a/notes.txt"]["status"] == "skipped"
+    assert by_file["a/link.dcm"]["status"] == "failed" and by_file["a/link.dcm"]["error"] == "forbidden"
+    assert body["created"] == 3
+
+
+# jobs -----------------------------------------------------------------------------------------
+
+
+def test_big_batches_become_jobs(small_limits, data_dir):
+    members = {f"{i}.dcm": ct_bytes(i) for i in range(12)} | {"readme.txt": b"x"}
+    with small_limits(sync_limit=5) as client:
+        response = post_zip(client, make_zip(members))
+        assert response.status_code == 202
+        job_id = response.json()["job"]
+        assert response.json()["status_url"] == f"/jobs/{job_id}"
+        job = wait_for(client, response.json()["status_url"])
+        assert (job["total"], job["processed"], job["progress"]) == (13, 13, 100)
+        assert (job["created"], job["skipped"], job["failed"]) == (12, 1, 0)
+        assert [r["file"] for r in job["results"]] == list(members)
+        small = post_zip(client, make_zip({"x.dcm": ct_bytes(100)}), "?async=true")
+        assert small.status_code == 202 and wait_for(client, small.json()["status_url"])["created"] == 1
+        assert client.get("/jobs/nope").status_code == 404
+    assert leftovers(data_dir) == []
+
+
+# STOW-RS -----------------------------------------------------------------------------------------
+
+
+def test_stow_rs_with_dicomweb_client(live_server, data_dir):
+    from dicomweb_client.api import DICOMwebClient
+
+    web = DICOMwebClient(url=live_server)
+    datasets = [dcmread(sample_file(name)) for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")]
+    answer = web.store_instances(datasets=datasets)
+    referenced = answer.ReferencedSOPSequence
+    assert sorted(item.ReferencedSOPInstanceUID for item in referenced) == sorted(d.SOPInstanceUID for d in datasets)
+    assert "FailedSOPSequence" not in answer
+    assert len(stored(data_dir)) == 6
+    # a study in the URL: instances of another study fail; the rest are stored (202)
+    study = datasets[0].StudyInstanceUID
+    mixed = [dcmread(sample_file("CT_small.dcm")), dcmread(sample_file("rtplan.dcm"))]
+    partial = web.store_instances(datasets=mixed, study_instance_uid=study)  # a 202
+    assert [i.ReferencedSOPInstanceUID for i in partial.ReferencedSOPSequence] == [mixed[0].SOPInstanceUID]
+    assert [i.FailureReason for i in partial.FailedSOPSequence] == [0x0110]
+
+
+def _related(parts: list[tuple[str, bytes]], part_type='"application/dicom"') -> tuple[bytes, str]:
+    boundary = "xyzBOUNDARYzyx"
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n" for ctype, data in parts
+    )
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/related; type={part_type}; boundary={boundary}"
+
+
+def test_stow_rs_statuses(client):
+    body, ctype = _related([("application/dicom", dicom_bytes("CT_small.dcm"))])
+    ok = client.post("/studies", content=body, headers={"content-type": ctype})
+    assert ok.status_code == 200 and ok.headers["content-type"] == "application/dicom+json"
+    item = ok.json()["00081199"]["Value"][0]
+    assert item["00081155"]["Value"] == [dcmread(sample_file("CT_small.dcm")).SOPInstanceUID]
+    body, ctype = _related([("application/dicom", dicom_bytes("MR_small.dcm")), ("application/dicom", b"junk" * 50)])
+    partial = client.post("/studies", content=body, headers={"content-type": ctype})
+    assert partial.status_code == 202
+    assert partial.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    body, ctype = _related([("application/dicom", b"junk" * 50)])
+    assert client.post("/studies", content=body, headers={"content-type": ctype}).status_code == 409
+    body, ctype = _related([("application/dicom", dicom_bytes("MR_small.dcm"))], part_type='"application/dicom+json"')
+    wrong = client.post("/studies", content=body, headers={"content-type": ctype})
+    assert wrong.status_code == 415
+    assert client.post("/studies", content=b"x", headers={"content-type": "application/dicom"}).status_code == 415
+    other_study = client.post(
+        "/studies/1.2.3.4", content=_related([("application/dicom", dicom_bytes("MR_small.dcm"))])[0],
+        headers={"content-type": _related([])[1]},
+    )
+    assert other_study.status_code == 409
+    assert json.loads(other_study.text)["00081198"]["Value"][0]["00081197"]["Value"] == [0x0110]
