@@ -291,6 +291,12 @@ class _FileBody:
             yield chunk
 
 
+def _disposition(name: str) -> bytes:
+    """``attachment; filename="<name>"`` (UTF-8; quotes, backslashes and controls replaced)."""
+    safe = "".join("_" if c in '"\\' or ord(c) < 32 or ord(c) == 127 else c for c in name)
+    return f'attachment; filename="{safe}"'.encode()
+
+
 def _json(response: httpx.Response) -> dict | None:
     try:
         body = response.json()
@@ -339,10 +345,8 @@ def _batch(archive: str, body: dict) -> _Outcome:
             out.warnings += 1
     if body.get("status") == "failed":  # the job itself failed (say, a corrupt archive)
         error = body.get("error")
-        detail = body.get("detail")
-        out.failures.append(
-            Failure(archive, error if isinstance(error, str) and error else "job_failed", str(detail or "archive job failed"))
-        )
+        error = error if isinstance(error, str) and error else "job_failed"
+        out.failures.append(Failure(archive, error, str(body.get("detail") or "archive job failed")))
         out.failed += 1
     elif out.failed > len(out.failures):  # counted, but not itemised: still name the archive
         out.failures.append(Failure(archive, "failed", f"{out.failed - len(out.failures)} member(s) failed"))
@@ -376,7 +380,8 @@ class _Run:
                     return _Outcome.failure(archive, *_error_of(response), answered=True)
                 body = _json(response)
                 if body is None or not isinstance(body.get("status"), str):
-                    return _Outcome.failure(archive, "bad_response", "job status is not a JSON object with a status", answered=True)
+                    detail = "job status is not a JSON object with a status"
+                    return _Outcome.failure(archive, "bad_response", detail, answered=True)
                 if body["status"] not in JOB_RUNNING:
                     return _batch(archive, body)
                 self.meter.job(archive, _count(body, "processed", 0), _count(body, "total", 0))
@@ -392,7 +397,8 @@ class _Run:
             return _Outcome.failure(name, *_error_of(response), answered=True)
         body = _json(response)
         if body is None:
-            return _Outcome.failure(name, "bad_response", f"HTTP {response.status_code} without a JSON object", answered=True)
+            detail = f"HTTP {response.status_code} without a JSON object"
+            return _Outcome.failure(name, "bad_response", detail, answered=True)
         if isinstance(body.get("job"), str):
             return self.poll(name, body["job"])
         if "results" in body or isinstance(body.get("created"), int):
@@ -413,6 +419,8 @@ class _Run:
             with upload.path.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 headers = {"Content-Type": CONTENT_TYPES[upload.kind], "Content-Length": str(size)}
+                if upload.kind == "dicom":  # the server records the name as the instance's source
+                    headers["Content-Disposition"] = _disposition(upload.path.name)
                 response = self.client.post(
                     f"{self.base_url}/dicom", params=self.params, headers=headers, content=_FileBody(f, self.meter)
                 )

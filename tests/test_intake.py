@@ -5,6 +5,7 @@ import json
 import shutil
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,12 +106,12 @@ def test_zip_with_good_broken_and_non_dicom_members(client, data_dir):
 
 
 def test_zip_slip_names_are_only_labels(client, data_dir, tmp_path):
-    members = {"../../escape.dcm": ct_bytes(1), "/abs/path.dcm": ct_bytes(2), "a/../../../up.dcm": ct_bytes(3)}
+    members = {"../../zs-escape.dcm": ct_bytes(1), "/zs-abs/path.dcm": ct_bytes(2), "a/../../../zs-up.dcm": ct_bytes(3)}
     body = post_zip(client, make_zip(members)).json()
     assert body["created"] == 3
     assert sorted(r["file"] for r in body["results"]) == sorted(members)
-    for name in ("escape.dcm", "path.dcm", "up.dcm"):
-        assert not list(tmp_path.parent.rglob(name))  # nothing written under an archive name
+    for name in ("zs-escape.dcm", "zs-abs", "zs-up.dcm"):  # nothing written under an archive name
+        assert not list(tmp_path.parent.parent.rglob(name)) and not (Path("/") / name).exists()
 
 
 def test_stored_zip_and_encrypted_member(client):
