@@ -716,6 +716,20 @@ def collect_errors(out: dict) -> list[str]:
     return lines
 
 
+def git_state() -> str:
+    """The commit benchmarked, with the number of changed files when the tree is dirty."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+                               text=True, timeout=10).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head + (f" + {len(dirty)} uncommitted changes" if dirty else "")
+
+
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
@@ -747,8 +761,10 @@ def main(argv=None) -> int:
     binary = None if a.no_orthanc else C.orthanc_binary()
     if binary:
         facts["orthanc"] = C.orthanc_version(binary)
+    facts["git"] = git_state()
     print(f"machine: nproc={facts['nproc']}  cpu={facts['cpu_model']}  mem={facts['mem_gib']} GiB  "
           f"python {facts['python']}  pydicom {facts['pydicom']}" + (f"  {facts['orthanc']}" if binary else ""))
+    print(f"code: {facts['git']}")
     print("caveat: 2 shared noisy cores: compare ratios within one run, not absolute numbers across runs")
     if not a.no_orthanc and not binary:
         print("note: Orthanc not installed -> dicomsvc only")

@@ -531,3 +531,71 @@ def test_summary_of_a_clean_run(tmp_path):
         "2 hidden, system or non-regular files passed over"
     )
     assert summary.exit_code == 0
+
+
+# End to end ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(data_dir, import_root):
+    """As conftest's (CPU work in threads), but more than 3 files in one request make a job."""
+    from dicomsvc.config import Config
+
+    return Config.from_env(
+        {
+            "DICOMSVC_DATA_DIR": str(data_dir),
+            "DICOMSVC_IMPORT_ROOT": str(import_root),
+            "DICOMSVC_WORKERS": "0",
+            "DICOMSVC_SYNC_LIMIT": "3",
+        }
+    )
+
+
+class RecordingTransport(httpx.BaseTransport):
+    """The real network, noting each request's method and path."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.seen: list[tuple[str, str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.url.path))
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_end_to_end_against_the_real_server(tmp_path, live_server, capsys):
+    tree = tmp_path / "tree"
+    copy_sample("CT_small.dcm", tree / "ct.dcm")
+    copy_sample("MR_small.dcm", tree / "series" / "IM1")
+    copy_sample("rtplan.dcm", tree / "series" / "deeper" / "plan.dcm")
+    copy_sample("CT_small.dcm", tree / ".DS_Store")
+    make_zip(  # 3 members: answered at once
+        tree / "small.zip",
+        {"a/jpeg.dcm": sample_file("JPEG2000.dcm").read_bytes(), "__MACOSX/a/._jpeg.dcm": b"fork",
+         "a/readme.txt": b"not an instance"},
+    )
+    make_zip(  # 5 members: a background job, polled
+        tree / "big.zip",
+        {f"s/{name}": sample_file(name).read_bytes()
+         for name in ("MR_small_RLE.dcm", "SC_rgb_rle.dcm", "rtdose_1frame.dcm", "image_dfl.dcm", "CT_small.dcm")},
+    )
+
+    network = RecordingTransport()
+    first = import_paths([str(tree)], live_server, jobs=3, poll_interval=0.05, transport=network)
+
+    assert first.unreachable is None and first.failures == [], format_summary(first)
+    # ct.dcm and big.zip's CT_small.dcm are one instance: whichever comes second is a duplicate
+    assert (first.created, first.duplicates, first.failed, first.ignored) == (8, 1, 0, 1)
+    assert first.skipped == 2  # __MACOSX and the README, by the server
+    assert first.uploads == 5 and first.exit_code == 0
+    assert ("POST", "/dicom") in network.seen and any(p.startswith("/jobs/") for _, p in network.seen)
+
+    code = cli.main(["import", "--url", live_server, "--jobs", "2", str(tree)])
+
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert out.splitlines()[0] == "created 0, duplicates 9, skipped 2, failed 0"
+    assert PATIENT_NAME not in out + err

@@ -280,3 +280,27 @@ def test_stow_rs_statuses(client):
     )
     assert other_study.status_code == 409
     assert json.loads(other_study.text)["00081198"]["Value"][0]["00081197"]["Value"] == [0x0110]
+
+
+@pytest.mark.parametrize("content_type", ["application/zip", "application/dicom", "multipart/form-data; boundary=b"])
+def test_client_that_disconnects_mid_upload_leaves_nothing(live_server, data_dir, content_type):
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(live_server)
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        head = (
+            f"POST /dicom HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {20 << 20}\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        prefix = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.dcm\"\r\n\r\n"
+        sock.sendall(prefix + bytes(3 << 20))  # 3 of the 20 MB promised, then gone
+        deadline = time.monotonic() + 5
+        while not leftovers(data_dir) and time.monotonic() < deadline:  # the upload is under way
+            time.sleep(0.01)
+        assert leftovers(data_dir), "nothing was spooled: the test proves nothing"
+    deadline = time.monotonic() + 10
+    while leftovers(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers(data_dir) == [] and stored(data_dir) == []
