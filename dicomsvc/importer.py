@@ -30,6 +30,8 @@ from typing import BinaryIO, Literal, TextIO
 
 import httpx
 
+from .parse import HEAD_BYTES, sniff
+
 DEFAULT_URL = "http://localhost:8001"
 DEFAULT_JOBS = 4
 CHUNK_SIZE = 64 * 1024
@@ -73,7 +75,7 @@ class ImportSummary:
     skipped: int = 0  # the server's "skipped" (archive members it passed over)
     failed: int = 0
     warnings: int = 0  # stored, with warnings (e.g. pixel data that could not be decoded)
-    ignored: int = 0  # passed over locally while walking (hidden, system, non-regular files)
+    ignored: int = 0  # passed over locally while walking (hidden, system, non-regular, not DICOM)
     uploads: int = 0  # requests answered (one per file or archive)
     not_sent: int = 0  # left out because the server became unreachable
     bytes_sent: int = 0
@@ -127,6 +129,12 @@ def _ignored_name(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_NAMES
 
 
+def _may_be_dicom(path: Path) -> bool:
+    """The server's own first-bytes test (a file named on the command line is always sent)."""
+    with open(path, "rb") as fh:
+        return sniff(fh.read(HEAD_BYTES)) is None
+
+
 def _kind(path: Path) -> Kind:
     return "zip" if path.suffix.lower() == ".zip" else "dicom"
 
@@ -149,6 +157,9 @@ def _walk(folder: Path, uploads: list[Upload], failures: list[Failure]) -> int:
                 ignored += _walk(Path(entry.path), uploads, failures)
             elif entry.is_file():  # follows symlinks; False for FIFOs, sockets, devices, dangling links
                 path = Path(entry.path)
+                if _kind(path) == "dicom" and not _may_be_dicom(path):
+                    ignored += 1  # a README or a thumbnail in the folder: not an import failure
+                    continue
                 uploads.append(Upload(path, _kind(path), entry.stat().st_size))
             else:
                 ignored += 1
@@ -538,7 +549,7 @@ def format_summary(summary: ImportSummary, max_failures: int = 10) -> str:
     if summary.warnings:
         lines.append(f"{summary.warnings} stored with warnings")
     if summary.ignored:
-        lines.append(f"{summary.ignored} hidden, system or non-regular files passed over")
+        lines.append(f"{summary.ignored} hidden, system, non-regular or non-DICOM files passed over")
     if summary.not_sent:
         lines.append(f"{summary.not_sent} not sent: the server could not be reached")
     if summary.failures and max_failures > 0:

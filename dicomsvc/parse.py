@@ -93,19 +93,29 @@ def read(path: Path) -> Parsed:
     return Parsed(ds=ds, sop_instance_uid=sop_uid, pixel=pixel, pixel_hash=digest)
 
 
-def _check_header(fp: BinaryIO) -> None:
-    """A Part 10 file has 'DICM' at 128; a bare dataset must start with a sane tag."""
-    head = fp.read(132)
-    fp.seek(0)
+HEAD_BYTES = 132  # what ``sniff`` needs: the preamble and 'DICM', or a data set's first tag
+
+
+def sniff(head: bytes) -> str | None:
+    """Why the first bytes of a file cannot be DICOM, or None if they can."""
     if len(head) >= 132 and head[128:132] == b"DICM":
-        return
+        return None
     if head[:4] == b"PK\x03\x04":
-        raise NotDicom("a ZIP archive, not a DICOM file (archives inside archives are not expanded)")
+        return "a ZIP archive, not a DICOM file (archives inside archives are not expanded)"
     if len(head) < 8:
-        raise NotDicom("not a DICOM file: too short")
+        return "not a DICOM file: too short"
     group_le, group_be = struct.unpack("<H", head[:2])[0], struct.unpack(">H", head[:2])[0]
     if group_le not in FIRST_GROUPS and group_be not in FIRST_GROUPS:
-        raise NotDicom("not a DICOM file: no 'DICM' prefix and no DICOM data set at the start")
+        return "not a DICOM file: no 'DICM' prefix and no DICOM data set at the start"
+    return None
+
+
+def _check_header(fp: BinaryIO) -> None:
+    """A Part 10 file has 'DICM' at 128; a bare dataset must start with a sane tag."""
+    reason = sniff(fp.read(HEAD_BYTES))
+    fp.seek(0)
+    if reason:
+        raise NotDicom(reason)
 
 
 def _check_complete(ds: Dataset, file_size: int) -> None:

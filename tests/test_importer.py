@@ -528,7 +528,7 @@ def test_summary_of_a_clean_run(tmp_path):
     assert format_summary(summary) == (
         "created 3, duplicates 1, skipped 0, failed 0\n"
         "4 uploads, 2.5 MB in 2.0 s (1.2 MB/s)\n"
-        "2 hidden, system or non-regular files passed over"
+        "2 hidden, system, non-regular or non-DICOM files passed over"
     )
     assert summary.exit_code == 0
 
@@ -599,3 +599,13 @@ def test_end_to_end_against_the_real_server(tmp_path, live_server, capsys):
     assert code == 0, out + err
     assert out.splitlines()[0] == "created 0, duplicates 9, skipped 2, failed 0"
     assert PATIENT_NAME not in out + err
+
+
+def test_walk_passes_over_files_that_cannot_be_dicom(tmp_path):
+    (tmp_path / "README.txt").write_text("hello")
+    (tmp_path / "thumb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    shutil.copyfile(sample_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    uploads, ignored, failures = collect([tmp_path])
+    assert [u.path.name for u in uploads] == ["ct.dcm"] and ignored == 2 and failures == []
+    uploads, _, _ = collect([tmp_path / "README.txt"])  # named on the command line: always sent
+    assert [u.path.name for u in uploads] == ["README.txt"]
