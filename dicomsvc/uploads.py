@@ -7,6 +7,7 @@ goes away mid-upload leaves nothing behind.
 """
 
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -38,25 +39,29 @@ def check_length(request: Request, limit: int) -> None:
         raise TooLarge(f"request body of {declared} bytes; the limit is {limit}")
 
 
-async def spool_body(svc: Service, request: Request, target: Path, limit: int) -> int:
-    """Write the request body to ``target``; its size. 413 past ``limit`` bytes."""
+async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body in pieces of about WRITE_SIZE; 413 past ``limit`` bytes."""
     check_length(request, limit)
-    out: BinaryIO = await svc.io(open, target, "xb")
     size, pending = 0, bytearray()
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body larger than the limit of {limit} bytes")
+        pending += chunk
+        if len(pending) >= WRITE_SIZE:
+            yield bytes(pending)
+            pending.clear()
+    yield bytes(pending)
+
+
+async def spool_body(svc: Service, request: Request, target: Path, limit: int) -> None:
+    """Write the request body to ``target``, each piece from an I/O thread."""
+    out: BinaryIO = await svc.io(open, target, "xb")
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"request body larger than the limit of {limit} bytes")
-            pending += chunk
-            if len(pending) >= WRITE_SIZE:
-                await svc.io(out.write, bytes(pending))
-                pending.clear()
-        if pending:
-            await svc.io(out.write, bytes(pending))
+        async for piece in _body(request, limit):
+            await svc.io(out.write, piece)
     finally:
         await svc.io(out.close)
-    return size
 
 
 @dataclass
@@ -148,20 +153,11 @@ def boundary_of(content_type: str) -> bytes:
 
 async def spool_multipart(svc: Service, request: Request, folder: Path, limit: int, max_parts: int) -> list[Part]:
     """Parse a multipart body (form-data or related) as it arrives, each part to its own file."""
-    check_length(request, limit)
     writer = _PartWriter(folder, max_parts)
     parser = MultipartParser(boundary_of(request.headers.get("content-type", "")), writer.callbacks())
-    size, pending = 0, bytearray()
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"request body larger than the limit of {limit} bytes")
-            pending += chunk
-            if len(pending) >= WRITE_SIZE:
-                await svc.io(_feed, parser, bytes(pending))
-                pending.clear()
-        await svc.io(_feed, parser, bytes(pending))
+        async for piece in _body(request, limit):
+            await svc.io(_feed, parser, piece)
         await svc.io(parser.finalize)
     finally:
         await svc.io(writer.close)
