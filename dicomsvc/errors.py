@@ -43,6 +43,12 @@ class UnsupportedTransferSyntax(DicomSvcError):
     status, code = 415, "unsupported_transfer_syntax"
 
 
+class UnsupportedMediaType(DicomSvcError):
+    """A request body of a type the route does not take."""
+
+    status, code = 415, "unsupported_media_type"
+
+
 class InvalidDicom(DicomSvcError):
     status, code = 422, "invalid_dicom"
 

@@ -21,16 +21,12 @@ from starlette.requests import Request
 
 from . import batch, jobs, paths, uploads
 from .batch import Entry, Item
-from .errors import BadRequest, DicomSvcError
+from .errors import BadRequest, UnsupportedMediaType
 from .ingest import Ingested, ingest_file, ingest_path
 from .service import Service
 from .web import read_json_object
 
 ZIP_TYPES = {"application/zip", "application/x-zip-compressed"}
-
-
-class UnsupportedMediaType(DicomSvcError):
-    status, code = 415, "unsupported_media_type"
 
 
 @dataclass(frozen=True)

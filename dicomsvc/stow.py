@@ -12,7 +12,8 @@ from starlette.requests import Request
 
 from . import batch, uploads
 from .batch import Entry, Item
-from .intake import Answer, UnsupportedMediaType
+from .errors import UnsupportedMediaType
+from .intake import Answer
 from .service import Service
 
 # (0008,1197) Failure Reason values (PS3.4 Annex B, PS3.18 Table 10.5.3-1)
