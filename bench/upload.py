@@ -92,6 +92,21 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def per_process(root: int) -> list[dict]:
+    """VmHWM and current RSS of each process of the tree, with a short command line."""
+    out = []
+    for pid in C.descendants(root):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        cmd = " ".join(a.decode(errors="replace") for a in argv if a)
+        cmd = cmd.replace(sys.executable, "python")
+        out.append({"pid": pid, "cmd": cmd[:90], "hwm_mib": round(_status_kib(pid, "VmHWM:") / 1024, 1),
+                    "rss_mib": round(_status_kib(pid, "VmRSS:") / 1024, 1)})
+    return out
+
+
 class TreeSampler:
     """Samples summed RSS and PSS of a process tree every SAMPLE_PERIOD_S in a thread."""
 
@@ -104,6 +119,7 @@ class TreeSampler:
         self.peak_pss = 0
         self.peak_nproc = 0
         self.samples = 0
+        self.last_rss = 0
         self.th = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -121,6 +137,7 @@ class TreeSampler:
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_pss = max(self.peak_pss, pss)
             self.peak_nproc = max(self.peak_nproc, len(pids))
+            self.last_rss = rss
             self.samples += 1
 
     def reset(self):
@@ -191,7 +208,8 @@ class Target:
             if self.sampler:
                 self.sampler.sample()
             h = C.tree_peak_rss_mib(self.server.pid)
-            out = {"hwm_sum_mib": h["sum_mib"], "hwm_max_mib": h["max_mib"], "nproc": h["nproc"]}
+            out = {"hwm_sum_mib": h["sum_mib"], "hwm_max_mib": h["max_mib"], "nproc": h["nproc"],
+                   "per_process": per_process(self.server.pid)}
         if self.sampler:
             s = self.sampler.stop()
             out.update(sampled_rss_sum_mib=s["rss_sum_mib"], sampled_pss_sum_mib=s["pss_sum_mib"],
@@ -248,6 +266,7 @@ class Ours(Target):
 
     def upload_zip(self, c, path, deadline):
         res = {"shape_problems": []}
+        sampler = self.sampler
         body, hdr = streamed(path)
         t0 = time.perf_counter()
         r = c.post("/dicom", content=body, headers={"Content-Type": "application/zip", **hdr})
@@ -291,8 +310,9 @@ class Ours(Target):
                 except Exception as e:  # noqa: BLE001
                     res["error"] = f"GET {url}: not JSON ({e!r}): {pr.text[:300]!r}"
                     break
-                if len(timeline) < 400:
-                    timeline.append((round(time.perf_counter() - t0, 2), final.get("processed")))
+                if len(timeline) < 400:  # (s since POST, processed, server tree RSS sum MiB at the last sample)
+                    rss = round(sampler.last_rss / 1024) if sampler else None
+                    timeline.append((round(time.perf_counter() - t0, 2), final.get("processed"), rss))
                 if final.get("status") in ("done", "failed"):
                     res["done_s"] = time.perf_counter() - t0
                     break
@@ -900,6 +920,14 @@ def main(argv=None) -> int:
                         m = out["services"][lb].get(key, {}).get("mem", {})
                         print(f"  [{lb}] peak RSS sum {m.get('hwm_sum_mib')} MiB (largest process {m.get('hwm_max_mib')}),"
                               f" sampled PSS sum {m.get('sampled_pss_sum_mib')} MiB", flush=True)
+                        if len(m.get("per_process") or []) > 1:
+                            for pp in m["per_process"]:
+                                print(f"      pid {pp['pid']}: peak {pp['hwm_mib']} MiB, now {pp['rss_mib']} MiB  {pp['cmd']}")
+                        tl = out["services"][lb].get(key, {}).get("progress_timeline") or []
+                        if tl:
+                            pick = [tl[int(i * (len(tl) - 1) / 5)] for i in range(6)]
+                            print("      job progress (s, processed, tree RSS MiB): "
+                                  + "  ".join(f"{x[0]:.0f}s {x[1]} {x[2]}" for x in pick))
 
         # ---- the memory check ----
         mem = _dig(out["services"], ("dicomsvc", "zip_big", "mem"))
