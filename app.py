@@ -31,8 +31,9 @@ async def post_studies(request: Request) -> JSONResponse:
     return JSONResponse(answer.body, status_code=answer.status, media_type="application/dicom+json")
 
 
-async def get_job(request: Request) -> JSONResponse:
-    return JSONResponse(await jobs.status(request.app.state.svc, request.path_params["job"]))
+async def get_job(request: Request) -> Response:
+    body = await jobs.status_json(request.app.state.svc, request.path_params["job"])
+    return Response(body, media_type="application/json")
 
 
 async def get_image(request: Request) -> Response:

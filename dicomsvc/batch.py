@@ -226,11 +226,20 @@ async def run(
 
     async def one_chunk(start: int) -> None:
         async with limit:
-            chunk = list(items[start : start + CHUNK])
-            done = await svc.cpu(ingest_items, svc.config, chunk, study_uid)
+            done = await _ingest_chunk(svc, list(items[start : start + CHUNK]), study_uid)
             results[start : start + len(done)] = done
             if on_done is not None:
                 await on_done(start, done)
 
     await asyncio.gather(*(one_chunk(start) for start in range(0, len(items), CHUNK)))
     return [r for r in results if r is not None]
+
+
+async def _ingest_chunk(svc: Service, chunk: list[Item], study_uid: str | None) -> list[dict]:
+    """One trip to a worker; if the worker dies on the chunk, each file alone finds the culprit."""
+    try:
+        return await svc.cpu(ingest_items, svc.config, chunk, study_uid)
+    except DicomSvcError as exc:  # the file crashed a worker (twice): only that one fails
+        if len(chunk) == 1:
+            return [failed(chunk[0].file, exc.code, exc.detail)]
+        return [r for item in chunk for r in await _ingest_chunk(svc, [item], study_uid)]

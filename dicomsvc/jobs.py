@@ -57,25 +57,43 @@ async def submit(svc: Service, entries: Sequence[Entry], spool: Path | None) -> 
     return job_id
 
 
-async def status(svc: Service, job_id: str) -> dict:
-    """``GET /jobs/{id}``: progress, counts and the results so far."""
+# The results so far as one JSON array, built by SQLite (a job may hold 20,000 files:
+# no Python object per result, and the internal keys are dropped on the way).
+RESULTS_JSON_SQL = f"""
+SELECT json_group_array(json_remove(json(result), {", ".join(f"'$.{k}'" for k in ("sop_class_uid", "sop_instance_uid"))}))
+FROM (SELECT result FROM job_item WHERE job_id = ? AND status != 'pending' ORDER BY seq)
+"""
+
+
+async def status_json(svc: Service, job_id: str) -> bytes:
+    """``GET /jobs/{id}``: progress, counts and the results so far, as JSON bytes."""
     conn = svc.db.conn
     jobs = await conn.execute_fetchall("SELECT * FROM job WHERE id = ?", (job_id,))
     if not jobs:
         raise NotFound("no job with that id")
-    job = dict(jobs[0])
-    results = await conn.execute_fetchall(
-        "SELECT result FROM job_item WHERE job_id = ? AND status != 'pending' ORDER BY seq", (job_id,)
+    job = jobs[0]
+    counts = dict(
+        await conn.execute_fetchall(
+            "SELECT status, COUNT(*) FROM job_item WHERE job_id = ? AND status != 'pending' GROUP BY status",
+            (job_id,),
+        )
     )
-    summary = batch.summarize([json.loads(r["result"]) for r in results])
-    processed = len(summary["results"])
-    out = {"id": job_id, "status": job["status"], "total": job["total"], "processed": processed}
-    out |= {k: summary[k] for k in ("created", "duplicates", "failed", "skipped")}
-    out["progress"] = 100 if job["total"] == 0 else processed * 100 // job["total"]
-    if job["detail"]:
-        out["detail"] = job["detail"]
-    out["created_at"], out["finished_at"] = job["created_at"], job["finished_at"]
-    return out | {"results": summary["results"]}
+    processed = sum(counts.values())
+    head = {
+        "id": job_id,
+        "status": job["status"],
+        "total": job["total"],
+        "processed": processed,
+        "created": counts.get("created", 0),
+        "duplicates": counts.get("duplicate", 0),
+        "failed": counts.get("failed", 0),
+        "skipped": counts.get("skipped", 0),
+        "progress": 100 if job["total"] == 0 else processed * 100 // job["total"],
+        "created_at": job["created_at"],
+        "finished_at": job["finished_at"],
+    } | ({"detail": job["detail"]} if job["detail"] else {})
+    ((results,),) = await conn.execute_fetchall(RESULTS_JSON_SQL, (job_id,))
+    return json.dumps(head)[:-1].encode() + b', "results": ' + results.encode() + b"}"
 
 
 @contextlib.asynccontextmanager
@@ -109,22 +127,25 @@ async def _run_forever(svc: Service) -> None:
             await _finish(svc, rows[0]["id"], "failed", f"internal error ({type(exc).__name__})")
 
 
+PAGE = 512  # pending items read, run and recorded at a time: memory stays flat in the job's size
+
+
 async def _run_job(svc: Service, job_id: str) -> None:
     conn = svc.db.conn
     await conn.execute("UPDATE job SET status = 'running' WHERE id = ?", (job_id,))
-    pending = await conn.execute_fetchall(
-        "SELECT seq, item FROM job_item WHERE job_id = ? AND status = 'pending' ORDER BY seq", (job_id,)
-    )
-    seqs = [r["seq"] for r in pending]
-    items = [Item.from_json(r["item"]) for r in pending]
+    while pending := await conn.execute_fetchall(
+        "SELECT seq, item FROM job_item WHERE job_id = ? AND status = 'pending' ORDER BY seq LIMIT ?",
+        (job_id, PAGE),
+    ):
+        seqs = [r["seq"] for r in pending]
 
-    async def record(start: int, results: list[dict]) -> None:
-        await conn.executemany(
-            "UPDATE job_item SET status = ?, result = ? WHERE job_id = ? AND seq = ?",
-            [(r["status"], json.dumps(r), job_id, seqs[start + i]) for i, r in enumerate(results)],
-        )
+        async def record(start: int, results: list[dict], seqs: list[int] = seqs) -> None:
+            await conn.executemany(
+                "UPDATE job_item SET status = ?, result = ? WHERE job_id = ? AND seq = ?",
+                [(r["status"], json.dumps(r), job_id, seqs[start + i]) for i, r in enumerate(results)],
+            )
 
-    await batch.run(svc, items, on_done=record)
+        await batch.run(svc, [Item.from_json(r["item"]) for r in pending], on_done=record)
     await _finish(svc, job_id, "done", None)
 
 

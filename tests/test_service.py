@@ -53,3 +53,29 @@ def test_a_crashing_worker_is_replaced(process_client, put):
     with pytest.raises(InvalidDicom, match="crashed"):
         process_client.portal.call(svc.cpu, os._exit, 3)  # kills the worker, twice
     assert process_client.post("/dicom", json={"path": put("CT_small.dcm")}).status_code == 201
+
+
+def test_a_file_that_kills_its_worker_fails_alone(process_client, monkeypatch, tmp_path):
+    """In a batch, the chunk whose worker died is retried file by file: only the culprit fails."""
+    from dicomsvc import batch
+
+    svc = process_client.app.state.svc
+    real_cpu = svc.cpu
+
+    async def cpu(fn, *args):  # stands in for a decoder that segfaults on one file
+        if fn is batch.ingest_items and any(item.file == "killer.dcm" for item in args[1]):
+            return await real_cpu(os._exit, 9)
+        return await real_cpu(fn, *args)
+
+    monkeypatch.setattr(svc, "cpu", cpu)
+    blobs = svc.blobs
+    items = []
+    for name in ("a.dcm", "killer.dcm", "b.dcm"):
+        path = tmp_path / name
+        save(make_ct(np.full((8, 8), len(items), np.int16)), path)
+        items.append(batch.Item(file=name, kind="spooled", path=str(path)))
+    results = process_client.portal.call(batch.run, svc, items)
+    assert [r["status"] for r in results] == ["created", "failed", "created"]
+    assert results[1]["error"] == "invalid_dicom" and "crashed" in results[1]["detail"]
+    assert not list(blobs.tmp.iterdir())
+    assert process_client.get("/healthz").status_code == 200  # and the service goes on
