@@ -6,7 +6,7 @@ import logging
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from dicomsvc import instances, intake, jobs, stow
@@ -51,6 +51,18 @@ async def get_tags(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
+async def get_dicom_file(request: Request) -> Response:
+    stored = await instances.dicom_file(request.app.state.svc, request.path_params["id"])
+    disposition = f'attachment; filename="{stored.filename}"'
+    return FileResponse(stored.path, media_type="application/dicom", headers={"Content-Disposition": disposition})
+
+
+async def post_anonymize(request: Request) -> JSONResponse:
+    source = request.path_params["id"]
+    result = await instances.anonymize_stored(request.app.state.svc, source, request)
+    return JSONResponse({"id": result.id, "source": source}, status_code=201 if result.created else 200)
+
+
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -82,6 +94,8 @@ routes = [
     Route("/studies", post_studies, methods=["POST"]),
     Route("/studies/{study}", post_studies, methods=["POST"]),
     Route("/jobs/{job}", get_job, methods=["GET"]),
+    Route("/dicom/{id}/file", get_dicom_file, methods=["GET"]),
+    Route("/dicom/{id}/anonymize", post_anonymize, methods=["POST"]),
     Route("/image", get_image, methods=["GET"]),
     Route("/tags", get_tags, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),

@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS dicom (
     png_blob            TEXT,                        -- blob key of the frame-1 PNG; NULL when none
     render_error        TEXT,                        -- why there is no PNG for pixel data
     source              TEXT NOT NULL,               -- where it came from (the import path)
+    anonymized          INTEGER NOT NULL DEFAULT 0,  -- stored as anonymized (PS3.15 Basic profile)
+    anonymized_from     TEXT,                        -- POST /dicom/{id}/anonymize: the original's id
     created_at          TEXT NOT NULL,               -- ISO 8601, UTC
     -- Posting the same instance (same SOP Instance UID, same pixels) again stores nothing.
     UNIQUE (sop_instance_uid, pixel_hash)

@@ -24,7 +24,7 @@ from pathlib import Path
 from .blobs import BlobStore
 from .config import Config
 from .errors import BadRequest, DicomSvcError, NotDicom, TooLarge
-from .ingest import Ingested, ingest_file, ingest_import
+from .ingest import Ingested, Options, ingest_file, ingest_import
 from .service import Service
 
 CHUNK = 8  # items per trip to a worker
@@ -36,6 +36,8 @@ class Item:
     kind: str  # "spooled": a file we own | "import": under the import root | "member": of a ZIP we own
     path: str  # the spooled file, the path relative to the import root, or the ZIP
     member: str | None = None  # the member's name in the ZIP
+    anonymize: bool = False
+    allow_burned_in: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -70,7 +72,7 @@ def summarize(results: Sequence[dict]) -> dict:
 Entry = Item | dict  # a file to ingest, or a result decided without ingesting it (skipped, failed)
 
 
-def expand_zip(config: Config, zip_path: Path, label: str = "") -> list[Entry]:
+def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options = Options()) -> list[Entry]:
     """An entry per archive member, in archive order; or TooLarge.
 
     Checks the central directory against the limits before anything is extracted:
@@ -97,11 +99,15 @@ def expand_zip(config: Config, zip_path: Path, label: str = "") -> list[Entry]:
         elif skip_reason(info.filename):
             entries.append(skipped(name, skip_reason(info.filename)))
         else:
-            entries.append(Item(file=name, kind="member", path=str(zip_path), member=info.filename))
+            entries.append(Item(name, "member", str(zip_path), info.filename, *_flags(options)))
     return entries
 
 
-def expand_directory(config: Config, real: Path) -> list[Entry]:
+def _flags(options: Options) -> tuple[bool, bool]:
+    return options.anonymize, options.allow_burned_in
+
+
+def expand_directory(config: Config, real: Path, options: Options = Options()) -> list[Entry]:
     """Items for every file below a folder of the import root (links are not followed)."""
     root = config.import_root.resolve()
     items = []
@@ -109,7 +115,8 @@ def expand_directory(config: Config, real: Path) -> list[Entry]:
         dirs.sort()
         for name in sorted(files):
             path = Path(folder) / name
-            items.append(Item(file=str(path.relative_to(real)), kind="import", path=str(path.relative_to(root))))
+            relative = str(path.relative_to(root))
+            items.append(Item(str(path.relative_to(real)), "import", relative, None, *_flags(options)))
     return items
 
 
@@ -158,12 +165,13 @@ def _ingest_item(config: Config, item: Item, study_uid: str | None) -> dict:
     if reason:
         return skipped(item.file, reason)
     blobs = BlobStore(config.blob_dir)
+    options = Options(anonymize=item.anonymize, allow_burned_in=item.allow_burned_in, study_uid=study_uid)
     try:
         if item.kind == "import":
-            ingested = ingest_import(config, item.path)
+            ingested = ingest_import(config, item.path, options)
         else:
             temp = _member_to_temp(config, blobs, item) if item.kind == "member" else _link(blobs, item)
-            ingested = ingest_file(config, temp, source=item.file, study_uid=study_uid)
+            ingested = ingest_file(config, temp, item.file, options)
     except NotDicom as exc:  # a README, a nested ZIP, a DICOMDIR...
         return skipped(item.file, exc.detail)
     except DicomSvcError as exc:

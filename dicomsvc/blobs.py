@@ -35,20 +35,20 @@ class BlobStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def _create_temp(self, suffix: str) -> tuple[Path, BinaryIO]:
+    def create_temp(self, suffix: str) -> tuple[Path, BinaryIO]:
         """A new, exclusively created file in temp space (cheaper than mkstemp)."""
         path = self.tmp / f"{secrets.token_hex(12)}{suffix}"
         return path, open(path, "xb")
 
     def write_temp(self, data: bytes, suffix: str = "") -> Path:
-        path, out = self._create_temp(suffix)
+        path, out = self.create_temp(suffix)
         with out:
             out.write(data)
         return path
 
     def spool(self, src: BinaryIO, max_bytes: int, suffix: str = ".dcm") -> Path:
         """Copy a stream to a temporary blob, refusing more than ``max_bytes``."""
-        path, out = self._create_temp(suffix)
+        path, out = self.create_temp(suffix)
         try:
             with out:
                 size = _regular_file_size(src)

@@ -2,7 +2,7 @@
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PREFIX = "DICOMSVC_"
@@ -21,6 +21,10 @@ class Config:
     max_archive_files: int = 20_000
     max_archive_bytes: int = 16 * 1024**3  # total uncompressed size of one archive
     max_zip_ratio: int = 1000  # uncompressed / compressed size of one archive member
+    anonymize_always: bool = False  # DICOMSVC_ANONYMIZE=always: nothing identifiable is stored
+    anon_secret: str = field(default="", repr=False)  # HMAC key for pseudonyms; never logged
+
+    SECRETS = ("anon_secret",)
 
     @property
     def db_path(self) -> Path:
@@ -65,9 +69,18 @@ class Config:
             max_archive_files=get_int("MAX_ARCHIVE_FILES", 20_000),
             max_archive_bytes=get_int("MAX_ARCHIVE_BYTES", 16 * 1024**3),
             max_zip_ratio=get_int("MAX_ZIP_RATIO", 1000),
+            anonymize_always=_anonymize_mode(get("ANONYMIZE", "request")),
+            anon_secret=get("ANON_SECRET", ""),
         )
 
     def log(self, logger: logging.Logger) -> None:
-        """Log the settings once at start-up (nothing here is secret yet)."""
-        settings = ", ".join(f"{k}={v}" for k, v in asdict(self).items())
-        logger.info("dicomsvc config: %s", settings)
+        """Log the settings once at start-up, secrets masked."""
+        shown = {k: ("***" if v else "(none)") if k in self.SECRETS else v for k, v in asdict(self).items()}
+        logger.info("dicomsvc config: %s", ", ".join(f"{k}={v}" for k, v in shown.items()))
+
+
+def _anonymize_mode(raw: str) -> bool:
+    mode = raw.strip().lower()
+    if mode not in ("request", "always"):
+        raise ValueError(f"{PREFIX}ANONYMIZE must be 'request' (the default) or 'always', got {raw!r}")
+    return mode == "always"

@@ -14,16 +14,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import shortuuid
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from . import paths, store
 from .blobs import BlobStore
 from .config import Config
-from .errors import DicomSvcError, NotDicom, StudyMismatch
+from .errors import DicomSvcError, InvalidDicom, NotDicom, StudyMismatch
 from .parse import Parsed, read
 from .render import render_png
 from .service import Service
 from .tags import flatten
+
+
+@dataclass(frozen=True)
+class Options:
+    """How one request wants its files ingested."""
+
+    anonymize: bool = False  # (forced on by DICOMSVC_ANONYMIZE=always)
+    allow_burned_in: bool = False  # anonymize even kinds that often carry burned-in text
+    study_uid: str | None = None  # STOW-RS: the instance must belong to this study
+    anonymized_from: str | None = None  # POST /dicom/{id}/anonymize: the stored original
 
 
 @dataclass(frozen=True)
@@ -35,35 +46,36 @@ class Ingested:
     sop_instance_uid: str | None = None
 
 
-async def ingest_path(svc: Service, raw: object) -> Ingested:
+async def ingest_path(svc: Service, raw: object, options: Options = Options()) -> Ingested:
     """Store the file ``raw`` names under the import root; a duplicate returns the stored id."""
-    return await svc.cpu(ingest_import, svc.config, raw)
+    return await svc.cpu(ingest_import, svc.config, raw, options)
 
 
-def ingest_import(config: Config, raw: object) -> Ingested:
+def ingest_import(config: Config, raw: object, options: Options = Options()) -> Ingested:
     """Ingest the file ``raw`` names inside the import root."""
     real = paths.resolve(config.import_root, raw)
     with paths.open_regular(real, str(raw)) as src:
         temp = BlobStore(config.blob_dir).spool(src, config.max_upload_bytes)
-    return ingest_file(config, temp, source=str(real.relative_to(config.import_root.resolve())))
+    return ingest_file(config, temp, str(real.relative_to(config.import_root.resolve())), options)
 
 
-def ingest_file(config: Config, temp: Path, source: str, study_uid: str | None = None) -> Ingested:
-    """Ingest a file already spooled to blob temp space (it is moved into place or removed).
-
-    ``study_uid``, when given, must be the instance's Study Instance UID (STOW-RS).
-    """
+def ingest_file(config: Config, temp: Path, source: str, options: Options = Options()) -> Ingested:
+    """Ingest a file already spooled to blob temp space (it is moved into place or removed)."""
     blobs = BlobStore(config.blob_dir)
     db = store.connection(config.db_path)
     png_temp = None
+    anonymized = options.anonymize or config.anonymize_always
     try:
         parsed = read(temp)
         # (0002,0002) Media Storage SOP Class UID: Media Storage Directory Storage
         if parsed.ds.file_meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
             raise NotDicom("a DICOMDIR (a media directory), not an instance")
-        uids = {"sop_class_uid": _text(parsed.ds, "SOPClassUID"), "sop_instance_uid": parsed.sop_instance_uid}
-        if study_uid is not None and _text(parsed.ds, "StudyInstanceUID") != study_uid:
+        if options.study_uid is not None and _text(parsed.ds, "StudyInstanceUID") != options.study_uid:
             raise StudyMismatch("the instance belongs to another study than the one in the URL")
+        if anonymized:  # from here on only the anonymized copy exists
+            temp = _anonymized_copy(config, temp, options, blobs)
+            parsed, source = read(temp), "(anonymized)"
+        uids = {"sop_class_uid": _text(parsed.ds, "SOPClassUID"), "sop_instance_uid": parsed.sop_instance_uid}
         existing = store.find_instance(db, parsed.sop_instance_uid, parsed.pixel_hash)
         if existing:
             blobs.discard(temp)
@@ -71,6 +83,7 @@ def ingest_file(config: Config, temp: Path, source: str, study_uid: str | None =
         rows = flatten(parsed.ds, parsed.pixel)
         png_temp, render_error = _render(temp, parsed, blobs)
         record = _record(parsed, temp, source, render_error, png_temp is not None)
+        record |= {"anonymized": int(anonymized), "anonymized_from": options.anonymized_from}
         blobs.commit(temp, record["dcm_blob"])
         if png_temp:
             blobs.commit(png_temp, record["png_blob"])
@@ -87,6 +100,29 @@ def ingest_file(config: Config, temp: Path, source: str, study_uid: str | None =
         existing = store.find_instance(db, parsed.sop_instance_uid, parsed.pixel_hash)
         return Ingested(existing, created=False, warnings=[], **uids)
     return Ingested(stored, created=True, warnings=[render_error] if render_error else [], **uids)
+
+
+def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobStore) -> Path:
+    """Write the anonymized instance to a new temporary blob; the original copy is removed."""
+    from .anonymize import anonymize  # the profile table loads on first use
+
+    try:
+        ds = dcmread(temp, force=True)
+        out = anonymize(ds, config.anon_secret.encode(), allow_burned_in=options.allow_burned_in)
+    except DicomSvcError:
+        raise
+    except Exception as exc:  # pydicom on a value it cannot convert, say
+        raise InvalidDicom(f"the file could not be anonymized ({type(exc).__name__})") from None
+    finally:
+        blobs.discard(temp)
+    path, handle = blobs.create_temp(".dcm")
+    try:
+        with handle:
+            out.save_as(handle, enforce_file_format=True)
+    except BaseException:
+        blobs.discard(path)
+        raise
+    return path
 
 
 def _record(parsed: Parsed, temp: Path, source: str, render_error: str | None, has_png: bool) -> dict:

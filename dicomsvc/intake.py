@@ -22,7 +22,7 @@ from starlette.requests import Request
 from . import batch, jobs, paths, uploads
 from .batch import Entry, Item
 from .errors import BadRequest, UnsupportedMediaType
-from .ingest import Ingested, ingest_file, ingest_path
+from .ingest import Ingested, Options, ingest_file, ingest_path
 from .service import Service
 from .web import read_json_object
 
@@ -42,18 +42,33 @@ def media_type(request: Request) -> str:
 
 async def post_dicom(svc: Service, request: Request) -> Answer:
     kind = media_type(request)
-    want_async = request.query_params.get("async", "").lower() in ("1", "true", "yes")
+    query = request.query_params
+    want_async = flag(query.get("async"))
+    options = Options(anonymize=flag(query.get("anonymize")), allow_burned_in=flag(query.get("allow_burned_in")))
     if kind in ("", "application/json", "text/plain", "application/x-www-form-urlencoded"):
-        return await _from_path(svc, request, want_async)
+        return await _from_path(svc, request, want_async, options)
     if kind == "application/dicom":
-        return await _from_body(svc, request, want_async)
+        return await _from_body(svc, request, want_async, options)
     if kind in ZIP_TYPES:
-        return await _with_spool(svc, request, want_async, _zip_entries)
+        return await _with_spool(svc, request, want_async, options, _zip_entries)
     if kind == "multipart/form-data":
-        return await _with_spool(svc, request, want_async, _form_entries)
+        return await _with_spool(svc, request, want_async, options, _form_entries)
     raise UnsupportedMediaType(
         f"Content-Type {kind!r} is not accepted here: send application/json {{\"path\"}}, "
         "application/dicom, application/zip or multipart/form-data"
+    )
+
+
+def flag(value: object) -> bool:
+    """A yes/no option from a query string, a form field or JSON."""
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"))
+
+
+def with_flags(options: Options, fields: dict) -> Options:
+    """The request's options, each also settable in the body (JSON keys or form fields)."""
+    return Options(
+        anonymize=options.anonymize or flag(fields.get("anonymize")),
+        allow_burned_in=options.allow_burned_in or flag(fields.get("allow_burned_in")),
     )
 
 
@@ -62,28 +77,29 @@ def single(ingested: Ingested) -> Answer:
     return Answer(201 if ingested.created else 200, body)
 
 
-async def _from_path(svc: Service, request: Request, want_async: bool) -> Answer:
-    raw = (await read_json_object(request)).get("path")
+async def _from_path(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
+    body = await read_json_object(request)
+    options, raw = with_flags(options, body), body.get("path")
     real = await svc.io(paths.resolve, svc.config.import_root, raw)
     if await svc.io(real.is_dir):
-        entries = await svc.io(batch.expand_directory, svc.config, real)
+        entries = await svc.io(batch.expand_directory, svc.config, real, options)
     elif want_async:
-        relative = real.relative_to(svc.config.import_root.resolve())
-        entries = [Item(file=str(raw), kind="import", path=str(relative))]
+        relative = str(real.relative_to(svc.config.import_root.resolve()))
+        entries = [Item(str(raw), "import", relative, None, options.anonymize, options.allow_burned_in)]
     else:
-        return single(await ingest_path(svc, raw))
+        return single(await ingest_path(svc, raw, options))
     return await _run(svc, entries, None, want_async)
 
 
-async def _from_body(svc: Service, request: Request, want_async: bool) -> Answer:
+async def _from_body(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
     """One instance in the body."""
     cfg = svc.config
     if want_async:
-        return await _with_spool(svc, request, True, _body_entries)
+        return await _with_spool(svc, request, True, options, _body_entries)
     temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"
     try:
         await uploads.spool_body(svc, request, temp, cfg.max_upload_bytes)
-        return single(await svc.cpu(ingest_file, cfg, temp, _source(request)))
+        return single(await svc.cpu(ingest_file, cfg, temp, _source(request), options))
     finally:
         await svc.io(svc.blobs.discard, temp)  # gone already if it was stored
 
@@ -94,12 +110,12 @@ def _source(request: Request) -> str:
     return options.get(b"filename", b"upload").decode("utf-8", "replace")
 
 
-async def _with_spool(svc: Service, request: Request, want_async: bool, entries_of) -> Answer:
+async def _with_spool(svc: Service, request: Request, want_async: bool, options: Options, entries_of) -> Answer:
     """Spool the upload to a folder of its own, expand it into entries, run them."""
     folder = await svc.io(uploads.new_spool, svc.config.spool_dir)
     handed_over = False
     try:
-        entries = await entries_of(svc, request, folder)
+        entries = await entries_of(svc, request, folder, options)
         answer = await _run(svc, entries, folder, want_async)
         handed_over = answer.status == 202
         return answer
@@ -108,21 +124,22 @@ async def _with_spool(svc: Service, request: Request, want_async: bool, entries_
             await svc.io(uploads.remove_spool, folder)
 
 
-async def _body_entries(svc: Service, request: Request, folder: Path) -> list[Entry]:
+async def _body_entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
     target = folder / "body.dcm"
     await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes)
-    return [Item(file=_source(request), kind="spooled", path=str(target))]
+    return [Item(_source(request), "spooled", str(target), None, options.anonymize, options.allow_burned_in)]
 
 
-async def _zip_entries(svc: Service, request: Request, folder: Path) -> list[Entry]:
+async def _zip_entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
     target = folder / "upload.zip"
     await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes)
-    return await svc.io(batch.expand_zip, svc.config, target, "")
+    return await svc.io(batch.expand_zip, svc.config, target, "", options)
 
 
-async def _form_entries(svc: Service, request: Request, folder: Path) -> list[Entry]:
+async def _form_entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
     cfg = svc.config
     parts = await uploads.spool_multipart(svc, request, folder, cfg.max_upload_bytes, cfg.max_archive_files)
+    options = with_flags(options, {p.name: p.value for p in parts if p.value is not None})
     files = [p for p in parts if p.path is not None]
     if not files:
         raise BadRequest("no file parts: send each file as a part named 'file'")
@@ -130,9 +147,9 @@ async def _form_entries(svc: Service, request: Request, folder: Path) -> list[En
     for number, part in enumerate(files, 1):
         name = part.filename or f"part {number}"
         if part.content_type in ZIP_TYPES or await svc.io(_is_zip, part.path):
-            entries += await svc.io(batch.expand_zip, cfg, part.path, name)
+            entries += await svc.io(batch.expand_zip, cfg, part.path, name, options)
         else:
-            entries.append(Item(file=name, kind="spooled", path=str(part.path)))
+            entries.append(Item(name, "spooled", str(part.path), None, options.anonymize, options.allow_burned_in))
     return entries
 
 

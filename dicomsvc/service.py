@@ -9,9 +9,12 @@ and shutting down waits for it.
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import multiprocessing
+import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -76,9 +79,24 @@ class Service:
 
 
 
+def anon_secret(config: Config) -> str:
+    """DICOMSVC_ANON_SECRET, or one generated once and kept in the data directory."""
+    if config.anon_secret:
+        return config.anon_secret
+    path = config.data_dir / "anon.secret"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 @contextlib.asynccontextmanager
 async def open_service(config: Config) -> AsyncIterator[Service]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, anon_secret=anon_secret(config))  # workers get it with the config
     with contextlib.suppress(OSError):  # may be a read-only mount that already exists
         config.import_root.mkdir(parents=True, exist_ok=True)
     blobs = BlobStore(config.blob_dir)

@@ -25,8 +25,14 @@ INSTANCE_COLUMNS = (
     "id", "sop_instance_uid", "pixel_hash", "sop_class_uid", "study_instance_uid",
     "series_instance_uid", "patient_id", "patient_name", "study_date", "accession_number",
     "modality", "transfer_syntax_uid", "rows", "columns", "frames", "has_pixels",
-    "dcm_blob", "dcm_bytes", "png_blob", "render_error", "source", "created_at",
+    "dcm_blob", "dcm_bytes", "png_blob", "render_error", "source", "anonymized", "anonymized_from",
+    "created_at",
 )  # fmt: skip
+# Columns added after a table was first released: (table, column, definition)
+ADDED_COLUMNS = (
+    ("dicom", "anonymized", "INTEGER NOT NULL DEFAULT 0"),
+    ("dicom", "anonymized_from", "TEXT"),
+)
 PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL")
 FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
 
@@ -146,6 +152,10 @@ async def open_database(path: Path) -> Database:
     for pragma in PRAGMAS:
         await conn.execute(pragma)
     await conn.execute("PRAGMA journal_mode = WAL")
+    for table, column, definition in ADDED_COLUMNS:  # older databases: add what they lack
+        columns = {row["name"] for row in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
+        if columns and column not in columns:
+            await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
     await conn.executescript(SCHEMA.read_text())
     return Database(conn=conn)
 
