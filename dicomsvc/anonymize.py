@@ -41,10 +41,11 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
-from dicomsvc.errors import DicomSvcError
+from .errors import BurnedInAnnotation
 
 __all__ = [
     "BurnedInAnnotation",
@@ -60,12 +61,6 @@ __all__ = [
     "new_uid",
     "pseudonym",
 ]
-
-
-class BurnedInAnnotation(DicomSvcError):
-    """The instance probably shows patient data in its pixels: refused unless allowed."""
-
-    status, code = 422, "burned_in_annotation"
 
 
 class ProfileTableError(RuntimeError):
@@ -306,7 +301,7 @@ def _text(ds: Dataset, tag: int, charset="iso8859") -> str:
 # --------------------------------------------------------------------------
 _DA_RE = re.compile(r"(\d{4})(\d{2})(\d{2})")
 _DA_OLD_RE = re.compile(r"(\d{4})\.(\d{2})\.(\d{2})")  # ACR-NEMA style, still seen
-_DT_RE = re.compile(r"(\d{4})(\d{2})?(\d{2})?((?:\d{2}){0,3}(?:\.\d{1,6})?)([+-]\d{4})?")
+_DT_RE = re.compile(r"(\d{4})(\d{2})?(\d{2})?((?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)([+-]\d{4})?")
 _TM_RE = re.compile(r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?|\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?")
 
 
@@ -329,6 +324,9 @@ def _shift_dt(value: str, shift: _dt.timedelta) -> str | None:
         return None
     year, month, day, rest, offset = m[1], m[2], m[3], m[4] or "", m[5] or ""
     if rest and day is None:  # time without a full date: not a valid DT
+        return None
+    hh, mm, ss = rest[0:2], rest[2:4], rest[4:6]
+    if (hh and int(hh) > 23) or (mm and int(mm) > 59) or (ss and int(ss) > 60):
         return None
     try:
         d = _dt.date(int(year), int(month or 1), int(day or 1)) + shift
@@ -401,6 +399,7 @@ def _clean(src: Dataset, ctx: _Context, parent_charset, *, in_dummy_sequence: bo
     out = Dataset(parent_encoding=parent_charset)
     implicit, little = src.original_encoding
     out.set_original_encoding(implicit, little, src.original_character_set or charset)
+    explicit = implicit is False
     table = ctx.table
     out_dict = out._dict  # plain assignment: elements are complete, tags already BaseTag
 
@@ -428,14 +427,33 @@ def _clean(src: Dataset, ctx: _Context, parent_charset, *, in_dummy_sequence: bo
             elif vr == "UI" and tag not in _KEEP_UID_TAGS:
                 action = "U"
             else:
-                # kept as it is: share the (immutable) raw element, copy a decoded one
-                out_dict[tag] = elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+                kept = _kept(src, elem, charset, explicit)
+                if kept is not None:
+                    out_dict[tag] = kept
                 continue
 
         new = _apply(src, tag, elem, vr, action, ctx, charset)
         if new is not None:
             out_dict[tag] = new
     return out
+
+
+def _kept(src: Dataset, elem, charset, explicit: bool):
+    """An element kept as it is: the (immutable) raw element shared, a decoded one copied.
+
+    A raw element read without a VR (a file whose meta says explicit VR but whose data
+    set is implicit) is decoded, so that the writer can give it its VR.
+    """
+    if isinstance(elem, RawDataElement):
+        if explicit and elem.VR is None:
+            decoded = _converted(src, elem, charset)
+            if decoded is None:
+                return None
+            if " or " in decoded.VR:  # 'US or SS' and the like: explicit VR needs one
+                decoded = correct_ambiguous_vr_element(decoded, src, elem.is_little_endian)
+            return decoded
+        return elem
+    return copy.deepcopy(elem)
 
 
 def _apply(src, tag, elem, vr, action, ctx: _Context, charset) -> DataElement | RawDataElement | None:
@@ -479,7 +497,7 @@ def _apply(src, tag, elem, vr, action, ctx: _Context, charset) -> DataElement | 
         return _element(tag, "SQ", Sequence(items))
     if vr == "UI" and action in ("U", "D", "K", "C"):
         if action == "K":
-            return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+            return _kept(src, elem, charset, src.original_encoding[0] is False)
         mapped = [ctx.uid(v) for v in _values(value)]
         return _element(tag, "UI", mapped if len(mapped) > 1 else (mapped[0] if mapped else None))
     if action == "C":
@@ -491,7 +509,7 @@ def _apply(src, tag, elem, vr, action, ctx: _Context, charset) -> DataElement | 
             return _element(tag, vr, shifted if len(shifted) > 1 else (shifted[0] if shifted else None))
         if vr == "TM":  # a whole-day shift leaves the time of day as it is
             if all(_TM_RE.fullmatch(str(v).strip(" \x00")) for v in _values(value)):
-                return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+                return _kept(src, elem, charset, src.original_encoding[0] is False)
             return _empty(tag, vr)
         return _empty(tag, vr)
     if action == "D":
@@ -501,7 +519,7 @@ def _apply(src, tag, elem, vr, action, ctx: _Context, charset) -> DataElement | 
         return _element(tag, vr, dummy)
     if action == "U":
         return _empty(tag, vr)  # U on something that is not a UID
-    return elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)  # pragma: no cover
+    return _kept(src, elem, charset, src.original_encoding[0] is False)  # pragma: no cover
 
 
 def _patient_element(src, tag, elem, vr, ctx: _Context, charset) -> DataElement:

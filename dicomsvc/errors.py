@@ -57,6 +57,12 @@ class NotDicom(InvalidDicom):
     """Not even shaped like DICOM (a README, a PNG): in a batch such a file is skipped."""
 
 
+class BurnedInAnnotation(DicomSvcError):
+    """Anonymizing an instance that probably shows patient data in its pixels: refused unless allowed."""
+
+    status, code = 422, "burned_in_annotation"
+
+
 class StudyMismatch(DicomSvcError):
     """STOW-RS to /studies/{uid} with an instance of another study."""
 

@@ -15,6 +15,8 @@ def setup_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
     quiet_pydicom()
+    # aiosqlite's debug lines quote statements' parameters: never below WARNING
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 
 def quiet_pydicom() -> None:
