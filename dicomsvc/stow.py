@@ -4,7 +4,8 @@ The body is ``multipart/related; type="application/dicom"``, one instance a
 part. The answer is ``application/dicom+json``: a Referenced SOP Sequence for
 what was stored (duplicates included: they are stored), a Failed SOP Sequence
 with a Failure Reason for the rest; 200 when all were stored, 202 when some
-were, 409 when none were, 415 for any other media type.
+were, 409 when none were, 415 for any other media type. ``?anonymize=true`` anonymizes, as on
+``POST /dicom``.
 """
 
 from python_multipart.multipart import parse_options_header
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from . import batch, uploads
 from .batch import Entry, Item
 from .errors import UnsupportedMediaType
-from .intake import Answer
+from .intake import Answer, flag
 from .service import Service
 
 # (0008,1197) Failure Reason values (PS3.4 Annex B, PS3.18 Table 10.5.3-1)
@@ -29,11 +30,12 @@ async def store_instances(svc: Service, request: Request, study_uid: str | None,
     if kind.lower() != b"multipart/related" or part_type != "application/dicom":
         raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"')
     cfg = svc.config
+    anonymize, allow = flag(request.query_params.get("anonymize")), flag(request.query_params.get("allow_burned_in"))
     folder = await svc.io(uploads.new_spool, cfg.spool_dir)
     try:
         parts = await uploads.spool_multipart(svc, request, folder, cfg.max_upload_bytes, cfg.max_archive_files)
         entries: list[Entry] = [
-            Item(file=f"part {n}", kind="spooled", path=str(p.path))
+            Item(f"part {n}", "spooled", str(p.path), None, anonymize, allow)
             if p.path is not None and p.content_type in ("application/dicom", "application/octet-stream")
             else batch.failed(f"part {n}", "unsupported_media_type", f"a part of type {p.content_type}")
             for n, p in enumerate(parts, 1)

@@ -148,3 +148,15 @@ def test_the_secret_comes_from_the_environment_and_is_never_logged(data_dir, imp
     assert uids[0] != uids[1]
     out, err = capfd.readouterr()
     assert "secret-xyz" not in out + err + caplog.text
+
+
+def test_stow_rs_can_anonymize(client):
+    data, planted = phi_file()
+    boundary = "b0undary"
+    body = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    answer = client.post("/studies?anonymize=true", content=body, headers={"content-type": ctype})
+    assert answer.status_code == 200
+    retrieve = answer.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
+    instance_id = retrieve.rsplit("id=", 1)[1]
+    assert_no_phi(client.get(f"/dicom/{instance_id}/file").content + answer.content, planted)
