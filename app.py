@@ -9,7 +9,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from dicomsvc import instances, intake, jobs, stow
+from dicomsvc import catalog, instances, intake, jobs, stow
 from dicomsvc.config import Config
 from dicomsvc.errors import DicomSvcError
 from dicomsvc.logs import setup_logging
@@ -63,6 +63,28 @@ async def post_anonymize(request: Request) -> JSONResponse:
     return JSONResponse({"id": result.id, "source": source}, status_code=201 if result.created else 200)
 
 
+async def search_dicom(request: Request) -> JSONResponse:
+    return JSONResponse(await catalog.search(request.app.state.svc, request.query_params))
+
+
+async def delete_dicom(request: Request) -> JSONResponse:
+    deleted = await catalog.delete_matching(request.app.state.svc, request.query_params)
+    return JSONResponse({"deleted": deleted})
+
+
+async def get_dicom(request: Request) -> JSONResponse:
+    return JSONResponse(await catalog.metadata(request.app.state.svc, request.path_params["id"]))
+
+
+async def delete_instance(request: Request) -> Response:
+    await catalog.delete_one(request.app.state.svc, request.path_params["id"])
+    return Response(status_code=204)
+
+
+async def get_stats(request: Request) -> JSONResponse:
+    return JSONResponse(await catalog.stats(request.app.state.svc))
+
+
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -91,6 +113,11 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 routes = [
     Route("/dicom", post_dicom, methods=["POST"]),
+    Route("/dicom", search_dicom, methods=["GET"]),
+    Route("/dicom", delete_dicom, methods=["DELETE"]),
+    Route("/dicom/{id}", get_dicom, methods=["GET"]),
+    Route("/dicom/{id}", delete_instance, methods=["DELETE"]),
+    Route("/stats", get_stats, methods=["GET"]),
     Route("/studies", post_studies, methods=["POST"]),
     Route("/studies/{study}", post_studies, methods=["POST"]),
     Route("/jobs/{job}", get_job, methods=["GET"]),

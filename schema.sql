@@ -11,17 +11,24 @@ CREATE TABLE IF NOT EXISTS dicom (
     series_instance_uid TEXT,                        -- (0020,000E)
     patient_id          TEXT,                        -- (0010,0020)
     patient_name        TEXT,                        -- (0010,0010)
+    patient_sex         TEXT,                        -- (0010,0040)
+    patient_birth_date  TEXT,                        -- (0010,0030)
     study_date          TEXT,                        -- (0008,0020)
+    study_description   TEXT,                        -- (0008,1030)
     accession_number    TEXT,                        -- (0008,0050)
     modality            TEXT,                        -- (0008,0060)
     transfer_syntax_uid TEXT,                        -- (0002,0010)
     rows                INTEGER,                     -- (0028,0010)
     columns             INTEGER,                     -- (0028,0011)
     frames              INTEGER,                     -- (0028,0008), 1 when absent
+    bits_allocated      INTEGER,                     -- (0028,0100)
+    bits_stored         INTEGER,                     -- (0028,0101)
+    photometric         TEXT,                        -- (0028,0004)
     has_pixels          INTEGER NOT NULL,
     dcm_blob            TEXT NOT NULL,               -- blob key of the stored DICOM file
     dcm_bytes           INTEGER NOT NULL,
     png_blob            TEXT,                        -- blob key of the frame-1 PNG; NULL when none
+    png_bytes           INTEGER,
     render_error        TEXT,                        -- why there is no PNG for pixel data
     source              TEXT NOT NULL,               -- where it came from (the import path)
     anonymized          INTEGER NOT NULL DEFAULT 0,  -- stored as anonymized (PS3.15 Basic profile)
@@ -34,6 +41,11 @@ CREATE INDEX IF NOT EXISTS dicom_study ON dicom (study_instance_uid);
 CREATE INDEX IF NOT EXISTS dicom_series ON dicom (series_instance_uid);
 CREATE INDEX IF NOT EXISTS dicom_patient ON dicom (patient_id);
 CREATE INDEX IF NOT EXISTS dicom_created ON dicom (created_at);
+-- Search filters (GET /dicom): each index also orders by pk, so "newest first" needs no sort.
+CREATE INDEX IF NOT EXISTS dicom_sop ON dicom (sop_instance_uid);
+CREATE INDEX IF NOT EXISTS dicom_modality ON dicom (modality);
+CREATE INDEX IF NOT EXISTS dicom_study_date ON dicom (study_date);
+CREATE INDEX IF NOT EXISTS dicom_accession ON dicom (accession_number);
 
 -- The tag dictionary, shared by all instances: one row per (tag, VR, keyword).
 CREATE TABLE IF NOT EXISTS tag (

@@ -82,6 +82,13 @@ class BlobStore:
             if key:
                 self.path(key).unlink(missing_ok=True)
 
+    def renderings(self, blob_id: str) -> Path:
+        """Folder of an instance's cached non-default renderings."""
+        return self.root / blob_id[:2] / f"{blob_id}.renderings"
+
+    def remove_renderings(self, blob_id: str) -> None:
+        shutil.rmtree(self.renderings(blob_id), ignore_errors=True)
+
     @staticmethod
     def discard(*temps: Path | None) -> None:
         for temp in temps:

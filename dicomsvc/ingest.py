@@ -83,7 +83,11 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = Opti
         rows = flatten(parsed.ds, parsed.pixel)
         png_temp, render_error = _render(temp, parsed, blobs)
         record = _record(parsed, temp, source, render_error, png_temp is not None)
-        record |= {"anonymized": int(anonymized), "anonymized_from": options.anonymized_from}
+        record |= {
+            "anonymized": int(anonymized),
+            "anonymized_from": options.anonymized_from,
+            "png_bytes": png_temp.stat().st_size if png_temp else None,
+        }
         blobs.commit(temp, record["dcm_blob"])
         if png_temp:
             blobs.commit(png_temp, record["png_blob"])
@@ -161,13 +165,19 @@ def summary(parsed: Parsed) -> dict:
         "series_instance_uid": _text(ds, "SeriesInstanceUID"),
         "patient_id": _text(ds, "PatientID"),
         "patient_name": _text(ds, "PatientName"),
+        "patient_sex": _text(ds, "PatientSex"),
+        "patient_birth_date": _text(ds, "PatientBirthDate"),
         "study_date": _text(ds, "StudyDate"),
+        "study_description": _text(ds, "StudyDescription"),
         "accession_number": _text(ds, "AccessionNumber"),
         "modality": _text(ds, "Modality"),
         "transfer_syntax_uid": parsed.transfer_syntax or None,
         "rows": _int(ds, "Rows"),
         "columns": _int(ds, "Columns"),
         "frames": _int(ds, "NumberOfFrames") or (1 if parsed.pixel else None),
+        "bits_allocated": _int(ds, "BitsAllocated"),
+        "bits_stored": _int(ds, "BitsStored"),
+        "photometric": _text(ds, "PhotometricInterpretation"),
         "has_pixels": int(parsed.pixel is not None),
     }
 

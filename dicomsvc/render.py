@@ -83,8 +83,15 @@ def _decode_failure(tsyntax: str, exc: Exception) -> str:
     return f"pixel data ({name}) could not be decoded: {type(exc).__name__}: {message}"
 
 
-def to_display(frame: np.ndarray, ds: Dataset) -> np.ndarray:
-    """8-bit display pixels: (rows, columns) grey or (rows, columns, 3) RGB."""
+def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | None = None) -> np.ndarray:
+    """8-bit display pixels: (rows, columns) grey or (rows, columns, 3) RGB.
+
+    ``window`` (center, width), when given, replaces the file's own VOI (Window
+    Center/Width, VOI LUT Sequence or min–max) for grey images, after the modality
+    LUT and before MONOCHROME1 inversion, keeping the file's VOI LUT Function, as
+    ``dcmj2pnm --set-window C W`` does. A width below 1 (0 for SIGMOID/LINEAR_EXACT)
+    is unusable and falls back to the min–max window. Colour images ignore it.
+    """
     # (0028,0004) Photometric Interpretation
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
@@ -92,25 +99,25 @@ def to_display(frame: np.ndarray, ds: Dataset) -> np.ndarray:
     if frame.ndim == 3:  # RGB, or YBR_* already converted to RGB by the decoder
         # (0028,0101) Bits Stored
         return _to_uint8(frame, int(ds.get("BitsStored", 8) or 8))
-    return _grey(frame, ds, invert=photometric == "MONOCHROME1")
+    return _grey(frame, ds, invert=photometric == "MONOCHROME1", window=window)
 
 
-def _grey(frame: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
+def _grey(frame: np.ndarray, ds: Dataset, invert: bool, window: tuple[float, float] | None = None) -> np.ndarray:
     if frame.dtype in SMALL_INTS:
         # One table over every value the type can hold, indexed by the raw bits: the
         # chain runs on 256 or 65536 values instead of every pixel. With a plain
         # rescale and window the table depends on a handful of numbers, shared by a
         # whole series, so it is cached.
         unsigned = frame.view(SMALL_INTS[frame.dtype])
-        plain = _plain_window(ds)
+        plain = _plain_window(ds, window)
         if plain is not None:
             return _window_table(frame.dtype.str, invert, *plain)[unsigned]
         domain = _domain(frame.dtype.str)
         present = lambda: np.bincount(unsigned.ravel(), minlength=domain.size) > 0  # noqa: E731
-        return _grey_chain(domain, ds, invert, present)[unsigned]
+        return _grey_chain(domain, ds, invert, present, window)[unsigned]
     if frame.dtype == np.bool_:
         frame = frame.astype(np.uint8)
-    return _grey_chain(frame, ds, invert, None)
+    return _grey_chain(frame, ds, invert, None, window)
 
 
 def _domain(dtype: str) -> np.ndarray:
@@ -119,12 +126,14 @@ def _domain(dtype: str) -> np.ndarray:
     return np.arange(1 << (8 * kind.itemsize), dtype=SMALL_INTS[kind]).view(kind)
 
 
-def _plain_window(ds: Dataset) -> tuple[float, float, float, float, str] | None:
+def _plain_window(ds: Dataset, window: tuple[float, float] | None = None) -> tuple[float, float, float, float, str] | None:
     """(slope, intercept, center, width, function) when nothing but those shapes the output."""
-    if "ModalityLUTSequence" in ds or ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+    if "ModalityLUTSequence" in ds:
+        return None
+    if window is None and (ds.get("WindowCenter") is None or ds.get("WindowWidth") is None):
         return None
     try:
-        params = _window_params(ds)
+        params = _window_params(ds) if window is None else _override_params(ds, window)
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
     except (TypeError, ValueError, IndexError):
@@ -143,7 +152,7 @@ def _window_table(dtype: str, invert: bool, slope: float, intercept: float, cent
     return table
 
 
-def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present) -> np.ndarray:
+def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present, window=None) -> np.ndarray:
     """Modality LUT → VOI → inversion for an array of stored values.
 
     ``present``, when given, says which of ``values`` occur in the frame (a callable,
@@ -151,7 +160,9 @@ def _grey_chain(values: np.ndarray, ds: Dataset, invert: bool, present) -> np.nd
     """
     # (0028,1052) Rescale Intercept, (0028,1053) Rescale Slope, (0028,3000) Modality LUT Sequence
     modality = apply_modality_lut(values, ds)
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+    if window is not None:  # asked for: replaces the file's VOI
+        out = _window_values(modality, *_override_params(ds, window))
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         out = _window(modality, ds)
     elif ds.get("VOILUTSequence"):
         out = _voi_lut(modality, ds)
@@ -188,9 +199,18 @@ def _window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
 def _window_params(ds: Dataset) -> tuple[float, float, str]:
     # (0028,1050) Window Center, (0028,1051) Window Width: the first pair
     center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    return center, width, _voi_function(ds)
+
+
+def _override_params(ds: Dataset, window: tuple[float, float]) -> tuple[float, float, str]:
+    """A window given by the caller, with the file's VOI LUT Function (as dcmj2pnm --set-window)."""
+    center, width = window
+    return float(center), float(width), _voi_function(ds)
+
+
+def _voi_function(ds: Dataset) -> str:
     # (0028,1056) VOI LUT Function
-    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    return center, width, function
+    return str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
 
 
 def _window_values(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:

@@ -23,15 +23,23 @@ SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 
 INSTANCE_COLUMNS = (
     "id", "sop_instance_uid", "pixel_hash", "sop_class_uid", "study_instance_uid",
-    "series_instance_uid", "patient_id", "patient_name", "study_date", "accession_number",
-    "modality", "transfer_syntax_uid", "rows", "columns", "frames", "has_pixels",
-    "dcm_blob", "dcm_bytes", "png_blob", "render_error", "source", "anonymized", "anonymized_from",
-    "created_at",
+    "series_instance_uid", "patient_id", "patient_name", "patient_sex", "patient_birth_date",
+    "study_date", "study_description", "accession_number", "modality", "transfer_syntax_uid",
+    "rows", "columns", "frames", "bits_allocated", "bits_stored", "photometric", "has_pixels",
+    "dcm_blob", "dcm_bytes", "png_blob", "png_bytes", "render_error", "source", "anonymized",
+    "anonymized_from", "created_at",
 )  # fmt: skip
 # Columns added after a table was first released: (table, column, definition)
 ADDED_COLUMNS = (
     ("dicom", "anonymized", "INTEGER NOT NULL DEFAULT 0"),
     ("dicom", "anonymized_from", "TEXT"),
+    ("dicom", "patient_sex", "TEXT"),
+    ("dicom", "patient_birth_date", "TEXT"),
+    ("dicom", "study_description", "TEXT"),
+    ("dicom", "bits_allocated", "INTEGER"),
+    ("dicom", "bits_stored", "INTEGER"),
+    ("dicom", "photometric", "TEXT"),
+    ("dicom", "png_bytes", "INTEGER"),
 )
 PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL")
 FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
@@ -192,3 +200,46 @@ async def get_tags_json(db: Database, instance_id: str) -> str | None:
     """
     ((text,),) = await db.conn.execute_fetchall(TAGS_JSON_SQL, (instance_id,))
     return None if text == "[]" else text
+
+
+# Finding and managing what is stored (GET /dicom, DELETE, /stats) ----------------------
+
+
+async def search(db: Database, where: str, params: Sequence, limit: int, offset: int = 0) -> list[dict]:
+    """Rows matching ``where`` (a fragment over ``dicom`` columns), newest first."""
+    rows = await db.conn.execute_fetchall(
+        f"SELECT * FROM dicom WHERE {where} ORDER BY pk DESC LIMIT ? OFFSET ?", (*params, limit, offset)
+    )
+    return [dict(r) for r in rows]
+
+
+async def delete(db: Database, where: str, params: Sequence) -> list[dict]:
+    """Delete matching instances (their tag rows go with them); returns their blob keys."""
+    conn = db.conn
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        gone = await conn.execute_fetchall(f"SELECT id, dcm_blob, png_blob FROM dicom WHERE {where}", params)
+        await conn.execute(f"DELETE FROM dicom WHERE {where}", params)
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
+    return [dict(r) for r in gone]
+
+
+async def stats(db: Database) -> dict:
+    ((totals),) = await db.conn.execute_fetchall(
+        """
+        SELECT COUNT(*) AS instances,
+               COUNT(DISTINCT series_instance_uid) AS series,
+               COUNT(DISTINCT study_instance_uid) AS studies,
+               COUNT(DISTINCT patient_id) AS patients,
+               COALESCE(SUM(dcm_bytes), 0) + COALESCE(SUM(png_bytes), 0) AS bytes,
+               MIN(created_at) AS earliest, MAX(created_at) AS latest
+        FROM dicom
+        """
+    )
+    modalities = await db.conn.execute_fetchall(
+        "SELECT COALESCE(modality, '') AS modality, COUNT(*) AS n FROM dicom GROUP BY 1 ORDER BY 2 DESC"
+    )
+    return dict(totals) | {"modalities": {r["modality"]: r["n"] for r in modalities}}

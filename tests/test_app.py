@@ -230,8 +230,8 @@ def test_image_and_tags_need_a_known_id(client):
 
 def test_unknown_route_and_method_are_json(client):
     assert_error(client.get("/nope"), 404, "not_found")
-    assert client.get("/dicom").status_code == 405
-    assert client.get("/dicom").json()["error"] == "method_not_allowed"
+    assert client.put("/dicom").status_code == 405
+    assert client.put("/dicom").json()["error"] == "method_not_allowed"
 
 
 def test_healthz(client):

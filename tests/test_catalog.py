@@ -1,0 +1,142 @@
+"""Finding and managing what is stored: GET /dicom, GET /dicom/{id}, DELETE, /stats."""
+
+import io
+
+import numpy as np
+import pytest
+
+from dicomfiles import blob_files, make_ct, sample_file
+
+DICOM = {"content-type": "application/dicom"}
+
+
+def post_ct(client, i: int, **elements) -> str:
+    buf = io.BytesIO()
+    make_ct(np.full((8, 8), i, np.int16), **elements).save_as(buf, enforce_file_format=True)
+    response = client.post("/dicom", content=buf.getvalue(), headers=DICOM)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+@pytest.fixture
+def catalog(client):
+    """Nine instances: 3 patients x 3 dates, two modalities, one study per patient."""
+    ids = {}
+    studies = {p: f"1.2.826.0.1.3680043.8.498.{p}" for p in range(3)}
+    for p in range(3):
+        for d, date in enumerate(("20200101", "20200615", "20211231")):
+            ids[(p, d)] = post_ct(
+                client,
+                p * 10 + d,
+                PatientID=f"P{p}",
+                StudyDate=date,
+                Modality="MR" if d == 2 else "CT",
+                AccessionNumber=f"ACC{p}{d}",
+                StudyInstanceUID=studies[p],
+            )
+    return ids, studies
+
+
+def ids_of(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+def test_search_filters_and_newest_first(client, catalog):
+    ids, studies = catalog
+    newest_first = list(reversed(list(ids.values())))
+    assert ids_of(client.get("/dicom")) == newest_first
+    assert ids_of(client.get("/dicom", params={"PatientID": "P1"})) == [ids[(1, 2)], ids[(1, 1)], ids[(1, 0)]]
+    assert ids_of(client.get("/dicom", params={"Modality": "MR"})) == [ids[(2, 2)], ids[(1, 2)], ids[(0, 2)]]
+    assert ids_of(client.get("/dicom", params={"AccessionNumber": "ACC01"})) == [ids[(0, 1)]]
+    assert ids_of(client.get("/dicom", params={"StudyInstanceUID": studies[2], "Modality": "CT"})) == [
+        ids[(2, 1)], ids[(2, 0)],
+    ]  # fmt: skip
+    item = client.get("/dicom", params={"PatientID": "P0", "limit": 1}).json()["items"][0]
+    assert set(item) >= {"id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"}
+
+
+@pytest.mark.parametrize(
+    ("dates", "expected"),
+    [("20200615", {1}), ("20200101-20200615", {0, 1}), ("20200301-", {1, 2}), ("-20200615", {0, 1})],
+)
+def test_study_date_exact_and_ranges(client, catalog, dates, expected):
+    ids, _ = catalog
+    found = set(ids_of(client.get("/dicom", params={"StudyDate": dates})))
+    assert found == {ids[(p, d)] for p in range(3) for d in expected}
+
+
+def test_paging(client, catalog):
+    ids, _ = catalog
+    pages, offset = [], 0
+    while offset is not None:
+        body = client.get("/dicom", params={"limit": 4, "offset": offset}).json()
+        pages.append([item["id"] for item in body["items"]])
+        offset = body["next_offset"]
+    assert [len(p) for p in pages] == [4, 4, 1]
+    assert sum(pages, []) == list(reversed(list(ids.values())))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": "0"}, {"limit": "1001"}, {"limit": "x"}, {"offset": "-1"}, {"StudyDate": "2020"},
+     {"StudyDate": "-"}, {"PatientName": "x"}],
+)  # fmt: skip
+def test_bad_search_parameters_are_400(client, params):
+    response = client.get("/dicom", params=params)
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+
+
+def test_metadata(client):
+    data = sample_file("CT_small.dcm").read_bytes()
+    instance_id = client.post("/dicom", content=data, headers=DICOM).json()["id"]
+    meta = client.get(f"/dicom/{instance_id}").json()
+    assert meta["id"] == instance_id and meta["Modality"] == "CT"
+    assert (meta["Rows"], meta["Columns"], meta["NumberOfFrames"], meta["BitsAllocated"]) == (128, 128, 1, 16)
+    assert meta["PhotometricInterpretation"] == "MONOCHROME2"
+    assert meta["TransferSyntaxUID"] == "1.2.840.10008.1.2.1"
+    assert meta["PatientSex"] == "O" and meta["bytes"]["dicom"] == len(data) and meta["bytes"]["png"] > 0
+    assert meta["anonymized"] is False and meta["anonymized_from"] is None
+    copy = client.post(f"/dicom/{instance_id}/anonymize").json()["id"]
+    copied = client.get(f"/dicom/{copy}").json()
+    assert copied["anonymized"] is True and copied["anonymized_from"] == instance_id
+    assert client.get("/dicom/AAAAAAAAAAAAAAAAAAAAAA").status_code == 404
+
+
+def test_delete_one_leaves_nothing(client, data_dir):
+    keep = post_ct(client, 1)
+    gone = post_ct(client, 2)
+    client.get("/image", params={"id": gone})
+    before = {p.name for p in blob_files(data_dir)}
+    assert client.delete(f"/dicom/{gone}").status_code == 204
+    assert client.get(f"/dicom/{gone}").status_code == 404
+    assert client.get("/image", params={"id": gone}).status_code == 404
+    assert client.get("/tags", params={"id": gone}).status_code == 404
+    assert client.delete(f"/dicom/{gone}").status_code == 404
+    after = {p.name for p in blob_files(data_dir)}
+    assert before - after == {f"{gone}.dcm", f"{gone}.png"}
+    assert not [p for p in data_dir.rglob(f"{gone}*")]
+    assert client.get(f"/dicom/{keep}").status_code == 200
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "dicom.db") as db:
+        orphans = db.execute("SELECT COUNT(*) FROM dicom_tag WHERE dicom_pk NOT IN (SELECT pk FROM dicom)")
+        assert orphans.fetchone()[0] == 0
+
+
+def test_delete_a_study_needs_a_filter(client, catalog, data_dir):
+    ids, studies = catalog
+    refused = client.delete("/dicom")
+    assert refused.status_code == 400 and "filter" in refused.json()["detail"]
+    deleted = client.delete("/dicom", params={"StudyInstanceUID": studies[1]})
+    assert deleted.json() == {"deleted": 3}
+    assert set(ids_of(client.get("/dicom"))) == {ids[(p, d)] for p in (0, 2) for d in range(3)}
+    assert len([p for p in blob_files(data_dir) if ".tmp" not in p.parts]) == 12
+
+
+def test_stats(client, catalog):
+    post_ct(client, 99, PatientID="P0", Modality="US")
+    stats = client.get("/stats").json()
+    assert (stats["instances"], stats["studies"], stats["patients"]) == (10, 4, 3)
+    assert stats["modalities"] == {"CT": 6, "MR": 3, "US": 1}
+    assert stats["bytes"] > 0 and stats["earliest"] <= stats["latest"]
