@@ -6,10 +6,12 @@ import logging
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from dicomsvc import catalog, instances, intake, jobs, stow
+from dicomsvc import catalog, instances, intake, jobs, openapi, stow
 from dicomsvc.config import Config
 from dicomsvc.errors import DicomSvcError
 from dicomsvc.logs import setup_logging
@@ -85,6 +87,14 @@ async def get_stats(request: Request) -> JSONResponse:
     return JSONResponse(await catalog.stats(request.app.state.svc))
 
 
+async def get_openapi(request: Request) -> JSONResponse:
+    return JSONResponse(openapi.document())
+
+
+async def get_docs(request: Request) -> HTMLResponse:
+    return HTMLResponse(openapi.page())
+
+
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -126,6 +136,8 @@ routes = [
     Route("/image", get_image, methods=["GET"]),
     Route("/tags", get_tags, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/openapi.json", get_openapi, methods=["GET"]),
+    Route("/docs", get_docs, methods=["GET"]),
 ]
 
 exception_handlers = {
@@ -147,7 +159,16 @@ def create_app(config: Config | None = None) -> Starlette:
             app.state.svc = svc
             yield
 
-    return Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["ETag"],
+        )
+    ] if config.cors_origins else []  # fmt: skip
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
 
 
 app = create_app()
