@@ -8,12 +8,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.background import BackgroundTask
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from dicomsvc import catalog, instances, intake, jobs, openapi, stow
 from dicomsvc.config import Config
-from dicomsvc.errors import DicomSvcError
+from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
 
@@ -40,17 +41,42 @@ async def get_job(request: Request) -> Response:
 
 async def get_image(request: Request) -> Response:
     image = await instances.image(
-        request.app.state.svc, request.query_params.get("id"), request.headers.get("if-none-match")
+        request.app.state.svc,
+        request.query_params,
+        request.headers.get("accept"),
+        request.headers.get("if-none-match"),
     )
-    headers = {"ETag": image.etag, "Cache-Control": IMMUTABLE}
-    if image.png is None:
+    headers = {"ETag": image.etag, "Cache-Control": IMMUTABLE, "Vary": "Accept"}
+    if image.body is None:
         return Response(status_code=304, headers=headers)
-    return Response(image.png, media_type="image/png", headers=headers)
+    return Response(image.body, media_type=image.media_type, headers=headers)
 
 
 async def get_tags(request: Request) -> Response:
-    body = await instances.tags_json(request.app.state.svc, request.query_params.get("id"))
-    return Response(body, media_type="application/json")
+    svc, query = request.app.state.svc, request.query_params
+    if query.get("format", "rows") == "dicomjson":
+        model = await instances.dicom_json(svc, query.get("id"), str(request.base_url).rstrip("/"))
+        return JSONResponse(model, media_type="application/dicom+json")
+    if query.get("format", "rows") != "rows":
+        raise BadRequest("format must be 'rows' (the default) or 'dicomjson'")
+    return Response(await instances.tags_json(svc, query.get("id")), media_type="application/json")
+
+
+async def get_pixels(request: Request) -> Response:
+    temp, filename = await instances.pixels(request.app.state.svc, request.path_params["id"], request.query_params)
+    return FileResponse(
+        temp,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        background=BackgroundTask(temp.unlink, missing_ok=True),
+    )
+
+
+async def get_bulk(request: Request) -> Response:
+    size, chunks = await instances.bulk(request.app.state.svc, request.path_params["id"], request.path_params["path"])
+    return StreamingResponse(
+        chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)}
+    )
 
 
 async def get_dicom_file(request: Request) -> Response:
@@ -132,6 +158,8 @@ routes = [
     Route("/studies/{study}", post_studies, methods=["POST"]),
     Route("/jobs/{job}", get_job, methods=["GET"]),
     Route("/dicom/{id}/file", get_dicom_file, methods=["GET"]),
+    Route("/dicom/{id}/pixels", get_pixels, methods=["GET"]),
+    Route("/dicom/{id}/bulk/{path:path}", get_bulk, methods=["GET"]),
     Route("/dicom/{id}/anonymize", post_anonymize, methods=["POST"]),
     Route("/image", get_image, methods=["GET"]),
     Route("/tags", get_tags, methods=["GET"]),

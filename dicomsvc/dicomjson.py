@@ -11,7 +11,8 @@ What is left out, or decided here:
 
 * The file meta information (group 0002): the JSON model describes the data
   set, not its Part 10 encoding. Group lengths (gggg,0000) are left out too:
-  they count bytes of one encoding, and mean nothing once re-encoded.
+  they count bytes of one encoding, and mean nothing once re-encoded. So is
+  Data Set Trailing Padding (FFFC,FFFC), which only pads the file.
 * Binary values (OB OD OF OL OV OW UN): up to ``threshold`` bytes inline as
   ``"InlineBinary"`` (base64); longer ones, and the pixel data always, as
   ``"BulkDataURI": bulk_uri(element_path)``. The element path is the tag
@@ -54,6 +55,7 @@ FLOAT_VRS = {"DS", "FL", "FD"}
 PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
 CHUNK = 1 << 20
+TRAILING_PADDING = 0xFFFCFFFC
 
 BulkUri = Callable[[str], str]
 
@@ -69,15 +71,17 @@ def to_dicom_json(
     out = _dataset(ds, "", bulk_uri, threshold, top=True)
     if pixel is not None:
         key = f"{pixel.tag:08X}"
-        out.setdefault(key, {"vr": pixel.vr, "BulkDataURI": bulk_uri(key)})
+        vr = "OB" if pixel.encapsulated else pixel.vr  # PS3.5 A.4: encapsulated is OB, whatever the file says
+        out.setdefault(key, {"vr": vr, "BulkDataURI": bulk_uri(key)})
     return dict(sorted(out.items()))
 
 
 def bulk_stream(path: Path, parsed: Parsed, element_path: str) -> tuple[int, Iterator[bytes]]:
-    """The byte length and the chunks (1 MiB at most) of the binary element at ``element_path``.
+    """The byte length and the chunks of the binary element at ``element_path``.
 
-    Pixel data kept in the file is read lazily from ``path``: consume the iterator
-    in this process, while the file exists. Raises NotFound when the path names
+    Pixel data kept in the file is read lazily from ``path``, 1 MiB a chunk: consume
+    the iterator in this process, while the file exists. Other values (already in
+    ``parsed.ds``) come as one chunk. Raises NotFound when the path names
     nothing, or an element that is not binary.
     """
     steps = _parse_path(element_path)
@@ -100,8 +104,8 @@ def _dataset(ds: Dataset, prefix: str, bulk_uri: BulkUri, threshold: int, top: b
     out: dict[str, Any] = {}
     for tag in sorted(ds.keys()):
         tag = int(tag)
-        if tag >> 16 == 0x0002 or tag & 0xFFFF == 0:
-            continue  # file meta; group lengths
+        if _left_out(tag):
+            continue
         key = f"{tag:08X}"
         vr, value = _resolve(ds, tag)
         path = prefix + key
@@ -114,6 +118,11 @@ def _dataset(ds: Dataset, prefix: str, bulk_uri: BulkUri, threshold: int, top: b
             values = _values(value, vr)
             out[key] = {"vr": vr, "Value": values} if values else {"vr": vr}
     return out
+
+
+def _left_out(tag: int) -> bool:
+    """File meta (group 0002), group lengths (gggg,0000), Data Set Trailing Padding (FFFC,FFFC)."""
+    return tag >> 16 == 0x0002 or tag & 0xFFFF == 0 or tag == TRAILING_PADDING
 
 
 def _resolve(ds: Dataset, tag: int) -> tuple[str, Any]:
@@ -151,7 +160,8 @@ def _json_value(v: Any, vr: str) -> Any:
     if v is None or v == "":
         return None
     if vr == "PN":
-        groups = {name: part for name, part in zip(PN_GROUPS, v.components) if part}
+        components = getattr(v, "components", None) or str(v).split("=")
+        groups = {name: part for name, part in zip(PN_GROUPS, components) if part}
         return groups or None
     if vr == "AT":
         return f"{int(v):08X}"
@@ -190,7 +200,7 @@ def _binary_at(ds: Dataset, steps: list[int], element_path: str) -> bytes:
             raise missing
         ds = value[index]
     tag = steps[-1]
-    if tag not in ds or tag >> 16 == 0x0002 or tag & 0xFFFF == 0:
+    if tag not in ds or _left_out(tag):
         raise missing
     vr, value = _resolve(ds, tag)
     if vr not in BINARY_VRS:

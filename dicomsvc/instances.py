@@ -1,13 +1,17 @@
 """Stored instances: the PNG, the tag rows, the DICOM file, an anonymized copy."""
 
+import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.requests import Request
 
-from . import store
+from . import arrays, dicomjson, renderings, store
 from .blobs import BlobStore
+from .config import Config
+from .parse import read
 from .ingest import Ingested, Options, ingest_file
 from .intake import flag
 from .errors import BadRequest, NoPixelData, NotFound, UnsupportedTransferSyntax
@@ -20,7 +24,8 @@ ID_RE = re.compile(r"[0-9A-Za-z]{22}")  # shortuuid.uuid()
 @dataclass(frozen=True)
 class Image:
     etag: str
-    png: bytes | None  # None: the client's copy (If-None-Match) is current
+    body: bytes | None  # None: the client's copy (If-None-Match) is current
+    media_type: str = "image/png"
 
 
 def check_id(instance_id: str | None) -> str:
@@ -38,18 +43,55 @@ async def _instance(svc: Service, instance_id: str | None) -> dict:
     return record
 
 
-async def image(svc: Service, instance_id: str | None, if_none_match: str | None = None) -> Image:
-    """The PNG rendered at ingest (no decoding on this path), unless the client has it."""
-    record = await _instance(svc, instance_id)
+async def image(
+    svc: Service, query: Mapping[str, str], accept: str | None = None, if_none_match: str | None = None
+) -> Image:
+    """``GET /image``: frame 1 as rendered at ingest (no decoding), or another rendering.
+
+    Other renderings (frame, window, size, JPEG) are made from the stored DICOM on
+    first request, decoding only the frame asked for, and kept in blob storage.
+    """
+    params = renderings.parse_params(
+        {k: v for k, v in query.items() if k != "id"}, accept, svc.config.render_max_size
+    )
+    record = await _instance(svc, query.get("id"))
     if not record["has_pixels"]:
         raise NoPixelData("this instance has no pixel data")
-    if record["png_blob"] is None:
-        raise UnsupportedTransferSyntax(record["render_error"] or "pixel data could not be rendered")
-    etag = f'"{record["id"]}.png"'  # stored PNGs never change
+    if renderings.is_default(params):
+        if record["png_blob"] is None:
+            raise UnsupportedTransferSyntax(record["render_error"] or "pixel data could not be rendered")
+        etag = f'"{record["id"]}.png"'  # stored renderings never change
+        if etag_matches(if_none_match, etag):
+            return Image(etag, None)
+        # one trip to an I/O thread (a FileResponse makes several)
+        return Image(etag, await svc.io(svc.blobs.path(record["png_blob"]).read_bytes))
+    key = renderings.cache_key(params)
+    etag = f'"{record["id"]}.{key}"'
     if etag_matches(if_none_match, etag):
-        return Image(etag, None)
-    # one trip to an I/O thread (a FileResponse makes several)
-    return Image(etag, await svc.io(svc.blobs.path(record["png_blob"]).read_bytes))
+        return Image(etag, None, params.media_type)
+    cached = svc.blobs.renderings(record["id"]) / f"{key}.{params.format}"
+    body = await svc.io(_read_if_there, cached)
+    if body is None:
+        body = await svc.cpu(render_and_keep, svc.config, record["dcm_blob"], params, cached)
+    return Image(etag, body, params.media_type)
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderParams, cached: Path) -> bytes:
+    """Render from the stored DICOM (in a worker) and keep the result: temp name, then rename."""
+    blobs = BlobStore(config.blob_dir)
+    path = blobs.path(dcm_blob)
+    body = renderings.render(path, read(path), params)
+    temp = blobs.write_temp(body, f".{params.format}")
+    cached.parent.mkdir(exist_ok=True)
+    os.replace(temp, cached)
+    return body
 
 
 async def tags_json(svc: Service, instance_id: str | None) -> bytes:
@@ -93,3 +135,59 @@ async def _has_body(request: Request) -> bool:
 def _copy_to_temp(blobs: BlobStore, path: Path) -> Path:
     with open(path, "rb") as src:
         return blobs.spool(src, 1 << 62)
+
+
+# Arrays, DICOM JSON and bulk data: read from the stored DICOM file -------------------------
+
+
+async def pixels(svc: Service, instance_id: str, query: Mapping[str, str]) -> tuple[Path, str]:
+    """``GET /dicom/{id}/pixels``: a temporary .npy file (frames decoded one at a time, in a
+    worker) and the name to offer it under; the caller removes the file once sent."""
+    record = await _instance(svc, instance_id)
+    frame = _frame_param(query.get("frame"))
+    rescale = flag(query.get("rescale"))
+    temp = await svc.cpu(write_npy, svc.config, record["dcm_blob"], frame, rescale)
+    suffix = (f"-frame{frame}" if frame else "") + ("-rescaled" if rescale else "")
+    return temp, f"{record['id']}{suffix}.npy"
+
+
+def _frame_param(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequest("frame must be a whole number from 1")
+    return int(raw)
+
+
+def write_npy(config: Config, dcm_blob: str, frame: int | None, rescale: bool) -> Path:
+    blobs = BlobStore(config.blob_dir)
+    path = blobs.path(dcm_blob)
+    _, chunks = arrays.npy_stream(path, read(path), frame, rescale)
+    temp, out = blobs.create_temp(".npy")
+    try:
+        with out:
+            for chunk in chunks:
+                out.write(chunk)
+    except BaseException:
+        blobs.discard(temp)
+        raise
+    return temp
+
+
+async def dicom_json(svc: Service, instance_id: str | None, base_url: str) -> dict:
+    """``GET /tags?id=&format=dicomjson``: the DICOM JSON model, bulk data by reference."""
+    record = await _instance(svc, instance_id)
+    return await svc.cpu(_dicom_json, svc.config, record["dcm_blob"], f"{base_url}/dicom/{record['id']}/bulk/")
+
+
+def _dicom_json(config: Config, dcm_blob: str, bulk_base: str) -> dict:
+    path = BlobStore(config.blob_dir).path(dcm_blob)
+    parsed = read(path)
+    return dicomjson.to_dicom_json(parsed.ds, lambda element: bulk_base + element, pixel=parsed.pixel)
+
+
+async def bulk(svc: Service, instance_id: str, element_path: str) -> tuple[int, Iterator[bytes]]:
+    """``GET /dicom/{id}/bulk/{path}``: one binary value, streamed from the stored file."""
+    record = await _instance(svc, instance_id)
+    path = svc.blobs.path(record["dcm_blob"])
+    return await svc.io(lambda: dicomjson.bulk_stream(path, read(path), element_path))

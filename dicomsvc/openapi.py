@@ -127,19 +127,59 @@ PATHS: dict[str, dict] = {
     },
     "/image": {
         "get": {
-            "summary": "Frame 1 as PNG, rendered at ingest (modality LUT, VOI, MONOCHROME1 inversion)",
-            "parameters": [QUERY_ID, _param("If-None-Match", "header", "an ETag from an earlier answer")],
+            "summary": "A rendering: by default frame 1 as PNG as rendered at ingest (modality LUT, VOI, "
+            "MONOCHROME1 inversion); other frames, windows, sizes and JPEG are rendered once and kept",
+            "parameters": [
+                QUERY_ID,
+                _param("frame", "query", "1-based frame number", "integer"),
+                _param("window", "query", "center,width (aliases windowCenter and windowWidth)"),
+                _param("windowCenter", "query", "window center", "number"),
+                _param("windowWidth", "query", "window width", "number"),
+                _param("width", "query", "fit into this width, aspect kept", "integer"),
+                _param("height", "query", "fit into this height, aspect kept", "integer"),
+                _param("format", "query", "png or jpeg (else the Accept header decides)"),
+                _param("quality", "query", "JPEG quality 1-100 (default 90)", "integer"),
+                _param("If-None-Match", "header", "an ETag from an earlier answer"),
+            ],
             "responses": _answers(
-                {"200": ("image/png", "the rendering"), "304": ("image/png", "not modified")},
-                {"400": "missing id", "404": "unknown id, or no pixel data", "415": "pixel data that cannot be decoded"},
-            ),
+                {"200": ("image/png", "the rendering (image/jpeg when asked)"), "304": ("image/png", "not modified")},
+                {"400": "missing id or bad parameter", "404": "unknown id, or no pixel data",
+                 "415": "pixel data that cannot be decoded"},
+            ),  # fmt: skip
         }
     },
     "/tags": {
         "get": {
             "summary": "Every data element as a row: {uuid, tags: [{ID, Tag, VR, Value, Name, Bytes?, Parent?, Item?}]}",
-            "parameters": [QUERY_ID],
-            "responses": _answers({"200": ("application/json", "the rows, in file order")}, {"400": "missing id", "404": "unknown id"}),
+            "parameters": [
+                QUERY_ID,
+                _param("format", "query", "rows (default) or dicomjson: the DICOM JSON model (PS3.18 F)"),
+            ],
+            "responses": _answers(
+                {"200": ("application/json", "the rows, in file order (application/dicom+json for dicomjson)")},
+                {"400": "missing id or bad format", "404": "unknown id"},
+            ),
+        }
+    },
+    "/dicom/{id}/pixels": {
+        "get": {
+            "summary": "The pixel values as a .npy file (frames x rows x columns x samples, squeezed)",
+            "parameters": [
+                ID,
+                _param("frame", "query", "1-based: one frame only", "integer"),
+                _param("rescale", "query", "true: apply the modality LUT (float32)", "boolean"),
+            ],
+            "responses": _answers(
+                {"200": ("application/octet-stream", ".npy")},
+                {"400": "bad frame", "404": "unknown id or no pixel data", "415": "undecodable pixel data"},
+            ),
+        }
+    },
+    "/dicom/{id}/bulk/{path}": {
+        "get": {
+            "summary": "One binary value (BulkDataURI of the DICOM JSON model), as stored",
+            "parameters": [ID, _param("path", "path", "tag, or tag/item/tag/... inside sequences", required=True)],
+            "responses": _answers({"200": ("application/octet-stream", "the bytes")}, {"404": "no such element"}),
         }
     },
     "/jobs/{job}": {

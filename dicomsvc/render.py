@@ -216,7 +216,8 @@ def _voi_function(ds: Dataset) -> str:
 def _window_values(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray | None:
     """The window applied to ``values`` (0..255), or None when the window is unusable."""
     if function == "SIGMOID" and width > 0:
-        return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+        with np.errstate(over="ignore"):  # a narrow window saturates exp(): 0 or 255, as meant
+            return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT" and width > 0:
         return np.clip((values - center) / width + 0.5, 0.0, 1.0) * 255.0
     if width < 1:

@@ -1,12 +1,14 @@
 """Small HTTP helpers shared by the handlers in app.py."""
 
 import json
+import re
 
 from starlette.requests import Request
 
 from .errors import BadRequest, TooLarge
 
 MAX_JSON_BYTES = 1 << 20
+ETAGS = re.compile(r'(?:W/)?("[^"]*")')  # the quoted tags in If-None-Match
 
 
 async def read_json_object(request: Request, limit: int = MAX_JSON_BYTES) -> dict:
@@ -29,9 +31,7 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """Whether an If-None-Match header matches ``etag`` (weak comparison, RFC 9110)."""
     if not if_none_match:
         return False
+    if if_none_match.strip() == "*":
+        return True
     bare = etag.removeprefix("W/")
-    for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == bare:
-            return True
-    return False
+    return any(tag == bare for tag in ETAGS.findall(if_none_match))  # quoted: commas inside are fine

@@ -312,3 +312,11 @@ def test_no_patient_data_in_logs_or_errors(client, import_root, capfd, caplog):
     # and the values are stored: they just never leak
     tags = client.get("/tags", params={"id": response.json()["id"]}).json()["tags"]
     assert any(r["Value"] == marker_name for r in tags)
+
+
+def test_etag_matching():
+    from dicomsvc.web import etag_matches
+
+    assert etag_matches('"a.png"', '"a.png"') and etag_matches('W/"a.png"', '"a.png"')
+    assert etag_matches('"x", "a.f1-w40,400-png"', '"a.f1-w40,400-png"')  # commas inside a tag
+    assert etag_matches("*", '"a"') and not etag_matches('"b"', '"a"') and not etag_matches(None, '"a"')

@@ -52,9 +52,14 @@ def stored(data_dir) -> list:
 
 def leftovers(data_dir) -> list:
     """Temp and spool files: none once a request or job is over."""
-    spool = data_dir / "spool"
-    spooled = [p for p in spool.rglob("*")] if spool.exists() else []
-    return [p for p in blob_files(data_dir) if ".tmp" in p.parts] + spooled
+    for _ in range(10):  # the server may be removing them while we look
+        try:
+            spool = data_dir / "spool"
+            spooled = [p for p in spool.rglob("*")] if spool.exists() else []
+            return [p for p in blob_files(data_dir) if ".tmp" in p.parts] + spooled
+        except FileNotFoundError:
+            time.sleep(0.01)
+    raise AssertionError("the data directory kept changing")
 
 
 # application/dicom -------------------------------------------------------------------------
