@@ -24,7 +24,7 @@ from pathlib import Path
 from .blobs import BlobStore
 from .config import Config
 from .errors import BadRequest, DicomSvcError, NotDicom, TooLarge
-from .ingest import Ingested, Options, ingest_file, ingest_import
+from .ingest import PLAIN, Ingested, Options, ingest_file, ingest_import
 from .service import Service
 
 CHUNK = 8  # items per trip to a worker
@@ -72,7 +72,7 @@ def summarize(results: Sequence[dict]) -> dict:
 Entry = Item | dict  # a file to ingest, or a result decided without ingesting it (skipped, failed)
 
 
-def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options = Options()) -> list[Entry]:
+def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options = PLAIN) -> list[Entry]:
     """An entry per archive member, in archive order; or TooLarge.
 
     Checks the central directory against the limits before anything is extracted:
@@ -107,7 +107,7 @@ def _flags(options: Options) -> tuple[bool, bool]:
     return options.anonymize, options.allow_burned_in
 
 
-def expand_directory(config: Config, real: Path, options: Options = Options()) -> list[Entry]:
+def expand_directory(config: Config, real: Path, options: Options = PLAIN) -> list[Entry]:
     """Items for every file below a folder of the import root (links are not followed)."""
     root = config.import_root.resolve()
     items = []

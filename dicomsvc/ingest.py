@@ -37,6 +37,9 @@ class Options:
     anonymized_from: str | None = None  # POST /dicom/{id}/anonymize: the stored original
 
 
+PLAIN = Options()  # as stored: no anonymization, no study check
+
+
 @dataclass(frozen=True)
 class Ingested:
     id: str
@@ -46,12 +49,12 @@ class Ingested:
     sop_instance_uid: str | None = None
 
 
-async def ingest_path(svc: Service, raw: object, options: Options = Options()) -> Ingested:
+async def ingest_path(svc: Service, raw: object, options: Options = PLAIN) -> Ingested:
     """Store the file ``raw`` names under the import root; a duplicate returns the stored id."""
     return await svc.cpu(ingest_import, svc.config, raw, options)
 
 
-def ingest_import(config: Config, raw: object, options: Options = Options()) -> Ingested:
+def ingest_import(config: Config, raw: object, options: Options = PLAIN) -> Ingested:
     """Ingest the file ``raw`` names inside the import root."""
     real = paths.resolve(config.import_root, raw)
     with paths.open_regular(real, str(raw)) as src:
@@ -59,7 +62,7 @@ def ingest_import(config: Config, raw: object, options: Options = Options()) -> 
     return ingest_file(config, temp, str(real.relative_to(config.import_root.resolve())), options)
 
 
-def ingest_file(config: Config, temp: Path, source: str, options: Options = Options()) -> Ingested:
+def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAIN) -> Ingested:
     """Ingest a file already spooled to blob temp space (it is moved into place or removed)."""
     blobs = BlobStore(config.blob_dir)
     db = store.connection(config.db_path)

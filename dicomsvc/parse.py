@@ -20,7 +20,6 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .errors import InvalidDicom, NotDicom

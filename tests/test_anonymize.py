@@ -23,7 +23,7 @@ from dicomfiles import sample_file
 from dicomsvc import anonymize as anon
 from dicomsvc.anonymize import BurnedInAnnotation, anonymize, burned_in_reason, profile_table
 from dicomsvc.errors import DicomSvcError
-from phi_fixture import CODE_VALUE_KEPT, TRANSFER_SYNTAXES, build_phi_dataset, build_study, to_bytes
+from phi_fixture import TRANSFER_SYNTAXES, build_phi_dataset, build_study, to_bytes
 
 SECRET = b"test-secret-0123456789"
 OTHER_SECRET = b"another-secret-9876543210"

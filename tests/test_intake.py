@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from dicomfiles import blob_files, make_ct, sample_file, save
+from dicomfiles import blob_files, make_ct, sample_file
 
 
 def dicom_bytes(name: str) -> bytes:

@@ -32,7 +32,6 @@ pydicom's data folder and ``$TMP`` for the scratch directory).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
