@@ -590,3 +590,36 @@ def verify_corpus(corpus: Corpus, sample: int = 3) -> list[str]:
     if len({i.sop_uid for i in corpus.instances}) != len(corpus.instances):
         problems.append("duplicate SOP Instance UIDs")
     return problems
+
+
+# --------------------------------------------------------------------------
+# report helpers shared by ingest.py and upload.py
+# --------------------------------------------------------------------------
+def settle_cpu(pid: int, max_s: float = 3.0) -> float:
+    """Wait (<= max_s) until the server tree stops burning CPU; return its CPU seconds."""
+    last = tree_cpu_seconds(pid)
+    for _ in range(int(max_s / 0.25)):
+        time.sleep(0.25)
+        now = tree_cpu_seconds(pid)
+        if now - last < 0.02:
+            return now
+        last = now
+    return last
+
+
+def fmt(x, spec="{:.1f}"):
+    return "-" if x is None else spec.format(x)
+
+
+def ratio(num, den):
+    if num is None or den is None or den == 0:
+        return None
+    return round(num / den, 2)
+
+
+def dig(d, ks):
+    for k in ks:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d

@@ -159,19 +159,6 @@ class Orthanc(Target):
 # --------------------------------------------------------------------------
 # phases
 # --------------------------------------------------------------------------
-def settle_cpu(pid: int, max_s: float = 3.0) -> float:
-    """Wait (<= max_s) until the server tree stops burning CPU; return its CPU seconds."""
-    last = C.tree_cpu_seconds(pid)
-    deadline = time.monotonic() + max_s
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = C.tree_cpu_seconds(pid)
-        if now - last < 0.02:
-            return now
-        last = now
-    return last
-
-
 def run_ingest(t: Target, corpus: C.Corpus, clients: int, deadline_s: float) -> dict:
     insts = corpus.instances
     ids: list[str | None] = [None] * len(insts)
@@ -222,7 +209,7 @@ def run_ingest(t: Target, corpus: C.Corpus, clients: int, deadline_s: float) -> 
     wall = time.perf_counter() - t0
     cpu1 = C.tree_cpu_seconds(pid)
     client_cpu = time.process_time() - ccpu0
-    cpu2 = settle_cpu(pid)
+    cpu2 = C.settle_cpu(pid)
     ok = sum(1 for x in ids if x is not None)
     return {
         "clients": clients,
@@ -335,16 +322,6 @@ def snapshot_rss(t: Target) -> dict:
 # --------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------
-def _f(x, fmt="{:.1f}"):
-    return "-" if x is None else fmt.format(x)
-
-
-def _ratio(num, den):
-    if num is None or den is None or den == 0:
-        return None
-    return round(num / den, 2)
-
-
 def print_report(out: dict) -> None:
     svc = out["services"]
     names = list(svc)
@@ -355,10 +332,10 @@ def print_report(out: dict) -> None:
         r = None
         if len(names) == 2:
             o, t = vals[0], vals[1]
-            r = _ratio(o, t) if better == "hi" else _ratio(t, o)
-        rows.append((label, [_f(v, fmt) for v in vals], r))
+            r = C.ratio(o, t) if better == "hi" else C.ratio(t, o)
+        rows.append((label, [C.fmt(v, fmt) for v in vals], r))
 
-    g = lambda *ks: (lambda d: _dig(d, ks))  # noqa: E731
+    g = lambda *ks: (lambda d: C.dig(d, ks))  # noqa: E731
     row("ingest, 1 client      [inst/s]", g("ingest_1", "inst_per_s"))
     row("ingest, 4 clients     [inst/s]", g("ingest_4", "inst_per_s"))
     row("server CPU/inst, 1 cl [ms]", g("ingest_1", "server_cpu_ms_per_inst"), better="lo")
@@ -380,7 +357,7 @@ def print_report(out: dict) -> None:
     for label, vals, r in rows:
         line = f"{label:{w0}}  " + "  ".join(f"{v:>10}" for v in vals)
         if len(names) == 2:
-            line += f"  {_f(r, '{:.2f}'):>7}"
+            line += f"  {C.fmt(r, '{:.2f}'):>7}"
         print(line)
     if len(names) == 2:
         print("ratio: ours/Orthanc for throughput, Orthanc/ours for latency, CPU, RSS, startup"
@@ -390,20 +367,12 @@ def print_report(out: dict) -> None:
         s = svc[n]
         i1, i4, rd = s.get("ingest_1", {}), s.get("ingest_4", {}), s.get("reads", {})
         print(
-            f"{n}: image mean {_f(_dig(rd, ('image', 'mean_bytes')), '{:.0f}')} B/resp,"
-            f" tags mean {_f(_dig(rd, ('tags', 'mean_bytes')), '{:.0f}')} B/resp;"
-            f" CPU after last reply {_f(i1.get('server_cpu_after_reply_s'), '{:.2f}')}/"
-            f"{_f(i4.get('server_cpu_after_reply_s'), '{:.2f}')} s (1/4 cl);"
-            f" bench-client CPU/inst {_f(i1.get('client_cpu_ms_per_inst'))}/{_f(i4.get('client_cpu_ms_per_inst'))} ms"
+            f"{n}: image mean {C.fmt(C.dig(rd, ('image', 'mean_bytes')), '{:.0f}')} B/resp,"
+            f" tags mean {C.fmt(C.dig(rd, ('tags', 'mean_bytes')), '{:.0f}')} B/resp;"
+            f" CPU after last reply {C.fmt(i1.get('server_cpu_after_reply_s'), '{:.2f}')}/"
+            f"{C.fmt(i4.get('server_cpu_after_reply_s'), '{:.2f}')} s (1/4 cl);"
+            f" bench-client CPU/inst {C.fmt(i1.get('client_cpu_ms_per_inst'))}/{C.fmt(i4.get('client_cpu_ms_per_inst'))} ms"
         )
-
-
-def _dig(d, ks):
-    for k in ks:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 def collect_errors(out: dict) -> list[str]:
@@ -415,7 +384,7 @@ def collect_errors(out: dict) -> list[str]:
                 lines.append(f"{n} {ph}: {p['ok']}/{p['n']} ok, {p['errors']} errors, timed_out={p['timed_out']}")
                 lines += [f"    {e}" for e in p["error_samples"]]
         for kind in ("image", "tags"):
-            p = _dig(s, ("reads", kind))
+            p = C.dig(s, ("reads", kind))
             if p and p.get("errors"):
                 lines.append(f"{n} GET {kind}: {p['errors']} errors of {p.get('requests')}")
                 lines += [f"    {e}" for e in p.get("error_samples", [])]

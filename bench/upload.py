@@ -411,18 +411,6 @@ class Orthanc(Target):
 # --------------------------------------------------------------------------
 # measurements
 # --------------------------------------------------------------------------
-def settle_cpu(pid: int, max_s: float = 3.0) -> float:
-    """Wait (<= max_s) until the server tree stops burning CPU; return its CPU seconds."""
-    last = C.tree_cpu_seconds(pid)
-    for _ in range(int(max_s / 0.25)):
-        time.sleep(0.25)
-        now = C.tree_cpu_seconds(pid)
-        if now - last < 0.02:
-            return now
-        last = now
-    return last
-
-
 def run_singles(t: Target, corpus: C.Corpus, clients: int, deadline_s: float) -> dict:
     insts = corpus.instances
     ids: list[str | None] = [None] * len(insts)
@@ -472,7 +460,7 @@ def run_singles(t: Target, corpus: C.Corpus, clients: int, deadline_s: float) ->
         th.join(timeout=max(1.0, deadline - time.monotonic() + 120))
     wall = time.perf_counter() - t0
     cpu1 = C.tree_cpu_seconds(pid)
-    cpu2 = settle_cpu(pid)
+    cpu2 = C.settle_cpu(pid)
     ok = sum(1 for x in ids if x is not None)
     res = {
         "clients": clients,
@@ -517,7 +505,7 @@ def run_zip(t: Target, z: dict, deadline_s: float) -> dict:
         except httpx.HTTPError as e:
             res = {"error": f"{type(e).__name__}: {e}", "shape_problems": []}
     cpu1 = C.tree_cpu_seconds(pid) if t.server.alive() else None
-    cpu2 = settle_cpu(pid) if t.server.alive() else None
+    cpu2 = C.settle_cpu(pid) if t.server.alive() else None
     n_ok = (res.get("created") or 0) + (res.get("duplicates") or 0)
     done = res.get("done_s")
     res.update(
@@ -609,35 +597,17 @@ def build_big_zips(tmp: Path, targets: list[tuple[Path, int]], mode: str, seed: 
 # --------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------
-def _f(x, fmt="{:.1f}"):
-    return "-" if x is None else fmt.format(x)
-
-
-def _ratio(num, den):
-    if num is None or den is None or den == 0:
-        return None
-    return round(num / den, 2)
-
-
-def _dig(d, ks):
-    for k in ks:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
 def print_report(out: dict) -> None:
     svc = out["services"]
     names = list(svc)
     rows = []
 
     def row(label, ks, fmt="{:.1f}", better="hi", ratio=True):
-        vals = [_dig(svc[n], ks) for n in names]
+        vals = [C.dig(svc[n], ks) for n in names]
         r = None
         if len(names) == 2 and ratio:
-            r = _ratio(vals[0], vals[1]) if better == "hi" else _ratio(vals[1], vals[0])
-        rows.append((label, [_f(v, fmt) for v in vals], r))
+            r = C.ratio(vals[0], vals[1]) if better == "hi" else C.ratio(vals[1], vals[0])
+        rows.append((label, [C.fmt(v, fmt) for v in vals], r))
 
     def sep(title):
         rows.append((title, None, None))
@@ -651,14 +621,14 @@ def print_report(out: dict) -> None:
         row(f"  {cl} client{'s' if cl > 1 else ' '}: peak PSS     [MiB]", (k, "mem", "sampled_pss_sum_mib"), better="lo")
     zc = out["config"].get("zip_compression")
     z1 = out["config"].get("zip_small", {})
-    sep(f"one ZIP of the same {z1.get('n')} ({zc}, {_f((z1.get('bytes') or 0) / 1e6, '{:.0f}')} MB)")
+    sep(f"one ZIP of the same {z1.get('n')} ({zc}, {C.fmt((z1.get('bytes') or 0) / 1e6, '{:.0f}')} MB)")
     row("  upload (POST answered)   [s]", ("zip_small", "upload_s"), "{:.2f}", better="lo")
     row("  until all stored         [s]", ("zip_small", "done_s"), "{:.2f}", better="lo")
     row("  throughput               [inst/s]", ("zip_small", "inst_per_s"))
     row("  server CPU               [ms/inst]", ("zip_small", "server_cpu_ms_per_inst"), better="lo")
     row("  peak RSS sum (VmHWM)     [MiB]", ("zip_small", "mem", "hwm_sum_mib"), better="lo")
     row("  peak PSS sum (sampled)   [MiB]", ("zip_small", "mem", "sampled_pss_sum_mib"), better="lo")
-    same = len({_dig(svc[n], ("zip_big", "zip_bytes")) for n in names}) == 1
+    same = len({C.dig(svc[n], ("zip_big", "zip_bytes")) for n in names}) == 1
     sep("big ZIP" + ("" if same else " (NOT the same ZIP: see sizes; ratios of time/RSS omitted)"))
     row("  ZIP size                 [MB]", ("zip_big", "zip_mb"), "{:.0f}", ratio=False)
     row("  instances in it", ("zip_big", "zip_instances"), "{:.0f}", ratio=False)
@@ -684,7 +654,7 @@ def print_report(out: dict) -> None:
             continue
         line = f"{label:{w0}}  " + "  ".join(f"{v:>10}" for v in vals)
         if len(names) == 2:
-            line += f"  {_f(r, '{:.2f}'):>7}"
+            line += f"  {C.fmt(r, '{:.2f}'):>7}"
         print(line)
     if len(names) == 2:
         print("ratio: ours/Orthanc for throughput, Orthanc/ours for time, CPU and memory -> >1 means dicomsvc is better")
@@ -699,7 +669,7 @@ def print_report(out: dict) -> None:
                 extra.append(f"{key}: HTTP {z.get('http_status')} ({z.get('mode')}"
                              + (f", {z.get('polls')} polls" if z.get("mode") == "job" else "")
                              + f"), created {z.get('created')} dup {z.get('duplicates')} failed {z.get('failed')}"
-                             f" skipped {z.get('skipped')}, CPU after reply {_f(z.get('server_cpu_after_reply_s'), '{:.2f}')} s")
+                             f" skipped {z.get('skipped')}, CPU after reply {C.fmt(z.get('server_cpu_after_reply_s'), '{:.2f}')} s")
         if extra:
             print(f"{n}: " + "; ".join(extra))
     ck = out.get("rss_check")
@@ -911,8 +881,8 @@ def main(argv=None) -> int:
                         r = run_zip(t, z, a.phase_timeout)
                         r["zip_mb"] = round(z["bytes"] / 1e6, 1)
                         out["services"][lb][key] = r
-                        print(f"  [{lb}] HTTP {r.get('http_status')} {r.get('mode', '')}: upload {_f(r.get('upload_s'), '{:.1f}')}s,"
-                              f" all stored after {_f(r.get('done_s'), '{:.1f}')}s = {r.get('inst_per_s')} inst/s;"
+                        print(f"  [{lb}] HTTP {r.get('http_status')} {r.get('mode', '')}: upload {C.fmt(r.get('upload_s'), '{:.1f}')}s,"
+                              f" all stored after {C.fmt(r.get('done_s'), '{:.1f}')}s = {r.get('inst_per_s')} inst/s;"
                               f" created {r.get('created')} dup {r.get('duplicates')} failed {r.get('failed')}"
                               + (f"; ERROR {r['error']}" if r.get("error") else ""), flush=True)
                     finally:
@@ -930,7 +900,7 @@ def main(argv=None) -> int:
                                   + "  ".join(f"{x[0]:.0f}s {x[1]} {x[2]}" for x in pick))
 
         # ---- the memory check ----
-        mem = _dig(out["services"], ("dicomsvc", "zip_big", "mem"))
+        mem = C.dig(out["services"], ("dicomsvc", "zip_big", "mem"))
         if mem and mem.get("hwm_sum_mib") is not None:
             v = mem["hwm_sum_mib"]
             ok = v < RSS_LIMIT_MIB

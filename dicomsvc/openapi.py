@@ -55,6 +55,18 @@ INGEST_ERRORS = {
     "422": "not a DICOM instance, or refused for burned-in annotation",
 }
 
+STOW = {
+    "requestBody": {"content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}},
+    "responses": _answers(
+        {
+            "200": ("application/dicom+json", "all stored"),
+            "202": ("application/dicom+json", "some stored"),
+            "409": ("application/dicom+json", "none stored"),
+        },
+        {"415": "not multipart/related of application/dicom"},
+    ),
+}
+
 PATHS: dict[str, dict] = {
     "/dicom": {
         "post": {
@@ -193,30 +205,14 @@ PATHS: dict[str, dict] = {
         "post": {
             "summary": "STOW-RS: store instances (multipart/related; type=\"application/dicom\")",
             "parameters": [ANON[0]],
-            "requestBody": {"content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}},
-            "responses": _answers(
-                {
-                    "200": ("application/dicom+json", "all stored"),
-                    "202": ("application/dicom+json", "some stored"),
-                    "409": ("application/dicom+json", "none stored"),
-                },
-                {"415": "not multipart/related of application/dicom"},
-            ),
+            **STOW,
         }
     },
     "/studies/{study}": {
         "post": {
             "summary": "STOW-RS into one study: instances of other studies fail",
             "parameters": [_param("study", "path", "Study Instance UID", required=True), ANON[0]],
-            "requestBody": {"content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}},
-            "responses": _answers(
-                {
-                    "200": ("application/dicom+json", "all stored"),
-                    "202": ("application/dicom+json", "some stored"),
-                    "409": ("application/dicom+json", "none stored"),
-                },
-                {"415": "not multipart/related of application/dicom"},
-            ),
+            **STOW,
         }
     },
     "/stats": {
