@@ -80,8 +80,8 @@ def single(ingested: Ingested) -> Answer:
 async def _from_path(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
     body = await read_json_object(request)
     options, raw = with_flags(options, body), body.get("path")
-    real = await svc.io(paths.resolve, svc.config.import_root, raw)
-    if await svc.io(real.is_dir):
+    real, is_dir = await svc.io(_resolve, svc.config.import_root, raw)
+    if is_dir:
         entries = await svc.io(batch.expand_directory, svc.config, real, options)
     elif want_async:
         relative = str(real.relative_to(svc.config.import_root.resolve()))
@@ -102,6 +102,11 @@ async def _from_body(svc: Service, request: Request, want_async: bool, options: 
         return single(await svc.cpu(ingest_file, cfg, temp, _source(request), options))
     finally:
         await svc.io(svc.blobs.discard, temp)  # gone already if it was stored
+
+
+def _resolve(root: Path, raw: object) -> tuple[Path, bool]:
+    real = paths.resolve(root, raw)
+    return real, real.is_dir()
 
 
 def _source(request: Request) -> str:
