@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import signal
+import sys
 import socket
 import subprocess
 import time
@@ -623,3 +624,28 @@ def dig(d, ks):
             return None
         d = d[k]
     return d
+
+
+def cleanup(live: list, keep: bool, tmp: Path) -> None:
+    """Stop every server still running; remove the scratch folder unless asked to keep it."""
+    for t in list(live):
+        try:
+            t.stop()
+        except Exception as e:  # noqa: BLE001
+            print(f"stopping {t.label} failed: {e}", file=sys.stderr)
+    if keep:
+        print(f"kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def problems_exit_code(errs: list[str], rc: int) -> int:
+    """Print the problems; 1 when dicomsvc had any, 3 when only the peer did."""
+    if not errs:
+        return rc
+    print("\nPROBLEMS:")
+    for line in errs:
+        print("  " + line)
+    if any(line.startswith("dicomsvc") for line in errs):
+        return rc or 1
+    return rc or 3

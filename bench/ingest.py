@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
 import tempfile
 import threading
@@ -528,27 +527,11 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         rc = 130
     finally:
-        for t in live:
-            try:
-                t.stop()
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping {t.label} failed: {e}", file=sys.stderr)
-        if a.keep:
-            print(f"kept: {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        C.cleanup(live, a.keep, tmp)
 
     print()
     print_report(out)
-    errs = collect_errors(out)
-    if errs:
-        print("\nPROBLEMS:")
-        for line in errs:
-            print("  " + line)
-        if any(l.startswith("dicomsvc") for l in errs):
-            rc = rc or 1
-        elif rc == 0:
-            rc = 3
+    rc = C.problems_exit_code(collect_errors(out), rc)
     text = json.dumps(out, separators=(",", ":"), sort_keys=False)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2) + "\n")

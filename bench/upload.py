@@ -918,27 +918,11 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         rc = 130
     finally:
-        for t in list(live):
-            try:
-                t.stop()
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping {t.label} failed: {e}", file=sys.stderr)
-        if a.keep:
-            print(f"kept: {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        C.cleanup(live, a.keep, tmp)
 
     print()
     print_report(out)
-    errs = collect_errors(out)
-    if errs:
-        print("\nPROBLEMS:")
-        for line in errs:
-            print("  " + line)
-        if any(line.startswith("dicomsvc") for line in errs):
-            rc = rc or 1
-        elif rc == 0:
-            rc = 3
+    rc = C.problems_exit_code(collect_errors(out), rc)
     print(f"bench client peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
     def _plain(o):
