@@ -194,3 +194,29 @@ def test_no_pixel_data_and_corrupt_data_raise_clear_errors(tmp_path):
     with pytest.raises(UnsupportedTransferSyntax, match="could not be decoded"):
         path = sample_file("MR_truncated.dcm")
         decode_frame(path, read(path), 0)
+
+
+def test_frame_50_of_a_100_frame_jpeg2000_decodes_one_frame(tmp_path, monkeypatch):
+    """Compressed multi-frame: only the asked frame's fragments are decoded."""
+    from pydicom.uid import JPEG2000Lossless
+
+    frames = np.stack([np.full((64, 64), i * 10, np.uint16) for i in range(100)])
+    ds = make_ct(frames.reshape(100 * 64, 64).astype(np.int16), window=None)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 64, 64, 100
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+    ds.PixelData = frames.tobytes()
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    path = save(ds, tmp_path / "cine.dcm")
+    parsed = read(path)
+
+    from pydicom.pixels.decoders import pylibjpeg as plugin
+
+    decoded = []
+    decode_frame(path, parsed, 0)  # loads the plugin's table of decoders
+    table = plugin._DECODERS[JPEG2000Lossless]
+    assert table, "no JPEG 2000 decoder: the test would prove nothing"
+    for key, real in list(table.items()):
+        monkeypatch.setitem(table, key, lambda src, *a, _real=real, **k: decoded.append(len(src)) or _real(src, *a, **k))
+    frame = decode_frame(path, parsed, 49)
+    assert np.array_equal(frame, frames[49])
+    assert len(decoded) == 1  # frame 50 alone, not frames 1-49
