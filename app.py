@@ -15,7 +15,7 @@ from starlette.routing import Route
 from dicomsvc import catalog, instances, intake, jobs, openapi, stow
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
-from dicomsvc.logs import setup_logging
+from dicomsvc.logs import AccessLog, setup_logging
 from dicomsvc.service import open_service
 
 log = logging.getLogger("dicomsvc")
@@ -187,15 +187,17 @@ def create_app(config: Config | None = None) -> Starlette:
             app.state.svc = svc
             yield
 
-    middleware = [
-        Middleware(
-            CORSMiddleware,
-            allow_origins=list(config.cors_origins),
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["*"],
-            expose_headers=["ETag"],
+    middleware = [Middleware(AccessLog)]
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["*"],
+                expose_headers=["ETag"],
+            )
         )
-    ] if config.cors_origins else []  # fmt: skip
     return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
 
 

@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         config = Config.from_env()
-        uvicorn.run("app:app", host=config.host, port=config.port, log_level=config.log_level)
+        # uvicorn's access log prints query strings (search filters hold patient IDs):
+        # dicomsvc.logs.AccessLog logs requests instead, without paths or queries
+        uvicorn.run("app:app", host=config.host, port=config.port, log_level=config.log_level, access_log=False)
     elif args.command == "import":
         return _import(args)
     return 0
