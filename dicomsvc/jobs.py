@@ -19,7 +19,7 @@ from pathlib import Path
 
 import shortuuid
 
-from . import batch
+from . import batch, store
 from .batch import Entry, Item
 from .errors import NotFound
 from .service import Service
@@ -35,24 +35,18 @@ def _now() -> str:
 async def submit(svc: Service, entries: Sequence[Entry], spool: Path | None) -> str:
     """Record a job for ``entries`` (its input in ``spool``, if any) and wake the runner."""
     job_id = shortuuid.uuid()
-    conn = svc.db.conn
     rows = [
         (job_id, seq, e.to_json(), "pending", None)
         if isinstance(e, Item)
         else (job_id, seq, "{}", e["status"], json.dumps(e))
         for seq, e in enumerate(entries)
     ]
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with store.transaction(svc.db) as conn:
         await conn.execute(
             "INSERT INTO job (id, status, total, spool_dir, created_at) VALUES (?, 'queued', ?, ?, ?)",
             (job_id, len(rows), str(spool) if spool else None, _now()),
         )
         await conn.executemany("INSERT INTO job_item (job_id, seq, item, status, result) VALUES (?, ?, ?, ?, ?)", rows)
-        await conn.execute("COMMIT")
-    except BaseException:
-        await conn.execute("ROLLBACK")
-        raise
     svc.wakeup.set()
     return job_id
 
@@ -132,7 +126,8 @@ PAGE = 512  # pending items read, run and recorded at a time: memory stays flat 
 
 async def _run_job(svc: Service, job_id: str) -> None:
     conn = svc.db.conn
-    await conn.execute("UPDATE job SET status = 'running' WHERE id = ?", (job_id,))
+    async with store.transaction(svc.db):
+        await conn.execute("UPDATE job SET status = 'running' WHERE id = ?", (job_id,))
     while pending := await conn.execute_fetchall(
         "SELECT seq, item FROM job_item WHERE job_id = ? AND status = 'pending' ORDER BY seq LIMIT ?",
         (job_id, PAGE),
@@ -140,10 +135,11 @@ async def _run_job(svc: Service, job_id: str) -> None:
         seqs = [r["seq"] for r in pending]
 
         async def record(start: int, results: list[dict], seqs: list[int] = seqs) -> None:
-            await conn.executemany(
-                "UPDATE job_item SET status = ?, result = ? WHERE job_id = ? AND seq = ?",
-                [(r["status"], json.dumps(r), job_id, seqs[start + i]) for i, r in enumerate(results)],
-            )
+            async with store.transaction(svc.db):
+                await conn.executemany(
+                    "UPDATE job_item SET status = ?, result = ? WHERE job_id = ? AND seq = ?",
+                    [(r["status"], json.dumps(r), job_id, seqs[start + i]) for i, r in enumerate(results)],
+                )
 
         await batch.run(svc, [Item.from_json(r["item"]) for r in pending], on_done=record)
     await _finish(svc, job_id, "done", None)
@@ -152,10 +148,11 @@ async def _run_job(svc: Service, job_id: str) -> None:
 async def _finish(svc: Service, job_id: str, state: str, detail: str | None) -> None:
     conn = svc.db.conn
     rows = await conn.execute_fetchall("SELECT spool_dir FROM job WHERE id = ?", (job_id,))
-    await conn.execute(
-        "UPDATE job SET status = ?, detail = ?, finished_at = ?, spool_dir = NULL WHERE id = ?",
-        (state, detail, _now(), job_id),
-    )
+    async with store.transaction(svc.db):
+        await conn.execute(
+            "UPDATE job SET status = ?, detail = ?, finished_at = ?, spool_dir = NULL WHERE id = ?",
+            (state, detail, _now(), job_id),
+        )
     if rows and rows[0]["spool_dir"]:
         await svc.io(remove_spool, Path(rows[0]["spool_dir"]))
 

@@ -9,9 +9,11 @@ connection (``Database``); every ``await`` on it is a round trip to its thread,
 so each read is a single query.
 """
 
+import asyncio
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,9 +150,25 @@ def _tag_ids(db: sqlite3.Connection, keys: list[tuple[int, str, str]]) -> dict:
 @dataclass
 class Database:
     conn: aiosqlite.Connection  # the service's own: reads, and job bookkeeping
+    # One transaction at a time on ``conn``: coroutines share it, and a statement of one
+    # must not land inside (and roll back with) another's transaction.
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def close(self) -> None:
         await self.conn.close()
+
+
+@contextlib.asynccontextmanager
+async def transaction(db: Database) -> AsyncIterator[aiosqlite.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the service's connection, one at a time."""
+    async with db.write_lock:
+        await db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db.conn
+        except BaseException:
+            await db.conn.execute("ROLLBACK")
+            raise
+        await db.conn.execute("COMMIT")
 
 
 async def open_database(path: Path) -> Database:
@@ -215,15 +233,9 @@ async def search(db: Database, where: str, params: Sequence, limit: int, offset:
 
 async def delete(db: Database, where: str, params: Sequence) -> list[dict]:
     """Delete matching instances (their tag rows go with them); returns their blob keys."""
-    conn = db.conn
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    async with transaction(db) as conn:
         gone = await conn.execute_fetchall(f"SELECT id, dcm_blob, png_blob FROM dicom WHERE {where}", params)
         await conn.execute(f"DELETE FROM dicom WHERE {where}", params)
-        await conn.execute("COMMIT")
-    except BaseException:
-        await conn.execute("ROLLBACK")
-        raise
     return [dict(r) for r in gone]
 
 

@@ -309,3 +309,18 @@ def test_client_that_disconnects_mid_upload_leaves_nothing(live_server, data_dir
     while leftovers(data_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert leftovers(data_dir) == [] and stored(data_dir) == []
+
+
+def test_concurrent_jobs_and_deletes_share_the_connection_safely(client, data_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    archives = [make_zip({f"{j}-{i}.dcm": ct_bytes(100 * j + i) for i in range(6)}) for j in range(6)]
+    keep = client.post("/dicom", content=ct_bytes(999), headers={"content-type": "application/dicom"}).json()["id"]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda data: post_zip(client, data, "?async=true"), archives))
+        deletes = list(pool.map(lambda _: client.delete("/dicom", params={"PatientID": "nobody"}), range(6)))
+    assert [a.status_code for a in answers] == [202] * 6
+    assert all(d.status_code == 200 for d in deletes)
+    jobs = [wait_for(client, a.json()["status_url"]) for a in answers]
+    assert [j["created"] for j in jobs] == [6] * 6
+    assert client.get(f"/dicom/{keep}").status_code == 200
