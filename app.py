@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dicomsvc import catalog, instances, intake, jobs, openapi, stow
+from dicomsvc import catalog, instances, intake, jobs, openapi, stow, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.logs import AccessLog, setup_logging
@@ -183,7 +183,7 @@ def create_app(config: Config | None = None) -> Starlette:
     async def lifespan(app: Starlette):
         setup_logging(config.log_level)
         config.log(log)
-        async with open_service(config) as svc, jobs.running(svc):
+        async with open_service(config) as svc, jobs.running(svc), sweep.running(svc):
             app.state.svc = svc
             yield
 

@@ -87,7 +87,11 @@ class BlobStore:
         return self.root / blob_id[:2] / f"{blob_id}.renderings"
 
     def remove_renderings(self, blob_id: str) -> None:
-        shutil.rmtree(self.renderings(blob_id), ignore_errors=True)
+        self.remove_tree(self.renderings(blob_id))
+
+    @staticmethod
+    def remove_tree(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
 
     @staticmethod
     def discard(*temps: Path | None) -> None:

@@ -35,3 +35,38 @@ def test_open_clears_leftover_temp_files(tmp_path):
     blobs.write_temp(b"half", ".png")
     BlobStore(tmp_path / "blobs").open()  # the next start
     assert list(blobs.tmp.iterdir()) == []
+
+
+def test_blobs_no_record_points_at_are_swept_at_start(config, data_dir):
+    import os
+    import time
+
+    from starlette.testclient import TestClient
+
+    from app import create_app
+    from dicomfiles import sample_file
+
+    with TestClient(create_app(config)) as client:
+        kept = client.post(
+            "/dicom", content=sample_file("CT_small.dcm").read_bytes(), headers={"content-type": "application/dicom"}
+        ).json()["id"]
+        client.get("/image", params={"id": kept, "window": "40,400"})  # a cached rendering too
+    blobs = BlobStore(data_dir / "blobs")
+    orphan = "Zz" + "q" * 20  # as left by a crash between a worker's rename and its commit
+    (blobs.root / "Zz").mkdir(exist_ok=True)
+    old = time.time() - 60
+    for name in (f"{orphan}.dcm", f"{orphan}.png"):
+        (blobs.root / "Zz" / name).write_bytes(b"x")
+        os.utime(blobs.root / "Zz" / name, (old, old))
+    (blobs.renderings(orphan)).mkdir()
+    os.utime(blobs.renderings(orphan), (old, old))
+    fresh = blobs.root / "Zz" / ("Zz" + "f" * 20 + ".dcm")  # newer than the start: maybe in flight
+    with TestClient(create_app(config)) as client:
+        fresh.write_bytes(b"y")
+        deadline = time.monotonic() + 10
+        while (blobs.root / "Zz" / f"{orphan}.dcm").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/image", params={"id": kept}).status_code == 200
+    assert not list((blobs.root / "Zz").glob(f"{orphan}*"))
+    assert fresh.exists()
+    assert len(list(data_dir.glob(f"blobs/*/{kept}*"))) == 3  # .dcm, .png, .renderings
