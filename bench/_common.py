@@ -649,3 +649,12 @@ def problems_exit_code(errs: list[str], rc: int) -> int:
     if any(line.startswith("dicomsvc") for line in errs):
         return rc or 1
     return rc or 3
+
+
+def start_orthanc(label: str, binary: str, work: Path, port: int, base: str) -> tuple["ServerProc", float]:
+    """Orthanc with its own config in ``work`` (loopback only); the process and its start-up seconds."""
+    cfg = write_orthanc_config(work, port)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")}
+    server = ServerProc(label, [binary, str(cfg)], str(work), env, work / "server.log")
+    server.start()
+    return server, server.wait_ready(base + "/system", timeout=60)

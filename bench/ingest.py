@@ -129,11 +129,7 @@ class Orthanc(Target):
         self.binary = binary
 
     def start(self):
-        cfg = C.write_orthanc_config(self.work, self.port)
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")}
-        self.server = C.ServerProc(self.label, [self.binary, str(cfg)], str(self.work), env, self.work / "server.log")
-        self.server.start()
-        self.startup_s = self.server.wait_ready(self.base + "/system", timeout=60)
+        self.server, self.startup_s = C.start_orthanc(self.label, self.binary, self.work, self.port, self.base)
 
     def ingest(self, c, inst):
         body = inst.path.read_bytes()

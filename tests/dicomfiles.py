@@ -74,3 +74,18 @@ def blob_files(data_dir: Path) -> list[Path]:
     """Every file in blob storage, temp space included."""
     root = data_dir / "blobs"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def counting_reads(monkeypatch) -> list[int]:
+    """Sizes of every read() on files opened from now on (to prove what was not read)."""
+    reads: list[int] = []
+    real_open = open
+
+    def counting_open(*args, **kwargs):
+        handle = real_open(*args, **kwargs)
+        original = handle.read
+        handle.read = lambda n=-1: reads.append(n) or original(n)
+        return handle
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    return reads

@@ -10,7 +10,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomfiles import make_ct, sample_file, save
+from dicomfiles import counting_reads, make_ct, sample_file, save
 from dicomsvc.errors import NoPixelData, UnsupportedTransferSyntax
 from dicomsvc.parse import read
 from dicomsvc.render import decode_frame, render_png, to_display
@@ -158,16 +158,7 @@ def test_multiframe_decodes_only_the_asked_frame(tmp_path, monkeypatch):
     ds.Rows, ds.Columns, ds.NumberOfFrames = 8, 8, 5
     path = save(ds, tmp_path / "multi.dcm")
     parsed = read(path)
-    reads = []
-    real_open = open
-
-    def counting_open(*args, **kwargs):
-        handle = real_open(*args, **kwargs)
-        original = handle.read
-        handle.read = lambda n=-1: reads.append(n) or original(n)
-        return handle
-
-    monkeypatch.setattr("builtins.open", counting_open)
+    reads = counting_reads(monkeypatch)
     frame = decode_frame(path, parsed, 3)
     assert np.array_equal(frame, frames[3])
     assert sum(n for n in reads if n > 0) <= 8 * 8 * 2 + 1024  # one frame, not five

@@ -18,7 +18,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomfiles import make_ct, sample_file, save
+from dicomfiles import counting_reads, make_ct, sample_file, save
 from dicomsvc import renderings
 from dicomsvc.errors import BadRequest, NoPixelData
 from dicomsvc.parse import read
@@ -519,20 +519,6 @@ def test_only_the_asked_frame_is_decoded(monkeypatch):
     rendered("rtdose.dcm", frame="15")
     rendered("rtdose.dcm")
     assert calls == [8, 14, 0]
-
-
-def counting_reads(monkeypatch) -> list[int]:
-    reads: list[int] = []
-    real_open = open
-
-    def counting_open(*args, **kwargs):
-        handle = real_open(*args, **kwargs)
-        original = handle.read
-        handle.read = lambda n=-1: reads.append(n) or original(n)
-        return handle
-
-    monkeypatch.setattr("builtins.open", counting_open)
-    return reads
 
 
 def test_only_the_asked_frames_bytes_are_read(tmp_path, monkeypatch):
