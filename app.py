@@ -1,4 +1,4 @@
-"""dicomsvc HTTP routes and wiring. Run with ``uvicorn app:app`` or ``dicomsvc serve``."""
+"""dicomsvc HTTP routes and wiring. Run with ``dicomsvc serve`` (or ``uvicorn --factory app:create_app``)."""
 
 import contextlib
 import logging
@@ -12,10 +12,12 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dicomsvc import catalog, instances, intake, jobs, openapi, stow, sweep
+from dicomsvc import jobs, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
-from dicomsvc.logs import AccessLog, setup_logging
+from dicomsvc.http import catalog, instances, intake, openapi, stow
+from dicomsvc.http.accesslog import AccessLog
+from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
 
 log = logging.getLogger("dicomsvc")
@@ -24,7 +26,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 async def post_dicom(request: Request) -> JSONResponse:
     answer = await intake.post_dicom(request.app.state.svc, request)
-    return JSONResponse(answer.body, status_code=answer.status)
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 async def post_studies(request: Request) -> JSONResponse:
@@ -177,6 +179,7 @@ exception_handlers = {
 
 
 def create_app(config: Config | None = None) -> Starlette:
+    """The application; ``config`` is read from the environment when not given."""
     config = config or Config.from_env()
 
     @contextlib.asynccontextmanager
@@ -200,5 +203,3 @@ def create_app(config: Config | None = None) -> Starlette:
         )
     return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
 
-
-app = create_app()

@@ -95,7 +95,7 @@ def main() -> int:
         env = dict(os.environ) | {
             "DICOMSVC_DATA_DIR": str(data), "DICOMSVC_IMPORT_ROOT": str(imports), "DICOMSVC_LOG_LEVEL": "warning",
         }  # fmt: skip
-        argv = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
         server = ServerProc("dicomsvc", argv, str(REPO), env, Path(tmp) / "server.log")
         server.start()
         server.wait_ready(f"http://127.0.0.1:{port}/healthz")

@@ -7,7 +7,7 @@ headers with nested sequences, ~0.5 MB each) and times, per instance, in the sam
 run and alternating round by round (bytes in memory, or files with --disk):
 
 * baseline: pydicom ``dcmread`` + ``dcmwrite`` (what any ingest pays anyway);
-* anonymize: ``dcmread`` + ``dicomsvc.anonymize.anonymize`` + ``dcmwrite``.
+* anonymize: ``dcmread`` + ``dicomsvc.dicom.anonymize.anonymize`` + ``dcmwrite``.
 
 Prints both (median of the per-round means, and the best round) and their
 ratio, and checks that the anonymized output re-reads with the same pixel data.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pydicom  # noqa: E402
 
 from _common import machine_facts, synthesize  # noqa: E402
-from dicomsvc.anonymize import TABLE_EDITION, TABLE_PACKAGE, anonymize, profile_table  # noqa: E402
+from dicomsvc.dicom.anonymize import TABLE_EDITION, TABLE_PACKAGE, anonymize, profile_table  # noqa: E402
 
 SECRET = b"bench-secret-not-for-production"
 

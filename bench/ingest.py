@@ -99,7 +99,7 @@ class Ours(Target):
             DICOMSVC_LOG_LEVEL="warning",
             PYTHONUNBUFFERED="1",
         )
-        argv = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
         argv += UVICORN_EXTRA
         self.server = C.ServerProc(self.label, argv, str(APP_DIR), env, self.work / "server.log")
         self.server.start()

@@ -1,4 +1,4 @@
-"""PNG encode benchmark: dicomsvc.png vs Pillow vs stdlib zlib.
+"""PNG encode benchmark: dicomsvc.imaging.png vs Pillow vs stdlib zlib.
 
     .venv/bin/python bench/png_encode.py [--runs 200] [--no-threads]
 
@@ -34,8 +34,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dicomsvc import png  # noqa: E402
-from dicomsvc.png import encode_png  # noqa: E402
+from dicomsvc.imaging import png  # noqa: E402
+from dicomsvc.imaging.png import encode_png  # noqa: E402
 
 Encoder = Callable[[np.ndarray], bytes]
 

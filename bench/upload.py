@@ -250,7 +250,7 @@ class Ours(Target):
             DICOMSVC_LOG_LEVEL="warning",  # also silences uvicorn's access log (Orthanc logs no access lines)
             PYTHONUNBUFFERED="1",
         )
-        argv = [sys.executable, "-m", "dicomsvc.cli", "serve"]  # = .venv/bin/dicomsvc serve
+        argv = [sys.executable, "-m", "dicomsvc.cli.main", "serve"]  # = .venv/bin/dicomsvc serve
         self.server = C.ServerProc(self.label, argv, str(APP_DIR), env, self.work / "server.log")
         self.server.start()
         self.startup_s = self.server.wait_ready(self.base + "/healthz", timeout=60)

@@ -20,12 +20,15 @@ import zipfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Union
 
-from .blobs import BlobStore
 from .config import Config
+from .dicom.files import skip_reason
 from .errors import BadRequest, DicomSvcError, NotDicom, TooLarge
-from .ingest import PLAIN, Ingested, Options, ingest_file, ingest_import
+from .ingest import Ingested, ingest_file, ingest_import
+from .options import PLAIN, Options
 from .service import Service
+from .storage.blobs import BlobStore
 
 CHUNK = 8  # items per trip to a worker
 
@@ -39,6 +42,10 @@ class Item:
     anonymize: bool = False
     allow_burned_in: bool = False
 
+    @classmethod
+    def of(cls, file: str, kind: str, path: str, options: Options, member: str | None = None) -> "Item":
+        return cls(file, kind, path, member, options.anonymize, options.allow_burned_in)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -47,29 +54,70 @@ class Item:
         return cls(**json.loads(text))
 
 
-async def run_entries(svc: Service, entries: Sequence["Entry"], study_uid: str | None = None) -> list[dict]:
+@dataclass(frozen=True)
+class Result:
+    """What became of one file of a batch."""
+
+    file: str  # the name the client knows
+    status: str  # created | duplicate | failed | skipped
+    id: str | None = None
+    error: str | None = None  # an error code, for failed files
+    detail: str | None = None
+    warnings: tuple[str, ...] = ()
+    # Not part of the public answer; STOW-RS references the instance with them (PS3.18 Table I.1-1)
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.status in ("created", "duplicate")
+
+    def public(self) -> dict:
+        """The result as clients see it (in a batch answer and in ``GET /jobs/{id}``)."""
+        shown = {"file": self.file, "id": self.id, "status": self.status, "error": self.error, "detail": self.detail}
+        return {k: v for k, v in shown.items() if v is not None} | (
+            {"warnings": list(self.warnings)} if self.warnings else {}
+        )
+
+
+def failed(name: str, code: str, detail: str, uids: tuple[str | None, str | None] = (None, None)) -> Result:
+    return Result(name, "failed", error=code, detail=detail, sop_class_uid=uids[0], sop_instance_uid=uids[1])
+
+
+def skipped(name: str, detail: str) -> Result:
+    return Result(name, "skipped", detail=detail)
+
+
+def created_or_duplicate(name: str, ingested: Ingested) -> Result:
+    return Result(
+        name,
+        "created" if ingested.created else "duplicate",
+        id=ingested.id,
+        warnings=tuple(ingested.warnings),
+        sop_class_uid=ingested.sop_class_uid,
+        sop_instance_uid=ingested.sop_instance_uid,
+    )
+
+
+Entry = Union[Item, Result]  # a file to ingest, or a result decided without ingesting it
+
+
+async def run_entries(svc: Service, entries: Sequence[Entry], study_uid: str | None = None) -> list[Result]:
     """Results for every entry, in order: ingest the items, keep the decided ones."""
     items = [e for e in entries if isinstance(e, Item)]
     done = iter(await run(svc, items, study_uid=study_uid))
     return [next(done) if isinstance(e, Item) else e for e in entries]
 
 
-PUBLIC_KEYS = ("file", "id", "status", "error", "detail", "warnings")
-
-
-def summarize(results: Sequence[dict]) -> dict:
+def summarize(results: Sequence[Result]) -> dict:
     """The batch answer: counts by status, then every file's result in request order."""
     counts = {"created": 0, "duplicates": 0, "failed": 0, "skipped": 0}
     for result in results:
-        key = "duplicates" if result["status"] == "duplicate" else result["status"]
-        counts[key] += 1
-    return counts | {"results": [{k: r[k] for k in PUBLIC_KEYS if k in r} for r in results]}
+        counts["duplicates" if result.status == "duplicate" else result.status] += 1
+    return counts | {"results": [r.public() for r in results]}
 
 
 # Expanding requests into items ------------------------------------------------------------
-
-
-Entry = Item | dict  # a file to ingest, or a result decided without ingesting it (skipped, failed)
 
 
 def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options = PLAIN) -> list[Entry]:
@@ -99,12 +147,8 @@ def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options
         elif skip_reason(info.filename):
             entries.append(skipped(name, skip_reason(info.filename)))
         else:
-            entries.append(Item(name, "member", str(zip_path), info.filename, *_flags(options)))
+            entries.append(Item.of(name, "member", str(zip_path), options, info.filename))
     return entries
-
-
-def _flags(options: Options) -> tuple[bool, bool]:
-    return options.anonymize, options.allow_burned_in
 
 
 def expand_directory(config: Config, real: Path, options: Options = PLAIN) -> list[Entry]:
@@ -116,24 +160,14 @@ def expand_directory(config: Config, real: Path, options: Options = PLAIN) -> li
         for name in sorted(files):
             path = Path(folder) / name
             relative = str(path.relative_to(root))
-            items.append(Item(str(path.relative_to(real)), "import", relative, None, *_flags(options)))
+            items.append(Item.of(str(path.relative_to(real)), "import", relative, options))
     return items
-
-
-def skip_reason(name: str) -> str | None:
-    """Why a file is not even looked at, judged by its name."""
-    parts = name.replace("\\", "/").split("/")
-    if "__MACOSX" in parts or parts[-1].startswith("."):
-        return "hidden or macOS metadata file"
-    if parts[-1].upper() == "DICOMDIR":
-        return "DICOMDIR (a media directory, not an instance)"
-    return None
 
 
 # Ingesting items (synchronous, in a worker) --------------------------------------------------
 
 
-def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = None) -> list[dict]:
+def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = None) -> list[Result]:
     """Ingest each item; one result each, in order. One bad file never spoils the others."""
     return [_ingest_item(config, item, study_uid) for item in items]
 
@@ -160,7 +194,7 @@ def _archive(path: str) -> zipfile.ZipFile:
     return archive
 
 
-def _ingest_item(config: Config, item: Item, study_uid: str | None) -> dict:
+def _ingest_item(config: Config, item: Item, study_uid: str | None) -> Result:
     reason = skip_reason(item.file)
     if reason:
         return skipped(item.file, reason)
@@ -175,24 +209,8 @@ def _ingest_item(config: Config, item: Item, study_uid: str | None) -> dict:
     except NotDicom as exc:  # a README, a nested ZIP, a DICOMDIR...
         return skipped(item.file, exc.detail)
     except DicomSvcError as exc:
-        return failed(item.file, exc.code, exc.detail)
+        return failed(item.file, exc.code, exc.detail, exc.instance)
     return created_or_duplicate(item.file, ingested)
-
-
-def created_or_duplicate(name: str, ingested: Ingested) -> dict:
-    result = {"file": name, "id": ingested.id, "status": "created" if ingested.created else "duplicate"}
-    if ingested.warnings:
-        result["warnings"] = ingested.warnings
-    result["sop_class_uid"], result["sop_instance_uid"] = ingested.sop_class_uid, ingested.sop_instance_uid
-    return result
-
-
-def failed(name: str, code: str, detail: str) -> dict:
-    return {"file": name, "status": "failed", "error": code, "detail": detail}
-
-
-def skipped(name: str, detail: str) -> dict:
-    return {"file": name, "status": "skipped", "detail": detail}
 
 
 def _link(blobs: BlobStore, item: Item) -> Path:
@@ -221,15 +239,15 @@ def _member_to_temp(config: Config, blobs: BlobStore, item: Item) -> Path:
 async def run(
     svc: Service,
     items: Sequence[Item],
-    on_done: Callable[[int, list[dict]], Awaitable[None]] | None = None,
+    on_done: Callable[[int, list[Result]], Awaitable[None]] | None = None,
     study_uid: str | None = None,
-) -> list[dict]:
+) -> list[Result]:
     """Ingest ``items`` on the workers, a chunk at a time, a few chunks in flight.
 
     ``on_done(start, results)`` is awaited as each chunk finishes (jobs record
     progress with it). Results come back in the order of ``items``.
     """
-    results: list[dict | None] = [None] * len(items)
+    results: list[Result | None] = [None] * len(items)
     limit = asyncio.Semaphore(max(svc.config.workers, 1) * 2)
 
     async def one_chunk(start: int) -> None:
@@ -243,7 +261,7 @@ async def run(
     return [r for r in results if r is not None]
 
 
-async def _ingest_chunk(svc: Service, chunk: list[Item], study_uid: str | None) -> list[dict]:
+async def _ingest_chunk(svc: Service, chunk: list[Item], study_uid: str | None) -> list[Result]:
     """One trip to a worker; if the worker dies on the chunk, each file alone finds the culprit."""
     try:
         return await svc.cpu(ingest_items, svc.config, chunk, study_uid)

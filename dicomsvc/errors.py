@@ -8,6 +8,9 @@ transfer syntaxes, never values read from a dataset.
 class DicomSvcError(Exception):
     status = 400
     code = "bad_request"
+    # (SOP Class UID, SOP Instance UID) of the instance refused, once it was parsed far enough
+    # to know them: STOW-RS names the failed instance with them (PS3.18 Table I.1-1)
+    instance: tuple[str | None, str | None] = (None, None)
 
     def __init__(self, detail: str):
         super().__init__(detail)

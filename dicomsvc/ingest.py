@@ -17,27 +17,17 @@ import shortuuid
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from . import paths, store
-from .blobs import BlobStore
+from . import paths
 from .config import Config
+from .dicom.parse import Parsed, pixel_hash, read
+from .dicom.tags import TagRow, flatten
 from .errors import DicomSvcError, InvalidDicom, NotDicom, StudyMismatch
-from .parse import Parsed, read
-from .render import render_png
-from .service import Service
-from .tags import TagRow, flatten
-
-
-@dataclass(frozen=True)
-class Options:
-    """How one request wants its files ingested."""
-
-    anonymize: bool = False  # (forced on by DICOMSVC_ANONYMIZE=always)
-    allow_burned_in: bool = False  # anonymize even kinds that often carry burned-in text
-    study_uid: str | None = None  # STOW-RS: the instance must belong to this study
-    anonymized_from: str | None = None  # POST /dicom/{id}/anonymize: the stored original
-
-
-PLAIN = Options()  # as stored: no anonymization, no study check
+from .imaging.decode import frame_count
+from .imaging.render import render_png
+from .options import PLAIN, Options
+from .storage import instances
+from .storage.blobs import BlobStore
+from .storage.sqlite import connection
 
 
 @dataclass(frozen=True)
@@ -47,11 +37,6 @@ class Ingested:
     warnings: list[str]
     sop_class_uid: str | None = None
     sop_instance_uid: str | None = None
-
-
-async def ingest_path(svc: Service, raw: object, options: Options = PLAIN) -> Ingested:
-    """Store the file ``raw`` names under the import root; a duplicate returns the stored id."""
-    return await svc.cpu(ingest_import, svc.config, raw, options)
 
 
 def ingest_import(config: Config, raw: object, options: Options = PLAIN) -> Ingested:
@@ -65,9 +50,10 @@ def ingest_import(config: Config, raw: object, options: Options = PLAIN) -> Inge
 def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAIN) -> Ingested:
     """Ingest a file already spooled to blob temp space (it is moved into place or removed)."""
     blobs = BlobStore(config.blob_dir)
-    db = store.connection(config.db_path)
+    db = connection(config.db_path)
     png_temp = None
     anonymized = options.anonymize or config.anonymize_always
+    parsed = None
     try:
         parsed = read(temp)
         # (0002,0002) Media Storage SOP Class UID: Media Storage Directory Storage
@@ -79,13 +65,14 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
             temp = _anonymized_copy(config, temp, options, blobs)
             parsed, source = read(temp), "(anonymized)"
         uids = {"sop_class_uid": _text(parsed.ds, "SOPClassUID"), "sop_instance_uid": parsed.sop_instance_uid}
-        existing = store.find_instance(db, parsed.sop_instance_uid, parsed.pixel_hash)
+        digest = pixel_hash(temp, parsed)
+        existing = instances.find_instance(db, parsed.sop_instance_uid, digest)
         if existing:
             blobs.discard(temp)
             return Ingested(existing, created=False, warnings=[], **uids)
         rows = flatten(parsed.ds, parsed.pixel)
         png_temp, render_error = _render(temp, parsed, blobs)
-        record = _record(parsed, rows, temp, source, render_error, png_temp is not None)
+        record = _record(parsed, digest, rows, temp, source, render_error, png_temp is not None)
         record |= {
             "anonymized": int(anonymized),
             "anonymized_from": options.anonymized_from,
@@ -94,24 +81,29 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
         blobs.commit(temp, record["dcm_blob"])
         if png_temp:
             blobs.commit(png_temp, record["png_blob"])
+    except DicomSvcError as exc:
+        blobs.discard(temp, png_temp)
+        if parsed is not None:  # name the refused instance (STOW-RS Failed SOP Sequence)
+            exc.instance = (_text(parsed.ds, "SOPClassUID"), parsed.sop_instance_uid)
+        raise
     except BaseException:
         blobs.discard(temp, png_temp)
         raise
     try:
-        stored = store.insert_instance(db, record, rows)
+        stored = instances.insert_instance(db, record, rows)
     except BaseException:
         blobs.remove(record["dcm_blob"], record["png_blob"])
         raise
     if stored is None:  # a concurrent post of the same instance won the race
         blobs.remove(record["dcm_blob"], record["png_blob"])
-        existing = store.find_instance(db, parsed.sop_instance_uid, parsed.pixel_hash)
+        existing = instances.find_instance(db, parsed.sop_instance_uid, digest)
         return Ingested(existing, created=False, warnings=[], **uids)
     return Ingested(stored, created=True, warnings=[render_error] if render_error else [], **uids)
 
 
 def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobStore) -> Path:
     """Write the anonymized instance to a new temporary blob; the original copy is removed."""
-    from .anonymize import anonymize  # the profile table loads on first use
+    from .dicom.anonymize import anonymize  # the profile table loads on first use
 
     try:
         ds = dcmread(temp, force=True)
@@ -133,10 +125,17 @@ def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobSt
 
 
 def _record(
-    parsed: Parsed, rows: list[TagRow], temp: Path, source: str, render_error: str | None, has_png: bool
+    parsed: Parsed,
+    digest: str,
+    rows: list[TagRow],
+    temp: Path,
+    source: str,
+    render_error: str | None,
+    has_png: bool,
 ) -> dict:
     instance_id = shortuuid.uuid()
     return summary(parsed, rows) | {
+        "pixel_hash": digest,
         "id": instance_id,
         "dcm_blob": BlobStore.key(instance_id, "dcm"),
         "dcm_bytes": temp.stat().st_size,
@@ -166,7 +165,6 @@ def summary(parsed: Parsed, rows: list[TagRow]) -> dict:
     text, number = top.get, lambda keyword: _int(top.get(keyword))
     return {
         "sop_instance_uid": parsed.sop_instance_uid,
-        "pixel_hash": parsed.pixel_hash,
         "sop_class_uid": text("SOPClassUID"),
         "study_instance_uid": text("StudyInstanceUID"),
         "series_instance_uid": text("SeriesInstanceUID"),
@@ -181,7 +179,7 @@ def summary(parsed: Parsed, rows: list[TagRow]) -> dict:
         "transfer_syntax_uid": parsed.transfer_syntax or None,
         "rows": number("Rows"),
         "columns": number("Columns"),
-        "frames": number("NumberOfFrames") or (1 if parsed.pixel else None),
+        "frames": frame_count(parsed.ds) if parsed.pixel else None,
         "bits_allocated": number("BitsAllocated"),
         "bits_stored": number("BitsStored"),
         "photometric": text("PhotometricInterpretation"),

@@ -2,7 +2,6 @@
 from a dataset (patient names included), and no patient data goes to the logs."""
 
 import logging
-import time
 import warnings
 
 import pydicom.config
@@ -25,32 +24,3 @@ def quiet_pydicom() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
-
-
-class AccessLog:
-    """One line per request: method, handler, status, milliseconds.
-
-    Never the path or the query string: search filters carry patient IDs and names,
-    and paths carry UIDs. (uvicorn's own access log prints both, so ``dicomsvc
-    serve`` turns it off.)
-    """
-
-    def __init__(self, app):
-        self.app = app
-        self.log = logging.getLogger("dicomsvc.access")
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-
-        async def capture(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            handler = getattr(scope.get("endpoint"), "__name__", "-")
-            self.log.info("%s %s %d %.1fms", scope["method"], handler, status[0], (time.perf_counter() - start) * 1e3)

@@ -21,11 +21,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import store
-from .blobs import BlobStore
 from .config import Config
 from .errors import InvalidDicom
 from .logs import quiet_pydicom
+from .storage.blobs import BlobStore
+from .storage.sqlite import Database, open_database
 
 T = TypeVar("T")
 log = logging.getLogger("dicomsvc")
@@ -47,7 +47,7 @@ def _warm_up() -> None:
 @dataclass
 class Service:
     config: Config
-    db: store.Database
+    db: Database
     blobs: BlobStore
     cpu_pool: Executor
     io_pool: ThreadPoolExecutor
@@ -101,7 +101,7 @@ async def open_service(config: Config) -> AsyncIterator[Service]:
         config.import_root.mkdir(parents=True, exist_ok=True)
     blobs = BlobStore(config.blob_dir)
     blobs.open()
-    db = await store.open_database(config.db_path)
+    db = await open_database(config.db_path)
     svc = Service(
         config=config,
         db=db,

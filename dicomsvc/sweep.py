@@ -15,11 +15,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .blobs import BlobStore
 from .service import Service
+from .storage import instances
+from .storage.blobs import BlobStore
 
 log = logging.getLogger("dicomsvc")
 BATCH = 500
+START_MARGIN = 2.0  # seconds
 
 
 def _candidates(root: Path, before: float) -> dict[str, list[Path]]:
@@ -50,9 +52,7 @@ async def sweep_orphans(svc: Service, before: float) -> int:
     ids, swept = list(candidates), 0
     for start in range(0, len(ids), BATCH):
         batch = ids[start : start + BATCH]
-        marks = ", ".join("?" for _ in batch)
-        rows = await svc.db.conn.execute_fetchall(f"SELECT id FROM dicom WHERE id IN ({marks})", batch)
-        known = {row["id"] for row in rows}
+        known = await instances.known_ids(svc.db, batch)
         orphans = [path for blob_id in batch if blob_id not in known for path in candidates[blob_id]]
         swept += len({blob_id for blob_id in batch if blob_id not in known})
         if orphans:
@@ -65,7 +65,10 @@ async def sweep_orphans(svc: Service, before: float) -> int:
 @contextlib.asynccontextmanager
 async def running(svc: Service) -> AsyncIterator[None]:
     """Sweep once in the background after start-up."""
-    task = asyncio.create_task(sweep_orphans(svc, time.time()), name="dicomsvc-sweep")
+    # File times come from a coarse kernel clock that may lag time.time() by a tick:
+    # leave a margin, so a blob written just after the start is never taken for an orphan.
+    started = time.time() - START_MARGIN
+    task = asyncio.create_task(sweep_orphans(svc, started), name="dicomsvc-sweep")
     try:
         yield
     finally:

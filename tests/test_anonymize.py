@@ -1,4 +1,4 @@
-"""dicomsvc.anonymize: PS3.15 Annex E basic profile + modified dates option."""
+"""dicomsvc.dicom.anonymize: PS3.15 Annex E basic profile + modified dates option."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
 from dicomfiles import sample_file
-from dicomsvc import anonymize as anon
-from dicomsvc.anonymize import BurnedInAnnotation, anonymize, burned_in_reason, profile_table
+from dicomsvc.dicom import anonymize as anon
+from dicomsvc.dicom.anonymize import BurnedInAnnotation, anonymize, burned_in_reason, profile_table
 from dicomsvc.errors import DicomSvcError
 from phi_fixture import TRANSFER_SYNTAXES, build_phi_dataset, build_study, to_bytes
 

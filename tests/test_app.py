@@ -315,7 +315,7 @@ def test_no_patient_data_in_logs_or_errors(client, import_root, capfd, caplog):
 
 
 def test_etag_matching():
-    from dicomsvc.web import etag_matches
+    from dicomsvc.http.requests import etag_matches
 
     assert etag_matches('"a.png"', '"a.png"') and etag_matches('W/"a.png"', '"a.png"')
     assert etag_matches('"x", "a.f1-w40,400-png"', '"a.f1-w40,400-png"')  # commas inside a tag

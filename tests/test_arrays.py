@@ -11,11 +11,11 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, pixel_array
 from pydicom.sequence import Sequence
 
-import dicomsvc.arrays as arrays
+import dicomsvc.imaging.arrays as arrays
 from dicomfiles import make_ct, sample_file, save
-from dicomsvc.arrays import npy_header, npy_stream
+from dicomsvc.imaging.arrays import npy_header, npy_stream
 from dicomsvc.errors import BadRequest, NoPixelData, UnsupportedTransferSyntax
-from dicomsvc.parse import read
+from dicomsvc.dicom.parse import read
 
 # One per transfer syntax / photometric interpretation / bit depth worth telling apart.
 FILES = [

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from dicomsvc.blobs import BlobStore
+from dicomsvc.storage.blobs import BlobStore
 from dicomsvc.errors import TooLarge
 
 

@@ -13,9 +13,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicomfiles import make_ct, sample_file, save
-from dicomsvc.dicomjson import bulk_stream, bulk_value, to_dicom_json
+from dicomsvc.dicom.dicomjson import bulk_stream, bulk_value, to_dicom_json
 from dicomsvc.errors import NotFound
-from dicomsvc.parse import Parsed, read
+from dicomsvc.dicom.parse import Parsed, read
 
 PREFIX = "https://svc.test/dicom/ID/bulk/"
 KEY_RE = re.compile(r"^[0-9A-F]{8}$")

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from dicomfiles import sample_file
-from dicomsvc import cli
-from dicomsvc.importer import CHUNK_SIZE, Failure, ImportSummary, collect, format_summary, import_paths
+from dicomsvc.cli import main as cli
+from dicomsvc.cli.importer import CHUNK_SIZE, Failure, ImportSummary, collect, format_summary, import_paths
 
 URL = "http://dicomsvc.test"
 PATIENT_NAME = "CompressedSamples^CT1"  # CT_small.dcm's patient: must never be printed

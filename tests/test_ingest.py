@@ -7,8 +7,9 @@ import sqlite3
 import pytest
 
 from dicomfiles import blob_files, sample_file
-from dicomsvc import ingest, store
-from dicomsvc.blobs import BlobStore
+from dicomsvc import ingest
+from dicomsvc.storage import instances, sqlite
+from dicomsvc.storage.blobs import BlobStore
 from dicomsvc.errors import InvalidDicom
 
 
@@ -19,7 +20,7 @@ def ready(config):
     BlobStore(config.blob_dir).open()
 
     async def create():
-        await (await store.open_database(config.db_path)).close()
+        await (await sqlite.open_database(config.db_path)).close()
 
     asyncio.run(create())
     return config
@@ -74,7 +75,7 @@ def test_failed_insert_removes_the_placed_blobs(ready, monkeypatch):
     def broken(*args):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "insert_instance", broken)
+    monkeypatch.setattr(instances, "insert_instance", broken)
     with pytest.raises(sqlite3.OperationalError):
         ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "x")
     assert blob_files(ready.data_dir) == []
@@ -83,14 +84,14 @@ def test_failed_insert_removes_the_placed_blobs(ready, monkeypatch):
 
 def test_losing_a_race_returns_the_winner_and_removes_its_blobs(ready, monkeypatch):
     winner = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "first")
-    real_find = store.find_instance
+    real_find = instances.find_instance
     calls = []
 
     def late_find(*args):  # the duplicate check runs before the winner's commit is visible
         calls.append(args)
         return None if len(calls) == 1 else real_find(*args)
 
-    monkeypatch.setattr(store, "find_instance", late_find)
+    monkeypatch.setattr(instances, "find_instance", late_find)
     loser = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "second")
     assert (loser.id, loser.created) == (winner.id, False)
     assert stored_blobs(ready) == sorted([f"{winner.id}.dcm", f"{winner.id}.png"])

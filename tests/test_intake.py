@@ -223,7 +223,9 @@ def test_big_batches_become_jobs(small_limits, data_dir):
         response = post_zip(client, make_zip(members))
         assert response.status_code == 202
         job_id = response.json()["job"]
-        assert response.json()["status_url"] == f"/jobs/{job_id}"
+        # absolute, in the body and as Location (RFC 9110 §15.3.3: where to look next)
+        assert response.json()["status_url"] == f"http://testserver/jobs/{job_id}"
+        assert response.headers["location"] == response.json()["status_url"]
         job = wait_for(client, response.json()["status_url"])
         assert (job["total"], job["processed"], job["progress"]) == (13, 13, 100)
         assert (job["created"], job["skipped"], job["failed"]) == (12, 1, 0)
@@ -252,7 +254,13 @@ def test_stow_rs_with_dicomweb_client(live_server, data_dir):
     mixed = [dcmread(sample_file("CT_small.dcm")), dcmread(sample_file("rtplan.dcm"))]
     partial = web.store_instances(datasets=mixed, study_instance_uid=study)  # a 202
     assert [i.ReferencedSOPInstanceUID for i in partial.ReferencedSOPSequence] == [mixed[0].SOPInstanceUID]
-    assert [i.FailureReason for i in partial.FailedSOPSequence] == [0x0110]
+    # the failed instance is named (it could be parsed), with the study-mismatch reason
+    (failed,) = partial.FailedSOPSequence
+    assert (failed.ReferencedSOPClassUID, failed.ReferencedSOPInstanceUID) == (
+        mixed[1].SOPClassUID,
+        mixed[1].SOPInstanceUID,
+    )
+    assert failed.FailureReason == 0xC409
 
 
 def _related(parts: list[tuple[str, bytes]], part_type='"application/dicom"') -> tuple[bytes, str]:
@@ -284,7 +292,7 @@ def test_stow_rs_statuses(client):
         headers={"content-type": _related([])[1]},
     )
     assert other_study.status_code == 409
-    assert json.loads(other_study.text)["00081198"]["Value"][0]["00081197"]["Value"] == [0x0110]
+    assert json.loads(other_study.text)["00081198"]["Value"][0]["00081197"]["Value"] == [0xC409]  # study mismatch
 
 
 @pytest.mark.parametrize("content_type", ["application/zip", "application/dicom", "multipart/form-data; boundary=b"])

@@ -34,7 +34,7 @@ def start_server(data_dir: Path, import_root: Path, port: int) -> subprocess.Pop
         "DICOMSVC_LOG_LEVEL": "warning",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -70,7 +70,7 @@ def test_a_job_survives_a_killed_server(tmp_path, upload):
                     f"http://127.0.0.1:{port}/dicom", content=body, headers={"content-type": "application/zip"}, timeout=60
                 )
         assert answer.status_code == 202
-        status_url = f"http://127.0.0.1:{port}" + answer.json()["status_url"]
+        status_url = answer.json()["status_url"]  # absolute
         deadline = time.monotonic() + 60
         while (job := httpx.get(status_url).json())["processed"] < 16:
             assert time.monotonic() < deadline

@@ -1,4 +1,4 @@
-"""dicomsvc.png: output must decode pixel-identical (Pillow, and an independent
+"""dicomsvc.imaging.png: output must decode pixel-identical (Pillow, and an independent
 pure-Python reference decoder), with well-formed chunks and CRCs."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dicomsvc import png
-from dicomsvc.png import encode_png
+from dicomsvc.imaging import png
+from dicomsvc.imaging.png import encode_png
 
 FILTERS = ("none", "sub", "up", "average", "paeth")
 SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,8 @@ from pydicom.sequence import Sequence
 
 from dicomfiles import counting_reads, make_ct, sample_file, save
 from dicomsvc.errors import NoPixelData, UnsupportedTransferSyntax
-from dicomsvc.parse import read
-from dicomsvc.render import decode_frame, render_png, to_display
+from dicomsvc.dicom.parse import read
+from dicomsvc.imaging.render import decode_frame, render_png, to_display
 
 REFS = Path(__file__).parent / "refs"
 MANIFEST = json.loads((REFS / "manifest.json").read_text())

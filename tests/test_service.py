@@ -75,7 +75,7 @@ def test_a_file_that_kills_its_worker_fails_alone(process_client, monkeypatch, t
         save(make_ct(np.full((8, 8), len(items), np.int16)), path)
         items.append(batch.Item(file=name, kind="spooled", path=str(path)))
     results = process_client.portal.call(batch.run, svc, items)
-    assert [r["status"] for r in results] == ["created", "failed", "created"]
-    assert results[1]["error"] == "invalid_dicom" and "crashed" in results[1]["detail"]
+    assert [r.status for r in results] == ["created", "failed", "created"]
+    assert results[1].error == "invalid_dicom" and "crashed" in results[1].detail
     assert not list(blobs.tmp.iterdir())
     assert process_client.get("/healthz").status_code == 200  # and the service goes on

@@ -8,8 +8,8 @@ import pydicom
 from PIL import Image
 
 from dicomfiles import sample_file
-from dicomsvc.parse import read
-from dicomsvc.render import decode_frame, to_display
+from dicomsvc.dicom.parse import read
+from dicomsvc.imaging.render import decode_frame, to_display
 
 
 def test_post_image_tags_repost(client, import_root):

@@ -9,8 +9,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicomfiles import make_ct, sample_file, save
-from dicomsvc.parse import read
-from dicomsvc.tags import flatten, format_tag
+from dicomsvc.dicom.parse import read
+from dicomsvc.dicom.tags import flatten, format_tag
 
 
 def rows_of(path: Path):

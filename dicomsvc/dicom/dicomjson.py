@@ -1,0 +1,220 @@
+"""The DICOM JSON model (PS3.18 Annex F) of a dataset, and its bulk data.
+
+``to_dicom_json`` gives the object ``GET /tags?format=dicomjson`` serves:
+8-hex-digit upper-case keys in ascending order, each ``{"vr", "Value"}`` —
+numbers as JSON numbers (IS DS US SS UL SL UV SV FL FD), AT as 8-hex strings,
+PN as ``{"Alphabetic", "Ideographic", "Phonetic"}`` (the groups present),
+sequences as arrays of item objects — no ``"Value"`` for an empty element, and
+``null`` for an empty value among several.
+
+What is left out, or decided here:
+
+* The file meta information (group 0002): the JSON model describes the data
+  set, not its Part 10 encoding. Group lengths (gggg,0000) are left out too:
+  they count bytes of one encoding, and mean nothing once re-encoded. So is
+  Data Set Trailing Padding (FFFC,FFFC), which only pads the file.
+* Binary values (OB OD OF OL OV OW UN): up to ``threshold`` bytes inline as
+  ``"InlineBinary"`` (base64); longer ones, and the pixel data always, as
+  ``"BulkDataURI": bulk_uri(element_path)``. The element path is the tag
+  (``"7FE00010"``), or for an element inside a sequence the sequence tag, the
+  0-based item index and the tag (``"00540016/0/00181072"``), as deep as needed.
+* Specific Character Set (0008,0005) keeps the file's value: it says how the
+  instance is encoded; the JSON text itself is Unicode, as JSON always is.
+* FL/FD/DS values that are not finite (JSON has no numbers for them) are the
+  strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (as fo-dicom, dicom-rs and
+  Azure's DICOM service write them). A number string pydicom kept as text
+  because it could not read it (an IS of ``"1A"``) stays a string.
+* An element pydicom cannot convert at all is given as ``UN`` with its raw bytes.
+
+``bulk_value`` / ``bulk_stream`` give the bytes a BulkDataURI stands for: the
+value as stored in the file, in the file's byte order. For the pixel data that
+means straight from the file (``parsed.pixel``), without reading anything else;
+encapsulated (compressed) pixel data comes back as its encapsulated items (the
+Basic Offset Table item and the fragment items, each with its item header,
+without the sequence delimiter) exactly as stored — not split into frames.
+"""
+
+import base64
+import math
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from ..errors import NotFound
+from .parse import PIXEL_TAGS, Parsed, PixelElement
+from .tags import BINARY_VRS
+
+INT_VRS = {"IS", "US", "SS", "UL", "SL", "UV", "SV"}
+FLOAT_VRS = {"DS", "FL", "FD"}
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
+CHUNK = 1 << 20
+TRAILING_PADDING = 0xFFFCFFFC
+
+BulkUri = Callable[[str], str]
+
+
+def to_dicom_json(
+    ds: Dataset, bulk_uri: BulkUri, threshold: int = 1024, pixel: PixelElement | None = None
+) -> dict[str, Any]:
+    """The DICOM JSON object of ``ds`` (without its file meta), keys in tag order.
+
+    ``pixel`` describes a pixel data element that is not in ``ds`` (``parse.read``
+    leaves it in the file); it is added as a BulkDataURI.
+    """
+    out = _dataset(ds, "", bulk_uri, threshold, top=True)
+    if pixel is not None:
+        key = f"{pixel.tag:08X}"
+        vr = "OB" if pixel.encapsulated else pixel.vr  # PS3.5 A.4: encapsulated is OB, whatever the file says
+        out.setdefault(key, {"vr": vr, "BulkDataURI": bulk_uri(key)})
+    return dict(sorted(out.items()))
+
+
+def bulk_stream(path: Path, parsed: Parsed, element_path: str) -> tuple[int, Iterator[bytes]]:
+    """The byte length and the chunks of the binary element at ``element_path``.
+
+    Pixel data kept in the file is read lazily from ``path``, 1 MiB a chunk: consume
+    the iterator in this process, while the file exists. Other values (already in
+    ``parsed.ds``) come as one chunk. Raises NotFound when the path names
+    nothing, or an element that is not binary.
+    """
+    steps = _parse_path(element_path)
+    pixel = parsed.pixel
+    if len(steps) == 1 and pixel is not None and pixel.offset is not None and steps[0] == pixel.tag:
+        # A file cut short holds less than the header says: promise only what is there.
+        length = max(0, min(pixel.length, os.path.getsize(path) - pixel.offset))
+        return length, _file_chunks(path, pixel.offset, length)
+    value = _binary_at(parsed.ds, steps, element_path)
+    return len(value), iter([value] if value else [])
+
+
+def bulk_value(path: Path, parsed: Parsed, element_path: str) -> bytes:
+    """The bytes of the binary element at ``element_path`` (see ``bulk_stream``), whole."""
+    _, chunks = bulk_stream(path, parsed, element_path)
+    return b"".join(chunks)
+
+
+def _dataset(ds: Dataset, prefix: str, bulk_uri: BulkUri, threshold: int, top: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag in sorted(ds.keys()):
+        tag = int(tag)
+        if _left_out(tag):
+            continue
+        key = f"{tag:08X}"
+        vr, value = _resolve(ds, tag)
+        path = prefix + key
+        if vr == "SQ":
+            items = [_dataset(item, f"{path}/{i}/", bulk_uri, threshold) for i, item in enumerate(value or ())]
+            out[key] = {"vr": vr, "Value": items} if items else {"vr": vr}
+        elif vr in BINARY_VRS:
+            out[key] = _binary(vr, value, path, bulk_uri, threshold, always_bulk=top and tag in PIXEL_TAGS)
+        else:
+            values = _values(value, vr)
+            out[key] = {"vr": vr, "Value": values} if values else {"vr": vr}
+    return out
+
+
+def _left_out(tag: int) -> bool:
+    """File meta (group 0002), group lengths (gggg,0000), Data Set Trailing Padding (FFFC,FFFC)."""
+    return tag >> 16 == 0x0002 or tag & 0xFFFF == 0 or tag == TRAILING_PADDING
+
+
+def _resolve(ds: Dataset, tag: int) -> tuple[str, Any]:
+    """(VR, value) of an element, as JSON will show it: bytes always under a binary VR."""
+    try:
+        elem: DataElement = ds[tag]
+    except Exception:  # a value pydicom cannot convert: its raw bytes, as UN
+        raw = ds.get_item(tag)
+        value = raw.value if isinstance(raw, RawDataElement) else None
+        return "UN", value if isinstance(value, bytes) else b""
+    vr = (elem.VR or "UN")[:2]  # an ambiguous VR pydicom could not settle: its first choice
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)) and vr not in BINARY_VRS:
+        return "UN", bytes(value)  # e.g. "US or SS" left unconverted
+    return vr, value
+
+
+def _binary(vr: str, value: Any, path: str, bulk_uri: BulkUri, threshold: int, always_bulk: bool) -> dict:
+    if not value:
+        return {"vr": vr}
+    if always_bulk or len(value) > threshold:
+        return {"vr": vr, "BulkDataURI": bulk_uri(path)}
+    return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+
+
+def _values(value: Any, vr: str) -> list:
+    """The JSON "Value" array; empty when the element has no value."""
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+    return [_json_value(v, vr) for v in items]
+
+
+def _json_value(v: Any, vr: str) -> Any:
+    if v is None or v == "":
+        return None
+    if vr == "PN":
+        components = getattr(v, "components", None) or str(v).split("=")
+        groups = {name: part for name, part in zip(PN_GROUPS, components) if part}
+        return groups or None
+    if vr == "AT":
+        return f"{int(v):08X}"
+    if vr in INT_VRS:
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            return str(v)
+    if vr in FLOAT_VRS:
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            return str(v)
+        if math.isfinite(number):
+            return number
+        return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
+    return str(v)
+
+
+def _parse_path(element_path: str) -> list[int]:
+    """"00540016/0/00181072" → [tag, item, tag]; NotFound when malformed."""
+    if not PATH_RE.match(element_path):
+        raise NotFound(f"no such element: {element_path!r} (expected TAG or TAG/item/TAG...)")
+    parts = element_path.split("/")
+    return [int(p, 16) if i % 2 == 0 else int(p) for i, p in enumerate(parts)]
+
+
+def _binary_at(ds: Dataset, steps: list[int], element_path: str) -> bytes:
+    missing = NotFound(f"no binary element at {element_path}")
+    for depth in range(0, len(steps) - 1, 2):
+        tag, index = steps[depth], steps[depth + 1]
+        if tag not in ds:
+            raise missing
+        vr, value = _resolve(ds, tag)
+        if vr != "SQ" or not 0 <= index < len(value or ()):
+            raise missing
+        ds = value[index]
+    tag = steps[-1]
+    if tag not in ds or _left_out(tag):
+        raise missing
+    vr, value = _resolve(ds, tag)
+    if vr not in BINARY_VRS:
+        raise missing
+    return bytes(value or b"")
+
+
+def _file_chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
+    with open(path, "rb") as fp:
+        fp.seek(offset)
+        remaining = length
+        while remaining > 0:
+            chunk = fp.read(min(CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk

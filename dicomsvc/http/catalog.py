@@ -1,0 +1,143 @@
+"""Finding and managing what is stored: search, metadata, delete, statistics.
+
+Filters use DICOM keywords, as DICOMweb's QIDO-RS does: ``PatientID``,
+``StudyInstanceUID``, ``SeriesInstanceUID``, ``SOPInstanceUID``, ``Modality``,
+``AccessionNumber`` (exact) and ``StudyDate`` (``20200101``, or a range
+``20200101-20201231`` with either end open). Every filter is an indexed column.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..errors import BadRequest, NotFound
+from ..service import Service
+from ..storage import instances
+from ..storage.blobs import BlobStore
+from ..storage.instances import FILTERS, DateRange
+from .instances import check_id
+
+DATE_RANGE = re.compile(r"(\d{8})?-(\d{8})?")
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+
+
+@dataclass(frozen=True)
+class Filters:
+    exact: dict[str, str]  # DICOM keyword -> value
+    study_date: DateRange | None  # an exact date is a range from it to itself
+
+    def __bool__(self) -> bool:
+        return bool(self.exact) or self.study_date is not None
+
+
+def filters(query: Mapping[str, str], allowed_extra: set[str] = frozenset()) -> Filters:
+    """The filters in ``query``; unknown parameters are refused (DELETE must never widen)."""
+    unknown = set(query) - set(FILTERS) - {"StudyDate"} - allowed_extra
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    exact = {keyword: query[keyword] for keyword in FILTERS if keyword in query}
+    study_date = None
+    if "StudyDate" in query:
+        value = query["StudyDate"].strip()
+        if re.fullmatch(r"\d{8}", value):
+            study_date = (value, value)
+        elif (match := DATE_RANGE.fullmatch(value)) and value != "-":
+            study_date = match.groups()
+        else:
+            raise BadRequest("StudyDate must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD (either end may be open)")
+    return Filters(exact, study_date)
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+async def search(svc: Service, query: Mapping[str, str]) -> dict:
+    """``GET /dicom``: a page of summaries, newest first, and the offset of the next page."""
+    wanted = filters(query, {"limit", "offset"})
+    limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = _int_param(query, "offset", 0, 0, 10**12)
+    rows = await instances.search(svc.db, wanted.exact, wanted.study_date, limit + 1, offset)
+    more = len(rows) > limit
+    return {
+        "items": [summary(r) for r in rows[:limit]],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+    }
+
+
+def summary(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "PatientID": row["patient_id"],
+        "PatientName": row["patient_name"],
+        "StudyInstanceUID": row["study_instance_uid"],
+        "SeriesInstanceUID": row["series_instance_uid"],
+        "SOPInstanceUID": row["sop_instance_uid"],
+        "Modality": row["modality"],
+        "StudyDate": row["study_date"],
+        "AccessionNumber": row["accession_number"],
+        "created": row["created_at"],
+    }
+
+
+async def metadata(svc: Service, instance_id: str) -> dict:
+    """``GET /dicom/{id}``: what the seeds call metadata."""
+    row = await instances.get_instance(svc.db, check_id(instance_id))
+    if row is None:
+        raise NotFound("no instance with that id")
+    return summary(row) | {
+        "PatientSex": row["patient_sex"],
+        "PatientBirthDate": row["patient_birth_date"],
+        "StudyDescription": row["study_description"],
+        "SOPClassUID": row["sop_class_uid"],
+        "TransferSyntaxUID": row["transfer_syntax_uid"],
+        "Rows": row["rows"],
+        "Columns": row["columns"],
+        "NumberOfFrames": row["frames"],
+        "BitsAllocated": row["bits_allocated"],
+        "BitsStored": row["bits_stored"],
+        "PhotometricInterpretation": row["photometric"],
+        "has_pixels": bool(row["has_pixels"]),
+        "render_error": row["render_error"],
+        "bytes": {"dicom": row["dcm_bytes"], "png": row["png_bytes"]},
+        "source": row["source"],
+        "anonymized": bool(row["anonymized"]),
+        "anonymized_from": row["anonymized_from"],
+    }
+
+
+async def delete_one(svc: Service, instance_id: str) -> None:
+    """``DELETE /dicom/{id}``: the rows and every blob of the instance."""
+    gone = await instances.delete(svc.db, {"id": check_id(instance_id)})
+    if not gone:
+        raise NotFound("no instance with that id")
+    await svc.io(_remove_blobs, svc.blobs, gone)
+
+
+async def delete_matching(svc: Service, query: Mapping[str, str]) -> int:
+    """``DELETE /dicom?StudyInstanceUID=...``: a filter is required."""
+    wanted = filters(query)
+    if not wanted:
+        raise BadRequest("refusing to delete everything: give a filter such as StudyInstanceUID")
+    gone = await instances.delete(svc.db, wanted.exact, wanted.study_date)
+    await svc.io(_remove_blobs, svc.blobs, gone)
+    return len(gone)
+
+
+def _remove_blobs(blobs: BlobStore, gone: list[dict]) -> None:
+    """After the rows are committed away: a crash in between leaves unused files, never a
+    row pointing at nothing."""
+    for row in gone:
+        blobs.remove(row["dcm_blob"], row["png_blob"])
+        blobs.remove_renderings(row["id"])
+
+
+async def stats(svc: Service) -> dict:
+    return await instances.stats(svc.db)

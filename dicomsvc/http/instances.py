@@ -1,0 +1,159 @@
+"""Stored instances: the PNG, the tag rows, the DICOM file, an anonymized copy."""
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.requests import Request
+
+from .. import retrieve
+from ..errors import BadRequest, NoPixelData, NotFound, UnsupportedTransferSyntax
+from ..imaging import renderings
+from ..ingest import Ingested, ingest_file
+from ..options import Options, flag
+from ..service import Service
+from ..storage import instances
+from ..storage.blobs import BlobStore
+from .requests import etag_matches, read_json_object
+
+ID_RE = re.compile(r"[0-9A-Za-z]{22}")  # shortuuid.uuid()
+
+
+@dataclass(frozen=True)
+class Image:
+    etag: str
+    body: bytes | None  # None: the client's copy (If-None-Match) is current
+    media_type: str = "image/png"
+
+
+def check_id(instance_id: str | None) -> str:
+    if not instance_id:
+        raise BadRequest("the 'id' query parameter is required")
+    if not ID_RE.fullmatch(instance_id):
+        raise NotFound("no instance with that id")
+    return instance_id
+
+
+async def _instance(svc: Service, instance_id: str | None) -> dict:
+    record = await instances.get_instance(svc.db, check_id(instance_id))
+    if record is None:
+        raise NotFound("no instance with that id")
+    return record
+
+
+async def image(
+    svc: Service, query: Mapping[str, str], accept: str | None = None, if_none_match: str | None = None
+) -> Image:
+    """``GET /image``: frame 1 as rendered at ingest (no decoding), or another rendering.
+
+    Other renderings (frame, window, size, JPEG) are made from the stored DICOM on
+    first request, decoding only the frame asked for, and kept in blob storage.
+    """
+    params = renderings.parse_params(
+        {k: v for k, v in query.items() if k != "id"}, accept, svc.config.render_max_size
+    )
+    record = await _instance(svc, query.get("id"))
+    if not record["has_pixels"]:
+        raise NoPixelData("this instance has no pixel data")
+    if renderings.is_default(params):
+        if record["png_blob"] is None:
+            raise UnsupportedTransferSyntax(record["render_error"] or "pixel data could not be rendered")
+        etag = f'"{record["id"]}.png"'  # stored renderings never change
+        if etag_matches(if_none_match, etag):
+            return Image(etag, None)
+        # one trip to an I/O thread (a FileResponse makes several)
+        return Image(etag, await svc.io(svc.blobs.path(record["png_blob"]).read_bytes))
+    key = renderings.cache_key(params)
+    etag = f'"{record["id"]}.{key}"'
+    if etag_matches(if_none_match, etag):
+        return Image(etag, None, params.media_type)
+    cached = svc.blobs.renderings(record["id"]) / f"{key}.{params.format}"
+    body = await svc.io(_read_if_there, cached)
+    if body is None:
+        body = await svc.cpu(retrieve.render_and_keep, svc.config, record["dcm_blob"], params, cached)
+    return Image(etag, body, params.media_type)
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+async def tags_json(svc: Service, instance_id: str | None) -> bytes:
+    """``{"uuid": id, "tags": [...]}`` as JSON bytes, the rows serialized by SQLite."""
+    rows = await instances.get_tags_json(svc.db, check_id(instance_id))
+    if rows is None:
+        raise NotFound("no instance with that id")
+    return b'{"uuid":"%s","tags":%s}' % (instance_id.encode(), rows.encode())
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: Path
+    filename: str  # safe for Content-Disposition: the id, never a name from the data
+
+
+async def dicom_file(svc: Service, instance_id: str) -> StoredFile:
+    """``GET /dicom/{id}/file``: the stored DICOM file, as it was stored."""
+    record = await _instance(svc, instance_id)
+    return StoredFile(svc.blobs.path(record["dcm_blob"]), f"{record['id']}.dcm")
+
+
+async def anonymize_stored(svc: Service, instance_id: str, request: Request) -> Ingested:
+    """``POST /dicom/{id}/anonymize``: an anonymized copy of a stored instance, stored like any other."""
+    record = await _instance(svc, instance_id)
+    fields = await read_json_object(request) if await _has_body(request) else {}
+    options = Options.from_request(request.query_params, fields)
+    options = Options(anonymize=True, allow_burned_in=options.allow_burned_in, anonymized_from=record["id"])
+    temp = await svc.io(_copy_to_temp, svc.blobs, svc.blobs.path(record["dcm_blob"]))
+    try:
+        return await svc.cpu(ingest_file, svc.config, temp, "(anonymized)", options)
+    finally:
+        await svc.io(svc.blobs.discard, temp)
+
+
+async def _has_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
+
+
+def _copy_to_temp(blobs: BlobStore, path: Path) -> Path:
+    with open(path, "rb") as src:
+        return blobs.spool(src, 1 << 62)
+
+
+# Arrays, DICOM JSON and bulk data: read from the stored DICOM file -------------------------
+
+
+async def pixels(svc: Service, instance_id: str, query: Mapping[str, str]) -> tuple[Path, str]:
+    """``GET /dicom/{id}/pixels``: a temporary .npy file (frames decoded one at a time, in a
+    worker) and the name to offer it under; the caller removes the file once sent."""
+    record = await _instance(svc, instance_id)
+    frame = _frame_param(query.get("frame"))
+    rescale = flag(query.get("rescale"))
+    temp = await svc.cpu(retrieve.write_npy, svc.config, record["dcm_blob"], frame, rescale)
+    suffix = (f"-frame{frame}" if frame else "") + ("-rescaled" if rescale else "")
+    return temp, f"{record['id']}{suffix}.npy"
+
+
+def _frame_param(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequest("frame must be a whole number from 1")
+    return int(raw)
+
+
+async def dicom_json(svc: Service, instance_id: str | None, base_url: str) -> dict:
+    """``GET /tags?id=&format=dicomjson``: the DICOM JSON model, bulk data by reference."""
+    record = await _instance(svc, instance_id)
+    bulk_base = f"{base_url}/dicom/{record['id']}/bulk/"
+    return await svc.cpu(retrieve.dicom_json, svc.config, record["dcm_blob"], bulk_base)
+
+
+async def bulk(svc: Service, instance_id: str, element_path: str) -> tuple[int, Iterator[bytes]]:
+    """``GET /dicom/{id}/bulk/{path}``: one binary value, streamed from the stored file."""
+    record = await _instance(svc, instance_id)
+    return await svc.io(retrieve.bulk, svc.blobs.path(record["dcm_blob"]), element_path)

@@ -1,0 +1,169 @@
+"""``POST /dicom``: one route, chosen by Content-Type.
+
+- ``application/json`` ``{"path"}``: a file under the import root (one instance), or a
+  folder (every file below it);
+- ``application/dicom``: the body is one instance;
+- ``application/zip``: the body is an archive of instances;
+- ``multipart/form-data``: ``file`` parts, each a DICOM file or a ZIP.
+
+One instance answers ``201``/``200`` ``{"id"}``; several answer ``200`` with
+per-file results. More files than ``DICOMSVC_SYNC_LIMIT``, or ``?async=true``,
+answer ``202 {"job", "status_url"}`` once the upload is safely on disk, and are
+ingested in the background (``dicomsvc.jobs``).
+"""
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_multipart.multipart import parse_options_header
+from starlette.requests import Request
+
+from .. import batch, jobs, paths
+from ..batch import Entry, Item
+from ..dicom.files import HEAD_BYTES, is_zip, sniff
+from ..errors import BadRequest, UnsupportedMediaType
+from ..ingest import Ingested, ingest_file, ingest_import
+from ..options import Options, flag
+from ..service import Service
+from ..storage.spool import new_spool, remove_spool
+from . import uploads
+from .requests import base_url, peek_body, read_json_object
+
+ZIP_TYPES = {"application/zip", "application/x-zip-compressed"}
+# What clients send when they name no type: curl --data-binary says form-urlencoded
+UNTYPED = ("", "text/plain", "application/x-www-form-urlencoded")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def media_type(request: Request) -> str:
+    kind, _ = parse_options_header(request.headers.get("content-type", ""))
+    return kind.decode("latin-1").lower()
+
+
+async def post_dicom(svc: Service, request: Request) -> Answer:
+    kind = media_type(request)
+    want_async = flag(request.query_params.get("async"))
+    options = Options.from_request(request.query_params)
+    if kind in UNTYPED:  # JSON by default; a DICOM file sent without its type is taken as one
+        request, head = await peek_body(request, HEAD_BYTES)
+        if not head.lstrip().startswith(b"{") and sniff(head) is None:
+            kind = "application/dicom"
+    if kind in ("application/json", *UNTYPED):
+        return await _from_path(svc, request, want_async, options)
+    if kind == "application/dicom":
+        return await _from_body(svc, request, want_async, options)
+    if kind in ZIP_TYPES:
+        return await _with_spool(svc, request, want_async, options, _zip_entries)
+    if kind == "multipart/form-data":
+        return await _with_spool(svc, request, want_async, options, _form_entries)
+    raise UnsupportedMediaType(
+        f"Content-Type {kind!r} is not accepted here: send application/json {{\"path\"}}, "
+        "application/dicom, application/zip or multipart/form-data"
+    )
+
+
+def single(ingested: Ingested) -> Answer:
+    body = {"id": ingested.id} | ({"warnings": ingested.warnings} if ingested.warnings else {})
+    return Answer(201 if ingested.created else 200, body)
+
+
+async def _from_path(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
+    body = await read_json_object(request)
+    options, raw = Options.from_request(request.query_params, body), body.get("path")
+    real, is_dir = await svc.io(_resolve, svc.config.import_root, raw)
+    if is_dir:
+        entries = await svc.io(batch.expand_directory, svc.config, real, options)
+    elif want_async:
+        relative = str(real.relative_to(svc.config.import_root.resolve()))
+        entries = [Item.of(str(raw), "import", relative, options)]
+    else:
+        return single(await svc.cpu(ingest_import, svc.config, raw, options))
+    return await _run(svc, request, entries, None, want_async)
+
+
+async def _from_body(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
+    """One instance in the body."""
+    cfg = svc.config
+    if want_async:
+        return await _with_spool(svc, request, True, options, _body_entries)
+    temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"
+    try:
+        await uploads.spool_body(svc, request, temp, cfg.max_upload_bytes)
+        return single(await svc.cpu(ingest_file, cfg, temp, _source(request), options))
+    finally:
+        await svc.io(svc.blobs.discard, temp)  # gone already if it was stored
+
+
+def _resolve(root: Path, raw: object) -> tuple[Path, bool]:
+    real = paths.resolve(root, raw)
+    return real, real.is_dir()
+
+
+def _source(request: Request) -> str:
+    """What the upload is called: Content-Disposition's filename, if the client sent one."""
+    _, options = parse_options_header(request.headers.get("content-disposition", ""))
+    return options.get(b"filename", b"upload").decode("utf-8", "replace")
+
+
+async def _with_spool(svc: Service, request: Request, want_async: bool, options: Options, entries_of) -> Answer:
+    """Spool the upload to a folder of its own, expand it into entries, run them."""
+    folder = await svc.io(new_spool, svc.config.spool_dir)
+    handed_over = False
+    try:
+        entries = await entries_of(svc, request, folder, options)
+        answer = await _run(svc, request, entries, folder, want_async)
+        handed_over = answer.status == 202
+        return answer
+    finally:
+        if not handed_over:
+            await svc.io(remove_spool, folder)
+
+
+async def _body_entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
+    target = folder / "body.dcm"
+    await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes)
+    return [Item.of(_source(request), "spooled", str(target), options)]
+
+
+async def _zip_entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
+    target = folder / "upload.zip"
+    await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes)
+    return await svc.io(batch.expand_zip, svc.config, target, "", options)
+
+
+async def _form_entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
+    cfg = svc.config
+    parts = await uploads.spool_multipart(svc, request, folder, cfg.max_upload_bytes, cfg.max_archive_files)
+    fields = {p.name: p.value for p in parts if p.value is not None}
+    options = Options.from_request(request.query_params, fields)
+    files = [p for p in parts if p.path is not None]
+    if not files:
+        raise BadRequest("no file parts: send each file as a part named 'file'")
+    entries: list[Entry] = []
+    for number, part in enumerate(files, 1):
+        name = part.filename or f"part {number}"
+        if part.content_type in ZIP_TYPES or await svc.io(_starts_as_zip, part.path):
+            entries += await svc.io(batch.expand_zip, cfg, part.path, name, options)
+        else:
+            entries.append(Item.of(name, "spooled", str(part.path), options))
+    return entries
+
+
+def _starts_as_zip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return is_zip(fh.read(4))
+
+
+async def _run(svc: Service, request: Request, entries: list[Entry], spool: Path | None, want_async: bool) -> Answer:
+    if want_async or len(entries) > svc.config.sync_limit:
+        job_id = await jobs.submit(svc, entries, spool)
+        status_url = f"{base_url(request)}/jobs/{job_id}"  # absolute (RFC 9110 §10.2.2 allows relative; clients prefer this)
+        return Answer(202, {"job": job_id, "status_url": status_url}, {"Location": status_url})
+    return Answer(200, batch.summarize(await batch.run_entries(svc, entries)))

@@ -1,0 +1,271 @@
+"""The OpenAPI 3 description of every route (``GET /openapi.json``) and a plain HTML page
+of it (``GET /docs``, self-contained: no scripts fetched from elsewhere).
+
+Tests check that every route the app serves is described here and that the
+document is valid OpenAPI.
+"""
+
+import html
+
+from .. import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+JSON_OBJECT = {"type": "object"}
+
+
+def _param(name: str, where: str, description: str, kind: str = "string", required: bool = False) -> dict:
+    return {"name": name, "in": where, "required": required, "description": description, "schema": {"type": kind}}
+
+
+def _answers(ok: dict[str, tuple[str, str]], errors: dict[str, str]) -> dict:
+    """``ok``: status -> (media type, description); ``errors``: status -> description."""
+    out = {
+        status: {"description": text, "content": {media: {"schema": JSON_OBJECT if "json" in media else {}}}}
+        for status, (media, text) in ok.items()
+    }
+    for status, text in errors.items():
+        out[status] = {"description": text, "content": {"application/json": {"schema": ERROR}}}
+    return out
+
+
+ID = _param("id", "path", "the instance's id (22 characters)", required=True)
+QUERY_ID = _param("id", "query", "the instance's id (22 characters)", required=True)
+FILTERS = [
+    _param(k, "query", d)
+    for k, d in (
+        ("PatientID", "exact match"),
+        ("StudyInstanceUID", "exact match"),
+        ("SeriesInstanceUID", "exact match"),
+        ("SOPInstanceUID", "exact match"),
+        ("Modality", "exact match"),
+        ("AccessionNumber", "exact match"),
+        ("StudyDate", "YYYYMMDD, or a range YYYYMMDD-YYYYMMDD with either end open"),
+    )
+]
+ANON = [
+    _param("anonymize", "query", "true: store the PS3.15 Basic-profile anonymized instance", "boolean"),
+    _param("allow_burned_in", "query", "true: anonymize kinds that often carry burned-in text too", "boolean"),
+]
+INGEST_ERRORS = {
+    "400": "malformed request",
+    "403": "path outside the import root",
+    "404": "no such file",
+    "413": "over a size or archive limit",
+    "415": "unsupported media type",
+    "422": "not a DICOM instance, or refused for burned-in annotation",
+}
+
+STOW = {
+    "requestBody": {"content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}},
+    "responses": _answers(
+        {
+            "200": ("application/dicom+json", "all stored"),
+            "202": ("application/dicom+json", "some stored"),
+            "409": ("application/dicom+json", "none stored"),
+        },
+        {"415": "not multipart/related of application/dicom"},
+    ),
+}
+
+PATHS: dict[str, dict] = {
+    "/dicom": {
+        "post": {
+            "summary": "Store instances: a path under the import root, a DICOM body, a ZIP, or multipart files",
+            "parameters": [_param("async", "query", "true: answer 202 with a job at once", "boolean"), *ANON],
+            "requestBody": {
+                "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {
+                        "path": {"type": "string"}, "anonymize": {"type": "boolean"},
+                        "allow_burned_in": {"type": "boolean"}}, "required": ["path"]}},
+                    "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+                    "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "anonymize": {"type": "string"}}}},
+                }  # fmt: skip
+            },
+            "responses": _answers(
+                {
+                    "201": ("application/json", "stored: {id}"),
+                    "200": ("application/json", "already stored {id}, or per-file results of several"),
+                    "202": ("application/json", "a background job: {job, status_url}"),
+                },
+                INGEST_ERRORS,
+            ),
+        },
+        "get": {
+            "summary": "Search stored instances, newest first",
+            "parameters": [
+                *FILTERS,
+                _param("limit", "query", "page size, 1-1000 (default 100)", "integer"),
+                _param("offset", "query", "instances to skip", "integer"),
+            ],
+            "responses": _answers({"200": ("application/json", "{items, limit, offset, next_offset}")}, {"400": "bad filter"}),
+        },
+        "delete": {
+            "summary": "Delete every instance matching a filter (a filter is required)",
+            "parameters": FILTERS,
+            "responses": _answers({"200": ("application/json", "{deleted}")}, {"400": "no or bad filter"}),
+        },
+    },
+    "/dicom/{id}": {
+        "get": {
+            "summary": "An instance's metadata summary",
+            "parameters": [ID],
+            "responses": _answers({"200": ("application/json", "metadata")}, {"404": "unknown id"}),
+        },
+        "delete": {
+            "summary": "Delete an instance, its tags and every blob",
+            "parameters": [ID],
+            "responses": {"204": {"description": "deleted"}, "404": _answers({}, {"404": "unknown id"})["404"]},
+        },
+    },
+    "/dicom/{id}/file": {
+        "get": {
+            "summary": "The stored DICOM file",
+            "parameters": [ID],
+            "responses": _answers({"200": ("application/dicom", "the file")}, {"404": "unknown id"}),
+        }
+    },
+    "/dicom/{id}/anonymize": {
+        "post": {
+            "summary": "Store an anonymized copy of an instance",
+            "parameters": [ID, ANON[1]],
+            "responses": _answers(
+                {"201": ("application/json", "{id, source}"), "200": ("application/json", "that copy exists: {id, source}")},
+                {"404": "unknown id", "422": "refused for burned-in annotation"},
+            ),
+        }
+    },
+    "/image": {
+        "get": {
+            "summary": "A rendering: by default frame 1 as PNG as rendered at ingest (modality LUT, VOI, "
+            "MONOCHROME1 inversion); other frames, windows, sizes and JPEG are rendered once and kept",
+            "parameters": [
+                QUERY_ID,
+                _param("frame", "query", "1-based frame number", "integer"),
+                _param("window", "query", "center,width (aliases windowCenter and windowWidth)"),
+                _param("windowCenter", "query", "window center", "number"),
+                _param("windowWidth", "query", "window width", "number"),
+                _param("width", "query", "fit into this width, aspect kept", "integer"),
+                _param("height", "query", "fit into this height, aspect kept", "integer"),
+                _param("format", "query", "png or jpeg (else the Accept header decides)"),
+                _param("quality", "query", "JPEG quality 1-100 (default 90)", "integer"),
+                _param("If-None-Match", "header", "an ETag from an earlier answer"),
+            ],
+            "responses": _answers(
+                {"200": ("image/png", "the rendering (image/jpeg when asked)"), "304": ("image/png", "not modified")},
+                {"400": "missing id or bad parameter", "404": "unknown id, or no pixel data",
+                 "415": "pixel data that cannot be decoded"},
+            ),  # fmt: skip
+        }
+    },
+    "/tags": {
+        "get": {
+            "summary": "Every data element as a row: {uuid, tags: [{ID, Tag, VR, Value, Name, Bytes?, Parent?, Item?}]}",
+            "parameters": [
+                QUERY_ID,
+                _param("format", "query", "rows (default) or dicomjson: the DICOM JSON model (PS3.18 F)"),
+            ],
+            "responses": _answers(
+                {"200": ("application/json", "the rows, in file order (application/dicom+json for dicomjson)")},
+                {"400": "missing id or bad format", "404": "unknown id"},
+            ),
+        }
+    },
+    "/dicom/{id}/pixels": {
+        "get": {
+            "summary": "The pixel values as a .npy file (frames x rows x columns x samples, squeezed)",
+            "parameters": [
+                ID,
+                _param("frame", "query", "1-based: one frame only", "integer"),
+                _param("rescale", "query", "true: apply the modality LUT (float32)", "boolean"),
+            ],
+            "responses": _answers(
+                {"200": ("application/octet-stream", ".npy")},
+                {"400": "bad frame", "404": "unknown id or no pixel data", "415": "undecodable pixel data"},
+            ),
+        }
+    },
+    "/dicom/{id}/bulk/{path}": {
+        "get": {
+            "summary": "One binary value (BulkDataURI of the DICOM JSON model), as stored",
+            "parameters": [ID, _param("path", "path", "tag, or tag/item/tag/... inside sequences", required=True)],
+            "responses": _answers({"200": ("application/octet-stream", "the bytes")}, {"404": "no such element"}),
+        }
+    },
+    "/jobs/{job}": {
+        "get": {
+            "summary": "A background job's progress and per-file results",
+            "parameters": [_param("job", "path", "the job id", required=True)],
+            "responses": _answers({"200": ("application/json", "{id, status, total, processed, ..., results}")}, {"404": "unknown job"}),
+        }
+    },
+    "/studies": {
+        "post": {
+            "summary": "STOW-RS: store instances (multipart/related; type=\"application/dicom\")",
+            "parameters": [ANON[0]],
+            **STOW,
+        }
+    },
+    "/studies/{study}": {
+        "post": {
+            "summary": "STOW-RS into one study: instances of other studies fail",
+            "parameters": [_param("study", "path", "Study Instance UID", required=True), ANON[0]],
+            **STOW,
+        }
+    },
+    "/stats": {
+        "get": {
+            "summary": "Counts: instances, series, studies, patients, bytes, by modality; first and last ingest",
+            "responses": _answers({"200": ("application/json", "statistics")}, {}),
+        }
+    },
+    "/healthz": {"get": {"summary": "Liveness", "responses": _answers({"200": ("application/json", "{status: ok}")}, {})}},
+    "/openapi.json": {"get": {"summary": "This document", "responses": _answers({"200": ("application/json", "OpenAPI 3")}, {})}},
+    "/docs": {"get": {"summary": "This document as a web page", "responses": _answers({"200": ("text/html", "HTML")}, {})}},
+}
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "dicomsvc",
+            "version": __version__,
+            "description": "A lean DICOM ingest-and-render service. Errors are {error, detail} with a 4xx status.",
+        },
+        "paths": PATHS,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                    "required": ["error", "detail"],
+                }
+            }
+        },
+    }
+
+
+def page() -> str:
+    """The routes and their parameters as one HTML page."""
+    rows = []
+    for path, methods in PATHS.items():
+        for method, op in methods.items():
+            params = "".join(
+                f"<li><code>{html.escape(p['name'])}</code> ({p['in']}{', required' if p['required'] else ''}): "
+                f"{html.escape(p['description'])}</li>"
+                for p in op.get("parameters", [])
+            )
+            answers = ", ".join(html.escape(s) for s in op["responses"])
+            rows.append(
+                f"<h2><code>{method.upper()} {html.escape(path)}</code></h2><p>{html.escape(op['summary'])}</p>"
+                f"{f'<ul>{params}</ul>' if params else ''}<p>Answers: {answers}</p>"
+            )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>dicomsvc API</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}code{background:#eee}</style>"
+        f"</head><body><h1>dicomsvc {__version__}</h1><p>Machine-readable: "
+        "<a href='/openapi.json'>/openapi.json</a></p>" + "".join(rows) + "</body></html>"
+    )

@@ -1,0 +1,87 @@
+"""STOW-RS (DICOMweb, PS3.18 10.5): ``POST /studies[/{StudyInstanceUID}]``.
+
+The body is ``multipart/related; type="application/dicom"``, one instance a
+part. The answer is ``application/dicom+json``: a Referenced SOP Sequence for
+what was stored (duplicates included: they are stored), a Failed SOP Sequence
+with a Failure Reason for the rest; 200 when all were stored, 202 when some
+were, 409 when none were, 415 for any other media type. ``?anonymize=true`` anonymizes, as on
+``POST /dicom``.
+"""
+
+from python_multipart.multipart import parse_options_header
+from starlette.requests import Request
+
+from .. import batch
+from ..batch import Entry, Item, Result
+from ..errors import UnsupportedMediaType
+from ..options import Options
+from ..service import Service
+from ..storage.spool import new_spool, remove_spool
+from . import uploads
+from .intake import Answer
+
+# (0008,1197) Failure Reason values (PS3.4 Annex B, PS3.18 Table 10.5.3-1)
+CANNOT_UNDERSTAND = 0xC000
+OUT_OF_RESOURCES = 0xA700
+PROCESSING_FAILURE = 0x0110
+# Implementation-specific, in the "cannot understand" range (Table I.2-2 allows more codes):
+# the instance is not of the study the URL names (the error code study_mismatch elsewhere)
+STUDY_MISMATCH = 0xC409
+REASONS = {"invalid_dicom": CANNOT_UNDERSTAND, "too_large": OUT_OF_RESOURCES, "study_mismatch": STUDY_MISMATCH}
+
+
+async def store_instances(svc: Service, request: Request, study_uid: str | None, base_url: str) -> Answer:
+    kind, options = parse_options_header(request.headers.get("content-type", ""))
+    part_type = options.get(b"type", b"").decode("latin-1").strip('"').lower()
+    if kind.lower() != b"multipart/related" or part_type != "application/dicom":
+        raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"')
+    cfg = svc.config
+    options = Options.from_request(request.query_params)
+    folder = await svc.io(new_spool, cfg.spool_dir)
+    try:
+        parts = await uploads.spool_multipart(svc, request, folder, cfg.max_upload_bytes, cfg.max_archive_files)
+        entries: list[Entry] = [
+            Item.of(f"part {n}", "spooled", str(p.path), options)
+            if p.path is not None and p.content_type in ("application/dicom", "application/octet-stream")
+            else batch.failed(f"part {n}", "unsupported_media_type", f"a part of type {p.content_type}")
+            for n, p in enumerate(parts, 1)
+        ]
+        results = await batch.run_entries(svc, entries, study_uid=study_uid)
+    finally:
+        await svc.io(remove_spool, folder)
+    return _answer(results, base_url)
+
+
+def _answer(results: list[Result], base_url: str) -> Answer:
+    stored = [r for r in results if r.stored]
+    failed = [r for r in results if not r.stored]
+    body: dict = {}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [_referenced(r, base_url) for r in stored]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [_failed(r) for r in failed]}
+    status = 409 if not stored and results else (202 if failed else 200)
+    return Answer(status, body)
+
+
+def _uid(value: str | None) -> dict:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _referenced(result: Result, base_url: str) -> dict:
+    return {
+        "00081150": _uid(result.sop_class_uid),  # Referenced SOP Class UID
+        "00081155": _uid(result.sop_instance_uid),  # Referenced SOP Instance UID
+        "00081190": {"vr": "UR", "Value": [f"{base_url}/image?id={result.id}"]},  # Retrieve URL
+    }
+
+
+def _failed(result: Result) -> dict:
+    reason = REASONS.get(result.error or "", PROCESSING_FAILURE)
+    if result.status == "skipped":  # not DICOM at all
+        reason = CANNOT_UNDERSTAND
+    return {
+        "00081150": _uid(result.sop_class_uid),
+        "00081155": _uid(result.sop_instance_uid),
+        "00081197": {"vr": "US", "Value": [reason]},  # Failure Reason
+    }

@@ -1,0 +1,161 @@
+"""Request bodies to disk, streamed: raw bodies and multipart parts, never whole in memory.
+
+Each request spools into a folder of its own under the data directory's
+``spool/``; the caller removes the folder when the request is done (or hands it
+to a background job, which removes it when the job is done). A client that
+goes away mid-upload leaves nothing behind.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from ..errors import BadRequest, TooLarge
+from ..service import Service
+
+WRITE_SIZE = 1 << 20  # bytes gathered before one write in an I/O thread
+MAX_FIELD_BYTES = 64 * 1024
+
+
+def check_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {declared} bytes; the limit is {limit}")
+
+
+async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body in pieces of about WRITE_SIZE; 413 past ``limit`` bytes."""
+    check_length(request, limit)
+    size, pending = 0, bytearray()
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body larger than the limit of {limit} bytes")
+        pending += chunk
+        if len(pending) >= WRITE_SIZE:
+            yield bytes(pending)
+            pending.clear()
+    yield bytes(pending)
+
+
+async def spool_body(svc: Service, request: Request, target: Path, limit: int) -> None:
+    """Write the request body to ``target``, each piece from an I/O thread."""
+    out: BinaryIO = await svc.io(open, target, "xb")
+    try:
+        async for piece in _body(request, limit):
+            await svc.io(out.write, piece)
+    finally:
+        await svc.io(out.close)
+
+
+@dataclass
+class Part:
+    name: str  # the form field's name ("" in multipart/related)
+    filename: str | None
+    content_type: str
+    path: Path | None = None  # the spooled content of a file part
+    value: str | None = None  # the text of a small form field
+
+
+@dataclass
+class _PartWriter:
+    """python-multipart callbacks: each file part goes to its own file in ``folder``."""
+
+    folder: Path
+    max_parts: int
+    parts: list[Part] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    _field: bytearray = field(default_factory=bytearray)
+    _value: bytearray = field(default_factory=bytearray)
+    _text: bytearray | None = None
+    _out: BinaryIO | None = None
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self.begin,
+            "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+            "on_header_end": self.header_end,
+            "on_headers_finished": self.headers_finished,
+            "on_part_data": self.data,
+            "on_part_end": self.end,
+        }
+
+    def begin(self) -> None:
+        self.headers = {}
+
+    def header_end(self) -> None:
+        self.headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
+        self._field.clear()
+        self._value.clear()
+
+    def headers_finished(self) -> None:
+        if len(self.parts) >= self.max_parts:
+            raise TooLarge(f"more than {self.max_parts} parts in one request")
+        _, disposition = parse_options_header(self.headers.get("content-disposition", ""))
+        name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        filename = disposition.get(b"filename")
+        content_type = self.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
+        part = Part(name, filename.decode("utf-8", "replace") if filename is not None else None, content_type)
+        if filename is None and name and content_type in ("text/plain", "application/octet-stream") and (
+            "content-type" not in self.headers
+        ):
+            self._text = bytearray()  # a plain form field, kept in memory (it is small)
+        else:
+            part.path = self.folder / f"part-{len(self.parts):06d}"
+            self._out = open(part.path, "xb")
+        self.parts.append(part)
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        if self._out is not None:
+            self._out.write(data[start:end])
+        elif self._text is not None:
+            self._text.extend(data[start:end])
+            if len(self._text) > MAX_FIELD_BYTES:
+                raise TooLarge(f"a form field larger than {MAX_FIELD_BYTES} bytes")
+
+    def end(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        if self._text is not None:
+            self.parts[-1].value = self._text.decode("utf-8", "replace")
+            self._text = None
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+
+
+def boundary_of(content_type: str) -> bytes:
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart body without a boundary")
+    return boundary
+
+
+async def spool_multipart(svc: Service, request: Request, folder: Path, limit: int, max_parts: int) -> list[Part]:
+    """Parse a multipart body (form-data or related) as it arrives, each part to its own file."""
+    writer = _PartWriter(folder, max_parts)
+    parser = MultipartParser(boundary_of(request.headers.get("content-type", "")), writer.callbacks())
+    try:
+        async for piece in _body(request, limit):
+            await svc.io(_feed, parser, piece)
+        await svc.io(parser.finalize)
+    finally:
+        await svc.io(writer.close)
+    return writer.parts
+
+
+def _feed(parser: MultipartParser, data: bytes) -> None:
+    try:
+        parser.write(data)
+    except (TooLarge, BadRequest):
+        raise
+    except Exception as exc:  # python-multipart's parse errors
+        raise BadRequest(f"malformed multipart body ({type(exc).__name__})") from None

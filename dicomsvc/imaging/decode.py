@@ -1,0 +1,82 @@
+"""Decoding one frame of pixel data, reading only what that frame needs.
+
+Every transfer syntax pydicom decodes with the pylibjpeg, openjpeg and RLE plugins.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import as_pixel_options, get_decoder
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ..dicom.parse import Parsed
+from ..errors import NoPixelData, UnsupportedTransferSyntax
+
+
+def frame_count(ds: Dataset) -> int:
+    """(0028,0008) Number of Frames, 1 when absent; read as dcmtk does when malformed ("1A")."""
+    try:
+        raw = ds.get("NumberOfFrames")
+    except Exception:  # a value pydicom refuses to convert: read the bytes
+        raw = ds.get_item(0x00280008).value
+        raw = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    if raw is None or raw == "":
+        return 1
+    try:
+        count = int(raw)
+    except (TypeError, ValueError):
+        digits = re.match(r"\s*(\d+)", str(raw))
+        count = int(digits.group(1)) if digits else 1
+    return max(count, 1)
+
+
+def decode_frame(path: Path, parsed: Parsed, index: int = 0) -> np.ndarray:
+    """Decode one frame, reading only what that frame needs from ``path``."""
+    pixel = parsed.pixel
+    if pixel is None:
+        raise NoPixelData("this instance has no pixel data")
+    ds = parsed.ds
+    tsyntax = UID(parsed.transfer_syntax or _guess_syntax(ds))
+    try:
+        decoder = get_decoder(tsyntax)
+        if pixel.offset is None:  # held in memory (deflated files)
+            src = ds
+            opts = _pixel_options(ds)
+        else:
+            opts = _pixel_options(
+                ds, transfer_syntax_uid=tsyntax, pixel_keyword=pixel.keyword, pixel_vr=pixel.vr
+            )
+            src = open(path, "rb")
+            src.seek(pixel.offset)
+        try:
+            arr, _ = decoder.as_array(src, index=index, validate=True, **opts)
+        finally:
+            if src is not ds:
+                src.close()
+    except Exception as exc:  # unsupported syntax, missing plugin, corrupt or short data
+        raise UnsupportedTransferSyntax(_decode_failure(tsyntax, exc)) from None
+    return arr
+
+
+def _pixel_options(ds: Dataset, **kwargs) -> dict:
+    try:
+        return as_pixel_options(ds, **kwargs)
+    except ValueError:  # e.g. (0028,0008) Number of Frames "1A": read it as dcmtk does
+        fixed = Dataset(ds)  # shallow copy: the stored tags keep the original value
+        fixed.NumberOfFrames = frame_count(ds)
+        return as_pixel_options(fixed, **kwargs)
+
+
+def _guess_syntax(ds: Dataset) -> str:
+    implicit, little = ds.original_encoding
+    if implicit or implicit is None:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _decode_failure(tsyntax: str, exc: Exception) -> str:
+    name = getattr(tsyntax, "name", "") or str(tsyntax)
+    message = " ".join(str(exc).split())[:300]
+    return f"pixel data ({name}) could not be decoded: {type(exc).__name__}: {message}"

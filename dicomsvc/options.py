@@ -1,0 +1,29 @@
+"""How one request wants its files ingested, read once from wherever the client said it."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+def flag(value: object) -> bool:
+    """A yes/no option from a query string, a form field or JSON."""
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"))
+
+
+@dataclass(frozen=True)
+class Options:
+    anonymize: bool = False  # (forced on by DICOMSVC_ANONYMIZE=always)
+    allow_burned_in: bool = False  # anonymize even kinds that often carry burned-in text
+    study_uid: str | None = None  # STOW-RS: the instance must belong to this study
+    anonymized_from: str | None = None  # POST /dicom/{id}/anonymize: the stored original
+
+    @classmethod
+    def from_request(cls, *sources: Mapping, **fixed) -> "Options":
+        """The flags set in any of ``sources`` (the query string, JSON keys, form fields)."""
+
+        def any_says(name: str) -> bool:
+            return any(flag(source.get(name)) for source in sources)
+
+        return cls(anonymize=any_says("anonymize"), allow_burned_in=any_says("allow_burned_in"), **fixed)
+
+
+PLAIN = Options()  # as stored: no anonymization, no study check

@@ -1,0 +1,225 @@
+"""Stored instances: insert (in workers), look up, tags as JSON, search, delete, statistics.
+
+Plain SQL in short functions that return plain data. Searches take DICOM keywords
+(``FILTERS``); which column holds each is this module's business alone.
+"""
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from .sqlite import Database, Writer, transaction
+
+INSTANCE_COLUMNS = (
+    "id", "sop_instance_uid", "pixel_hash", "sop_class_uid", "study_instance_uid",
+    "series_instance_uid", "patient_id", "patient_name", "patient_sex", "patient_birth_date",
+    "study_date", "study_description", "accession_number", "modality", "transfer_syntax_uid",
+    "rows", "columns", "frames", "bits_allocated", "bits_stored", "photometric", "has_pixels",
+    "dcm_blob", "dcm_bytes", "png_blob", "png_bytes", "render_error", "source", "anonymized",
+    "anonymized_from", "created_at",
+)  # fmt: skip
+# Exact-match search filters: DICOM keyword -> indexed column
+FILTERS = {
+    "PatientID": "patient_id",
+    "StudyInstanceUID": "study_instance_uid",
+    "SeriesInstanceUID": "series_instance_uid",
+    "SOPInstanceUID": "sop_instance_uid",
+    "Modality": "modality",
+    "AccessionNumber": "accession_number",
+}
+_COLUMNS = FILTERS | {"id": "id"}  # and the public id, for deleting one instance
+FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
+
+
+class TagRowLike(Protocol):
+    """A flattened element as ``dicomsvc.dicom.tags.TagRow`` has it."""
+
+    tag: int
+    vr: str
+    keyword: str
+    parent: int | None
+    item: int | None
+    value: str | None
+    nbytes: int | None
+
+
+# The write side (sync, in worker processes) ---------------------------------------
+
+
+def find_instance(w: Writer, sop_instance_uid: str, pixel_hash: str) -> str | None:
+    row = w.db.execute(FIND_INSTANCE_SQL, (sop_instance_uid, pixel_hash)).fetchone()
+    return row[0] if row else None
+
+
+def insert_instance(w: Writer, record: dict, rows: Sequence[TagRowLike]) -> str | None:
+    """Insert an instance and its tag rows in one transaction.
+
+    Returns None when an instance with the same SOP Instance UID and pixel hash
+    is already stored: the unique constraint decides, so concurrent posts of one
+    file store it once.
+    """
+    columns = ", ".join(INSTANCE_COLUMNS)
+    marks = ", ".join("?" for _ in INSTANCE_COLUMNS)
+    db = w.db
+    missing = sorted({(r.tag, r.vr, r.keyword) for r in rows} - w.tag_ids.keys())
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        inserted = db.execute(
+            f"INSERT INTO dicom ({columns}) VALUES ({marks}) "
+            "ON CONFLICT (sop_instance_uid, pixel_hash) DO NOTHING RETURNING pk",
+            tuple(record[c] for c in INSTANCE_COLUMNS),
+        ).fetchone()
+        if inserted is None:
+            db.execute("ROLLBACK")
+            return None
+        db.executemany("INSERT OR IGNORE INTO tag (tag, vr, keyword) VALUES (?, ?, ?)", missing)
+        tag_ids = w.tag_ids | _tag_ids(db, missing)
+        # Row ids are chosen here (inside the write lock) so sequence items can point
+        # at their sequence's row: the tree is written in one statement.
+        (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM dicom_tag").fetchone()
+        db.executemany(
+            "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    first + i,
+                    inserted[0],
+                    tag_ids[(r.tag, r.vr, r.keyword)],
+                    None if r.parent is None else first + r.parent,
+                    r.item,
+                    r.value,
+                    r.nbytes,
+                )
+                for i, r in enumerate(rows)
+            ],
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    w.tag_ids = tag_ids  # only ids that are committed (tag rows are never deleted)
+    return record["id"]
+
+
+def _tag_ids(db: sqlite3.Connection, keys: list[tuple[int, str, str]]) -> dict:
+    """tag.id for each (tag, vr, keyword), in one query over a temporary VALUES list."""
+    found = {}
+    for start in range(0, len(keys), 300):  # stay under SQLite's bound-parameter limit
+        chunk = keys[start : start + 300]
+        values = ", ".join("(?, ?, ?)" for _ in chunk)
+        params = [v for key in chunk for v in key]
+        for tag_id, tag, vr, keyword in db.execute(
+            f"SELECT t.id, t.tag, t.vr, t.keyword FROM tag t "
+            f"JOIN (VALUES {values}) AS k ON t.tag = k.column1 AND t.vr = k.column2 AND t.keyword = k.column3",
+            params,
+        ):
+            found[(tag, vr, keyword)] = tag_id
+    return found
+
+
+# The read side (async, in the service) ---------------------------------------------
+
+
+async def get_instance(db: Database, instance_id: str) -> dict | None:
+    rows = await db.conn.execute_fetchall("SELECT * FROM dicom WHERE id = ?", (instance_id,))
+    return dict(rows[0]) if rows else None
+
+
+async def known_ids(db: Database, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` (at most a few hundred) name stored instances."""
+    marks = ", ".join("?" for _ in ids)
+    rows = await db.conn.execute_fetchall(f"SELECT id FROM dicom WHERE id IN ({marks})", list(ids))
+    return {row["id"] for row in rows}
+
+
+# Each row as a JSON object, built by SQLite: optional keys only where they apply.
+_ROW_JSON = """
+    json_object('ID', dt.id, 'Tag', printf('(%04X,%04X)', t.tag >> 16, t.tag & 65535),
+                'VR', t.vr, 'Value', dt.value, 'Name', t.keyword{extra})"""
+TAGS_JSON_SQL = f"""
+SELECT json_group_array(json(row)) FROM (
+    SELECT CASE
+        WHEN dt.nbytes IS NULL AND dt.parent_id IS NULL THEN {_ROW_JSON.format(extra="")}
+        WHEN dt.parent_id IS NULL THEN {_ROW_JSON.format(extra=", 'Bytes', dt.nbytes")}
+        WHEN dt.nbytes IS NULL THEN {_ROW_JSON.format(extra=", 'Parent', dt.parent_id, 'Item', dt.item")}
+        ELSE {_ROW_JSON.format(extra=", 'Bytes', dt.nbytes, 'Parent', dt.parent_id, 'Item', dt.item")}
+    END AS row
+    FROM dicom_tag dt JOIN tag t ON t.id = dt.tag_id
+    WHERE dt.dicom_pk = (SELECT pk FROM dicom WHERE id = ?)
+    ORDER BY dt.id
+)
+"""
+
+
+async def get_tags_json(db: Database, instance_id: str) -> str | None:
+    """The tag rows of an instance in file order, as a JSON array; None for an unknown id.
+
+    SQLite builds the JSON (one query, one round trip); every stored instance has
+    rows, so an empty array means there is no such instance.
+    """
+    ((text,),) = await db.conn.execute_fetchall(TAGS_JSON_SQL, (instance_id,))
+    return None if text == "[]" else text
+
+
+# Finding and managing what is stored (GET /dicom, DELETE, /stats) ----------------------
+
+DateRange = tuple[str | None, str | None]  # YYYYMMDD bounds, either open
+
+
+def _where(exact: Mapping[str, str], study_date: DateRange | None) -> tuple[str, list]:
+    """The condition for ``exact`` (keywords of ``FILTERS``, or ``id``) and a StudyDate range."""
+    clauses, params = [], []
+    for keyword, value in exact.items():
+        clauses.append(f"{_COLUMNS[keyword]} = ?")
+        params.append(value)
+    if study_date is not None:
+        low, high = study_date
+        if low is not None and low == high:
+            clauses.append("study_date = ?")
+            params.append(low)
+        else:
+            clauses.append("study_date != ''")  # a range never matches an empty value
+            for bound, op in ((low, ">="), (high, "<=")):
+                if bound is not None:
+                    clauses.append(f"study_date {op} ?")
+                    params.append(bound)
+    return " AND ".join(clauses) or "1", params
+
+
+async def search(
+    db: Database, exact: Mapping[str, str], study_date: DateRange | None, limit: int, offset: int = 0
+) -> list[dict]:
+    """Instances matching every filter, newest first (each filter is an index that orders by pk)."""
+    where, params = _where(exact, study_date)
+    rows = await db.conn.execute_fetchall(
+        f"SELECT * FROM dicom WHERE {where} ORDER BY pk DESC LIMIT ? OFFSET ?", (*params, limit, offset)
+    )
+    return [dict(r) for r in rows]
+
+
+async def delete(db: Database, exact: Mapping[str, str], study_date: DateRange | None = None) -> list[dict]:
+    """Delete matching instances (their tag rows go with them); returns their blob keys."""
+    where, params = _where(exact, study_date)
+    async with transaction(db) as conn:
+        gone = await conn.execute_fetchall(f"SELECT id, dcm_blob, png_blob FROM dicom WHERE {where}", params)
+        await conn.execute(f"DELETE FROM dicom WHERE {where}", params)
+    return [dict(r) for r in gone]
+
+
+async def stats(db: Database) -> dict:
+    ((totals),) = await db.conn.execute_fetchall(
+        """
+        SELECT COUNT(*) AS instances,
+               COUNT(DISTINCT series_instance_uid) AS series,
+               COUNT(DISTINCT study_instance_uid) AS studies,
+               COUNT(DISTINCT patient_id) AS patients,
+               COALESCE(SUM(dcm_bytes), 0) + COALESCE(SUM(png_bytes), 0) AS bytes,
+               MIN(created_at) AS earliest, MAX(created_at) AS latest
+        FROM dicom
+        """
+    )
+    modalities = await db.conn.execute_fetchall(
+        "SELECT COALESCE(modality, '') AS modality, COUNT(*) AS n FROM dicom GROUP BY 1 ORDER BY 2 DESC"
+    )
+    return dict(totals) | {"modalities": {r["modality"]: r["n"] for r in modalities}}

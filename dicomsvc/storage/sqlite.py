@@ -1,0 +1,117 @@
+"""The SQLite database: connections, the schema, transactions.
+
+One database file in WAL mode. The ingest pipeline writes from the worker
+processes, each through its own connection (``connection``), one short
+``BEGIN IMMEDIATE`` transaction per instance: SQLite serializes the writers,
+and no write ever crosses a process boundary or the event loop. The HTTP side
+reads (and keeps the books of background jobs) through one aiosqlite
+connection (``Database``); every ``await`` on it is a round trip to its thread,
+so each read is a single query.
+
+The schema is ``schema.sql``, shipped inside the package (``importlib.resources``),
+applied at every start; columns added after a table was first released are added
+to older databases first (``ADDED_COLUMNS``).
+"""
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+# Columns added after a table was first released: (table, column, definition)
+ADDED_COLUMNS = (
+    ("dicom", "anonymized", "INTEGER NOT NULL DEFAULT 0"),
+    ("dicom", "anonymized_from", "TEXT"),
+    ("dicom", "patient_sex", "TEXT"),
+    ("dicom", "patient_birth_date", "TEXT"),
+    ("dicom", "study_description", "TEXT"),
+    ("dicom", "bits_allocated", "INTEGER"),
+    ("dicom", "bits_stored", "INTEGER"),
+    ("dicom", "photometric", "TEXT"),
+    ("dicom", "png_bytes", "INTEGER"),
+)
+PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL")
+
+
+def schema() -> str:
+    """``schema.sql`` as shipped in the package (an installed wheel has no source tree)."""
+    return resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+# The write side (sync, in worker processes) ---------------------------------------
+
+
+@dataclass
+class Writer:
+    """A worker's connection, with the tag dictionary ids it has seen committed."""
+
+    db: sqlite3.Connection
+    tag_ids: dict[tuple[int, str, str], int] = field(default_factory=dict)
+
+
+_local = threading.local()
+
+
+def connection(path: Path) -> Writer:
+    """This thread's connection to ``path``, opened on first use and kept (opening costs ~0.4 ms)."""
+    writers = _local.__dict__.setdefault("writers", {})
+    writer = writers.get(path)
+    if writer is None:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        for pragma in PRAGMAS:
+            db.execute(pragma)
+        writer = writers[path] = Writer(db)
+    return writer
+
+
+# The service's side (async) --------------------------------------------------------
+
+
+@dataclass
+class Database:
+    conn: aiosqlite.Connection  # the service's own: reads, and job bookkeeping
+    # One transaction at a time on ``conn``: coroutines share it, and a statement of one
+    # must not land inside (and roll back with) another's transaction.
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+@contextlib.asynccontextmanager
+async def transaction(db: Database) -> AsyncIterator[aiosqlite.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the service's connection, one at a time."""
+    async with db.write_lock:
+        await db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db.conn
+        except BaseException:
+            await db.conn.execute("ROLLBACK")
+            raise
+        await db.conn.execute("COMMIT")
+
+
+async def open_database(path: Path) -> Database:
+    """Create or upgrade the schema and open the service's read connection."""
+    text = schema()  # before touching the file: a broken install fails here, not half-way
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        conn.row_factory = aiosqlite.Row
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
+        await conn.execute("PRAGMA journal_mode = WAL")
+        for table, column, definition in ADDED_COLUMNS:  # older databases: add what they lack
+            columns = {row["name"] for row in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
+            if columns and column not in columns:
+                await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        await conn.executescript(text)
+    except BaseException:
+        await conn.close()
+        raise
+    return Database(conn=conn)
