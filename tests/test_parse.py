@@ -11,7 +11,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
-from dicomfiles import make_ct, sample_file, save
+from dicomfiles import counting_reads, make_ct, sample_file, save
 from dicomsvc.errors import InvalidDicom
 from dicomsvc.dicom.parse import pixel_hash, read
 
@@ -121,3 +121,45 @@ def test_files_cut_inside_the_dataset_are_refused(tmp_path, name):
             read(tmp_path / "cut")
     (tmp_path / "whole").write_bytes(raw)
     assert read(tmp_path / "whole").pixel is None
+
+
+def test_elements_after_the_pixel_data_are_read(monkeypatch):
+    # CT_small.dcm ends with (FFFC,FFFC) Data Set Trailing Padding after its Pixel Data;
+    # dcmread(stop_before_pixels=True) never gets there, so read() must go on past the value.
+    path = sample_file("CT_small.dcm")
+    full = pydicom.dcmread(path)
+    reads = counting_reads(monkeypatch)
+    parsed = read(path)
+    assert "PixelData" not in parsed.ds  # still not read into memory
+    assert max(reads) < parsed.pixel.length and -1 not in reads
+    padding = parsed.ds[0xFFFCFFFC]
+    assert padding.VR == "OB" and padding.value == full[0xFFFCFFFC].value
+    assert set(parsed.ds.keys()) == set(full.keys()) - {0x7FE00010}
+
+
+@pytest.mark.parametrize("encapsulated", [False, True], ids=["native", "encapsulated"])
+def test_elements_after_large_pixel_data_skip_the_value(tmp_path, monkeypatch, encapsulated):
+    pixels = np.arange(1024 * 1024, dtype=np.int16).reshape(1024, 1024)
+    ds = make_ct(pixels)
+    if encapsulated:  # the delimiter after the items is not an element
+        ds.file_meta.TransferSyntaxUID = RLELossless
+        ds.PixelData = encapsulate([b"\x01" * 600_000, b"\x02" * 600_000])
+        ds["PixelData"].VR = "OB"
+    ds.add_new(0x7FE10010, "LO", "AFTER PIXELS")
+    ds.add_new(0x7FE11001, "OB", b"\x00\x01\x02\x03")
+    ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 10)
+    path = save(ds, tmp_path / "after.dcm")
+    reads = counting_reads(monkeypatch)
+    parsed = read(path)
+    assert max(reads) < 64 * 1024 and -1 not in reads  # the 2 MB (or 1.2 MB) value was skipped
+    assert "PixelData" not in parsed.ds and parsed.pixel.length == len(ds.PixelData)
+    assert parsed.ds[0x7FE10010].value == "AFTER PIXELS"
+    assert parsed.ds[0x7FE11001].value == b"\x00\x01\x02\x03"
+    assert parsed.ds[0xFFFCFFFC].value == b"\x00" * 10
+
+
+def test_file_cut_inside_an_element_after_the_pixel_data_is_refused(tmp_path):
+    raw = sample_file("CT_small.dcm").read_bytes()  # ... Pixel Data, then 138 bytes of (FFFC,FFFC)
+    (tmp_path / "cut").write_bytes(raw[:-20])
+    with pytest.raises(InvalidDicom, match="truncated"):
+        read(tmp_path / "cut")

@@ -1,11 +1,13 @@
 """Reading and validating DICOM files.
 
-``read`` parses everything up to the pixel data and records where the pixel
+``read`` parses every element but the pixel data, and records where the pixel
 data element sits in the file, so a 1 GB cine loop is never loaded whole: it is
 decoded one frame at a time (``dicomsvc.imaging.decode``), and only ingest
 hashes it (``pixel_hash``, in chunks straight from the file). Deflated files are
 the exception: their dataset is compressed as a whole, so they are read into
-memory.
+memory. Elements after the pixel data (Data Set Trailing Padding (FFFC,FFFC),
+private groups above 7FE0) are read from the bytes after its value
+(``_read_after_pixels``).
 
 ``pydicom.dcmread`` happily "reads" random bytes, PNGs and truncated files, so
 ``read`` checks for itself that it got a DICOM instance.
@@ -21,6 +23,7 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ..errors import InvalidDicom, NotDicom
@@ -56,7 +59,7 @@ class PixelElement:
 
 @dataclass
 class Parsed:
-    ds: Dataset  # without the pixel data element, unless ``pixel.offset`` is None
+    ds: Dataset  # every element but the pixel data (also those after it), unless ``pixel.offset`` is None
     sop_instance_uid: str
     pixel: PixelElement | None
 
@@ -78,6 +81,8 @@ def read(path: Path) -> Parsed:
                 pixel = _pixel_in_memory(ds)
             else:
                 pixel = _pixel_in_file(fp, ds)
+                if pixel is not None:
+                    _read_after_pixels(fp, ds, pixel)
         except InvalidDicom:
             raise
         except Exception as exc:  # pydicom raises many kinds on broken input
@@ -161,6 +166,28 @@ def _pixel_in_file(fp: BinaryIO, ds: Dataset) -> PixelElement | None:
     if length != UNDEFINED_LENGTH:
         return PixelElement(tag, vr, offset, length, encapsulated=False)
     return PixelElement(tag, vr, offset, _encapsulated_length(fp, end), encapsulated=True)
+
+
+def _read_after_pixels(fp: BinaryIO, ds: Dataset, pixel: PixelElement) -> None:
+    """Add to ``ds`` the elements that follow the pixel data's value in the file.
+
+    ``dcmread(stop_before_pixels=True)`` stops at the pixel data element and never
+    reads what comes after it, so this seeks past the value (and the sequence
+    delimiter of encapsulated data) and reads the rest with pydicom's reader, in
+    the encoding pydicom found for the data set.
+    """
+    size = os.fstat(fp.fileno()).st_size
+    start = pixel.offset + pixel.length + (8 if pixel.encapsulated else 0)
+    if start + 8 > size:  # nothing, or less than an element header (a cut pixel value)
+        return
+    fp.seek(start)
+    implicit, little = ds.original_encoding
+    after = read_dataset(fp, bool(implicit), bool(little))
+    if len(after) == 0:
+        return
+    _check_complete(after, size)
+    for tag in after.keys():  # still raw: converted (with ds's character set) when used
+        ds[tag] = after.get_item(tag)
 
 
 def _encapsulated_length(fp: BinaryIO, end: str) -> int:
