@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate dcmtk reference renders of pydicom's bundled test files.
+"""Generate dcmtk reference renders of pydicom's test files.
 
 Run from the repository root with the project venv:
 
@@ -7,13 +7,21 @@ Run from the repository root with the project venv:
 
 Requirements (Debian): ``apt-get install dcmtk libgdcm-tools``.
 
-For every bundled file in ``pydicom/data/test_files/*.dcm`` and
-``pydicom/data/charset_files/*.dcm`` that has Pixel Data (7FE0,0010), frame 1
-is rendered with dcmtk's ``dcmj2pnm`` (8-bit PNG) and re-encoded losslessly
-with Pillow at maximum compression into ``tests/refs/<stem>.png``.  A
-``manifest.json`` describing each render (and every skipped file with the
-reason) is written next to it.  Nothing is downloaded: only files that ship
-inside the pydicom wheel are used.
+For every file in ``pydicom/data/test_files/*.dcm``,
+``pydicom/data/charset_files/*.dcm`` and the pydicom-data package's data folder
+(pydicom's external test files, ``pip install pydicom-data``; it is in the
+``test`` extra) that has Pixel Data (7FE0,0010), frame 1 is rendered with
+dcmtk's ``dcmj2pnm`` (8-bit PNG) and re-encoded losslessly with Pillow at
+maximum compression into ``tests/refs/<stem>.png``.  A ``manifest.json``
+describing each render (and every skipped file with the reason) is written next
+to it.  Nothing is downloaded: only files that ship inside the pydicom and
+pydicom-data wheels are used (the script stops if pydicom-data is missing, so a
+run without it cannot silently drop references).  pydicom-data holds many
+re-encodings of one image (``MR2_UNCI``, ``MR2_UNCR``, ``MR2_J2KI``...): a
+pydicom-data reference whose PNG is byte-identical to one already written
+shares that PNG (its ``png`` names the earlier file); the bundled files keep one
+PNG each, as before.  A reference whose own PNG would exceed ``PNG_CAP`` bytes
+is skipped (with its size as the reason) to keep the repository small.
 
 Decoding fallbacks (only when ``dcmj2pnm`` itself cannot decode the file):
 
@@ -31,6 +39,8 @@ pydicom's data folder and ``$TMP`` for the scratch directory).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import re
 import shutil
@@ -46,7 +56,8 @@ from pydicom.data import get_testdata_file
 from pydicom.tag import Tag
 
 HERE = Path(__file__).resolve().parent
-SIZE_BUDGET = 3 * 1024 * 1024  # bytes, for all PNGs + manifest + README
+SIZE_BUDGET = 5 * 1024 * 1024  # bytes, for every file directly in tests/refs
+PNG_CAP = 640 * 1024  # bytes: a larger reference PNG is skipped (the 1.2 MB RG1_* CR renders)
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 
@@ -96,6 +107,14 @@ BASE_OPTS = ["--write-png", "--frame", "1", "--no-overlays"]
 def data_root() -> Path:
     """pydicom's bundled data folder (no download: CT_small.dcm is bundled)."""
     return Path(get_testdata_file("CT_small.dcm")).parent.parent
+
+
+def external_root() -> Path | None:
+    """pydicom-data's data folder (the "pydicom-data" external source), if installed."""
+    from pydicom.data.data_manager import external_data_sources
+
+    source = external_data_sources().get("pydicom-data")
+    return Path(source.data_path) if source is not None else None
 
 
 def tool_version(cmd: str) -> str:
@@ -221,12 +240,16 @@ def ival(v):
 
 
 # --------------------------------------------------------------------------
-def candidates(root: Path):
-    """(folder, path) pairs of bundled .dcm files, sorted, deterministic."""
+def candidates(root: Path, external: Path):
+    """(folder, path) pairs of bundled and pydicom-data .dcm files, sorted, deterministic."""
     out = []
     for folder in ("test_files", "charset_files"):
         for p in sorted((root / folder).glob("*.dcm")):
             out.append((folder, p))
+    bundled = {p.name for _, p in out}
+    for p in sorted(external.glob("*.dcm")):
+        if p.name not in bundled:  # get_testdata_file() would find pydicom's own first
+            out.append(("pydicom-data", p))
     return out
 
 
@@ -242,8 +265,12 @@ def png_names(cands) -> dict[Path, str]:
     return names
 
 
-def render_one(folder: str, path: Path, png_name: str, tmp: Path, subst):
-    """Return (entry, None) on success or (None, skipped) on failure."""
+def render_one(folder: str, path: Path, png_name: str, tmp: Path, subst,
+               written: dict[str, str]):
+    """Return (entry, None) on success or (None, skipped) on failure.
+
+    ``written`` maps the SHA-256 of every PNG written so far to its name.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, force=True)
@@ -338,6 +365,19 @@ def render_one(folder: str, path: Path, png_name: str, tmp: Path, subst):
         im.save(HERE / png_name, format="PNG", optimize=True, compress_level=9)
         size = im.size
     raw_png.unlink()
+    data = (HERE / png_name).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if folder == "pydicom-data" and digest in written:
+        (HERE / png_name).unlink()  # the same render as an earlier file: share its PNG
+        png_name = written[digest]
+    elif len(data) > PNG_CAP:
+        (HERE / png_name).unlink()
+        return None, {"file": path.name, "folder": folder,
+                      "reason": f"rendered by dcmtk ({via}), but the reference PNG would be "
+                                f"{len(data) // 1024} KiB, over the {PNG_CAP // 1024} KiB cap "
+                                "per reference (tests/refs stays small)"}
+    else:
+        written.setdefault(digest, png_name)
 
     entry = {
         "file": path.name,
@@ -371,7 +411,12 @@ def main() -> int:
             print(f"error: {tool} not found (apt-get install dcmtk)", file=sys.stderr)
             return 2
     root = data_root()
-    cands = candidates(root)
+    external = external_root()
+    if external is None:
+        print("error: pydicom-data not installed (pip install pydicom-data==1.0.0)",
+              file=sys.stderr)
+        return 2
+    cands = candidates(root, external)
     names = png_names(cands)
 
     # remove previous outputs so the run is reproducible
@@ -379,9 +424,11 @@ def main() -> int:
         old.unlink()
 
     refs, skipped = [], []
+    written: dict[str, str] = {}  # PNG SHA-256 -> name
     with tempfile.TemporaryDirectory(prefix="dcmrefs-") as td:
         tmp = Path(td)
-        subst = {str(tmp): "$TMP", str(root): "$PYDICOM_DATA"}
+        subst = {str(tmp): "$TMP", str(root): "$PYDICOM_DATA",
+                 str(external): "$PYDICOM_DATA_STORE"}
         for folder, p in cands:
             try:
                 with warnings.catch_warnings():
@@ -395,7 +442,7 @@ def main() -> int:
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                entry, skip = render_one(folder, p, names[p], tmp, subst)
+                entry, skip = render_one(folder, p, names[p], tmp, subst, written)
             if skip:
                 reason = skip["reason"]
                 for real, ph in subst.items():
@@ -413,23 +460,28 @@ def main() -> int:
         "dcmtk": tool_version("dcmj2pnm"),
         "gdcm": tool_version("gdcmconv") if shutil.which("gdcmconv") else None,
         "pydicom": pydicom.__version__,
+        "pydicom_data": importlib.metadata.version("pydicom-data"),
         # verified with synthetic files: dcmj2pnm renders MONOCHROME1 inverted
         # (low=255, high=0 in its output pipeline) without any option
         "monochrome1_inverted_by_default": True,
         "conventions": {
-            "file": "bare file name; folder 'test_files' -> "
+            "file": "bare file name; folder 'test_files' or 'pydicom-data' -> "
                     "pydicom.data.get_testdata_file(file), folder 'charset_files' -> "
-                    "pydicom.data.get_charset_files(file)[0]",
+                    "pydicom.data.get_charset_files(file)[0]; 'pydicom-data' files come "
+                    "from the pydicom-data package (pydicom's external test files)",
             "frame": "frame 1 only (dcmj2pnm --frame 1)",
             "output": "8-bit grayscale (L) or 24-bit RGB PNG exactly as dcmj2pnm "
-                      "--write-png wrote it, re-encoded losslessly by Pillow",
+                      "--write-png wrote it, re-encoded losslessly by Pillow; a "
+                      "'pydicom-data' reference whose PNG is byte-identical to an earlier "
+                      "one names that earlier PNG",
             "mode": "window = --use-window 1 (first Window Center/Width); "
                     "voi_lut = --use-voi-lut 1 (preferred when a VOI LUT Sequence "
                     "is present); minmax = --min-max-window; color = no VOI options",
             "lossy": "true when the stored encoding is lossy (JPEG baseline/extended, "
                      "JPEG-LS with NEAR>0, JPEG 2000 irreversible or flagged "
                      "LossyImageCompression=01); compare such files with a tolerance",
-            "command": "$PYDICOM_DATA = pydicom/data, $TMP = scratch dir",
+            "command": "$PYDICOM_DATA = pydicom/data, $PYDICOM_DATA_STORE = the "
+                       "pydicom-data package's data folder, $TMP = scratch dir",
         },
         "references": refs,
         "skipped": skipped,
