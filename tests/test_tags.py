@@ -22,15 +22,16 @@ def by_keyword(rows, keyword):
     return [r for r in rows if r.keyword == keyword]
 
 
-def test_file_meta_first_then_file_order_and_pixel_data_last():
+def test_file_meta_first_then_file_order_and_pixel_data_in_its_place():
     rows = rows_of(sample_file("CT_small.dcm"))
     top = [r for r in rows if r.parent is None]
     groups = [r.tag >> 16 for r in top]
     assert groups[0] == 0x0002 and 0x0002 not in groups[groups.index(0x0008):]
     body = [r.tag for r in top if r.tag >> 16 != 0x0002]
     assert body == sorted(body)  # the standard's order, which is the file's
-    assert top[-1].keyword == "PixelData"
-    assert top[-1].value is None and top[-1].nbytes == 128 * 128 * 2
+    assert top[-2].keyword == "PixelData"  # then the file's (FFFC,FFFC) Data Set Trailing Padding
+    assert top[-2].value is None and top[-2].nbytes == 128 * 128 * 2
+    assert top[-1].keyword == "DataSetTrailingPadding"
 
 
 def test_values_vrs_and_names_match_pydicom():
@@ -217,3 +218,65 @@ def test_fast_path_on_padding_and_multivalues(tmp_path):
 def _parsed(path):
     parsed = read(path)
     return parsed.ds, parsed.pixel
+
+
+def test_trailing_padding_after_pixel_data_is_the_last_row(client, put):
+    # issue 8: CT_small.dcm ends with (FFFC,FFFC) Data Set Trailing Padding after the Pixel Data
+    padding = pydicom.dcmread(sample_file("CT_small.dcm"))[0xFFFCFFFC]
+    instance_id = client.post("/dicom", json={"path": put("CT_small.dcm")}).json()["id"]
+    rows = client.get("/tags", params={"id": instance_id}).json()["tags"]
+    assert [r["Tag"] for r in rows[-2:]] == ["(7FE0,0010)", "(FFFC,FFFC)"]
+    last = rows[-1]
+    assert (last["VR"], last["Value"], last["Bytes"]) == ("OB", None, len(padding.value)) == ("OB", None, 126)
+    assert last["Name"] == "DataSetTrailingPadding" and "Parent" not in last
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian],
+    ids=["explicit", "implicit", "big-endian"],
+)
+def test_elements_after_pixel_data_are_rows_in_file_order(tmp_path, syntax):
+    ds = make_ct(np.zeros((8, 8), np.int16))
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.add_new(0x7FE10010, "LO", "ACME 1.1")  # private block after the pixel data
+    ds.add_new(0x7FE11001, "LO", "after")
+    ds.add_new(0x7FE11002, "US", 513)
+    ds.add_new(0x7FE11003, "OB", b"\x01\x02\x03\x04")
+    item = Dataset()
+    item.CodeValue = "X"
+    ds.add_new(0xFFFAFFFA, "SQ", Sequence([item]))  # Digital Signatures Sequence, one item
+    ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 6)
+    path = save(ds, tmp_path / "after.dcm")
+    for fast in (True, False):
+        rows = flatten(*_parsed(path), fast=fast)
+        top = [r for r in rows if r.parent is None]
+        tags = [r.tag for r in top]
+        expected_tail = [0x7FE00010, 0x7FE10010, 0x7FE11001, 0x7FE11002, 0x7FE11003, 0xFFFAFFFA, 0xFFFCFFFC]
+        assert tags[-7:] == expected_tail and tags.count(0x7FE00010) == 1
+        values = {r.tag: (r.vr, r.value, r.nbytes) for r in top}
+        if syntax.is_implicit_VR:  # an unknown private creator: no VR to read them with
+            assert values[0x7FE11001] == ("UN", None, 6) and values[0x7FE11002] == ("UN", None, 2)
+        else:
+            assert values[0x7FE11001] == ("LO", "after", None) and values[0x7FE11002] == ("US", "513", None)
+        assert values[0x7FE10010][1] == "ACME 1.1"
+        assert values[0x7FE11003][1:] == (None, 4)
+        assert values[0xFFFCFFFC] == ("OB", None, 6)
+        assert values[0x7FE00010][1:] == (None, 8 * 8 * 2)
+        seq = rows.index(next(r for r in top if r.tag == 0xFFFAFFFA))
+        assert rows[seq + 1].parent == seq and (rows[seq + 1].keyword, rows[seq + 1].value) == ("CodeValue", "X")
+        assert rows[-1].tag == 0xFFFCFFFC
+
+
+@pytest.mark.parametrize("path", list(all_bundled_instances()), ids=lambda p: p.name)
+def test_every_element_pydicom_reads_is_a_row(path, client, put):
+    # the file meta, then every element dcmread (reading the whole file) has, in file order
+    full = pydicom.dcmread(path, force=True)
+    meta = getattr(full, "file_meta", None)
+    expected = [int(t) for t in (meta.keys() if meta is not None else ())] + [int(t) for t in full.keys()]
+    for fast in (True, False):
+        top = [r.tag for r in flatten(*_parsed(path), fast=fast) if r.parent is None]
+        assert top == expected
+    instance_id = client.post("/dicom", json={"path": put(path.name)}).json()["id"]
+    rows = client.get("/tags", params={"id": instance_id}).json()["tags"]
+    assert [r["Tag"] for r in rows if "Parent" not in r] == [format_tag(t) for t in expected]

@@ -14,6 +14,7 @@ tests check that both paths give the same rows for every file pydicom ships.
 """
 
 import struct
+from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -63,7 +64,8 @@ NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "
 
 
 def flatten(ds: Dataset, pixel: PixelElement | None = None, fast: bool = True) -> list[TagRow]:
-    """Rows for the file meta, the dataset and (when it was not read) the pixel data.
+    """Rows for the file meta, the dataset and (when it was not read) the pixel data,
+    which takes its place by tag among the dataset's elements.
 
     ``fast=False`` converts every element through pydicom (the tests compare both).
     """
@@ -72,9 +74,16 @@ def flatten(ds: Dataset, pixel: PixelElement | None = None, fast: bool = True) -
     file_meta = getattr(ds, "file_meta", None)
     if file_meta is not None:
         _walk(file_meta, rows, None, None, True, DEFAULT_CODEC if fast else None)
-    _walk(ds, rows, None, None, little, _charset(ds, DEFAULT_CODEC) if fast else None)
-    if pixel is not None and pixel.offset is not None:
-        rows.append(TagRow(pixel.tag, pixel.vr, pixel.keyword, None, pixel.length, None, None))
+    codec = _charset(ds, DEFAULT_CODEC) if fast else None
+    tags = sorted(ds.keys())
+    if pixel is None or pixel.offset is None:
+        _walk(ds, rows, None, None, little, codec, tags)
+        return rows
+    # the pixel data row in its place: elements such as (FFFC,FFFC) come after it
+    cut = bisect_left(tags, pixel.tag)
+    _walk(ds, rows, None, None, little, codec, tags[:cut])
+    rows.append(TagRow(pixel.tag, pixel.vr, pixel.keyword, None, pixel.length, None, None))
+    _walk(ds, rows, None, None, little, codec, tags[cut:])
     return rows
 
 
@@ -92,9 +101,15 @@ def _charset(ds: Dataset, inherited: str | None) -> str | None:
 
 
 def _walk(
-    ds: Dataset, rows: list[TagRow], parent: int | None, item: int | None, little: bool, codec: str | None
+    ds: Dataset,
+    rows: list[TagRow],
+    parent: int | None,
+    item: int | None,
+    little: bool,
+    codec: str | None,
+    tags: list[BaseTag] | None = None,
 ) -> None:
-    for tag in sorted(ds.keys()):
+    for tag in sorted(ds.keys()) if tags is None else tags:
         if codec is not None:
             raw = ds.get_item(tag)
             if isinstance(raw, RawDataElement):
