@@ -13,10 +13,10 @@ RUN groupadd --system --gid 10001 dicomsvc \
     && useradd --system --uid 10001 --gid dicomsvc --home-dir /app --no-create-home dicomsvc
 
 WORKDIR /app
-COPY pyproject.toml README.md schema.sql app.py ./
+COPY pyproject.toml README.md app.py ./
 COPY dicomsvc ./dicomsvc
-# Editable, so schema.sql stays where dicomsvc/store.py looks for it (next to the package).
-RUN pip install -e . \
+# A plain install: the schema ships inside the package (dicomsvc/storage/schema.sql).
+RUN pip install . \
     && mkdir -p /data /import \
     && chown dicomsvc:dicomsvc /data
 

@@ -1,6 +1,7 @@
 """Configuration: read from the environment once, in ``create_app``, then passed down."""
 
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class Config:
             port=get_int("PORT", 8001),
             max_upload_bytes=get_int("MAX_UPLOAD_BYTES", 4 * 1024**3),
             log_level=get("LOG_LEVEL", "info").lower(),
-            workers=get_int("WORKERS", os.cpu_count() or 1, minimum=0),
+            workers=get_int("WORKERS", usable_cpus(), minimum=0),
             sync_limit=get_int("SYNC_LIMIT", 100),
             max_archive_files=get_int("MAX_ARCHIVE_FILES", 20_000),
             max_archive_bytes=get_int("MAX_ARCHIVE_BYTES", 16 * 1024**3),
@@ -88,3 +89,31 @@ def _anonymize_mode(raw: str) -> bool:
     if mode not in ("request", "always"):
         raise ValueError(f"{PREFIX}ANONYMIZE must be 'request' (the default) or 'always', got {raw!r}")
     return mode == "always"
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
+    (``cpus: 2`` in docker compose writes ``200000 100000`` to ``cpu.max``), at least 1."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(count, 1)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup (v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``)."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None

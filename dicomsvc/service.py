@@ -10,15 +10,17 @@ and shutting down waits for it.
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import logging
 import multiprocessing
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import Config
@@ -93,20 +95,62 @@ def anon_secret(config: Config) -> str:
     return path.read_text().strip()
 
 
+class StartupError(RuntimeError):
+    """The service cannot start: the message says why, for the operator."""
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data>/dicomsvc.lock`` for as long as the service runs.
+
+    Taken before anything in the directory is touched, so a second server pointed at
+    the same directory refuses to start instead of clearing the first one's temporary
+    files. An ``flock`` dies with its process (kill -9 included): nothing stale to clean.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise StartupError(f"the data directory {data_dir} is not writable (DICOMSVC_DATA_DIR)")
+    fd = os.open(data_dir / "dicomsvc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(
+                f"another dicomsvc is already using the data directory {data_dir} (it holds dicomsvc.lock)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @contextlib.asynccontextmanager
 async def open_service(config: Config) -> AsyncIterator[Service]:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    with data_dir_lock(config.data_dir):
+        async with _open_service(config) as svc:
+            yield svc
+
+
+@contextlib.asynccontextmanager
+async def _open_service(config: Config) -> AsyncIterator[Service]:
     config = dataclasses.replace(config, anon_secret=anon_secret(config))  # workers get it with the config
     with contextlib.suppress(OSError):  # may be a read-only mount that already exists
         config.import_root.mkdir(parents=True, exist_ok=True)
     blobs = BlobStore(config.blob_dir)
     blobs.open()
     db = await open_database(config.db_path)
+    try:
+        cpu_pool = _new_cpu_pool(config)
+    except BaseException:
+        await db.close()
+        raise
     svc = Service(
         config=config,
         db=db,
         blobs=blobs,
-        cpu_pool=_new_cpu_pool(config),
+        cpu_pool=cpu_pool,
         io_pool=ThreadPoolExecutor(4, thread_name_prefix="dicomsvc-io"),
     )
     try:

@@ -20,3 +20,23 @@ def test_from_environment():
         Config.from_env({"DICOMSVC_PORT": "eighty"})
     with pytest.raises(Exception):
         config.port = 1  # frozen
+
+
+def test_workers_default_to_the_cpus_this_process_may_use(tmp_path, monkeypatch):
+    from dicomsvc.config import usable_cpus
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert usable_cpus(tmp_path) == 8  # no cgroup files: the affinity mask decides
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # docker compose `cpus: 1.5`
+    assert usable_cpus(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(tmp_path) == 8
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})  # taskset -c 3
+    assert usable_cpus(tmp_path) == 1
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert usable_cpus(v1) == 2
+    assert Config.from_env({}).workers == usable_cpus()

@@ -79,3 +79,23 @@ def test_a_file_that_kills_its_worker_fails_alone(process_client, monkeypatch, t
     assert results[1].error == "invalid_dicom" and "crashed" in results[1].detail
     assert not list(blobs.tmp.iterdir())
     assert process_client.get("/healthz").status_code == 200  # and the service goes on
+
+
+def test_a_data_directory_that_is_not_writable_is_named_at_start(tmp_path, monkeypatch):
+    import os
+
+    from dicomsvc.service import StartupError, data_dir_lock
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path / "ro") else real_access(path, mode))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(StartupError, match="not writable"):
+        with data_dir_lock(tmp_path / "ro"):
+            pass
+    assert list((tmp_path / "ro").iterdir()) == []  # nothing was written there
+    with data_dir_lock(tmp_path / "rw"):  # and a writable one is locked, once
+        with pytest.raises(StartupError, match="already using"):
+            with data_dir_lock(tmp_path / "rw"):
+                pass
+    with data_dir_lock(tmp_path / "rw"):  # released when the first one ended
+        pass
