@@ -237,6 +237,41 @@ def test_warnings_are_counted(tmp_path):
     assert (summary.created, summary.warnings, summary.exit_code) == (1, 1, 0)
 
 
+def test_files_stored_with_warnings_are_named_in_the_summary(tmp_path):
+    # issue 8: the summary said how many files were stored with warnings, not which
+    warned = [copy_sample("CT_small.dcm", tmp_path / f"warn{i:02d}.dcm") for i in range(12)]
+    clean = copy_sample("MR_small.dcm", tmp_path / "clean.dcm")
+    archive = make_zip(tmp_path / "a.zip", {"x.dcm": clean.read_bytes()})
+
+    def warn(request):
+        if request.method != "POST":
+            return None
+        if request.headers["content-type"] == "application/zip":
+            results = [{"file": "x.dcm", "id": "z" * 22, "status": "created", "warnings": ["w zip"]}]
+            return httpx.Response(200, json={"created": 1, "duplicates": 0, "failed": 0, "results": results})
+        name = request.headers["content-disposition"].split('"')[1]
+        body = {"id": name.ljust(22, "x")}
+        if name.startswith("warn"):
+            body["warnings"] = [f"pixel data could not be decoded ({name})", "second"]
+        return httpx.Response(201, json=body)
+
+    summary = run([clean, archive, *reversed(warned)], FakeServer(hook=warn), jobs=3)
+    assert (summary.created, summary.warnings, summary.failed, summary.exit_code) == (14, 13, 0, 0)
+    assert [w.file for w in summary.warned] == sorted([f"{archive}!x.dcm", *map(str, warned)])
+    text = format_summary(summary)
+    lines = text.splitlines()
+    start = lines.index("stored with warnings (first 10 of 13):")
+    listed = lines[start + 1 : start + 11]
+    assert listed[0] == f"  {archive}!x.dcm: w zip"
+    assert listed[1] == f"  {warned[0]}: pixel data could not be decoded (warn00.dcm); second"
+    assert lines[start + 11 :] == ["  ... and 3 more"]
+    assert "13 stored with warnings" in lines and str(clean) not in text
+
+    few = format_summary(summary, max_warned=20)
+    assert "stored with warnings:" in few.splitlines() and "more" not in few
+    assert f"  {warned[11]}: pixel data could not be decoded (warn11.dcm); second" in few
+
+
 # Walking ------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ walking. Nothing read from a file is ever printed or logged: only paths and
 the server's error codes and details.
 
 Public API: :func:`collect`, :func:`import_paths`, :func:`format_summary`,
-:class:`ImportSummary`, :class:`Failure`, :class:`Upload`.
+:class:`ImportSummary`, :class:`Failure`, :class:`Warned`, :class:`Upload`.
 """
 
 from __future__ import annotations
@@ -64,6 +64,17 @@ class Failure:
     detail: str
 
 
+@dataclass(frozen=True)
+class Warned:
+    """A file that was stored, with the server's warnings (say, pixel data it could not decode).
+
+    ``file`` is named as in :class:`Failure`.
+    """
+
+    file: str
+    warnings: tuple[str, ...]
+
+
 @dataclass
 class ImportSummary:
     """What a run did. Counts are instances (files), not requests."""
@@ -79,6 +90,7 @@ class ImportSummary:
     bytes_sent: int = 0
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
+    warned: list[Warned] = field(default_factory=list)  # the files counted in ``warnings``
     unreachable: str | None = None  # set when the server could not be reached: the run stopped
 
     @property
@@ -97,6 +109,7 @@ class ImportSummary:
         self.uploads += other.uploads
         self.not_sent += other.not_sent
         self.failures.extend(other.failures)
+        self.warned.extend(other.warned)
         if other.unreachable is not None and self.unreachable is None:
             self.unreachable = other.unreachable
 
@@ -113,6 +126,7 @@ class _Outcome:
     uploads: int = 0
     not_sent: int = 0
     failures: list[Failure] = field(default_factory=list)
+    warned: list[Warned] = field(default_factory=list)
     unreachable: str | None = None
 
     @classmethod
@@ -320,6 +334,16 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
     )
 
 
+def _warnings(body: dict) -> tuple[str, ...]:
+    """The ``warnings`` of a stored instance's answer (a list of messages), as strings."""
+    warnings = body.get("warnings")
+    if not warnings:
+        return ()
+    if not isinstance(warnings, list):
+        warnings = [warnings]
+    return tuple(str(w) for w in warnings)
+
+
 def _count(body: dict, key: str, default: int) -> int:
     value = body.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else default
@@ -345,8 +369,9 @@ def _batch(archive: str, body: dict) -> _Outcome:
             out.failures.append(
                 Failure(f"{archive}!{r.get('file', '?')}", str(r.get("error") or "failed"), str(r.get("detail") or ""))
             )
-        elif r.get("warnings"):
+        elif warnings := _warnings(r):
             out.warnings += 1
+            out.warned.append(Warned(f"{archive}!{r.get('file', '?')}", warnings))
     if body.get("status") == "failed":  # the job itself failed (say, a corrupt archive)
         error = body.get("error")
         error = error if isinstance(error, str) and error else "job_failed"
@@ -409,8 +434,13 @@ class _Run:
             return _batch(name, body)
         if isinstance(body.get("id"), str):
             created = response.status_code == 201
+            warnings = _warnings(body)
             return _Outcome(
-                created=int(created), duplicates=int(not created), warnings=int(bool(body.get("warnings"))), uploads=1
+                created=int(created),
+                duplicates=int(not created),
+                warnings=int(bool(warnings)),
+                warned=[Warned(name, warnings)] if warnings else [],
+                uploads=1,
             )
         return _Outcome.failure(name, "bad_response", f"HTTP {response.status_code} without an id", answered=True)
 
@@ -505,6 +535,7 @@ def import_paths(
             else:
                 done = _upload_all(run, uploads, summary, line)
     summary.failures.sort(key=lambda f: f.file)  # completion order is arbitrary
+    summary.warned.sort(key=lambda w: w.file)
     summary.bytes_sent, _ = meter.snapshot()
     summary.seconds = time.monotonic() - started
     line.update(summary, done, meter, final=True)
@@ -531,8 +562,9 @@ def _upload_all(run: _Run, uploads: list[Upload], summary: ImportSummary, line: 
     return done
 
 
-def format_summary(summary: ImportSummary, max_failures: int = 10) -> str:
-    """The end-of-run report: counts, volume, time, and the first ``max_failures`` failures."""
+def format_summary(summary: ImportSummary, max_failures: int = 10, max_warned: int = 10) -> str:
+    """The end-of-run report: counts, volume, time, the first ``max_failures`` failures and
+    the first ``max_warned`` files stored with warnings (each with its warnings)."""
     mb = summary.bytes_sent / 1e6
     rate = mb / summary.seconds if summary.seconds > 0 else 0.0
     lines = [
@@ -551,4 +583,13 @@ def format_summary(summary: ImportSummary, max_failures: int = 10) -> str:
         more = len(summary.failures) - len(shown)
         lines.append(f"failures{f' (first {len(shown)} of {len(summary.failures)})' if more else ''}:")
         lines.extend(f"  {f.file}: {f.error}" + (f" ({f.detail})" if f.detail else "") for f in shown)
+    if summary.warned and max_warned > 0:
+        shown_warned = summary.warned[:max_warned]
+        more = len(summary.warned) - len(shown_warned)
+        lines.append(
+            f"stored with warnings{f' (first {len(shown_warned)} of {len(summary.warned)})' if more else ''}:"
+        )
+        lines.extend(f"  {w.file}: {'; '.join(w.warnings)}" for w in shown_warned)
+        if more:
+            lines.append(f"  ... and {more} more")
     return "\n".join(lines)
