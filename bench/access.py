@@ -25,7 +25,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ServerProc, free_port, machine_facts, synthesize  # noqa: E402
+from corpus import synthesize  # noqa: E402
+from report import machine_facts  # noqa: E402
+from servers import free_port, launch, uvicorn_argv  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODALITIES = ["CT", "MR", "US", "CR", "DX", "PT", "NM", "MG"]
@@ -95,10 +97,8 @@ def main() -> int:
         env = dict(os.environ) | {
             "DICOMSVC_DATA_DIR": str(data), "DICOMSVC_IMPORT_ROOT": str(imports), "DICOMSVC_LOG_LEVEL": "warning",
         }  # fmt: skip
-        argv = [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-        server = ServerProc("dicomsvc", argv, str(REPO), env, Path(tmp) / "server.log")
-        server.start()
-        server.wait_ready(f"http://127.0.0.1:{port}/healthz")
+        argv = uvicorn_argv(port) + ["--no-access-log"]
+        server, _ = launch("dicomsvc", argv, REPO, env, Path(tmp) / "server.log", f"http://127.0.0.1:{port}/healthz")
         try:
             base = f"http://127.0.0.1:{port}"
             with httpx.Client(base_url=base, headers={"Accept-Encoding": "identity"}, timeout=60) as client:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/anonymize.py [--n 60] [--rounds 5] [--disk]
 
-Synthesizes 512x512 int16 CT instances (bench/_common.synthesize: realistic
+Synthesizes 512x512 int16 CT instances (bench/corpus.synthesize: realistic
 headers with nested sequences, ~0.5 MB each) and times, per instance, in the same
 run and alternating round by round (bytes in memory, or files with --disk):
 
@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pydicom  # noqa: E402
 
-from _common import machine_facts, synthesize  # noqa: E402
+from corpus import synthesize  # noqa: E402
+from report import machine_facts  # noqa: E402
 from dicomsvc.dicom.anonymize import TABLE_EDITION, TABLE_PACKAGE, anonymize, profile_table  # noqa: E402
 
 SECRET = b"bench-secret-not-for-production"

@@ -28,53 +28,38 @@ the server process and its live children, read just before the server is stopped
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import clients as CL  # noqa: E402
+import corpus as CO  # noqa: E402
+import procstat as P  # noqa: E402
+import report as R  # noqa: E402
+import servers as S  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 UVICORN_EXTRA: list[str] = []  # --no-access-log adds "--no-access-log"
 APP_DIR = REPO  # where `app:app` is imported from (--app-dir, for testing the bench itself)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"Accept-Encoding": "identity"}
-MAX_ERR_SAMPLES = 5
 
 
 # --------------------------------------------------------------------------
 # targets
 # --------------------------------------------------------------------------
-class Target:
+class Target(S.Service):
     """A service under test: how to start it and how to talk to it."""
-
-    label = "?"
-
-    def __init__(self, workroot: Path, tag: str):
-        self.work = Path(tempfile.mkdtemp(prefix=f"{self.label}-{tag}-", dir=workroot))
-        self.port = C.free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.server: C.ServerProc | None = None
-        self.startup_s = None
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base, headers=HEADERS, timeout=60.0, trust_env=False)
 
-    def stop(self):
-        if self.server is not None:
-            self.server.stop()
-
-    # to override
-    def start(self): ...
-    def ingest(self, c: httpx.Client, inst: C.Instance) -> tuple[str | None, str | None]: ...
+    # to override (and launch_server)
+    def ingest(self, c: httpx.Client, inst: CO.Instance) -> tuple[str | None, str | None]: ...
     def image_url(self, id_: str) -> str: ...
     def tags_url(self, id_: str) -> str: ...
 
@@ -86,24 +71,10 @@ class Ours(Target):
         super().__init__(workroot, tag)
         self.import_root = import_root
 
-    def start(self):
+    def launch_server(self):
         data = self.work / "data"
         data.mkdir()
-        env = dict(os.environ)
-        for k in list(env):
-            if k.startswith("DICOMSVC_"):
-                del env[k]
-        env.update(
-            DICOMSVC_DATA_DIR=str(data),
-            DICOMSVC_IMPORT_ROOT=str(self.import_root),
-            DICOMSVC_LOG_LEVEL="warning",
-            PYTHONUNBUFFERED="1",
-        )
-        argv = [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
-        argv += UVICORN_EXTRA
-        self.server = C.ServerProc(self.label, argv, str(APP_DIR), env, self.work / "server.log")
-        self.server.start()
-        self.startup_s = self.server.wait_ready(self.base + "/healthz", timeout=60)
+        self.launch_dicomsvc(S.uvicorn_argv(self.port) + UVICORN_EXTRA, APP_DIR, S.dicomsvc_env(data, self.import_root))
 
     def ingest(self, c, inst):
         r = c.post("/dicom", json={"path": inst.rel})
@@ -121,16 +92,7 @@ class Ours(Target):
         return f"/tags?id={id_}"
 
 
-class Orthanc(Target):
-    label = "orthanc"
-
-    def __init__(self, workroot: Path, tag: str, binary: str):
-        super().__init__(workroot, tag)
-        self.binary = binary
-
-    def start(self):
-        self.server, self.startup_s = C.start_orthanc(self.label, self.binary, self.work, self.port, self.base)
-
+class Orthanc(S.OrthancService, Target):
     def ingest(self, c, inst):
         body = inst.path.read_bytes()
         r = c.post("/instances", content=body, headers={"Content-Type": "application/dicom"})
@@ -154,74 +116,19 @@ class Orthanc(Target):
 # --------------------------------------------------------------------------
 # phases
 # --------------------------------------------------------------------------
-def run_ingest(t: Target, corpus: C.Corpus, clients: int, deadline_s: float) -> dict:
+def run_ingest(t: Target, corpus: CO.Corpus, clients: int, deadline_s: float) -> dict:
     insts = corpus.instances
-    ids: list[str | None] = [None] * len(insts)
-    errors: list[str] = []
-    n_err = 0
-    lock = threading.Lock()
-    next_i = 0
-    deadline = time.monotonic() + deadline_s
-    timed_out = False
-
-    def worker():
-        nonlocal next_i, n_err, timed_out
-        with t.client() as c:
-            for _ in range(len(insts)):  # bounded by count
-                with lock:
-                    if next_i >= len(insts):
-                        return
-                    i = next_i
-                    next_i += 1
-                if time.monotonic() > deadline:
-                    with lock:
-                        timed_out = True
-                    return
-                try:
-                    id_, err = t.ingest(c, insts[i])
-                except httpx.HTTPError as e:
-                    id_, err = None, f"{insts[i].rel}: {e!r}"
-                if err:
-                    with lock:
-                        n_err += 1
-                        if len(errors) < MAX_ERR_SAMPLES:
-                            errors.append(err)
-                else:
-                    ids[i] = id_
-
-    pid = t.server.pid
-    cpu0 = C.tree_cpu_seconds(pid)
-    ccpu0 = time.process_time()
-    t0 = time.perf_counter()
-    if clients == 1:
-        worker()
-    else:
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=max(1.0, deadline - time.monotonic() + 120))
-    wall = time.perf_counter() - t0
-    cpu1 = C.tree_cpu_seconds(pid)
-    client_cpu = time.process_time() - ccpu0
-    cpu2 = C.settle_cpu(pid)
-    ok = sum(1 for x in ids if x is not None)
-    return {
-        "clients": clients,
-        "n": len(insts),
-        "ok": ok,
-        "errors": n_err,
-        "error_samples": errors,
-        "timed_out": timed_out,
-        "wall_s": round(wall, 3),
-        "inst_per_s": round(ok / wall, 2) if wall > 0 else None,
-        "server_cpu_s": round(cpu2 - cpu0, 3),
-        "server_cpu_ms_per_inst": round(1000 * (cpu2 - cpu0) / ok, 2) if ok else None,
-        "server_cpu_after_reply_s": round(cpu2 - cpu1, 3),
-        "client_cpu_ms_per_inst": round(1000 * client_cpu / ok, 2) if ok else None,
-        "mb_per_s": round(sum(i.size for i, x in zip(insts, ids) if x) / wall / 1e6, 1) if wall > 0 else None,
-        "_ids": ids,
-    }
+    run = CL.send_each(insts, clients, deadline_s, t.client, t.ingest, t.server.pid)
+    ids = run.answers
+    ok = run.ok
+    wall = run.wall
+    res = run.summary()
+    res.update(
+        client_cpu_ms_per_inst=round(1000 * run.client_cpu / ok, 2) if ok else None,
+        mb_per_s=round(sum(i.size for i, x in zip(insts, ids) if x) / wall / 1e6, 1) if wall > 0 else None,
+        _ids=ids,
+    )
+    return res
 
 
 def check_image(r: httpx.Response) -> str | None:
@@ -289,14 +196,14 @@ def run_reads(targets: list[tuple[Target, list[str | None]]], n_req: int, deadli
                         dt, err, r = None, repr(e), None
                     if err:
                         nerr[t.label] += 1
-                        if len(errs[t.label]) < MAX_ERR_SAMPLES:
+                        if len(errs[t.label]) < CL.MAX_ERR_SAMPLES:
                             errs[t.label].append(f"GET {url}: {err}")
                     else:
                         lat[t.label].append(dt)
                         nbytes[t.label] += len(r.content)
                 done += 1
             for t, _ in targets:
-                s = C.lat_summary(lat[t.label])
+                s = R.lat_summary(lat[t.label])
                 s.update(
                     requests=done,
                     errors=nerr[t.label],
@@ -311,7 +218,7 @@ def run_reads(targets: list[tuple[Target, list[str | None]]], n_req: int, deadli
 
 
 def snapshot_rss(t: Target) -> dict:
-    return C.tree_peak_rss_mib(t.server.pid) if t.server and t.server.alive() else {"sum_mib": None}
+    return P.tree_peak_rss_mib(t.server.pid) if t.server and t.server.alive() else {"sum_mib": None}
 
 
 # --------------------------------------------------------------------------
@@ -320,40 +227,19 @@ def snapshot_rss(t: Target) -> dict:
 def print_report(out: dict) -> None:
     svc = out["services"]
     names = list(svc)
-    rows = []
-
-    def row(label, key_fn, fmt="{:.1f}", better="hi"):
-        vals = [key_fn(svc[n]) for n in names]
-        r = None
-        if len(names) == 2:
-            o, t = vals[0], vals[1]
-            r = C.ratio(o, t) if better == "hi" else C.ratio(t, o)
-        rows.append((label, [C.fmt(v, fmt) for v in vals], r))
-
-    g = lambda *ks: (lambda d: C.dig(d, ks))  # noqa: E731
-    row("ingest, 1 client      [inst/s]", g("ingest_1", "inst_per_s"))
-    row("ingest, 4 clients     [inst/s]", g("ingest_4", "inst_per_s"))
-    row("server CPU/inst, 1 cl [ms]", g("ingest_1", "server_cpu_ms_per_inst"), better="lo")
-    row("server CPU/inst, 4 cl [ms]", g("ingest_4", "server_cpu_ms_per_inst"), better="lo")
-    row("image p50             [ms]", g("reads", "image", "p50_ms"), "{:.2f}", better="lo")
-    row("image p95             [ms]", g("reads", "image", "p95_ms"), "{:.2f}", better="lo")
-    row("tags  p50             [ms]", g("reads", "tags", "p50_ms"), "{:.2f}", better="lo")
-    row("tags  p95             [ms]", g("reads", "tags", "p95_ms"), "{:.2f}", better="lo")
-    row("peak RSS, 1-cl server [MiB]", g("rss_1", "sum_mib"), better="lo")
-    row("peak RSS, 4-cl server [MiB]", g("rss_4", "sum_mib"), better="lo")
-    row("startup to ready      [s]", g("startup_s"), "{:.2f}", better="lo")
-
-    w0 = max(len(r[0]) for r in rows)
-    head = f"{'':{w0}}  " + "  ".join(f"{n:>10}" for n in names)
-    if len(names) == 2:
-        head += f"  {'ratio':>7}"
-    print(head)
-    print("-" * len(head))
-    for label, vals, r in rows:
-        line = f"{label:{w0}}  " + "  ".join(f"{v:>10}" for v in vals)
-        if len(names) == 2:
-            line += f"  {C.fmt(r, '{:.2f}'):>7}"
-        print(line)
+    table = R.Table(svc)
+    table.row("ingest, 1 client      [inst/s]", ("ingest_1", "inst_per_s"))
+    table.row("ingest, 4 clients     [inst/s]", ("ingest_4", "inst_per_s"))
+    table.row("server CPU/inst, 1 cl [ms]", ("ingest_1", "server_cpu_ms_per_inst"), better="lo")
+    table.row("server CPU/inst, 4 cl [ms]", ("ingest_4", "server_cpu_ms_per_inst"), better="lo")
+    table.row("image p50             [ms]", ("reads", "image", "p50_ms"), "{:.2f}", better="lo")
+    table.row("image p95             [ms]", ("reads", "image", "p95_ms"), "{:.2f}", better="lo")
+    table.row("tags  p50             [ms]", ("reads", "tags", "p50_ms"), "{:.2f}", better="lo")
+    table.row("tags  p95             [ms]", ("reads", "tags", "p95_ms"), "{:.2f}", better="lo")
+    table.row("peak RSS, 1-cl server [MiB]", ("rss_1", "sum_mib"), better="lo")
+    table.row("peak RSS, 4-cl server [MiB]", ("rss_4", "sum_mib"), better="lo")
+    table.row("startup to ready      [s]", ("startup_s",), "{:.2f}", better="lo")
+    table.print()
     if len(names) == 2:
         print("ratio: ours/Orthanc for throughput, Orthanc/ours for latency, CPU, RSS, startup"
               " -> >1 means dicomsvc is better")
@@ -362,11 +248,11 @@ def print_report(out: dict) -> None:
         s = svc[n]
         i1, i4, rd = s.get("ingest_1", {}), s.get("ingest_4", {}), s.get("reads", {})
         print(
-            f"{n}: image mean {C.fmt(C.dig(rd, ('image', 'mean_bytes')), '{:.0f}')} B/resp,"
-            f" tags mean {C.fmt(C.dig(rd, ('tags', 'mean_bytes')), '{:.0f}')} B/resp;"
-            f" CPU after last reply {C.fmt(i1.get('server_cpu_after_reply_s'), '{:.2f}')}/"
-            f"{C.fmt(i4.get('server_cpu_after_reply_s'), '{:.2f}')} s (1/4 cl);"
-            f" bench-client CPU/inst {C.fmt(i1.get('client_cpu_ms_per_inst'))}/{C.fmt(i4.get('client_cpu_ms_per_inst'))} ms"
+            f"{n}: image mean {R.fmt(R.dig(rd, ('image', 'mean_bytes')), '{:.0f}')} B/resp,"
+            f" tags mean {R.fmt(R.dig(rd, ('tags', 'mean_bytes')), '{:.0f}')} B/resp;"
+            f" CPU after last reply {R.fmt(i1.get('server_cpu_after_reply_s'), '{:.2f}')}/"
+            f"{R.fmt(i4.get('server_cpu_after_reply_s'), '{:.2f}')} s (1/4 cl);"
+            f" bench-client CPU/inst {R.fmt(i1.get('client_cpu_ms_per_inst'))}/{R.fmt(i4.get('client_cpu_ms_per_inst'))} ms"
         )
 
 
@@ -374,12 +260,9 @@ def collect_errors(out: dict) -> list[str]:
     lines = []
     for n, s in out["services"].items():
         for ph in ("ingest_1", "ingest_4"):
-            p = s.get(ph)
-            if p and (p["errors"] or p["timed_out"] or p["ok"] != p["n"]):
-                lines.append(f"{n} {ph}: {p['ok']}/{p['n']} ok, {p['errors']} errors, timed_out={p['timed_out']}")
-                lines += [f"    {e}" for e in p["error_samples"]]
+            lines += CL.problems(n, ph, s.get(ph))
         for kind in ("image", "tags"):
-            p = C.dig(s, ("reads", kind))
+            p = R.dig(s, ("reads", kind))
             if p and p.get("errors"):
                 lines.append(f"{n} GET {kind}: {p['errors']} errors of {p.get('requests')}")
                 lines += [f"    {e}" for e in p.get("error_samples", [])]
@@ -413,41 +296,17 @@ def main(argv=None) -> int:
     APP_DIR = Path(a.app_dir).resolve()
     if a.no_access_log:
         UVICORN_EXTRA.append("--no-access-log")
-    facts = C.machine_facts()
-    binary = None if a.no_orthanc else C.orthanc_binary()
-    if binary:
-        facts["orthanc"] = C.orthanc_version(binary)
-    print(f"machine: nproc={facts['nproc']}  cpu={facts['cpu_model']}  mem={facts['mem_gib']} GiB  "
-          f"python {facts['python']}  pydicom {facts['pydicom']}" + (f"  {facts['orthanc']}" if binary else ""))
-    print("caveat: 2 shared noisy cores: compare ratios within one run, not absolute numbers across runs")
-    if not a.no_orthanc and not binary:
-        print("note: Orthanc not installed -> dicomsvc only")
-
-    use_ours = not a.no_ours
-    use_orth = binary is not None
-    if not (use_ours or use_orth):
-        print("nothing to benchmark", file=sys.stderr)
+    out, binary = R.begin(a.no_orthanc, a.no_ours)
+    if out is None:
         return 2
+    use_ours, use_orth = not a.no_ours, binary is not None
 
-    tmp = Path(tempfile.mkdtemp(prefix="dicomsvc-bench-"))
-    import_root = tmp / "import"
-    import_root.mkdir()
-    live: list[Target] = []
-    out = {"facts": facts, "config": {}, "services": {}}
-    if use_ours:
-        out["services"]["dicomsvc"] = {}
-    if use_orth:
-        out["services"]["orthanc"] = {}
-    rc = 0
-    try:
-        corpus = C.synthesize(import_root, a.n, seed=a.seed)
-        problems = C.verify_corpus(corpus)
-        print(f"corpus: {len(corpus.instances)} CT instances 512x512 int16, {corpus.n_elements} elements each,"
-              f" {corpus.n_patients} patients/{corpus.n_studies} studies/{corpus.n_series} series,"
-              f" {corpus.bytes_total / 1e6:.0f} MB, made in {corpus.seconds:.1f}s"
-              + (f" in {tmp}" if a.keep else ""))
-        if problems:
-            print("corpus problems: " + "; ".join(problems), file=sys.stderr)
+    with S.Session("dicomsvc-bench-", a.keep) as run:
+        tmp = run.tmp
+        import_root = tmp / "import"
+        import_root.mkdir()
+        corpus = CO.make(import_root, a.n, a.seed, f" in {tmp}" if a.keep else "")
+        if corpus is None:
             return 2
         out["config"] = {
             "n": a.n, "reads": a.reads, "uvicorn_access_log": not a.no_access_log, "elements_per_instance": corpus.n_elements,
@@ -458,15 +317,7 @@ def main(argv=None) -> int:
         }
 
         def start(t: Target) -> bool:
-            live.append(t)
-            try:
-                t.start()
-                out["services"][t.label].setdefault("startup_s", round(t.startup_s, 2))
-                return True
-            except Exception as e:  # noqa: BLE001
-                out["services"][t.label].setdefault("fatal", []).append(f"start failed: {e}")
-                print(f"[{t.label}] start failed: {e}", file=sys.stderr)
-                return False
+            return run.start(t, out["services"][t.label])
 
         def ingest(t: Target, clients: int, key: str):
             t0 = time.monotonic()
@@ -502,9 +353,8 @@ def main(argv=None) -> int:
                       flush=True)
         for t, _ in readers:
             out["services"][t.label]["rss_1"] = snapshot_rss(t)
-        for t in list(live):
-            t.stop()
-            live.remove(t)
+        for t in list(run.live):
+            run.stop(t)
 
         # ---- phase 3: 4 clients, Orthanc then ours (ABBA) ----
         print("phase 3: concurrent ingest (4 clients), fresh servers", flush=True)
@@ -517,22 +367,9 @@ def main(argv=None) -> int:
             if start(t):
                 ingest(t, 4, "ingest_4")
                 out["services"][t.label]["rss_4"] = snapshot_rss(t)
-            t.stop()
-            live.remove(t)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        rc = 130
-    finally:
-        C.cleanup(live, a.keep, tmp)
+            run.stop(t)
 
-    print()
-    print_report(out)
-    rc = C.problems_exit_code(collect_errors(out), rc)
-    text = json.dumps(out, separators=(",", ":"), sort_keys=False)
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(text)
-    return rc
+    return R.finish(out, run.rc, print_report, collect_errors(out), a.json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Run from the repo root:
 What it does (every loop is bounded by a count and a deadline; servers are
 always killed in a finally block; only 127.0.0.1 is contacted):
 
-  0. writes N CT-like instances with bench/_common.synthesize (the corpus of
+  0. writes N CT-like instances with bench/corpus.synthesize (the corpus of
      bench/ingest.py), packs them into one ZIP, and streams a big ZIP of at least
      --big-zip-gb GB (further synthesize() batches, so every instance has its own
      UIDs and pixels) plus a smaller one for Orthanc, all in a temp dir that is
@@ -42,12 +42,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import sys
-import tempfile
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -55,109 +52,20 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import clients as CL  # noqa: E402
+import corpus as CO  # noqa: E402
+import procstat as P  # noqa: E402
+import report as R  # noqa: E402
+import servers as S  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO  # cwd of `dicomsvc serve`, where `app:app` is imported from (--app-dir: bench self-test)
 HEADERS = {"Accept-Encoding": "identity"}
-MAX_ERR_SAMPLES = 5
 CHUNK = 1 << 20
 RSS_LIMIT_MB = 300  # decimal MB, as in the requirement
 RSS_LIMIT_MIB = RSS_LIMIT_MB * 1e6 / 2**20
-SAMPLE_PERIOD_S = 0.2
 JOB_KEYS = ("id", "status", "total", "processed", "created", "duplicates", "failed", "skipped", "progress", "results")
 SYNC_KEYS = ("created", "duplicates", "failed", "skipped", "results")
-
-
-# --------------------------------------------------------------------------
-# memory sampling of a process tree
-# --------------------------------------------------------------------------
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def per_process(root: int) -> list[dict]:
-    """VmHWM and current RSS of each process of the tree, with a short command line."""
-    out = []
-    for pid in C.descendants(root):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        cmd = " ".join(a.decode(errors="replace") for a in argv if a)
-        cmd = cmd.replace(sys.executable, "python")
-        out.append({"pid": pid, "cmd": cmd[:90], "hwm_mib": round(_status_kib(pid, "VmHWM:") / 1024, 1),
-                    "rss_mib": round(_status_kib(pid, "VmRSS:") / 1024, 1)})
-    return out
-
-
-class TreeSampler:
-    """Samples summed RSS and PSS of a process tree every SAMPLE_PERIOD_S in a thread."""
-
-    def __init__(self, root: int, max_s: float):
-        self.root = root
-        self.max_iter = int(max_s / SAMPLE_PERIOD_S) + 1
-        self.stop_ev = threading.Event()
-        self.lock = threading.Lock()
-        self.peak_rss = 0
-        self.peak_pss = 0
-        self.peak_nproc = 0
-        self.samples = 0
-        self.last_rss = 0
-        self.th = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        for _ in range(self.max_iter):
-            if self.stop_ev.is_set():
-                return
-            self.sample()
-            self.stop_ev.wait(SAMPLE_PERIOD_S)
-
-    def sample(self):
-        pids = C.descendants(self.root)
-        rss = sum(_status_kib(p, "VmRSS:") for p in pids)
-        pss = sum(_pss_kib(p) for p in pids)
-        with self.lock:
-            self.peak_rss = max(self.peak_rss, rss)
-            self.peak_pss = max(self.peak_pss, pss)
-            self.peak_nproc = max(self.peak_nproc, len(pids))
-            self.last_rss = rss
-            self.samples += 1
-
-    def reset(self):
-        """Forget the peaks so far (call once the server is up, before the measured work)."""
-        with self.lock:
-            self.peak_rss = self.peak_pss = self.peak_nproc = self.samples = 0
-
-    def start(self):
-        self.th.start()
-
-    def stop(self) -> dict:
-        self.stop_ev.set()
-        self.th.join(timeout=5)
-        with self.lock:
-            return {
-                "rss_sum_mib": round(self.peak_rss / 1024, 1),
-                "pss_sum_mib": round(self.peak_pss / 1024, 1),
-                "nproc": self.peak_nproc,
-                "samples": self.samples,
-            }
 
 
 # --------------------------------------------------------------------------
@@ -181,24 +89,18 @@ def streamed(path: Path) -> tuple:
 # --------------------------------------------------------------------------
 # targets
 # --------------------------------------------------------------------------
-class Target:
-    label = "?"
-
+class Target(S.Service):
     def __init__(self, workroot: Path, tag: str):
-        self.work = Path(tempfile.mkdtemp(prefix=f"{self.label}-{tag}-", dir=workroot))
-        self.port = C.free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.server: C.ServerProc | None = None
-        self.sampler: TreeSampler | None = None
-        self.startup_s = None
+        super().__init__(workroot, tag)
+        self.sampler: P.TreeSampler | None = None
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
         t = httpx.Timeout(timeout, connect=10.0, pool=10.0)
         return httpx.Client(base_url=self.base, headers=HEADERS, timeout=t, trust_env=False)
 
     def start(self, max_s: float):
-        self._start()
-        self.sampler = TreeSampler(self.server.pid, max_s)
+        super().start()
+        self.sampler = P.TreeSampler(self.server.pid, max_s)
         self.sampler.start()
 
     def memory(self) -> dict:
@@ -207,9 +109,9 @@ class Target:
         if self.server and self.server.alive():
             if self.sampler:
                 self.sampler.sample()
-            h = C.tree_peak_rss_mib(self.server.pid)
+            h = P.tree_peak_rss_mib(self.server.pid)
             out = {"hwm_sum_mib": h["sum_mib"], "hwm_max_mib": h["max_mib"], "nproc": h["nproc"],
-                   "per_process": per_process(self.server.pid)}
+                   "per_process": P.per_process(self.server.pid)}
         if self.sampler:
             s = self.sampler.stop()
             out.update(sampled_rss_sum_mib=s["rss_sum_mib"], sampled_pss_sum_mib=s["pss_sum_mib"],
@@ -219,8 +121,7 @@ class Target:
     def stop(self):
         if self.sampler:
             self.sampler.stop()
-        if self.server is not None:
-            self.server.stop()
+        super().stop()
 
     def log_tail(self, n=15) -> str:
         return self.server.log_tail(n) if self.server else ""
@@ -228,8 +129,7 @@ class Target:
     def cleanup(self):
         shutil.rmtree(self.work, ignore_errors=True)
 
-    # to override
-    def _start(self): ...
+    # to override (and launch_server)
     def upload_one(self, c: httpx.Client, path: Path) -> tuple[str | None, bool | None, str | None]: ...
     def upload_zip(self, c: httpx.Client, path: Path, deadline: float) -> dict: ...
 
@@ -237,23 +137,14 @@ class Target:
 class Ours(Target):
     label = "dicomsvc"
 
-    def _start(self):
+    def launch_server(self):
         data, imp = self.work / "data", self.work / "import"
         data.mkdir()
         imp.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMSVC_")}
-        env.update(
-            DICOMSVC_DATA_DIR=str(data),
-            DICOMSVC_IMPORT_ROOT=str(imp),
-            DICOMSVC_HOST="127.0.0.1",
-            DICOMSVC_PORT=str(self.port),
-            DICOMSVC_LOG_LEVEL="warning",  # also silences uvicorn's access log (Orthanc logs no access lines)
-            PYTHONUNBUFFERED="1",
-        )
+        # log level warning also silences uvicorn's access log (Orthanc logs no access lines)
+        env = S.dicomsvc_env(data, imp, DICOMSVC_HOST="127.0.0.1", DICOMSVC_PORT=str(self.port))
         argv = [sys.executable, "-m", "dicomsvc.cli.main", "serve"]  # = .venv/bin/dicomsvc serve
-        self.server = C.ServerProc(self.label, argv, str(APP_DIR), env, self.work / "server.log")
-        self.server.start()
-        self.startup_s = self.server.wait_ready(self.base + "/healthz", timeout=60)
+        self.launch_dicomsvc(argv, APP_DIR, env)
 
     def upload_one(self, c, path):
         r = c.post("/dicom", content=path.read_bytes(), headers={"Content-Type": "application/dicom"})
@@ -350,16 +241,7 @@ class Ours(Target):
         return res
 
 
-class Orthanc(Target):
-    label = "orthanc"
-
-    def __init__(self, workroot: Path, tag: str, binary: str):
-        super().__init__(workroot, tag)
-        self.binary = binary
-
-    def _start(self):
-        self.server, self.startup_s = C.start_orthanc(self.label, self.binary, self.work, self.port, self.base)
-
+class Orthanc(S.OrthancService, Target):
     def upload_one(self, c, path):
         r = c.post("/instances", content=path.read_bytes(), headers={"Content-Type": "application/dicom"})
         if r.status_code != 200:
@@ -407,71 +289,20 @@ class Orthanc(Target):
 # --------------------------------------------------------------------------
 # measurements
 # --------------------------------------------------------------------------
-def run_singles(t: Target, corpus: C.Corpus, clients: int, deadline_s: float) -> dict:
+def run_singles(t: Target, corpus: CO.Corpus, clients: int, deadline_s: float) -> dict:
     insts = corpus.instances
-    ids: list[str | None] = [None] * len(insts)
-    created = 0
-    errors: list[str] = []
-    n_err = 0
-    lock = threading.Lock()
-    next_i = 0
-    deadline = time.monotonic() + deadline_s
-    timed_out = False
 
-    def worker():
-        nonlocal next_i, n_err, timed_out, created
-        with t.client() as c:
-            for _ in range(len(insts)):  # bounded by count
-                with lock:
-                    if next_i >= len(insts):
-                        return
-                    i = next_i
-                    next_i += 1
-                if time.monotonic() > deadline:
-                    with lock:
-                        timed_out = True
-                    return
-                try:
-                    id_, new, err = t.upload_one(c, insts[i].path)
-                except httpx.HTTPError as e:
-                    id_, new, err = None, None, f"{insts[i].rel}: {e!r}"
-                with lock:
-                    if err:
-                        n_err += 1
-                        if len(errors) < MAX_ERR_SAMPLES:
-                            errors.append(err)
-                    else:
-                        ids[i] = id_
-                        created += bool(new)
+    def send(c: httpx.Client, inst: CO.Instance):
+        id_, new, err = t.upload_one(c, inst.path)
+        return (id_, new), err
 
-    pid = t.server.pid
     if t.sampler:
         t.sampler.reset()
-    cpu0 = C.tree_cpu_seconds(pid)
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=max(1.0, deadline - time.monotonic() + 120))
-    wall = time.perf_counter() - t0
-    cpu1 = C.tree_cpu_seconds(pid)
-    cpu2 = C.settle_cpu(pid)
-    ok = sum(1 for x in ids if x is not None)
-    res = {
-        "clients": clients,
-        "n": len(insts),
-        "ok": ok,
-        "created": created,
-        "errors": n_err,
-        "error_samples": errors,
-        "timed_out": timed_out,
-        "wall_s": round(wall, 3),
-        "inst_per_s": round(ok / wall, 2) if wall > 0 and ok else None,
-        "server_cpu_s": round(cpu2 - cpu0, 3),
-        "server_cpu_ms_per_inst": round(1000 * (cpu2 - cpu0) / ok, 2) if ok else None,
-        "server_cpu_after_reply_s": round(cpu2 - cpu1, 3),
-    }
+    run = CL.send_each(insts, clients, deadline_s, t.client, send, t.server.pid)
+    ids = [a[0] if a else None for a in run.answers]
+    ok = run.ok
+    created = sum(bool(a[1]) for a in run.answers if a)
+    res = run.summary(created=created)
     # correctness: the same file again is a duplicate with the same id (not timed)
     if ids[0]:
         with t.client() as c:
@@ -494,14 +325,14 @@ def run_zip(t: Target, z: dict, deadline_s: float) -> dict:
     deadline = time.monotonic() + deadline_s
     if t.sampler:
         t.sampler.reset()
-    cpu0 = C.tree_cpu_seconds(pid)
+    cpu0 = P.tree_cpu_seconds(pid)
     with t.client(timeout=deadline_s) as c:
         try:
             res = t.upload_zip(c, path, deadline)
         except httpx.HTTPError as e:
             res = {"error": f"{type(e).__name__}: {e}", "shape_problems": []}
-    cpu1 = C.tree_cpu_seconds(pid) if t.server.alive() else None
-    cpu2 = C.settle_cpu(pid) if t.server.alive() else None
+    cpu1 = P.tree_cpu_seconds(pid) if t.server.alive() else None
+    cpu2 = P.settle_cpu(pid) if t.server.alive() else None
     n_ok = (res.get("created") or 0) + (res.get("duplicates") or 0)
     done = res.get("done_s")
     res.update(
@@ -509,9 +340,7 @@ def run_zip(t: Target, z: dict, deadline_s: float) -> dict:
         zip_instances=z["n"],
         inst_per_s=round(n_ok / done, 2) if done and n_ok else None,
         upload_mb_per_s=round(z["bytes"] / res["upload_s"] / 1e6, 1) if res.get("upload_s") else None,
-        server_cpu_s=round(cpu2 - cpu0, 3) if cpu2 is not None else None,
-        server_cpu_ms_per_inst=round(1000 * (cpu2 - cpu0) / n_ok, 2) if cpu2 is not None and n_ok else None,
-        server_cpu_after_reply_s=round(cpu2 - cpu1, 3) if cpu2 is not None else None,
+        **P.cpu_figures(cpu0, cpu1, cpu2, n_ok),
     )
     for k in ("upload_s", "done_s"):
         if res.get(k) is not None:
@@ -533,7 +362,7 @@ def zip_args(mode: str) -> dict:
     return {"compression": zipfile.ZIP_DEFLATED, "compresslevel": 1}
 
 
-def zip_corpus(corpus: C.Corpus, path: Path, mode: str) -> dict:
+def zip_corpus(corpus: CO.Corpus, path: Path, mode: str) -> dict:
     t0 = time.perf_counter()
     with zipfile.ZipFile(path, "w", **zip_args(mode)) as zf:
         for inst in corpus.instances:
@@ -563,7 +392,7 @@ def build_big_zips(tmp: Path, targets: list[tuple[Path, int]], mode: str, seed: 
                 break
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
-            corpus = C.synthesize(scratch, batch, seed=seed + 1 + b)
+            corpus = CO.synthesize(scratch, batch, seed=seed + 1 + b)
             for inst in corpus.instances:
                 for k, (zf, (_, size)) in enumerate(zip(zfs, targets)):
                     if not open_[k]:
@@ -596,19 +425,9 @@ def build_big_zips(tmp: Path, targets: list[tuple[Path, int]], mode: str, seed: 
 def print_report(out: dict) -> None:
     svc = out["services"]
     names = list(svc)
-    rows = []
-
-    def row(label, ks, fmt="{:.1f}", better="hi", ratio=True):
-        vals = [C.dig(svc[n], ks) for n in names]
-        r = None
-        if len(names) == 2 and ratio:
-            r = C.ratio(vals[0], vals[1]) if better == "hi" else C.ratio(vals[1], vals[0])
-        rows.append((label, [C.fmt(v, fmt) for v in vals], r))
-
-    def sep(title):
-        rows.append((title, None, None))
-
-    sep(f"single uploads ({out['config'].get('n')} x POST of one ~0.5 MB instance)")
+    table = R.Table(svc)
+    row = table.row
+    table.section(f"single uploads ({out['config'].get('n')} x POST of one ~0.5 MB instance)")
     for cl in (1, 4):
         k = f"single_{cl}"
         row(f"  {cl} client{'s' if cl > 1 else ' '}: throughput   [inst/s]", (k, "inst_per_s"))
@@ -617,41 +436,27 @@ def print_report(out: dict) -> None:
         row(f"  {cl} client{'s' if cl > 1 else ' '}: peak PSS     [MiB]", (k, "mem", "sampled_pss_sum_mib"), better="lo")
     zc = out["config"].get("zip_compression")
     z1 = out["config"].get("zip_small", {})
-    sep(f"one ZIP of the same {z1.get('n')} ({zc}, {C.fmt((z1.get('bytes') or 0) / 1e6, '{:.0f}')} MB)")
+    table.section(f"one ZIP of the same {z1.get('n')} ({zc}, {R.fmt((z1.get('bytes') or 0) / 1e6, '{:.0f}')} MB)")
     row("  upload (POST answered)   [s]", ("zip_small", "upload_s"), "{:.2f}", better="lo")
     row("  until all stored         [s]", ("zip_small", "done_s"), "{:.2f}", better="lo")
     row("  throughput               [inst/s]", ("zip_small", "inst_per_s"))
     row("  server CPU               [ms/inst]", ("zip_small", "server_cpu_ms_per_inst"), better="lo")
     row("  peak RSS sum (VmHWM)     [MiB]", ("zip_small", "mem", "hwm_sum_mib"), better="lo")
     row("  peak PSS sum (sampled)   [MiB]", ("zip_small", "mem", "sampled_pss_sum_mib"), better="lo")
-    same = len({C.dig(svc[n], ("zip_big", "zip_bytes")) for n in names}) == 1
-    sep("big ZIP" + ("" if same else " (NOT the same ZIP: see sizes; ratios of time/RSS omitted)"))
-    row("  ZIP size                 [MB]", ("zip_big", "zip_mb"), "{:.0f}", ratio=False)
-    row("  instances in it", ("zip_big", "zip_instances"), "{:.0f}", ratio=False)
-    row("  upload (POST answered)   [s]", ("zip_big", "upload_s"), "{:.1f}", better="lo", ratio=same)
-    row("  upload rate              [MB/s]", ("zip_big", "upload_mb_per_s"), ratio=same)
-    row("  until all stored         [s]", ("zip_big", "done_s"), "{:.1f}", better="lo", ratio=same)
+    same = len({R.dig(svc[n], ("zip_big", "zip_bytes")) for n in names}) == 1
+    table.section("big ZIP" + ("" if same else " (NOT the same ZIP: see sizes; ratios of time/RSS omitted)"))
+    row("  ZIP size                 [MB]", ("zip_big", "zip_mb"), "{:.0f}", compare=False)
+    row("  instances in it", ("zip_big", "zip_instances"), "{:.0f}", compare=False)
+    row("  upload (POST answered)   [s]", ("zip_big", "upload_s"), "{:.1f}", better="lo", compare=same)
+    row("  upload rate              [MB/s]", ("zip_big", "upload_mb_per_s"), compare=same)
+    row("  until all stored         [s]", ("zip_big", "done_s"), "{:.1f}", better="lo", compare=same)
     row("  throughput               [inst/s]", ("zip_big", "inst_per_s"))
     row("  server CPU               [ms/inst]", ("zip_big", "server_cpu_ms_per_inst"), better="lo")
-    row("  peak RSS sum (VmHWM)     [MiB]", ("zip_big", "mem", "hwm_sum_mib"), better="lo", ratio=same)
-    row("  peak RSS, largest proc   [MiB]", ("zip_big", "mem", "hwm_max_mib"), better="lo", ratio=same)
-    row("  peak PSS sum (sampled)   [MiB]", ("zip_big", "mem", "sampled_pss_sum_mib"), better="lo", ratio=same)
+    row("  peak RSS sum (VmHWM)     [MiB]", ("zip_big", "mem", "hwm_sum_mib"), better="lo", compare=same)
+    row("  peak RSS, largest proc   [MiB]", ("zip_big", "mem", "hwm_max_mib"), better="lo", compare=same)
+    row("  peak PSS sum (sampled)   [MiB]", ("zip_big", "mem", "sampled_pss_sum_mib"), better="lo", compare=same)
     row("startup to ready           [s]", ("startup_s",), "{:.2f}", better="lo")
-
-    w0 = max(len(r[0]) for r in rows if r[1] is not None)
-    head = f"{'':{w0}}  " + "  ".join(f"{n:>10}" for n in names)
-    if len(names) == 2:
-        head += f"  {'ratio':>7}"
-    print(head)
-    print("-" * max(len(head), 40))
-    for label, vals, r in rows:
-        if vals is None:
-            print(label)
-            continue
-        line = f"{label:{w0}}  " + "  ".join(f"{v:>10}" for v in vals)
-        if len(names) == 2:
-            line += f"  {C.fmt(r, '{:.2f}'):>7}"
-        print(line)
+    table.print()
     if len(names) == 2:
         print("ratio: ours/Orthanc for throughput, Orthanc/ours for time, CPU and memory -> >1 means dicomsvc is better")
     print("RSS sum = VmHWM summed over the server process and its children (shared pages counted in each);"
@@ -665,7 +470,7 @@ def print_report(out: dict) -> None:
                 extra.append(f"{key}: HTTP {z.get('http_status')} ({z.get('mode')}"
                              + (f", {z.get('polls')} polls" if z.get("mode") == "job" else "")
                              + f"), created {z.get('created')} dup {z.get('duplicates')} failed {z.get('failed')}"
-                             f" skipped {z.get('skipped')}, CPU after reply {C.fmt(z.get('server_cpu_after_reply_s'), '{:.2f}')} s")
+                             f" skipped {z.get('skipped')}, CPU after reply {R.fmt(z.get('server_cpu_after_reply_s'), '{:.2f}')} s")
         if extra:
             print(f"{n}: " + "; ".join(extra))
     ck = out.get("rss_check")
@@ -680,9 +485,7 @@ def collect_errors(out: dict) -> list[str]:
             p = s.get(ph)
             if not p:
                 continue
-            if p.get("errors") or p.get("timed_out") or p.get("ok") != p.get("n"):
-                lines.append(f"{n} {ph}: {p.get('ok')}/{p.get('n')} ok, {p.get('errors')} errors, timed_out={p.get('timed_out')}")
-                lines += [f"    {e}" for e in p.get("error_samples", [])]
+            lines += CL.problems(n, ph, p)
             if p.get("duplicate_check") not in (None, "ok"):
                 lines.append(f"{n} {ph}: duplicate check: {p['duplicate_check']}")
             if p.get("note"):
@@ -743,39 +546,15 @@ def main(argv=None) -> int:
 
     global APP_DIR  # noqa: PLW0603
     APP_DIR = Path(a.app_dir).resolve()
-    facts = C.machine_facts()
-    binary = None if a.no_orthanc else C.orthanc_binary()
-    if binary:
-        facts["orthanc"] = C.orthanc_version(binary)
-    facts["git"] = git_state()
-    print(f"machine: nproc={facts['nproc']}  cpu={facts['cpu_model']}  mem={facts['mem_gib']} GiB  "
-          f"python {facts['python']}  pydicom {facts['pydicom']}" + (f"  {facts['orthanc']}" if binary else ""))
-    print(f"code: {facts['git']}")
-    print("caveat: 2 shared noisy cores: compare ratios within one run, not absolute numbers across runs")
-    if not a.no_orthanc and not binary:
-        print("note: Orthanc not installed -> dicomsvc only")
-    use_ours = not a.no_ours
-    use_orth = binary is not None
-    if not (use_ours or use_orth):
-        print("nothing to benchmark", file=sys.stderr)
+    out, binary = R.begin(a.no_orthanc, a.no_ours, code=git_state())
+    if out is None:
         return 2
+    use_ours, use_orth = not a.no_ours, binary is not None
 
-    tmp = Path(tempfile.mkdtemp(prefix="dicomsvc-upload-bench-"))
-    live: list[Target] = []
-    out = {"facts": facts, "config": {}, "services": {}}
-    if use_ours:
-        out["services"]["dicomsvc"] = {}
-    if use_orth:
-        out["services"]["orthanc"] = {}
-    rc = 0
-    try:
-        corpus = C.synthesize(tmp / "corpus", a.n, seed=a.seed)
-        problems = C.verify_corpus(corpus)
-        print(f"corpus: {len(corpus.instances)} CT instances 512x512 int16, {corpus.n_elements} elements each,"
-              f" {corpus.n_patients} patients/{corpus.n_studies} studies/{corpus.n_series} series,"
-              f" {corpus.bytes_total / 1e6:.0f} MB, made in {corpus.seconds:.1f}s", flush=True)
-        if problems:
-            print("corpus problems: " + "; ".join(problems), file=sys.stderr)
+    with S.Session("dicomsvc-upload-bench-", a.keep) as run:
+        tmp = run.tmp
+        corpus = CO.make(tmp / "corpus", a.n, a.seed)
+        if corpus is None:
             return 2
         zs = zip_corpus(corpus, tmp / "small.zip", a.zip_compression)
         print(f"ZIP of the corpus: {zs['n']} instances, {zs['bytes'] / 1e6:.1f} MB ({a.zip_compression};"
@@ -810,28 +589,19 @@ def main(argv=None) -> int:
         }
 
         def start(t: Target) -> bool:
-            live.append(t)
-            try:
-                t.start(a.phase_timeout + 600)
-                out["services"][t.label].setdefault("startup_s", round(t.startup_s, 2))
-                return True
-            except Exception as e:  # noqa: BLE001
-                out["services"][t.label].setdefault("fatal", []).append(f"start failed: {e}")
-                print(f"[{t.label}] start failed: {e}", file=sys.stderr)
-                return False
+            return run.start(t, out["services"][t.label], a.phase_timeout + 600)
 
         def finish(t: Target, key: str):
             if key in out["services"][t.label]:
                 out["services"][t.label][key]["mem"] = t.memory()
                 if t.server and not t.server.alive():
                     out["services"][t.label][key]["server_log_tail"] = t.log_tail()
-            t.stop()
+            run.stop(t)
             if key in out["services"][t.label]:
                 tail = t.log_tail(200)
                 bad = [ln for ln in tail.splitlines() if " error" in ln.lower() or "traceback" in ln.lower()]
                 if bad:
                     out["services"][t.label][key]["server_log_errors"] = bad[:10]
-            live.remove(t)
             if not a.keep:
                 t.cleanup()
 
@@ -877,8 +647,8 @@ def main(argv=None) -> int:
                         r = run_zip(t, z, a.phase_timeout)
                         r["zip_mb"] = round(z["bytes"] / 1e6, 1)
                         out["services"][lb][key] = r
-                        print(f"  [{lb}] HTTP {r.get('http_status')} {r.get('mode', '')}: upload {C.fmt(r.get('upload_s'), '{:.1f}')}s,"
-                              f" all stored after {C.fmt(r.get('done_s'), '{:.1f}')}s = {r.get('inst_per_s')} inst/s;"
+                        print(f"  [{lb}] HTTP {r.get('http_status')} {r.get('mode', '')}: upload {R.fmt(r.get('upload_s'), '{:.1f}')}s,"
+                              f" all stored after {R.fmt(r.get('done_s'), '{:.1f}')}s = {r.get('inst_per_s')} inst/s;"
                               f" created {r.get('created')} dup {r.get('duplicates')} failed {r.get('failed')}"
                               + (f"; ERROR {r['error']}" if r.get("error") else ""), flush=True)
                     finally:
@@ -896,7 +666,7 @@ def main(argv=None) -> int:
                                   + "  ".join(f"{x[0]:.0f}s {x[1]} {x[2]}" for x in pick))
 
         # ---- the memory check ----
-        mem = C.dig(out["services"], ("dicomsvc", "zip_big", "mem"))
+        mem = R.dig(out["services"], ("dicomsvc", "zip_big", "mem"))
         if mem and mem.get("hwm_sum_mib") is not None:
             v = mem["hwm_sum_mib"]
             ok = v < RSS_LIMIT_MIB
@@ -907,28 +677,12 @@ def main(argv=None) -> int:
                         f" -> {'PASS' if ok else 'FAIL'} (sampled PSS sum {mem.get('sampled_pss_sum_mib')} MiB)",
             }
             if not ok:
-                rc = 1
+                run.rc = 1
         elif use_ours and zb:
             out["rss_check"] = {"pass": None, "line": "memory check, dicomsvc on the big ZIP: NOT MEASURED (see problems)"}
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        rc = 130
-    finally:
-        C.cleanup(live, a.keep, tmp)
 
-    print()
-    print_report(out)
-    rc = C.problems_exit_code(collect_errors(out), rc)
-    print(f"bench client peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-
-    def _plain(o):
-        return str(o) if isinstance(o, Path) else o
-
-    text = json.dumps(out, separators=(",", ":"), default=_plain)
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2, default=_plain) + "\n")
-    print(text)
-    return rc
+    client_rss = f"bench client peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    return R.finish(out, run.rc, print_report, collect_errors(out), a.json, notes=(client_rss,))
 
 
 if __name__ == "__main__":

@@ -1,300 +1,22 @@
-"""Shared helpers for the dicomsvc benchmarks.
+"""Synthetic CT corpora for the benchmarks: realistic headers, 512x512 int16 pixels.
 
-Everything here talks only to 127.0.0.1 and only to processes this module
-started itself.  Nothing in here is imported by the service.
+``synthesize`` writes CT-like instances (explicit VR little endian, nested
+sequences, ~0.5 MB each) under a folder; ``verify_corpus`` reads a few back.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
-import platform
-import shutil
-import signal
 import sys
-import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-# --------------------------------------------------------------------------
-# machine facts
-# --------------------------------------------------------------------------
-def machine_facts() -> dict:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        nproc = os.cpu_count()
-    import pydicom
-
-    return {
-        "nproc": nproc,
-        "cpu_model": model,
-        "mem_gib": mem_gib,
-        "python": platform.python_version(),
-        "pydicom": pydicom.__version__,
-        "numpy": np.__version__,
-        "kernel": platform.release(),
-    }
-
-
-def orthanc_binary() -> str | None:
-    for cand in ("/usr/sbin/Orthanc", shutil.which("Orthanc")):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
-def orthanc_version(binary: str) -> str:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-        first = out.splitlines()[0].strip() if out else "?"
-        return "Orthanc " + first.split()[-1] if first.split() else first
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --------------------------------------------------------------------------
-# /proc accounting for a process tree
-# --------------------------------------------------------------------------
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm may contain spaces/parens: split after the last ')'
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def descendants(root: int) -> list[int]:
-    """root plus all live descendants (by scanning /proc for ppid links)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        f = _stat_fields(int(entry))
-        if f is None:
-            continue
-        children.setdefault(int(f[1]), []).append(int(entry))  # f[1] = ppid
-    out, todo = [], [root]
-    while todo and len(out) < 10_000:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """utime+stime of root and live descendants, plus reaped children (cutime+cstime)."""
-    total = 0
-    for pid in descendants(root):
-        f = _stat_fields(pid)
-        if f is None:
-            continue
-        # after comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
-        total += int(f[11]) + int(f[12])
-        if pid == root:
-            total += int(f[13]) + int(f[14])
-    return total / CLK_TCK
-
-
-def tree_peak_rss_mib(root: int) -> dict:
-    """VmHWM (peak RSS) of root and of each live descendant, in MiB."""
-    per = {}
-    for pid in descendants(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    per[pid] = int(line.split()[1]) / 1024
-        except OSError:
-            continue
-    return {
-        "sum_mib": round(sum(per.values()), 1),
-        "max_mib": round(max(per.values()), 1) if per else None,
-        "nproc": len(per),
-    }
-
-
-# --------------------------------------------------------------------------
-# subprocess servers
-# --------------------------------------------------------------------------
-class ServerProc:
-    """A server subprocess in its own session (so we can kill exactly its group)."""
-
-    def __init__(self, name: str, argv: list[str], cwd: str, env: dict, log_path: Path):
-        self.name = name
-        self.argv = argv
-        self.cwd = cwd
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
-
-    def wait_ready(self, url: str, ok=lambda r: r.status_code == 200, timeout: float = 60.0) -> float:
-        """Poll url until ok(response); returns seconds waited. Raises on timeout/death."""
-        import httpx
-
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        last = None
-        with httpx.Client(timeout=2.0, trust_env=False) as c:
-            for _ in range(int(timeout / 0.05) + 1):
-                if not self.alive():
-                    raise RuntimeError(
-                        f"{self.name} exited with code {self.proc.returncode} before becoming ready;"
-                        f" log tail:\n{self.log_tail()}"
-                    )
-                try:
-                    r = c.get(url)
-                    if ok(r):
-                        return time.monotonic() - t0
-                    last = f"HTTP {r.status_code}: {r.text[:200]!r}"
-                except httpx.HTTPError as e:
-                    last = repr(e)
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s (last: {last}); log tail:\n{self.log_tail()}")
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM the process group we created, then SIGKILL after grace. Idempotent."""
-        if self.proc is None:
-            if self._log:
-                self._log.close()
-                self._log = None
-            return None
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
-        else:
-            # leader gone; make sure no straggler of its group survives
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self._log:
-            self._log.close()
-            self._log = None
-        return self.proc.returncode
-
-
-def write_orthanc_config(workdir: Path, http_port: int, name: str = "bench") -> Path:
-    storage = workdir / "storage"
-    storage.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "Name": name,
-        "StorageDirectory": str(storage),
-        "IndexDirectory": str(storage),
-        "StorageCompression": False,
-        "Plugins": [],
-        "HttpServerEnabled": True,
-        "HttpPort": http_port,
-        "HttpCompressionEnabled": False,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "SslEnabled": False,
-        "DicomServerEnabled": False,
-        "DicomPort": free_port(),  # unused (server disabled), but never the default 4242
-        "DicomModalities": {},
-        "OrthancPeers": {},
-        "HttpProxy": "",
-        "SaveJobs": False,
-        "ExecuteLuaEnabled": False,
-        "RestApiWriteToFileSystemEnabled": False,
-        "LuaScripts": [],
-    }
-    path = workdir / "orthanc.json"
-    path.write_text(json.dumps(cfg, indent=2))
-    return path
-
-
-# --------------------------------------------------------------------------
-# latency stats
-# --------------------------------------------------------------------------
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    return float(np.percentile(np.asarray(values), p, method="linear"))
-
-
-def lat_summary(ms: list[float]) -> dict:
-    return {
-        "n": len(ms),
-        "p50_ms": round(pct(ms, 50), 2) if ms else None,
-        "p95_ms": round(pct(ms, 95), 2) if ms else None,
-        "mean_ms": round(float(np.mean(ms)), 2) if ms else None,
-    }
-
-
-# --------------------------------------------------------------------------
-# synthetic CT series
-# --------------------------------------------------------------------------
 @dataclass
 class Instance:
     rel: str  # path relative to the import root, '/'-separated
@@ -593,68 +315,16 @@ def verify_corpus(corpus: Corpus, sample: int = 3) -> list[str]:
     return problems
 
 
-# --------------------------------------------------------------------------
-# report helpers shared by ingest.py and upload.py
-# --------------------------------------------------------------------------
-def settle_cpu(pid: int, max_s: float = 3.0) -> float:
-    """Wait (<= max_s) until the server tree stops burning CPU; return its CPU seconds."""
-    last = tree_cpu_seconds(pid)
-    for _ in range(int(max_s / 0.25)):
-        time.sleep(0.25)
-        now = tree_cpu_seconds(pid)
-        if now - last < 0.02:
-            return now
-        last = now
-    return last
 
-
-def fmt(x, spec="{:.1f}"):
-    return "-" if x is None else spec.format(x)
-
-
-def ratio(num, den):
-    if num is None or den is None or den == 0:
+def make(root: Path, n: int, seed: int, note: str = "") -> Corpus | None:
+    """synthesize() and verify_corpus(), printing the corpus line (+ note); None, with the
+    problems printed, when the files do not read back right."""
+    corpus = synthesize(root, n, seed=seed)
+    problems = verify_corpus(corpus)
+    print(f"corpus: {len(corpus.instances)} CT instances 512x512 int16, {corpus.n_elements} elements each,"
+          f" {corpus.n_patients} patients/{corpus.n_studies} studies/{corpus.n_series} series,"
+          f" {corpus.bytes_total / 1e6:.0f} MB, made in {corpus.seconds:.1f}s" + note, flush=True)
+    if problems:
+        print("corpus problems: " + "; ".join(problems), file=sys.stderr)
         return None
-    return round(num / den, 2)
-
-
-def dig(d, ks):
-    for k in ks:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def cleanup(live: list, keep: bool, tmp: Path) -> None:
-    """Stop every server still running; remove the scratch folder unless asked to keep it."""
-    for t in list(live):
-        try:
-            t.stop()
-        except Exception as e:  # noqa: BLE001
-            print(f"stopping {t.label} failed: {e}", file=sys.stderr)
-    if keep:
-        print(f"kept: {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def problems_exit_code(errs: list[str], rc: int) -> int:
-    """Print the problems; 1 when dicomsvc had any, 3 when only the peer did."""
-    if not errs:
-        return rc
-    print("\nPROBLEMS:")
-    for line in errs:
-        print("  " + line)
-    if any(line.startswith("dicomsvc") for line in errs):
-        return rc or 1
-    return rc or 3
-
-
-def start_orthanc(label: str, binary: str, work: Path, port: int, base: str) -> tuple["ServerProc", float]:
-    """Orthanc with its own config in ``work`` (loopback only); the process and its start-up seconds."""
-    cfg = write_orthanc_config(work, port)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")}
-    server = ServerProc(label, [binary, str(cfg)], str(work), env, work / "server.log")
-    server.start()
-    return server, server.wait_ready(base + "/system", timeout=60)
+    return corpus
