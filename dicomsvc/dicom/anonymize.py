@@ -21,6 +21,10 @@ typed here: it is read from the data file of the pinned PyPI package
 * dates: one shift per patient, a whole number of days in -3650..-1 from
   HMAC(secret, "shift:" + PatientID), applied to every DA and DT value at every
   depth (time of day kept); malformed dates are emptied, never passed through.
+* validity: after the profile, at every depth, the rules of ``CONDITIONAL_RULES``
+  (PS3.3 Type 1C/2C conditions, and Type 2 attributes the table removes) drop an
+  attribute whose condition no longer holds and keep, empty, one the IOD still
+  requires, so that the output has no IOD error its input did not have.
 
 Errors and reasons never quote values read from the dataset.
 """
@@ -41,6 +45,7 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
@@ -49,6 +54,8 @@ from ..errors import BurnedInAnnotation
 
 __all__ = [
     "BurnedInAnnotation",
+    "CONDITIONAL_RULES",
+    "ConditionalRule",
     "ProfileTableError",
     "anonymize",
     "burned_in_reason",
@@ -234,6 +241,159 @@ def _dict_vr(tag: int) -> str:
 
 
 # --------------------------------------------------------------------------
+# validity after the profile: conditional (Type 1C/2C) and Type 2 attributes
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConditionalRule:
+    """What the IOD asks of ``attribute`` once the profile has been applied to an item.
+
+    ``condition`` (evaluated on the cleaned item):
+      "present"   -- ``on`` is in the item (with or without a value);
+      "has_value" -- ``on`` is in the item with a non-empty value;
+      "animal"    -- the item describes a non-human patient (``_ANIMAL_TAGS``);
+      "always"    -- the attribute is required whenever its item is there (Type 2).
+    ``action``:
+      "X" -- ``attribute`` may not be present unless the condition holds: removed when it fails;
+      "Z" -- ``attribute`` is required (Type 2/2C) while the condition holds: where the
+             profile removed it, it is put back with no value (a Z, never a value);
+      "D" -- ``attribute`` is kept and needs ``on`` to have a value: where the profile
+             emptied ``on`` (Z, which allows a dummy), ``on`` gets the dummy instead.
+    ``within``: the rule holds only in items of this sequence (0: at every depth).
+    Rules run in table order (a "Z" rule can make a later "X" rule's condition fail).
+    """
+
+    attribute: int
+    type: str  # the attribute's Type in PS3.3: "1C", "2C", "2"
+    condition: str
+    action: str
+    on: int = 0
+    within: int = 0
+    source: str = ""  # the PS3.3 section and table
+
+
+_RESPONSIBLE_PERSON = 0x00102297
+_DEVICE_ALTERNATE_IDENTIFIER = 0x3010001B
+_REFERENCED_REQUEST_SEQUENCE = 0x0040A370
+
+CONDITIONAL_RULES: tuple[ConditionalRule, ...] = (
+    # Patient Module, PS3.3 C.7.1.1 (Table C.7-1): Responsible Person (0010,2297) and
+    # Responsible Organization (0010,2299) are 2C, "Required if the Patient is an animal.
+    # May be present otherwise." The profile removes both (X); for an animal they are
+    # kept, empty.
+    ConditionalRule(0x00102297, "2C", "animal", "Z", source="PS3.3 C.7.1.1, Table C.7-1"),
+    ConditionalRule(0x00102299, "2C", "animal", "Z", source="PS3.3 C.7.1.1, Table C.7-1"),
+    # Responsible Person Role (0010,2298), 1C: "Required if Responsible Person is present
+    # and has a value" (no "may be present otherwise"). Responsible Person is removed (X)
+    # or, for an animal, emptied: the role goes.
+    ConditionalRule(
+        0x00102298, "1C", "has_value", "X", on=_RESPONSIBLE_PERSON, source="PS3.3 C.7.1.1, Table C.7-1"
+    ),
+    # Clinical Trial Subject Module, PS3.3 C.7.1.3 (Table C.7-2b): Clinical Trial Protocol
+    # Ethics Committee Name (0012,0081), 1C: "Required if Clinical Trial Protocol Ethics
+    # Committee Approval Number (0012,0082) is present." The profile removes the number
+    # (X) and gives the name a dummy (D): the name goes.
+    ConditionalRule(0x00120081, "1C", "present", "X", on=0x00120082, source="PS3.3 C.7.1.3, Table C.7-2b"),
+    # Device Identification Macro, PS3.3 10.36 (Table 10.36-1): Device Alternate
+    # Identifier Type (3010,001C) and Format (3010,001D), 1C: "Required if Device Alternate
+    # Identifier (3010,001B) has a Value." The identifier is Type 2 and Z in the profile;
+    # Z allows a dummy, which keeps the type and format valid (and dciodvfy, which reads
+    # the condition as "is present", content).
+    ConditionalRule(
+        0x3010001C, "1C", "has_value", "D", on=_DEVICE_ALTERNATE_IDENTIFIER, source="PS3.3 10.36, Table 10.36-1"
+    ),
+    ConditionalRule(
+        0x3010001D, "1C", "has_value", "D", on=_DEVICE_ALTERNATE_IDENTIFIER, source="PS3.3 10.36, Table 10.36-1"
+    ),
+    # Type 2 attributes the table removes (X, or X/Z on a sequence with items): the
+    # IOD needs them present, so they are emptied instead ("X unless Z is required to
+    # maintain IOD conformance").
+    # Acquisition Context Module, PS3.3 C.7.6.14 (Table C.7.6.14-1): Acquisition Context
+    # Sequence (0040,0555), Type 2, "Zero or more Items shall be included".
+    ConditionalRule(0x00400555, "2", "always", "Z", source="PS3.3 C.7.6.14, Table C.7.6.14-1"),
+    # SR Document General Module, PS3.3 C.17.2 (Table C.17-2), and Key Object Document
+    # Module, C.17.6.2 (Table C.17.6-2): in Referenced Request Sequence (0040,A370) items,
+    # Referenced Study Sequence (0008,1110, X/Z) and Requested Procedure ID (0040,1001, X)
+    # are Type 2. (Elsewhere, e.g. the General Study Module, the sequence is Type 3.)
+    ConditionalRule(
+        0x00081110, "2", "always", "Z", within=_REFERENCED_REQUEST_SEQUENCE,
+        source="PS3.3 C.17.2, Table C.17-2; C.17.6.2, Table C.17.6-2",
+    ),
+    ConditionalRule(
+        0x00401001, "2", "always", "Z", within=_REFERENCED_REQUEST_SEQUENCE,
+        source="PS3.3 C.17.2, Table C.17-2; C.17.6.2, Table C.17.6-2",
+    ),
+    # RT Brachy Session Record Module, PS3.3 C.8.8.22 (Table C.8-58): Source Manufacturer
+    # (300A,0216, X) is Type 2 in Recorded Source Sequence (3008,0100) items.
+    ConditionalRule(0x300A0216, "2", "always", "Z", within=0x30080100, source="PS3.3 C.8.8.22, Table C.8-58"),
+)  # fmt: skip
+
+# "The Patient is an animal" (PS3.3 C.7.1.1): what the Patient Module carries only for
+# a non-human patient -- species, breed, strain (C.7.1.1.1.1, C.7.1.1.1.3, C.7.1.1.1.4).
+# A "Z" rule errs on the safe side: an empty 2C attribute is valid for a human too
+# ("May be present otherwise").
+_ANIMAL_TAGS = (
+    0x00102201,  # Patient Species Description
+    0x00102202,  # Patient Species Code Sequence
+    0x00102292,  # Patient Breed Description
+    0x00102293,  # Patient Breed Code Sequence
+    0x00102294,  # Breed Registration Sequence
+    0x00100212,  # Strain Description
+    0x00100213,  # Strain Nomenclature
+    0x00100219,  # Strain Code Sequence
+    0x00100218,  # Strain Additional Information
+    0x00100216,  # Strain Stock Sequence
+)
+
+
+def _has_value(ds: Dataset, tag: int) -> bool:
+    elem = ds.get_item(tag)
+    if elem is None:
+        return False
+    value = elem.value
+    if value is None:
+        return False
+    if isinstance(value, bytes):  # a raw element: its undecoded bytes
+        return bool(value.strip(b" \x00"))
+    if isinstance(value, Sequence | MultiValue | list | tuple):
+        return len(value) > 0
+    return bool(str(value).strip(" \x00"))
+
+
+def _condition_holds(rule: ConditionalRule, out: Dataset) -> bool:
+    if rule.condition == "always":
+        return True
+    if rule.condition == "present":
+        return rule.on in out
+    if rule.condition == "has_value":
+        return _has_value(out, rule.on)
+    if rule.condition == "animal":
+        return any(tag in out for tag in _ANIMAL_TAGS)
+    raise ValueError(f"unknown condition in a conditional rule: {rule.condition}")  # pragma: no cover
+
+
+def _apply_conditional_rules(src: Dataset, out: Dataset, parent: int) -> None:
+    """Make ``out`` (the cleaned copy of ``src``, an item of ``parent``) meet the rules."""
+    for rule in CONDITIONAL_RULES:
+        if rule.within and rule.within != parent:
+            continue
+        tag = rule.attribute
+        if rule.action == "X":
+            if tag in out and not _condition_holds(rule, out):
+                del out[tag]
+        elif rule.action == "Z":
+            if tag in src and tag not in out and _condition_holds(rule, out):
+                out[tag] = _empty(tag, _dict_vr(tag))
+        elif rule.action == "D":
+            if tag in out and rule.on in out and not _has_value(out, rule.on):
+                vr = _dict_vr(rule.on)
+                dummy = _DUMMY_BY_VR.get(vr)
+                if dummy is not None:
+                    out[rule.on] = _element(rule.on, vr, dummy)
+                else:  # pragma: no cover - the rules name text attributes only
+                    del out[tag]
+
+
+# --------------------------------------------------------------------------
 # keyed derivations
 # --------------------------------------------------------------------------
 def _hmac(secret: bytes, text: str) -> bytes:
@@ -393,8 +553,10 @@ def _empty(tag: int, vr: str) -> DataElement:
     return DataElement(tag, vr, None)
 
 
-def _clean(src: Dataset, ctx: _Context, parent_charset, *, in_dummy_sequence: bool = False) -> Dataset:
-    """A cleaned copy of one dataset (the top level or a sequence item)."""
+def _clean(
+    src: Dataset, ctx: _Context, parent_charset, *, in_dummy_sequence: bool = False, parent: int = 0
+) -> Dataset:
+    """A cleaned copy of one dataset (the top level, or an item of the sequence ``parent``)."""
     charset = _charset_of(src, parent_charset)
     out = Dataset(parent_encoding=parent_charset)
     implicit, little = src.original_encoding
@@ -435,6 +597,7 @@ def _clean(src: Dataset, ctx: _Context, parent_charset, *, in_dummy_sequence: bo
         new = _apply(src, tag, elem, vr, action, ctx, charset)
         if new is not None:
             out_dict[tag] = new
+    _apply_conditional_rules(src, out, parent)
     return out
 
 
@@ -491,7 +654,7 @@ def _apply(src, tag, elem, vr, action, ctx: _Context, charset) -> DataElement | 
         if action not in ("K", "D", "U", "C"):
             return _empty(tag, vr)
         items = [
-            _clean(item, ctx, charset, in_dummy_sequence=(action == "D"))
+            _clean(item, ctx, charset, in_dummy_sequence=(action == "D"), parent=tag)
             for item in (value or ())
         ]
         return _element(tag, "SQ", Sequence(items))
@@ -516,7 +679,11 @@ def _apply(src, tag, elem, vr, action, ctx: _Context, charset) -> DataElement | 
         dummy = _DUMMY_BY_VR.get(vr)
         if dummy is None:  # unknown VR (UN): no dummy can be made to fit
             return None
-        return _element(tag, vr, dummy)
+        # one dummy per value: the multiplicity stays, as attributes that must match
+        # another's need (PS3.3 C.7.3.1: the Items of Operator Identification Sequence
+        # correspond in number and order to the values of Operators' Name)
+        count = len(value) if isinstance(value, MultiValue | list) and not isinstance(dummy, bytes) else 1
+        return _element(tag, vr, [dummy] * count if count > 1 else dummy)
     if action == "U":
         return _empty(tag, vr)  # U on something that is not a UID
     return _kept(src, elem, charset, src.original_encoding[0] is False)  # pragma: no cover
