@@ -117,6 +117,18 @@ def build_phi_dataset(
     ds.AdditionalPatientHistory = f"history {p.marker()}"
     ds.PatientComments = f"comment {p.marker()}"
     ds.EthnicGroup = p.marker()
+    ds.ResponsiblePerson = f"{p.marker()}^RESPONSIBLE"
+    ds.ResponsiblePersonRole = "GUARDIAN"  # 1C: needs Responsible Person with a value
+    ds.ResponsibleOrganization = f"{p.marker()} Foundation"
+    # clinical trial subject
+    ds.ClinicalTrialSponsorName = p.marker()
+    ds.ClinicalTrialProtocolID = p.marker()
+    ds.ClinicalTrialProtocolName = p.marker()
+    ds.ClinicalTrialSiteID = p.marker()
+    ds.ClinicalTrialSiteName = p.marker()
+    ds.ClinicalTrialSubjectID = p.marker()
+    ds.ClinicalTrialProtocolEthicsCommitteeName = f"{p.marker()} IRB"  # 1C: needs the approval number
+    ds.ClinicalTrialProtocolEthicsCommitteeApprovalNumber = p.marker()
     # study, series, equipment
     ds.StudyDate = p.date("19870314")
     ds.SeriesDate = p.date("19870315")
@@ -145,7 +157,14 @@ def build_phi_dataset(
     ds.ReferringPhysicianName = f"{p.marker()}^REFERRER"
     ds.ReferringPhysicianAddress = p.marker()
     ds.PerformingPhysicianName = f"{p.marker()}^PERFORMER"
-    ds.OperatorsName = f"{p.marker()}^OPERATOR"
+    ds.OperatorsName = [f"{p.marker()}^OPERATOR", f"{p.marker()}^SECOND"]
+    operators = []
+    for _ in range(2):  # one item per value of Operators' Name, in order
+        operator = Dataset()
+        operator.PersonIdentificationCodeSequence = Sequence([_code(p.marker(), "99IDS", p.marker())])
+        operator.InstitutionName = f"{p.marker()} Hospital"
+        operators.append(operator)
+    ds.OperatorIdentificationSequence = Sequence(operators)
     ds.PhysiciansOfRecord = f"{p.marker()}^RECORD"
     ds.NameOfPhysiciansReadingStudy = f"{p.marker()}^READER"
     ds.RequestingPhysician = f"{p.marker()}^REQUESTER"

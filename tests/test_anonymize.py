@@ -15,7 +15,9 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_charset_files
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
@@ -23,7 +25,7 @@ from dicomfiles import sample_file
 from dicomsvc.dicom import anonymize as anon
 from dicomsvc.dicom.anonymize import BurnedInAnnotation, anonymize, burned_in_reason, profile_table
 from dicomsvc.errors import DicomSvcError
-from phi_fixture import TRANSFER_SYNTAXES, build_phi_dataset, build_study, to_bytes
+from phi_fixture import TRANSFER_SYNTAXES, _code, build_phi_dataset, build_study, to_bytes
 
 SECRET = b"test-secret-0123456789"
 OTHER_SECRET = b"another-secret-9876543210"
@@ -78,15 +80,18 @@ def test_table_actions_are_applied_as_documented():
 
     Combined actions: D wherever the table allows D (valid for Type 1, 2 and 3),
     else Z; an X/Z sequence that had items is removed (zero items is invalid for
-    a Type 3 sequence). Dates and times follow the modified dates option instead.
+    a Type 3 sequence). Dates and times follow the modified dates option instead;
+    the attributes of the conditional rules are tested on their own (below).
     """
     src = read(to_bytes(build_phi_dataset()[0]))
     out = anonymize(src, SECRET)
     table = profile_table()
+    top = [r for r in anon.CONDITIONAL_RULES if not r.within]  # rules that hold at the top level
+    ruled = {r.attribute for r in top} | {r.on for r in top if r.action == "D"}
     seen = set()
     for elem in src:
         action = table.action(elem.tag)
-        if action is None or elem.tag.is_private or elem.VR in ("DA", "DT", "TM"):
+        if action is None or elem.tag.is_private or elem.VR in ("DA", "DT", "TM") or elem.tag in ruled:
             continue
         if elem.tag in (0x00100010, 0x00100020, 0x00880200) or elem.tag.group & 0xFF00 in (0x5000, 0x6000):
             continue  # the pseudonym; removed anyway
@@ -106,6 +111,8 @@ def test_table_actions_are_applied_as_documented():
             assert got is not None and got.value, elem.keyword
             if elem.VR == "SQ":
                 assert len(got.value) == len(elem.value)
+            elif isinstance(elem.value, MultiValue):  # one dummy per value
+                assert list(got.value) == ["ANONYMIZED"] * len(elem.value), elem.keyword
             else:
                 assert got.value == "ANONYMIZED", elem.keyword
         elif want == "uid":
@@ -578,26 +585,215 @@ def test_secret_must_be_bytes():
 
 
 # --------------------------------------------------------------------------
+# validity: conditional attributes after the profile (PS3.3 Type 1C/2C, Type 2)
+# --------------------------------------------------------------------------
+def state(ds: Dataset, keyword: str) -> str:
+    """"absent", "empty" (no value, or no items) or "value": a failed assertion quotes no value."""
+    if keyword not in ds:
+        return "absent"
+    value = ds[keyword].value
+    return "empty" if (len(value) == 0 if ds[keyword].VR == "SQ" else not value) else "value"
+
+
+def test_conditional_rules_are_data_that_cite_the_standard():
+    rules = anon.CONDITIONAL_RULES
+    assert len({(r.attribute, r.within) for r in rules}) == len(rules)
+    for r in rules:
+        assert r.source.startswith("PS3.3 "), hex(r.attribute)
+        assert r.type in ("1C", "2C", "2") and r.action in ("X", "Z", "D")
+        assert r.condition in ("present", "has_value", "animal", "always")
+        assert (r.on != 0) == (r.condition in ("present", "has_value")), hex(r.attribute)
+        assert (r.type == "2") == (r.condition == "always"), hex(r.attribute)
+    # a "Z" rule that empties an attribute runs before an "X" rule that reads it
+    order = [(r.action, r.attribute, r.on) for r in rules]
+    for i, (act, attr, _) in enumerate(order):
+        if act == "Z":
+            assert not any(a == "X" and on == attr for a, _, on in order[:i])
+
+
+def test_responsible_person_role_goes_with_the_responsible_person():
+    """C.7.1.1: Role is 1C, required only if Responsible Person has a value (X in the table)."""
+    ds, planted = build_phi_dataset()
+    item = ds.ReferencedSeriesSequence[0]  # at depth, too
+    item.ResponsiblePerson, item.ResponsiblePersonRole = "DEEP^RESPONSIBLE", "PARENT"
+    src = read(to_bytes(ds))
+    assert src.ResponsiblePersonRole and src.ResponsiblePerson and src.ResponsibleOrganization
+
+    out, _ = roundtrip(src)
+
+    for where in (out, out.ReferencedSeriesSequence[0]):
+        assert state(where, "ResponsiblePerson") == "absent"
+        assert state(where, "ResponsiblePersonRole") == "absent"
+    assert state(out, "ResponsibleOrganization") == "absent"
+
+
+def _animal(ds: Dataset) -> Dataset:
+    ds.PatientSpeciesDescription = "Canis lupus familiaris"
+    ds.PatientBreedDescription = "Beagle"
+    ds.PatientBreedCodeSequence = Sequence()
+    registration = Dataset()
+    registration.BreedRegistrationNumber = "BR-0001"
+    registration.BreedRegistryCodeSequence = Sequence([_code("109200", "DCM", "America Kennel Club")])
+    ds.BreedRegistrationSequence = Sequence([registration])
+    ds.PatientSexNeutered = "ALTERED"
+    ds.ResponsiblePersonRole = "OWNER"
+    return ds
+
+
+def test_animal_keeps_responsible_person_and_organization_empty():
+    """C.7.1.1: for an animal both are 2C and required: emptied (not removed); the role goes."""
+    ds, planted = build_phi_dataset()
+    src = read(to_bytes(_animal(ds)))
+
+    out, blob = roundtrip(src)
+
+    assert state(out, "ResponsiblePerson") == "empty" and state(out, "ResponsibleOrganization") == "empty"
+    assert state(out, "ResponsiblePersonRole") == "absent"  # Responsible Person has no value now
+    assert state(out, "PatientSexNeutered") == "empty"  # 2C in the Patient Study Module; X/Z in the table
+    assert out.PatientSpeciesDescription == src.PatientSpeciesDescription
+    assert [m for m in planted.markers if m.encode() in blob] == []
+
+
+def test_ethics_committee_name_goes_with_its_approval_number():
+    """C.7.1.3: the name is 1C, required if the approval number (X in the table) is present."""
+    src = read(to_bytes(build_phi_dataset()[0]))
+    assert src.ClinicalTrialProtocolEthicsCommitteeName and src.ClinicalTrialProtocolEthicsCommitteeApprovalNumber
+
+    out, _ = roundtrip(src)
+
+    assert state(out, "ClinicalTrialProtocolEthicsCommitteeApprovalNumber") == "absent"
+    assert state(out, "ClinicalTrialProtocolEthicsCommitteeName") == "absent"
+    assert out.ClinicalTrialSponsorName == "ANONYMIZED" and out.ClinicalTrialSubjectID == "ANONYMIZED"
+
+
+def test_device_alternate_identifier_gets_a_dummy_while_its_type_and_format_stay():
+    """10.36: Type and Format are 1C, required if the identifier (Z in the table) has a value."""
+    ds = build_study().instances[0][0]
+    with_type, without = Dataset(), Dataset()
+    for item in (with_type, without):
+        item.SeriesInstanceUID = ds.SeriesInstanceUID
+        item.DeviceAlternateIdentifier = "DAIMARKERZQ"
+    with_type.DeviceAlternateIdentifierType = "BARCODE"
+    with_type.DeviceAlternateIdentifierFormat = "GS1"
+    # the macro's places in PS3.3 (Transducer Identification Sequence) are removed by the
+    # profile: a sequence it keeps stands in for them
+    ds.ReferencedSeriesSequence = Sequence([with_type, without])
+
+    out, blob = roundtrip(ds)
+
+    kept, emptied = out.ReferencedSeriesSequence
+    assert kept.DeviceAlternateIdentifier == "ANONYMIZED"
+    assert (kept.DeviceAlternateIdentifierType, kept.DeviceAlternateIdentifierFormat) == ("BARCODE", "GS1")
+    assert state(emptied, "DeviceAlternateIdentifier") == "empty"
+    assert b"DAIMARKERZQ" not in blob
+
+
+def _sr_with_request() -> Dataset:
+    """The bundled SR with a Referenced Request Sequence item (Type 2 attributes inside)."""
+    ds = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.10.999.77.1"
+    request = Dataset()
+    request.StudyInstanceUID = "1.2.826.0.1.3680043.10.999.77.2"
+    request.ReferencedStudySequence = Sequence([study])
+    request.AccessionNumber = "ACCZQ1"
+    request.PlacerOrderNumberImagingServiceRequest = "PLACERZQ1"
+    request.FillerOrderNumberImagingServiceRequest = "FILLERZQ1"
+    request.RequestedProcedureID = "REQPROCZQ1"
+    request.RequestedProcedureDescription = "REQDESCZQ1"
+    request.RequestedProcedureCodeSequence = Sequence()
+    ds.ReferencedRequestSequence = Sequence([request])
+    return ds
+
+
+def test_type2_attributes_the_table_removes_are_emptied():
+    """X, or X/Z on a sequence with items, where the IOD makes the attribute Type 2."""
+    sr = _sr_with_request()
+    sr.ReferencedStudySequence = Sequence([copy.deepcopy(sr.ReferencedRequestSequence[0].ReferencedStudySequence[0])])
+    bare = Dataset()  # a request without the Type 2 attributes: nothing is added
+    bare.StudyInstanceUID = "1.2.826.0.1.3680043.10.999.77.3"
+    sr.ReferencedRequestSequence.append(bare)
+    out, blob = roundtrip(read(to_bytes(sr)))
+    request, bare_out = out.ReferencedRequestSequence
+    # C.17.2: Type 2 in Referenced Request Sequence items
+    assert state(request, "ReferencedStudySequence") == "empty" and state(request, "RequestedProcedureID") == "empty"
+    assert state(bare_out, "ReferencedStudySequence") == "absent" and state(bare_out, "RequestedProcedureID") == "absent"
+    # C.7.2.1: Type 3 at the top level (General Study Module), "one or more Items": removed
+    assert state(out, "ReferencedStudySequence") == "absent"
+    assert b"REQPROCZQ1" not in blob
+
+    waveform = read(sample_file("waveform_ecg.dcm").read_bytes())
+    assert len(waveform.AcquisitionContextSequence) > 0
+    out = anonymize(waveform, SECRET)
+    assert state(out, "AcquisitionContextSequence") == "empty"  # C.7.6.14: Type 2, zero or more Items
+
+    ds = build_study().instances[0][0]
+    source = Dataset()
+    source.SourceNumber = 1
+    source.SourceManufacturer = "SOURCEMAKERZQ"
+    ds.RecordedSourceSequence = Sequence([source])
+    out = anonymize(ds, SECRET)
+    assert state(out.RecordedSourceSequence[0], "SourceManufacturer") == "empty"  # C.8.8.22: Type 2
+    assert state(anonymize(_with_top_level_source_manufacturer(), SECRET), "SourceManufacturer") == "absent"
+
+
+def _with_top_level_source_manufacturer() -> Dataset:
+    ds = build_study().instances[0][0]
+    ds.SourceManufacturer = "SOURCEMAKERZQ"  # outside Recorded Source Sequence: X, as the table says
+    return ds
+
+
+def test_dummies_keep_the_value_multiplicity():
+    """C.7.3.1: Operator Identification Sequence Items correspond to Operators' Name values."""
+    src = read(to_bytes(build_phi_dataset()[0]))
+    assert len(src.OperatorsName) == len(src.OperatorIdentificationSequence) == 2
+
+    out, _ = roundtrip(src)
+
+    assert list(out.OperatorsName) == ["ANONYMIZED", "ANONYMIZED"]
+    assert len(out.OperatorIdentificationSequence) == 2
+
+
+# --------------------------------------------------------------------------
 # validity: dciodvfy reports no error the input did not have
 # --------------------------------------------------------------------------
 DCIODVFY = shutil.which("dciodvfy")
 
 
 def dciodvfy_errors(path: Path) -> set[str]:
-    run = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    # dciodvfy quotes values in the file's own encoding: read its output as bytes
+    run = subprocess.run([DCIODVFY, str(path)], capture_output=True, encoding="latin-1", timeout=60)
     lines = (run.stdout + run.stderr).splitlines()
     assert lines, "dciodvfy said nothing at all"
+    assert not any("read failed" in line for line in lines), "dciodvfy could not read the whole file"
     # values differ after anonymization: compare the messages without them
-    return {re.sub(r"= <[^>]*>", "= <>", line) for line in lines if line.startswith("Error")}
+    # ("= <value>", and the UIDs some messages end with)
+    return {
+        re.sub(r"(UID\s+)[0-9.]+", r"\1<uid>", re.sub(r"= <[^>]*>", "= <>", line))
+        for line in lines
+        if line.startswith("Error")
+    }
+
+
+DCIODVFY_SOURCES = [
+    "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "US1_J2KR.dcm",
+    "waveform_ecg.dcm", "test-SR.dcm", "reportsi.dcm", "rtplan.dcm", "rtdose.dcm",
+    "study", "phi", "phi-animal", "sr-request",
+]  # fmt: skip
 
 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian package dicom3tools) is not installed")
-@pytest.mark.parametrize("source", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "study", "phi"])
+@pytest.mark.parametrize("source", DCIODVFY_SOURCES)
 def test_dciodvfy_finds_no_new_error(source, tmp_path):
     if source == "study":
         blob = to_bytes(build_study().instances[1][2])
-    elif source == "phi":
+    elif source == "phi":  # Responsible Person and Role, clinical trial subject, operators...
         blob = to_bytes(build_phi_dataset()[0])
+    elif source == "phi-animal":
+        blob = to_bytes(_animal(build_phi_dataset()[0]))
+    elif source == "sr-request":
+        blob = to_bytes(_sr_with_request())
     else:
         blob = sample_file(source).read_bytes()
     src_path, out_path = tmp_path / "in.dcm", tmp_path / "out.dcm"
