@@ -10,12 +10,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from dicomsvc import jobs, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.http import catalog, instances, intake, openapi, stow
+from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
 from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
@@ -168,6 +169,7 @@ routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/openapi.json", get_openapi, methods=["GET"]),
     Route("/docs", get_docs, methods=["GET"]),
+    Mount("/dicomweb", routes=dicomweb.routes),  # DICOMweb (PS3.18): dicomsvc/http/dicomweb/
 ]
 
 exception_handlers = {

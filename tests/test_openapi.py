@@ -1,17 +1,26 @@
 """The API description: valid OpenAPI 3, and every served route in it."""
 
 from openapi_spec_validator import validate
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from app import routes
+
+
+def served_routes(table=routes, prefix: str = "") -> set[tuple[str, str]]:
+    """(path, method) of every route the app serves, mounted ones (/dicomweb) included."""
+    out = set()
+    for r in table:
+        if isinstance(r, Mount):
+            out |= served_routes(r.routes, prefix + r.path)
+        elif isinstance(r, Route):
+            out |= {(prefix + r.path.replace(":path}", "}"), m.lower()) for m in r.methods if m != "HEAD"}
+    return out
 
 
 def test_openapi_is_valid_and_complete(client):
     document = client.get("/openapi.json").json()
     validate(document)
-    served = {
-        (r.path.replace(":path}", "}"), m.lower()) for r in routes if isinstance(r, Route) for m in r.methods if m != "HEAD"
-    }
+    served = served_routes()
     described = {(path, method) for path, methods in document["paths"].items() for method in methods}
     assert served == described
 
