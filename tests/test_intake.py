@@ -332,3 +332,28 @@ def test_concurrent_jobs_and_deletes_share_the_connection_safely(client, data_di
     jobs = [wait_for(client, a.json()["status_url"]) for a in answers]
     assert [j["created"] for j in jobs] == [6] * 6
     assert client.get(f"/dicom/{keep}").status_code == 200
+
+
+# Hostile JSON and names (issue 9) ----------------------------------------------------------
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code and response.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"path": ' + b"[" * 100_000], ids=["array", "in-object"])
+def test_deeply_nested_json_is_400(client, body):
+    assert_error(client.post("/dicom", content=body, headers={"content-type": "application/json"}), 400, "bad_request")
+
+
+@pytest.mark.parametrize("path", ["a" * 5000, "a/" * 3000 + "x.dcm"], ids=["long-name", "3000-levels"])
+def test_over_long_paths_are_400(client, path):
+    assert_error(client.post("/dicom", json={"path": path}), 400, "bad_request")
+
+
+@pytest.mark.parametrize("raw", [b'"\\ud800"', b'"caf\\udce9.dcm"', b'"a\\udfff/b"'])
+def test_lone_surrogates_in_path_are_400(client, raw):
+    body = b'{"path": ' + raw + b"}"
+    assert_error(client.post("/dicom", content=body, headers={"content-type": "application/json"}), 400, "bad_request")
+

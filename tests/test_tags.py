@@ -1,5 +1,6 @@
 """Tag flattening: the rows GET /tags serves, checked directly and through HTTP."""
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,36 @@ def test_every_element_pydicom_reads_is_a_row(path, client, put):
     instance_id = client.post("/dicom", json={"path": put(path.name)}).json()["id"]
     rows = client.get("/tags", params={"id": instance_id}).json()["tags"]
     assert [r["Tag"] for r in rows if "Parent" not in r] == [format_tag(t) for t in expected]
+
+
+def _with_bytes(ds, tmp_path, values: dict[str, bytes]):
+    """Save ``ds`` with each named element's value replaced by raw bytes (same length)."""
+    for keyword in values:
+        setattr(ds, keyword, "x" * len(values[keyword]))
+    raw = save(ds, tmp_path / "raw.dcm").read_bytes()
+    for keyword, value in values.items():
+        element = ds[keyword]
+        header = struct.pack("<HH", element.tag.group, element.tag.element) + element.VR.encode()
+        at = raw.index(header) + len(header) + (6 if element.VR in ("UT", "UC", "UR") else 2)
+        raw = raw[:at] + value + raw[at + len(value) :]
+    path = tmp_path / "bytes.dcm"
+    path.write_bytes(raw)
+    return path
+
+
+def test_invalid_utf8_under_iso_ir_192_becomes_replacement_characters(tmp_path, client):
+    """(0008,0005) ISO_IR 192 is UTF-8 (PS3.3 C.12.1.1.2); bytes that are not UTF-8 are
+    stored as they came and shown as U+FFFD, as pydicom decodes them, never a 500."""
+    ds = make_ct()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    bad = {"StudyDescription": b"\xff\xfe", "ImageComments": b"ok \xc3(", "StationName": b"\xe9t\xe9 "}
+    path = _with_bytes(ds, tmp_path, bad)
+    fast = flatten(*_parsed(path), fast=True)
+    assert fast == flatten(*_parsed(path), fast=False)
+    values = {r.keyword: r.value for r in fast}
+    assert values["StudyDescription"] == "\ufffd\ufffd" and values["ImageComments"] == "ok \ufffd("
+    response = client.post("/dicom", content=path.read_bytes(), headers={"content-type": "application/dicom"})
+    assert response.status_code == 201, response.text
+    rows = client.get("/tags", params={"id": response.json()["id"]}).json()["tags"]
+    assert {r["Name"]: r["Value"] for r in rows}["StationName"] == "\ufffdt\ufffd"
+    assert client.get("/tags", params={"id": response.json()["id"], "format": "dicomjson"}).status_code == 200

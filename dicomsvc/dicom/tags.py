@@ -159,10 +159,10 @@ def _fast_row(raw: RawDataElement, little: bool, codec: str, parent: int | None,
             text = "\\".join(v.strip(" \0") for v in text.split("\\"))
         else:
             text = text.rstrip(" \0")
-    elif vr in CHARSET_TEXT_VRS:
-        text = "\\".join(v.rstrip(" \0") for v in value.decode(codec).split("\\"))
+    elif vr in CHARSET_TEXT_VRS:  # bytes the character set cannot decode become U+FFFD, as in pydicom
+        text = "\\".join(v.rstrip(" \0") for v in value.decode(codec, "replace").split("\\"))
     elif vr in UNSPLIT_TEXT_VRS:
-        text = value.decode(codec).rstrip(" \0")
+        text = value.decode(codec, "replace").rstrip(" \0")
     else:
         return None
     return TagRow(tag, vr, _keyword(tag), text, None, parent, item)

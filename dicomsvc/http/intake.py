@@ -76,7 +76,7 @@ def single(ingested: Ingested) -> Answer:
 
 async def _from_path(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
     body = await read_json_object(request)
-    options, raw = Options.from_request(request.query_params, body), body.get("path")
+    options, raw = Options.from_request(request.query_params, body), paths.client_path(body.get("path"))
     real, is_dir = await svc.io(_resolve, svc.config.import_root, raw)
     if is_dir:
         entries = await svc.io(batch.expand_directory, svc.config, real, options)
@@ -103,7 +103,10 @@ async def _from_body(svc: Service, request: Request, want_async: bool, options: 
 
 def _resolve(root: Path, raw: object) -> tuple[Path, bool]:
     real = paths.resolve(root, raw)
-    return real, real.is_dir()
+    try:
+        return real, real.is_dir()
+    except OSError:  # EACCES on a parent, say: opening it answers with the reason
+        return real, False
 
 
 def _source(request: Request) -> str:

@@ -22,6 +22,8 @@ async def read_json_object(request: Request, limit: int = MAX_JSON_BYTES) -> dic
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
