@@ -23,6 +23,8 @@ class Config:
     max_archive_bytes: int = 16 * 1024**3  # total uncompressed size of one archive
     max_zip_ratio: int = 1000  # uncompressed / compressed size of one archive member
     render_max_size: int = 2048  # largest width or height GET /image scales to
+    thumbnail_size: int = 128  # DICOMweb /thumbnail without viewport: fits in this square (PS3.18 §10.4.1.1.4)
+    qido_max_results: int = 1000  # most results one QIDO-RS answer carries (PS3.18 §8.3.4.4 limit)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     anonymize_always: bool = False  # DICOMSVC_ANONYMIZE=always: nothing identifiable is stored
     anon_secret: str = field(default="", repr=False)  # HMAC key for pseudonyms; never logged
@@ -73,6 +75,8 @@ class Config:
             max_archive_bytes=get_int("MAX_ARCHIVE_BYTES", 16 * 1024**3),
             max_zip_ratio=get_int("MAX_ZIP_RATIO", 1000),
             render_max_size=get_int("RENDER_MAX_SIZE", 2048),
+            thumbnail_size=get_int("THUMBNAIL_SIZE", 128),
+            qido_max_results=get_int("QIDO_MAX_RESULTS", 1000),
             cors_origins=tuple(o.strip() for o in get("CORS_ORIGINS", "").split(",") if o.strip()),
             anonymize_always=_anonymize_mode(get("ANONYMIZE", "request")),
             anon_secret=get("ANON_SECRET", ""),

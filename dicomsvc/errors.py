@@ -70,3 +70,9 @@ class StudyMismatch(DicomSvcError):
     """STOW-RS to /studies/{uid} with an instance of another study."""
 
     status, code = 409, "study_mismatch"
+
+
+class NotAcceptable(DicomSvcError):
+    """Nothing the client's Accept allows can be produced (PS3.18 §8.7.5: 406)."""
+
+    status, code = 406, "not_acceptable"

@@ -40,3 +40,10 @@ def test_workers_default_to_the_cpus_this_process_may_use(tmp_path, monkeypatch)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
     assert usable_cpus(v1) == 2
     assert Config.from_env({}).workers == usable_cpus()
+
+
+def test_thumbnail_size():
+    assert Config.from_env({}).thumbnail_size == 128
+    assert Config.from_env({"DICOMSVC_THUMBNAIL_SIZE": "64"}).thumbnail_size == 64
+    with pytest.raises(ValueError, match="DICOMSVC_THUMBNAIL_SIZE"):
+        Config.from_env({"DICOMSVC_THUMBNAIL_SIZE": "0"})

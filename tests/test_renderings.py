@@ -328,6 +328,22 @@ def test_cache_key_is_unique_per_rendering():
         assert SAFE.match(key) and len(key) < 100 and not key.startswith(("-", ".")), key
 
 
+def test_a_voi_lut_function_replaces_the_files():
+    """DICOMweb's window=center,width,function (PS3.18 §8.3.5.1.3): RenderParams.function."""
+    window = parse(window="40,400")
+    functions = [dataclasses.replace(window, function=f) for f in (None, "LINEAR", "LINEAR_EXACT", "SIGMOID")]
+    keys = [cache_key(p) for p in functions]
+    assert len(set(keys)) == 4 and all(SAFE.match(k) for k in keys)
+    assert keys[3] == "f1-w40,400-vsigmoid-png" and keys[2] == "f1-w40,400-vlinear.exact-png"
+    path, parsed = instance("CT_small.dcm")
+    linear, sigmoid = (renderings.render(path, parsed, p) for p in (functions[1], functions[3]))
+    assert np.array_equal(pixels(linear), pixels(render(path, parsed, window)))  # CT_small has no function: LINEAR
+    assert not np.array_equal(pixels(sigmoid), pixels(linear))
+    assert "VOILUTFunction" not in parsed.ds  # the caller's data set is untouched
+    with pytest.raises(ValueError):
+        RenderParams(function="CUBIC")
+
+
 def test_cache_key_is_safe_for_awkward_numbers():
     for window in ("1e300,1e300", "-1e-300,1", "123456789.123456789,1.5", "0.000001,1"):
         key = cache_key(parse(window=window))

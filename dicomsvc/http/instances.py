@@ -54,6 +54,12 @@ async def image(
         {k: v for k, v in query.items() if k != "id"}, accept, svc.config.render_max_size
     )
     record = await _instance(svc, query.get("id"))
+    return await rendering(svc, record, params, if_none_match)
+
+
+async def rendering(svc: Service, record: dict, params: renderings.RenderParams, if_none_match: str | None) -> Image:
+    """The rendering ``params`` of a stored instance (its row): the PNG stored at ingest when
+    that is what is asked, else from the rendering cache, made once on a miss (in a worker)."""
     if not record["has_pixels"]:
         raise NoPixelData("this instance has no pixel data")
     if renderings.is_default(params):

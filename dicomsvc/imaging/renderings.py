@@ -46,6 +46,8 @@ Parameters
 ``quality``
     JPEG quality 1..100, default 90. Always validated; meaningless for PNG, so
     dropped there (a PNG's ``quality`` is None and not part of its cache key).
+``RenderParams.function`` (not a query key here: DICOMweb's ``window=C,W,function``, PS3.18 §8.3.5.1.3)
+    LINEAR, LINEAR_EXACT or SIGMOID replacing the file's (0028,1056) VOI LUT Function.
 
 JPEG output: baseline, 4:4:4 chroma (no subsampling: colour edges and burned-in
 text stay sharp), no ``optimize`` pass; grey images stay one-channel (``L``).
@@ -64,6 +66,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from ..errors import BadRequest, NoPixelData
@@ -102,6 +105,7 @@ _FORMATS: dict[str, Format] = {
     "image/jpeg": "jpeg",
 }
 _MIME: dict[Format, str] = {"png": "image/png", "jpeg": "image/jpeg"}
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")  # PS3.3 C.11.2.1.3
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,16 @@ class RenderParams:
     height: int | None = None
     format: Format = "png"
     quality: int | None = None  # JPEG only (1..100); None for PNG
+    # (0028,1056) VOI LUT Function replacing the file's: LINEAR, LINEAR_EXACT or SIGMOID
+    # (PS3.3 C.11.2.1.3; PS3.18 §8.3.5.1.3 window=center,width,function); None keeps the file's
+    function: str | None = None
 
     def __post_init__(self) -> None:
         # Normalized at construction, so equal renderings compare (and hash) equal.
         if self.format not in ("png", "jpeg"):
             raise ValueError(f"format must be 'png' or 'jpeg', got {self.format!r}")
+        if self.function not in (None, *VOI_FUNCTIONS):
+            raise ValueError(f"function must be one of {VOI_FUNCTIONS}, got {self.function!r}")
         if self.format == "jpeg" and self.quality is None:
             object.__setattr__(self, "quality", DEFAULT_JPEG_QUALITY)
         if self.format == "png":
@@ -274,7 +283,8 @@ def is_default(params: RenderParams) -> bool:
 def cache_key(params: RenderParams) -> str:
     """A normalized, filesystem-safe name unique per distinct rendering.
 
-    e.g. ``f1-png``, ``f3-w40,400-s256x256-jpeg-q90``, ``f1-w-600,1500-png``.
+    e.g. ``f1-png``, ``f3-w40,400-s256x256-jpeg-q90``, ``f1-w-600,1500-png``,
+    ``f1-w40,400-vsigmoid-jpeg-q90`` (a VOI LUT Function asked for: ``vlinear.exact``...).
     Characters: ``[a-z0-9.,+-]`` only (``e``/``+`` from floats such as 1e+20).
     """
     parts = [f"f{params.frame}"]
@@ -285,6 +295,8 @@ def cache_key(params: RenderParams) -> str:
         w = "" if params.width is None else str(params.width)
         h = "" if params.height is None else str(params.height)
         parts.append(f"s{w}x{h}")  # "s256x" / "sx256" only for RenderParams built by hand
+    if params.function is not None:
+        parts.append("v" + params.function.lower().replace("_", "."))
     parts.append(params.format)
     if params.format == "jpeg":
         parts.append(f"q{params.quality}")
@@ -311,12 +323,21 @@ def render(path: Path, parsed: Parsed, params: RenderParams) -> bytes:
     frame = decode_frame(path, parsed, params.frame - 1)
     # A narrow window on a SIGMOID file overflows exp() in render._window_values: the result
     # (0 or 255) is right, but numpy warns; the window comes from the client here, so hush it.
+    ds = parsed.ds if params.function is None else _with_function(parsed.ds, params.function)
     with np.errstate(over="ignore"):
-        pixels = to_display(frame, parsed.ds, window=params.window)
+        pixels = to_display(frame, ds, window=params.window)
     image = resize(pixels, params.width, params.height)
     if params.format == "png":
         return encode_png(image)
     return encode_jpeg(image, params.quality or DEFAULT_JPEG_QUALITY)
+
+
+def _with_function(ds: Dataset, function: str) -> Dataset:
+    """A new Dataset with ``ds``'s elements and (0028,1056) VOI LUT Function replaced; ``ds``
+    is untouched (``Dataset(ds)`` would share its elements)."""
+    copy = Dataset({tag: ds.get_item(tag) for tag in ds.keys()})
+    copy[0x00281056] = DataElement(0x00281056, "CS", function)
+    return copy
 
 
 def target_size(columns: int, rows: int, width: int | None, height: int | None) -> tuple[int, int]:
