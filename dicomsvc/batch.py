@@ -153,16 +153,20 @@ def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options
 
 
 def expand_directory(config: Config, real: Path, options: Options = PLAIN) -> list[Entry]:
-    """Items for every file below a folder of the import root (links are not followed)."""
-    root = config.import_root.resolve()
-    items = []
-    for folder, dirs, files in os.walk(real):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(folder) / name
-            relative = str(path.relative_to(root))  # may hold surrogate escapes: a name, not text
-            items.append(Item.of(paths.label(str(path.relative_to(real))), "import", relative, options))
-    return items
+    """Items for every file below a folder of the import root.
+
+    The folder and each one below it are opened beneath the root (``paths.walk_files``:
+    links to folders are not followed), and each file is opened beneath the root again
+    when it is ingested, so a folder swapped for a link meanwhile never leads outside.
+    """
+    root = config.import_root
+    folder = str(real.relative_to(root))
+    prefix = "" if folder == "." else folder + "/"
+    # relative paths may hold surrogate escapes (names that are not UTF-8): names, not text
+    return [
+        Item.of(paths.label(relative[len(prefix) :]), "import", relative, options)
+        for relative in paths.walk_files(root, folder)
+    ]
 
 
 # Ingesting items (synchronous, in a worker) --------------------------------------------------

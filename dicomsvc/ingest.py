@@ -40,11 +40,11 @@ class Ingested:
 
 
 def ingest_import(config: Config, raw: object, options: Options = PLAIN) -> Ingested:
-    """Ingest the file ``raw`` names inside the import root."""
-    real = paths.resolve(config.import_root, raw)
-    with paths.open_regular(real, str(raw)) as src:
+    """Ingest the file ``raw`` names inside the import root (opened beneath it: ``paths``)."""
+    src, source = paths.open_file(config.import_root, raw)
+    with src:
         temp = BlobStore(config.blob_dir).spool(src, config.max_upload_bytes)
-    return ingest_file(config, temp, str(real.relative_to(config.import_root.resolve())), options)
+    return ingest_file(config, temp, source, options)
 
 
 def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAIN) -> Ingested:

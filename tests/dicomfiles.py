@@ -1,5 +1,8 @@
 """Test data: pydicom's bundled files and datasets built here."""
 
+import ctypes
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,33 @@ def counting_reads(monkeypatch) -> list[int]:
 
     monkeypatch.setattr("builtins.open", counting_open)
     return reads
+
+
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+
+
+def exchange(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): swap two names atomically (a folder and a link, say)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def swapping(a: Path, b: Path) -> tuple[threading.Event, threading.Thread]:
+    """A thread swapping ``a`` and ``b`` until the returned event is set; skips the test
+    where renameat2(RENAME_EXCHANGE) is missing. Join the thread after setting the event."""
+    try:
+        exchange(a, b)
+        exchange(a, b)
+    except (OSError, AttributeError):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            exchange(a, b)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return stop, thread

@@ -5,13 +5,14 @@ import json
 import shutil
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
 
-from dicomfiles import blob_files, make_ct, sample_file
+from dicomfiles import blob_files, make_ct, sample_file, save, swapping
 
 
 def dicom_bytes(name: str) -> bytes:
@@ -212,6 +213,59 @@ def test_folder_import_walks_everything_below(client, import_root, data_dir):
     assert by_file["a/b/plan"]["status"] == "created" and by_file["a/notes.txt"]["status"] == "skipped"
     assert by_file["a/link.dcm"]["status"] == "failed" and by_file["a/link.dcm"]["error"] == "forbidden"
     assert body["created"] == 3
+
+
+# a folder swapped for a link out while clients post (issue 9) --------------------------------
+
+
+@pytest.fixture
+def swapped(import_root, tmp_path):
+    """``d/`` in the import root and a link ``swap`` to a folder outside, holding files
+    of the same names; ``start()`` swaps the two names until the test ends."""
+    outside = tmp_path / "outside"
+    save(make_ct(np.zeros((8, 8), np.int16), PatientID="OUTSIDE"), outside / "a.dcm")
+    save(make_ct(np.zeros((8, 8), np.int16), PatientID="OUTSIDE"), outside / "SECRET-NAME.dcm")
+    save(make_ct(np.ones((8, 8), np.int16), PatientID="INSIDE"), import_root / "d" / "a.dcm")
+    (import_root / "swap").symlink_to(outside)
+    running = []
+    yield lambda: running.append(swapping(import_root / "d", import_root / "swap"))
+    for stop, thread in running:
+        stop.set()
+        thread.join()
+
+
+def status_of(client, body: dict) -> tuple[int, dict]:
+    try:
+        response = client.post("/dicom", json=body)
+    except Exception:  # the test client re-raises what the app raised: a 500
+        return 500, {}
+    return response.status_code, response.json()
+
+
+def stored_patients(client) -> set[str]:
+    return {item["PatientID"] for item in client.get("/dicom", params={"limit": 1000}).json()["items"]}
+
+
+def test_a_file_behind_a_folder_swapped_for_a_link_out_is_never_stored(client, swapped):
+    """Before: one request in a few hundred stored the outside file, and some were 500s."""
+    swapped()
+    with ThreadPoolExecutor(4) as pool:
+        statuses = [s for s, _ in pool.map(lambda _: status_of(client, {"path": "d/a.dcm"}), range(400))]
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    assert "OUTSIDE" not in stored_patients(client), counts
+    assert set(statuses) <= {200, 201, 403}, counts
+    assert 403 in counts and (200 in counts or 201 in counts), counts  # the race ran both ways
+
+
+def test_a_folder_import_under_the_same_race_never_reads_or_lists_the_outside(client, swapped):
+    swapped()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: status_of(client, {"path": "d"}), range(150)))
+    statuses = {s for s, _ in answers}
+    files = {r["file"] for _, body in answers for r in body.get("results", [])}
+    assert statuses <= {200, 403}, statuses
+    assert "OUTSIDE" not in stored_patients(client)
+    assert files == {"a.dcm"}, files  # never a name listed from the outside folder
 
 
 # jobs -----------------------------------------------------------------------------------------
