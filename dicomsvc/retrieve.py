@@ -6,9 +6,13 @@ I/O thread; the counterpart of ``ingest`` on the read side. Each reads the store
 DICOM blob, never the whole pixel data: only the frames asked for are decoded.
 """
 
+import contextlib
 import functools
+import itertools
 import os
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,14 +35,29 @@ from .config import Config
 from .dicom import dicomjson
 from .dicom.parse import CHUNK, Parsed, read
 from .dicom.tags import flatten
-from .errors import NoPixelData, UnsupportedTransferSyntax
+from .errors import NoPixelData, NotFound, UnsupportedTransferSyntax
 from .imaging import arrays, renderings
 from .imaging.decode import decode_frame, frame_count
 from .storage.blobs import BlobStore
 
 
+@contextlib.contextmanager
+def deleted_is_404() -> Iterator[None]:
+    """The stored file vanished between the row's lookup and its reading: a DELETE of the
+    instance got there first. The answer is what it would have been a moment later, 404."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NotFound("no instance with that id") from None
+
+
+@deleted_is_404()
 def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderParams, cached: Path) -> bytes:
-    """Render from the stored DICOM and keep the result: temp name, then rename."""
+    """Render from the stored DICOM and keep the result: temp name, then rename.
+
+    A DELETE that removed the instance's renderings folder between the reading and the
+    keeping leaves this one behind: the caller checks the row afterwards
+    (``dicomsvc.http.instances.rendering``)."""
     blobs = BlobStore(config.blob_dir)
     path = blobs.path(dcm_blob)
     body = renderings.render(path, read(path), params)
@@ -48,6 +67,7 @@ def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderPara
     return body
 
 
+@deleted_is_404()
 def write_npy(config: Config, dcm_blob: str, frame: int | None, rescale: bool) -> Path:
     """The pixel data as a temporary ``.npy`` file, a frame at a time; the caller removes it."""
     blobs = BlobStore(config.blob_dir)
@@ -64,6 +84,7 @@ def write_npy(config: Config, dcm_blob: str, frame: int | None, rescale: bool) -
     return temp
 
 
+@deleted_is_404()
 def dicom_json(config: Config, dcm_blob: str, bulk_base: str) -> dict:
     """The DICOM JSON model (PS3.18 Annex F), bulk data as ``bulk_base`` + element path."""
     path = BlobStore(config.blob_dir).path(dcm_blob)
@@ -86,8 +107,15 @@ def stored_metadata(config: Config, instances: list[dict]) -> list[tuple[int, st
 
 
 def bulk(path: Path, element_path: str) -> tuple[int, Iterator[bytes]]:
-    """One binary value of the stored file: its length and its chunks."""
-    return dicomjson.bulk_stream(path, read(path), element_path)
+    """One binary value of the stored file: its length and its chunks.
+
+    The first chunk is read here, before the answer starts: that opens the file, so a
+    DELETE from then on unlinks a name, not the file being sent (the stream is whole).
+    """
+    with deleted_is_404():
+        size, chunks = dicomjson.bulk_stream(path, read(path), element_path)
+        first = next(chunks, None)
+    return size, itertools.chain(() if first is None else (first,), chunks)
 
 
 # WADO-RS (PS3.18 §10.4): whole instances in Explicit VR Little Endian, and frames ------------
@@ -269,18 +297,18 @@ class FrameSource:
         pixel = self.parsed.pixel
         syntax = self.parsed.transfer_syntax or ImplicitVRLittleEndian
         bits = int(self.parsed.ds.get("BitsAllocated", 8) or 8)
-        return (
-            pixel.offset is not None
-            and not pixel.encapsulated
-            and syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
-            and bits % 8 == 0
-        )
+        little_endian = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
+        return not pixel.encapsulated and syntax in little_endian and bits % 8 == 0
 
     def native(self, index: int) -> bytes:
         size = _native_frame_size(self.parsed.ds)
-        with open(self.path, "rb") as src:
-            src.seek(self.parsed.pixel.offset + index * size)
-            data = src.read(size)
+        pixel = self.parsed.pixel
+        if pixel.offset is None:  # deflated: inflated in memory
+            data = bytes(self.parsed.ds[pixel.tag].value[index * size : (index + 1) * size])
+        else:
+            with open(self.path, "rb") as src:
+                src.seek(pixel.offset + index * size)
+                data = src.read(size)
         if len(data) != size:
             raise UnsupportedTransferSyntax(f"the stored pixel data ends before frame {index + 1}")
         return data
@@ -302,5 +330,24 @@ class FrameSource:
             ) from None
 
 
+RECENT_SOURCES = 64  # frame sources kept parsed (a few KiB each: no pixel data)
+_sources: OrderedDict[Path, FrameSource] = OrderedDict()
+_sources_lock = threading.Lock()
+
+
 def frame_source(path: Path) -> FrameSource:
-    return FrameSource(path)
+    """The ``FrameSource`` of a stored file, kept parsed for the next requests of its frames
+    (a viewer asks for them one by one): stored files never change, and a deleted one is not
+    looked up again. Deflated files hold their pixel data in memory, so they are not kept."""
+    with _sources_lock:
+        source = _sources.get(path)
+        if source is not None:
+            _sources.move_to_end(path)
+            return source
+    source = FrameSource(path)
+    if source.parsed.pixel.offset is not None:
+        with _sources_lock:
+            _sources[path] = source
+            while len(_sources) > RECENT_SOURCES:
+                _sources.popitem(last=False)
+    return source

@@ -125,3 +125,11 @@ def test_a_one_bit_frame_is_packed(config, blobs, tmp_path):
         del ds[tag]
     key = keep(blobs, save(ds, tmp_path / "bits.dcm"))
     assert retrieve.decoded_frames(config, key, [0]) == [ds.PixelData]
+
+
+def test_frame_sources_are_kept_parsed_but_not_deflated_ones(blobs):
+    kept = blobs.path(keep(blobs, sample_file("emri_small_RLE.dcm")))
+    assert retrieve.frame_source(kept) is retrieve.frame_source(kept)
+    deflated = blobs.path(keep(blobs, sample_file("image_dfl.dcm")))  # its pixel data is in memory
+    assert retrieve.frame_source(deflated) is not retrieve.frame_source(deflated)
+    assert retrieve.frame_source(deflated).native(0) == pydicom.dcmread(sample_file("image_dfl.dcm")).PixelData
