@@ -98,7 +98,8 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
         blobs.remove(record["dcm_blob"], record["png_blob"])
         existing = instances.find_instance(db, parsed.sop_instance_uid, digest)
         return Ingested(existing, created=False, warnings=[], **uids)
-    return Ingested(stored, created=True, warnings=[render_error] if render_error else [], **uids)
+    warnings = [*parsed.warnings, *([render_error] if render_error else [])]
+    return Ingested(stored, created=True, warnings=warnings, **uids)
 
 
 def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobStore) -> Path:

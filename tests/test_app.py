@@ -181,6 +181,16 @@ def test_every_bundled_file_gets_a_clean_answer(client, put):
         assert tags.status_code == 200, name
 
 
+def test_non_uid_sop_instance_uid_is_stored_with_a_warning(client, put):
+    # pydicom-data's bad_sequence.dcm (JPEG Lossless): a 64-hex-digit SOP Instance UID, as some
+    # anonymization tools write; dcmtk renders it and Orthanc stores it
+    response = post(client, put("bad_sequence.dcm"))
+    assert response.status_code == 201, response.text
+    assert response.json()["warnings"] == ["SOP Instance UID (0008,0018) is not a valid UID (PS3.5 §9.1)"]
+    image = client.get("/image", params={"id": response.json()["id"]})
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+
+
 # GET /image ---------------------------------------------------------------------
 
 

@@ -103,3 +103,11 @@ def test_ingest_import_reads_only_regular_files_under_the_root(ready):
     result = ingest.ingest_import(ready, "plan.dcm")
     assert result.created
     assert rows(ready, "SELECT source, has_pixels, png_blob FROM dicom") == [("plan.dcm", 0, None)]
+
+
+def test_parse_warnings_reach_the_answer(ready):
+    # bad_sequence.dcm (pydicom-data): its SOP Instance UID is a hash, not a UID; stored anyway
+    result = ingest.ingest_file(ready, spool(ready, "bad_sequence.dcm"), "bad_sequence.dcm")
+    assert result.created and result.warnings == ["SOP Instance UID (0008,0018) is not a valid UID (PS3.5 §9.1)"]
+    (row,) = rows(ready, "SELECT sop_instance_uid, png_blob IS NOT NULL FROM dicom")
+    assert row == (result.sop_instance_uid, 1) and len(result.sop_instance_uid) == 64

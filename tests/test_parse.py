@@ -163,3 +163,60 @@ def test_file_cut_inside_an_element_after_the_pixel_data_is_refused(tmp_path):
     (tmp_path / "cut").write_bytes(raw[:-20])
     with pytest.raises(InvalidDicom, match="truncated"):
         read(tmp_path / "cut")
+
+
+# SOP Instance UID: what identifies an instance, and what only earns a warning --------
+
+UID_WARNING = "SOP Instance UID (0008,0018) is not a valid UID (PS3.5 §9.1)"
+
+
+def test_non_uid_sop_instance_uid_is_read_with_a_warning():
+    # pydicom-data's bad_sequence.dcm: a 64-hex-digit hash, as some anonymizers write; dcmtk
+    # renders it and Orthanc stores it
+    path = sample_file("bad_sequence.dcm")
+    parsed = read(path)
+    assert parsed.sop_instance_uid == str(pydicom.dcmread(path).SOPInstanceUID)
+    assert len(parsed.sop_instance_uid) == 64 and not parsed.sop_instance_uid.replace(".", "").isdigit()
+    assert parsed.warnings == [UID_WARNING]  # names the element, never quotes the value
+
+
+def test_valid_uid_has_no_warning():
+    assert read(sample_file("CT_small.dcm")).warnings == []
+
+
+def with_uid(tmp_path, monkeypatch, value: str):
+    """A file whose (0008,0018) holds ``value``, written without pydicom's validation."""
+    from pydicom import config
+
+    monkeypatch.setattr(config.settings, "writing_validation_mode", config.IGNORE)
+    monkeypatch.setattr(config.settings, "reading_validation_mode", config.IGNORE)
+    ds = make_ct(np.zeros((4, 4), np.int16))
+    ds["SOPInstanceUID"].value = value
+    return save(ds, tmp_path / "uid.dcm")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["01.2.3", "1.2..3", "1.2.3.", "abc-123", "1.2.3 4", "f" * 64],
+    ids=["leading-zero", "empty-component", "trailing-dot", "letters", "space", "hex-64"],
+)
+def test_printable_non_uids_up_to_64_chars_are_accepted_with_a_warning(tmp_path, monkeypatch, value):
+    parsed = read(with_uid(tmp_path, monkeypatch, value))
+    assert parsed.sop_instance_uid == value and parsed.warnings == [UID_WARNING]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("1." + "2" * 63, "longer than 64"),
+        ("1.2.3\x01", "non-printable"),
+        ("1.2.3.\u00e9", "non-ASCII"),
+        ("1.2\\3.4", "single text value"),
+        ("\x00", "no SOP Instance UID"),
+    ],
+    ids=["65-chars", "control", "non-ascii", "two-values", "nul"],
+)
+def test_values_that_cannot_identify_an_instance_are_refused(tmp_path, monkeypatch, value, reason):
+    with pytest.raises(InvalidDicom, match=reason) as caught:
+        read(with_uid(tmp_path, monkeypatch, value))
+    assert "1." not in str(caught.value)  # the value is never quoted

@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,7 +37,10 @@ PIXEL_KEYWORDS = {
 }
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
-UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# PS3.5 §9.1: components of digits, no leading zero (but "0" itself), at most 64 characters
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+UID_MAX = 64
+PRINTABLE_RE = re.compile(r"^[\x20-\x7e]+$")  # printable ASCII: the UI repertoire, less controls
 CHUNK = 1 << 20
 EXPLICIT_PIXEL_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
 
@@ -62,6 +65,8 @@ class Parsed:
     ds: Dataset  # every element but the pixel data (also those after it), unless ``pixel.offset`` is None
     sop_instance_uid: str
     pixel: PixelElement | None
+    # what is wrong with the file but did not stop it being read (never quoting values)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def transfer_syntax(self) -> str:
@@ -91,8 +96,8 @@ def read(path: Path) -> Parsed:
             raise InvalidDicom("not a DICOM instance: no data elements after the file meta")
         if pixel is None:
             _check_complete(ds, os.fstat(fp.fileno()).st_size)
-        sop_uid = _sop_instance_uid(ds)
-    return Parsed(ds=ds, sop_instance_uid=sop_uid, pixel=pixel)
+        sop_uid, warnings = _sop_instance_uid(ds)
+    return Parsed(ds=ds, sop_instance_uid=sop_uid, pixel=pixel, warnings=warnings)
 
 
 def _check_header(fp: BinaryIO) -> None:
@@ -114,15 +119,38 @@ def _check_complete(ds: Dataset, file_size: int) -> None:
         raise InvalidDicom("truncated file: the data set ends in the middle of an element")
 
 
-def _sop_instance_uid(ds: Dataset) -> str:
-    # (0008,0018) SOP Instance UID, else (0002,0003) Media Storage SOP Instance UID
-    uid = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
-    uid = str(uid or "").strip().rstrip("\x00")
+def _sop_instance_uid(ds: Dataset) -> tuple[str, list[str]]:
+    """The instance's identity, and a warning when it is not a UID by PS3.5 §9.1.
+
+    (0008,0018) SOP Instance UID, else (0002,0003) Media Storage SOP Instance UID.
+    Refused (InvalidDicom), as nothing identifies the instance: missing or empty;
+    not one text value (several values, bytes, control or non-ASCII characters);
+    longer than the 64 characters a UI value may have. Accepted with a warning,
+    as dcmtk and Orthanc accept them: any other value that is not a valid UID, such
+    as the 64-hex-digit hashes some anonymization tools write.
+    """
+    name = "SOP Instance UID (0008,0018)"
+    try:
+        uid = ds.get("SOPInstanceUID")
+        if not uid:
+            name = "Media Storage SOP Instance UID (0002,0003)"
+            uid = ds.file_meta.get("MediaStorageSOPInstanceUID")
+    except Exception:  # a value pydicom cannot convert
+        raise InvalidDicom("not a DICOM instance: unreadable SOP Instance UID (0008,0018)") from None
     if not uid:
         raise InvalidDicom("not a DICOM instance: no SOP Instance UID (0008,0018)")
-    if len(uid) > 64 or not UID_RE.match(uid):
-        raise InvalidDicom("not a DICOM instance: malformed SOP Instance UID (0008,0018)")
-    return uid
+    if not isinstance(uid, str):  # several values, or bytes
+        raise InvalidDicom(f"not a DICOM instance: {name} is not a single text value")
+    uid = uid.strip().rstrip("\x00").strip()
+    if not uid:
+        raise InvalidDicom("not a DICOM instance: no SOP Instance UID (0008,0018)")
+    if not PRINTABLE_RE.match(uid):
+        raise InvalidDicom(f"not a DICOM instance: {name} holds non-printable or non-ASCII characters")
+    if len(uid) > UID_MAX:
+        raise InvalidDicom(f"not a DICOM instance: {name} is longer than {UID_MAX} characters")
+    if not UID_RE.match(uid):
+        return uid, [f"{name} is not a valid UID (PS3.5 §9.1)"]
+    return uid, []
 
 
 def _pixel_in_memory(ds: Dataset) -> PixelElement | None:
