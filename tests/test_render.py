@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 from dicomfiles import counting_reads, make_ct, sample_file, save
 from dicomsvc.errors import NoPixelData, UnsupportedTransferSyntax
 from dicomsvc.dicom.parse import read
-from dicomsvc.imaging.render import decode_frame, render_png, to_display
+from dicomsvc.imaging.render import decode_frame, display_frame, render_png, to_display
 
 REFS = Path(__file__).parent / "refs"
 MANIFEST = json.loads((REFS / "manifest.json").read_text())
@@ -32,7 +32,7 @@ SKIPPED = {item["file"]: item["reason"] for item in MANIFEST["skipped"]}
 def render(name: str) -> np.ndarray:
     path = sample_file(name)
     parsed = read(path)
-    return to_display(decode_frame(path, parsed, 0), parsed.ds)
+    return to_display(display_frame(path, parsed, 0), parsed.ds)
 
 
 def reference(name: str) -> np.ndarray:
@@ -69,6 +69,11 @@ def test_references_cover_the_syntaxes_and_interpretations():
     } <= syntaxes  # fmt: skip
     assert {"MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR"} <= photometric
     assert {1, 8, 16, 32} <= bits
+    # pydicom-data's files (the test extra): big-endian palette, native YBR_FULL, a non-UID
+    # SOP Instance UID, each once a defect
+    assert {"OBXXXX1A_expb.dcm", "OBXXXX1A_expb_2frame.dcm", "SC_ybr_full_uncompressed.dcm", "bad_sequence.dcm"} <= set(
+        REFERENCES
+    )
 
 
 @pytest.mark.parametrize("name", ["rtdose_expb.dcm", "rtdose_expb_1frame.dcm"])
@@ -90,7 +95,7 @@ def ramp(lo: int, hi: int) -> np.ndarray:
 def display(ds: Dataset, tmp_path: Path) -> np.ndarray:
     path = save(ds, tmp_path / "x.dcm")
     parsed = read(path)
-    return to_display(decode_frame(path, parsed, 0), parsed.ds)
+    return to_display(display_frame(path, parsed, 0), parsed.ds)
 
 
 def test_window_after_rescale(tmp_path):
@@ -211,3 +216,115 @@ def test_frame_50_of_a_100_frame_jpeg2000_decodes_one_frame(tmp_path, monkeypatc
     frame = decode_frame(path, parsed, 49)
     assert np.array_equal(frame, frames[49])
     assert len(decoded) == 1  # frame 50 alone, not frames 1-49
+
+
+# Colour as dcmtk has it ----------------------------------------------------------------
+
+
+def colour_ds(photometric: str, pixels: np.ndarray, bits: int = 8, big_endian: bool = False) -> Dataset:
+    """A secondary-capture-like colour dataset (no patient values) around ``pixels``."""
+    from pydicom.uid import ExplicitVRBigEndian
+
+    ds = make_ct(np.zeros((1, 1), np.int16), window=None)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        delattr(ds, keyword)
+    if big_endian:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    ds.PhotometricInterpretation = photometric
+    ds.SamplesPerPixel = 1 if photometric == "PALETTE COLOR" else 3
+    if ds.SamplesPerPixel == 3:
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit, ds.PixelRepresentation = bits - 1, 0
+    ds.PixelData = pixels.astype(">u2" if big_endian and bits > 8 else pixels.dtype).tobytes()
+    return ds
+
+
+# (Y, Cb, Cr) -> RGB by dcmj2pnm 3.6.7 (read off its render of every 8-bit triple); pydicom's
+# own conversion rounds where dcmtk truncates and gives (0,135,0), (128,128,128), (201,75,0),
+# (254,0,0), (21,15,19), (71,255,250) for the first six.
+YBR_FULL_BY_DCMTK = {
+    (0, 0, 0): (0, 134, 0),
+    (128, 128, 128): (128, 127, 128),
+    (100, 50, 200): (201, 76, 0),
+    (76, 85, 255): (254, 0, 1),
+    (17, 129, 131): (21, 14, 19),
+    (250, 128, 0): (72, 255, 250),
+    (255, 255, 255): (255, 121, 255),
+}
+
+
+def test_native_ybr_full_is_converted_with_dcmtks_integer_tables(tmp_path):
+    ybr = np.array([list(YBR_FULL_BY_DCMTK)], np.uint8)
+    out = display(colour_ds("YBR_FULL", ybr), tmp_path)
+    assert [tuple(int(v) for v in px) for px in out[0]] == list(YBR_FULL_BY_DCMTK.values())
+
+
+def test_native_ybr_full_422_is_converted_as_dcmtk(tmp_path):
+    # Y1 Y2 Cb Cr; dcmtk evaluates these in double and truncates (pydicom: (0,135,0) (76,255,28)
+    # (21,15,19) (242,236,240))
+    packed = np.array([[0, 255, 0, 0], [17, 238, 129, 131]], np.uint8)
+    ds = colour_ds("YBR_FULL_422", np.zeros((1, 4, 3), np.uint8))
+    ds.PixelData = packed.tobytes()
+    out = display(ds, tmp_path)
+    assert [tuple(int(v) for v in px) for px in out[0]] == [(0, 134, 0), (76, 255, 29), (21, 13, 19), (242, 234, 240)]
+
+
+def test_16_bit_ybr_full_uses_its_own_range(tmp_path):
+    # dcmtk: the double equations with max = 65535, then the top 8 bits
+    ybr = np.array([[[32768, 32768, 32768], [65535, 0, 65535], [0, 65535, 0]]], np.uint16)
+    out = display(colour_ds("YBR_FULL", ybr, bits=16), tmp_path)
+    y, cb, cr = ybr[0].astype(np.float64).T
+    top = 65535.0
+    expected = np.stack(
+        [y + 1.402 * cr - 0.701 * top, y - 0.3441 * cb - 0.7141 * cr + 0.5291 * top, y + 1.772 * cb - 0.8859 * top], -1
+    )
+    assert np.array_equal(out[0], (np.trunc(np.clip(expected, 0, top)).astype(np.uint16) >> 8).astype(np.uint8))
+    assert tuple(out[0, 0]) == (128, 127, 128)  # pydicom converts 8-bit YBR only: this was a 415
+
+
+def test_jpeg_ybr_keeps_the_decoders_conversion():
+    # dcmtk's JPEG decoder (IJG) converts these itself, with the rounding pydicom uses
+    path = sample_file("SC_rgb_jpeg_dcmtk.dcm")  # YBR_FULL, JPEG baseline
+    parsed = read(path)
+    assert np.array_equal(display_frame(path, parsed, 0), decode_frame(path, parsed, 0))
+
+
+def palette_ds(bits: int, big_endian: bool) -> Dataset:
+    """PALETTE COLOR 1 x 256 ramp; LUTs red = i, green = 255 - i, blue = 7i mod 256."""
+    i = np.arange(256)
+    ds = colour_ds("PALETTE COLOR", i.reshape(1, 256).astype(np.uint8), big_endian=big_endian)
+    order = ">" if big_endian else "<"
+    for n, lut in enumerate((i, 255 - i, (7 * i) % 256)):
+        if bits == 16:  # the entry in the high byte, something else in the low byte
+            words = (lut << 8) | ((3 * lut + 1) % 256)
+        else:  # PS3.3 C.7.6.3.1.5: 8-bit entries two to a word, the first in the low byte
+            words = lut[0::2] | (lut[1::2] << 8)
+        ds.add_new(0x00281101 + n, "US", [256, 0, bits])  # Red/Green/Blue Palette Color LUT Descriptor
+        ds.add_new(0x00281201 + n, "OW", words.astype(order + "u2").tobytes())  # ... LUT Data
+    return ds
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_big_endian_palette_lut_data_is_read_in_the_files_byte_order(tmp_path, bits):
+    # dcmj2pnm 3.6.7 renders all four (LE/BE x 8/16 bits) as exactly this; pydicom's
+    # apply_color_lut read the big-endian words little endian (max difference 249 and 169)
+    i = np.arange(256)
+    expected = np.stack([i, 255 - i, (7 * i) % 256], -1).astype(np.uint8)[None]
+    little = display(palette_ds(bits, big_endian=False), tmp_path / "le")
+    assert np.array_equal(little, expected)
+    path = save(palette_ds(bits, big_endian=True), tmp_path / "be" / "x.dcm")
+    parsed = read(path)
+    frame = display_frame(path, parsed, 0)
+    assert np.array_equal(to_display(frame, parsed.ds), expected)
+    assert np.array_equal(to_display(frame, parsed.ds), expected)  # the file's dataset was left alone
+
+
+def test_decoding_leaves_the_callers_tags_alone():
+    # badVR.dcm's Number of Frames "1A" is read as 1 for decoding, on a copy
+    path = sample_file("badVR.dcm")
+    parsed = read(path)
+    decode_frame(path, parsed, 0)
+    value = parsed.ds.get_item(0x00280008).value  # raw bytes, or converted on the way
+    assert (value.decode() if isinstance(value, bytes) else str(value)) == "1A"

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -32,8 +33,14 @@ def frame_count(ds: Dataset) -> int:
     return max(count, 1)
 
 
-def decode_frame(path: Path, parsed: Parsed, index: int = 0) -> np.ndarray:
-    """Decode one frame, reading only what that frame needs from ``path``."""
+def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = True) -> np.ndarray:
+    """Decode one frame, reading only what that frame needs from ``path``.
+
+    YBR_FULL and YBR_FULL_422 come back converted to RGB by pydicom, as
+    ``Dataset.pixel_array`` has them; with ``as_rgb=False`` they come back as
+    decoded (YBR_FULL_422 native data upsampled to one Cb/Cr per pixel), for a
+    caller that converts them itself (``render.display_frame``, as dcmtk does).
+    """
     pixel = parsed.pixel
     if pixel is None:
         raise NoPixelData("this instance has no pixel data")
@@ -51,7 +58,7 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0) -> np.ndarray:
             src = open(path, "rb")
             src.seek(pixel.offset)
         try:
-            arr, _ = decoder.as_array(src, index=index, validate=True, **opts)
+            arr, _ = decoder.as_array(src, index=index, validate=True, as_rgb=as_rgb, **opts)
         finally:
             if src is not ds:
                 src.close()
@@ -64,9 +71,23 @@ def _pixel_options(ds: Dataset, **kwargs) -> dict:
     try:
         return as_pixel_options(ds, **kwargs)
     except ValueError:  # e.g. (0028,0008) Number of Frames "1A": read it as dcmtk does
-        fixed = Dataset(ds)  # shallow copy: the stored tags keep the original value
-        fixed.NumberOfFrames = frame_count(ds)
+        fixed = shallow_copy(ds)  # the caller's tags keep the original value
+        fixed[0x00280008] = DataElement(0x00280008, "IS", frame_count(ds))
         return as_pixel_options(fixed, **kwargs)
+
+
+def shallow_copy(ds: Dataset) -> Dataset:
+    """A new Dataset holding ``ds``'s elements, in which an element can be *replaced*
+    (``copy[tag] = DataElement(...)``) without touching ``ds``.
+
+    Not ``Dataset(ds)``: that shares ``ds``'s element dict, so anything set on it
+    lands in ``ds`` too. Setting a value (``copy.Keyword = v``) would still change
+    the shared element: replace elements instead.
+    """
+    copy = Dataset({tag: ds.get_item(tag) for tag in ds.keys()})
+    if hasattr(ds, "file_meta"):
+        copy.file_meta = ds.file_meta
+    return copy
 
 
 def _guess_syntax(ds: Dataset) -> str:

@@ -7,27 +7,118 @@ The reference for "right" is dcmtk's ``dcmj2pnm`` on the same file.
 For integer data the whole greyscale chain is computed once per distinct input
 value (a lookup table over the frame's range) and then indexed, which is both
 exact and much cheaper than transforming every pixel in floating point.
+
+Colour follows dcmtk's arithmetic too: YBR_FULL / YBR_FULL_422 that reaches
+dcmtk's image layer as YBR (native, deflated and RLE data) is converted as its
+dcmimage does (``display_frame``); JPEG colour keeps the decoder's conversion,
+which is IJG's arithmetic, the one dcmtk's JPEG decoder uses. Palette LUT Data of
+big-endian files is read in the file's byte order (``_palette``).
 """
 
 import functools
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels.processing import apply_voi
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
 from ..dicom.parse import Parsed
-from .decode import decode_frame
+from .decode import decode_frame, shallow_copy
 from .png import encode_png
 
 # 8- and 16-bit frames go through a lookup table indexed by their raw bits
 SMALL_INTS = {np.dtype(t): np.dtype("u" + t[1:]) for t in ("i1", "u1", "i2", "u2")}
 
+# Where dcmtk's dcmimage, not a JPEG decoder, turns YBR into RGB
+YBR_BY_DCMIMAGE = {
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+}
+
+# (0028,1201-1204) Red, Green, Blue, Alpha Palette Color Lookup Table Data
+PALETTE_DATA_TAGS = (0x00281201, 0x00281202, 0x00281203, 0x00281204)
+
 
 def render_png(path: Path, parsed: Parsed, index: int = 0) -> bytes:
     """PNG bytes of frame ``index`` (0-based) of the file at ``path``."""
-    return encode_png(to_display(decode_frame(path, parsed, index), parsed.ds))
+    return encode_png(to_display(display_frame(path, parsed, index), parsed.ds))
+
+
+def display_frame(path: Path, parsed: Parsed, index: int = 0) -> np.ndarray:
+    """Frame ``index`` decoded for ``to_display``: as ``decode_frame``, except that
+    native/RLE YBR_FULL and YBR_FULL_422 are converted to RGB with dcmtk's arithmetic
+    (``ybr_to_rgb``) instead of pydicom's (which rounds, where dcmtk truncates)."""
+    ds = parsed.ds
+    if parsed.transfer_syntax in YBR_BY_DCMIMAGE and _ybr_kind(ds) is not None:
+        return ybr_to_rgb(decode_frame(path, parsed, index, as_rgb=False), ds)
+    return decode_frame(path, parsed, index)
+
+
+def _ybr_kind(ds: Dataset) -> str | None:
+    """"YBR_FULL" or "YBR_FULL_422" for unsigned 3-sample data we convert ourselves."""
+    # (0028,0004) Photometric Interpretation, (0028,0002) Samples per Pixel,
+    # (0028,0103) Pixel Representation
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in ("YBR_FULL", "YBR_FULL_422"):
+        return None
+    try:
+        samples, signed = int(ds.get("SamplesPerPixel", 3)), int(ds.get("PixelRepresentation", 0) or 0)
+    except (TypeError, ValueError):
+        return None
+    return photometric if samples == 3 and not signed else None  # signed: pydicom's, as before
+
+
+def ybr_to_rgb(frame: np.ndarray, ds: Dataset) -> np.ndarray:
+    """YBR_FULL (or upsampled YBR_FULL_422) samples to RGB exactly as dcmtk 3.6.7.
+
+    PS3.3 C.7.6.3.1.2 gives the equations; dcmtk's dcmimage evaluates them as
+    follows (``DiYBRPixelTemplate::convert``, ``DiYBRPart422PixelTemplate::convert``),
+    with ``max`` = 2^BitsStored - 1:
+
+    * YBR_FULL, 8 bits stored: four tables of C-truncated terms,
+      ``R = Y + (int)(1.402 Cr - 0.701 max)``,
+      ``G = Y - (int)(0.3441 Cb) - (int)(0.7141 Cr - 0.5291 max)``,
+      ``B = Y + (int)(1.772 Cb - 0.8859 max)``, each clamped to 0..max;
+    * otherwise (YBR_FULL_422, or other depths): the same equations in double,
+      clamped to 0..max, then truncated.
+
+    Stored values are masked to Bits Stored first, as dcmtk reads them.
+    Returns uint8 (up to 8 bits stored) or uint16 RGB.
+    """
+    bits = int(ds.get("BitsStored", 8) or 8)  # (0028,0101) Bits Stored
+    top = (1 << bits) - 1
+    values = frame.astype(np.int64) & top
+    y, cb, cr = values[..., 0], values[..., 1], values[..., 2]
+    if _ybr_kind(ds) == "YBR_FULL" and bits == 8:
+        table = np.arange(256, dtype=np.float64)
+        rcr = np.trunc(1.402 * table - 0.701 * 255.0).astype(np.int64)
+        gcb = np.trunc(0.3441 * table).astype(np.int64)
+        gcr = np.trunc(0.7141 * table - 0.5291 * 255.0).astype(np.int64)
+        bcb = np.trunc(1.772 * table - 0.8859 * 255.0).astype(np.int64)
+        rgb = np.stack([y + rcr[cr], y - gcb[cb] - gcr[cr], y + bcb[cb]], axis=-1)
+        return np.clip(rgb, 0, top).astype(np.uint8)
+    y, cb, cr = (v.astype(np.float64) for v in (y, cb, cr))
+    rgb = np.stack(
+        [
+            y + 1.402 * cr - 0.701 * top,
+            y - 0.3441 * cb - 0.7141 * cr + 0.5291 * top,
+            y + 1.772 * cb - 0.8859 * top,
+        ],
+        axis=-1,
+    )
+    return np.trunc(np.clip(rgb, 0.0, float(top))).astype(np.uint8 if bits <= 8 else np.uint16)
 
 
 def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -42,7 +133,7 @@ def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | Non
     # (0028,0004) Photometric Interpretation
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
-        return _to_uint8(apply_color_lut(frame, ds), _lut_bits(ds))
+        return _to_uint8(apply_color_lut(frame, _palette(ds)), _lut_bits(ds))
     if frame.ndim == 3:  # RGB, or YBR_* already converted to RGB by the decoder
         # (0028,0101) Bits Stored
         return _to_uint8(frame, int(ds.get("BitsStored", 8) or 8))
@@ -199,6 +290,45 @@ def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
     except Exception:
         return None
     return mapped.astype(np.float64) * (256.0 / (1 << bits))  # L >> (bits - 8), as dcmtk
+
+
+def _palette(ds: Dataset) -> Dataset:
+    """``ds`` with its palette LUT Data as little-endian words, for ``apply_color_lut``.
+
+    PS3.3 C.7.6.3.1.6: Palette Color Lookup Table Data (0028,1201-1203) is OW,
+    words in the data set's byte order. C.7.6.3.1.5: the Descriptor's third value
+    says 8 or 16 bits per entry, the data being stored as with 8 or 16 bits
+    allocated; 8-bit entries in OW words come two to a word, the first in the
+    low-order byte (as dcmtk's DiLookupTable unpacks them). pydicom 3.0's
+    apply_color_lut reads the OW bytes as little endian whatever the file's
+    transfer syntax, so a big-endian file's 16-bit entries come out byte-swapped
+    and its 8-bit entries exchanged pairwise; swapping each word fixes both. The
+    Descriptors (0028,1101-1103), US or SS, are numbers pydicom already decoded in
+    the file's byte order, and it reads segmented LUTs in that order too.
+    """
+    if _little_endian(ds):
+        return ds
+    swapped = {}
+    for tag in PALETTE_DATA_TAGS:
+        elem = ds.get(tag)
+        if elem is not None and isinstance(elem.value, bytes) and len(elem.value) % 2 == 0:
+            words = np.frombuffer(elem.value, dtype=">u2").astype("<u2")
+            swapped[tag] = DataElement(tag, elem.VR, words.tobytes())
+    if not swapped:
+        return ds
+    fixed = shallow_copy(ds)  # replaced elements below; ds keeps its own
+    for tag, elem in swapped.items():
+        fixed[tag] = elem
+    return fixed
+
+
+def _little_endian(ds: Dataset) -> bool:
+    """The byte order the data set's values were read in (little endian when unknown)."""
+    little = ds.original_encoding[1]
+    if little is None:
+        meta = getattr(ds, "file_meta", None)
+        return meta is None or meta.get("TransferSyntaxUID") != ExplicitVRBigEndian
+    return bool(little)
 
 
 def _lut_bits(ds: Dataset) -> int:
