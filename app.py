@@ -85,7 +85,8 @@ async def get_bulk(request: Request) -> Response:
 async def get_dicom_file(request: Request) -> Response:
     stored = await instances.dicom_file(request.app.state.svc, request.path_params["id"])
     disposition = f'attachment; filename="{stored.filename}"'
-    return FileResponse(stored.path, media_type="application/dicom", headers={"Content-Disposition": disposition})
+    headers = {"Content-Disposition": disposition}
+    return instances.OpenFileResponse(stored.file, media_type="application/dicom", headers=headers)
 
 
 async def post_anonymize(request: Request) -> JSONResponse:

@@ -110,7 +110,7 @@ def bulk(path: Path, element_path: str) -> tuple[int, Iterator[bytes]]:
     """One binary value of the stored file: its length and its chunks.
 
     The first chunk is read here, before the answer starts: that opens the file, so a
-    DELETE from then on unlinks a name, not the file being sent (the stream is whole).
+    later DELETE unlinks a name, not the file being sent (the stream is whole).
     """
     with deleted_is_404():
         size, chunks = dicomjson.bulk_stream(path, read(path), element_path)

@@ -140,3 +140,125 @@ def test_stats(client, catalog):
     assert (stats["instances"], stats["studies"], stats["patients"]) == (10, 4, 3)
     assert stats["modalities"] == {"CT": 6, "MR": 3, "US": 1}
     assert stats["bytes"] > 0 and stats["earliest"] <= stats["latest"]
+
+
+# Reads racing a DELETE of the same instance (issue 9) -----------------------------------------
+
+READS = [
+    ("GET", "/image?id={id}"),
+    ("GET", "/image?id={id}&width=16&format=jpeg"),
+    ("GET", "/tags?id={id}&format=dicomjson"),
+    ("GET", "/dicom/{id}/pixels"),
+    ("GET", "/dicom/{id}/file"),
+    ("GET", "/dicom/{id}/bulk/7FE00010"),
+    ("POST", "/dicom/{id}/anonymize"),
+]
+
+
+@pytest.mark.parametrize("method, url", READS)
+def test_a_read_whose_files_vanish_after_the_lookup_is_404(client, data_dir, monkeypatch, method, url):
+    """The DELETE's unlink lands between the row's lookup and the file's opening."""
+    from dicomsvc.storage import instances
+
+    instance_id = post_ct(client, 1)
+    stored = [p for p in blob_files(data_dir) if p.name.startswith(instance_id)]
+    real = instances.get_instance
+
+    async def lookup_then_unlink(db, wanted):
+        record = await real(db, wanted)
+        for path in stored:
+            path.unlink(missing_ok=True)
+        return record
+
+    monkeypatch.setattr(instances, "get_instance", lookup_then_unlink)
+    response = client.request(method, url.format(id=instance_id))
+    assert response.status_code == 404, response.text
+    assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize("url", ["/dicom/{id}/file", "/dicom/{id}/bulk/7FE00010"])
+def test_a_file_deleted_once_its_answer_is_under_way_is_sent_whole(client, data_dir, monkeypatch, url):
+    from dicomsvc.http import instances
+
+    instance_id = post_ct(client, 1)
+    (dcm,) = [p for p in blob_files(data_dir) if p.name == f"{instance_id}.dcm"]
+    whole = dcm.read_bytes()
+    name = "dicom_file" if url.endswith("/file") else "bulk"
+    real = getattr(instances, name)
+
+    async def then_unlink(*args):
+        answer = await real(*args)
+        dcm.unlink()
+        return answer
+
+    monkeypatch.setattr(instances, name, then_unlink)
+    response = client.get(url.format(id=instance_id))
+    assert response.status_code == 200
+    if url.endswith("/file"):
+        assert response.content == whole
+    else:
+        assert response.content == np.full((8, 8), 1, np.int16).tobytes()
+
+
+def test_a_rendering_made_while_its_instance_is_deleted_leaves_no_folder(client, data_dir, monkeypatch):
+    """The DELETE commits and removes the renderings folder after the worker read the file
+    and before it kept the rendering: that request answers 404 and takes the folder away."""
+    from dicomsvc.imaging import renderings
+
+    instance_id = post_ct(client, 1)
+    real = renderings.render
+    deleted = []
+
+    def render_then_delete(*args, **kwargs):
+        body = real(*args, **kwargs)
+        deleted.append(client.delete(f"/dicom/{instance_id}").status_code)  # from the worker thread
+        return body
+
+    monkeypatch.setattr(renderings, "render", render_then_delete)
+    response = client.get("/image", params={"id": instance_id, "width": 16})
+    assert deleted == [204]
+    assert response.status_code == 404, response.text
+    assert not list(data_dir.rglob(f"{instance_id}*")), list(data_dir.rglob(f"{instance_id}*"))
+
+
+def test_reads_racing_deletes_are_200_or_404_never_500_or_a_cut_connection(live_server, data_dir):
+    """Many readers of every kind on a live server while each instance is deleted under them."""
+    import random
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    with httpx.Client(base_url=live_server, timeout=60) as http:
+
+        def one(method: str, url: str) -> None:
+            try:
+                response = http.request(method, url)
+                response.read()
+                ok = response.status_code in (200, 201, 404) and (
+                    response.status_code != 404 or response.json()["error"] == "not_found"
+                )
+                outcome = str(response.status_code) if ok else f"bad {response.status_code}"
+            except httpx.HTTPError as exc:  # a connection cut after the headers, say
+                outcome = type(exc).__name__
+            with lock:
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+        rng = random.Random(9)
+        with ThreadPoolExecutor(6) as pool:
+            for i in range(25):
+                buf = io.BytesIO()
+                make_ct(np.full((64, 64), i, np.int16)).save_as(buf, enforce_file_format=True)
+                instance_id = http.post("/dicom", content=buf.getvalue(), headers=DICOM).json()["id"]
+                reads = [(m, u.format(id=instance_id)) for m, u in READS for _ in range(3)]
+                rng.shuffle(reads)
+                futures = [pool.submit(one, m, u) for m, u in reads]
+                threading.Event().wait(rng.uniform(0, 0.03))
+                assert http.delete(f"/dicom/{instance_id}").status_code == 204
+                for future in futures:
+                    future.result()
+    assert set(outcomes) <= {"200", "201", "404"}, outcomes
+    assert outcomes.get("404") and (outcomes.get("200") or outcomes.get("201")), outcomes
+    assert not list((data_dir / "blobs").rglob("*.renderings"))  # no rendering outlived its instance

@@ -1,11 +1,14 @@
 """Stored instances: the PNG, the tag rows, the DICOM file, an anonymized copy."""
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from starlette.requests import Request
+from starlette.responses import FileResponse
 
 from .. import retrieve
 from ..errors import BadRequest, NoPixelData, NotFound, UnsupportedTransferSyntax
@@ -69,7 +72,7 @@ async def rendering(svc: Service, record: dict, params: renderings.RenderParams,
         if etag_matches(if_none_match, etag):
             return Image(etag, None)
         # one trip to an I/O thread (a FileResponse makes several)
-        return Image(etag, await svc.io(svc.blobs.path(record["png_blob"]).read_bytes))
+        return Image(etag, await svc.io(_read_stored, svc.blobs.path(record["png_blob"])))
     key = renderings.cache_key(params)
     etag = f'"{record["id"]}.{key}"'
     if etag_matches(if_none_match, etag):
@@ -78,7 +81,23 @@ async def rendering(svc: Service, record: dict, params: renderings.RenderParams,
     body = await svc.io(_read_if_there, cached)
     if body is None:
         body = await svc.cpu(retrieve.render_and_keep, svc.config, record["dcm_blob"], params, cached)
+        await _unless_deleted(svc, record["id"])
     return Image(etag, body, params.media_type)
+
+
+async def _unless_deleted(svc: Service, instance_id: str) -> None:
+    """After a rendering was kept: if a DELETE committed meanwhile, its removal of the
+    renderings folder may have come before the write, so remove it here and answer 404.
+    (A DELETE that commits after this check removes the folder itself: it does so after
+    its commit, so after this write.) No orphan outlives the request that made it."""
+    if await instances.get_instance(svc.db, instance_id) is None:
+        await svc.io(svc.blobs.remove_renderings, instance_id)
+        raise NotFound("no instance with that id")
+
+
+def _read_stored(path: Path) -> bytes:
+    with retrieve.deleted_is_404():
+        return path.read_bytes()
 
 
 def _read_if_there(path: Path) -> bytes | None:
@@ -96,16 +115,41 @@ async def tags_json(svc: Service, instance_id: str | None) -> bytes:
     return b'{"uuid":"%s","tags":%s}' % (instance_id.encode(), rows.encode())
 
 
+class OpenFileResponse(FileResponse):
+    """A ``FileResponse`` of a file already open, served through ``/proc/self/fd/N`` (the
+    same inode): a DELETE after the lookup unlinks a name, not the file being sent, so
+    the answer is whole (or, had the DELETE come first, a 404), never a connection cut
+    after the headers. Ranges, ETag and Last-Modified work as for any FileResponse. The
+    file is closed when the response is done, however it ends."""
+
+    def __init__(self, file: BinaryIO, **kwargs):
+        fd = file.fileno()
+        path = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else file.name
+        super().__init__(path, stat_result=os.fstat(fd), **kwargs)
+        self.file = file
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.file.close()
+
+
 @dataclass(frozen=True)
 class StoredFile:
-    path: Path
+    file: BinaryIO  # open: see OpenFileResponse
     filename: str  # safe for Content-Disposition: the id, never a name from the data
 
 
 async def dicom_file(svc: Service, instance_id: str) -> StoredFile:
-    """``GET /dicom/{id}/file``: the stored DICOM file, as it was stored."""
+    """``GET /dicom/{id}/file``: the stored DICOM file, as it was stored (opened here)."""
     record = await _instance(svc, instance_id)
-    return StoredFile(svc.blobs.path(record["dcm_blob"]), f"{record['id']}.dcm")
+    return StoredFile(await svc.io(_open_stored, svc.blobs.path(record["dcm_blob"])), f"{record['id']}.dcm")
+
+
+def _open_stored(path: Path) -> BinaryIO:
+    with retrieve.deleted_is_404():
+        return open(path, "rb")
 
 
 async def anonymize_stored(svc: Service, instance_id: str, request: Request) -> Ingested:
@@ -126,7 +170,7 @@ async def _has_body(request: Request) -> bool:
 
 
 def _copy_to_temp(blobs: BlobStore, path: Path) -> Path:
-    with open(path, "rb") as src:
+    with _open_stored(path) as src:
         return blobs.spool(src, 1 << 62)
 
 
