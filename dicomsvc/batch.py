@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import posixpath
+import struct
 import threading
 import zipfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ from typing import Union
 
 from . import paths
 from .config import Config
-from .dicom.files import skip_reason
+from .dicom.files import ZIP_MAGIC, skip_reason
 from .errors import BadRequest, DicomSvcError, NotDicom, TooLarge
 from .ingest import Ingested, ingest_file, ingest_import
 from .options import PLAIN, Options
@@ -32,6 +33,9 @@ from .service import Service
 from .storage.blobs import BlobStore
 
 CHUNK = 8  # items per trip to a worker
+# Archives and members expanding to no more than this are not held to DICOMSVC_MAX_ZIP_RATIO
+# (a few blank frames compress beyond any sane ratio, and cannot amount to much).
+RATIO_FLOOR = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -125,20 +129,26 @@ def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options
     """An entry per archive member, in archive order; or TooLarge.
 
     Checks the central directory against the limits before anything is extracted:
-    the number of files, their total size, and each member's compression ratio.
+    the number of files, their total size, the compression ratio of each member and
+    of the archive as a whole, and that no two members share bytes (``_check_spans``).
     """
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = [info for info in archive.infolist() if not info.is_dir()]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            if len(members) > config.max_archive_files:
+                raise TooLarge(f"the archive holds {len(members)} files; the limit is {config.max_archive_files}")
+            _check_spans(archive, members)
+    except (zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
         raise BadRequest(f"{label or 'the body'} is not a readable ZIP archive ({type(exc).__name__})") from None
-    if len(members) > config.max_archive_files:
-        raise TooLarge(f"the archive holds {len(members)} files; the limit is {config.max_archive_files}")
     total = sum(info.file_size for info in members)
     if total > config.max_archive_bytes:
         raise TooLarge(f"the archive expands to {total} bytes; the limit is {config.max_archive_bytes}")
+    # The ratio over the whole archive too: many members just under RATIO_FLOOR each add up.
+    packed = sum(info.compress_size for info in members)
+    if total > RATIO_FLOOR and total > config.max_zip_ratio * max(packed, 1):
+        raise TooLarge(f"the archive expands {total // max(packed, 1)} times; the limit is {config.max_zip_ratio}")
     for info in members:
-        if info.file_size > (1 << 20) and info.file_size > config.max_zip_ratio * max(info.compress_size, 1):
+        if info.file_size > RATIO_FLOOR and info.file_size > config.max_zip_ratio * max(info.compress_size, 1):
             raise TooLarge(f"member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)} times")
     entries: list[Entry] = []
     for info in members:
@@ -150,6 +160,30 @@ def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options
         else:
             entries.append(Item.of(name, "member", str(zip_path), options, info.filename))
     return entries
+
+
+def _check_spans(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse members whose bytes overlap (TooLarge): each member's local file header
+    and data (APPNOTE 4.3.7: a 30-byte header, its name and extra field, then
+    ``compress_size`` bytes) must end before the next member's header begins, and
+    the last before the central directory. Otherwise one stored member can be named
+    by any number of central directory entries, or one member's data can hold the
+    next one's header ("overlapping" ZIP bombs), and a small archive extracts to
+    far more than its limits were checked against.
+    """
+    spans = []
+    for info in members:
+        archive.fp.seek(info.header_offset)
+        head = archive.fp.read(30)
+        if len(head) < 30 or head[:4] != ZIP_MAGIC:
+            raise zipfile.BadZipFile("a central directory entry points at no local file header")
+        name_length, extra_length = struct.unpack("<HH", head[26:30])
+        spans.append((info.header_offset, info.header_offset + 30 + name_length + extra_length + info.compress_size))
+    spans.sort()
+    end_of_data = getattr(archive, "start_dir", None)  # where the central directory begins
+    for (_, end), (next_start, _) in zip(spans, spans[1:] + [(end_of_data, 0)]):
+        if next_start is not None and next_start < end:
+            raise TooLarge("archive members overlap: entries share compressed data (a ZIP bomb?)")
 
 
 def expand_directory(config: Config, real: Path, options: Options = PLAIN) -> list[Entry]:

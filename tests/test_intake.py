@@ -3,8 +3,10 @@
 import io
 import json
 import shutil
+import struct
 import time
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -411,3 +413,74 @@ def test_lone_surrogates_in_path_are_400(client, raw):
     body = b'{"path": ' + raw + b"}"
     assert_error(client.post("/dicom", content=body, headers={"content-type": "application/json"}), 400, "bad_request")
 
+
+
+# Archive amplification within the limits (issue 9) -----------------------------------------
+
+
+def raw_zip(members: list[tuple[str, bytes]], extra_entries: list[tuple[str, int]] = ()) -> bytes:
+    """A ZIP written by hand (APPNOTE 4.3): each member deflated once, and optionally
+    more central directory entries (name, index of a member) pointing at a member's
+    local header, as no honest writer would."""
+    body, central, records = bytearray(), bytearray(), []
+    for name, data in members:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        packed = packer.compress(data) + packer.flush()
+        crc = zlib.crc32(data)
+        records.append((len(body), crc, len(packed), len(data)))
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(packed), len(data), len(name), 0)
+        body += name.encode() + packed
+    entries = [(name, i) for i, (name, _) in enumerate(members)] + list(extra_entries)
+    for name, i in entries:
+        offset, crc, packed_size, size = records[i]
+        central += struct.pack(
+            "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, packed_size, size, len(name), 0, 0, 0, 0, 0, offset
+        )
+        central += name.encode()
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(body), 0)
+    return bytes(body + central + end)
+
+
+def noisy_ct_bytes(seed: int, size: int = 256) -> bytes:
+    """A CT whose pixels do not compress: its ratio is about 1."""
+    pixels = np.random.default_rng(seed).integers(0, 4000, (size, size), dtype=np.int16)
+    buf = io.BytesIO()
+    make_ct(pixels).save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_central_directory_entries_sharing_one_member_are_413(client, data_dir):
+    """40 central directory entries naming one member's local header (and its name, as
+    zipfile checks): each passes every per-member check, but the archive would extract
+    the member 40 times."""
+    honest = raw_zip([("one.dcm", noisy_ct_bytes(1))])
+    assert post_zip(client, honest).json()["created"] == 1
+    shared = raw_zip([("one.dcm", noisy_ct_bytes(2))], [("one.dcm", 0)] * 40)
+    response = post_zip(client, shared)
+    assert response.status_code == 413 and response.json()["error"] == "too_large", response.text
+    assert "overlap" in response.json()["detail"]
+    assert len(stored(data_dir)) == 2 and leftovers(data_dir) == []  # only the honest one
+
+
+def test_a_member_whose_data_holds_the_next_header_is_413(client):
+    """The "overlapping" bomb: a member's compressed size reaches over the next local header."""
+    data = bytearray(raw_zip([("a.dcm", noisy_ct_bytes(3)), ("b.dcm", noisy_ct_bytes(4))]))
+    central = data.index(b"PK\x01\x02")  # the first entry's compressed size: make it cover b's header
+    (packed,) = struct.unpack_from("<L", data, central + 20)
+    struct.pack_into("<L", data, central + 20, packed + 100)
+    response = post_zip(client, bytes(data))
+    assert response.status_code == 413 and "overlap" in response.json()["detail"], response.text
+
+
+def test_many_members_just_under_the_ratio_floor_are_413_as_a_whole(small_limits, data_dir):
+    """Members of 1 MiB skip the per-member ratio check (RATIO_FLOOR); the archive's
+    total extracted size against its total compressed size does not."""
+    floor = 1 << 20  # dicomsvc.batch.RATIO_FLOOR
+    members = [(f"{i}.dcm", bytes(floor)) for i in range(40)]  # each ~1 kB deflated
+    with small_limits(max_zip_ratio=500) as client:
+        response = post_zip(client, raw_zip(members))
+        assert response.status_code == 413 and response.json()["error"] == "too_large", response.text
+        assert "the archive expands" in response.json()["detail"]
+        # a small archive of blank data is below the floor, whatever its ratio
+        assert post_zip(client, raw_zip([("blank.dcm", bytes(floor // 2))])).status_code == 200
+    assert leftovers(data_dir) == []
