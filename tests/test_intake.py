@@ -1,6 +1,7 @@
 """POST /dicom by upload, ZIP, multipart and folder; jobs; limits; STOW-RS."""
 
 import io
+import os
 import json
 import shutil
 import struct
@@ -484,3 +485,16 @@ def test_many_members_just_under_the_ratio_floor_are_413_as_a_whole(small_limits
         # a small archive of blank data is below the floor, whatever its ratio
         assert post_zip(client, raw_zip([("blank.dcm", bytes(floor // 2))])).status_code == 200
     assert leftovers(data_dir) == []
+
+
+@pytest.mark.parametrize("want_async", [False, True], ids=["sync", "job"])
+def test_folder_with_a_non_utf8_name_imports_everything_and_names_it(client, import_root, want_async):
+    folder = import_root / "named"
+    save(make_ct(), folder / "good.dcm")
+    save(make_ct(), folder / os.fsdecode(b"caf\xe9.dcm"))
+    response = client.post("/dicom", params={"async": "true"} if want_async else {}, json={"path": "named"})
+    assert response.status_code == (202 if want_async else 200), response.text
+    body = wait_for(client, response.json()["status_url"]) if want_async else response.json()
+    assert {r["file"]: r["status"] for r in body["results"]} == {"caf\ufffd.dcm": "created", "good.dcm": "created"}
+    listed = client.get("/dicom").json()["items"]
+    assert len(listed) == 2
