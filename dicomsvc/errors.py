@@ -40,6 +40,12 @@ class TooLarge(DicomSvcError):
     status, code = 413, "too_large"
 
 
+class RangeNotSatisfiable(DicomSvcError):
+    """A Range header none of whose ranges lies within the file (RFC 9110 §15.5.17)."""
+
+    status, code = 416, "range_not_satisfiable"
+
+
 class UnsupportedTransferSyntax(DicomSvcError):
     """Pixel data that cannot be decoded (unsupported syntax, corrupt stream)."""
 
@@ -76,3 +82,28 @@ class NotAcceptable(DicomSvcError):
     """Nothing the client's Accept allows can be produced (PS3.18 §8.7.5: 406)."""
 
     status, code = 406, "not_acceptable"
+
+
+class InsufficientStorage(DicomSvcError):
+    """The disk (or quota) is full: nothing was stored (RFC 4918 §11.5: 507)."""
+
+    status, code = 507, "insufficient_storage"
+
+
+class FrameTooLarge(TooLarge):
+    """A frame whose decoded size is over DICOMSVC_MAX_FRAME_BYTES: refused before decoding."""
+
+
+class CodestreamMismatch(UnsupportedTransferSyntax):
+    """A compressed frame whose own header (JPEG SOF, JPEG-LS SOF55, JPEG 2000 SIZ, RLE header)
+    describes another image than the data set: refused before decoding."""
+
+
+class WorkerMemory(TooLarge):
+    """The work needed more memory than a worker may have (DICOMSVC_WORKER_MEMORY)."""
+
+
+class Busy(DicomSvcError):
+    """The work took longer than a worker may spend on one task (DICOMSVC_WORKER_TIMEOUT)."""
+
+    status, code = 503, "busy"

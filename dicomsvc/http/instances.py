@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from starlette.requests import Request
-from starlette.responses import FileResponse
 
 from .. import retrieve
 from ..errors import BadRequest, NoPixelData, NotFound, UnsupportedTransferSyntax
@@ -18,6 +17,7 @@ from ..options import Options, flag
 from ..service import Service
 from ..storage import instances
 from ..storage.blobs import BlobStore
+from .ranges import RangedFileResponse
 from .requests import etag_matches, read_json_object
 
 ID_RE = re.compile(r"[0-9A-Za-z]{22}")  # shortuuid.uuid()
@@ -115,12 +115,12 @@ async def tags_json(svc: Service, instance_id: str | None) -> bytes:
     return b'{"uuid":"%s","tags":%s}' % (instance_id.encode(), rows.encode())
 
 
-class OpenFileResponse(FileResponse):
+class OpenFileResponse(RangedFileResponse):
     """A ``FileResponse`` of a file already open, served through ``/proc/self/fd/N`` (the
     same inode): a DELETE after the lookup unlinks a name, not the file being sent, so
     the answer is whole (or, had the DELETE come first, a 404), never a connection cut
-    after the headers. Ranges, ETag and Last-Modified work as for any FileResponse. The
-    file is closed when the response is done, however it ends."""
+    after the headers. Ranges (``ranges``: with JSON errors), ETag and Last-Modified work
+    as for any FileResponse. The file is closed when the response is done, however it ends."""
 
     def __init__(self, file: BinaryIO, **kwargs):
         fd = file.fileno()
