@@ -76,7 +76,7 @@ def test_references_cover_the_syntaxes_and_interpretations():
     )
 
 
-@pytest.mark.parametrize("name", ["rtdose_expb.dcm", "rtdose_expb_1frame.dcm"])
+@pytest.mark.parametrize("name", ["rtdose_expb.dcm", "rtdose_expb_1frame.dcm", "SC_rgb_expb_32bit.dcm"])
 def test_big_endian_32bit_matches_its_little_endian_twin(name):
     # dcmtk (and GDCM) swap the 16-bit halves of 32-bit big-endian values, so there is no
     # dcmtk reference for these (manifest "skipped"); the little-endian twin's is the truth.
