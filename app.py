@@ -18,6 +18,7 @@ from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.http import catalog, instances, intake, openapi, stow
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
+from dicomsvc.http.compression import GzipMiddleware
 from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
 
@@ -200,9 +201,10 @@ def create_app(config: Config | None = None) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(config.cors_origins),
                 allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["*"],
-                expose_headers=["ETag"],
+                allow_headers=["*"],  # preflights echo what was asked: Accept with parameters, Authorization
+                expose_headers=["ETag", "Warning", "Content-Location"],  # Warning: QIDO-RS (PS3.18 §8.3.4)
             )
         )
+    middleware.append(Middleware(GzipMiddleware))  # JSON and multipart answers; never images
     return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
 

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from . import paths
 from .config import Config
+from .dicom import dicomjson
 from .dicom.parse import Parsed, pixel_hash, read
 from .dicom.tags import TagRow, flatten
 from .errors import DicomSvcError, InvalidDicom, NotDicom, StudyMismatch
@@ -78,6 +79,7 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
             "anonymized_from": options.anonymized_from,
             "png_bytes": png_temp.stat().st_size if png_temp else None,
         }
+        metadata = _metadata(parsed, rows, record)
         blobs.commit(temp, record["dcm_blob"])
         if png_temp:
             blobs.commit(png_temp, record["png_blob"])
@@ -90,7 +92,7 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
         blobs.discard(temp, png_temp)
         raise
     try:
-        stored = instances.insert_instance(db, record, rows)
+        stored = instances.insert_instance(db, record, rows, metadata)
     except BaseException:
         blobs.remove(record["dcm_blob"], record["png_blob"])
         raise
@@ -147,6 +149,20 @@ def _record(
     }
 
 
+def _metadata(parsed: Parsed, rows: list[TagRow], record: dict) -> str | None:
+    """The instance's DICOM JSON (PS3.18 Annex F) as compact text, stored for WADO-RS metadata,
+    made from the flattened rows (no second conversion). None when DICOMweb cannot address the
+    instance (no Study or Series Instance UID), or it would not convert: it is then made from
+    the file on first request."""
+    study, series = record["study_instance_uid"], record["series_instance_uid"]
+    if not study or not series:
+        return None
+    try:
+        return dicomjson.stored_metadata(parsed, rows, study, series, record["sop_instance_uid"])
+    except Exception:  # odd data must not cost the client its instance
+        return None
+
+
 def _render(temp: Path, parsed: Parsed, blobs: BlobStore) -> tuple[Path | None, str | None]:
     """Frame 1 as a temporary PNG blob, or why there is none (pixel data that won't decode)."""
     if parsed.pixel is None:
@@ -169,6 +185,16 @@ def summary(parsed: Parsed, rows: list[TagRow]) -> dict:
         "sop_class_uid": text("SOPClassUID"),
         "study_instance_uid": text("StudyInstanceUID"),
         "series_instance_uid": text("SeriesInstanceUID"),
+        # study, series and instance attributes DICOMweb queries match and return (PS3.18 §10.6)
+        "study_time": text("StudyTime"),
+        "study_id": text("StudyID"),
+        "referring_physician_name": text("ReferringPhysicianName"),
+        "timezone_offset": text("TimezoneOffsetFromUTC"),
+        "series_number": number("SeriesNumber"),
+        "series_description": text("SeriesDescription"),
+        "pps_start_date": text("PerformedProcedureStepStartDate"),
+        "pps_start_time": text("PerformedProcedureStepStartTime"),
+        "instance_number": number("InstanceNumber"),
         "patient_id": text("PatientID"),
         "patient_name": text("PatientName"),
         "patient_sex": text("PatientSex"),

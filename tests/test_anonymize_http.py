@@ -157,6 +157,6 @@ def test_stow_rs_can_anonymize(client):
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
     answer = client.post("/studies?anonymize=true", content=body, headers={"content-type": ctype})
     assert answer.status_code == 200
-    retrieve = answer.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
-    instance_id = retrieve.rsplit("id=", 1)[1]
+    sop = answer.json()["00081199"]["Value"][0]["00081155"]["Value"][0]  # Referenced SOP Instance UID
+    instance_id = client.get("/dicom", params={"SOPInstanceUID": sop}).json()["items"][0]["id"]
     assert_no_phi(client.get(f"/dicom/{instance_id}/file").content + answer.content, planted)

@@ -420,3 +420,40 @@ def test_values_pydicom_cannot_read_still_make_strict_json():
     model = to_dicom_json(read(path).ds, bulk_uri)
     json.dumps(model, allow_nan=False)
     assert model  # nothing dropped wholesale
+
+
+def _every_readable_test_file() -> list[Path]:
+    from pydicom.data import get_testdata_files
+
+    return [Path(f) for f in sorted(get_testdata_files("*")) if f.endswith((".dcm", ".DCM")) or "." not in Path(f).name]
+
+
+def test_from_rows_is_to_dicom_json_without_inline_binaries(tmp_path):
+    """What ingest stores for WADO-RS metadata (made from the flattened rows) is the DICOM
+    JSON of pydicom's reading, bulk data as URIs, for every file pydicom ships that reads,
+    and for a built one with an empty item, AT, PN groups, multi-valued numbers and text."""
+    import warnings
+
+    from dicomsvc.dicom.dicomjson import from_rows
+    from dicomsvc.dicom.tags import flatten
+
+    mine = make_ct(PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう", ImageType=["ORIGINAL", "PRIMARY"],
+                   WindowCenter=[40, 400], FrameIncrementPointer=0x00181063, ImageComments="a \\ b")  # fmt: skip
+    mine.ReferencedImageSequence = Sequence([Dataset(), Dataset()])
+    mine.ReferencedImageSequence[1].ReferencedSOPInstanceUID = "1.2.3"
+    files = [save(mine, tmp_path / "mine.dcm"), built(tmp_path), *_every_readable_test_file()]
+    compared = 0
+    for path in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                parsed = read(path)
+            except Exception:
+                continue  # files pydicom ships as examples of what cannot be read
+            rows = flatten(parsed.ds, parsed.pixel)
+            expected = to_dicom_json(parsed.ds, lambda p: PREFIX + p, threshold=0, pixel=parsed.pixel)
+        got = from_rows(rows, lambda p: PREFIX + p, parsed.ds, parsed.pixel)
+        assert json.dumps(got) == json.dumps(expected), path.name  # order too
+        compared += 1
+    assert compared > 100
+    assert got is not None

@@ -131,6 +131,22 @@ async def delete_matching(svc: Service, query: Mapping[str, str]) -> int:
     return len(gone)
 
 
+async def delete_study(svc: Service, study: str, series: str | None = None, sop: str | None = None) -> int:
+    """``DELETE /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]]``: every instance
+    of the study, series (or the instance), with its rows, DICOM JSON, blobs and cached
+    renderings; the study and series rows follow (storage.studies). 404: nothing to delete."""
+    exact = {"StudyInstanceUID": study}
+    if series is not None:
+        exact["SeriesInstanceUID"] = series
+    if sop is not None:
+        exact["SOPInstanceUID"] = sop
+    gone = await instances.delete(svc.db, exact)
+    if not gone:
+        raise NotFound(f"no such {'instance' if sop else 'series' if series else 'study'}")
+    await svc.io(_remove_blobs, svc.blobs, gone)
+    return len(gone)
+
+
 def _remove_blobs(blobs: BlobStore, gone: list[dict]) -> None:
     """After the rows are committed away: a crash in between leaves unused files, never a
     row pointing at nothing."""

@@ -227,6 +227,72 @@ PATHS: dict[str, dict] = {
 }
 
 
+# DICOMweb QIDO-RS (§10.6), metadata (§10.4), STOW-RS (§10.5), DELETE: http/dicomweb/ (part 1) ------
+
+_UID = {"study": "Study Instance UID (0020,000D)", "series": "Series Instance UID (0020,000E)",
+        "sop": "SOP Instance UID (0008,0018)"}  # fmt: skip
+_IN_PATH = {name: _param(name, "path", text, required=True) for name, text in _UID.items()}
+QIDO_PARAMS = [
+    _param("{attributeID}", "query", "a matching key by keyword or tag (PatientName=doe* or 00100010=doe*): "
+           "single value, UID list (\\ or ,), * and ? wildcards, DA/TM ranges low-high with either end open; "
+           "PN without regard to case; an empty value only asks for the attribute (PS3.4 C.2.2.2)"),
+    _param("includefield", "query", "keywords or tags, comma-separated or repeated, or all"),
+    _param("fuzzymatching", "query", "true is accepted but not applied (Warning: 299 says so)", "boolean"),
+    _param("limit", "query", "results at most (up to DICOMSVC_QIDO_MAX_RESULTS; Warning: 299 when more match)", "integer"),
+    _param("offset", "query", "results to skip", "integer"),
+]  # fmt: skip
+QIDO_ANSWERS = _answers(
+    {"200": ("application/dicom+json", "matching results (an empty array for none); Warning: 299 when cut "
+             "or fuzzymatching was asked for")},
+    {"400": "unknown parameter, or a value of the wrong form (the detail names it)"},
+)  # fmt: skip
+
+
+def _qido(what: str, keys: str, params: list[dict]) -> dict:
+    return {"get": {"summary": f"QIDO-RS: search for {what} (matching keys: {keys})",
+                    "parameters": [*params, *QIDO_PARAMS], "responses": QIDO_ANSWERS}}  # fmt: skip
+
+
+def _metadata(what: str, params: list[dict]) -> dict:
+    return {"get": {
+        "summary": f"WADO-RS metadata of {what}: DICOM JSON as stored at ingest, bulk data as BulkDataURIs; strong ETag",
+        "parameters": [*params, _param("If-None-Match", "header", "an ETag from an earlier answer")],
+        "responses": _answers({"200": ("application/dicom+json", "an array, one object per instance"),
+                               "304": ("application/dicom+json", "not modified")}, {"404": f"no such {what}"})}}  # fmt: skip
+
+
+def _delete(what: str, params: list[dict]) -> dict:
+    return {"delete": {"summary": f"Delete {what}: every instance, its blobs and cached renderings",
+                       "parameters": params,
+                       "responses": {"204": {"description": "deleted"}, "404": _answers({}, {"404": f"no such {what}"})["404"]}}}  # fmt: skip
+
+
+_STUDY_KEYS = "StudyInstanceUID, PatientID, PatientName, PatientBirthDate, PatientSex, StudyDate, StudyTime, " \
+    "AccessionNumber, ReferringPhysicianName, StudyID, StudyDescription, ModalitiesInStudy"  # fmt: skip
+_SERIES_KEYS = "SeriesInstanceUID, Modality, SeriesNumber, SeriesDescription, PerformedProcedureStepStartDate/Time"
+_INSTANCE_KEYS = "SOPInstanceUID, SOPClassUID, InstanceNumber"
+_S, _SE, _I = _IN_PATH["study"], _IN_PATH["series"], _IN_PATH["sop"]
+_STOW_WEB = {"post": {"summary": "STOW-RS: store instances; each Retrieve URL is its WADO-RS URL",
+                      "parameters": [ANON[0]], **STOW}}  # fmt: skip
+DICOMWEB_PATHS: dict[str, dict] = {
+    "/dicomweb/studies": _qido("studies", _STUDY_KEYS, []) | _STOW_WEB,
+    "/dicomweb/studies/{study}": _delete("a study", [_S]) | {"post": {
+        "summary": "STOW-RS into one study: instances of other studies fail", "parameters": [_S, ANON[0]], **STOW}},
+    "/dicomweb/studies/{study}/metadata": _metadata("a study", [_S]),
+    "/dicomweb/studies/{study}/series": _qido("a study's series", f"{_SERIES_KEYS}; and the study's", [_S]),
+    "/dicomweb/studies/{study}/instances": _qido("a study's instances", f"{_INSTANCE_KEYS}; and the series'", [_S]),
+    "/dicomweb/series": _qido("series (with their study's attributes)", f"{_SERIES_KEYS}, {_STUDY_KEYS}", []),
+    "/dicomweb/instances": _qido("instances (with their series' and study's attributes)", "any of the above", []),
+    "/dicomweb/studies/{study}/series/{series}": _delete("a series", [_S, _SE]),
+    "/dicomweb/studies/{study}/series/{series}/metadata": _metadata("a series", [_S, _SE]),
+    "/dicomweb/studies/{study}/series/{series}/instances": _qido("a series' instances", _INSTANCE_KEYS, [_S, _SE]),
+    "/dicomweb/studies/{study}/series/{series}/instances/{sop}": _delete("an instance", [_S, _SE, _I]),
+    "/dicomweb/studies/{study}/series/{series}/instances/{sop}/metadata": _metadata("an instance", [_S, _SE, _I]),
+}  # fmt: skip
+for _path, _ops in DICOMWEB_PATHS.items():  # merged: WADO-RS shares some of these paths
+    PATHS.setdefault(_path, {}).update(_ops)
+
+
 def document() -> dict:
     return {
         "openapi": "3.0.3",

@@ -1,9 +1,12 @@
-"""STOW-RS (DICOMweb, PS3.18 10.5): ``POST /studies[/{StudyInstanceUID}]``.
+"""STOW-RS (DICOMweb, PS3.18 10.5): ``POST /dicomweb/studies[/{StudyInstanceUID}]`` (and the
+same at ``/studies``, where it was first served).
 
 The body is ``multipart/related; type="application/dicom"``, one instance a
 part. The answer is ``application/dicom+json``: a Referenced SOP Sequence for
-what was stored (duplicates included: they are stored), a Failed SOP Sequence
-with a Failure Reason for the rest; 200 when all were stored, 202 when some
+what was stored (duplicates included: they are stored), each item's Retrieve URL
+(0008,1190) its WADO-RS instance URL, and a Failed SOP Sequence with a Failure Reason
+for the rest; the top-level Retrieve URL is the study's, when the stored instances are
+of one study (PS3.18 Table 10.5.3-2). 200 when all were stored, 202 when some
 were, 409 when none were, 415 for any other media type. ``?anonymize=true`` anonymizes, as on
 ``POST /dicom``.
 """
@@ -15,7 +18,9 @@ from .. import batch
 from ..batch import Entry, Item, Result
 from ..errors import UnsupportedMediaType
 from ..options import Options
+from ..dicom.dicomjson import instance_path, study_path
 from ..service import Service
+from ..storage import instances
 from ..storage.spool import new_spool, remove_spool
 from . import uploads
 from .intake import Answer
@@ -27,6 +32,7 @@ PROCESSING_FAILURE = 0x0110
 # Implementation-specific, in the "cannot understand" range (Table I.2-2 allows more codes):
 # the instance is not of the study the URL names (the error code study_mismatch elsewhere)
 STUDY_MISMATCH = 0xC409
+Location = tuple[str | None, str | None, str]  # (study, series, SOP instance UID)
 REASONS = {"invalid_dicom": CANNOT_UNDERSTAND, "too_large": OUT_OF_RESOURCES, "study_mismatch": STUDY_MISMATCH}
 
 
@@ -49,15 +55,19 @@ async def store_instances(svc: Service, request: Request, study_uid: str | None,
         results = await batch.run_entries(svc, entries, study_uid=study_uid)
     finally:
         await svc.io(remove_spool, folder)
-    return _answer(results, base_url)
+    where = await instances.locations(svc.db, [r.id for r in results if r.stored and r.id])
+    return _answer(results, base_url, where)
 
 
-def _answer(results: list[Result], base_url: str) -> Answer:
+def _answer(results: list[Result], base_url: str, where: dict[str, Location]) -> Answer:
     stored = [r for r in results if r.stored]
     failed = [r for r in results if not r.stored]
     body: dict = {}
+    found_studies = {where[r.id][0] for r in stored if r.id in where}
+    if len(found_studies) == 1 and None not in found_studies:  # (0008,1190) Retrieve URL of the study
+        body["00081190"] = {"vr": "UR", "Value": [base_url + study_path(found_studies.pop())]}
     if stored:
-        body["00081199"] = {"vr": "SQ", "Value": [_referenced(r, base_url) for r in stored]}
+        body["00081199"] = {"vr": "SQ", "Value": [_referenced(r, base_url, where.get(r.id)) for r in stored]}
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": [_failed(r) for r in failed]}
     status = 409 if not stored and results else (202 if failed else 200)
@@ -68,12 +78,16 @@ def _uid(value: str | None) -> dict:
     return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
 
 
-def _referenced(result: Result, base_url: str) -> dict:
-    return {
+def _referenced(result: Result, base_url: str, location: Location | None) -> dict:
+    item = {
         "00081150": _uid(result.sop_class_uid),  # Referenced SOP Class UID
         "00081155": _uid(result.sop_instance_uid),  # Referenced SOP Instance UID
-        "00081190": {"vr": "UR", "Value": [f"{base_url}/image?id={result.id}"]},  # Retrieve URL
     }
+    if location is not None and location[0] and location[1]:  # Retrieve URL: WADO-RS (PS3.18 §10.4)
+        item["00081190"] = {"vr": "UR", "Value": [base_url + instance_path(*location)]}
+    else:  # an instance without Study or Series Instance UID: only dicomsvc's own route reaches it
+        item["00081190"] = {"vr": "UR", "Value": [f"{base_url}/dicom/{result.id}/file"]}
+    return item
 
 
 def _failed(result: Result) -> dict:

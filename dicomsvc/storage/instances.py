@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from . import studies
 from .sqlite import Database, Writer, transaction
 
 INSTANCE_COLUMNS = (
@@ -16,7 +17,9 @@ INSTANCE_COLUMNS = (
     "study_date", "study_description", "accession_number", "modality", "transfer_syntax_uid",
     "rows", "columns", "frames", "bits_allocated", "bits_stored", "photometric", "has_pixels",
     "dcm_blob", "dcm_bytes", "png_blob", "png_bytes", "render_error", "source", "anonymized",
-    "anonymized_from", "created_at",
+    "anonymized_from", "created_at", "study_time", "study_id", "referring_physician_name",
+    "timezone_offset", "series_number", "series_description", "pps_start_date", "pps_start_time",
+    "instance_number",
 )  # fmt: skip
 # Exact-match search filters: DICOM keyword -> indexed column
 FILTERS = {
@@ -51,8 +54,9 @@ def find_instance(w: Writer, sop_instance_uid: str, pixel_hash: str) -> str | No
     return row[0] if row else None
 
 
-def insert_instance(w: Writer, record: dict, rows: Sequence[TagRowLike]) -> str | None:
-    """Insert an instance and its tag rows in one transaction.
+def insert_instance(w: Writer, record: dict, rows: Sequence[TagRowLike], metadata: str | None = None) -> str | None:
+    """Insert an instance, its tag rows and its DICOM JSON ``metadata`` in one transaction,
+    with its study and series rows brought up to date (``studies.refresh``).
 
     Returns None when an instance with the same SOP Instance UID and pixel hash
     is already stored: the unique constraint decides, so concurrent posts of one
@@ -93,6 +97,9 @@ def insert_instance(w: Writer, record: dict, rows: Sequence[TagRowLike]) -> str 
                 for i, r in enumerate(rows)
             ],
         )
+        if metadata is not None:
+            db.execute("INSERT INTO dicom_json (dicom_pk, metadata) VALUES (?, ?)", (inserted[0], metadata))
+        studies.refresh(db, studies.pairs_of([record]))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -199,12 +206,16 @@ async def search(
 
 
 async def delete(db: Database, exact: Mapping[str, str], study_date: DateRange | None = None) -> list[dict]:
-    """Delete matching instances (their tag rows go with them); returns their blob keys."""
+    """Delete matching instances (their tag rows and DICOM JSON go with them) and bring their
+    studies and series up to date, in one transaction; returns their ids and blob keys."""
     where, params = _where(exact, study_date)
     async with transaction(db) as conn:
-        gone = await conn.execute_fetchall(f"SELECT id, dcm_blob, png_blob FROM dicom WHERE {where}", params)
+        gone = await conn.execute_fetchall(
+            f"SELECT id, dcm_blob, png_blob, study_instance_uid, series_instance_uid FROM dicom WHERE {where}", params
+        )
         await conn.execute(f"DELETE FROM dicom WHERE {where}", params)
-    return [dict(r) for r in gone]
+        await studies.refresh_async(conn, studies.pairs_of(gone))
+    return [{k: r[k] for k in ("id", "dcm_blob", "png_blob")} for r in gone]
 
 
 async def stats(db: Database) -> dict:
@@ -223,3 +234,29 @@ async def stats(db: Database) -> dict:
         "SELECT COALESCE(modality, '') AS modality, COUNT(*) AS n FROM dicom GROUP BY 1 ORDER BY 2 DESC"
     )
     return dict(totals) | {"modalities": {r["modality"]: r["n"] for r in modalities}}
+
+
+# DICOMweb --------------------------------------------------------------------------------------
+
+
+async def store_metadata(db: Database, items: Sequence[tuple[int, str]]) -> None:
+    """Keep the DICOM JSON of instances stored before ingest kept it (a deleted one is skipped)."""
+    async with transaction(db) as conn:
+        await conn.executemany(
+            "INSERT OR IGNORE INTO dicom_json (dicom_pk, metadata) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM dicom WHERE pk = ?)",
+            [(pk, text, pk) for pk, text in items],
+        )
+
+
+async def locations(db: Database, ids: Sequence[str]) -> dict[str, tuple[str | None, str | None, str]]:
+    """id -> (Study, Series, SOP Instance UID) of stored instances."""
+    found = {}
+    for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+        chunk = list(ids[start : start + 500])
+        marks = ", ".join("?" for _ in chunk)
+        rows = await db.conn.execute_fetchall(
+            f"SELECT id, study_instance_uid, series_instance_uid, sop_instance_uid FROM dicom WHERE id IN ({marks})",
+            chunk,
+        )
+        found |= {r["id"]: (r["study_instance_uid"], r["series_instance_uid"], r["sop_instance_uid"]) for r in rows}
+    return found

@@ -34,6 +34,16 @@ CREATE TABLE IF NOT EXISTS dicom (
     anonymized          INTEGER NOT NULL DEFAULT 0,  -- stored as anonymized (PS3.15 Basic profile)
     anonymized_from     TEXT,                        -- POST /dicom/{id}/anonymize: the original's id
     created_at          TEXT NOT NULL,               -- ISO 8601, UTC
+    -- For DICOMweb (QIDO-RS, PS3.18 Table 10.6.1-5 keys, Tables 10.6.3-3/4/5 return attributes)
+    study_time          TEXT,                        -- (0008,0030)
+    study_id            TEXT,                        -- (0020,0010)
+    referring_physician_name TEXT,                   -- (0008,0090)
+    timezone_offset     TEXT,                        -- (0008,0201) Timezone Offset From UTC
+    series_number       INTEGER,                     -- (0020,0011)
+    series_description  TEXT,                        -- (0008,103E)
+    pps_start_date      TEXT,                        -- (0040,0244) Performed Procedure Step Start Date
+    pps_start_time      TEXT,                        -- (0040,0245) Performed Procedure Step Start Time
+    instance_number     INTEGER,                     -- (0020,0013)
     -- Posting the same instance (same SOP Instance UID, same pixels) again stores nothing.
     UNIQUE (sop_instance_uid, pixel_hash)
 );
@@ -46,6 +56,66 @@ CREATE INDEX IF NOT EXISTS dicom_sop ON dicom (sop_instance_uid);
 CREATE INDEX IF NOT EXISTS dicom_modality ON dicom (modality);
 CREATE INDEX IF NOT EXISTS dicom_study_date ON dicom (study_date);
 CREATE INDEX IF NOT EXISTS dicom_accession ON dicom (accession_number);
+-- DICOMweb: a study's or series' instances (QIDO-RS, metadata), counted by SOP Instance UID.
+CREATE INDEX IF NOT EXISTS dicom_series_sop ON dicom (study_instance_uid, series_instance_uid, sop_instance_uid);
+
+-- Each instance's DICOM JSON (PS3.18 Annex F), made at ingest: WADO-RS metadata is served from
+-- here, never by re-reading files. BulkDataURIs are stored relative to the service root
+-- ("/dicomweb/studies/..."); answers make them absolute for the host the client used.
+CREATE TABLE IF NOT EXISTS dicom_json (
+    dicom_pk INTEGER PRIMARY KEY REFERENCES dicom (pk) ON DELETE CASCADE,
+    metadata TEXT NOT NULL
+);
+
+-- Studies and series (dicomsvc/storage/studies.py): kept right in the same transaction as every
+-- insert and delete of an instance. Attributes are those of the newest instance (rep_pk); the
+-- counts and ModalitiesInStudy (PS3.4 C.3.4) are aggregates. revision changes with every change
+-- of the study or series (a strong ETag for its metadata).
+CREATE TABLE IF NOT EXISTS study (
+    pk                       INTEGER PRIMARY KEY,
+    study_instance_uid       TEXT NOT NULL UNIQUE,   -- (0020,000D)
+    rep_pk                   INTEGER NOT NULL,       -- dicom.pk the attributes come from
+    patient_id               TEXT,                   -- (0010,0020)
+    patient_name             TEXT,                   -- (0010,0010)
+    patient_birth_date       TEXT,                   -- (0010,0030)
+    patient_sex              TEXT,                   -- (0010,0040)
+    study_date               TEXT,                   -- (0008,0020)
+    study_time               TEXT,                   -- (0008,0030)
+    accession_number         TEXT,                   -- (0008,0050)
+    referring_physician_name TEXT,                   -- (0008,0090)
+    study_id                 TEXT,                   -- (0020,0010)
+    study_description        TEXT,                   -- (0008,1030)
+    timezone_offset          TEXT,                   -- (0008,0201)
+    modalities               TEXT,                   -- (0008,0061) Modalities in Study, '\'-joined, sorted
+    series_count             INTEGER NOT NULL,       -- (0020,1206) Number of Study Related Series
+    instance_count           INTEGER NOT NULL,       -- (0020,1208) Number of Study Related Instances
+    revision                 INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS study_by_patient ON study (patient_id);
+CREATE INDEX IF NOT EXISTS study_by_date ON study (study_date, study_time);
+CREATE INDEX IF NOT EXISTS study_by_accession ON study (accession_number);
+CREATE TABLE IF NOT EXISTS series (
+    pk                  INTEGER PRIMARY KEY,
+    study_instance_uid  TEXT NOT NULL,               -- (0020,000D)
+    series_instance_uid TEXT NOT NULL,               -- (0020,000E)
+    rep_pk              INTEGER NOT NULL,            -- dicom.pk the attributes come from
+    modality            TEXT,                        -- (0008,0060)
+    series_number       INTEGER,                     -- (0020,0011)
+    series_description  TEXT,                        -- (0008,103E)
+    pps_start_date      TEXT,                        -- (0040,0244)
+    pps_start_time      TEXT,                        -- (0040,0245)
+    instance_count      INTEGER NOT NULL,            -- (0020,1209) Number of Series Related Instances
+    revision            INTEGER NOT NULL,
+    UNIQUE (study_instance_uid, series_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS series_by_uid ON series (series_instance_uid);
+CREATE INDEX IF NOT EXISTS series_by_modality ON series (modality);
+-- One counter: every study or series change takes the next value as its revision.
+CREATE TABLE IF NOT EXISTS revision (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO revision (id, value) VALUES (1, 0);
 
 -- The tag dictionary, shared by all instances: one row per (tag, VR, keyword).
 CREATE TABLE IF NOT EXISTS tag (

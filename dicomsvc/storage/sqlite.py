@@ -24,6 +24,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from . import studies
+
 # Columns added after a table was first released: (table, column, definition)
 ADDED_COLUMNS = (
     ("dicom", "anonymized", "INTEGER NOT NULL DEFAULT 0"),
@@ -35,7 +37,21 @@ ADDED_COLUMNS = (
     ("dicom", "bits_stored", "INTEGER"),
     ("dicom", "photometric", "TEXT"),
     ("dicom", "png_bytes", "INTEGER"),
+    # DICOMweb (issue 10); filled from the stored tag rows by studies.backfill
+    ("dicom", "study_time", "TEXT"),
+    ("dicom", "study_id", "TEXT"),
+    ("dicom", "referring_physician_name", "TEXT"),
+    ("dicom", "timezone_offset", "TEXT"),
+    ("dicom", "series_number", "INTEGER"),
+    ("dicom", "series_description", "TEXT"),
+    ("dicom", "pps_start_date", "TEXT"),
+    ("dicom", "pps_start_time", "TEXT"),
+    ("dicom", "instance_number", "INTEGER"),
 )
+# PRAGMA user_version: what the stored data has been brought up to. 1: the DICOMweb columns of
+# ``dicom`` and the study and series rows are filled (studies.backfill) -- done once, in one
+# transaction with setting the version, so an interrupted upgrade is redone at the next start.
+DATA_VERSION = 1
 PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL")
 
 
@@ -106,11 +122,21 @@ async def open_database(path: Path) -> Database:
         for pragma in PRAGMAS:
             await conn.execute(pragma)
         await conn.execute("PRAGMA journal_mode = WAL")
+        ((version,),) = await conn.execute_fetchall("PRAGMA user_version")
         for table, column, definition in ADDED_COLUMNS:  # older databases: add what they lack
             columns = {row["name"] for row in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
             if columns and column not in columns:
                 await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         await conn.executescript(text)
+        if version < DATA_VERSION:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await studies.backfill(conn)
+                await conn.execute(f"PRAGMA user_version = {DATA_VERSION}")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
     except BaseException:
         await conn.close()
         raise

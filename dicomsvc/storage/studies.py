@@ -1,0 +1,386 @@
+"""Studies and series: their rows, kept right on every insert and delete; QIDO-RS and metadata reads.
+
+The ``study`` and ``series`` tables (schema.sql) summarize the ``dicom`` rows: the
+attributes of the newest instance (``rep_pk``) and the aggregates DICOMweb returns,
+PS3.4 C.3.4: Number of Study Related Series (0020,1206) and Instances (0020,1208),
+Number of Series Related Instances (0020,1209), Modalities in Study (0008,0061).
+``refresh`` recomputes them for the (study, series) pairs an insert or delete touched,
+inside that insert's or delete's transaction, so the summaries never disagree with the
+instances. Study- and series-level queries read only these tables (never scan instances).
+
+This module imports nothing from the rest of the storage package: ``sqlite`` calls
+``backfill`` when it upgrades an older database, ``instances`` calls ``refresh``.
+"""
+
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiosqlite
+
+Pair = tuple[str, str]  # (Study Instance UID, Series Instance UID)
+# One instance per SOP Instance UID in a series: the same UID stored again with other pixel
+# data (another hash) is a newer version of the instance, and the newest is the one DICOMweb
+# shows (as WADO-RS retrieval does); counts count SOP Instance UIDs.
+CURRENT = (
+    "d.pk = (SELECT MAX(n.pk) FROM dicom n WHERE n.sop_instance_uid = d.sop_instance_uid"
+    " AND n.study_instance_uid = d.study_instance_uid AND n.series_instance_uid = d.series_instance_uid)"
+)
+TAG_KEY = re.compile(r"[0-9A-F]{8}")  # a DICOM JSON key (PS3.18 F.2.1.1)
+
+
+class HasConnection(Protocol):
+    """The service's database (``sqlite.Database``): reads go through its connection."""
+
+    conn: aiosqlite.Connection
+
+
+# Keeping the summaries right (one transaction with the insert or delete) ----------------
+
+NEXT_REVISION = "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value"
+_SERIES_ATTRS = ("modality", "series_number", "series_description", "pps_start_date", "pps_start_time")
+_STUDY_ATTRS = (
+    "patient_id", "patient_name", "patient_birth_date", "patient_sex", "study_date", "study_time",
+    "accession_number", "referring_physician_name", "study_id", "study_description", "timezone_offset",
+)  # fmt: skip
+SERIES_DELETE = """
+DELETE FROM series WHERE study_instance_uid = :study AND series_instance_uid = :series
+    AND NOT EXISTS (SELECT 1 FROM dicom WHERE study_instance_uid = :study AND series_instance_uid = :series)
+"""
+SERIES_UPSERT = f"""
+INSERT INTO series (study_instance_uid, series_instance_uid, rep_pk, {", ".join(_SERIES_ATTRS)},
+                    instance_count, revision)
+SELECT d.study_instance_uid, d.series_instance_uid, d.pk, {", ".join("d." + c for c in _SERIES_ATTRS)},
+       (SELECT COUNT(DISTINCT c.sop_instance_uid) FROM dicom c
+        WHERE c.study_instance_uid = :study AND c.series_instance_uid = :series),
+       :revision
+FROM dicom d WHERE d.study_instance_uid = :study AND d.series_instance_uid = :series
+ORDER BY d.pk DESC LIMIT 1
+ON CONFLICT (study_instance_uid, series_instance_uid) DO UPDATE SET
+    rep_pk = excluded.rep_pk, {", ".join(f"{c} = excluded.{c}" for c in _SERIES_ATTRS)},
+    instance_count = excluded.instance_count, revision = excluded.revision
+"""
+STUDY_DELETE = """
+DELETE FROM study WHERE study_instance_uid = :study
+    AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = :study)
+"""
+STUDY_UPSERT = f"""
+INSERT INTO study (study_instance_uid, rep_pk, {", ".join(_STUDY_ATTRS)},
+                   modalities, series_count, instance_count, revision)
+SELECT d.study_instance_uid, d.pk, {", ".join("d." + c for c in _STUDY_ATTRS)},
+       (SELECT group_concat(m, '\\') FROM (
+            SELECT DISTINCT modality AS m FROM series WHERE study_instance_uid = :study AND modality != ''
+            ORDER BY m)),
+       s.n, s.total, :revision
+FROM (SELECT MAX(rep_pk) AS rep, COUNT(*) AS n, SUM(instance_count) AS total
+      FROM series WHERE study_instance_uid = :study) AS s
+JOIN dicom d ON d.pk = s.rep
+WHERE s.rep IS NOT NULL
+ON CONFLICT (study_instance_uid) DO UPDATE SET
+    rep_pk = excluded.rep_pk, {", ".join(f"{c} = excluded.{c}" for c in _STUDY_ATTRS)},
+    modalities = excluded.modalities, series_count = excluded.series_count,
+    instance_count = excluded.instance_count, revision = excluded.revision
+"""
+
+
+def pairs_of(rows: Iterable[Any]) -> list[Pair]:
+    """The distinct (study, series) pairs of instance rows that have both UIDs (only those are
+    studies and series; an instance without them cannot be addressed in DICOMweb)."""
+    found = {(r["study_instance_uid"], r["series_instance_uid"]) for r in rows}
+    return sorted((st, se) for st, se in found if st and se)
+
+
+def _steps(pairs: Sequence[Pair], revision: int) -> list[tuple[str, dict]]:
+    steps = []
+    for study, series in pairs:
+        params = {"study": study, "series": series, "revision": revision}
+        steps += [(SERIES_DELETE, params), (SERIES_UPSERT, params)]
+    for study in sorted({study for study, _ in pairs}):
+        params = {"study": study, "revision": revision}
+        steps += [(STUDY_DELETE, params), (STUDY_UPSERT, params)]
+    return steps
+
+
+def refresh(db: sqlite3.Connection, pairs: Sequence[Pair]) -> None:
+    """Recompute the series and study rows of ``pairs`` (in the caller's transaction)."""
+    if not pairs:
+        return
+    (revision,) = db.execute(NEXT_REVISION).fetchone()
+    for sql, params in _steps(pairs, revision):
+        db.execute(sql, params)
+
+
+async def refresh_async(conn: aiosqlite.Connection, pairs: Sequence[Pair]) -> None:
+    """``refresh`` on the service's connection (in the caller's transaction)."""
+    if not pairs:
+        return
+    ((revision,),) = await conn.execute_fetchall(NEXT_REVISION)
+    for sql, params in _steps(pairs, revision):
+        await conn.execute(sql, params)
+
+
+# Upgrading a database made before studies and series existed ------------------------------
+
+# Columns of ``dicom`` added for DICOMweb, and the tag each is read from (top level only)
+ADDED_FROM_TAGS = {
+    "study_time": (0x00080030, "text"),
+    "study_id": (0x00200010, "text"),
+    "referring_physician_name": (0x00080090, "text"),
+    "timezone_offset": (0x00080201, "text"),
+    "series_number": (0x00200011, "int"),
+    "series_description": (0x0008103E, "text"),
+    "pps_start_date": (0x00400244, "text"),
+    "pps_start_time": (0x00400245, "text"),
+    "instance_number": (0x00200013, "int"),
+}
+
+
+def _pivot(column: str, tag: int, kind: str) -> str:
+    value = f"MAX(CASE WHEN t.tag = {tag} THEN dt.value END)"
+    if kind == "int":  # as ingest reads IS: a whole number or nothing
+        value = f"CASE WHEN trim({value}) GLOB '[0-9]*' OR trim({value}) GLOB '-[0-9]*' THEN CAST(trim({value}) AS INTEGER) END"
+    return f"{value} AS {column}"
+
+
+BACKFILL_COLUMNS = f"""
+UPDATE dicom SET {", ".join(f"{c} = v.{c}" for c in ADDED_FROM_TAGS)}
+FROM (
+    SELECT dt.dicom_pk AS pk, {", ".join(_pivot(c, tag, kind) for c, (tag, kind) in ADDED_FROM_TAGS.items())}
+    FROM dicom_tag dt JOIN tag t ON t.id = dt.tag_id
+    WHERE dt.parent_id IS NULL AND t.tag IN ({", ".join(str(tag) for tag, _ in ADDED_FROM_TAGS.values())})
+    GROUP BY dt.dicom_pk
+) AS v
+WHERE dicom.pk = v.pk
+"""
+ALL_PAIRS = """
+SELECT DISTINCT study_instance_uid, series_instance_uid FROM dicom
+WHERE study_instance_uid != '' AND series_instance_uid != ''
+"""
+
+
+async def backfill(conn: aiosqlite.Connection) -> None:
+    """Bring instances stored before DICOMweb up to date (in the caller's transaction): the new
+    ``dicom`` columns from the stored tag rows, then every study and series row. (Instances
+    stored before ``dicom_json`` existed get their DICOM JSON on first request.)"""
+    await conn.execute(BACKFILL_COLUMNS)
+    pairs = [(r[0], r[1]) for r in await conn.execute_fetchall(ALL_PAIRS)]
+    await refresh_async(conn, pairs)
+
+
+# QIDO-RS (PS3.18 §10.6): matching keys -> columns; one query per search -----------------------
+
+LEVELS = ("study", "series", "instance")
+# Matching keys (PS3.18 Table 10.6.1-5, plus PatientBirthDate, PatientSex, StudyDescription,
+# SeriesDescription): DICOM keyword -> (level, column). ModalitiesInStudy is matched against
+# the study's series.
+MATCHING_KEYS = {
+    "StudyInstanceUID": ("study", "st.study_instance_uid"),
+    "PatientID": ("study", "st.patient_id"),
+    "PatientName": ("study", "st.patient_name"),
+    "PatientBirthDate": ("study", "st.patient_birth_date"),
+    "PatientSex": ("study", "st.patient_sex"),
+    "StudyDate": ("study", "st.study_date"),
+    "StudyTime": ("study", "st.study_time"),
+    "AccessionNumber": ("study", "st.accession_number"),
+    "ReferringPhysicianName": ("study", "st.referring_physician_name"),
+    "StudyID": ("study", "st.study_id"),
+    "StudyDescription": ("study", "st.study_description"),
+    "ModalitiesInStudy": ("study", "m.modality"),
+    "SeriesInstanceUID": ("series", "se.series_instance_uid"),
+    "Modality": ("series", "se.modality"),
+    "SeriesNumber": ("series", "se.series_number"),
+    "SeriesDescription": ("series", "se.series_description"),
+    "PerformedProcedureStepStartDate": ("series", "se.pps_start_date"),
+    "PerformedProcedureStepStartTime": ("series", "se.pps_start_time"),
+    "SOPInstanceUID": ("instance", "d.sop_instance_uid"),
+    "SOPClassUID": ("instance", "d.sop_class_uid"),
+    "InstanceNumber": ("instance", "d.instance_number"),
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One matching key (PS3.4 C.2.2.2), already parsed and checked.
+
+    ``kind``: ``single`` (``values`` = (value,)), ``list`` (UID list, or several values any of
+    which may match), ``wildcard`` (``values`` = (pattern,) with ``*`` and ``?``), ``range``
+    (``values`` = (low, high), either None for an open end). ``fold_case``: compare without
+    regard to case (PN).
+    """
+
+    keyword: str
+    kind: str
+    values: tuple
+    fold_case: bool = False
+
+
+_STUDY_COLUMNS = (
+    "st.study_instance_uid", "st.patient_id", "st.patient_name", "st.patient_birth_date", "st.patient_sex",
+    "st.study_date", "st.study_time", "st.accession_number", "st.referring_physician_name", "st.study_id",
+    "st.study_description", "st.timezone_offset AS study_timezone_offset", "st.modalities",
+    "st.series_count", "st.instance_count AS study_instance_count", "st.rep_pk AS study_rep",
+)  # fmt: skip
+_SERIES_COLUMNS = (
+    "se.series_instance_uid", "se.modality", "se.series_number", "se.series_description", "se.pps_start_date",
+    "se.pps_start_time", "se.instance_count AS series_instance_count", "se.rep_pk AS series_rep",
+)  # fmt: skip
+_INSTANCE_COLUMNS = (
+    "d.pk", "d.sop_class_uid", "d.sop_instance_uid", "d.instance_number", "d.rows", "d.columns",
+    "d.bits_allocated", "d.frames", "d.timezone_offset",
+)  # fmt: skip
+_FROM = {
+    "study": "study st",
+    "series": "series se JOIN study st ON st.study_instance_uid = se.study_instance_uid",
+    "instance": "dicom d JOIN series se ON se.study_instance_uid = d.study_instance_uid"
+    " AND se.series_instance_uid = d.series_instance_uid"
+    " JOIN study st ON st.study_instance_uid = d.study_instance_uid",
+}
+_ORDER = {  # newest study first; series and instances in their numbers' order
+    "study": "st.pk DESC",
+    "series": "st.pk DESC, se.series_number, se.pk",
+    "instance": "st.pk DESC, se.series_number, se.pk, d.instance_number, d.pk",
+}
+_REP = {"study": "st.rep_pk", "series": "se.rep_pk", "instance": "d.pk"}
+
+
+def _glob(pattern: str) -> str:
+    """A DICOM wildcard pattern (PS3.4 C.2.2.2.4: ``*`` any run, ``?`` one character) as a GLOB:
+    the only other GLOB metacharacter, ``[``, is matched literally."""
+    return pattern.replace("[", "[[]")
+
+
+def _condition(c: Condition) -> tuple[str, list]:
+    column = MATCHING_KEYS[c.keyword][1]
+    if c.fold_case:
+        column = f"lower({column})"
+    fold = (lambda v: v.lower()) if c.fold_case else (lambda v: v)
+    if c.kind == "single":
+        sql, params = f"{column} = ?", [fold(c.values[0]) if isinstance(c.values[0], str) else c.values[0]]
+    elif c.kind == "list":
+        sql, params = f"{column} IN ({', '.join('?' for _ in c.values)})", [fold(v) for v in c.values]
+    elif c.kind == "wildcard":
+        sql, params = f"{column} GLOB ?", [fold(_glob(c.values[0]))]
+    elif c.kind == "range":  # PS3.4 C.2.2.2.5: inclusive; an empty value never matches a range
+        low, high = c.values
+        clauses, params = [f"{column} != ''"], []
+        if low is not None:
+            clauses.append(f"{column} >= ?")
+            params.append(low)
+        if high is not None:
+            clauses.append(f"{column} <= ?")
+            params.append(high)
+        sql = " AND ".join(clauses)
+    else:
+        raise ValueError(c.kind)
+    if c.keyword == "ModalitiesInStudy":  # any series of the study
+        sql = f"EXISTS (SELECT 1 FROM series m WHERE m.study_instance_uid = st.study_instance_uid AND {sql})"
+    return sql, params
+
+
+async def search(
+    db: HasConnection,
+    level: str,
+    conditions: Sequence[Condition],
+    limit: int,
+    offset: int,
+    extra_tags: Sequence[str] = (),
+    whole_json: bool = False,
+) -> list[dict]:
+    """Studies, series or instances (``level``) matching every condition: at most ``limit``,
+    after skipping ``offset``. Each row has the columns the answer needs; ``extra_tags``
+    (8-hex-digit keys) come from the DICOM JSON of the row's representative instance as
+    ``json:<tag>`` (JSON text, or None), and ``whole_json`` adds that JSON whole as ``json``.
+    """
+    if not all(TAG_KEY.fullmatch(tag) for tag in extra_tags):
+        raise ValueError("extra_tags must be 8 upper-case hex digits")
+    columns = list(_STUDY_COLUMNS)
+    if level in ("series", "instance"):
+        columns += _SERIES_COLUMNS
+    if level == "instance":
+        columns += _INSTANCE_COLUMNS
+    if extra_tags or whole_json:
+        joins = f" LEFT JOIN dicom_json j ON j.dicom_pk = {_REP[level]}"
+        columns += [f"""j.metadata -> '$."{tag}"' AS "json:{tag}\"""" for tag in extra_tags]
+        if whole_json:
+            columns.append("j.metadata AS json")
+    else:
+        joins = ""
+    clauses, params = [], []
+    for c in conditions:
+        sql, more = _condition(c)
+        clauses.append(sql)
+        params += more
+    if level == "instance":
+        clauses.append(CURRENT)
+    where = " AND ".join(clauses) or "1"
+    rows = await db.conn.execute_fetchall(
+        f"SELECT {', '.join(columns)} FROM {_FROM[level]}{joins} WHERE {where} "
+        f"ORDER BY {_ORDER[level]} LIMIT ? OFFSET ?",
+        (*params, limit, offset),
+    )
+    return [dict(r) for r in rows]
+
+
+# WADO-RS metadata (PS3.18 §10.4.1.1.2): the DICOM JSON stored at ingest, a page at a time ------
+
+Scope = tuple[str, str | None, str | None]  # (study, series or None, SOP instance or None)
+
+
+def _scope(scope: Scope) -> tuple[str, list]:
+    study, series, sop = scope
+    clauses, params = ["d.study_instance_uid = ?", "d.series_instance_uid != ''", CURRENT], [study]
+    if series is not None:
+        clauses.append("d.series_instance_uid = ?")
+        params.append(series)
+    if sop is not None:
+        clauses.append("d.sop_instance_uid = ?")
+        params.append(sop)
+    return " AND ".join(clauses), params
+
+
+async def version(db: HasConnection, scope: Scope) -> int | None:
+    """What changes whenever the metadata of ``scope`` does (the study's or series' revision,
+    the instance's row); None when there is no such study, series or instance."""
+    study, series, sop = scope
+    if sop is not None:
+        where, params = _scope(scope)
+        rows = await db.conn.execute_fetchall(f"SELECT d.pk FROM dicom d WHERE {where}", params)
+    elif series is not None:
+        rows = await db.conn.execute_fetchall(
+            "SELECT revision FROM series WHERE study_instance_uid = ? AND series_instance_uid = ?", (study, series)
+        )
+    else:
+        rows = await db.conn.execute_fetchall("SELECT revision FROM study WHERE study_instance_uid = ?", (study,))
+    return rows[0][0] if rows else None
+
+
+async def metadata_page(
+    db: HasConnection, scope: Scope, uri_from: str, uri_to: str, limit: int, offset: int
+) -> tuple[int, int, str | None]:
+    """One page of the stored DICOM JSON objects of ``scope``, in series and instance-number order,
+    comma-joined by SQLite with ``uri_from`` replaced by ``uri_to`` (relative BulkDataURIs made
+    absolute): (instances on the page, how many of them have stored JSON, the text)."""
+    where, params = _scope(scope)
+    ((count, have, text),) = await db.conn.execute_fetchall(
+        f"""
+        SELECT COUNT(*), COUNT(metadata), group_concat(replace(metadata, ?, ?), ',') FROM (
+            SELECT j.metadata FROM dicom d LEFT JOIN dicom_json j ON j.dicom_pk = d.pk
+            WHERE {where} ORDER BY d.series_number, d.series_instance_uid, d.instance_number, d.pk LIMIT ? OFFSET ?
+        )
+        """,
+        (uri_from, uri_to, *params, limit, offset),
+    )
+    return count, have, text
+
+
+async def without_metadata(db: HasConnection, scope: Scope) -> list[dict]:
+    """The instances of ``scope`` without stored DICOM JSON (stored before it was kept)."""
+    where, params = _scope(scope)
+    rows = await db.conn.execute_fetchall(
+        f"SELECT d.pk, d.dcm_blob, d.study_instance_uid, d.series_instance_uid, d.sop_instance_uid "
+        f"FROM dicom d LEFT JOIN dicom_json j ON j.dicom_pk = d.pk WHERE {where} AND j.dicom_pk IS NULL",
+        params,
+    )
+    return [dict(r) for r in rows]
