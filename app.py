@@ -21,6 +21,7 @@ from dicomsvc.http.accesslog import AccessLog
 from dicomsvc.http.compression import GzipMiddleware
 from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
+from dicomsvc.storage import space
 
 log = logging.getLogger("dicomsvc")
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -146,6 +147,14 @@ async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
     return JSONResponse({"error": "bad_request", "detail": "client disconnected"}, status_code=400)
 
 
+async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """A full disk met outside the pipeline (an upload being spooled, a job being recorded):
+    507, like inside it. Any other OS or database error goes on to ``internal_error``."""
+    if space.is_full(exc):
+        return await service_error(request, space.insufficient())
+    raise exc
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # The type only: messages can quote values read from a dataset.
     log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
@@ -178,6 +187,8 @@ exception_handlers = {
     DicomSvcError: service_error,
     HTTPException: http_error,
     ClientDisconnect: client_gone,
+    OSError: storage_error,
+    space.DatabaseError: storage_error,
     Exception: internal_error,
 }
 

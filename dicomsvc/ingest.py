@@ -26,7 +26,7 @@ from .errors import DicomSvcError, InvalidDicom, NotDicom, StudyMismatch
 from .imaging.decode import frame_count
 from .imaging.render import render_png
 from .options import PLAIN, Options
-from .storage import instances
+from .storage import instances, space
 from .storage.blobs import BlobStore
 from .storage.sqlite import connection
 
@@ -43,16 +43,20 @@ class Ingested:
 def ingest_import(config: Config, raw: object, options: Options = PLAIN) -> Ingested:
     """Ingest the file ``raw`` names inside the import root (opened beneath it: ``paths``)."""
     src, source = paths.open_file(config.import_root, raw)
-    with src:
+    with src, space.full_is_507():  # the spool removes its partial copy
         temp = BlobStore(config.blob_dir).spool(src, config.max_upload_bytes)
     return ingest_file(config, temp, source, options)
 
 
 def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAIN) -> Ingested:
-    """Ingest a file already spooled to blob temp space (it is moved into place or removed)."""
+    """Ingest a file already spooled to blob temp space (it is moved into place or removed).
+
+    A full disk (ENOSPC, EDQUOT, SQLITE_FULL) anywhere is ``InsufficientStorage`` (507),
+    raised after removing every blob this call wrote, temporary or already renamed.
+    """
     blobs = BlobStore(config.blob_dir)
     db = connection(config.db_path)
-    png_temp = None
+    png_temp = record = None
     anonymized = options.anonymize or config.anonymize_always
     parsed = None
     try:
@@ -88,13 +92,19 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
         if parsed is not None:  # name the refused instance (STOW-RS Failed SOP Sequence)
             exc.instance = (_text(parsed.ds, "SOPClassUID"), parsed.sop_instance_uid)
         raise
-    except BaseException:
+    except BaseException as exc:
         blobs.discard(temp, png_temp)
+        if record is not None:  # the DICOM blob may be in place already, the PNG's commit failing
+            blobs.remove(record["dcm_blob"], record["png_blob"])
+        if space.is_full(exc):
+            raise space.insufficient() from None
         raise
     try:
         stored = instances.insert_instance(db, record, rows, metadata)
-    except BaseException:
+    except BaseException as exc:
         blobs.remove(record["dcm_blob"], record["png_blob"])
+        if space.is_full(exc):  # SQLITE_FULL: the transaction was rolled back
+            raise space.insufficient() from None
         raise
     if stored is None:  # a concurrent post of the same instance won the race
         blobs.remove(record["dcm_blob"], record["png_blob"])
@@ -172,6 +182,8 @@ def _render(temp: Path, parsed: Parsed, blobs: BlobStore) -> tuple[Path | None, 
     except DicomSvcError as exc:
         return None, exc.detail
     except Exception as exc:  # odd pixel data must not cost the client its tags
+        if space.is_full(exc):  # no room for the PNG: that is no fault of the pixel data
+            raise
         return None, f"pixel data could not be rendered: {type(exc).__name__}"
 
 

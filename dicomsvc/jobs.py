@@ -20,13 +20,15 @@ import shortuuid
 
 from . import batch
 from .batch import Entry, Item, Result
-from .errors import NotFound
+from .errors import InsufficientStorage, NotFound
 from .service import Service
 from .storage import jobs as job_rows
+from .storage import space
 from .storage.spool import remove_spool
 
 log = logging.getLogger("dicomsvc")
 PAGE = 512  # pending items read, run and recorded at a time: memory stays flat in the job's size
+FULL_DISK_PAUSE = 5.0  # seconds a job waits when the disk is full before its pending items are tried again
 
 
 async def submit(svc: Service, entries: Sequence[Entry], spool: Path | None) -> str:
@@ -90,8 +92,18 @@ async def _run_forever(svc: Service) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the job fails, the runner goes on
+            if isinstance(exc, InsufficientStorage) or space.is_full(exc):
+                # Its progress could not be recorded: it stays unfinished, and its pending
+                # items are tried again once there may be space (nothing is lost).
+                log.error("job %s paused: the disk is full", job_id)
+                await asyncio.sleep(FULL_DISK_PAUSE)
+                continue
             log.error("job %s failed: %s", job_id, type(exc).__name__)
-            await _finish(svc, job_id, "failed", f"internal error ({type(exc).__name__})")
+            try:
+                await _finish(svc, job_id, "failed", f"internal error ({type(exc).__name__})")
+            except Exception as again:  # the runner must outlive any one job
+                log.error("job %s could not be marked failed: %s", job_id, type(again).__name__)
+                await asyncio.sleep(FULL_DISK_PAUSE)
 
 
 async def _run_job(svc: Service, job_id: str) -> None:

@@ -35,60 +35,77 @@ from .config import Config
 from .dicom import dicomjson
 from .dicom.parse import CHUNK, Parsed, read
 from .dicom.tags import flatten
-from .errors import NoPixelData, NotFound, UnsupportedTransferSyntax
+from .errors import DicomSvcError, NoPixelData, NotFound, UnsupportedTransferSyntax
 from .imaging import arrays, renderings
 from .imaging.decode import decode_frame, frame_count
+from .storage import space
 from .storage.blobs import BlobStore
 
 
 @contextlib.contextmanager
-def deleted_is_404() -> Iterator[None]:
+def deleted_is_404(path: Path | None = None) -> Iterator[None]:
     """The stored file vanished between the row's lookup and its reading: a DELETE of the
-    instance got there first. The answer is what it would have been a moment later, 404."""
+    instance got there first. The answer is what it would have been a moment later, 404.
+
+    Readers that reopen ``path`` (a frame's bytes are read on their own) meet a vanished
+    file as undecodable data (415, say): with ``path`` given, any such error is a 404 when
+    the file is gone (a DELETE unlinks only after its commit)."""
     try:
         yield
     except FileNotFoundError:
         raise NotFound("no instance with that id") from None
+    except DicomSvcError as exc:
+        if path is None or isinstance(exc, NotFound) or path.exists():
+            raise
+        raise NotFound("no instance with that id") from None
 
 
-@deleted_is_404()
 def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderParams, cached: Path) -> bytes:
     """Render from the stored DICOM and keep the result: temp name, then rename.
 
     A DELETE that removed the instance's renderings folder between the reading and the
     keeping leaves this one behind: the caller checks the row afterwards
-    (``dicomsvc.http.instances.rendering``)."""
+    (``dicomsvc.http.instances.rendering``). On a full disk, or with the folder removed
+    under it by that DELETE, the rendering is answered without being kept: the cache is a
+    saving, not a promise."""
     blobs = BlobStore(config.blob_dir)
     path = blobs.path(dcm_blob)
-    body = renderings.render(path, read(path), params)
-    temp = blobs.write_temp(body, f".{params.format}")
-    cached.parent.mkdir(exist_ok=True)
-    os.replace(temp, cached)
+    with deleted_is_404(path):
+        body = renderings.render(path, read(path), params)
+    temp = None
+    try:
+        temp = blobs.write_temp(body, f".{params.format}")
+        cached.parent.mkdir(exist_ok=True)
+        os.replace(temp, cached)
+    except OSError as exc:
+        if not (space.is_full(exc) or isinstance(exc, FileNotFoundError)):
+            raise
+        blobs.discard(temp)
     return body
 
 
-@deleted_is_404()
 def write_npy(config: Config, dcm_blob: str, frame: int | None, rescale: bool) -> Path:
     """The pixel data as a temporary ``.npy`` file, a frame at a time; the caller removes it."""
     blobs = BlobStore(config.blob_dir)
     path = blobs.path(dcm_blob)
-    _, chunks = arrays.npy_stream(path, read(path), frame, rescale)
-    temp, out = blobs.create_temp(".npy")
-    try:
-        with out:
-            for chunk in chunks:
-                out.write(chunk)
-    except BaseException:
-        blobs.discard(temp)
-        raise
+    with deleted_is_404(path), space.full_is_507():
+        _, chunks = arrays.npy_stream(path, read(path), frame, rescale)
+        temp, out = blobs.create_temp(".npy")
+        try:
+            with out:
+                for chunk in chunks:
+                    out.write(chunk)
+        except BaseException:
+            blobs.discard(temp)
+            raise
     return temp
 
 
-@deleted_is_404()
 def dicom_json(config: Config, dcm_blob: str, bulk_base: str) -> dict:
     """The DICOM JSON model (PS3.18 Annex F), bulk data as ``bulk_base`` + element path."""
     path = BlobStore(config.blob_dir).path(dcm_blob)
-    parsed = read(path)
+    with deleted_is_404(path):
+        parsed = read(path)
     return dicomjson.to_dicom_json(parsed.ds, lambda element: bulk_base + element, pixel=parsed.pixel)
 
 
@@ -112,7 +129,7 @@ def bulk(path: Path, element_path: str) -> tuple[int, Iterator[bytes]]:
     The first chunk is read here, before the answer starts: that opens the file, so a
     later DELETE unlinks a name, not the file being sent (the stream is whole).
     """
-    with deleted_is_404():
+    with deleted_is_404(path):
         size, chunks = dicomjson.bulk_stream(path, read(path), element_path)
         first = next(chunks, None)
     return size, itertools.chain(() if first is None else (first,), chunks)

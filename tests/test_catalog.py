@@ -176,6 +176,26 @@ def test_a_read_whose_files_vanish_after_the_lookup_is_404(client, data_dir, mon
     assert response.json()["error"] == "not_found"
 
 
+@pytest.mark.parametrize("url", [u for m, u in READS if m == "GET" and "image?id={id}&" in u or "pixels" in u or "bulk" in u])
+def test_a_read_whose_file_vanishes_after_its_header_was_read_is_404(client, data_dir, monkeypatch, url):
+    """Frames are read by reopening the file: one gone by then looked like undecodable data (415)."""
+    from dicomsvc import retrieve
+
+    instance_id = post_ct(client, 1)
+    (dcm,) = [p for p in blob_files(data_dir) if p.name == f"{instance_id}.dcm"]
+    real = retrieve.read
+
+    def read_then_unlink(path):
+        parsed = real(path)
+        dcm.unlink(missing_ok=True)
+        return parsed
+
+    monkeypatch.setattr(retrieve, "read", read_then_unlink)
+    response = client.get(url.format(id=instance_id))
+    assert response.status_code == 404, response.text
+    assert not list(data_dir.rglob("*.renderings/*"))
+
+
 @pytest.mark.parametrize("url", ["/dicom/{id}/file", "/dicom/{id}/bulk/7FE00010"])
 def test_a_file_deleted_once_its_answer_is_under_way_is_sent_whole(client, data_dir, monkeypatch, url):
     from dicomsvc.http import instances
@@ -219,6 +239,25 @@ def test_a_rendering_made_while_its_instance_is_deleted_leaves_no_folder(client,
     assert deleted == [204]
     assert response.status_code == 404, response.text
     assert not list(data_dir.rglob(f"{instance_id}*")), list(data_dir.rglob(f"{instance_id}*"))
+
+
+def test_a_renderings_folder_removed_just_before_the_keep_is_404_not_500(client, data_dir, monkeypatch):
+    """The DELETE's removal of the folder lands between its creation and the rename into it."""
+    import pathlib
+
+    instance_id = post_ct(client, 1)
+    real = pathlib.Path.mkdir
+
+    def mkdir_then_delete(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.name == f"{instance_id}.renderings":
+            assert client.delete(f"/dicom/{instance_id}").status_code == 204  # from the worker thread
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir_then_delete)
+    response = client.get("/image", params={"id": instance_id, "width": 16})
+    assert response.status_code == 404, response.text
+    assert not list(data_dir.rglob(f"{instance_id}*"))
+    assert not list((data_dir / "blobs" / ".tmp").iterdir())
 
 
 def test_reads_racing_deletes_are_200_or_404_never_500_or_a_cut_connection(live_server, data_dir):

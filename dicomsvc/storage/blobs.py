@@ -41,9 +41,14 @@ class BlobStore:
         return path, open(path, "xb")
 
     def write_temp(self, data: bytes, suffix: str = "") -> Path:
+        """``data`` in a new temporary blob; on any error (a full disk) none is left."""
         path, out = self.create_temp(suffix)
-        with out:
-            out.write(data)
+        try:
+            with out:
+                out.write(data)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         return path
 
     def spool(self, src: BinaryIO, max_bytes: int, suffix: str = ".dcm") -> Path:

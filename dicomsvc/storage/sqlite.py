@@ -102,15 +102,21 @@ class Database:
 
 @contextlib.asynccontextmanager
 async def transaction(db: Database) -> AsyncIterator[aiosqlite.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the service's connection, one at a time."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the service's connection, one at a time.
+
+    On any error, a COMMIT's included (SQLITE_FULL on a full disk), what is still open
+    is rolled back. SQLite may have rolled back already (it does on SQLITE_FULL): then a
+    ROLLBACK would fail and hide the first error, and a transaction left open would make
+    every later BEGIN fail, so the check is on ``in_transaction``."""
     async with db.write_lock:
         await db.conn.execute("BEGIN IMMEDIATE")
         try:
             yield db.conn
+            await db.conn.execute("COMMIT")
         except BaseException:
-            await db.conn.execute("ROLLBACK")
+            if db.conn.in_transaction:
+                await db.conn.execute("ROLLBACK")
             raise
-        await db.conn.execute("COMMIT")
 
 
 async def open_database(path: Path) -> Database:
