@@ -22,6 +22,7 @@ arrays with the return attributes of Tables 10.6.3-3 (study), 10.6.3-4 (series) 
 above, as §10.6.3.3 asks. No match is ``200 []``.
 """
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -44,6 +45,8 @@ WARN_AGENT = "dicomsvc"
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 MORE_WARNING = "There are additional results that can be requested."
 LEVEL_RANK = {"study": 0, "series": 1, "instance": 2}
+PLAIN_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI"}  # a value is its text
+INLINE_ROWS = 200  # answers with more results are made in an I/O thread
 
 
 @dataclass
@@ -264,17 +267,17 @@ def _tables(level: str) -> list[tuple]:
     }[level]
 
 
-def _own_tables(level: str, scope: tuple[str | None, str | None]) -> list[tuple]:
+def _own_tables(level: str, scope: tuple[str | None, str | None]) -> tuple[tuple, ...]:
     """PS3.18 §10.6.3.3: all series also carry study attributes; a study's instances, series
     attributes; all instances, both. Below a given study or series, only the level's own."""
     study, series = scope
     if level == "study":
-        return [STUDY_RETURN]
+        return (STUDY_RETURN,)
     if level == "series":
-        return [SERIES_RETURN] if study else [STUDY_RETURN, SERIES_RETURN]
+        return (SERIES_RETURN,) if study else (STUDY_RETURN, SERIES_RETURN)
     if series:
-        return [INSTANCE_RETURN]
-    return [SERIES_RETURN, INSTANCE_RETURN] if study else [STUDY_RETURN, SERIES_RETURN, INSTANCE_RETURN]
+        return (INSTANCE_RETURN,)
+    return (SERIES_RETURN, INSTANCE_RETURN) if study else (STUDY_RETURN, SERIES_RETURN, INSTANCE_RETURN)
 
 
 def _element(vr: str, value: Any) -> dict:
@@ -284,8 +287,9 @@ def _element(vr: str, value: Any) -> dict:
         return {"vr": vr}
     if isinstance(value, int):
         return {"vr": vr, "Value": [value]}
-    values = [json_value(v, vr) for v in str(value).split("\\")] if vr not in ("UR", "LT", "ST", "UT") else [value]
-    return {"vr": vr, "Value": values}
+    if vr in ("UR", "LT", "ST", "UT") or (vr in PLAIN_VRS and "\\" not in value):  # the common case
+        return {"vr": vr, "Value": [value]}
+    return {"vr": vr, "Value": [json_value(v, vr) for v in str(value).split("\\")]}
 
 
 def _attribute(vr: str, column: str, row: dict, base: str) -> dict | None:
@@ -312,13 +316,20 @@ def _stored(text: str | None, base: str) -> dict | None:
     return json.loads(text.replace(STORED_BULK, absolute_bulk(base))) if text else None
 
 
-def _result(row: dict, level: str, query: Query, own: list[tuple], base: str) -> dict:
+@functools.lru_cache(maxsize=64)
+def _keys(own: tuple[tuple, ...]) -> tuple[tuple[str, str, str], ...]:
+    """(JSON key, VR, column) of the return attributes, in key order (computed once)."""
+    return tuple(sorted((_tag_key(keyword), vr, column) for table in own for keyword, vr, column in table))
+
+
+def _result(row: dict, level: str, query: Query, own: tuple[tuple, ...], base: str) -> dict:
     out: dict[str, dict] = {}
-    for table in own:
-        for keyword, vr, column in table:
-            element = _attribute(vr, column, row, base)
-            if element is not None:
-                out[_tag_key(keyword)] = element
+    for key, vr, column in _keys(own):
+        element = _attribute(vr, column, row, base)
+        if element is not None:
+            out[key] = element
+    if not query.returned and not query.extra_tags and not query.include_all:
+        return out  # already in key order
     served = _served(level)
     stored = _stored(row.get("json"), base) or {}
     for keyword in query.returned:  # matched on, or asked for by includefield
@@ -385,5 +396,11 @@ async def search(
         rows = rows[: query.limit]
         warnings.append(MORE_WARNING)
     own = _own_tables(level, (study, series))
+    if len(rows) > INLINE_ROWS:  # a long answer: made in a thread, the event loop goes on
+        return Answer(await svc.io(_body, rows, level, query, own, base), warnings)
+    return Answer(_body(rows, level, query, own, base), warnings)
+
+
+def _body(rows: list[dict], level: str, query: Query, own: tuple[tuple, ...], base: str) -> bytes:
     results = [_result(row, level, query, own, base) for row in rows]
-    return Answer(json.dumps(results, separators=(",", ":"), ensure_ascii=False).encode(), warnings)
+    return json.dumps(results, separators=(",", ":"), ensure_ascii=False).encode()
