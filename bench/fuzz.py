@@ -613,6 +613,21 @@ def mut_codestream(rng: random.Random, doc: Doc) -> tuple[bytes, str]:
     return doc.assemble(doc.raw[: doc.head_end], buf), f"codestream {desc}"
 
 
+def mut_stacked(rng: random.Random, doc: Doc) -> tuple[bytes, str]:
+    """Two mutations, the second on the first's result walked anew (when it still has a file meta)."""
+    first, second = rng.sample([k for k in MUTATIONS if k != "stacked"], 2)
+    data, desc = MUTATIONS[first](rng, doc)
+    try:
+        again = read_doc(doc.name, data)
+    except (ValueError, zlib.error, UnicodeDecodeError, struct.error):
+        return data, f"stacked {desc} (only: no file meta left)"
+    if not again.elems:
+        return data, f"stacked {desc} (only: nothing to walk)"
+    again.phi = doc.phi
+    data2, desc2 = MUTATIONS[second](rng, again)
+    return data2, f"stacked {desc} + {desc2}"
+
+
 MUTATIONS = {
     "bitflip": mut_bitflip,
     "truncate": mut_truncate,
@@ -623,6 +638,7 @@ MUTATIONS = {
     "wrong_ts": mut_wrong_ts,
     "pixel_attr": mut_pixel_attr,
     "codestream": mut_codestream,
+    "stacked": mut_stacked,
 }
 
 
@@ -657,6 +673,7 @@ class Settings:
     worker_timeout: int = 30  # DICOMSVC_WORKER_TIMEOUT, seconds
     request_timeout: float = 60.0  # a request slower than this is a hang
     max_upload_bytes: int = 16 * MIB
+    extra: dict[str, str] = field(default_factory=dict)  # more DICOMSVC_* settings, or overrides
 
     def env(self) -> dict[str, str]:
         return {
@@ -665,7 +682,7 @@ class Settings:
             "DICOMSVC_MAX_FRAME_BYTES": str(self.max_frame_bytes),
             "DICOMSVC_WORKER_TIMEOUT": str(self.worker_timeout),
             "DICOMSVC_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
-        }
+        } | self.extra
 
 
 class MemoryWatch:
@@ -928,20 +945,25 @@ def run_mutant(conn: Conn, base: str, m: Mutant, res: Results, data_dir: Path) -
     return True
 
 
+HANDOVER = ("service.py", "workers.py")  # the worker pool's frames: where every task passes
+
+
 def exceptions_in(text: str) -> list[str]:
-    """Each exception chain in a log, as one line: the exception of the last link that has a
-    frame in dicomsvc or app.py (other than the worker pool's hand-over), with that frame."""
+    """Each exception chain in a log, as one line: the innermost exception raised under our
+    code (dicomsvc/ or app.py, past the worker pool's hand-over), with its deepest such frame."""
     found, lines, chain = [], text.splitlines(), []
     i = 0
     while i < len(lines):
-        if not lines[i].startswith("Traceback"):
+        if "Traceback (most recent call last):" not in lines[i]:
             i += 1
             continue
         where, j = "", i + 1
         while j < len(lines) and (lines[j].startswith(" ") or not lines[j]):
             hit = re.match(r'\s*File "([^"]+)", line (\d+), in (\S+)', lines[j])
             if hit and ("/dicomsvc/" in hit[1] or hit[1].endswith("/app.py")):
-                where = f"{hit[1].rsplit('/dicomsvc/', 1)[-1]}:{hit[2]} {hit[3]}"
+                short = hit[1].rsplit("/dicomsvc/", 1)[-1]
+                if not short.startswith(HANDOVER):
+                    where = f"{short}:{hit[2]} {hit[3]}"
             j += 1
         if j >= len(lines):
             break
@@ -952,8 +974,7 @@ def exceptions_in(text: str) -> list[str]:
         if k < len(lines) and lines[k].startswith(("The above exception", "During handling")):
             i = k + 1
             continue
-        useful = [link for link in chain if link[1] and not link[1].startswith("service.py")]
-        exc, at = (useful or [link for link in chain if link[1]] or chain)[-1]
+        exc, at = next((link for link in chain if link[1]), chain[-1])
         found.append(exc + (f" (at {at})" if at else ""))
         chain, i = [], k
     return found
@@ -1043,6 +1064,7 @@ def fuzz(
             t.join()
         elapsed = time.monotonic() - t0
         live = storage_check(server.data)  # the server still up, every request answered
+        main_run = {log: log.stat().st_size for log in server.logs}  # the replays' lines come after
         conn = Conn(settings.request_timeout)
         for index in sorted({f.index for f in res.failures})[:replay]:
             log, m, again = server.logs[-1], mutant(corpus, seed, index), Results()
@@ -1058,7 +1080,10 @@ def fuzz(
         watch.stop()
         server.stop()
     after = storage_check(server.data)  # and once it has shut down
-    exceptions = Counter(e for log in server.logs for e in exceptions_in(log.read_text(errors="replace")))
+    exceptions = Counter()
+    for log, size in main_run.items():
+        with open(log, "rb") as f:
+            exceptions.update(exceptions_in(f.read(size).decode("utf-8", "replace")))
     orphans = {k: v for k, v in after.items() if k != "rows" and v} | {
         f"live_{k}": v for k, v in live.items() if k != "rows" and v}
     limit_kib = settings.worker_memory // 1024
@@ -1137,6 +1162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frame-mib", type=int, default=64)
     ap.add_argument("--worker-timeout", type=int, default=30)
     ap.add_argument("--request-timeout", type=float, default=60.0)
+    ap.add_argument("--set", action="append", default=[], metavar="DICOMSVC_X=V",
+                    help="another setting for the server (or an override: the memory check keeps --worker-memory-mib)")
     ap.add_argument("--app-dir", type=Path, default=REPO, help="where app.py and dicomsvc/ are imported from")
     ap.add_argument("--save", type=Path, help="write each failing mutant here")
     ap.add_argument("--dump", type=Path, help="write the mutants (--only or --n) here and exit; no server")
@@ -1157,6 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
         max_frame_bytes=args.max_frame_mib * MIB,
         worker_timeout=args.worker_timeout,
         request_timeout=args.request_timeout,
+        extra=dict(item.split("=", 1) for item in args.set),
     )
     work = Path(tempfile.mkdtemp(prefix="dicomsvc-fuzz-"))
     try:
