@@ -111,14 +111,18 @@ def dicom_json(config: Config, dcm_blob: str, bulk_base: str) -> dict:
 
 def stored_metadata(config: Config, instances: list[dict]) -> list[tuple[int, str]]:
     """(pk, DICOM JSON text) of instances stored before ingest kept it (WADO-RS metadata),
-    made from their files as ingest makes it; each dict has pk, dcm_blob and the three UIDs."""
+    made from their files as ingest makes it; each dict has pk, dcm_blob and the three UIDs.
+    An instance whose file cannot be read (deleted meanwhile) is left out: it is not shown."""
     blobs, out = BlobStore(config.blob_dir), []
     for row in instances:
-        parsed = read(blobs.path(row["dcm_blob"]))
-        text = dicomjson.stored_metadata(
-            parsed, flatten(parsed.ds, parsed.pixel),
-            row["study_instance_uid"], row["series_instance_uid"], row["sop_instance_uid"],
-        )  # fmt: skip
+        try:
+            parsed = read(blobs.path(row["dcm_blob"]))
+            text = dicomjson.stored_metadata(
+                parsed, flatten(parsed.ds, parsed.pixel),
+                row["study_instance_uid"], row["series_instance_uid"], row["sop_instance_uid"],
+            )  # fmt: skip
+        except Exception:  # not a client's fault; the others are still answered
+            continue
         out.append((row["pk"], text))
     return out
 

@@ -211,12 +211,56 @@ def test_the_most_results_is_a_setting(tmp_path):
         ("includefield=NoSuchThing", "NoSuchThing"),
         ("PatientID=a&PatientID=b", "PatientID"),
         ("00100020.00100021=x", "00100020.00100021"),
+        ("offset=99999999999999999999", "offset"),  # past SQLite's integers: still a 400
+        ("limit=\u00b2", "limit"),  # a digit to str.isdigit, not a number
+        ("X" * 5000 + "=1", "XXXX"),  # named, but not at length
     ],
 )
 def test_bad_parameters_are_400_naming_them(client, query, named):
     answer = client.get(f"{WEB}/studies?{query}")
     assert answer.status_code == 400
     assert answer.json()["error"] == "bad_request" and named in answer.json()["detail"]
+
+
+def test_long_uid_lists_and_order(client, stored, config):
+    import asyncio
+
+    from dicomsvc.storage import sqlite, studies
+
+    a, b, _ = stored
+    many = [f"1.{n}" for n in range(5_000)] + [a[0].StudyInstanceUID]
+    answer = client.get(f"{WEB}/studies", params={"StudyInstanceUID": ",".join(many)})
+    assert answer.status_code == 200 and values(answer.json(), "StudyInstanceUID") == [a[0].StudyInstanceUID]
+
+    async def more_than_sqlite_binds() -> list[dict]:  # 40,000 values: one bound parameter all the same
+        db = await sqlite.open_database(config.db_path)
+        try:
+            condition = studies.Condition("StudyInstanceUID", "list", tuple(f"1.{n}" for n in range(40_000)) + (many[-1],))
+            return await studies.search(db, "study", [condition], 10, 0)
+        finally:
+            await db.close()
+
+    assert [r["study_instance_uid"] for r in asyncio.run(more_than_sqlite_binds())] == [a[0].StudyInstanceUID]
+    # across studies newest first; within a study in number order
+    assert values(search(client, "/series"), "SeriesInstanceUID") == [b[0].SeriesInstanceUID, a[3].SeriesInstanceUID,
+                                                                       a[0].SeriesInstanceUID]  # fmt: skip
+    assert values(search(client, "/instances"), "SOPInstanceUID") == [ds.SOPInstanceUID for ds in reversed(a + b)]
+    assert values(search(client, f"/studies/{a[0].StudyInstanceUID}/instances"), "SOPInstanceUID") == [
+        ds.SOPInstanceUID for ds in a
+    ]  # fmt: skip
+
+
+def test_metadata_of_instances_stored_before_json_was_kept(client, stored, config):
+    """Made from the files on first request; an instance whose file is gone is left out, not a 500."""
+    import sqlite3
+
+    a, _, ids = stored
+    with sqlite3.connect(config.db_path) as db:
+        db.execute("DELETE FROM dicom_json")
+    (config.blob_dir / ids[0][:2] / f"{ids[0]}.dcm").unlink()
+    answer = client.get(f"{WEB}/studies/{a[0].StudyInstanceUID}/series/{a[0].SeriesInstanceUID}/metadata")
+    assert answer.status_code == 200
+    assert answer.json() == [expected_metadata(ds, "http://testserver") for ds in a[1:3]]
 
 
 def test_series_number_must_be_a_number(client):

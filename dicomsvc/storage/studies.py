@@ -12,6 +12,7 @@ This module imports nothing from the rest of the storage package: ``sqlite`` cal
 ``backfill`` when it upgrades an older database, ``instances`` calls ``refresh``.
 """
 
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -237,10 +238,15 @@ _FROM = {
     " AND se.series_instance_uid = d.series_instance_uid"
     " JOIN study st ON st.study_instance_uid = d.study_instance_uid",
 }
-_ORDER = {  # newest study first; series and instances in their numbers' order
+_ORDER = {  # within a study: series and instances in their numbers' order
     "study": "st.pk DESC",
-    "series": "st.pk DESC, se.series_number, se.pk",
-    "instance": "st.pk DESC, se.series_number, se.pk, d.instance_number, d.pk",
+    "series": "se.series_number, se.pk",
+    "instance": "se.series_number, se.pk, d.instance_number, d.pk",
+}
+_ORDER_ALL = {  # across studies: newest first, by the row id (no sort of everything)
+    "study": "st.pk DESC",
+    "series": "se.pk DESC",
+    "instance": "d.pk DESC",
 }
 _REP = {"study": "st.rep_pk", "series": "se.rep_pk", "instance": "d.pk"}
 
@@ -258,8 +264,8 @@ def _condition(c: Condition) -> tuple[str, list]:
     fold = (lambda v: v.lower()) if c.fold_case else (lambda v: v)
     if c.kind == "single":
         sql, params = f"{column} = ?", [fold(c.values[0]) if isinstance(c.values[0], str) else c.values[0]]
-    elif c.kind == "list":
-        sql, params = f"{column} IN ({', '.join('?' for _ in c.values)})", [fold(v) for v in c.values]
+    elif c.kind == "list":  # one parameter, however long the list (no bound-variable limit)
+        sql, params = f"{column} IN (SELECT value FROM json_each(?))", [json.dumps([fold(v) for v in c.values])]
     elif c.kind == "wildcard":
         sql, params = f"{column} GLOB ?", [fold(_glob(c.values[0]))]
     elif c.kind == "range":  # PS3.4 C.2.2.2.5: inclusive; an empty value never matches a range
@@ -287,11 +293,14 @@ async def search(
     offset: int,
     extra_tags: Sequence[str] = (),
     whole_json: bool = False,
+    in_study: bool = False,
 ) -> list[dict]:
     """Studies, series or instances (``level``) matching every condition: at most ``limit``,
     after skipping ``offset``. Each row has the columns the answer needs; ``extra_tags``
     (8-hex-digit keys) come from the DICOM JSON of the row's representative instance as
     ``json:<tag>`` (JSON text, or None), and ``whole_json`` adds that JSON whole as ``json``.
+    Studies come newest first; ``in_study`` (a search within one study) orders series and
+    instances by their numbers, otherwise they come newest first too.
     """
     if not all(TAG_KEY.fullmatch(tag) for tag in extra_tags):
         raise ValueError("extra_tags must be 8 upper-case hex digits")
@@ -317,7 +326,7 @@ async def search(
     where = " AND ".join(clauses) or "1"
     rows = await db.conn.execute_fetchall(
         f"SELECT {', '.join(columns)} FROM {_FROM[level]}{joins} WHERE {where} "
-        f"ORDER BY {_ORDER[level]} LIMIT ? OFFSET ?",
+        f"ORDER BY {(_ORDER if in_study else _ORDER_ALL)[level]} LIMIT ? OFFSET ?",
         (*params, limit, offset),
     )
     return [dict(r) for r in rows]

@@ -39,8 +39,8 @@ from ...storage.studies import Condition
 
 RESERVED = ("includefield", "fuzzymatching", "limit", "offset")
 TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
-DA_RE = re.compile(r"\d{8}")
-TM_RE = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+DA_RE = re.compile(r"[0-9]{8}")
+TM_RE = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
 WARN_AGENT = "dicomsvc"
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 MORE_WARNING = "There are additional results that can be requested."
@@ -93,9 +93,14 @@ def _vr(keyword: str) -> str:
 
 
 def _positive(name: str, raw: str, low: int) -> int:
-    if not raw.isdigit() or int(raw) < low:
-        raise BadRequest(f"{name} must be a whole number from {low}")
+    if not re.fullmatch(r"[0-9]{1,15}", raw) or int(raw) < low:
+        raise BadRequest(f"{name} must be a whole number from {low} (at most 15 digits)")
     return int(raw)
+
+
+def _shown(name: str) -> str:
+    """A parameter name as an error detail may quote it: short (names only, never values)."""
+    return repr(name if len(name) <= 64 else name[:64] + "...")
 
 
 def parse(items: Sequence[tuple[str, str]], level: str, max_results: int) -> Query:
@@ -122,12 +127,12 @@ def parse(items: Sequence[tuple[str, str]], level: str, max_results: int) -> Que
             continue
         keyword = _keyword(name)
         if keyword is None:
-            raise BadRequest(f"unknown query parameter: {name!r} (not a DICOM keyword or tag, nor {', '.join(RESERVED)})")
+            raise BadRequest(f"unknown query parameter: {_shown(name)} (not a DICOM keyword or tag, nor {', '.join(RESERVED)})")
         key = studies.MATCHING_KEYS.get(keyword)
         if key is None or LEVEL_RANK[key[0]] > LEVEL_RANK[level]:
-            raise BadRequest(f"{name} is not a matching key for a {level} search")
+            raise BadRequest(f"{_shown(name)} is not a matching key for a {level} search")
         if keyword in seen:
-            raise BadRequest(f"{name} is given more than once")
+            raise BadRequest(f"{_shown(name)} is given more than once")
         seen.add(keyword)
         query.returned.append(keyword)
         condition = _condition(name, keyword, value)
@@ -150,7 +155,7 @@ def _include(query: Query, value: str) -> None:
         elif TAG_RE.fullmatch(item):  # a private or unknown tag: from the stored JSON, if there
             query.extra_tags.append(item.upper())
         else:
-            raise BadRequest(f"includefield: unknown attribute {item!r} (a keyword, an 8-hex-digit tag, or all)")
+            raise BadRequest(f"includefield: unknown attribute {_shown(item)} (a keyword, an 8-hex-digit tag, or all)")
 
 
 def _condition(name: str, keyword: str, value: str) -> Condition | None:
@@ -161,7 +166,7 @@ def _condition(name: str, keyword: str, value: str) -> Condition | None:
     if vr in ("DA", "TM"):
         return _date_time(name, keyword, value, vr)
     if vr == "IS":
-        if not re.fullmatch(r"[+-]?\d{1,12}", value.strip()):
+        if not re.fullmatch(r"[+-]?[0-9]{1,12}", value.strip()):
             raise BadRequest(f"{name} must be a whole number")
         return Condition(keyword, "single", (int(value),))
     if vr == "UI" or "\\" in value or (vr == "CS" and "," in value):  # PS3.18 §8.3.4.1: UID lists
@@ -389,7 +394,8 @@ async def search(
         conditions.append(Condition("SeriesInstanceUID", "single", (series,)))
     extra = sorted({*query.extra_tags, *(_tag_key(k) for k in _stored_keywords(query))})
     rows = await studies.search(
-        svc.db, level, conditions, query.limit + 1, query.offset, extra, whole_json=query.include_all
+        svc.db, level, conditions, query.limit + 1, query.offset, extra, whole_json=query.include_all,
+        in_study=study is not None,
     )
     warnings = list(query.warnings)
     if len(rows) > query.limit:
