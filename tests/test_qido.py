@@ -312,6 +312,17 @@ def test_metadata_is_what_pydicom_reads(client, stored):
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
 
+def test_metadata_streams_page_by_page(client, stored, monkeypatch):
+    from dicomsvc.http.dicomweb import metadata
+
+    a, _, _ = stored
+    monkeypatch.setattr(metadata, "PAGE", 2)  # 5 instances: pages of 2, 2 and 1
+    whole = client.get(f"{WEB}/studies/{a[0].StudyInstanceUID}/metadata", headers={"accept-encoding": "identity"})
+    assert whole.json() == [expected_metadata(ds, "http://testserver") for ds in a]
+    monkeypatch.setattr(metadata, "PAGE", 5)  # exactly one full page, then an empty one
+    assert client.get(f"{WEB}/studies/{a[0].StudyInstanceUID}/metadata").json() == whole.json()
+
+
 def test_metadata_etags_are_strong_and_change_with_the_series(client, stored):
     a, _, _ = stored
     url = f"{WEB}/studies/{a[0].StudyInstanceUID}/series/{a[3].SeriesInstanceUID}/metadata"
