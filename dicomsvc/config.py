@@ -26,6 +26,8 @@ class Config:
     thumbnail_size: int = 128  # DICOMweb /thumbnail without viewport: fits in this square (PS3.18 §10.4.1.1.4)
     qido_max_results: int = 1000  # most results one QIDO-RS answer carries (PS3.18 §8.3.4.4 limit)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
+    header_timeout: int = 10  # seconds a client has to send a request's headers (then 408 and closed)
+    keepalive_timeout: int = 5  # seconds a kept-alive connection may stay idle between requests
     anonymize_always: bool = False  # DICOMSVC_ANONYMIZE=always: nothing identifiable is stored
     anon_secret: str = field(default="", repr=False)  # HMAC key for pseudonyms; never logged
 
@@ -78,6 +80,8 @@ class Config:
             thumbnail_size=get_int("THUMBNAIL_SIZE", 128),
             qido_max_results=get_int("QIDO_MAX_RESULTS", 1000),
             cors_origins=tuple(o.strip() for o in get("CORS_ORIGINS", "").split(",") if o.strip()),
+            header_timeout=get_int("HEADER_TIMEOUT", 10),
+            keepalive_timeout=get_int("KEEPALIVE_TIMEOUT", 5),
             anonymize_always=_anonymize_mode(get("ANONYMIZE", "request")),
             anon_secret=get("ANON_SECRET", ""),
         )

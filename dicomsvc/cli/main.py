@@ -60,23 +60,14 @@ def _serve() -> int:
 
     from app import create_app  # the routes (app.py, installed beside the package)
 
+    from .server import uvicorn_config
+
     try:
         config = Config.from_env()  # the one reading of the environment
     except ValueError as exc:
         print(f"dicomsvc serve: {exc}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host=config.host,
-            port=config.port,
-            log_level=config.log_level,
-            # uvicorn's access log prints query strings (search filters hold patient IDs):
-            # dicomsvc.http.accesslog.AccessLog logs requests instead, without paths or queries
-            access_log=False,
-            lifespan="on",
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(create_app(config), config))
     server.run()
     if not server.started:  # the lifespan failed (its reason is logged) or the port was taken
         logging.getLogger("dicomsvc").error("dicomsvc did not start")
