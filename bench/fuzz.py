@@ -1071,7 +1071,7 @@ def fuzz(
             before = log.stat().st_size
             if not run_mutant(conn, server.base, m, again, server.data) or not server.alive():
                 restart_if_down(conn, m, again)
-            time.sleep(0.05)  # let the log catch up
+            _settle(log)
             with open(log, "rb") as f:
                 f.seek(before)
                 tracebacks[index] = exceptions_in(f.read().decode("utf-8", "replace"))
@@ -1115,6 +1115,17 @@ def fuzz(
         "phi_in_log": phi_in_logs(server.logs, corpus),
         "server_exceptions": dict(exceptions.most_common()),
     }
+
+
+def _settle(log: Path, quiet_s: float = 0.3, max_s: float = 3.0) -> None:
+    """Wait until the server's log stops growing (a traceback is logged after its 500 is sent)."""
+    size, deadline = -1, time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        now = log.stat().st_size
+        if now == size:
+            return
+        size = now
+        time.sleep(quiet_s)
 
 
 def ok(report: dict) -> bool:
