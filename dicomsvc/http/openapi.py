@@ -227,6 +227,84 @@ PATHS: dict[str, dict] = {
 }
 
 
+# DICOMweb WADO-RS (PS3.18 §10.4), under /dicomweb: dicomsvc/http/dicomweb/wado.py -------------
+
+STUDY = _param("study", "path", "Study Instance UID (0020,000D)", required=True)
+SERIES = _param("series", "path", "Series Instance UID (0020,000E)", required=True)
+SOP = _param("sop", "path", "SOP Instance UID (0008,0018)", required=True)
+ACCEPT = _param("Accept", "header", "media types, quoted or not, with q-values and transfer-syntax parameters")
+IF_NONE_MATCH = _param("If-None-Match", "header", "an ETag from an earlier answer")
+RENDER_PARAMS = [
+    _param("viewport", "query", "vw,vh: fit into this box, aspect kept (PS3.18 8.3.5.1.2)"),
+    _param("window", "query", "center,width,function (linear, linear-exact, sigmoid; PS3.18 8.3.5.1.3)"),
+    _param("quality", "query", "JPEG quality 1-100 (default 90)", "integer"),
+    _param("accept", "query", "image/jpeg (default) or image/png, instead of the Accept header"),
+    ACCEPT,
+    IF_NONE_MATCH,
+]
+RETRIEVE_ANSWERS = _answers(
+    {"200": ("multipart/related", 'multipart/related; type="application/dicom": one part per instance, streamed')},
+    {"404": "no such study, series or instance", "406": "no acceptable media type or transfer syntax can be produced",
+     "415": "pixel data that cannot be decoded"},
+)  # fmt: skip
+IMAGE_ANSWERS = _answers(
+    {"200": ("image/jpeg", "the rendering (image/png when asked)"), "304": ("image/jpeg", "not modified")},
+    {"400": "bad parameter", "404": "no such resource, frame or pixel data", "406": "neither JPEG nor PNG acceptable",
+     "415": "pixel data that cannot be decoded"},
+)  # fmt: skip
+
+
+def _rendered(what: str, params: list[dict], thumbnail: bool) -> dict:
+    kind = "A thumbnail (fits DICOMSVC_THUMBNAIL_SIZE unless viewport says)" if thumbnail else "Rendered"
+    shown = [p for p in RENDER_PARAMS if not (thumbnail and p["name"] == "window")]
+    return {"get": {"summary": f"{kind}: {what}", "parameters": [*params, *shown], "responses": IMAGE_ANSWERS}}
+
+
+_WADO_STUDY = "/dicomweb/studies/{study}"
+_WADO_SERIES = _WADO_STUDY + "/series/{series}"
+_WADO_INSTANCE = _WADO_SERIES + "/instances/{sop}"
+_FRAME = _param("frame", "path", "one 1-based frame number", "integer", required=True)
+WADO_PATHS: dict[str, dict] = {
+    _WADO_STUDY: {"get": {
+        "summary": "WADO-RS retrieve study: every instance; transfer syntax from Accept (transfer-syntax=* as "
+        "stored, else Explicit VR Little Endian, decompressed; lossy data as stored)",
+        "parameters": [STUDY, ACCEPT], "responses": RETRIEVE_ANSWERS}},
+    _WADO_SERIES: {"get": {
+        "summary": "WADO-RS retrieve series", "parameters": [STUDY, SERIES, ACCEPT], "responses": RETRIEVE_ANSWERS}},
+    _WADO_INSTANCE: {"get": {
+        "summary": "WADO-RS retrieve instance (also application/dicom, single part)",
+        "parameters": [STUDY, SERIES, SOP, ACCEPT], "responses": RETRIEVE_ANSWERS}},
+    _WADO_INSTANCE + "/frames/{frames}": {"get": {
+        "summary": "WADO-RS frames: one part each, uncompressed (application/octet-stream) or, when Accept allows "
+        "it (transfer-syntax=*, image/jls, image/jp2, image/jpeg, image/dicom-rle...), as stored; strong ETag",
+        "parameters": [STUDY, SERIES, SOP, _param("frames", "path", "1-based frame numbers: 1 or 1,3,5", required=True),
+                       ACCEPT, IF_NONE_MATCH],
+        "responses": _answers(
+            {"200": ("multipart/related", "one part per frame"), "304": ("multipart/related", "not modified")},
+            {"400": "malformed frame list", "404": "no such instance, frame or pixel data",
+             "406": "no acceptable representation", "415": "pixel data that cannot be decoded"})}},
+    _WADO_INSTANCE + "/bulk/{path}": {"get": {
+        "summary": "WADO-RS bulk data (a BulkDataURI of the metadata); the Pixel Data URI answers the frames",
+        "parameters": [STUDY, SERIES, SOP, _param("path", "path", "tag, or tag/item/tag/... inside sequences",
+                                                  required=True), ACCEPT],
+        "responses": _answers(
+            {"200": ("multipart/related", 'multipart/related; type="application/octet-stream" (or one '
+                     "application/octet-stream body when asked)")},
+            {"404": "no such instance or element", "406": "no acceptable representation"})}},
+    _WADO_STUDY + "/rendered": _rendered("a representative image of the study: frame 1 of the middle instance of "
+                                         "its first series", [STUDY], False),
+    _WADO_SERIES + "/rendered": _rendered("frame 1 of the middle instance of the series", [STUDY, SERIES], False),
+    _WADO_INSTANCE + "/rendered": _rendered("frame 1 of the instance", [STUDY, SERIES, SOP], False),
+    _WADO_INSTANCE + "/frames/{frame}/rendered": _rendered("one frame", [STUDY, SERIES, SOP, _FRAME], False),
+    _WADO_STUDY + "/thumbnail": _rendered("the study", [STUDY], True),
+    _WADO_SERIES + "/thumbnail": _rendered("the series", [STUDY, SERIES], True),
+    _WADO_INSTANCE + "/thumbnail": _rendered("the instance", [STUDY, SERIES, SOP], True),
+    _WADO_INSTANCE + "/frames/{frame}/thumbnail": _rendered("one frame", [STUDY, SERIES, SOP, _FRAME], True),
+}  # fmt: skip
+for _path, _ops in WADO_PATHS.items():  # merged: other DICOMweb methods may share these paths
+    PATHS.setdefault(_path, {}).update(_ops)
+
+
 # DICOMweb QIDO-RS (§10.6), metadata (§10.4), STOW-RS (§10.5), DELETE: http/dicomweb/ (part 1) ------
 
 _UID = {"study": "Study Instance UID (0020,000D)", "series": "Series Instance UID (0020,000E)",

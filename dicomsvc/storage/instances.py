@@ -236,6 +236,63 @@ async def stats(db: Database) -> dict:
     return dict(totals) | {"modalities": {r["modality"]: r["n"] for r in modalities}}
 
 
+# WADO-RS (PS3.18 §10.4): instances by Study, Series and SOP Instance UID ----------------------
+
+# What retrieval needs of a row (the rest stays in the database)
+_RETRIEVE_COLUMNS = (
+    "id, sop_instance_uid, series_instance_uid, transfer_syntax_uid, has_pixels, frames, dcm_blob, dcm_bytes"
+)
+# One row per SOP Instance UID: the same UID stored again with other pixel data (a
+# different hash) is a newer version of the instance, and the newest answers.
+_NEWEST = "pk IN (SELECT MAX(pk) FROM dicom WHERE {where} GROUP BY sop_instance_uid)"
+
+
+async def instances_by_uid(db: Database, study: str, series: str | None = None) -> list[dict]:
+    """The instances of a study, or of one of its series, for WADO-RS retrieval, in
+    (0020,0011) Series Number, then (0020,0013) Instance Number order (then as stored)."""
+    where = "study_instance_uid = ?" + (" AND series_instance_uid = ?" if series is not None else "")
+    params = (study,) if series is None else (study, series)
+    rows = await db.conn.execute_fetchall(
+        f"SELECT {_RETRIEVE_COLUMNS} FROM dicom WHERE {_NEWEST.format(where=where)} "
+        "ORDER BY series_number, series_instance_uid, instance_number, pk",
+        params,
+    )
+    return [dict(r) for r in rows]
+
+
+async def instance_by_uid(db: Database, study: str, series: str, sop: str) -> dict | None:
+    """The newest stored instance with these three UIDs, every column; None when there is none."""
+    rows = await db.conn.execute_fetchall(
+        "SELECT * FROM dicom WHERE sop_instance_uid = ? AND study_instance_uid = ? AND series_instance_uid = ? "
+        "ORDER BY pk DESC LIMIT 1",
+        (sop, study, series),
+    )
+    return dict(rows[0]) if rows else None
+
+
+async def representative(db: Database, study: str, series: str | None = None) -> dict | None:
+    """The instance a study's or series' rendering and thumbnail show, every column: among
+    those with pixel data, the middle one by (0020,0013) Instance Number of the series (of
+    a study: of its first series by (0020,0011) Series Number, then as stored). None: no
+    instance with pixel data."""
+    if series is None:
+        first = await db.conn.execute_fetchall(
+            "SELECT series_instance_uid FROM dicom WHERE study_instance_uid = ? AND has_pixels = 1 "
+            "ORDER BY series_number, pk LIMIT 1",
+            (study,),
+        )
+        if not first:
+            return None
+        series = first[0]["series_instance_uid"]
+    rows = await db.conn.execute_fetchall(
+        "SELECT * FROM dicom WHERE study_instance_uid = ?1 AND series_instance_uid = ?2 AND has_pixels = 1 "
+        "ORDER BY instance_number, pk LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM dicom "
+        "WHERE study_instance_uid = ?1 AND series_instance_uid = ?2 AND has_pixels = 1)",
+        (study, series),
+    )
+    return dict(rows[0]) if rows else None
+
+
 # DICOMweb --------------------------------------------------------------------------------------
 
 

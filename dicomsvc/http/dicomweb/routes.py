@@ -7,6 +7,29 @@ from starlette.routing import Route
 
 routes: list[Route] = []
 
+# WADO-RS retrieve, frames, bulk data, rendered and thumbnails (PS3.18 §10.4): wado.py
+from . import wado  # noqa: E402
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{sop}"
+_FRAME = _INSTANCE + "/frames/{frame}"
+routes += [
+    Route(_STUDY, wado.retrieve_study, methods=["GET"]),
+    Route(_SERIES, wado.retrieve_series, methods=["GET"]),
+    Route(_INSTANCE, wado.retrieve_instance, methods=["GET"]),
+    Route(_INSTANCE + "/frames/{frames}", wado.retrieve_frames, methods=["GET"]),
+    Route(_INSTANCE + "/bulk/{path:path}", wado.retrieve_bulk, methods=["GET"]),
+    *(
+        Route(base + "/rendered", wado.rendered, methods=["GET"])
+        for base in (_STUDY, _SERIES, _INSTANCE, _FRAME)
+    ),
+    *(
+        Route(base + "/thumbnail", wado.thumbnail, methods=["GET"])
+        for base in (_STUDY, _SERIES, _INSTANCE, _FRAME)
+    ),
+]
+
 # QIDO-RS (§10.6), WADO-RS metadata (§10.4.1.1.2), STOW-RS (§10.5) and DELETE: part 1
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response, StreamingResponse  # noqa: E402

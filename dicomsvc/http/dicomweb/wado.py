@@ -1,0 +1,516 @@
+"""WADO-RS (PS3.18 §10.4): studies, series and instances as multipart/related DICOM,
+frames, bulk data, and rendered images and thumbnails.
+
+Retrieve (PS3.18 §10.4.1.1.1): ``multipart/related; type="application/dicom"``, one
+part per instance (the newest stored version of each SOP Instance UID), in series
+number then instance number order. Each part is streamed from its file 1 MiB at a
+time; an instance that has to be decompressed (Explicit VR Little Endian asked of
+compressed data) is re-encoded by a worker into a temporary file a frame at a time
+(``retrieve.write_explicit_le``) — the next one while the current one is sent — then
+streamed and removed. So a 2 GB study never sits in memory. The first instance is
+made ready before the answer starts, so a failure there is a JSON error; a later one
+that cannot be made (corrupt pixel data found only while decoding) is left out of
+the stream and logged by id. Transfer syntax negotiation: ``multipart.py``.
+
+Frames (PS3.18 §10.4.1.1.5, ``.../frames/1,3,5``): one part per frame asked, in the
+order asked; uncompressed frames are cut from the stored file when it holds native
+little-endian data and decoded in a worker otherwise; compressed frames are sent as
+stored. A strong ETag names the instance, the frames and the representation (the
+multipart boundary is derived from them too, so the bytes are the same each time).
+
+Bulk data (PS3.18 §10.4.1.1.3, ``.../bulk/{path}``, the element path of
+``dicomsvc.dicom.dicomjson``): the value as one ``application/octet-stream`` part.
+The Pixel Data URI (``.../bulk/7FE00010``) is answered like the frames: all frames
+uncompressed as one part (the Pixel Data value in Explicit VR Little Endian), or,
+when the client accepts the stored compressed syntax, one part per frame.
+
+Rendered (PS3.18 §10.4.1.1.6, §8.3.5.1) and thumbnails (§10.4.1.1.4, §10.4.3.3.4) at
+study, series, instance and frame level: JPEG unless Accept (or the ``accept`` query
+parameter, §8.3.3.1) prefers PNG; ``viewport=vw,vh`` fits the image in that box
+(aspect kept, never more than DICOMSVC_RENDER_MAX_SIZE); ``window=center,width[,function]``
+with function ``linear``, ``linear-exact`` or ``sigmoid``; ``quality`` 1..100. A study
+or series is shown by one representative image (not one part per instance): the first
+frame of the middle instance, by Instance Number, of the series (of a study: of its
+first series by Series Number) — what a viewer's thumbnail strip wants, and cheap. A
+thumbnail is the same rendering fitted in DICOMSVC_THUMBNAIL_SIZE (default 128) pixels
+unless ``viewport`` says otherwise; it carries no annotation, so no patient data.
+Renderings use the renderer and cache of ``GET /image`` (``instances.rendering``).
+Query parameters this service does not support are ignored (PS3.18 §8.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from ... import retrieve
+from ...errors import BadRequest, DicomSvcError, NoPixelData, NotAcceptable, NotFound
+from ...imaging import renderings
+from ...service import Service
+from ...storage import instances
+from .. import instances as stored_instances
+from ..requests import etag_matches
+from . import multipart
+from .multipart import EXPLICIT_LE, IMPLICIT_LE, MediaRange, Multipart, parse_accept
+
+log = logging.getLogger("dicomsvc")
+CHUNK = 1 << 20
+FRAMES_RE = re.compile(r"^[0-9]+(,[0-9]+)*$")
+DECODE_BATCH_BYTES = 16 << 20  # decoded frames handed back by one worker call, at most (about)
+PIXEL_PATHS = {"7FE00010", "7FE00009", "7FE00008"}  # Pixel Data, Double Float, Float Pixel Data
+
+
+def _accept(request: Request) -> list[MediaRange]:
+    """The acceptable media types: the ``accept`` query parameter (PS3.18 §8.3.3.1), which
+    takes precedence, or the Accept header."""
+    return parse_accept(request.query_params.get("accept") or request.headers.get("accept"))
+
+
+# Retrieve study, series, instance ------------------------------------------------------------
+
+
+async def retrieve_study(request: Request) -> Response:
+    return await _retrieve(request, request.path_params["study"])
+
+
+async def retrieve_series(request: Request) -> Response:
+    return await _retrieve(request, request.path_params["study"], request.path_params["series"])
+
+
+async def retrieve_instance(request: Request) -> Response:
+    p = request.path_params
+    return await _retrieve(request, p["study"], p["series"], p["sop"])
+
+
+@dataclass
+class _Plan:
+    row: dict
+    syntax: str  # the transfer syntax sent
+    transcode: bool  # re-encoded (and decompressed) by a worker
+
+
+@dataclass
+class _Ready:
+    """An instance's file, open (so a delete meanwhile does not cut its part short)."""
+
+    path: Path
+    file: BinaryIO
+    size: int
+    temp: bool  # a temporary file, removed once sent
+
+    def close(self) -> None:
+        self.file.close()
+        if self.temp:
+            self.path.unlink(missing_ok=True)
+
+
+async def _retrieve(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
+    svc: Service = request.app.state.svc
+    if sop is not None:
+        rows = [await _instance(svc, study, series, sop)]
+    else:
+        rows = await instances.instances_by_uid(svc.db, study, series)
+        if not rows:
+            raise NotFound("no such series" if series is not None else "no such study")
+    ranges = _accept(request)
+    plans, single = [], False
+    for row in rows:
+        stored = row["transfer_syntax_uid"] or IMPLICIT_LE
+        decodable = retrieve.decodable(stored) if row["has_pixels"] else True
+        chosen = multipart.instance_syntax(ranges, stored, decodable, single_part=sop is not None)
+        if chosen is None:
+            raise NotAcceptable(
+                "none of the media types in Accept can be produced for this resource: it is served as "
+                'multipart/related; type="application/dicom" with transfer-syntax=* (as stored) or '
+                f"{EXPLICIT_LE} (Explicit VR Little Endian){_stored_note(stored)}"
+            )
+        syntax, is_multipart = chosen
+        single = not is_multipart
+        plans.append(_Plan(row, syntax, transcode=syntax != stored))
+    first = await _prepare(svc, plans[0])  # before the answer starts: its errors are JSON errors
+    if single:
+        return StreamingResponse(
+            _file_chunks(svc, first),
+            media_type=f"application/dicom; transfer-syntax={plans[0].syntax}",
+            headers={"Content-Length": str(first.size)},
+        )
+    writer = Multipart(multipart.DICOM)
+    return StreamingResponse(_instances_body(svc, plans, first, writer), headers={"Content-Type": writer.content_type})
+
+
+def _stored_note(stored: str) -> str:
+    return "" if retrieve.decodable(stored) else f"; its pixel data ({stored}) cannot be decoded here"
+
+
+async def _instance(svc: Service, study: str, series: str, sop: str) -> dict:
+    row = await instances.instance_by_uid(svc.db, study, series, sop)
+    if row is None:
+        raise NotFound("no such instance")
+    return row
+
+
+async def _prepare(svc: Service, plan: _Plan) -> _Ready:
+    """The file to send for ``plan``, open: the stored one, or a temporary re-encoded one."""
+    if plan.transcode:
+        try:
+            temp = await _cpu_temp(svc, retrieve.write_explicit_le, svc.config, plan.row["dcm_blob"])
+        except FileNotFoundError:  # deleted since it was looked up
+            raise NotFound("no such instance") from None
+        try:
+            return await svc.io(_open, temp, True)
+        except BaseException:
+            await svc.io(svc.blobs.discard, temp)
+            raise
+    try:
+        return await svc.io(_open, svc.blobs.path(plan.row["dcm_blob"]), False)
+    except FileNotFoundError:  # deleted since it was looked up
+        raise NotFound("no such instance") from None
+
+
+def _open(path: Path, temp: bool) -> _Ready:
+    src = open(path, "rb")
+    return _Ready(path, src, os.fstat(src.fileno()).st_size, temp)
+
+
+async def _cpu_temp(svc: Service, fn: Callable[..., Path], *args) -> Path:
+    """``svc.cpu(fn, *args)`` for a ``fn`` that makes a temporary file: if the caller is
+    cancelled (the client went away) while the worker runs, the file is removed when done."""
+    task = asyncio.ensure_future(svc.cpu(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_discard_result)
+        raise
+
+
+def _discard_result(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().unlink(missing_ok=True)
+
+
+async def _file_chunks(svc: Service, ready: _Ready) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await svc.io(ready.file.read, CHUNK):
+            yield chunk
+    finally:
+        await svc.io(ready.close)
+
+
+async def _instances_body(svc: Service, plans: list[_Plan], first: _Ready, writer: Multipart) -> AsyncIterator[bytes]:
+    """The multipart body: each instance's part streamed while the next one is prepared."""
+    upcoming: asyncio.Task | None = None
+    ready: _Ready | None = first
+    try:
+        for i, plan in enumerate(plans):
+            if i > 0:
+                ready = await _next(upcoming, plan)
+            upcoming = asyncio.ensure_future(_prepare(svc, plans[i + 1])) if i + 1 < len(plans) else None
+            if ready is None:
+                continue
+            current, ready = ready, None
+            yield writer.head(f"application/dicom; transfer-syntax={plan.syntax}", current.size)
+            async for chunk in _file_chunks(svc, current):
+                yield chunk
+        yield writer.tail()
+    finally:
+        if ready is not None:
+            await svc.io(ready.close)
+        if upcoming is not None:
+            upcoming.cancel()
+            upcoming.add_done_callback(_discard_ready)
+
+
+async def _next(task: asyncio.Task | None, plan: _Plan) -> _Ready | None:
+    """The prepared next instance; None (logged) when it could not be made."""
+    try:
+        return await task
+    except DicomSvcError as exc:  # e.g. pixel data found corrupt while decoding; no values in the log
+        log.warning("WADO-RS: instance %s left out of the answer: %s", plan.row["id"], exc.code)
+        return None
+
+
+def _discard_ready(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
+# Frames and bulk data ------------------------------------------------------------------------
+
+
+async def retrieve_frames(request: Request) -> Response:
+    p = request.path_params
+    numbers = _frame_numbers(p["frames"])
+    svc: Service = request.app.state.svc
+    row = await _instance(svc, p["study"], p["series"], p["sop"])
+    _check_frames(row, numbers)
+    return await _pixel_answer(request, svc, row, numbers, key=",".join(map(str, numbers)), one_native_part=False)
+
+
+def _frame_numbers(raw: str) -> list[int]:
+    """``1`` or ``1,3,5``: 1-based frame numbers (PS3.18 §10.4.1.1.5), in the order asked."""
+    if not FRAMES_RE.match(raw) or len(raw) > 10_000:
+        raise BadRequest("frames must be a comma-separated list of frame numbers from 1, e.g. 1 or 1,3,5")
+    numbers = [int(n) for n in raw.split(",")]
+    if min(numbers) < 1:
+        raise BadRequest("frame numbers start at 1")
+    return numbers
+
+
+def _check_frames(row: dict, numbers: list[int]) -> int:
+    if not row["has_pixels"]:
+        raise NoPixelData("this instance has no pixel data")
+    count = row["frames"] or 1
+    missing = [n for n in numbers if n > count]
+    if missing:
+        plural = "frame" if count == 1 else "frames"
+        raise NotFound(f"there is no frame {missing[0]}: this instance has {count} {plural}")
+    return count
+
+
+async def retrieve_bulk(request: Request) -> Response:
+    p = request.path_params
+    svc: Service = request.app.state.svc
+    row = await _instance(svc, p["study"], p["series"], p["sop"])
+    element = p["path"].strip("/")
+    ranges = _accept(request)
+    if element.upper() in PIXEL_PATHS and row["has_pixels"]:
+        count = row["frames"] or 1
+        return await _pixel_answer(request, svc, row, list(range(1, count + 1)), key="bulk", one_native_part=True)
+    is_multipart = _bulk_multipart(ranges)
+    size, chunks = await svc.io(retrieve.bulk, svc.blobs.path(row["dcm_blob"]), element)
+    writer = Multipart(multipart.OCTET_STREAM)
+
+    async def body() -> AsyncIterator[bytes]:
+        if is_multipart:
+            yield writer.head(multipart.OCTET_STREAM, size)
+        while (chunk := await svc.io(next, chunks, None)) is not None:
+            yield chunk
+        if is_multipart:
+            yield writer.tail()
+
+    if not is_multipart:
+        return StreamingResponse(body(), media_type=multipart.OCTET_STREAM, headers={"Content-Length": str(size)})
+    return StreamingResponse(body(), headers={"Content-Type": writer.content_type})
+
+
+def _bulk_multipart(ranges: list[MediaRange]) -> bool:
+    """Bulk data (PS3.18 Table 10.4.4-1): multipart/related; type="application/octet-stream"
+    (or any type), or a bare application/octet-stream (single part); else 406."""
+    for r in ranges:
+        if r.multipart and (r.part_type is None or multipart._media_matches(r.part_type, multipart.OCTET_STREAM)):
+            return True
+        if r.media == "*/*":
+            return True
+        if r.media in (multipart.OCTET_STREAM, "application/*"):
+            return False
+    raise NotAcceptable('bulk data is served as multipart/related; type="application/octet-stream" or application/octet-stream')
+
+
+async def _pixel_answer(
+    request: Request, svc: Service, row: dict, numbers: list[int], key: str, one_native_part: bool
+) -> Response:
+    """Frames ``numbers`` (1-based) as negotiated: one part each, or, for the Pixel Data bulk
+    URI answered uncompressed (``one_native_part``), all of them as one part."""
+    stored = row["transfer_syntax_uid"] or IMPLICIT_LE
+    ranges = _accept(request)
+    single_ok = len(numbers) == 1 or one_native_part
+    answer = multipart.frames_representation(ranges, stored, retrieve.decodable(stored), single_part=single_ok)
+    if answer is not None and not answer.multipart and not answer.native and len(numbers) > 1:
+        answer = None  # several compressed frames need several parts
+    if answer is None:
+        raise NotAcceptable(
+            'frames are served as multipart/related; type="application/octet-stream" (uncompressed, '
+            f"transfer-syntax={EXPLICIT_LE}, or transfer-syntax=* for the stored frames), or as the stored "
+            f"syntax's media type{_stored_note(stored)}"
+        )
+    tag = hashlib.sha256(f"{row['id']}|{key}|{answer.content_type_key}".encode()).hexdigest()[:40]
+    headers = {"ETag": f'"{tag}"', "Vary": "Accept"}
+    if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    frames = (await _frame_reader(svc, row, answer.native, [n - 1 for n in numbers])).__aiter__()
+    try:
+        first = await frames.__anext__()  # before the answer starts: its errors are JSON errors
+    except FileNotFoundError:  # deleted since it was looked up
+        raise NotFound("no such instance") from None
+    one_part = one_native_part and answer.native
+    if not answer.multipart:
+        length = len(first) * len(numbers) if one_part else len(first)
+        return StreamingResponse(
+            _chain(first, frames), media_type=answer.part_content_type, headers={**headers, "Content-Length": str(length)}
+        )
+    writer = Multipart(answer.part_type, seed=tag)
+
+    async def body() -> AsyncIterator[bytes]:
+        if one_part:
+            yield writer.head(answer.part_content_type, len(first) * len(numbers))
+            async for data in _chain(first, frames):
+                yield data
+        else:
+            async for data in _chain(first, frames):
+                yield writer.head(answer.part_content_type, len(data))
+                yield data
+        yield writer.tail()
+
+    return StreamingResponse(body(), headers={**headers, "Content-Type": writer.content_type})
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for data in rest:
+        yield data
+
+
+async def _frame_reader(svc: Service, row: dict, native: bool, indexes: list[int]) -> AsyncIterator[bytes]:
+    """The frames' bytes, one at a time: cut from the file (native little-endian data, or the
+    stored compressed frames) in an I/O thread, or decoded in a worker, a batch per call."""
+    stored = row["transfer_syntax_uid"] or IMPLICIT_LE
+    source = None
+    if not native or stored in (IMPLICIT_LE, EXPLICIT_LE, multipart.DEFLATED_LE):
+        try:
+            source = await svc.io(retrieve.frame_source, svc.blobs.path(row["dcm_blob"]))
+        except FileNotFoundError:  # deleted since it was looked up
+            raise NotFound("no such instance") from None
+        if native and not source.raw_native:
+            source = None
+    if source is not None:
+        read = source.native if native else source.compressed
+        return _read_frames(svc, read, indexes)
+    return _decode_frames(svc, row, indexes)
+
+
+async def _read_frames(svc: Service, read: Callable[[int], bytes], indexes: list[int]) -> AsyncIterator[bytes]:
+    for index in indexes:
+        yield await svc.io(read, index)
+
+
+async def _decode_frames(svc: Service, row: dict, indexes: list[int]) -> AsyncIterator[bytes]:
+    samples = 3 if str(row.get("photometric") or "").upper().startswith(("RGB", "YBR")) else 1
+    bits = row.get("bits_allocated") or 16
+    estimate = max(1, (row.get("rows") or 1) * (row.get("columns") or 1) * samples * max(bits, 8) // 8)
+    batch = max(1, DECODE_BATCH_BYTES // estimate)
+    for start in range(0, len(indexes), batch):
+        chunk = indexes[start : start + batch]
+        for data in await svc.cpu(retrieve.decoded_frames, svc.config, row["dcm_blob"], chunk):
+            yield data
+
+
+# Rendered and thumbnails ---------------------------------------------------------------------
+
+VOI_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "linear_exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
+
+
+async def rendered(request: Request) -> Response:
+    return await _rendered(request, thumbnail=False)
+
+
+async def thumbnail(request: Request) -> Response:
+    return await _rendered(request, thumbnail=True)
+
+
+async def _rendered(request: Request, thumbnail: bool) -> Response:
+    svc: Service = request.app.state.svc
+    p = request.path_params
+    frame = 1
+    if "frame" in p:
+        numbers = _frame_numbers(p["frame"])
+        if len(numbers) != 1:
+            raise BadRequest("a rendered frame is one frame number")
+        frame = numbers[0]
+    if "sop" in p:
+        row = await _instance(svc, p["study"], p["series"], p["sop"])
+        _check_frames(row, [frame])
+    else:
+        row = await instances.representative(svc.db, p["study"], p.get("series"))
+        if row is None:
+            level = "series" if "series" in p else "study"
+            raise NotFound(f"no such {level}, or no instance with pixel data in it")
+    params = render_params(request.query_params, request.headers.get("accept"), svc.config, frame, thumbnail)
+    image = await stored_instances.rendering(svc, row, params, request.headers.get("if-none-match"))
+    headers = {"ETag": image.etag, "Vary": "Accept"}
+    if image.body is None:
+        return Response(status_code=304, headers=headers)
+    return Response(image.body, media_type=image.media_type, headers=headers)
+
+
+def render_params(query, accept: str | None, config, frame: int, thumbnail: bool) -> renderings.RenderParams:
+    """PS3.18 §8.3.5.1 rendering parameters as the renderer's ``RenderParams``."""
+    fmt = _rendered_format(parse_accept(query.get("accept") or accept))
+    asked: dict[str, str] = {"frame": str(frame), "format": fmt}
+    viewport = query.get("viewport")
+    if viewport is not None:
+        width, height = _viewport(viewport)
+        if width is not None:
+            asked["width"] = str(width)
+        if height is not None:
+            asked["height"] = str(height)
+    elif thumbnail:
+        asked["width"] = asked["height"] = str(config.thumbnail_size)
+    function = None
+    window = query.get("window")
+    if window is not None and not thumbnail:
+        asked["window"], function = _window(window)
+    if query.get("quality") is not None:
+        asked["quality"] = query["quality"]
+    params = renderings.parse_params(asked, None, config.render_max_size)
+    if function is not None:
+        params = dataclasses.replace(params, function=function)
+    return params
+
+
+def _rendered_format(ranges: list[MediaRange]) -> str:
+    """JPEG (PS3.18 Table 10.4.4-1 default for rendered images and thumbnails) or PNG."""
+    for r in ranges:
+        if r.media == "image/jpeg":
+            return "jpeg"
+        if r.media == "image/png":
+            return "png"
+        if r.media in ("*/*", "image/*"):
+            return "jpeg"
+    raise NotAcceptable("rendered images and thumbnails are image/jpeg (the default) or image/png")
+
+
+def _viewport(raw: str) -> tuple[int | None, int | None]:
+    """``viewport=vw,vh`` (PS3.18 §8.3.5.1.2); either may be left empty. The source region
+    form (vw,vh,sx,sy,sw,sh) is refused: cropping is not supported."""
+    parts = raw.split(",")
+    if len(parts) == 6:
+        raise BadRequest("viewport with a source region (vw,vh,sx,sy,sw,sh) is not supported; give vw,vh")
+    if len(parts) != 2:
+        raise BadRequest("viewport must be vw,vh (pixels)")
+    sizes = []
+    for part in parts:
+        part = part.strip()
+        if part == "":
+            sizes.append(None)
+        elif part.isdigit() and 0 < int(part[:9]) and len(part) <= 9:
+            sizes.append(int(part))
+        else:
+            raise BadRequest("viewport sizes must be positive whole numbers of pixels")
+    if sizes == [None, None]:
+        raise BadRequest("viewport must give a width, a height or both")
+    return sizes[0], sizes[1]
+
+
+def _window(raw: str) -> tuple[str, str | None]:
+    """``window=center,width,function`` (PS3.18 §8.3.5.1.3): ``"center,width"`` for the
+    renderer and the VOI LUT Function; the function may be left out (the file's is kept)."""
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) not in (2, 3):
+        raise BadRequest("window must be center,width,function (function: linear, linear-exact or sigmoid)")
+    function = None
+    if len(parts) == 3:
+        function = VOI_FUNCTIONS.get(parts[2].lower())
+        if function is None:
+            raise BadRequest("the window function must be linear, linear-exact or sigmoid")
+    return f"{parts[0]},{parts[1]}", function
