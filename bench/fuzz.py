@@ -267,7 +267,8 @@ def read_doc(name: str, raw: bytes) -> Doc:
     elems = walk(body, 0, explicit, big)
     doc = Doc(name, raw, head_end, ts, explicit, big, deflated, meta, body, elems, 1)
     doc.frames = _int_value(doc, 0x00280008) or 1  # (0028,0008) Number of Frames
-    for tag, what in ((0x00100010, "PatientName"), (0x00100020, "PatientID"), (0x00080018, "SOPInstanceUID"),
+    for tag, what in ((0x00100010, "PatientName"), (0x00100020, "PatientID"), (0x00100030, "PatientBirthDate"),
+                      (0x00080020, "StudyDate"), (0x00080018, "SOPInstanceUID"),
                       (0x0020000D, "StudyInstanceUID"), (0x0020000E, "SeriesInstanceUID")):
         value = _text_value(doc, tag)
         if value and len(value.strip("^ ")) >= 4 and value not in ("Anonymized", "Anonymous"):
