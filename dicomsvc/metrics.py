@@ -1,0 +1,124 @@
+"""Prometheus metrics (prometheus-client), counted in the server process only.
+
+Why not prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``): the
+worker processes do the CPU work, but everything worth counting is seen by the
+server process that hands the work out -- ingest results (created, duplicate,
+failed) come back to it, rendering-cache hits and misses are decided in it, the
+worker pool that replaces a dead or timed-out worker runs in it, and requests,
+auth failures and jobs are its own. One server process owns a data directory
+(``dicomsvc.lock``), so there is no second server process to add up either.
+Counting there is multiprocess-safe by construction, with no mmap files to clear
+at start and none left behind.
+
+No label carries an id, a UID or anything read from a file: routes are route
+templates (``/dicom/{id}/file``), the rest are small fixed vocabularies.
+"""
+
+import re
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+disable_created_metrics()  # no *_created series: half the output, and Prometheus ignores them
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text exposition format Prometheus has always read
+
+# seconds; past 60 s a request is either an upload of a big archive or a problem
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+REQUESTS = Counter(
+    "dicomsvc_http_requests", "HTTP requests answered, by method, route template and status",
+    ["method", "route", "status"], registry=REGISTRY,
+)  # fmt: skip
+LATENCY = Histogram(
+    "dicomsvc_http_request_duration_seconds", "Time from a request's arrival to the end of its answer",
+    ["method", "route"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+INGEST_OUTCOMES = ("created", "duplicate", "failed", "skipped", "anonymized")
+INGESTED = Counter(
+    "dicomsvc_instances_ingested",
+    "Files ingested, by outcome (anonymized: copies made by POST /dicom/{id}/anonymize)",
+    ["outcome"], registry=REGISTRY,
+)  # fmt: skip
+STORED_INSTANCES = Gauge("dicomsvc_stored_instances", "Instances stored (at scrape time)", registry=REGISTRY)
+STORED_BYTES = Gauge(
+    "dicomsvc_stored_bytes", "Bytes stored: DICOM files and their PNG renderings (at scrape time)", registry=REGISTRY
+)
+JOB_STATES = ("queued", "running")
+JOBS = Gauge("dicomsvc_jobs", "Background import jobs not finished, by state (at scrape time)", ["state"], registry=REGISTRY)
+WORKER_RESTARTS = Counter(
+    "dicomsvc_worker_restarts", "Worker processes replaced, by reason (timeout, memory, crash)",
+    ["reason"], registry=REGISTRY,
+)  # fmt: skip
+WORKER_TIMEOUTS = Counter(
+    "dicomsvc_worker_timeouts", "Tasks stopped at DICOMSVC_WORKER_TIMEOUT (their worker killed)", registry=REGISTRY
+)
+RENDER_CACHE = Counter(
+    "dicomsvc_rendering_cache", "Renderings other than the stored PNG: from the cache (hit) or made (miss)",
+    ["result"], registry=REGISTRY,
+)  # fmt: skip
+AUTH_FAILURES = Counter(
+    "dicomsvc_auth_failures", "Requests refused by authentication or authorization, by reason",
+    ["reason"], registry=REGISTRY,
+)  # fmt: skip
+AUDIT_RECORDS = Counter("dicomsvc_audit_records", "Audit records written to the database", registry=REGISTRY)
+AUDIT_ERRORS = Counter(
+    "dicomsvc_audit_write_errors", "Audit batches that could not be written (kept and retried)", registry=REGISTRY
+)
+AUDIT_QUEUE = Gauge("dicomsvc_audit_queue", "Audit records waiting to be written", registry=REGISTRY)
+
+for _outcome in INGEST_OUTCOMES:  # present from the start at 0, so rate() sees the first one
+    INGESTED.labels(_outcome)
+for _result in ("hit", "miss"):
+    RENDER_CACHE.labels(_result)
+for _state in JOB_STATES:
+    JOBS.labels(_state)
+
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def reason_label(reason: str) -> str:
+    """A reason as a label value: a short lower-case word, else ``other`` (never free text)."""
+    return reason if isinstance(reason, str) and _REASON.fullmatch(reason) else "other"
+
+
+def ingested(outcome: str, count: int = 1) -> None:
+    if outcome in INGEST_OUTCOMES and count:
+        INGESTED.labels(outcome).inc(count)
+
+
+def worker_restart(reason: str) -> None:
+    """A worker process was replaced (``timeout``, ``memory``, ``crash``): dicomsvc.workers."""
+    WORKER_RESTARTS.labels(reason_label(reason)).inc()
+
+
+def worker_timeout() -> None:
+    WORKER_TIMEOUTS.inc()
+
+
+def rendering_cache(hit: bool) -> None:
+    RENDER_CACHE.labels("hit" if hit else "miss").inc()
+
+
+def auth_failure(reason: str) -> None:
+    """A request refused by authentication or authorization; ``reason`` a short word
+    (``missing_token``, ``expired``, ``bad_signature``, ``forbidden``...), else ``other``."""
+    AUTH_FAILURES.labels(reason_label(reason)).inc()
+
+
+def exposition() -> bytes:
+    """Everything, in the Prometheus text format (version 0.0.4)."""
+    return generate_latest(REGISTRY)
