@@ -66,6 +66,9 @@ def test_frames_negotiation():
     assert not rep("application/octet-stream", EXPLICIT_LE, single=True).multipart
     assert rep("multipart/related; type=application/octet-stream", RLE, decodable=False) is None
     assert rep("image/png", EXPLICIT_LE) is None
+    assert rep("*/*", RLE).multipart  # frames: multipart unless a single part is asked for
+    bulk = frames_representation(parse_accept("*/*"), RLE, True, single_part=True, bulk=True)
+    assert bulk.native and not bulk.multipart  # the Pixel Data URI fetched plainly: the value
 
 
 def test_instance_negotiation():

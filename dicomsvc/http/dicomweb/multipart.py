@@ -28,6 +28,9 @@ decompressed to Explicit VR Little Endian (we never compress). Decided here:
   8.7.3-5): the stored frames when the stored syntax is one of that media type's
   (without a ``transfer-syntax`` parameter any of them, not only the table's
   default, so a viewer asking ``image/jpeg`` gets the stored baseline JPEG).
+* Bulk data: ``multipart/related; type="application/octet-stream"`` (PS3.18 Table 10.4.4-1),
+  or one ``application/octet-stream`` body for a bare ``application/octet-stream`` or ``*/*``
+  (the Accept of a browser's plain fetch: OHIF's ``singlepart: "bulkdata"``).
 * Nothing acceptable: None, and the caller answers 406.
 
 The multipart body (RFC 2046 §5.1, PS3.18 §8.6.1.2): each part is
@@ -241,12 +244,14 @@ class FramesAnswer:
 
 
 def frames_representation(
-    ranges: list[MediaRange], stored: str, decodable: bool, *, single_part: bool = False
+    ranges: list[MediaRange], stored: str, decodable: bool, *, single_part: bool = False, bulk: bool = False
 ) -> FramesAnswer | None:
     """How to send frames of pixel data stored in ``stored``; None: 406.
 
     ``single_part``: a bare ``application/octet-stream`` (or compressed media type)
-    range may be answered with one part's body (one frame asked).
+    range may be answered with one part's body (one frame asked). ``bulk``: the Pixel Data
+    bulk data URI, where ``*/*`` gets a single part too (what a client that fetches bulk
+    data single-part sends, as OHIF's ``singlepart: "bulkdata"`` does).
     """
     compressed = stored not in NATIVE_SYNTAXES
     native_ok = not compressed or decodable
@@ -256,7 +261,7 @@ def frames_representation(
         if r.multipart:
             kind, multipart = r.part_type, True
         elif r.media == "*/*":
-            kind, multipart = None, True
+            kind, multipart = None, not bulk
         elif single_part:
             kind, multipart = r.media, False
         else:
