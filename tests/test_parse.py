@@ -3,17 +3,20 @@
 import hashlib
 import io
 import os
+import tracemalloc
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
-from pydicom.uid import RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from dicomfiles import counting_reads, make_ct, sample_file, save
-from dicomsvc.errors import InvalidDicom
+from dicomsvc.errors import InvalidDicom, TooLarge
 from dicomsvc.dicom.parse import pixel_hash, read
+from dicomsvc.dicom.tags import flatten
+from dicomsvc.imaging.decode import decode_frame
 
 
 def test_native_pixel_location_and_hash():
@@ -220,3 +223,161 @@ def test_values_that_cannot_identify_an_instance_are_refused(tmp_path, monkeypat
     with pytest.raises(InvalidDicom, match=reason) as caught:
         read(with_uid(tmp_path, monkeypatch, value))
     assert "1." not in str(caught.value)  # the value is never quoted
+
+
+# Hostile and damaged input (issue 9) --------------------------------------------------------
+
+
+def deflated_zeros(tmp_path, side: int):
+    """A CT in Deflated Explicit VR Little Endian (PS3.5 §A.5): side x side int16 zeros,
+    which deflate about a thousand times."""
+    ds = make_ct(np.zeros((side, side), np.int16), window=None)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    return save(ds, tmp_path / "deflated.dcm")
+
+
+def test_deflated_data_set_inflates_as_a_stream_capped_and_never_into_memory(tmp_path):
+    """16 MiB of pixel data in a ~16 kB file: refused past the cap (TooLarge), and read
+    without holding the inflated data set in memory (it was held whole, twice)."""
+    path = deflated_zeros(tmp_path, 2048)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(TooLarge, match="inflates to more than"):
+        read(path, max_inflated=1 << 20)
+    tracemalloc.start()
+    try:
+        parsed = read(path, max_inflated=32 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak  # what pydicom needed: ~56 MiB
+    assert parsed.pixel.offset is None and parsed.pixel.length == 2048 * 2048 * 2
+    assert parsed.pixel_problem is None and parsed.warnings == []
+    assert pixel_hash(path, parsed) == hashlib.sha256(bytes(2048 * 2048 * 2)).hexdigest()
+    frame = decode_frame(path, parsed, 0)
+    assert frame.shape == (2048, 2048) and not frame.any()
+
+
+def test_deflated_file_reads_as_pydicom_reads_it():
+    path = sample_file("image_dfl.dcm")
+    parsed, ds = read(path), pydicom.dcmread(path)
+    assert sorted(parsed.ds.keys()) == sorted(ds.keys())
+    assert bytes(parsed.ds.PixelData) == ds.PixelData
+    assert np.array_equal(decode_frame(path, parsed, 0), ds.pixel_array)
+
+
+def test_a_deflated_file_cut_short_is_read_up_to_the_cut(tmp_path):
+    path = deflated_zeros(tmp_path, 256)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 40])  # inside the deflate stream, after the pixel data started
+    parsed = read(path)
+    assert parsed.warnings == ["the deflated data set (PS3.5 §A.5) ends before its deflate stream does"]
+    assert parsed.pixel_problem.startswith("truncated file: the Pixel Data (7FE0,0010) value is 131072 bytes long")
+    path.write_bytes(raw[:-40].replace(raw[400:440], bytes(40)))  # a corrupt stream
+    with pytest.raises(InvalidDicom):
+        read(path)
+
+
+def jpeg_cut(tmp_path, keep: int):
+    """pydicom's JPEG baseline file with its encapsulated pixel data cut ``keep`` bytes from
+    the end of the value (negative: inside the last fragment; 0: just the delimiter gone)."""
+    path = sample_file("JPEG-lossy.dcm")
+    parsed = read(path)
+    end = parsed.pixel.offset + parsed.pixel.length
+    assert len(path.read_bytes()) == end + 8  # nothing after the Sequence Delimitation Item
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[: end + keep])
+    return cut
+
+
+def test_encapsulated_pixel_data_cut_short_is_a_pixel_problem(tmp_path):
+    inside = read(jpeg_cut(tmp_path, -100))
+    assert inside.pixel_problem == (
+        "truncated file: an item of the encapsulated Pixel Data (7FE0,0010) runs past the end of the file (PS3.5 §A.4)"
+    )
+    no_delimiter = read(jpeg_cut(tmp_path, 0))
+    assert "no Sequence Delimitation Item (FFFE,E0DD)" in no_delimiter.pixel_problem
+
+
+def test_native_pixel_data_shorter_than_the_image_or_cut_short_is_a_pixel_problem(tmp_path):
+    short = make_ct(np.zeros((16, 16), np.int16))
+    short.PixelData = short.PixelData[:100]
+    assert read(save(short, tmp_path / "short.dcm")).pixel_problem == (
+        "the Pixel Data (7FE0,0010) value holds 100 bytes; Rows × Columns × Samples per Pixel × "
+        "Bits Allocated / 8 × Number of Frames make 512 (PS3.5 §8.1.1)"
+    )
+    frames = make_ct(np.zeros((16, 16), np.int16), NumberOfFrames=3)  # one frame's bytes for three
+    assert "make 1536" in read(save(frames, tmp_path / "frames.dcm")).pixel_problem
+    raw = save(make_ct(np.zeros((16, 16), np.int16)), tmp_path / "whole.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(raw[:-10])
+    assert read(tmp_path / "cut.dcm").pixel_problem == (
+        "truncated file: the Pixel Data (7FE0,0010) value is 512 bytes long and the file holds 502 of them"
+    )
+    ybr = make_ct(np.zeros((4, 6, 3), np.uint8), photometric="YBR_FULL_422", window=None)
+    ybr.SamplesPerPixel, ybr.BitsAllocated, ybr.BitsStored, ybr.HighBit = 3, 8, 8, 7
+    ybr.PlanarConfiguration, ybr.PixelRepresentation = 0, 0
+    ybr.PixelData = bytes(4 * 6 * 2)  # PS3.3 C.7.6.3.1.2: two bytes a pixel
+    assert read(save(ybr, tmp_path / "ybr.dcm")).pixel_problem is None
+
+
+def test_fewer_fragments_than_frames_is_a_pixel_problem(tmp_path):
+    ds = make_ct(np.zeros((4, 4), np.int16), NumberOfFrames=3)
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.PixelData = encapsulate([b"\x00" * 10])
+    ds["PixelData"].VR = "OB"
+    parsed = read(save(ds, tmp_path / "rle.dcm"))
+    assert parsed.pixel_problem == (
+        "the encapsulated Pixel Data (7FE0,0010) has 1 fragments for 3 frames (PS3.5 §A.4: each frame takes one or more)"
+    )
+
+
+def test_no_bundled_file_but_the_truncated_ones_has_a_pixel_problem():
+    folders = {sample_file("CT_small.dcm").parent, sample_file("OBXXXX1A.dcm").parent}
+    flagged = {}
+    for path in sorted(p for folder in folders for p in folder.iterdir() if p.suffix == ".dcm"):
+        try:
+            parsed = read(path)
+        except InvalidDicom:
+            continue
+        if parsed.pixel_problem:
+            flagged[path.name] = parsed.pixel_problem
+    assert sorted(flagged) == ["MR_truncated.dcm", "emri_small_jpeg_2k_lossless_too_short.dcm"], flagged
+
+
+def with_raw(tmp_path, ds, edit):
+    """``ds`` saved, then its bytes edited."""
+    raw = save(ds, tmp_path / "in.dcm").read_bytes()
+    path = tmp_path / "edited.dcm"
+    path.write_bytes(edit(raw))
+    return path
+
+
+def test_unknown_vrs_are_read_as_un_and_stray_delimiters_dropped(tmp_path):
+    ds = make_ct(np.zeros((4, 4), np.int16))
+
+    def zz(raw):  # a zero-length (0008,0050) and a private (0009,0010) with a value, both VR ZZ
+        at = raw.index(b"\x08\x00\x60\x00CS")  # before (0008,0060) Modality
+        return raw[:at] + b"\x08\x00\x50\x00ZZ\x00\x00" + raw[at:]
+
+    parsed = read(with_raw(tmp_path, ds, zz))
+    assert parsed.warnings == ["(0008,0050) has no valid VR (PS3.5 §6.2): read as UN"]
+    rows = {r.tag: r for r in flatten(parsed.ds, parsed.pixel)}
+    assert (rows[0x00080050].vr, rows[0x00080050].value) == ("SH", "")  # UN read with the dictionary's VR
+
+    def uh(raw):  # (0002,0003) Media Storage SOP Instance UID with VR UH
+        at = raw.index(b"\x02\x00\x03\x00UI")
+        return raw[:at + 4] + b"UH" + raw[at + 6 :]
+
+    no_uid = make_ct(np.zeros((4, 4), np.int16))
+    del no_uid.SOPInstanceUID  # the identity comes from the file meta
+    parsed = read(with_raw(tmp_path, no_uid, uh))
+    assert parsed.sop_instance_uid == no_uid.file_meta.MediaStorageSOPInstanceUID
+    assert parsed.warnings == ["(0002,0003) has no valid VR (PS3.5 §6.2): read as UN"]
+    delimiter = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD) as the last element
+    without_pixels = make_ct(np.zeros((4, 4), np.int16))
+    del without_pixels.PixelData
+    for dataset in (make_ct(np.zeros((4, 4), np.int16)), without_pixels):
+        parsed = read(with_raw(tmp_path, dataset, lambda raw: raw + delimiter))
+        assert parsed.warnings == [
+            "a stray item or delimitation tag (FFFE,E0DD) outside any sequence was ignored (PS3.5 §7.5)"
+        ]
+        assert 0xFFFEE0DD not in parsed.ds

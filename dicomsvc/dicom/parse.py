@@ -3,30 +3,45 @@
 ``read`` parses every element but the pixel data, and records where the pixel
 data element sits in the file, so a 1 GB cine loop is never loaded whole: it is
 decoded one frame at a time (``dicomsvc.imaging.decode``), and only ingest
-hashes it (``pixel_hash``, in chunks straight from the file). Deflated files are
-the exception: their dataset is compressed as a whole, so they are read into
-memory. Elements after the pixel data (Data Set Trailing Padding (FFFC,FFFC),
-private groups above 7FE0) are read from the bytes after its value
-(``_read_after_pixels``).
+hashes it (``pixel_hash``, in chunks straight from the file). Elements after
+the pixel data (Data Set Trailing Padding (FFFC,FFFC), private groups above
+7FE0) are read from the bytes after its value (``_read_after_pixels``).
+
+Deflated files (PS3.5 §A.5) are compressed as a whole. pydicom would inflate
+them in memory, without limit (a 1 MB upload can inflate to gigabytes), so
+``read`` never lets it: it inflates the data set as a stream, at most
+``max_inflated`` bytes (TooLarge past it), into an unlinked temporary file next
+to the file, parses that as Explicit VR Little Endian, and maps the pixel data
+value and any other value over ``CHUNK`` bytes from it (``mmap``): they stay on
+disk, and ``parsed.pixel.offset`` is None as for any value held in ``ds``.
 
 ``pydicom.dcmread`` happily "reads" random bytes, PNGs and truncated files, so
-``read`` checks for itself that it got a DICOM instance.
+``read`` checks for itself that it got a DICOM instance. Damage that leaves the
+data set readable is reported, not refused: unknown VRs are read as UN and stray
+delimiters dropped (``warnings``); pixel data cut short or inconsistent with the
+Image Pixel module (``pixel_problem``) is stored, but never shown as if whole.
 """
 
 import hashlib
+import mmap
 import os
 import re
 import struct
+import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import VR
 
-from ..errors import InvalidDicom, NotDicom
+from ..errors import DicomSvcError, InvalidDicom, NotDicom, TooLarge
 from .files import HEAD_BYTES, sniff
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00009, 0x7FE00008)  # Pixel Data, Double Float, Float
@@ -43,6 +58,13 @@ UID_MAX = 64
 PRINTABLE_RE = re.compile(r"^[\x20-\x7e]+$")  # printable ASCII: the UI repertoire, less controls
 CHUNK = 1 << 20
 EXPLICIT_PIXEL_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
+PIXEL_NAMES = {
+    0x7FE00010: "Pixel Data (7FE0,0010)",
+    0x7FE00009: "Double Float Pixel Data (7FE0,0009)",
+    0x7FE00008: "Float Pixel Data (7FE0,0008)",
+}
+KNOWN_VRS = frozenset(vr.value for vr in VR)  # PS3.5 Table 6.2-1, and pydicom's ambiguous ones
+MAPPED_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}  # binary: inflated values over CHUNK stay on disk
 
 
 @dataclass(frozen=True)
@@ -67,37 +89,179 @@ class Parsed:
     pixel: PixelElement | None
     # what is wrong with the file but did not stop it being read (never quoting values)
     warnings: list[str] = field(default_factory=list)
+    # why the pixel data cannot be whole (cut short, inconsistent with Rows, Columns...): it is
+    # then never decoded (``decode_frame``, ingest's rendering), and renders answer 415 with this
+    pixel_problem: str | None = None
 
     @property
     def transfer_syntax(self) -> str:
         return str(self.ds.file_meta.get("TransferSyntaxUID", ""))
 
 
-def read(path: Path) -> Parsed:
-    """Parse ``path`` (a file this service owns, e.g. a spool copy) or raise InvalidDicom."""
+def read(path: Path, max_inflated: int | None = None) -> Parsed:
+    """Parse ``path`` (a file this service owns, e.g. a spool copy) or raise InvalidDicom.
+
+    ``max_inflated``: the most bytes a deflated data set may inflate to (TooLarge past it);
+    ingest passes DICOMSVC_MAX_UPLOAD_BYTES, stored files (checked then) pass nothing.
+    """
+    warnings: list[str] = []
     with open(path, "rb") as fp:
         _check_header(fp)
         try:
-            ds = dcmread(fp, force=True, stop_before_pixels=True)
-            ds.file_meta  # noqa: B018  (a file without meta still gets an empty one)
-            if str(ds.file_meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
-                fp.seek(0)
-                ds = dcmread(fp, force=True)
-                pixel = _pixel_in_memory(ds)
+            try:
+                ds = dcmread(_NoSlurp(fp), force=True, stop_before_pixels=True)
+            except _Slurp:  # deflated: pydicom would inflate it whole, in memory
+                meta, start = _file_meta(fp)
+                ds, pixel, problem, size = _read_deflated(fp, path, meta, start, max_inflated, warnings)
             else:
-                pixel = _pixel_in_file(fp, ds)
+                ds.file_meta  # noqa: B018  (a file without meta still gets an empty one)
+                size = os.fstat(fp.fileno()).st_size
+                pixel, problem = _pixel_in_file(fp, ds)
                 if pixel is not None:
                     _read_after_pixels(fp, ds, pixel)
-        except InvalidDicom:
+            _unknown_vrs_as_un(ds, warnings)
+            if len(ds) == 0:
+                raise InvalidDicom("not a DICOM instance: no data elements after the file meta")
+            if pixel is None:
+                _check_complete(ds, size)
+            else:
+                problem = problem or _native_problem(ds, pixel, size)
+        except DicomSvcError:
             raise
         except Exception as exc:  # pydicom raises many kinds on broken input
             raise InvalidDicom(f"not a readable DICOM file ({type(exc).__name__})") from None
-        if len(ds) == 0:
-            raise InvalidDicom("not a DICOM instance: no data elements after the file meta")
-        if pixel is None:
-            _check_complete(ds, os.fstat(fp.fileno()).st_size)
-        sop_uid, warnings = _sop_instance_uid(ds)
-    return Parsed(ds=ds, sop_instance_uid=sop_uid, pixel=pixel, warnings=warnings)
+        sop_uid, uid_warnings = _sop_instance_uid(ds)
+    return Parsed(ds=ds, sop_instance_uid=sop_uid, pixel=pixel, warnings=uid_warnings + warnings, pixel_problem=problem)
+
+
+class _Slurp(Exception):
+    """pydicom asked for all the rest of the file at once."""
+
+
+class _NoSlurp:
+    """The file as ``dcmread`` reads it, except that reading "all the rest" raises _Slurp:
+    pydicom does that once, in one place, to inflate a deflated data set whole in memory
+    (``read_partial``), after reading the file meta as for any file. Costs nothing else:
+    pydicom binds the methods once."""
+
+    __slots__ = ("_fp", "seek", "tell", "fileno", "name")
+
+    def __init__(self, fp: BinaryIO):
+        self._fp, self.seek, self.tell, self.fileno, self.name = fp, fp.seek, fp.tell, fp.fileno, fp.name
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            raise _Slurp()
+        return self._fp.read(size)
+
+
+def _file_meta(fp: BinaryIO) -> tuple[FileMetaDataset, int]:
+    """The file meta group (PS3.10 §7.1) as ``dcmread`` reads it, and where the data set starts."""
+    fp.seek(0)
+    read_preamble(fp, True)
+    meta = _read_file_meta_info(fp)
+    if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:  # pydicom's only slurp
+        raise InvalidDicom("not a readable DICOM file (an unexpected read)")
+    return meta, fp.tell()
+
+
+def _read_deflated(
+    fp: BinaryIO, path: Path, meta: FileMetaDataset, start: int, cap: int | None, warnings: list[str]
+) -> tuple[Dataset, PixelElement | None, str | None, int]:
+    """Deflated Explicit VR Little Endian (PS3.5 §A.5): the data set after the file meta
+    is one raw deflate stream. Inflated into a temporary file, parsed from it; large
+    binary values and the pixel data mapped from it (the file is unlinked: the mapping
+    holds it until the data set is gone)."""
+    fp.seek(start)
+    with _inflate(fp, path.parent, cap, warnings) as inflated:
+        size = os.fstat(inflated.fileno()).st_size
+        dataset = read_dataset(inflated, False, True, stop_when=_at_pixels, defer_size=CHUNK)
+        ds = FileDataset(str(path), dataset, None, meta, False, True)
+        ds.set_original_encoding(False, True, dataset._character_set)
+        pixel, problem = _pixel_in_file(inflated, ds)
+        if pixel is not None:
+            _read_after_pixels(inflated, ds, pixel)
+        if size == 0:
+            return ds, None, None, size
+        mapped = memoryview(mmap.mmap(inflated.fileno(), 0, access=mmap.ACCESS_READ))
+    _map_deferred(ds, mapped)
+    if pixel is not None:
+        problem = problem or _native_problem(ds, pixel, size)
+        value = mapped[pixel.offset : pixel.offset + pixel.length]
+        element = DataElement(pixel.tag, pixel.vr, value, is_undefined_length=pixel.encapsulated,
+                              validation_mode=pydicom_config.IGNORE)  # fmt: skip
+        ds[pixel.tag] = element
+        pixel = PixelElement(pixel.tag, pixel.vr, None, len(value), pixel.encapsulated)
+    return ds, pixel, problem, size
+
+
+def _inflate(fp: BinaryIO, folder: Path, cap: int | None, warnings: list[str]) -> BinaryIO:
+    """The rest of ``fp`` inflated (raw deflate, RFC 1951) into an unlinked temporary file in
+    ``folder`` (the data disk; the system's temporary folder if that cannot be written),
+    ``CHUNK`` bytes at a time, never more than ``cap`` bytes in all (TooLarge)."""
+    try:
+        out = tempfile.TemporaryFile(dir=folder)
+    except OSError:
+        out = tempfile.TemporaryFile()
+    try:
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while not inflater.eof:
+            pending = fp.read(CHUNK)
+            if not pending:
+                warnings.append("the deflated data set (PS3.5 §A.5) ends before its deflate stream does")
+                break
+            while pending and not inflater.eof:
+                chunk = inflater.decompress(pending, CHUNK)
+                total += len(chunk)
+                if cap is not None and total > cap:
+                    raise TooLarge(f"the deflated data set inflates to more than {cap} bytes, the size limit")
+                out.write(chunk)
+                pending = inflater.unconsumed_tail
+        out.flush()
+        out.seek(0)
+        return out
+    except zlib.error:
+        out.close()
+        raise InvalidDicom("not a readable DICOM file: the deflated data set (PS3.5 §A.5) is corrupt") from None
+    except BaseException:
+        out.close()
+        raise
+
+
+def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
+    return tag in PIXEL_TAGS
+
+
+def _map_deferred(ds: Dataset, mapped: memoryview) -> None:
+    """Values ``read_dataset`` deferred (over ``CHUNK`` bytes): binary ones as views of the
+    inflated file, on disk; others (text, sequences of defined length) read into memory."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, UNDEFINED_LENGTH):
+            view = mapped[raw.value_tell : raw.value_tell + raw.length]
+            ds[tag] = raw._replace(value=view if raw.VR in MAPPED_VRS else bytes(view))
+
+
+def _unknown_vrs_as_un(ds: Dataset, warnings: list[str]) -> None:
+    """Elements of VRs PS3.5 does not define (a zero-length ``ZZ``, a ``UH`` in the file
+    meta) are read as UN (PS3.5 §6.2.2: pydicom then uses the dictionary's VR for known
+    tags); item and delimitation tags (FFFE,xxxx) outside any sequence (PS3.5 §7.5) are
+    not data elements, and are dropped. Each is named in ``warnings``."""
+    for dataset in (getattr(ds, "file_meta", None), ds):
+        if dataset is None:
+            continue
+        for tag in list(dataset.keys()):
+            raw = dataset.get_item(tag, keep_deferred=True)
+            if tag >> 16 == 0xFFFE:
+                del dataset[tag]
+                warnings.append(f"a stray item or delimitation tag {_tag(tag)} outside any sequence was ignored (PS3.5 §7.5)")
+            elif isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR not in KNOWN_VRS:
+                dataset[tag] = raw._replace(VR="UN")
+                warnings.append(f"{_tag(tag)} has no valid VR (PS3.5 §6.2): read as UN")
+
+
+def _tag(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _check_header(fp: BinaryIO) -> None:
@@ -110,7 +274,7 @@ def _check_header(fp: BinaryIO) -> None:
 
 def _check_complete(ds: Dataset, file_size: int) -> None:
     """pydicom silently returns what it could read of a cut file: check the last element."""
-    last = ds.get_item(max(ds.keys()))
+    last = ds.get_item(max(ds.keys()), keep_deferred=True)
     value_tell = getattr(last, "value_tell", None)
     if value_tell is None or last.length == UNDEFINED_LENGTH:
         return  # already converted, or a sequence of undefined length: no cheap check
@@ -153,33 +317,20 @@ def _sop_instance_uid(ds: Dataset) -> tuple[str, list[str]]:
     return uid, []
 
 
-def _pixel_in_memory(ds: Dataset) -> PixelElement | None:
-    for tag in PIXEL_TAGS:
-        if tag in ds:
-            elem = ds[tag]
-            return PixelElement(
-                tag=tag,
-                vr=elem.VR,
-                offset=None,
-                length=len(elem.value or b""),
-                encapsulated=bool(elem.is_undefined_length),
-            )
-    return None
-
-
-def _pixel_in_file(fp: BinaryIO, ds: Dataset) -> PixelElement | None:
-    """Read the pixel data element's header where dcmread stopped."""
+def _pixel_in_file(fp: BinaryIO, ds: Dataset) -> tuple[PixelElement | None, str | None]:
+    """Read the pixel data element's header where dcmread stopped; and, for encapsulated
+    pixel data, what is wrong with its items (``_encapsulated_length``)."""
     _, little = ds.original_encoding
     if little is None:  # nothing was read: an empty dataset
-        return None
+        return None, None
     end = "<" if little else ">"
     head = fp.read(8)
     if len(head) < 8:
-        return None
+        return None, None
     group, elem = struct.unpack(f"{end}HH", head[:4])
     tag = (group << 16) | elem
     if tag not in PIXEL_TAGS:
-        return None
+        return None, None
     # Trust the bytes over the declared syntax: some files say explicit VR and are not.
     if head[4:6] not in EXPLICIT_PIXEL_VRS:
         vr = "OW" if tag == 0x7FE00010 else ("OD" if tag == 0x7FE00009 else "OF")
@@ -192,8 +343,63 @@ def _pixel_in_file(fp: BinaryIO, ds: Dataset) -> PixelElement | None:
         (length,) = struct.unpack(f"{end}L", tail)
     offset = fp.tell()
     if length != UNDEFINED_LENGTH:
-        return PixelElement(tag, vr, offset, length, encapsulated=False)
-    return PixelElement(tag, vr, offset, _encapsulated_length(fp, end), encapsulated=True)
+        return PixelElement(tag, vr, offset, length, encapsulated=False), None
+    length, fragments, problem = _encapsulated_length(fp, end)
+    frames = frame_count(ds)
+    if problem is None and fragments < frames:
+        problem = (
+            f"the encapsulated {PIXEL_NAMES[tag]} has {fragments} fragments for {frames} frames "
+            "(PS3.5 §A.4: each frame takes one or more)"
+        )
+    return PixelElement(tag, vr, offset, length, encapsulated=True), problem
+
+
+def _native_problem(ds: Dataset, pixel: PixelElement, size: int) -> str | None:
+    """Why native pixel data cannot be whole: its value runs past the end of the file, or
+    is shorter than (0028,0010) Rows × (0028,0011) Columns × (0028,0002) Samples per Pixel ×
+    (0028,0100) Bits Allocated / 8 × (0028,0008) Number of Frames (PS3.5 §8.1.1; YBR_FULL_422
+    holds two samples a pixel, PS3.3 §C.7.6.3.1.2). None when it can be whole, or when those
+    attributes are missing or unreadable (decoding then says what is wrong)."""
+    if pixel.encapsulated:
+        return None
+    name = PIXEL_NAMES[pixel.tag]
+    if pixel.offset is not None and pixel.offset + pixel.length > size:
+        held = max(size - pixel.offset, 0)
+        return f"truncated file: the {name} value is {pixel.length} bytes long and the file holds {held} of them"
+    try:
+        rows, columns = int(ds.get("Rows")), int(ds.get("Columns"))
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated"))
+        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    except Exception:  # missing (None), several values, unreadable
+        return None
+    if min(rows, columns, samples, bits) <= 0:
+        return None
+    if photometric == "YBR_FULL_422" and samples == 3:
+        samples = 2
+    needed = (rows * columns * samples * bits * frame_count(ds) + 7) // 8
+    if pixel.length < needed:
+        return (
+            f"the {name} value holds {pixel.length} bytes; Rows × Columns × Samples per Pixel × "
+            f"Bits Allocated / 8 × Number of Frames make {needed} (PS3.5 §8.1.1)"
+        )
+    return None
+
+
+def frame_count(ds: Dataset) -> int:
+    """(0028,0008) Number of Frames, 1 when absent; read as dcmtk does when malformed ("1A")."""
+    try:
+        raw = ds.get("NumberOfFrames")
+    except Exception:  # a value pydicom refuses to convert: read the bytes
+        raw = ds.get_item(0x00280008).value
+        raw = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    if raw is None or raw == "":
+        return 1
+    try:
+        count = int(raw)
+    except (TypeError, ValueError):
+        digits = re.match(r"\s*(\d+)", str(raw))
+        count = int(digits.group(1)) if digits else 1
+    return max(count, 1)
 
 
 def _read_after_pixels(fp: BinaryIO, ds: Dataset, pixel: PixelElement) -> None:
@@ -215,22 +421,37 @@ def _read_after_pixels(fp: BinaryIO, ds: Dataset, pixel: PixelElement) -> None:
         return
     _check_complete(after, size)
     for tag in after.keys():  # still raw: converted (with ds's character set) when used
-        ds[tag] = after.get_item(tag)
+        ds[tag] = after.get_item(tag, keep_deferred=True)
 
 
-def _encapsulated_length(fp: BinaryIO, end: str) -> int:
-    """Walk the items of encapsulated pixel data; the byte count up to the delimiter."""
+def _encapsulated_length(fp: BinaryIO, end: str) -> tuple[int, int, str | None]:
+    """Walk the items of encapsulated pixel data (PS3.5 §A.4): the byte count up to the
+    Sequence Delimitation Item, the number of fragments (items after the Basic Offset
+    Table), and what is wrong if the file ends first (then the count is what is there)."""
     start = fp.tell()
+    size = os.fstat(fp.fileno()).st_size
+    items = 0
     while True:
         head = fp.read(8)
         if len(head) < 8:  # truncated: count what is there
-            return fp.seek(0, 2) - start
+            problem = (
+                "truncated file: the encapsulated Pixel Data (7FE0,0010) has no Sequence Delimitation "
+                "Item (FFFE,E0DD); the file ends inside it (PS3.5 §A.4)"
+            )
+            return fp.seek(0, 2) - start, max(items - 1, 0), problem
         group, elem, length = struct.unpack(f"{end}HHL", head)
         tag = (group << 16) | elem
         if tag == SEQUENCE_DELIMITER:
-            return fp.tell() - 8 - start
+            return fp.tell() - 8 - start, max(items - 1, 0), None
         if tag != ITEM or length == UNDEFINED_LENGTH:
             raise InvalidDicom("malformed encapsulated Pixel Data (7FE0,0010)")
+        items += 1
+        if fp.tell() + length > size:
+            problem = (
+                "truncated file: an item of the encapsulated Pixel Data (7FE0,0010) "
+                "runs past the end of the file (PS3.5 §A.4)"
+            )
+            return size - start, max(items - 1, 0), problem
         fp.seek(length, 1)
 
 

@@ -27,7 +27,7 @@ from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
-from .parse import PixelElement
+from .parse import KNOWN_VRS, PixelElement
 
 # VRs whose values are bytes: the row says how many, not what.
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
@@ -185,8 +185,10 @@ def _dictionary_vr(tag: int) -> str | None:
 
 
 def _vr(vr: str | None) -> str:
-    """Always two letters: an unresolvable 'US or SS' becomes its first choice."""
-    return (vr or "UN")[:2]
+    """Always two letters of PS3.5 Table 6.2-1: an unresolvable 'US or SS' becomes its first
+    choice, a VR the standard does not define (``ZZ`` inside a sequence item) UN."""
+    vr = (vr or "UN")[:2]
+    return vr if vr in KNOWN_VRS else "UN"
 
 
 def _resolve_vr(elem: DataElement, ds: Dataset, little: bool) -> str:
