@@ -3,9 +3,12 @@
 import logging
 import time
 
+from . import routing
+
 
 class AccessLog:
-    """One line per request: method, handler, status, milliseconds.
+    """One line per request: method, route template, status, milliseconds (``status`` and
+    ``duration_ms`` also as record attributes, for the JSON log format).
 
     Never the path or the query string: search filters carry patient IDs and names,
     and paths carry UIDs. (uvicorn's own access log prints both, so ``dicomsvc
@@ -29,5 +32,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            handler = getattr(scope.get("endpoint"), "__name__", "-")
-            self.log.info("%s %s %d %.1fms", scope["method"], handler, status[0], (time.perf_counter() - start) * 1e3)
+            route = routing.template(scope) or "-"
+            ms = (time.perf_counter() - start) * 1e3
+            extra = {"status": status[0], "duration_ms": round(ms, 1)}
+            self.log.info("%s %s %d %.1fms", scope["method"], route, status[0], ms, extra=extra)
