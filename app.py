@@ -18,6 +18,7 @@ from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.http import catalog, instances, intake, openapi, stow
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
+from dicomsvc.http.auth import AuthMiddleware, owner_of, user_of, warn_if_open
 from dicomsvc.http.compression import GzipMiddleware
 from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
@@ -40,8 +41,23 @@ async def post_studies(request: Request) -> JSONResponse:
 
 
 async def get_job(request: Request) -> Response:
-    body = await jobs.status_json(request.app.state.svc, request.path_params["job"])
+    body = await jobs.status_json(request.app.state.svc, request.path_params["job"], owner_of(request))
     return Response(body, media_type="application/json")
+
+
+async def get_jobs(request: Request) -> JSONResponse:
+    svc = request.app.state.svc
+    return JSONResponse(await catalog.jobs_page(svc, request.query_params, owner_of(request), user_of(request)))
+
+
+async def get_user_uploads(request: Request) -> JSONResponse:  # rules.SELF: that user, or an admin
+    svc, user = request.app.state.svc, request.path_params["user"]
+    return JSONResponse(await catalog.search(svc, request.query_params, owner=user))
+
+
+async def get_user_jobs(request: Request) -> JSONResponse:  # rules.SELF: that user, or an admin
+    svc, user = request.app.state.svc, request.path_params["user"]
+    return JSONResponse(await catalog.jobs_page(svc, request.query_params, owner=user))
 
 
 async def get_image(request: Request) -> Response:
@@ -50,6 +66,7 @@ async def get_image(request: Request) -> Response:
         request.query_params,
         request.headers.get("accept"),
         request.headers.get("if-none-match"),
+        owner_of(request),
     )
     headers = {"ETag": image.etag, "Cache-Control": IMMUTABLE, "Vary": "Accept"}
     if image.body is None:
@@ -58,17 +75,19 @@ async def get_image(request: Request) -> Response:
 
 
 async def get_tags(request: Request) -> Response:
-    svc, query = request.app.state.svc, request.query_params
+    svc, query, owner = request.app.state.svc, request.query_params, owner_of(request)
     if query.get("format", "rows") == "dicomjson":
-        model = await instances.dicom_json(svc, query.get("id"), str(request.base_url).rstrip("/"))
+        model = await instances.dicom_json(svc, query.get("id"), str(request.base_url).rstrip("/"), owner)
         return JSONResponse(model, media_type="application/dicom+json")
     if query.get("format", "rows") != "rows":
         raise BadRequest("format must be 'rows' (the default) or 'dicomjson'")
-    return Response(await instances.tags_json(svc, query.get("id")), media_type="application/json")
+    return Response(await instances.tags_json(svc, query.get("id"), owner), media_type="application/json")
 
 
 async def get_pixels(request: Request) -> Response:
-    temp, filename = await instances.pixels(request.app.state.svc, request.path_params["id"], request.query_params)
+    temp, filename = await instances.pixels(
+        request.app.state.svc, request.path_params["id"], request.query_params, owner_of(request)
+    )
     return FileResponse(
         temp,
         media_type="application/octet-stream",
@@ -78,14 +97,15 @@ async def get_pixels(request: Request) -> Response:
 
 
 async def get_bulk(request: Request) -> Response:
-    size, chunks = await instances.bulk(request.app.state.svc, request.path_params["id"], request.path_params["path"])
+    p = request.path_params
+    size, chunks = await instances.bulk(request.app.state.svc, p["id"], p["path"], owner_of(request))
     return StreamingResponse(
         chunks, media_type="application/octet-stream", headers={"Content-Length": str(size)}
     )
 
 
 async def get_dicom_file(request: Request) -> Response:
-    stored = await instances.dicom_file(request.app.state.svc, request.path_params["id"])
+    stored = await instances.dicom_file(request.app.state.svc, request.path_params["id"], owner_of(request))
     disposition = f'attachment; filename="{stored.filename}"'
     headers = {"Content-Disposition": disposition}
     return instances.OpenFileResponse(stored.file, media_type="application/dicom", headers=headers)
@@ -98,7 +118,8 @@ async def post_anonymize(request: Request) -> JSONResponse:
 
 
 async def search_dicom(request: Request) -> JSONResponse:
-    return JSONResponse(await catalog.search(request.app.state.svc, request.query_params))
+    svc = request.app.state.svc
+    return JSONResponse(await catalog.search(svc, request.query_params, owner_of(request), user_of(request)))
 
 
 async def delete_dicom(request: Request) -> JSONResponse:
@@ -107,7 +128,7 @@ async def delete_dicom(request: Request) -> JSONResponse:
 
 
 async def get_dicom(request: Request) -> JSONResponse:
-    return JSONResponse(await catalog.metadata(request.app.state.svc, request.path_params["id"]))
+    return JSONResponse(await catalog.metadata(request.app.state.svc, request.path_params["id"], owner_of(request)))
 
 
 async def delete_instance(request: Request) -> Response:
@@ -116,7 +137,7 @@ async def delete_instance(request: Request) -> Response:
 
 
 async def get_stats(request: Request) -> JSONResponse:
-    return JSONResponse(await catalog.stats(request.app.state.svc))
+    return JSONResponse(await catalog.stats(request.app.state.svc, owner_of(request)))
 
 
 async def get_openapi(request: Request) -> JSONResponse:
@@ -170,7 +191,10 @@ routes = [
     Route("/stats", get_stats, methods=["GET"]),
     Route("/studies", post_studies, methods=["POST"]),
     Route("/studies/{study}", post_studies, methods=["POST"]),
+    Route("/jobs", get_jobs, methods=["GET"]),
     Route("/jobs/{job}", get_job, methods=["GET"]),
+    Route("/users/{user}/uploads", get_user_uploads, methods=["GET"]),
+    Route("/users/{user}/jobs", get_user_jobs, methods=["GET"]),
     Route("/dicom/{id}/file", get_dicom_file, methods=["GET"]),
     Route("/dicom/{id}/pixels", get_pixels, methods=["GET"]),
     Route("/dicom/{id}/bulk/{path:path}", get_bulk, methods=["GET"]),
@@ -201,6 +225,7 @@ def create_app(config: Config | None = None) -> Starlette:
     async def lifespan(app: Starlette):
         setup_logging(config.log_level)
         config.log(log)
+        warn_if_open(config, log)
         async with open_service(config) as svc, jobs.running(svc), sweep.running(svc):
             app.state.svc = svc
             yield
@@ -216,6 +241,7 @@ def create_app(config: Config | None = None) -> Starlette:
                 expose_headers=["ETag", "Warning", "Content-Location"],  # Warning: QIDO-RS (PS3.18 §8.3.4)
             )
         )
+    middleware.append(Middleware(AuthMiddleware, config=config))  # DICOMSVC_AUTH; rules: dicomsvc/http/rules.py
     middleware.append(Middleware(GzipMiddleware))  # JSON and multipart answers; never images
     return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
 

@@ -46,10 +46,11 @@ class Item:
     member: str | None = None  # the member's name in the ZIP
     anonymize: bool = False
     allow_burned_in: bool = False
+    user: str | None = None  # who asked: the owner of what is stored (Options.user)
 
     @classmethod
     def of(cls, file: str, kind: str, path: str, options: Options, member: str | None = None) -> "Item":
-        return cls(file, kind, path, member, options.anonymize, options.allow_burned_in)
+        return cls(file, kind, path, member, options.anonymize, options.allow_burned_in, options.user)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -238,7 +239,9 @@ def _ingest_item(config: Config, item: Item, study_uid: str | None) -> Result:
     if reason:
         return skipped(item.file, reason)
     blobs = BlobStore(config.blob_dir)
-    options = Options(anonymize=item.anonymize, allow_burned_in=item.allow_burned_in, study_uid=study_uid)
+    options = Options(
+        anonymize=item.anonymize, allow_burned_in=item.allow_burned_in, study_uid=study_uid, user=item.user
+    )
     try:
         if item.kind == "import":
             ingested = ingest_import(config, item.path, options)

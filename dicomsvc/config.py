@@ -23,6 +23,9 @@ class Config:
     max_archive_bytes: int = 16 * 1024**3  # total uncompressed size of one archive
     max_zip_ratio: int = 1000  # uncompressed / compressed size of one archive member
     render_max_size: int = 2048  # largest width or height GET /image scales to
+    max_frame_bytes: int = 512 * 1024**2  # largest decoded frame; larger ones are refused unread
+    worker_memory: int = 2 * 1024**3  # address space of each worker process (RLIMIT_AS); 0: none
+    worker_timeout: int = 120  # seconds one task may take in a worker before it is killed; 0: none
     thumbnail_size: int = 128  # DICOMweb /thumbnail without viewport: fits in this square (PS3.18 §10.4.1.1.4)
     qido_max_results: int = 1000  # most results one QIDO-RS answer carries (PS3.18 §8.3.4.4 limit)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
@@ -30,6 +33,28 @@ class Config:
     keepalive_timeout: int = 5  # seconds a kept-alive connection may stay idle between requests
     anonymize_always: bool = False  # DICOMSVC_ANONYMIZE=always: nothing identifiable is stored
     anon_secret: str = field(default="", repr=False)  # HMAC key for pseudonyms; never logged
+    # Authentication and ownership (README "Authentication"); dicomsvc.identity, dicomsvc.auth
+    auth: str = "none"  # none | token | oidc
+    oidc_issuer: str = ""  # the provider's issuer URL (OpenID Connect Discovery 1.0 §4)
+    oidc_audience: str = ""  # the "aud" an access token must carry (RFC 7519 §4.1.3)
+    oidc_roles_claim: str = "realm_access.roles"  # dotted path to the roles in the token (Keycloak's)
+    oidc_clock_skew: int = 60  # seconds of leeway on "exp" and "nbf" (RFC 7519 §4.1.4/§4.1.5)
+    oidc_refetch_interval: int = 10  # least seconds between JWKS fetches for an unknown "kid"
+    oidc_jwks_max_age: int = 3600  # seconds a fetched JWKS is used before it is fetched again
+    oidc_http_timeout: int = 5  # seconds for fetching the discovery document or the JWKS
+    visibility: str = "all"  # all | own: readers and uploaders see only what they uploaded
+    metrics_auth: bool = False  # GET /metrics needs a token too
+    # Logs, audit trail, readiness (README "Audit" and "Monitoring"); dicomsvc.logs, dicomsvc.audit
+    log_format: str = "text"  # text | json (one object per line)
+    log_file: Path | None = None  # also log to this file, rotated by size
+    log_file_bytes: int = 10 * 1024**2  # a log file is rotated past this size
+    log_file_count: int = 5  # rotated log files kept
+    audit: bool = True  # record the audit trail (off only to measure what it costs)
+    audit_file: Path | None = None  # also append the audit trail here, as JSON lines
+    audit_flush_ms: int = 100  # audit records are written at least this often, in one transaction
+    audit_batch: int = 500  # ... or as soon as this many are waiting
+    audit_queue_max: int = 100_000  # records held in memory while the database refuses writes
+    min_free_bytes: int = 1024**3  # /readyz is 503 below this much free space in the data directory
 
     SECRETS = ("anon_secret",)
 
@@ -77,6 +102,9 @@ class Config:
             max_archive_bytes=get_int("MAX_ARCHIVE_BYTES", 16 * 1024**3),
             max_zip_ratio=get_int("MAX_ZIP_RATIO", 1000),
             render_max_size=get_int("RENDER_MAX_SIZE", 2048),
+            max_frame_bytes=get_int("MAX_FRAME_BYTES", 512 * 1024**2),
+            worker_memory=get_int("WORKER_MEMORY", 2 * 1024**3, minimum=0),
+            worker_timeout=get_int("WORKER_TIMEOUT", 120, minimum=0),
             thumbnail_size=get_int("THUMBNAIL_SIZE", 128),
             qido_max_results=get_int("QIDO_MAX_RESULTS", 1000),
             cors_origins=tuple(o.strip() for o in get("CORS_ORIGINS", "").split(",") if o.strip()),
@@ -84,12 +112,62 @@ class Config:
             keepalive_timeout=get_int("KEEPALIVE_TIMEOUT", 5),
             anonymize_always=_anonymize_mode(get("ANONYMIZE", "request")),
             anon_secret=get("ANON_SECRET", ""),
+            **_auth_settings(get, get_int),
+            **_observability_settings(get, get_int),
         )
 
     def log(self, logger: logging.Logger) -> None:
         """Log the settings once at start-up, secrets masked."""
         shown = {k: ("***" if v else "(none)") if k in self.SECRETS else v for k, v in asdict(self).items()}
         logger.info("dicomsvc config: %s", ", ".join(f"{k}={v}" for k, v in shown.items()))
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"{PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _auth_settings(get, get_int) -> dict:
+    """DICOMSVC_AUTH, DICOMSVC_OIDC_*, DICOMSVC_VISIBILITY, DICOMSVC_METRICS_AUTH."""
+    auth = _choice("AUTH", get("AUTH", "none"), ("none", "token", "oidc"))
+    issuer, audience = get("OIDC_ISSUER", "").strip().rstrip("/"), get("OIDC_AUDIENCE", "").strip()
+    if auth == "oidc" and not (issuer and audience):
+        raise ValueError(f"{PREFIX}AUTH=oidc needs {PREFIX}OIDC_ISSUER and {PREFIX}OIDC_AUDIENCE")
+    roles_claim = get("OIDC_ROLES_CLAIM", "realm_access.roles").strip()
+    if not all(roles_claim.split(".")):
+        raise ValueError(f"{PREFIX}OIDC_ROLES_CLAIM must be a dotted claim path, got {roles_claim!r}")
+    return {
+        "auth": auth,
+        "oidc_issuer": issuer,
+        "oidc_audience": audience,
+        "oidc_roles_claim": roles_claim,
+        "oidc_clock_skew": get_int("OIDC_CLOCK_SKEW", 60, minimum=0),
+        "oidc_refetch_interval": get_int("OIDC_REFETCH_INTERVAL", 10, minimum=0),
+        "oidc_jwks_max_age": get_int("OIDC_JWKS_MAX_AGE", 3600),
+        "oidc_http_timeout": get_int("OIDC_HTTP_TIMEOUT", 5),
+        "visibility": _choice("VISIBILITY", get("VISIBILITY", "all"), ("all", "own")),
+        "metrics_auth": _choice("METRICS_AUTH", get("METRICS_AUTH", "false"), ("true", "false")) == "true",
+    }
+
+
+def _observability_settings(get, get_int) -> dict:
+    """DICOMSVC_LOG_FORMAT, DICOMSVC_LOG_FILE[_BYTES|_COUNT], DICOMSVC_AUDIT[_FILE|_FLUSH_MS|_BATCH|
+    _QUEUE_MAX], DICOMSVC_MIN_FREE_BYTES."""
+    log_file, audit_file = get("LOG_FILE", "").strip(), get("AUDIT_FILE", "").strip()
+    return {
+        "log_format": _choice("LOG_FORMAT", get("LOG_FORMAT", "text"), ("text", "json")),
+        "log_file": Path(log_file).resolve() if log_file else None,
+        "log_file_bytes": get_int("LOG_FILE_BYTES", 10 * 1024**2),
+        "log_file_count": get_int("LOG_FILE_COUNT", 5, minimum=0),
+        "audit": _choice("AUDIT", get("AUDIT", "true"), ("true", "false")) == "true",
+        "audit_file": Path(audit_file).resolve() if audit_file else None,
+        "audit_flush_ms": get_int("AUDIT_FLUSH_MS", 100),
+        "audit_batch": get_int("AUDIT_BATCH", 500),
+        "audit_queue_max": get_int("AUDIT_QUEUE_MAX", 100_000),
+        "min_free_bytes": get_int("MIN_FREE_BYTES", 1024**3, minimum=0),
+    }
 
 
 def _anonymize_mode(raw: str) -> bool:

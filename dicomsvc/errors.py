@@ -24,6 +24,13 @@ class BadRequest(DicomSvcError):
     status, code = 400, "bad_request"
 
 
+class Unauthorized(DicomSvcError):
+    """No credentials, or credentials that do not verify (RFC 9110 §15.5.2; answered with
+    ``WWW-Authenticate: Bearer``, RFC 6750 §3)."""
+
+    status, code = 401, "unauthorized"
+
+
 class Forbidden(DicomSvcError):
     status, code = 403, "forbidden"
 

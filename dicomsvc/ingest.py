@@ -81,6 +81,7 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
         record |= {
             "anonymized": int(anonymized),
             "anonymized_from": options.anonymized_from,
+            "uploaded_by": options.user,
             "png_bytes": png_temp.stat().st_size if png_temp else None,
         }
         metadata = _metadata(parsed, rows, record)

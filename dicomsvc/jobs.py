@@ -31,21 +31,23 @@ PAGE = 512  # pending items read, run and recorded at a time: memory stays flat 
 FULL_DISK_PAUSE = 5.0  # seconds a job waits when the disk is full before its pending items are tried again
 
 
-async def submit(svc: Service, entries: Sequence[Entry], spool: Path | None) -> str:
-    """Record a job for ``entries`` (its input in ``spool``, if any) and wake the runner."""
+async def submit(svc: Service, entries: Sequence[Entry], spool: Path | None, user: str | None = None) -> str:
+    """Record a job for ``entries`` (its input in ``spool``, if any), asked for by ``user``,
+    and wake the runner."""
     job_id = shortuuid.uuid()
     rows = [
         (seq, e.to_json(), "pending", None) if isinstance(e, Item) else (seq, "{}", e.status, json.dumps(e.public()))
         for seq, e in enumerate(entries)
     ]
-    await job_rows.insert_job(svc.db, job_id, rows, str(spool) if spool else None)
+    await job_rows.insert_job(svc.db, job_id, rows, str(spool) if spool else None, user)
     svc.wakeup.set()
     return job_id
 
 
-async def status_json(svc: Service, job_id: str) -> bytes:
-    """``GET /jobs/{id}``: progress, counts and the results so far, as JSON bytes."""
-    job = await job_rows.get_job(svc.db, job_id)
+async def status_json(svc: Service, job_id: str, owner: str | None = None) -> bytes:
+    """``GET /jobs/{id}``: progress, counts and the results so far, as JSON bytes (``owner``:
+    only a job that user asked for; others are 404, as if they did not exist)."""
+    job = await job_rows.get_job(svc.db, job_id, owner)
     if job is None:
         raise NotFound("no job with that id")
     counts = await job_rows.item_counts(svc.db, job_id)
@@ -62,9 +64,21 @@ async def status_json(svc: Service, job_id: str) -> bytes:
         "progress": 100 if job["total"] == 0 else processed * 100 // job["total"],
         "created_at": job["created_at"],
         "finished_at": job["finished_at"],
+        "created_by": job["created_by"],
     } | ({"detail": job["detail"]} if job["detail"] else {})
     results = await job_rows.results_json(svc.db, job_id)  # a job may hold 20,000 files: SQLite joins them
     return json.dumps(head)[:-1].encode() + b', "results": ' + results.encode() + b"}"
+
+
+async def listing(svc: Service, limit: int, offset: int, owner: str | None = None) -> dict:
+    """``GET /jobs``, ``GET /users/{user}/jobs``: a page of jobs, newest first."""
+    rows = await job_rows.list_jobs(svc.db, limit + 1, offset, owner)
+    return {
+        "items": rows[:limit],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if len(rows) > limit else None,
+    }
 
 
 @contextlib.asynccontextmanager

@@ -15,6 +15,7 @@ class Options:
     allow_burned_in: bool = False  # anonymize even kinds that often carry burned-in text
     study_uid: str | None = None  # STOW-RS: the instance must belong to this study
     anonymized_from: str | None = None  # POST /dicom/{id}/anonymize: the stored original
+    user: str | None = None  # who asks: recorded as the owner (dicom.uploaded_by); None without auth
 
     @classmethod
     def from_request(cls, *sources: Mapping, **fixed) -> "Options":

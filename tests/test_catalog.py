@@ -164,8 +164,8 @@ def test_a_read_whose_files_vanish_after_the_lookup_is_404(client, data_dir, mon
     stored = [p for p in blob_files(data_dir) if p.name.startswith(instance_id)]
     real = instances.get_instance
 
-    async def lookup_then_unlink(db, wanted):
-        record = await real(db, wanted)
+    async def lookup_then_unlink(db, wanted, *owner):
+        record = await real(db, wanted, *owner)
         for path in stored:
             path.unlink(missing_ok=True)
         return record

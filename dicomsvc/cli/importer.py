@@ -475,9 +475,13 @@ def _unreachable(base_url: str, exc: Exception) -> str:
     return f"cannot reach the server at {base_url}: {str(exc) or type(exc).__name__}"
 
 
-def _client(transport: httpx.BaseTransport | None, jobs: int, timeout: float | None) -> httpx.Client:
+def _client(
+    transport: httpx.BaseTransport | None, jobs: int, timeout: float | None, token: str | None = None
+) -> httpx.Client:
     return httpx.Client(
         transport=transport,
+        # every request, uploads and job polls alike (RFC 6750 §2.1); never printed
+        headers={"Authorization": f"Bearer {token}"} if token else None,
         limits=httpx.Limits(max_connections=jobs, max_keepalive_connections=jobs),
         timeout=httpx.Timeout(timeout, connect=10.0, pool=None),
         follow_redirects=False,
@@ -495,6 +499,7 @@ def import_paths(
     progress_interval: float | None = None,
     poll_interval: float = 0.5,
     timeout: float | None = 600.0,
+    token: str | None = None,
 ) -> ImportSummary:
     """Upload everything under ``paths`` to the service at ``base_url``.
 
@@ -504,7 +509,8 @@ def import_paths(
     a TTY, where it is redrawn in place, else 5). ``timeout`` bounds each read
     and write (a ZIP answered synchronously can take a while). A file that
     fails never stops the others; a server that cannot be reached stops the
-    run (``summary.unreachable`` says why, ``exit_code`` is 2).
+    run (``summary.unreachable`` says why, ``exit_code`` is 2). ``token`` is sent as
+    ``Authorization: Bearer`` on every request (``--token``, ``DICOMSVC_TOKEN``).
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
@@ -516,7 +522,7 @@ def import_paths(
     line = _ProgressLine(progress, len(uploads), sum(u.size for u in uploads), progress_interval)
     done = 0
     if uploads:
-        with _client(transport, jobs, timeout) as client:
+        with _client(transport, jobs, timeout, token) as client:
             run = _Run(
                 client=client,
                 base_url=base_url,

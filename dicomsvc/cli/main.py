@@ -1,7 +1,8 @@
-"""The ``dicomsvc`` command: ``dicomsvc serve`` and ``dicomsvc import``."""
+"""The ``dicomsvc`` command: ``dicomsvc serve``, ``dicomsvc import`` and ``dicomsvc token``."""
 
 import argparse
 import logging
+import os
 import sys
 
 from ..config import Config
@@ -23,8 +24,9 @@ def _import(args: argparse.Namespace) -> int:
 
     try:
         summary = importer.import_paths(
-            args.paths, args.url, jobs=args.jobs, anonymize=args.anonymize, progress=sys.stderr
-        )
+            args.paths, args.url, jobs=args.jobs, anonymize=args.anonymize, progress=sys.stderr,
+            token=args.token or os.environ.get("DICOMSVC_TOKEN") or None,
+        )  # fmt: skip
     except KeyboardInterrupt:
         print("dicomsvc import: interrupted", file=sys.stderr)
         return 130
@@ -48,9 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--url", default="http://localhost:8001", help="service base URL (default: %(default)s)")
     imp.add_argument("--jobs", type=_positive, default=4, help="parallel uploads (default: %(default)s)")
     imp.add_argument("--anonymize", action="store_true", help="ask the server to anonymize (?anonymize=true)")
+    imp.add_argument(
+        "--token", help="send Authorization: Bearer TOKEN (an API token or an OIDC access token; default: $DICOMSVC_TOKEN)"
+    )
+    from . import tokens  # dicomsvc token create|list|revoke
+
+    tokens.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve()
+    if args.command == "token":
+        return tokens.run(args)
     return _import(args)
 
 

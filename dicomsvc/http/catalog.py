@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import BadRequest, NotFound
+from ..options import flag
+from .. import jobs
 from ..service import Service
 from ..storage import instances
 from ..storage.blobs import BlobStore
@@ -57,12 +59,24 @@ def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high
     return int(raw)
 
 
-async def search(svc: Service, query: Mapping[str, str]) -> dict:
-    """``GET /dicom``: a page of summaries, newest first, and the offset of the next page."""
-    wanted = filters(query, {"limit", "offset"})
+def mine(query: Mapping[str, str], owner: str | None, user: str | None) -> str | None:
+    """The owner filter with ``?mine=true`` (the caller's own uploads) applied to ``owner`` (the
+    visibility filter, which, when set, is the caller already)."""
+    if not flag(query.get("mine")):
+        return owner
+    if user is None:
+        raise BadRequest("mine=true needs an authenticated user (DICOMSVC_AUTH is none)")
+    return user
+
+
+async def search(svc: Service, query: Mapping[str, str], owner: str | None = None, user: str | None = None) -> dict:
+    """``GET /dicom``: a page of summaries, newest first, and the offset of the next page.
+    ``owner``: only that user's uploads are found; ``user``: the caller (for ``mine=true``)."""
+    wanted = filters(query, {"limit", "offset", "mine"})
     limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     offset = _int_param(query, "offset", 0, 0, 10**12)
-    rows = await instances.search(svc.db, wanted.exact, wanted.study_date, limit + 1, offset)
+    owner = mine(query, owner, user)
+    rows = await instances.search(svc.db, wanted.exact, wanted.study_date, limit + 1, offset, owner)
     more = len(rows) > limit
     return {
         "items": [summary(r) for r in rows[:limit]],
@@ -84,12 +98,13 @@ def summary(row: dict) -> dict:
         "StudyDate": row["study_date"],
         "AccessionNumber": row["accession_number"],
         "created": row["created_at"],
+        "uploaded_by": row["uploaded_by"],
     }
 
 
-async def metadata(svc: Service, instance_id: str) -> dict:
+async def metadata(svc: Service, instance_id: str, owner: str | None = None) -> dict:
     """``GET /dicom/{id}``: what the seeds call metadata."""
-    row = await instances.get_instance(svc.db, check_id(instance_id))
+    row = await instances.get_instance(svc.db, check_id(instance_id), owner)
     if row is None:
         raise NotFound("no instance with that id")
     return summary(row) | {
@@ -155,5 +170,16 @@ def _remove_blobs(blobs: BlobStore, gone: list[dict]) -> None:
         blobs.remove_renderings(row["id"])
 
 
-async def stats(svc: Service) -> dict:
-    return await instances.stats(svc.db)
+async def stats(svc: Service, owner: str | None = None) -> dict:
+    """``GET /stats``: over everything, or (``owner``) over that user's uploads."""
+    return await instances.stats(svc.db, owner)
+
+
+async def jobs_page(svc: Service, query: Mapping[str, str], owner: str | None = None, user: str | None = None) -> dict:
+    """``GET /jobs[?mine=true]``, ``GET /users/{user}/jobs``: a page of jobs, newest first."""
+    unknown = set(query) - {"limit", "offset", "mine"}
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = _int_param(query, "offset", 0, 0, 10**12)
+    return await jobs.listing(svc, limit, offset, mine(query, owner, user))

@@ -10,13 +10,14 @@ from typing import BinaryIO
 from starlette.requests import Request
 
 from .. import retrieve
-from ..errors import BadRequest, NoPixelData, NotFound, UnsupportedTransferSyntax
+from ..errors import BadRequest, Forbidden, NoPixelData, NotFound, UnsupportedTransferSyntax
 from ..imaging import renderings
 from ..ingest import Ingested, ingest_file
 from ..options import Options, flag
 from ..service import Service
 from ..storage import instances
 from ..storage.blobs import BlobStore
+from .auth import identity, owner_of
 from .ranges import RangedFileResponse
 from .requests import etag_matches, read_json_object
 
@@ -38,15 +39,20 @@ def check_id(instance_id: str | None) -> str:
     return instance_id
 
 
-async def _instance(svc: Service, instance_id: str | None) -> dict:
-    record = await instances.get_instance(svc.db, check_id(instance_id))
+async def _instance(svc: Service, instance_id: str | None, owner: str | None = None) -> dict:
+    """The instance's row; ``owner`` (DICOMSVC_VISIBILITY=own): 404 unless that user stored it."""
+    record = await instances.get_instance(svc.db, check_id(instance_id), owner)
     if record is None:
         raise NotFound("no instance with that id")
     return record
 
 
 async def image(
-    svc: Service, query: Mapping[str, str], accept: str | None = None, if_none_match: str | None = None
+    svc: Service,
+    query: Mapping[str, str],
+    accept: str | None = None,
+    if_none_match: str | None = None,
+    owner: str | None = None,
 ) -> Image:
     """``GET /image``: frame 1 as rendered at ingest (no decoding), or another rendering.
 
@@ -56,7 +62,7 @@ async def image(
     params = renderings.parse_params(
         {k: v for k, v in query.items() if k != "id"}, accept, svc.config.render_max_size
     )
-    record = await _instance(svc, query.get("id"))
+    record = await _instance(svc, query.get("id"), owner)
     return await rendering(svc, record, params, if_none_match)
 
 
@@ -107,9 +113,9 @@ def _read_if_there(path: Path) -> bytes | None:
         return None
 
 
-async def tags_json(svc: Service, instance_id: str | None) -> bytes:
+async def tags_json(svc: Service, instance_id: str | None, owner: str | None = None) -> bytes:
     """``{"uuid": id, "tags": [...]}`` as JSON bytes, the rows serialized by SQLite."""
-    rows = await instances.get_tags_json(svc.db, check_id(instance_id))
+    rows = await instances.get_tags_json(svc.db, check_id(instance_id), owner)
     if rows is None:
         raise NotFound("no instance with that id")
     return b'{"uuid":"%s","tags":%s}' % (instance_id.encode(), rows.encode())
@@ -141,9 +147,9 @@ class StoredFile:
     filename: str  # safe for Content-Disposition: the id, never a name from the data
 
 
-async def dicom_file(svc: Service, instance_id: str) -> StoredFile:
+async def dicom_file(svc: Service, instance_id: str, owner: str | None = None) -> StoredFile:
     """``GET /dicom/{id}/file``: the stored DICOM file, as it was stored (opened here)."""
-    record = await _instance(svc, instance_id)
+    record = await _instance(svc, instance_id, owner)
     return StoredFile(await svc.io(_open_stored, svc.blobs.path(record["dcm_blob"])), f"{record['id']}.dcm")
 
 
@@ -153,11 +159,18 @@ def _open_stored(path: Path) -> BinaryIO:
 
 
 async def anonymize_stored(svc: Service, instance_id: str, request: Request) -> Ingested:
-    """``POST /dicom/{id}/anonymize``: an anonymized copy of a stored instance, stored like any other."""
-    record = await _instance(svc, instance_id)
+    """``POST /dicom/{id}/anonymize``: an anonymized copy of a stored instance, stored like any other,
+    as the caller's. Only an admin may anonymize what another user stored: an uploader who can
+    see it (DICOMSVC_VISIBILITY=all) is refused with 403; under ``own`` it is not found (404)."""
+    record = await _instance(svc, instance_id, owner_of(request))
+    who = identity(request)
+    if not who.is_admin and record["uploaded_by"] != who.owner:
+        raise Forbidden("only an admin may anonymize an instance another user stored")
     fields = await read_json_object(request) if await _has_body(request) else {}
     options = Options.from_request(request.query_params, fields)
-    options = Options(anonymize=True, allow_burned_in=options.allow_burned_in, anonymized_from=record["id"])
+    options = Options(
+        anonymize=True, allow_burned_in=options.allow_burned_in, anonymized_from=record["id"], user=who.owner
+    )
     temp = await svc.io(_copy_to_temp, svc.blobs, svc.blobs.path(record["dcm_blob"]))
     try:
         return await svc.cpu(ingest_file, svc.config, temp, "(anonymized)", options)
@@ -177,10 +190,12 @@ def _copy_to_temp(blobs: BlobStore, path: Path) -> Path:
 # Arrays, DICOM JSON and bulk data: read from the stored DICOM file -------------------------
 
 
-async def pixels(svc: Service, instance_id: str, query: Mapping[str, str]) -> tuple[Path, str]:
+async def pixels(
+    svc: Service, instance_id: str, query: Mapping[str, str], owner: str | None = None
+) -> tuple[Path, str]:
     """``GET /dicom/{id}/pixels``: a temporary .npy file (frames decoded one at a time, in a
     worker) and the name to offer it under; the caller removes the file once sent."""
-    record = await _instance(svc, instance_id)
+    record = await _instance(svc, instance_id, owner)
     frame = _frame_param(query.get("frame"))
     rescale = flag(query.get("rescale"))
     temp = await svc.cpu(retrieve.write_npy, svc.config, record["dcm_blob"], frame, rescale)
@@ -196,14 +211,16 @@ def _frame_param(raw: str | None) -> int | None:
     return int(raw)
 
 
-async def dicom_json(svc: Service, instance_id: str | None, base_url: str) -> dict:
+async def dicom_json(svc: Service, instance_id: str | None, base_url: str, owner: str | None = None) -> dict:
     """``GET /tags?id=&format=dicomjson``: the DICOM JSON model, bulk data by reference."""
-    record = await _instance(svc, instance_id)
+    record = await _instance(svc, instance_id, owner)
     bulk_base = f"{base_url}/dicom/{record['id']}/bulk/"
     return await svc.cpu(retrieve.dicom_json, svc.config, record["dcm_blob"], bulk_base)
 
 
-async def bulk(svc: Service, instance_id: str, element_path: str) -> tuple[int, Iterator[bytes]]:
+async def bulk(
+    svc: Service, instance_id: str, element_path: str, owner: str | None = None
+) -> tuple[int, Iterator[bytes]]:
     """``GET /dicom/{id}/bulk/{path}``: one binary value, streamed from the stored file."""
-    record = await _instance(svc, instance_id)
+    record = await _instance(svc, instance_id, owner)
     return await svc.io(retrieve.bulk, svc.blobs.path(record["dcm_blob"]), element_path)

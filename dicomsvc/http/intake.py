@@ -28,6 +28,7 @@ from ..options import Options, flag
 from ..service import Service
 from ..storage.spool import new_spool, remove_spool
 from . import uploads
+from .auth import user_of
 from .requests import base_url, peek_body, read_json_object
 
 ZIP_TYPES = {"application/zip", "application/x-zip-compressed"}
@@ -50,7 +51,7 @@ def media_type(request: Request) -> str:
 async def post_dicom(svc: Service, request: Request) -> Answer:
     kind = media_type(request)
     want_async = flag(request.query_params.get("async"))
-    options = Options.from_request(request.query_params)
+    options = Options.from_request(request.query_params, user=user_of(request))  # the owner of what is stored
     if kind in UNTYPED:  # JSON by default; a DICOM file sent without its type is taken as one
         request, head = await peek_body(request, HEAD_BYTES)
         if not head.lstrip().startswith(b"{") and sniff(head) is None:
@@ -76,7 +77,7 @@ def single(ingested: Ingested) -> Answer:
 
 async def _from_path(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
     body = await read_json_object(request)
-    options, raw = Options.from_request(request.query_params, body), paths.client_path(body.get("path"))
+    options, raw = Options.from_request(request.query_params, body, user=options.user), paths.client_path(body.get("path"))
     real, is_dir = await svc.io(_resolve, svc.config.import_root, raw)
     if is_dir:
         entries = await svc.io(batch.expand_directory, svc.config, real, options)
@@ -145,7 +146,7 @@ async def _form_entries(svc: Service, request: Request, folder: Path, options: O
     cfg = svc.config
     parts = await uploads.spool_multipart(svc, request, folder, cfg.max_upload_bytes, cfg.max_archive_files)
     fields = {p.name: p.value for p in parts if p.value is not None}
-    options = Options.from_request(request.query_params, fields)
+    options = Options.from_request(request.query_params, fields, user=options.user)
     files = [p for p in parts if p.path is not None]
     if not files:
         raise BadRequest("no file parts: send each file as a part named 'file'")
@@ -166,7 +167,7 @@ def _starts_as_zip(path: Path) -> bool:
 
 async def _run(svc: Service, request: Request, entries: list[Entry], spool: Path | None, want_async: bool) -> Answer:
     if want_async or len(entries) > svc.config.sync_limit:
-        job_id = await jobs.submit(svc, entries, spool)
+        job_id = await jobs.submit(svc, entries, spool, user_of(request))
         status_url = f"{base_url(request)}/jobs/{job_id}"  # absolute (RFC 9110 §10.2.2 allows relative; clients prefer this)
         return Answer(202, {"job": job_id, "status_url": status_url}, {"Location": status_url})
     return Answer(200, batch.summarize(await batch.run_entries(svc, entries)))

@@ -8,6 +8,7 @@ document is valid OpenAPI.
 import html
 
 from .. import __version__
+from . import rules
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 JSON_OBJECT = {"type": "object"}
@@ -97,6 +98,7 @@ PATHS: dict[str, dict] = {
             "summary": "Search stored instances, newest first",
             "parameters": [
                 *FILTERS,
+                _param("mine", "query", "true: only instances the caller uploaded", "boolean"),
                 _param("limit", "query", "page size, 1-1000 (default 100)", "integer"),
                 _param("offset", "query", "instances to skip", "integer"),
             ],
@@ -194,6 +196,40 @@ PATHS: dict[str, dict] = {
             "responses": _answers({"200": ("application/octet-stream", "the bytes")}, {"404": "no such element"}),
         }
     },
+    "/jobs": {
+        "get": {
+            "summary": "Background jobs, newest first (under DICOMSVC_VISIBILITY=own, the caller's)",
+            "parameters": [
+                _param("mine", "query", "true: only jobs the caller asked for", "boolean"),
+                _param("limit", "query", "page size, 1-1000 (default 100)", "integer"),
+                _param("offset", "query", "jobs to skip", "integer"),
+            ],
+            "responses": _answers({"200": ("application/json", "{items, limit, offset, next_offset}")}, {"400": "bad parameter"}),
+        }
+    },
+    "/users/{user}/uploads": {
+        "get": {
+            "summary": "Instances a user uploaded, newest first (that user, or an admin)",
+            "parameters": [
+                _param("user", "path", "the user (a token's subject)", required=True),
+                *FILTERS,
+                _param("limit", "query", "page size, 1-1000 (default 100)", "integer"),
+                _param("offset", "query", "instances to skip", "integer"),
+            ],
+            "responses": _answers({"200": ("application/json", "{items, limit, offset, next_offset}")}, {"400": "bad filter"}),
+        }
+    },
+    "/users/{user}/jobs": {
+        "get": {
+            "summary": "Background jobs a user asked for, newest first (that user, or an admin)",
+            "parameters": [
+                _param("user", "path", "the user (a token's subject)", required=True),
+                _param("limit", "query", "page size, 1-1000 (default 100)", "integer"),
+                _param("offset", "query", "jobs to skip", "integer"),
+            ],
+            "responses": _answers({"200": ("application/json", "{items, limit, offset, next_offset}")}, {"400": "bad parameter"}),
+        }
+    },
     "/jobs/{job}": {
         "get": {
             "summary": "A background job's progress and per-file results",
@@ -217,7 +253,8 @@ PATHS: dict[str, dict] = {
     },
     "/stats": {
         "get": {
-            "summary": "Counts: instances, series, studies, patients, bytes, by modality; first and last ingest",
+            "summary": "Counts: instances, series, studies, patients, bytes, by modality and by uploader (users, "
+            "by_user); first and last ingest (under DICOMSVC_VISIBILITY=own, of the caller's uploads)",
             "responses": _answers({"200": ("application/json", "statistics")}, {}),
         }
     },
@@ -371,6 +408,32 @@ for _path, _ops in DICOMWEB_PATHS.items():  # merged: WADO-RS shares some of the
     PATHS.setdefault(_path, {}).update(_ops)
 
 
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "DICOMSVC_AUTH=token: an API token (dicomsvc token create); DICOMSVC_AUTH=oidc: an OpenID "
+    "Connect access token (a JWT) of the configured provider, or an API token. DICOMSVC_AUTH=none: not needed.",
+}
+AUTH_ERRORS = {"401": "no token, or a bad one (WWW-Authenticate: Bearer)", "403": "the caller's role may not do this"}
+
+
+def _secured(paths: dict[str, dict]) -> dict[str, dict]:
+    """Each operation with its security (none for public routes: RFC 6750 bearer otherwise) and
+    the 401/403 answers authentication may give."""
+    out = {}
+    for path, methods in paths.items():
+        out[path] = {}
+        for method, op in methods.items():
+            rule = rules.rule(path, method.upper())
+            if rule == rules.PUBLIC:
+                op = {**op, "security": []}
+            else:
+                errors = _answers({}, AUTH_ERRORS if rule != rules.METRICS else {"401": AUTH_ERRORS["401"]})
+                op = {**op, "responses": {**errors, **op["responses"]}}
+            out[path][method] = op
+    return out
+
+
 def document() -> dict:
     return {
         "openapi": "3.0.3",
@@ -379,8 +442,10 @@ def document() -> dict:
             "version": __version__,
             "description": "A lean DICOM ingest-and-render service. Errors are {error, detail} with a 4xx status.",
         },
-        "paths": PATHS,
+        "paths": _secured(PATHS),
+        "security": [{"bearer": []}],
         "components": {
+            "securitySchemes": {"bearer": BEARER},
             "schemas": {
                 "Error": {
                     "type": "object",

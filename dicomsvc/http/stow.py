@@ -23,6 +23,7 @@ from ..service import Service
 from ..storage import instances
 from ..storage.spool import new_spool, remove_spool
 from . import uploads
+from .auth import user_of
 from .intake import Answer
 
 # (0008,1197) Failure Reason values (PS3.4 Annex B, PS3.18 Table 10.5.3-1)
@@ -42,7 +43,7 @@ async def store_instances(svc: Service, request: Request, study_uid: str | None,
     if kind.lower() != b"multipart/related" or part_type != "application/dicom":
         raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"')
     cfg = svc.config
-    options = Options.from_request(request.query_params)
+    options = Options.from_request(request.query_params, user=user_of(request))
     folder = await svc.io(new_spool, cfg.spool_dir)
     try:
         parts = await uploads.spool_multipart(svc, request, folder, cfg.max_upload_bytes, cfg.max_archive_files)

@@ -19,7 +19,7 @@ INSTANCE_COLUMNS = (
     "dcm_blob", "dcm_bytes", "png_blob", "png_bytes", "render_error", "source", "anonymized",
     "anonymized_from", "created_at", "study_time", "study_id", "referring_physician_name",
     "timezone_offset", "series_number", "series_description", "pps_start_date", "pps_start_time",
-    "instance_number",
+    "instance_number", "uploaded_by",
 )  # fmt: skip
 # Exact-match search filters: DICOM keyword -> indexed column
 FILTERS = {
@@ -128,8 +128,17 @@ def _tag_ids(db: sqlite3.Connection, keys: list[tuple[int, str, str]]) -> dict:
 # The read side (async, in the service) ---------------------------------------------
 
 
-async def get_instance(db: Database, instance_id: str) -> dict | None:
-    rows = await db.conn.execute_fetchall("SELECT * FROM dicom WHERE id = ?", (instance_id,))
+# ``owner`` on a read: only instances that user stored (``uploaded_by``) are found -- the
+# DICOMSVC_VISIBILITY=own filter and ``?mine=true``; None finds everyone's.
+
+
+def _owned(owner: str | None, alias: str = "") -> tuple[str, tuple]:
+    return (f" AND {alias}uploaded_by = ?", (owner,)) if owner is not None else ("", ())
+
+
+async def get_instance(db: Database, instance_id: str, owner: str | None = None) -> dict | None:
+    mine, more = _owned(owner)
+    rows = await db.conn.execute_fetchall(f"SELECT * FROM dicom WHERE id = ?{mine}", (instance_id, *more))
     return dict(rows[0]) if rows else None
 
 
@@ -153,19 +162,20 @@ SELECT json_group_array(json(row)) FROM (
         ELSE {_ROW_JSON.format(extra=", 'Bytes', dt.nbytes, 'Parent', dt.parent_id, 'Item', dt.item")}
     END AS row
     FROM dicom_tag dt JOIN tag t ON t.id = dt.tag_id
-    WHERE dt.dicom_pk = (SELECT pk FROM dicom WHERE id = ?)
+    WHERE dt.dicom_pk = (SELECT pk FROM dicom WHERE id = ?{{owned}})
     ORDER BY dt.id
 )
 """
 
 
-async def get_tags_json(db: Database, instance_id: str) -> str | None:
+async def get_tags_json(db: Database, instance_id: str, owner: str | None = None) -> str | None:
     """The tag rows of an instance in file order, as a JSON array; None for an unknown id.
 
     SQLite builds the JSON (one query, one round trip); every stored instance has
     rows, so an empty array means there is no such instance.
     """
-    ((text,),) = await db.conn.execute_fetchall(TAGS_JSON_SQL, (instance_id,))
+    mine, more = _owned(owner)
+    ((text,),) = await db.conn.execute_fetchall(TAGS_JSON_SQL.replace("{owned}", mine), (instance_id, *more))
     return None if text == "[]" else text
 
 
@@ -195,12 +205,19 @@ def _where(exact: Mapping[str, str], study_date: DateRange | None) -> tuple[str,
 
 
 async def search(
-    db: Database, exact: Mapping[str, str], study_date: DateRange | None, limit: int, offset: int = 0
+    db: Database,
+    exact: Mapping[str, str],
+    study_date: DateRange | None,
+    limit: int,
+    offset: int = 0,
+    owner: str | None = None,
 ) -> list[dict]:
-    """Instances matching every filter, newest first (each filter is an index that orders by pk)."""
+    """Instances matching every filter, newest first (each filter is an index that orders by pk);
+    ``owner``: only that user's uploads."""
     where, params = _where(exact, study_date)
+    mine, more = _owned(owner)
     rows = await db.conn.execute_fetchall(
-        f"SELECT * FROM dicom WHERE {where} ORDER BY pk DESC LIMIT ? OFFSET ?", (*params, limit, offset)
+        f"SELECT * FROM dicom WHERE {where}{mine} ORDER BY pk DESC LIMIT ? OFFSET ?", (*params, *more, limit, offset)
     )
     return [dict(r) for r in rows]
 
@@ -218,22 +235,36 @@ async def delete(db: Database, exact: Mapping[str, str], study_date: DateRange |
     return [{k: r[k] for k in ("id", "dcm_blob", "png_blob")} for r in gone]
 
 
-async def stats(db: Database) -> dict:
+async def stats(db: Database, owner: str | None = None) -> dict:
+    """Totals, counts by modality, and by uploader (``users``: how many distinct users stored
+    instances; ``by_user``: instances per user, ``""`` for those stored without authentication).
+    ``owner``: over that user's uploads only."""
+    where, params = ("WHERE uploaded_by = ?", (owner,)) if owner is not None else ("", ())
     ((totals),) = await db.conn.execute_fetchall(
-        """
+        f"""
         SELECT COUNT(*) AS instances,
                COUNT(DISTINCT series_instance_uid) AS series,
                COUNT(DISTINCT study_instance_uid) AS studies,
                COUNT(DISTINCT patient_id) AS patients,
                COALESCE(SUM(dcm_bytes), 0) + COALESCE(SUM(png_bytes), 0) AS bytes,
-               MIN(created_at) AS earliest, MAX(created_at) AS latest
-        FROM dicom
-        """
+               MIN(created_at) AS earliest, MAX(created_at) AS latest,
+               COUNT(DISTINCT uploaded_by) AS users
+        FROM dicom {where}
+        """,
+        params,
     )
     modalities = await db.conn.execute_fetchall(
-        "SELECT COALESCE(modality, '') AS modality, COUNT(*) AS n FROM dicom GROUP BY 1 ORDER BY 2 DESC"
+        f"SELECT COALESCE(modality, '') AS modality, COUNT(*) AS n FROM dicom {where} GROUP BY 1 ORDER BY 2 DESC",
+        params,
     )
-    return dict(totals) | {"modalities": {r["modality"]: r["n"] for r in modalities}}
+    users = await db.conn.execute_fetchall(
+        f"SELECT COALESCE(uploaded_by, '') AS user, COUNT(*) AS n FROM dicom {where} GROUP BY 1 ORDER BY 2 DESC",
+        params,
+    )
+    return dict(totals) | {
+        "modalities": {r["modality"]: r["n"] for r in modalities},
+        "by_user": {r["user"]: r["n"] for r in users},
+    }
 
 
 # WADO-RS (PS3.18 §10.4): instances by Study, Series and SOP Instance UID ----------------------
@@ -244,14 +275,19 @@ _RETRIEVE_COLUMNS = (
 )
 # One row per SOP Instance UID: the same UID stored again with other pixel data (a
 # different hash) is a newer version of the instance, and the newest answers.
+# (Under an owner filter: the newest of that user's versions.)
 _NEWEST = "pk IN (SELECT MAX(pk) FROM dicom WHERE {where} GROUP BY sop_instance_uid)"
 
 
-async def instances_by_uid(db: Database, study: str, series: str | None = None) -> list[dict]:
+async def instances_by_uid(
+    db: Database, study: str, series: str | None = None, owner: str | None = None
+) -> list[dict]:
     """The instances of a study, or of one of its series, for WADO-RS retrieval, in
     (0020,0011) Series Number, then (0020,0013) Instance Number order (then as stored)."""
     where = "study_instance_uid = ?" + (" AND series_instance_uid = ?" if series is not None else "")
     params = (study,) if series is None else (study, series)
+    mine, more = _owned(owner)
+    where, params = where + mine, (*params, *more)
     rows = await db.conn.execute_fetchall(
         f"SELECT {_RETRIEVE_COLUMNS} FROM dicom WHERE {_NEWEST.format(where=where)} "
         "ORDER BY series_number, series_instance_uid, instance_number, pk",
@@ -260,35 +296,40 @@ async def instances_by_uid(db: Database, study: str, series: str | None = None) 
     return [dict(r) for r in rows]
 
 
-async def instance_by_uid(db: Database, study: str, series: str, sop: str) -> dict | None:
+async def instance_by_uid(db: Database, study: str, series: str, sop: str, owner: str | None = None) -> dict | None:
     """The newest stored instance with these three UIDs, every column; None when there is none."""
+    mine, more = _owned(owner)
     rows = await db.conn.execute_fetchall(
-        "SELECT * FROM dicom WHERE sop_instance_uid = ? AND study_instance_uid = ? AND series_instance_uid = ? "
-        "ORDER BY pk DESC LIMIT 1",
-        (sop, study, series),
+        "SELECT * FROM dicom WHERE sop_instance_uid = ? AND study_instance_uid = ? AND series_instance_uid = ?"
+        f"{mine} ORDER BY pk DESC LIMIT 1",
+        (sop, study, series, *more),
     )
     return dict(rows[0]) if rows else None
 
 
-async def representative(db: Database, study: str, series: str | None = None) -> dict | None:
+async def representative(
+    db: Database, study: str, series: str | None = None, owner: str | None = None
+) -> dict | None:
     """The instance a study's or series' rendering and thumbnail show, every column: among
     those with pixel data, the middle one by (0020,0013) Instance Number of the series (of
     a study: of its first series by (0020,0011) Series Number, then as stored). None: no
-    instance with pixel data."""
+    instance with pixel data. ``owner``: among that user's uploads only."""
+    mine, more = _owned(owner)
     if series is None:
         first = await db.conn.execute_fetchall(
-            "SELECT series_instance_uid FROM dicom WHERE study_instance_uid = ? AND has_pixels = 1 "
+            f"SELECT series_instance_uid FROM dicom WHERE study_instance_uid = ? AND has_pixels = 1{mine} "
             "ORDER BY series_number, pk LIMIT 1",
-            (study,),
+            (study, *more),
         )
         if not first:
             return None
         series = first[0]["series_instance_uid"]
+    mine = " AND uploaded_by = ?3" if owner is not None else ""
     rows = await db.conn.execute_fetchall(
-        "SELECT * FROM dicom WHERE study_instance_uid = ?1 AND series_instance_uid = ?2 AND has_pixels = 1 "
+        f"SELECT * FROM dicom WHERE study_instance_uid = ?1 AND series_instance_uid = ?2 AND has_pixels = 1{mine} "
         "ORDER BY instance_number, pk LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM dicom "
-        "WHERE study_instance_uid = ?1 AND series_instance_uid = ?2 AND has_pixels = 1)",
-        (study, series),
+        f"WHERE study_instance_uid = ?1 AND series_instance_uid = ?2 AND has_pixels = 1{mine})",
+        (study, series) if owner is None else (study, series, owner),
     )
     return dict(rows[0]) if rows else None
 

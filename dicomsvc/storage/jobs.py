@@ -12,11 +12,13 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-async def insert_job(db: Database, job_id: str, items: Sequence[JobItemRow], spool_dir: str | None) -> None:
+async def insert_job(
+    db: Database, job_id: str, items: Sequence[JobItemRow], spool_dir: str | None, created_by: str | None = None
+) -> None:
     async with transaction(db) as conn:
         await conn.execute(
-            "INSERT INTO job (id, status, total, spool_dir, created_at) VALUES (?, 'queued', ?, ?, ?)",
-            (job_id, len(items), spool_dir, now()),
+            "INSERT INTO job (id, status, total, spool_dir, created_at, created_by) VALUES (?, 'queued', ?, ?, ?, ?)",
+            (job_id, len(items), spool_dir, now(), created_by),
         )
         await conn.executemany(
             "INSERT INTO job_item (job_id, seq, item, status, result) VALUES (?, ?, ?, ?, ?)",
@@ -24,9 +26,22 @@ async def insert_job(db: Database, job_id: str, items: Sequence[JobItemRow], spo
         )
 
 
-async def get_job(db: Database, job_id: str) -> dict | None:
-    rows = await db.conn.execute_fetchall("SELECT * FROM job WHERE id = ?", (job_id,))
+async def get_job(db: Database, job_id: str, owner: str | None = None) -> dict | None:
+    """The job's row; ``owner``: only if that user asked for it."""
+    mine, more = (" AND created_by = ?", (owner,)) if owner is not None else ("", ())
+    rows = await db.conn.execute_fetchall(f"SELECT * FROM job WHERE id = ?{mine}", (job_id, *more))
     return dict(rows[0]) if rows else None
+
+
+async def list_jobs(db: Database, limit: int, offset: int = 0, owner: str | None = None) -> list[dict]:
+    """Jobs, newest first (``owner``: that user's only): id, status, total, who, when."""
+    where, params = ("WHERE created_by = ?", (owner,)) if owner is not None else ("", ())
+    rows = await db.conn.execute_fetchall(
+        f"SELECT id, status, total, created_by, created_at, finished_at FROM job {where} "
+        "ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+        (*params, limit, offset),
+    )
+    return [dict(r) for r in rows]
 
 
 async def item_counts(db: Database, job_id: str) -> dict[str, int]:

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS dicom (
     pps_start_date      TEXT,                        -- (0040,0244) Performed Procedure Step Start Date
     pps_start_time      TEXT,                        -- (0040,0245) Performed Procedure Step Start Time
     instance_number     INTEGER,                     -- (0020,0013)
+    uploaded_by         TEXT,                        -- the user who stored it (NULL: DICOMSVC_AUTH=none)
     -- Posting the same instance (same SOP Instance UID, same pixels) again stores nothing.
     UNIQUE (sop_instance_uid, pixel_hash)
 );
@@ -51,6 +52,8 @@ CREATE INDEX IF NOT EXISTS dicom_study ON dicom (study_instance_uid);
 CREATE INDEX IF NOT EXISTS dicom_series ON dicom (series_instance_uid);
 CREATE INDEX IF NOT EXISTS dicom_patient ON dicom (patient_id);
 CREATE INDEX IF NOT EXISTS dicom_created ON dicom (created_at);
+-- Ownership: /users/{user}/uploads, ?mine=true, DICOMSVC_VISIBILITY=own
+CREATE INDEX IF NOT EXISTS dicom_uploaded_by ON dicom (uploaded_by, study_instance_uid, series_instance_uid);
 -- Search filters (GET /dicom): each index also orders by pk, so "newest first" needs no sort.
 CREATE INDEX IF NOT EXISTS dicom_sop ON dicom (sop_instance_uid);
 CREATE INDEX IF NOT EXISTS dicom_modality ON dicom (modality);
@@ -147,8 +150,10 @@ CREATE TABLE IF NOT EXISTS job (
     detail      TEXT,                                -- why a job failed as a whole
     spool_dir   TEXT,                                -- uploaded input, kept until the job is done
     created_at  TEXT NOT NULL,
-    finished_at TEXT
+    finished_at TEXT,
+    created_by  TEXT                                 -- the user who asked for it (NULL: DICOMSVC_AUTH=none)
 );
+CREATE INDEX IF NOT EXISTS job_by_creator ON job (created_by, created_at);
 CREATE TABLE IF NOT EXISTS job_item (
     job_id   TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
     seq      INTEGER NOT NULL,                       -- order in the request
@@ -158,3 +163,14 @@ CREATE TABLE IF NOT EXISTS job_item (
     PRIMARY KEY (job_id, seq)
 );
 CREATE INDEX IF NOT EXISTS job_item_pending ON job_item (job_id, status);
+
+-- API tokens (dicomsvc token create|list|revoke; dicomsvc/auth/tokens.py): only the SHA-256 of a
+-- token is kept; the token itself is shown once, when made.
+CREATE TABLE IF NOT EXISTS api_token (
+    id         TEXT PRIMARY KEY,                     -- shortuuid, names the token in list and revoke
+    user       TEXT NOT NULL,                        -- the user the token acts as
+    role       TEXT NOT NULL,                        -- reader | uploader | admin
+    hash       TEXT NOT NULL UNIQUE,                 -- sha256 of the token, hex
+    created_at TEXT NOT NULL,
+    revoked_at TEXT                                  -- set by revoke: the token no longer works
+);

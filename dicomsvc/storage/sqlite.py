@@ -47,6 +47,9 @@ ADDED_COLUMNS = (
     ("dicom", "pps_start_date", "TEXT"),
     ("dicom", "pps_start_time", "TEXT"),
     ("dicom", "instance_number", "INTEGER"),
+    # Ownership (issue 11): who stored an instance, who asked for a job
+    ("dicom", "uploaded_by", "TEXT"),
+    ("job", "created_by", "TEXT"),
 )
 # PRAGMA user_version: what the stored data has been brought up to. 1: the DICOMweb columns of
 # ``dicom`` and the study and series rows are filled (studies.backfill) -- done once, in one

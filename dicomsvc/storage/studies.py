@@ -29,6 +29,8 @@ CURRENT = (
     "d.pk = (SELECT MAX(n.pk) FROM dicom n WHERE n.sop_instance_uid = d.sop_instance_uid"
     " AND n.study_instance_uid = d.study_instance_uid AND n.series_instance_uid = d.series_instance_uid)"
 )
+# Under an owner filter (DICOMSVC_VISIBILITY=own): the newest of that user's versions.
+CURRENT_OWNED = CURRENT[:-1] + " AND n.uploaded_by = d.uploaded_by)"
 TAG_KEY = re.compile(r"[0-9A-F]{8}")  # a DICOM JSON key (PS3.18 F.2.1.1)
 
 
@@ -250,6 +252,30 @@ _ORDER_ALL = {  # across studies: newest first, by the row id (no sort of everyt
 }
 _REP = {"study": "st.rep_pk", "series": "se.rep_pk", "instance": "d.pk"}
 
+# Under an owner filter (DICOMSVC_VISIBILITY=own) a study or series is found when the owner stored
+# an instance of it, and its counts, modalities and representative instance (whose stored JSON
+# answers includefield) are the owner's alone -- correlated subqueries on the index dicom_uploaded_by
+# (owner, study, series), over the owner's instances of that one study or series. Each holds one
+# "?" for the owner. (Its study- and series-level attributes are the study's and series' rows'.)
+_IN_STUDY = "FROM dicom o WHERE o.uploaded_by = ? AND o.study_instance_uid = st.study_instance_uid"
+_IN_SERIES = (
+    "FROM dicom o WHERE o.uploaded_by = ? AND o.study_instance_uid = se.study_instance_uid"
+    " AND o.series_instance_uid = se.series_instance_uid"
+)
+_OWNED_COLUMNS = {
+    "st.modalities": f"(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT o.modality AS m {_IN_STUDY}"
+    " AND o.modality != '' ORDER BY m)) AS modalities",
+    "st.series_count": f"(SELECT COUNT(DISTINCT o.series_instance_uid) {_IN_STUDY}) AS series_count",
+    "st.instance_count AS study_instance_count": f"(SELECT COUNT(DISTINCT o.sop_instance_uid) {_IN_STUDY})"
+    " AS study_instance_count",
+    "st.rep_pk AS study_rep": f"(SELECT MAX(o.pk) {_IN_STUDY}) AS study_rep",
+    "se.instance_count AS series_instance_count": f"(SELECT COUNT(DISTINCT o.sop_instance_uid) {_IN_SERIES})"
+    " AS series_instance_count",
+    "se.rep_pk AS series_rep": f"(SELECT MAX(o.pk) {_IN_SERIES}) AS series_rep",
+}
+_OWNED_REP = {"study": f"(SELECT MAX(o.pk) {_IN_STUDY})", "series": f"(SELECT MAX(o.pk) {_IN_SERIES})"}
+_OWNED_WHERE = {"study": f"EXISTS (SELECT 1 {_IN_STUDY})", "series": f"EXISTS (SELECT 1 {_IN_SERIES})"}
+
 
 def _glob(pattern: str) -> str:
     """A DICOM wildcard pattern (PS3.4 C.2.2.2.4: ``*`` any run, ``?`` one character) as a GLOB:
@@ -294,13 +320,15 @@ async def search(
     extra_tags: Sequence[str] = (),
     whole_json: bool = False,
     in_study: bool = False,
+    owner: str | None = None,
 ) -> list[dict]:
     """Studies, series or instances (``level``) matching every condition: at most ``limit``,
     after skipping ``offset``. Each row has the columns the answer needs; ``extra_tags``
     (8-hex-digit keys) come from the DICOM JSON of the row's representative instance as
     ``json:<tag>`` (JSON text, or None), and ``whole_json`` adds that JSON whole as ``json``.
     Studies come newest first; ``in_study`` (a search within one study) orders series and
-    instances by their numbers, otherwise they come newest first too.
+    instances by their numbers, otherwise they come newest first too. ``owner``: only what that
+    user stored is found, and counted.
     """
     if not all(TAG_KEY.fullmatch(tag) for tag in extra_tags):
         raise ValueError("extra_tags must be 8 upper-case hex digits")
@@ -309,8 +337,14 @@ async def search(
         columns += _SERIES_COLUMNS
     if level == "instance":
         columns += _INSTANCE_COLUMNS
+    head: list = []  # parameters of the columns and joins, which come before the WHERE
+    if owner is not None:
+        columns = [_OWNED_COLUMNS.get(c, c) for c in columns]
+        head = [owner] * sum(c.count("o.uploaded_by = ?") for c in columns)
     if extra_tags or whole_json:
-        joins = f" LEFT JOIN dicom_json j ON j.dicom_pk = {_REP[level]}"
+        rep = _REP[level] if owner is None or level == "instance" else _OWNED_REP[level]
+        joins = f" LEFT JOIN dicom_json j ON j.dicom_pk = {rep}"
+        head += [owner] * rep.count("?")
         columns += [f"""j.metadata -> '$."{tag}"' AS "json:{tag}\"""" for tag in extra_tags]
         if whole_json:
             columns.append("j.metadata AS json")
@@ -322,12 +356,18 @@ async def search(
         clauses.append(sql)
         params += more
     if level == "instance":
-        clauses.append(CURRENT)
+        clauses.append(CURRENT if owner is None else CURRENT_OWNED)
+        if owner is not None:
+            clauses.append("d.uploaded_by = ?")
+            params.append(owner)
+    elif owner is not None:
+        clauses.append(_OWNED_WHERE[level])
+        params.append(owner)
     where = " AND ".join(clauses) or "1"
     rows = await db.conn.execute_fetchall(
         f"SELECT {', '.join(columns)} FROM {_FROM[level]}{joins} WHERE {where} "
         f"ORDER BY {(_ORDER if in_study else _ORDER_ALL)[level]} LIMIT ? OFFSET ?",
-        (*params, limit, offset),
+        (*head, *params, limit, offset),
     )
     return [dict(r) for r in rows]
 
@@ -337,9 +377,14 @@ async def search(
 Scope = tuple[str, str | None, str | None]  # (study, series or None, SOP instance or None)
 
 
-def _scope(scope: Scope) -> tuple[str, list]:
+def _scope(scope: Scope, owner: str | None = None) -> tuple[str, list]:
     study, series, sop = scope
-    clauses, params = ["d.study_instance_uid = ?", "d.series_instance_uid != ''", CURRENT], [study]
+    clauses, params = ["d.study_instance_uid = ?", "d.series_instance_uid != ''"], [study]
+    if owner is None:
+        clauses.append(CURRENT)
+    else:  # only the owner's instances, the newest of their versions
+        clauses += ["d.uploaded_by = ?", CURRENT_OWNED]
+        params.append(owner)
     if series is not None:
         clauses.append("d.series_instance_uid = ?")
         params.append(series)
@@ -349,12 +394,18 @@ def _scope(scope: Scope) -> tuple[str, list]:
     return " AND ".join(clauses), params
 
 
-async def version(db: HasConnection, scope: Scope) -> int | None:
+async def version(db: HasConnection, scope: Scope, owner: str | None = None) -> int | None:
     """What changes whenever the metadata of ``scope`` does (the study's or series' revision,
-    the instance's row); None when there is no such study, series or instance."""
+    the instance's row); None when there is no such study, series or instance (``owner``: of
+    that user's)."""
     study, series, sop = scope
+    if owner is not None:
+        where, params = _scope(scope, owner)
+        found = await db.conn.execute_fetchall(f"SELECT 1 FROM dicom d WHERE {where} LIMIT 1", params)
+        if not found:
+            return None
     if sop is not None:
-        where, params = _scope(scope)
+        where, params = _scope(scope, owner)
         rows = await db.conn.execute_fetchall(f"SELECT d.pk FROM dicom d WHERE {where}", params)
     elif series is not None:
         rows = await db.conn.execute_fetchall(
@@ -366,12 +417,12 @@ async def version(db: HasConnection, scope: Scope) -> int | None:
 
 
 async def metadata_page(
-    db: HasConnection, scope: Scope, uri_from: str, uri_to: str, limit: int, offset: int
+    db: HasConnection, scope: Scope, uri_from: str, uri_to: str, limit: int, offset: int, owner: str | None = None
 ) -> tuple[int, int, str | None]:
     """One page of the stored DICOM JSON objects of ``scope``, in series and instance-number order,
     comma-joined by SQLite with ``uri_from`` replaced by ``uri_to`` (relative BulkDataURIs made
     absolute): (instances on the page, how many of them have stored JSON, the text)."""
-    where, params = _scope(scope)
+    where, params = _scope(scope, owner)
     ((count, have, text),) = await db.conn.execute_fetchall(
         f"""
         SELECT COUNT(*), COUNT(metadata), group_concat(replace(metadata, ?, ?), ',') FROM (
@@ -384,9 +435,9 @@ async def metadata_page(
     return count, have, text
 
 
-async def without_metadata(db: HasConnection, scope: Scope) -> list[dict]:
+async def without_metadata(db: HasConnection, scope: Scope, owner: str | None = None) -> list[dict]:
     """The instances of ``scope`` without stored DICOM JSON (stored before it was kept)."""
-    where, params = _scope(scope)
+    where, params = _scope(scope, owner)
     rows = await db.conn.execute_fetchall(
         f"SELECT d.pk, d.dcm_blob, d.study_instance_uid, d.series_instance_uid, d.sop_instance_uid "
         f"FROM dicom d LEFT JOIN dicom_json j ON j.dicom_pk = d.pk WHERE {where} AND j.dicom_pk IS NULL",

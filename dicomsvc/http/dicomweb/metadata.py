@@ -31,41 +31,46 @@ class Metadata:
     chunks: AsyncIterator[bytes] | None  # None: the client's copy is current (304)
 
 
-def _etag(scope: Scope, version: int, base: str) -> str:
-    key = json.dumps([*scope, version, base]).encode()
+def _etag(scope: Scope, version: int, base: str, owner: str | None) -> str:
+    key = json.dumps([*scope, version, base, owner]).encode()
     return f'"{hashlib.sha256(key).hexdigest()[:32]}"'
 
 
-async def metadata(svc: Service, scope: Scope, base: str, if_none_match: str | None) -> Metadata:
-    """The metadata of a study (``scope`` = (study, None, None)), series or instance."""
-    version = await studies.version(svc.db, scope)
+async def metadata(
+    svc: Service, scope: Scope, base: str, if_none_match: str | None, owner: str | None = None
+) -> Metadata:
+    """The metadata of a study (``scope`` = (study, None, None)), series or instance; ``owner``
+    (DICOMSVC_VISIBILITY=own): of that user's instances only (none: 404)."""
+    version = await studies.version(svc.db, scope, owner)
     if version is None:
         raise NotFound(f"no such {'instance' if scope[2] else 'series' if scope[1] else 'study'}")
-    etag = _etag(scope, version, base)
+    etag = _etag(scope, version, base, owner)
     if etag_matches(if_none_match, etag) or etag_matches(if_none_match, etag[:-1] + '-gzip"'):
         return Metadata(etag, None)
     absolute = absolute_bulk(base)
-    first = await _page(svc, scope, absolute, 0)
-    return Metadata(etag, _stream(svc, scope, absolute, first))
+    first = await _page(svc, scope, absolute, 0, owner)
+    return Metadata(etag, _stream(svc, scope, absolute, first, owner))
 
 
-async def _page(svc: Service, scope: Scope, absolute: str, offset: int) -> tuple[int, str | None]:
-    count, have, text = await studies.metadata_page(svc.db, scope, STORED_BULK, absolute, PAGE, offset)
+async def _page(svc: Service, scope: Scope, absolute: str, offset: int, owner: str | None) -> tuple[int, str | None]:
+    count, have, text = await studies.metadata_page(svc.db, scope, STORED_BULK, absolute, PAGE, offset, owner)
     if have < count:  # stored before ingest kept DICOM JSON: make it now, once
-        missing = await studies.without_metadata(svc.db, scope)
+        missing = await studies.without_metadata(svc.db, scope, owner)
         for start in range(0, len(missing), PAGE):
             made = await svc.cpu(retrieve.stored_metadata, svc.config, missing[start : start + PAGE])
             await instances.store_metadata(svc.db, made)
-        count, have, text = await studies.metadata_page(svc.db, scope, STORED_BULK, absolute, PAGE, offset)
+        count, have, text = await studies.metadata_page(svc.db, scope, STORED_BULK, absolute, PAGE, offset, owner)
     return count, text
 
 
-async def _stream(svc: Service, scope: Scope, absolute: str, first: tuple[int, str | None]) -> AsyncIterator[bytes]:
+async def _stream(
+    svc: Service, scope: Scope, absolute: str, first: tuple[int, str | None], owner: str | None
+) -> AsyncIterator[bytes]:
     count, text = first
     yield b"[" + (text or "").encode()
     offset = count
     while count == PAGE:
-        count, text = await _page(svc, scope, absolute, offset)
+        count, text = await _page(svc, scope, absolute, offset, owner)
         if text:
             yield b"," + text.encode()
         offset += count

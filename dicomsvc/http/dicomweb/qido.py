@@ -383,9 +383,11 @@ async def search(
     base: str,
     study: str | None = None,
     series: str | None = None,
+    owner: str | None = None,
 ) -> Answer:
     """A QIDO-RS search at ``level`` (below ``study``/``series`` when given); ``base`` is the
-    service's own URL (for Retrieve URLs)."""
+    service's own URL (for Retrieve URLs); ``owner`` (DICOMSVC_VISIBILITY=own): only what that
+    user stored is found."""
     query = parse(items, level, svc.config.qido_max_results)
     conditions = list(query.conditions)
     if study is not None:
@@ -395,7 +397,7 @@ async def search(
     extra = sorted({*query.extra_tags, *(_tag_key(k) for k in _stored_keywords(query))})
     rows = await studies.search(
         svc.db, level, conditions, query.limit + 1, query.offset, extra, whole_json=query.include_all,
-        in_study=study is not None,
+        in_study=study is not None, owner=owner,
     )
     warnings = list(query.warnings)
     if len(rows) > query.limit:

@@ -35,6 +35,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response, StreamingResponse  # noqa: E402
 
 from .. import catalog, stow  # noqa: E402
+from ..auth import owner_of  # noqa: E402
 from ..requests import base_url  # noqa: E402
 from . import metadata, qido  # noqa: E402
 
@@ -49,7 +50,7 @@ def _search(level: str):
         p = request.path_params
         answer = await qido.search(
             request.app.state.svc, request.query_params.multi_items(), level, base_url(request),
-            p.get("study"), p.get("series"),
+            p.get("study"), p.get("series"), owner_of(request),
         )  # fmt: skip
         return Response(answer.body, media_type=DICOM_JSON, headers=answer.headers)
 
@@ -60,7 +61,9 @@ def _search(level: str):
 async def get_metadata(request: Request) -> Response:
     p = request.path_params
     scope = (p["study"], p.get("series"), p.get("sop"))
-    found = await metadata.metadata(request.app.state.svc, scope, base_url(request), request.headers.get("if-none-match"))
+    found = await metadata.metadata(
+        request.app.state.svc, scope, base_url(request), request.headers.get("if-none-match"), owner_of(request)
+    )
     headers = {"ETag": found.etag, "Cache-Control": "no-cache"}  # revalidate: a study can grow
     if found.chunks is None:
         return Response(status_code=304, headers=headers)

@@ -60,6 +60,7 @@ from ...imaging import renderings
 from ...service import Service
 from ...storage import instances
 from .. import instances as stored_instances
+from ..auth import owner_of
 from ..requests import etag_matches
 from . import multipart
 from .multipart import EXPLICIT_LE, IMPLICIT_LE, MediaRange, Multipart, parse_accept
@@ -117,10 +118,11 @@ class _Ready:
 
 async def _retrieve(request: Request, study: str, series: str | None = None, sop: str | None = None) -> Response:
     svc: Service = request.app.state.svc
+    owner = owner_of(request)  # DICOMSVC_VISIBILITY=own: others' instances are not there (404)
     if sop is not None:
-        rows = [await _instance(svc, study, series, sop)]
+        rows = [await _instance(svc, study, series, sop, owner)]
     else:
-        rows = await instances.instances_by_uid(svc.db, study, series)
+        rows = await instances.instances_by_uid(svc.db, study, series, owner)
         if not rows:
             raise NotFound("no such series" if series is not None else "no such study")
     ranges = _accept(request)
@@ -153,8 +155,8 @@ def _stored_note(stored: str) -> str:
     return "" if retrieve.decodable(stored) else f"; its pixel data ({stored}) cannot be decoded here"
 
 
-async def _instance(svc: Service, study: str, series: str, sop: str) -> dict:
-    row = await instances.instance_by_uid(svc.db, study, series, sop)
+async def _instance(svc: Service, study: str, series: str, sop: str, owner: str | None) -> dict:
+    row = await instances.instance_by_uid(svc.db, study, series, sop, owner)
     if row is None:
         raise NotFound("no such instance")
     return row
@@ -252,7 +254,7 @@ async def retrieve_frames(request: Request) -> Response:
     p = request.path_params
     numbers = _frame_numbers(p["frames"])
     svc: Service = request.app.state.svc
-    row = await _instance(svc, p["study"], p["series"], p["sop"])
+    row = await _instance(svc, p["study"], p["series"], p["sop"], owner_of(request))
     _check_frames(row, numbers)
     return await _pixel_answer(request, svc, row, numbers, key=",".join(map(str, numbers)), one_native_part=False)
 
@@ -281,7 +283,7 @@ def _check_frames(row: dict, numbers: list[int]) -> int:
 async def retrieve_bulk(request: Request) -> Response:
     p = request.path_params
     svc: Service = request.app.state.svc
-    row = await _instance(svc, p["study"], p["series"], p["sop"])
+    row = await _instance(svc, p["study"], p["series"], p["sop"], owner_of(request))
     element = p["path"].strip("/")
     ranges = _accept(request)
     if element.upper() in PIXEL_PATHS and row["has_pixels"]:
@@ -427,11 +429,12 @@ async def _rendered(request: Request, thumbnail: bool) -> Response:
         if len(numbers) != 1:
             raise BadRequest("a rendered frame is one frame number")
         frame = numbers[0]
+    owner = owner_of(request)
     if "sop" in p:
-        row = await _instance(svc, p["study"], p["series"], p["sop"])
+        row = await _instance(svc, p["study"], p["series"], p["sop"], owner)
         _check_frames(row, [frame])
     else:
-        row = await instances.representative(svc.db, p["study"], p.get("series"))
+        row = await instances.representative(svc.db, p["study"], p.get("series"), owner)
         if row is None:
             level = "series" if "series" in p else "study"
             raise NotFound(f"no such {level}, or no instance with pixel data in it")
