@@ -19,6 +19,8 @@ from dicomsvc.http import catalog, instances, intake, openapi, stow
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
 from dicomsvc.http.auth import AuthMiddleware, owner_of, user_of, warn_if_open
+from dicomsvc.http.requestid import RequestId
+from dicomsvc.http import routing
 from dicomsvc.http.compression import GzipMiddleware
 from dicomsvc.logs import setup_logging
 from dicomsvc.service import open_service
@@ -177,9 +179,13 @@ async def storage_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # The type only: messages can quote values read from a dataset.
-    log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return JSONResponse({"error": "internal", "detail": "internal server error"}, status_code=500)
+    # The type only: messages can quote values read from a dataset; the route template, not the path (UIDs).
+    route = routing.template(request.scope) or "-"
+    log.error("internal error on %s %s: %s", request.method, route, type(exc).__name__)
+    # Answered outside the middleware (Starlette's ServerErrorMiddleware): the request id is added here
+    rid = request.scope.get("state", {}).get("request_id")
+    headers = {"X-Request-ID": rid} if rid else None
+    return JSONResponse({"error": "internal", "detail": "internal server error"}, status_code=500, headers=headers)
 
 
 routes = [
@@ -223,14 +229,17 @@ def create_app(config: Config | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        setup_logging(config.log_level)
+        setup_logging(config.log_level, config.log_format, config.log_file, config.log_file_bytes, config.log_file_count)
         config.log(log)
         warn_if_open(config, log)
         async with open_service(config) as svc, jobs.running(svc), sweep.running(svc):
             app.state.svc = svc
             yield
 
-    middleware = [Middleware(AccessLog)]
+    middleware = [
+        Middleware(RequestId),  # outermost: every answer and log line of the request has its id
+        Middleware(AccessLog),
+    ]
     if config.cors_origins:
         middleware.append(
             Middleware(
@@ -238,7 +247,8 @@ def create_app(config: Config | None = None) -> Starlette:
                 allow_origins=list(config.cors_origins),
                 allow_methods=["GET", "POST", "DELETE"],
                 allow_headers=["*"],  # preflights echo what was asked: Accept with parameters, Authorization
-                expose_headers=["ETag", "Warning", "Content-Location"],  # Warning: QIDO-RS (PS3.18 §8.3.4)
+                # Warning: QIDO-RS (PS3.18 §8.3.4); X-Request-ID: for a browser's error reports
+                expose_headers=["ETag", "Warning", "Content-Location", "X-Request-ID"],
             )
         )
     middleware.append(Middleware(AuthMiddleware, config=config))  # DICOMSVC_AUTH; rules: dicomsvc/http/rules.py

@@ -4,12 +4,19 @@ Logs, metrics and the audit trail name routes by template, never by URL: a path
 holds ids and UIDs, a query string search values (patient IDs, names).
 """
 
+import re
 from collections.abc import Iterable
 from weakref import WeakKeyDictionary
 
 from starlette.routing import BaseRoute, Match, Mount
 
 _templates: "WeakKeyDictionary[object, dict[int, str]]" = WeakKeyDictionary()
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+
+
+def plain(path: str) -> str:
+    """A route path without convertors, as templates are shown: ``{path:path}`` -> ``{path}``."""
+    return _CONVERTOR.sub(r"{\1}", path)
 
 
 def templates(routes: Iterable[BaseRoute], prefix: str = "") -> dict[int, str]:
@@ -19,7 +26,7 @@ def templates(routes: Iterable[BaseRoute], prefix: str = "") -> dict[int, str]:
         if isinstance(route, Mount):
             found |= templates(route.routes, prefix + route.path)
         else:
-            found[id(route)] = prefix + getattr(route, "path", "")
+            found[id(route)] = plain(prefix + getattr(route, "path", ""))
     return found
 
 
@@ -30,7 +37,8 @@ def all_routes(routes: Iterable[BaseRoute], prefix: str = "") -> list[tuple[str,
         if isinstance(route, Mount):
             found += all_routes(route.routes, prefix + route.path)
         else:
-            found.append((prefix + getattr(route, "path", ""), frozenset(getattr(route, "methods", None) or ()), route))
+            methods = frozenset(getattr(route, "methods", None) or ())
+            found.append((plain(prefix + getattr(route, "path", "")), methods, route))
     return found
 
 
@@ -76,7 +84,7 @@ def _match(routes: Iterable[BaseRoute], scope: dict, prefix: str) -> tuple[str |
                     return template, params
             continue
         if kind == Match.FULL:
-            return prefix + route.path, dict(child.get("path_params") or {})
+            return plain(prefix + route.path), dict(child.get("path_params") or {})
         if partial is None:
-            partial = (prefix + route.path, dict(child.get("path_params") or {}))
+            partial = (plain(prefix + route.path), dict(child.get("path_params") or {}))
     return partial if partial is not None else (None, {})
