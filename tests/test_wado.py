@@ -3,6 +3,7 @@ negotiation. Proof with dicomweb-client against a live server, plus the parsing 
 
 import hashlib
 import io
+import time
 import tracemalloc
 
 import numpy as np
@@ -217,6 +218,22 @@ def test_a_big_series_streams_in_flat_memory(live_server, data_dir):
     assert not [p for p in blob_files(data_dir) if ".tmp" in p.parts]  # temporary files removed
 
 
+def test_a_client_that_goes_away_leaves_no_temporary_files(live_server, data_dir):
+    study, series = generate_uid(), generate_uid()
+    pixels = np.random.default_rng(5).integers(0, 4000, size=(512, 1024), dtype=np.int16)
+    for i in range(6):
+        ds = make_ct(pixels, StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=i + 1)
+        post(live_server, encode(ds, implicit=True))  # each one re-encoded to a temporary file
+    url = f"{live_server}/dicomweb/studies/{study}/series/{series}"
+    with requests.get(url, stream=True, headers={"Accept-Encoding": "identity"}) as answer:
+        chunks = answer.iter_content(1 << 16)
+        next(chunks), next(chunks)  # a little of the first instance, then hang up
+    deadline = time.monotonic() + 30  # a liveness bound: the server notices and cleans up
+    while [p for p in blob_files(data_dir) if ".tmp" in p.parts]:
+        assert time.monotonic() < deadline, "temporary files left after the client went away"
+        time.sleep(0.05)
+
+
 # Frames ------------------------------------------------------------------------------------------
 
 
@@ -265,6 +282,7 @@ def test_frames_part_headers_etag_and_errors(client):
     assert client.get(instance_url(original) + "/frames/11").status_code == 404
     assert client.get(instance_url(original) + "/frames/0").status_code == 400
     assert client.get(instance_url(original) + "/frames/1,x").status_code == 400
+    assert client.get(instance_url(original) + "/frames/" + "9" * 5000).status_code == 400  # not a 500
     assert client.get(url, headers={"Accept": 'multipart/related; type="image/jls"'}).status_code == 406
     single = client.get(instance_url(original) + "/frames/3", headers={"Accept": "application/octet-stream"})
     assert single.headers["content-type"].startswith("application/octet-stream")
@@ -295,6 +313,10 @@ def test_retrieve_bulkdata(live_server):
     assert frames == [get_frame(compressed.PixelData, i, number_of_frames=10) for i in range(10)]
     single = requests.get(base + "00880200/0/7FE00010", headers={"Accept": "application/octet-stream"})
     assert single.headers["content-type"] == "application/octet-stream" and single.content == icon.PixelData
+    # a plain fetch (Accept: */*, as OHIF's singlepart "bulkdata" sends) gets the value itself
+    for url, value in ((base + "00880200/0/7FE00010", icon.PixelData), (base + "7FE00010", ds.PixelData)):
+        plain = requests.get(url, headers={"Accept": "*/*"})
+        assert plain.headers["content-type"].startswith("application/octet-stream") and plain.content == value
     assert requests.get(base + "00880200/5/7FE00010").status_code == 404
     assert requests.get(base + "7FE00010", headers={"Accept": "text/html"}).status_code == 406
 
@@ -351,7 +373,8 @@ def test_rendered_and_thumbnails_at_every_level(live_server):
     assert _image(big.content).format == "PNG" and _image(big.content).size == (100, 100)
     etag = requests.get(base + "/rendered").headers["etag"]
     assert requests.get(base + "/rendered", headers={"If-None-Match": etag}).status_code == 304
-    for bad in ({"viewport": "0,10"}, {"viewport": "1,2,3,4,5,6"}, {"window": "1,2,cubic"}, {"quality": "101"}):
+    for bad in ({"viewport": "0,10"}, {"viewport": "1,2,3,4,5,6"}, {"viewport": "\u00b2,8"}, {"window": "1,2,cubic"},
+                {"quality": "101"}, {"window": "1,2,3,4"}):
         answer = requests.get(base + "/rendered", params=bad)
         assert answer.status_code == 400 and answer.json()["error"] == "bad_request"
     assert requests.get(base + "/rendered", headers={"Accept": "image/gif"}).status_code == 406

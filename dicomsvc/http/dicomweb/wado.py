@@ -46,10 +46,10 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -66,8 +66,10 @@ from . import multipart
 from .multipart import EXPLICIT_LE, IMPLICIT_LE, MediaRange, Multipart, parse_accept
 
 log = logging.getLogger("dicomsvc")
+T = TypeVar("T")
 CHUNK = 1 << 20
-FRAMES_RE = re.compile(r"^[0-9]+(,[0-9]+)*$")
+FRAMES_RE = re.compile(r"^[0-9]{1,9}(,[0-9]{1,9})*$")  # 1-based frame numbers
+PIXELS_RE = re.compile(r"^[0-9]{1,9}$")
 DECODE_BATCH_BYTES = 16 << 20  # decoded frames handed back by one worker call, at most (about)
 PIXEL_PATHS = {"7FE00010", "7FE00009", "7FE00008"}  # Pixel Data, Double Float, Float Pixel Data
 
@@ -163,19 +165,23 @@ async def _instance(svc: Service, study: str, series: str, sop: str, owner: str 
 
 
 async def _prepare(svc: Service, plan: _Plan) -> _Ready:
-    """The file to send for ``plan``, open: the stored one, or a temporary re-encoded one."""
+    """The file to send for ``plan``, open: the stored one, or a temporary re-encoded one.
+
+    Cancelled (the client went away) while a worker or a thread still works for it, what
+    they make is removed when they are done; clean-ups here never await (an await in a
+    cancelled request is cancelled at once)."""
     if plan.transcode:
         try:
-            temp = await _cpu_temp(svc, retrieve.write_explicit_le, svc.config, plan.row["dcm_blob"])
+            temp = await _finished(svc.cpu(retrieve.write_explicit_le, svc.config, plan.row["dcm_blob"]), _unlink)
         except FileNotFoundError:  # deleted since it was looked up
             raise NotFound("no such instance") from None
         try:
-            return await svc.io(_open, temp, True)
+            return await _finished(svc.io(_open, temp, True), _Ready.close)
         except BaseException:
-            await svc.io(svc.blobs.discard, temp)
+            temp.unlink(missing_ok=True)
             raise
     try:
-        return await svc.io(_open, svc.blobs.path(plan.row["dcm_blob"]), False)
+        return await _finished(svc.io(_open, svc.blobs.path(plan.row["dcm_blob"]), False), _Ready.close)
     except FileNotFoundError:  # deleted since it was looked up
         raise NotFound("no such instance") from None
 
@@ -185,20 +191,18 @@ def _open(path: Path, temp: bool) -> _Ready:
     return _Ready(path, src, os.fstat(src.fileno()).st_size, temp)
 
 
-async def _cpu_temp(svc: Service, fn: Callable[..., Path], *args) -> Path:
-    """``svc.cpu(fn, *args)`` for a ``fn`` that makes a temporary file: if the caller is
-    cancelled (the client went away) while the worker runs, the file is removed when done."""
-    task = asyncio.ensure_future(svc.cpu(fn, *args))
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+async def _finished(work: Awaitable[T], discard: Callable[[T], None]) -> T:
+    """``await work``; if the caller is cancelled meanwhile, ``discard`` its result once it is made."""
+    future = asyncio.ensure_future(work)
     try:
-        return await asyncio.shield(task)
+        return await asyncio.shield(future)
     except asyncio.CancelledError:
-        task.add_done_callback(_discard_result)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or discard(f.result()))
         raise
-
-
-def _discard_result(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is None:
-        task.result().unlink(missing_ok=True)
 
 
 async def _file_chunks(svc: Service, ready: _Ready) -> AsyncIterator[bytes]:
@@ -206,34 +210,40 @@ async def _file_chunks(svc: Service, ready: _Ready) -> AsyncIterator[bytes]:
         while chunk := await svc.io(ready.file.read, CHUNK):
             yield chunk
     finally:
-        await svc.io(ready.close)
+        ready.close()
 
 
 async def _instances_body(svc: Service, plans: list[_Plan], first: _Ready, writer: Multipart) -> AsyncIterator[bytes]:
     """The multipart body: each instance's part streamed while the next one is prepared."""
     upcoming: asyncio.Task | None = None
-    ready: _Ready | None = first
+    held: list[_Ready] = [first]  # open files (and temporary ones) this body closes
     try:
         for i, plan in enumerate(plans):
+            ready: _Ready | None = first
             if i > 0:
                 ready = await _next(upcoming, plan)
-            upcoming = asyncio.ensure_future(_prepare(svc, plans[i + 1])) if i + 1 < len(plans) else None
+                upcoming = None
+                if ready is not None:
+                    held.append(ready)
+            if i + 1 < len(plans):
+                upcoming = asyncio.ensure_future(_prepare(svc, plans[i + 1]))
             if ready is None:
                 continue
-            current, ready = ready, None
-            yield writer.head(f"application/dicom; transfer-syntax={plan.syntax}", current.size)
-            async for chunk in _file_chunks(svc, current):
+            yield writer.head(f"application/dicom; transfer-syntax={plan.syntax}", ready.size)
+            while chunk := await svc.io(ready.file.read, CHUNK):
                 yield chunk
+            held.remove(ready)
+            ready.close()
         yield writer.tail()
     finally:
-        if ready is not None:
-            await svc.io(ready.close)
+        for ready in held:
+            ready.close()
         if upcoming is not None:
             upcoming.cancel()
             upcoming.add_done_callback(_discard_ready)
 
 
-async def _next(task: asyncio.Task | None, plan: _Plan) -> _Ready | None:
+async def _next(task: asyncio.Task, plan: _Plan) -> _Ready | None:
     """The prepared next instance; None (logged) when it could not be made."""
     try:
         return await task
@@ -262,7 +272,9 @@ async def retrieve_frames(request: Request) -> Response:
 def _frame_numbers(raw: str) -> list[int]:
     """``1`` or ``1,3,5``: 1-based frame numbers (PS3.18 §10.4.1.1.5), in the order asked."""
     if not FRAMES_RE.match(raw) or len(raw) > 10_000:
-        raise BadRequest("frames must be a comma-separated list of frame numbers from 1, e.g. 1 or 1,3,5")
+        raise BadRequest(
+            "frames must be a comma-separated list of frame numbers from 1 (at most 9 digits each), e.g. 1 or 1,3,5"
+        )
     numbers = [int(n) for n in raw.split(",")]
     if min(numbers) < 1:
         raise BadRequest("frame numbers start at 1")
@@ -308,13 +320,11 @@ async def retrieve_bulk(request: Request) -> Response:
 
 def _bulk_multipart(ranges: list[MediaRange]) -> bool:
     """Bulk data (PS3.18 Table 10.4.4-1): multipart/related; type="application/octet-stream"
-    (or any type), or a bare application/octet-stream (single part); else 406."""
+    (or any type), or a bare application/octet-stream or */* (single part); else 406."""
     for r in ranges:
         if r.multipart and (r.part_type is None or multipart._media_matches(r.part_type, multipart.OCTET_STREAM)):
             return True
-        if r.media == "*/*":
-            return True
-        if r.media in (multipart.OCTET_STREAM, "application/*"):
+        if r.media in (multipart.OCTET_STREAM, "application/*", "*/*"):
             return False
     raise NotAcceptable('bulk data is served as multipart/related; type="application/octet-stream" or application/octet-stream')
 
@@ -327,7 +337,9 @@ async def _pixel_answer(
     stored = row["transfer_syntax_uid"] or IMPLICIT_LE
     ranges = _accept(request)
     single_ok = len(numbers) == 1 or one_native_part
-    answer = multipart.frames_representation(ranges, stored, retrieve.decodable(stored), single_part=single_ok)
+    answer = multipart.frames_representation(
+        ranges, stored, retrieve.decodable(stored), single_part=single_ok, bulk=one_native_part
+    )
     if answer is not None and not answer.multipart and not answer.native and len(numbers) > 1:
         answer = None  # several compressed frames need several parts
     if answer is None:
@@ -496,7 +508,7 @@ def _viewport(raw: str) -> tuple[int | None, int | None]:
         part = part.strip()
         if part == "":
             sizes.append(None)
-        elif part.isdigit() and 0 < int(part[:9]) and len(part) <= 9:
+        elif PIXELS_RE.match(part) and int(part) > 0:
             sizes.append(int(part))
         else:
             raise BadRequest("viewport sizes must be positive whole numbers of pixels")
