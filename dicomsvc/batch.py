@@ -258,7 +258,7 @@ def _ingest_item(config: Config, item: Item, study_uid: str | None) -> Result:
 def _link(blobs: BlobStore, item: Item) -> Path:
     """A second name for a spooled part in blob temp space: ingesting moves that name, so
     the part itself stays until its job is done (and can be ingested again after a crash)."""
-    temp = blobs.tmp / f"{os.urandom(12).hex()}.dcm"
+    temp = blobs.temp_path(".dcm")
     os.link(item.path, temp)
     return temp
 

@@ -1,10 +1,12 @@
 """The service's resources, opened in the app's lifespan and passed to every call.
 
 CPU work (parsing, decoding, rendering, PNG encoding, the ingest's SQLite
-insert) runs in a pool of worker processes, so it uses every core and a decoder
-that crashes takes down a worker, not the server; small blocking I/O runs in a
-thread pool. Work handed to a worker finishes even if its client goes away,
-and shutting down waits for it.
+insert) runs in a pool of worker processes (``dicomsvc.workers``), so it uses
+every core, and a decoder that crashes, runs away with memory or takes too long
+costs one worker and one request, never the server; small blocking I/O runs in
+a thread pool. Work handed to a worker finishes even if its client goes away,
+and shutting down waits for it. When a worker dies mid-task, what the task had
+written to blob storage is removed before the request is answered.
 """
 
 import asyncio
@@ -13,37 +15,42 @@ import dataclasses
 import fcntl
 import functools
 import logging
-import multiprocessing
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import Config
-from .errors import InvalidDicom
 from .logs import quiet_pydicom
+from .storage import instances
 from .storage.blobs import BlobStore
 from .storage.sqlite import Database, open_database
+from .workers import Limits, Setup, ThreadPool, WorkerPool
 
 T = TypeVar("T")
 log = logging.getLogger("dicomsvc")
 
 
-def _new_cpu_pool(config: Config) -> Executor:
+def _new_cpu_pool(config: Config) -> WorkerPool | ThreadPool:
+    setup = Setup("dicomsvc.service:init_worker", (config.max_frame_bytes,))
     if config.workers == 0:  # in-process threads: tests, debugging
-        return ThreadPoolExecutor(2, thread_name_prefix="dicomsvc-cpu", initializer=quiet_pydicom)
-    return ProcessPoolExecutor(
-        config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=quiet_pydicom
-    )
+        return ThreadPool(2, setup)
+    limits = Limits(memory=config.worker_memory, timeout=config.worker_timeout)
+    return WorkerPool(config.workers, limits, setup, tmp=config.blob_dir / ".tmp")
 
 
-def _warm_up() -> None:
-    """Import what the pipeline needs, so the first request does not pay for it."""
-    from . import ingest  # noqa: F401
+def init_worker(max_frame_bytes: int) -> None:
+    """Set up a worker (run once in each, under its limits): pydicom kept quiet,
+    DICOMSVC_MAX_FRAME_BYTES, and what the pipeline imports, so the first request
+    does not pay for it."""
+    quiet_pydicom()
+    from . import ingest, retrieve  # noqa: F401
+    from .imaging import decode
+
+    decode.set_max_frame_bytes(max_frame_bytes)
 
 
 @dataclass
@@ -51,28 +58,29 @@ class Service:
     config: Config
     db: Database
     blobs: BlobStore
-    cpu_pool: Executor
+    cpu_pool: WorkerPool | ThreadPool
     io_pool: ThreadPoolExecutor
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # a background job is queued
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU-bound ``fn(*args)`` in a worker process (arguments and result are pickled)."""
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            pool = self.cpu_pool
-            try:
-                return await loop.run_in_executor(pool, functools.partial(fn, *args))
-            except BrokenProcessPool:
-                # A worker died (a decoder crashed on some input). Replace the pool and
-                # try once more: requests that merely shared the pool then succeed, and
-                # the input that kills a worker twice is refused.
-                if self.cpu_pool is pool:
-                    log.error("a worker process died; starting a new pool")
-                    self.cpu_pool = _new_cpu_pool(self.config)
-                    pool.shutdown(wait=False)
-                if attempt == 2:
-                    raise InvalidDicom("the file crashed the DICOM reader or decoder") from None
-        raise AssertionError("unreachable")
+        """Run CPU-bound ``fn(*args)`` in a worker process (arguments and result are pickled).
+
+        Past DICOMSVC_WORKER_MEMORY the answer is ``WorkerMemory`` (413), past
+        DICOMSVC_WORKER_TIMEOUT ``Busy`` (503); a worker that dies (a decoder's crash)
+        fails its own task only, ``InvalidDicom`` (422). The worker is replaced."""
+        return await self.cpu_pool.run(fn, *args)
+
+    async def remove_task_leftovers(self, tag: str) -> None:
+        """Remove what the worker task ``tag`` wrote before its worker died: its temporary
+        files, and the blobs it had renamed into place that no row points at."""
+        temps, keys = await self.io(self.blobs.task_leftovers, tag)
+        ids = sorted({Path(key).name.split(".", 1)[0] for key in keys})
+        known = await instances.known_ids(self.db, ids) if ids else set()
+        orphans = [key for key in keys if Path(key).name.split(".", 1)[0] not in known]
+        await self.io(BlobStore.discard, *temps)
+        await self.io(self.blobs.remove, *orphans)
+        if temps or orphans:
+            log.info("removed %d temporary file(s) and %d blob(s) of a task whose worker died", len(temps), len(orphans))
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run small blocking I/O ``fn(*args)`` in a thread."""
@@ -143,8 +151,11 @@ async def _open_service(config: Config) -> AsyncIterator[Service]:
     db = await open_database(config.db_path)
     try:
         cpu_pool = _new_cpu_pool(config)
-    except BaseException:
+        await cpu_pool.start()
+    except BaseException as exc:
         await db.close()
+        if isinstance(exc, RuntimeError):  # a worker that cannot start
+            raise StartupError(str(exc)) from None
         raise
     svc = Service(
         config=config,
@@ -153,10 +164,11 @@ async def _open_service(config: Config) -> AsyncIterator[Service]:
         cpu_pool=cpu_pool,
         io_pool=ThreadPoolExecutor(4, thread_name_prefix="dicomsvc-io"),
     )
+    if isinstance(cpu_pool, WorkerPool):
+        cpu_pool.on_lost = svc.remove_task_leftovers
     try:
-        await asyncio.gather(*(svc.cpu(_warm_up) for _ in range(max(config.workers, 1))))
         yield svc
     finally:
-        await asyncio.to_thread(svc.cpu_pool.shutdown, wait=True)
+        await svc.cpu_pool.close()
         await asyncio.to_thread(svc.io_pool.shutdown, wait=True)
         await db.close()

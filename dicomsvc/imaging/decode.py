@@ -1,6 +1,8 @@
 """Decoding one frame of pixel data, reading only what that frame needs.
 
 Every transfer syntax pydicom decodes with the pylibjpeg, openjpeg and RLE plugins.
+Before a decoder sees a frame, its decoded size is checked against the limit and a
+compressed frame's own header against the data set (``precheck``).
 """
 
 import re
@@ -9,11 +11,22 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..dicom.parse import Parsed
-from ..errors import NoPixelData, UnsupportedTransferSyntax
+from ..errors import DicomSvcError, NoPixelData, UnsupportedTransferSyntax, WorkerMemory
+from . import precheck
+
+# DICOMSVC_MAX_FRAME_BYTES for this process: the service sets it in each worker
+_max_frame_bytes = precheck.DEFAULT_MAX_FRAME_BYTES
+
+
+def set_max_frame_bytes(limit: int) -> None:
+    """The largest decoded frame this process will decode (DICOMSVC_MAX_FRAME_BYTES)."""
+    global _max_frame_bytes
+    _max_frame_bytes = limit
 
 
 def frame_count(ds: Dataset) -> int:
@@ -58,13 +71,47 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = T
             src = open(path, "rb")
             src.seek(pixel.offset)
         try:
+            frame = _precheck(tsyntax, src, index, opts)
+            if frame is not None and src is not ds:  # decode the bytes checked: read once
+                src.close()
+                src, index = encapsulate([frame], has_bot=False), 0
+                opts = {k: v for k, v in opts.items() if k != "extended_offsets"} | {"number_of_frames": 1}
             arr, _ = decoder.as_array(src, index=index, validate=True, as_rgb=as_rgb, **opts)
         finally:
-            if src is not ds:
+            if src is not ds and not isinstance(src, bytes):
                 src.close()
+    except DicomSvcError:
+        raise
+    except MemoryError:  # over the worker's memory limit: the service answers 413
+        raise WorkerMemory("decoding the frame needed more memory than a worker may use") from None
     except Exception as exc:  # unsupported syntax, missing plugin, corrupt or short data
         raise UnsupportedTransferSyntax(_decode_failure(tsyntax, exc)) from None
+    except BaseException as exc:
+        # pylibjpeg-rle (Rust, pyo3) panics on some corrupt segments with
+        # pyo3_runtime.PanicException, a BaseException that `except Exception` misses
+        if type(exc).__module__ != "pyo3_runtime":
+            raise
+        raise UnsupportedTransferSyntax(_decode_failure(tsyntax, exc)) from None
     return arr
+
+
+def _precheck(tsyntax: UID, src: object, index: int, opts: dict) -> bytes | None:
+    """Refuse, before decoding, a frame over DICOMSVC_MAX_FRAME_BYTES or a compressed frame
+    whose header disagrees with the data set (``precheck``). ``src`` is the dataset or the
+    file positioned at the pixel data's value. Returns the compressed frame checked (read
+    as pydicom's decoder would: ``get_frame``), None for native data."""
+    geom = precheck.geometry(opts)
+    if geom is not None:  # else a missing or malformed value: the decoder's validation refuses it
+        precheck.check_size(geom, _max_frame_bytes)
+    if not tsyntax.is_encapsulated:
+        return None
+    buffer = src.PixelData if isinstance(src, Dataset) else src
+    frame = get_frame(
+        buffer, index, number_of_frames=opts.get("number_of_frames"), extended_offsets=opts.get("extended_offsets")
+    )
+    if geom is not None:
+        precheck.check_codestream(tsyntax, frame, geom)
+    return frame
 
 
 def _pixel_options(ds: Dataset, **kwargs) -> dict:
@@ -100,4 +147,6 @@ def _guess_syntax(ds: Dataset) -> str:
 def _decode_failure(tsyntax: str, exc: Exception) -> str:
     name = getattr(tsyntax, "name", "") or str(tsyntax)
     message = " ".join(str(exc).split())[:300]
+    if "MemoryError" in message or "Unable to allocate" in message:  # pydicom wraps a plugin's
+        raise WorkerMemory("decoding the frame needed more memory than a worker may use")
     return f"pixel data ({name}) could not be decoded: {type(exc).__name__}: {message}"

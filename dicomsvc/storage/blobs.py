@@ -3,6 +3,11 @@
 Blobs are written under ``<root>/.tmp`` and renamed into place, so a reader
 never sees half a file; whatever is left in ``.tmp`` after a crash is removed
 at the next start.
+
+In a worker process, what a task writes carries the task's tag (``begin_task``):
+its temporary files are named ``<tag>-...``, and each blob it renames into place
+is noted in ``.tmp/<tag>.placed`` first. When a worker dies mid-task, the
+service removes those (``task_leftovers``) before it answers the request.
 """
 
 import os
@@ -15,6 +20,22 @@ from typing import BinaryIO
 from ..errors import TooLarge
 
 COPY_CHUNK = 1 << 20
+
+_task: str | None = None  # the tag of the worker task running in this process
+
+
+def begin_task(tag: str | None) -> None:
+    """From now on, this process writes for the task ``tag`` (None: no task)."""
+    global _task
+    _task = tag
+
+
+def end_task(tmp: Path) -> None:
+    """The task finished (answered, even with an error): its notes are no longer needed."""
+    global _task
+    if _task is not None:
+        (tmp / f"{_task}.placed").unlink(missing_ok=True)
+    _task = None
 
 
 class BlobStore:
@@ -37,8 +58,27 @@ class BlobStore:
 
     def create_temp(self, suffix: str) -> tuple[Path, BinaryIO]:
         """A new, exclusively created file in temp space (cheaper than mkstemp)."""
-        path = self.tmp / f"{secrets.token_hex(12)}{suffix}"
+        path = self.temp_path(suffix)
         return path, open(path, "xb")
+
+    def temp_path(self, suffix: str) -> Path:
+        """A new name in temp space, carrying the running task's tag."""
+        prefix = f"{_task}-" if _task else ""
+        return self.tmp / f"{prefix}{secrets.token_hex(12)}{suffix}"
+
+    def task_leftovers(self, tag: str) -> tuple[list[Path], list[str]]:
+        """What the task ``tag`` left: its temporary files, and the keys of the blobs it
+        renamed (or was about to rename) into place, which no row may point at."""
+        try:
+            names = os.listdir(self.tmp)
+        except FileNotFoundError:
+            return [], []
+        temps = [self.tmp / n for n in names if n.startswith(f"{tag}-") or n == f"{tag}.placed"]
+        try:
+            keys = (self.tmp / f"{tag}.placed").read_text().split()
+        except FileNotFoundError:
+            keys = []
+        return temps, keys
 
     def write_temp(self, data: bytes, suffix: str = "") -> Path:
         """``data`` in a new temporary blob; on any error (a full disk) none is left."""
@@ -74,8 +114,11 @@ class BlobStore:
         return path
 
     def commit(self, temp: Path, key: str) -> None:
-        """Rename a temporary blob into place."""
+        """Rename a temporary blob into place (in a worker task, noting its key first)."""
         final = self.path(key)
+        if _task is not None:
+            with open(self.tmp / f"{_task}.placed", "a") as note:
+                note.write(key + "\n")
         try:
             os.replace(temp, final)
         except FileNotFoundError:  # the first blob of its two-character folder

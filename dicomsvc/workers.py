@@ -1,0 +1,400 @@
+"""Worker processes for CPU work: one task at a time on a known worker, under limits.
+
+Not ``concurrent.futures.ProcessPoolExecutor``: there a running task cannot be
+stopped (only the whole pool can be broken), and when one worker dies every
+task in flight fails with it. Here each worker is a spawned process with its
+own pipe, and the server hands it one task at a time, so a death or a timeout
+belongs to exactly one task:
+
+* memory: each worker's address space is capped (``RLIMIT_AS``,
+  DICOMSVC_WORKER_MEMORY). An allocation past it fails; a ``MemoryError`` that
+  escapes the task is answered 413 ``too_large`` and the worker is replaced.
+* time: a task running longer than DICOMSVC_WORKER_TIMEOUT has its worker
+  killed (SIGKILL) and replaced; it is answered 503 ``busy``.
+* a worker that dies otherwise (a decoder's segfault or abort) fails its task
+  alone: 422 ``invalid_dicom``; one killed by someone else (the kernel's OOM
+  killer) 413.
+* workers die with the server, kill -9 included: each asks the kernel for
+  SIGKILL when its parent goes (``PR_SET_PDEATHSIG``), and an idle worker also
+  leaves when its pipe reaches end of file.
+
+``PR_SET_PDEATHSIG`` fires when the *thread* that started the worker exits, not
+the process: workers are only ever started from the thread running the event
+loop (``WorkerPool.start`` and the replacements in ``run``), which lives as long
+as the service.
+
+When a task's worker dies or is killed, ``on_lost(tag)`` runs before the task is
+answered, so the service can remove what the task had written (``dicomsvc.storage.blobs``
+names a task's files after its tag).
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import importlib
+import logging
+import multiprocessing
+import os
+import pickle
+import resource
+import secrets
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import Busy, DicomSvcError, InvalidDicom, WorkerMemory
+from .storage import blobs
+
+log = logging.getLogger("dicomsvc")
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+START_TIMEOUT = 120.0  # seconds a new worker may take to import what it needs
+STOP_TIMEOUT = 10.0  # seconds a worker may take to leave at shutdown before it is killed
+STOP = b"stop"  # the message that ends a worker (tasks are pickles, never this)
+# Libraries that start a thread per CPU at import, each reserving address space
+# (OpenBLAS: ~40 MB a thread): one is plenty for a worker, and keeps RLIMIT_AS honest
+ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int = 0  # bytes of address space per worker (RLIMIT_AS); 0: none
+    timeout: float = 0  # seconds per task; 0: none
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a worker runs once before its first task: ``module:function`` and its
+    arguments, imported only after the limits are in place."""
+
+    initializer: str = ""
+    args: tuple = ()
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an unexpected error in a worker, as its ``__cause__``."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+# The worker side ---------------------------------------------------------------------------
+
+
+def _worker_main(conn, parent_pid: int, limits: Limits, setup: Setup) -> None:
+    """A worker's life: die with the parent, take the limits, set up, then serve tasks."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    for name in ONE_THREAD:
+        os.environ.setdefault(name, "1")
+    if limits.memory:
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
+    if setup.initializer:
+        module, _, function = setup.initializer.partition(":")
+        getattr(importlib.import_module(module), function)(*setup.args)
+    conn.send_bytes(pickle.dumps(("ready", os.getpid())))
+    _serve(conn)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL when the parent goes (Linux); if it already went, leave now."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # died before the request took effect
+        os._exit(0)
+
+
+def _serve(conn) -> None:
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):  # the server is gone
+            os._exit(0)
+        if data == STOP:
+            return
+        reply, retire = _run_task(data)
+        try:
+            payload = pickle.dumps(reply)
+        except Exception:  # an exception that does not pickle: its name and message
+            error = reply[1]
+            payload = pickle.dumps(("error", RuntimeError(f"{type(error).__name__}: {error}"), reply[2]))
+        try:
+            conn.send_bytes(payload)
+        except OSError:
+            os._exit(0)
+        if retire:
+            return
+
+
+def _run_task(data: bytes) -> tuple[tuple, bool]:
+    """The reply to one task, and whether this worker should leave after sending it."""
+    tmp = None
+    try:
+        fn, args, tag, tmp = pickle.loads(data)
+        blobs.begin_task(tag)
+        return ("ok", fn(*args)), False
+    except MemoryError:  # past RLIMIT_AS: answered 413, and a fresh worker takes over
+        return ("memory", None), True
+    except DicomSvcError as exc:
+        return ("error", exc, None), False
+    except BaseException as exc:  # a bug, or a decoder's panic (a BaseException)
+        return ("error", exc, "".join(traceback.format_exception(exc))), False
+    finally:
+        if tmp is None:
+            blobs.begin_task(None)
+        else:
+            with contextlib.suppress(OSError):
+                blobs.end_task(tmp)
+
+
+# The server side ---------------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, process: multiprocessing.process.BaseProcess, conn) -> None:
+        self.process = process
+        self.conn = conn
+        self.ready = False
+        self.retire = False  # replace it after this task
+        self.killed = False  # by us (time limit)
+
+    def kill(self) -> None:
+        self.killed = True
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+        self.process.join(STOP_TIMEOUT)
+
+
+class WorkerPool:
+    """``size`` worker processes; ``await run(fn, *args)`` runs ``fn(*args)`` in one of them.
+
+    Arguments and results are pickled. A task handed to a worker finishes (or hits a
+    limit) even if its caller is cancelled; one still waiting for a worker does not start.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        limits: Limits,
+        setup: Setup = Setup(),
+        tmp: Any = None,
+        on_lost: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.size = max(size, 1)
+        self.limits = limits
+        self.setup = setup
+        self.tmp = tmp  # the blob temp folder, where workers' task notes live
+        self.on_lost = on_lost
+        self._context = multiprocessing.get_context("spawn")
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="dicomsvc-worker")
+        self._running: set[asyncio.Task] = set()
+        self._workers: set[_Worker] = set()  # idle and busy
+        self._thread: int | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start the workers and wait until each is ready; a worker that cannot start
+        (too small a DICOMSVC_WORKER_MEMORY, say) is an error."""
+        self._thread = threading.get_ident()
+        workers = [self._spawn() for _ in range(self.size)]
+        loop = asyncio.get_running_loop()
+        started = await asyncio.gather(
+            *(loop.run_in_executor(self._threads, self._wait_ready, w) for w in workers), return_exceptions=True
+        )
+        failed = [w for w, ok in zip(workers, started) if ok is not True]
+        if failed:
+            for worker in workers:
+                await loop.run_in_executor(self._threads, worker.kill)
+            self._threads.shutdown()
+            code = failed[0].process.exitcode
+            raise RuntimeError(f"a worker process could not start (exit code {code}); is DICOMSVC_WORKER_MEMORY too small?")
+        for worker in workers:
+            self._idle.put_nowait(worker)
+
+    def pids(self) -> list[int]:
+        """The process ids of the workers, idle or busy (for tests and diagnostics)."""
+        return [w.process.pid for w in self._workers]
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("the worker pool is closed")
+        worker = await self._idle.get()  # cancellable: the task has not started
+        while not worker.process.is_alive():  # killed from outside while idle: not this task's doing
+            worker = self._replace(worker)
+        task = asyncio.create_task(self._run_on(worker, fn, args))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Let running tasks finish, then stop every worker."""
+        self._closed = True
+        if self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        workers = []
+        while not self._idle.empty():
+            workers.append(self._idle.get_nowait())
+        await asyncio.gather(*(loop.run_in_executor(self._threads, self._stop, w) for w in workers))
+        self._threads.shutdown(wait=True)
+
+    # internals
+
+    def _spawn(self) -> _Worker:
+        # PR_SET_PDEATHSIG is tied to the starting thread: always the event loop's
+        assert threading.get_ident() == self._thread, "workers are started from the event loop thread"
+        ours, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(theirs, os.getpid(), self.limits, self.setup),
+            name="dicomsvc-worker",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        worker = _Worker(process, ours)
+        self._workers.add(worker)
+        return worker
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        """Stop ``worker`` for good and start another (in the loop thread)."""
+        self._workers.discard(worker)
+        if worker.process.is_alive():
+            worker.process.kill()
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        log.warning("a worker process stopped (%s); starting another", _why(worker))
+        if worker.process.exitcode is not None:
+            worker.process.close()
+        return self._spawn()
+
+    def _wait_ready(self, worker: _Worker) -> bool:
+        """Block until the worker says it is ready (in a thread); False if it died first."""
+        if worker.ready:
+            return True
+        try:
+            if not worker.conn.poll(START_TIMEOUT):
+                worker.kill()
+                return False
+            kind, _ = pickle.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            worker.process.join(STOP_TIMEOUT)
+            return False
+        worker.ready = kind == "ready"
+        return worker.ready
+
+    def _stop(self, worker: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            worker.conn.send_bytes(STOP)
+        worker.process.join(STOP_TIMEOUT)
+        if worker.process.is_alive():
+            worker.kill()
+        worker.conn.close()
+        self._workers.discard(worker)
+
+    async def _run_on(self, worker: _Worker, fn: Callable[..., Any], args: tuple) -> Any:
+        tag = f"t{secrets.token_hex(8)}"
+        loop = asyncio.get_running_loop()
+        try:
+            reply = await loop.run_in_executor(self._threads, self._exchange, worker, (fn, args, tag, self.tmp))
+        finally:
+            self._give_back(worker)
+        kind = reply[0]
+        if kind == "ok":
+            return reply[1]
+        if kind == "error":
+            exc, remote = reply[1], reply[2]
+            if remote:
+                exc.__cause__ = RemoteTraceback(remote)
+            raise exc
+        if kind != "memory" and self.on_lost is not None:  # the worker died mid-task
+            try:
+                await self.on_lost(tag)
+            except Exception:
+                log.exception("could not remove what a task left when its worker died")
+        raise _lost(kind, reply[1], self.limits)
+
+    def _exchange(self, worker: _Worker, task: tuple) -> tuple:
+        """Hand ``task`` to the worker and wait for its reply (in a thread)."""
+        payload = pickle.dumps(task)  # an argument that does not pickle fails here, in the caller
+        if not self._wait_ready(worker):
+            return ("died", worker.process.exitcode)
+        try:
+            worker.conn.send_bytes(payload)
+            if not worker.conn.poll(self.limits.timeout or None):
+                worker.kill()
+                return ("timeout", None)
+            reply = pickle.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            worker.process.join(STOP_TIMEOUT)
+            return ("killed" if worker.process.exitcode == -signal.SIGKILL else "died", worker.process.exitcode)
+        if reply[0] == "memory":
+            worker.retire = True
+            worker.process.join(STOP_TIMEOUT)  # it leaves by itself after answering
+        return reply
+
+    def _give_back(self, worker: _Worker) -> None:
+        """Back to the idle queue, or a fresh worker in its place (in the loop thread)."""
+        if not worker.retire and not worker.killed and worker.process.is_alive():
+            self._idle.put_nowait(worker)
+        elif self._closed:
+            self._workers.discard(worker)
+            worker.process.kill()
+        else:
+            self._idle.put_nowait(self._replace(worker))
+
+
+def _why(worker: _Worker) -> str:
+    if worker.killed:
+        return "killed: over the time limit"
+    if worker.retire:
+        return "out of memory"
+    code = worker.process.exitcode
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def _lost(kind: str, exitcode: int | None, limits: Limits) -> DicomSvcError:
+    """The answer for a task whose worker did not answer."""
+    if kind == "timeout":
+        return Busy(f"the work took longer than the limit of {limits.timeout:g} s (DICOMSVC_WORKER_TIMEOUT); its worker was stopped")
+    if kind == "memory":
+        return WorkerMemory(f"the work needed more memory than the limit of {limits.memory} bytes (DICOMSVC_WORKER_MEMORY)")
+    if kind == "killed":
+        return WorkerMemory("the worker was killed (SIGKILL) by the system, most likely for using too much memory")
+    how = f"signal {signal.Signals(-exitcode).name}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    return InvalidDicom(f"the file crashed the DICOM reader or decoder (its worker process died: {how})")
+
+
+class ThreadPool:
+    """The same interface in threads of this process (DICOMSVC_WORKERS=0: tests, debugging).
+    No limits: a thread can be neither capped nor killed."""
+
+    def __init__(self, size: int, setup: Setup = Setup()) -> None:
+        self.setup = setup
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="dicomsvc-cpu")
+
+    async def start(self) -> None:
+        if self.setup.initializer:
+            module, _, function = self.setup.initializer.partition(":")
+            getattr(importlib.import_module(module), function)(*self.setup.args)
+
+    def pids(self) -> list[int]:
+        return []
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._executor.shutdown, wait=True)

@@ -1,0 +1,208 @@
+"""The worker backstop: memory and time limits, a task's leftovers, workers dying with the server."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+import bombs
+import workertasks
+from app import create_app
+from dicomfiles import blob_files, make_ct, save
+from dicomsvc.config import Config
+from dicomsvc.errors import Busy, InvalidDicom, WorkerMemory
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def limited_client(data_dir: Path, import_root: Path, **settings: str) -> TestClient:
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "2"}
+    return TestClient(create_app(Config.from_env(env | {f"DICOMSVC_{k}": v for k, v in settings.items()})))
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by whoever adopted it, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def still_works(client: TestClient, import_root: Path) -> None:
+    assert client.get("/healthz").status_code == 200
+    save(make_ct(), import_root / "normal.dcm")
+    created = client.post("/dicom", json={"path": "normal.dcm"})
+    assert created.status_code == 201, created.text
+    assert client.get("/image", params={"id": created.json()["id"]}).status_code == 200
+
+
+def test_a_task_over_the_memory_limit_is_413_and_its_worker_replaced(data_dir, import_root):
+    with limited_client(data_dir, import_root, WORKER_MEMORY=str(1 << 30)) as client:
+        svc = client.app.state.svc
+        before = set(svc.cpu_pool.pids())
+        with pytest.raises(WorkerMemory, match="DICOMSVC_WORKER_MEMORY"):
+            client.portal.call(svc.cpu, workertasks.allocate_forever)
+        after = set(svc.cpu_pool.pids())
+        assert len(after) == 2 and len(before - after) == 1  # one worker replaced
+        assert not alive((before - after).pop())
+        still_works(client, import_root)
+
+
+def test_a_decoder_over_the_memory_limit_is_413_over_http(data_dir, import_root):
+    """With the frame-size check out of the way, a JPEG whose header and data set agree on
+    65535 x 65535 x 3 makes the decoder allocate 12 GiB: the worker's address-space limit
+    stops it, not the machine."""
+    bombs.jpeg_sof0_agreed(import_root / "claims.dcm")
+    with limited_client(data_dir, import_root, WORKER_MEMORY=str(1 << 30), MAX_FRAME_BYTES=str(1 << 40)) as client:
+        created = client.post("/dicom", json={"path": "claims.dcm"})
+        assert created.status_code == 201, created.text  # stored, with a warning and no PNG
+        assert "memory" in created.json()["warnings"][0]
+        pixels = client.get(f"/dicom/{created.json()['id']}/pixels")
+        assert (pixels.status_code, pixels.json()["error"]) == (413, "too_large"), pixels.text
+        still_works(client, import_root)
+
+
+def test_a_task_over_the_time_limit_is_503_busy_and_only_it_fails(data_dir, import_root):
+    with limited_client(data_dir, import_root, WORKER_TIMEOUT="2") as client:
+        svc = client.app.state.svc
+        before = set(svc.cpu_pool.pids())
+        with ThreadPoolExecutor(1) as pool:
+            sleeper = pool.submit(client.portal.call, svc.cpu, workertasks.sleep, 3600)
+            still_works(client, import_root)  # on the other worker, meanwhile
+            with pytest.raises(Busy, match="DICOMSVC_WORKER_TIMEOUT"):
+                sleeper.result(timeout=300)
+        after = set(svc.cpu_pool.pids())
+        assert len(after) == 2 and len(before - after) == 1
+        assert not alive((before - after).pop())  # killed, not left running
+        assert client.portal.call(svc.cpu, workertasks.sleep, 0) == "woke up"
+    assert Busy.status == 503 and Busy.code == "busy"
+
+
+@pytest.mark.parametrize(
+    "when, how",
+    [("spooled", "exit"), ("placed", "exit"), ("placed", "hang"), ("committed", "exit")],
+)
+def test_a_worker_dying_mid_ingest_leaves_no_orphans(data_dir, import_root, tmp_path, when, how):
+    """Whatever the task wrote is gone when the request is answered, unless its row committed."""
+    with limited_client(data_dir, import_root, WORKER_TIMEOUT="3") as client:
+        svc = client.app.state.svc
+        temp = svc.blobs.tmp / "upload-test.dcm"  # as an upload is spooled, by the server
+        save(make_ct(), tmp_path / "ct.dcm")
+        shutil.copyfile(tmp_path / "ct.dcm", temp)
+        expected = Busy if how == "hang" else InvalidDicom
+        with pytest.raises(expected):
+            client.portal.call(svc.cpu, workertasks.ingest_then_stop, svc.config, temp, when, how)
+        temp.unlink(missing_ok=True)  # the server's own spool, as intake removes it
+        stored = [p for p in blob_files(data_dir) if ".tmp" not in p.parts]
+        assert not [p for p in blob_files(data_dir) if ".tmp" in p.parts]
+        if when == "committed":  # a whole record: kept
+            assert sorted(p.suffix for p in stored) == [".dcm", ".png"]
+            assert client.get("/stats").json()["instances"] == 1
+        else:
+            assert stored == []
+        still_works(client, import_root)
+
+
+def test_a_decoder_panic_is_a_warning_then_415_in_worker_processes(process_client, import_root):
+    bombs.rle_panic(import_root / "panic.dcm")
+    created = process_client.post("/dicom", json={"path": "panic.dcm"})
+    assert created.status_code == 201, created.text
+    assert "PanicException" in created.json()["warnings"][0]
+    instance = created.json()["id"]
+    for url in ("/image", f"/dicom/{instance}/pixels"):
+        answer = process_client.get(url, params={"id": instance} if url == "/image" else None)
+        assert (answer.status_code, answer.json()["error"]) == (415, "unsupported_transfer_syntax"), url
+    still_works(process_client, import_root)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return found
+
+
+def test_workers_die_with_a_killed_server(tmp_path):
+    from test_jobs import free_port
+
+    env = dict(os.environ) | {
+        "DICOMSVC_DATA_DIR": str(tmp_path / "data"),
+        "DICOMSVC_IMPORT_ROOT": str(tmp_path / "import"),
+        "DICOMSVC_WORKERS": "2",
+        "DICOMSVC_LOG_LEVEL": "warning",
+    }
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        spawned = children(server.pid)  # the two workers and multiprocessing's resource tracker
+        assert len(spawned) >= 2
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+    deadline = time.monotonic() + 10  # a liveness bound: they go at once
+    while any(alive(pid) for pid in spawned) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in spawned if alive(pid)]
+
+
+BUSY_POOL = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+import workertasks
+from dicomsvc.workers import Limits, WorkerPool
+
+async def main():
+    pool = WorkerPool(2, Limits())
+    await pool.start()
+    busy = asyncio.ensure_future(pool.run(workertasks.sleep, 3600))
+    await asyncio.sleep(0.5)
+    print(*pool.pids(), flush=True)
+    await busy
+
+asyncio.run(main())
+"""
+
+
+def test_busy_workers_die_with_a_killed_parent(tmp_path):
+    """An idle worker leaves when its pipe closes; a busy one (here: asleep in a task) is
+    killed by the kernel (PR_SET_PDEATHSIG)."""
+    script = BUSY_POOL.format(tests=str(Path(__file__).parent))
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        parent.stdout.close()
+    deadline = time.monotonic() + 10  # a liveness bound: they go at once
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if alive(pid)]

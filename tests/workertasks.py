@@ -1,0 +1,54 @@
+"""Task functions for worker-process tests: they must be importable by a spawned worker
+(tests/ is on its sys.path), so they live here rather than in a test module."""
+
+import os
+import time
+from pathlib import Path
+
+from dicomsvc import ingest
+from dicomsvc.config import Config
+from dicomsvc.storage import instances
+from dicomsvc.storage.blobs import BlobStore
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def allocate_forever() -> None:
+    """A decoder that allocates without bound: 64 MiB at a time until the limit stops it."""
+    held = []
+    while True:
+        held.append(bytearray(64 << 20))
+
+
+def sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "woke up"
+
+
+def die_or_hang(how: str) -> None:
+    if how == "exit":
+        os._exit(9)  # as a segfaulting decoder would
+    time.sleep(3600)  # until the time limit kills the worker
+
+
+def ingest_then_stop(config: Config, temp: Path, when: str, how: str) -> None:
+    """Ingest ``temp``, but stop the worker (``how``: "exit" or "hang") at ``when``:
+    "spooled" (a temporary copy written), "placed" (blobs renamed into place, no row yet)
+    or "committed" (the row committed)."""
+    if when == "spooled":
+        with open(temp, "rb") as src:
+            BlobStore(config.blob_dir).spool(src, 1 << 30)
+        die_or_hang(how)
+    real_insert = instances.insert_instance
+
+    def insert(*args, **kwargs):
+        if when == "placed":
+            die_or_hang(how)
+        stored = real_insert(*args, **kwargs)
+        die_or_hang(how)
+        return stored
+
+    instances.insert_instance = insert  # in this worker only, which does not survive it
+    ingest.ingest_file(config, temp, "test")
