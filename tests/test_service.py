@@ -51,7 +51,7 @@ def test_concurrent_posts_in_worker_processes(process_client, import_root, data_
 def test_a_crashing_worker_is_replaced(process_client, put):
     svc = process_client.app.state.svc
     with pytest.raises(InvalidDicom, match="crashed"):
-        process_client.portal.call(svc.cpu, os._exit, 3)  # kills the worker, twice
+        process_client.portal.call(svc.cpu, os._exit, 3)  # kills its worker: this task fails alone
     assert process_client.post("/dicom", json={"path": put("CT_small.dcm")}).status_code == 201
 
 
