@@ -328,6 +328,17 @@ def test_cache_key_is_unique_per_rendering():
         assert SAFE.match(key) and len(key) < 100 and not key.startswith(("-", ".")), key
 
 
+def test_thumbnails_are_box_reduced_then_lanczos():
+    full = parse(width="64", height="64", format="png")
+    thumb = dataclasses.replace(full, thumbnail=True)
+    assert cache_key(thumb) == "f1-s64x64-t-png" != cache_key(full) and SAFE.match(cache_key(thumb))
+    path, parsed = instance("CT_small.dcm")  # 128 x 128: a factor of 2, one box reduction
+    shown = display("CT_small.dcm")
+    box = shown.astype(np.float64).reshape(64, 2, 64, 2).mean(axis=(1, 3))
+    assert np.abs(pixels(render(path, parsed, thumb)).astype(np.float64) - box).max() <= 1
+    assert not np.array_equal(pixels(render(path, parsed, thumb)), pixels(render(path, parsed, full)))
+
+
 def test_a_voi_lut_function_replaces_the_files():
     """DICOMweb's window=center,width,function (PS3.18 §8.3.5.1.3): RenderParams.function."""
     window = parse(window="40,400")

@@ -478,8 +478,8 @@ def render_params(query, accept: str | None, config, frame: int, thumbnail: bool
     if query.get("quality") is not None:
         asked["quality"] = query["quality"]
     params = renderings.parse_params(asked, None, config.render_max_size)
-    if function is not None:
-        params = dataclasses.replace(params, function=function)
+    if function is not None or thumbnail:
+        params = dataclasses.replace(params, function=function, thumbnail=thumbnail)
     return params
 
 
