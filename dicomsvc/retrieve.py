@@ -72,6 +72,22 @@ def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderPara
     path = blobs.path(dcm_blob)
     with deleted_is_404(path):
         body = renderings.render(path, read(path), params)
+    _keep(blobs, body, params, cached)
+    return body
+
+
+def rerender_and_keep(config: Config, png_blob: str, params: renderings.RenderParams, cached: Path) -> bytes:
+    """As ``render_and_keep``, for frame 1 with the file's own VOI (DICOMweb thumbnails): made
+    from the PNG stored at ingest, its display pixels -- a 512 x 512 CT's in half the time."""
+    blobs = BlobStore(config.blob_dir)
+    path = blobs.path(png_blob)
+    with deleted_is_404(path):
+        body = renderings.from_display(path.read_bytes(), params)
+    _keep(blobs, body, params, cached)
+    return body
+
+
+def _keep(blobs: BlobStore, body: bytes, params: renderings.RenderParams, cached: Path) -> None:
     temp = None
     try:
         temp = blobs.write_temp(body, f".{params.format}")
@@ -81,7 +97,6 @@ def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderPara
         if not (space.is_full(exc) or isinstance(exc, FileNotFoundError)):
             raise
         blobs.discard(temp)
-    return body
 
 
 def write_npy(config: Config, dcm_blob: str, frame: int | None, rescale: bool) -> Path:

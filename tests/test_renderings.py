@@ -20,6 +20,7 @@ from pydicom.sequence import Sequence
 
 from dicomfiles import counting_reads, make_ct, sample_file, save
 from dicomsvc.imaging import renderings
+from dicomsvc.imaging.png import encode_png
 from dicomsvc.errors import BadRequest, NoPixelData
 from dicomsvc.dicom.parse import read
 from dicomsvc.imaging.render import decode_frame, to_display
@@ -337,6 +338,16 @@ def test_thumbnails_are_box_reduced_then_lanczos():
     box = shown.astype(np.float64).reshape(64, 2, 64, 2).mean(axis=(1, 3))
     assert np.abs(pixels(render(path, parsed, thumb)).astype(np.float64) - box).max() <= 1
     assert not np.array_equal(pixels(render(path, parsed, thumb)), pixels(render(path, parsed, full)))
+
+
+def test_from_display_is_render_without_the_dicom():
+    path, parsed = instance("CT_small.dcm")
+    png = encode_png(display("CT_small.dcm"))  # what ingest stores
+    for params in (dataclasses.replace(parse(width="64", height="64", format="jpeg"), thumbnail=True),
+                   parse(width="100", format="png"), parse(format="jpeg", quality="70")):  # fmt: skip
+        assert renderings.from_display(png, params) == render(path, parsed, params)
+    with pytest.raises(ValueError):
+        renderings.from_display(png, parse(window="40,400"))
 
 
 def test_a_voi_lut_function_replaces_the_files():

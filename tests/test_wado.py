@@ -330,6 +330,22 @@ def _image(data: bytes) -> Image.Image:
     return image
 
 
+def test_a_thumbnail_is_made_from_the_stored_png(client, monkeypatch):
+    """Frame 1 with the file's own window: the display pixels are the PNG's stored at ingest,
+    so the DICOM file is not parsed nor decoded (and the result is what /image resizes)."""
+    from dicomsvc import retrieve
+
+    original = post_file(client, "CT_small.dcm")
+    stored_png = client.get(instance_url(original) + "/rendered", headers={"Accept": "image/png"})  # ingest's
+    monkeypatch.setattr(retrieve, "read", lambda path: pytest.fail("the DICOM file was read"))
+    thumb = client.get(instance_url(original) + "/thumbnail", headers={"Accept": "image/png"})
+    assert thumb.status_code == 200 and _image(thumb.content).size == (128, 128)
+    assert np.array_equal(np.asarray(_image(thumb.content)), np.asarray(_image(stored_png.content)))  # 128: as is
+    small = client.get(instance_url(original) + "/thumbnail?viewport=64,64", headers={"Accept": "image/png"})
+    box = np.asarray(_image(stored_png.content), dtype=np.float64).reshape(64, 2, 64, 2).mean(axis=(1, 3))
+    assert np.abs(np.asarray(_image(small.content), dtype=np.float64) - box).max() <= 1
+
+
 def test_rendered_and_thumbnails_at_every_level(live_server):
     datasets = study_of_two_series()
     client = web(live_server)
@@ -408,3 +424,8 @@ def test_a_file_deleted_after_its_lookup_is_404(client, data_dir, monkeypatch):
     ]:
         answer = client.get(instance_url(original) + path, headers={"Accept": accept})
         assert answer.status_code == 404, (path, accept, answer.text)
+    # a thumbnail of frame 1 is made from the PNG stored at ingest: that one gone too, 404
+    assert client.get(instance_url(original) + "/thumbnail").status_code == 200
+    for png in (data_dir / "blobs").rglob("*.png"):
+        png.unlink()
+    assert client.get(instance_url(original) + "/frames/1/thumbnail?viewport=32,32").status_code == 404

@@ -10,7 +10,8 @@ cache and the stored default rendering are the caller's.
 * ``cache_key(params)`` is a normalized, filesystem-safe name of the rendering,
   equal for equivalent requests;
 * ``render(path, parsed, params)`` decodes only the asked frame and returns the
-  encoded image.
+  encoded image; ``from_display(png, params)`` makes it from the PNG stored at ingest
+  instead, when that holds the same display pixels (frame 1, the file's VOI).
 
 Parameters
 ----------
@@ -82,6 +83,7 @@ __all__ = [
     "encode_jpeg",
     "is_default",
     "parse_params",
+    "from_display",
     "render",
     "resize",
     "target_size",
@@ -333,6 +335,21 @@ def render(path: Path, parsed: Parsed, params: RenderParams) -> bytes:
     ds = parsed.ds if params.function is None else _with_function(parsed.ds, params.function)
     with np.errstate(over="ignore"):
         pixels = to_display(frame, ds, window=params.window)
+    return _finish(pixels, params)
+
+
+def from_display(png: bytes, params: RenderParams) -> bytes:
+    """``params`` made from the display pixels of its frame: the PNG rendered at ingest
+    (frame 1, the file's own VOI: ``to_display``'s output, losslessly), resized and encoded.
+    No parsing, decoding or windowing: for renderings with no window or function of their own."""
+    if params.window is not None or params.function is not None:
+        raise ValueError("a rendering with its own window is made from the DICOM data")
+    with Image.open(io.BytesIO(png)) as image:
+        pixels = np.asarray(image)
+    return _finish(pixels, params)
+
+
+def _finish(pixels: np.ndarray, params: RenderParams) -> bytes:
     image = resize(pixels, params.width, params.height, THUMBNAIL_REDUCING_GAP if params.thumbnail else REDUCING_GAP)
     if params.format == "png":
         return encode_png(image)
