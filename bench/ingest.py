@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ UVICORN_EXTRA: list[str] = []  # --no-access-log adds "--no-access-log"
 APP_DIR = REPO  # where `app:app` is imported from (--app-dir, for testing the bench itself)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"Accept-Encoding": "identity"}
+AUTH = "none"  # --auth token: DICOMSVC_AUTH=token, every request with an uploader's API token
 
 
 # --------------------------------------------------------------------------
@@ -74,7 +76,19 @@ class Ours(Target):
     def launch_server(self):
         data = self.work / "data"
         data.mkdir()
-        self.launch_dicomsvc(S.uvicorn_argv(self.port) + UVICORN_EXTRA, APP_DIR, S.dicomsvc_env(data, self.import_root))
+        env = S.dicomsvc_env(data, self.import_root, DICOMSVC_AUTH=AUTH)
+        self.token = None
+        if AUTH == "token":  # made before the server starts, as an operator would: dicomsvc token create
+            made = subprocess.run(
+                [sys.executable, "-m", "dicomsvc.cli.main", "token", "create", "--user", "bench", "--role", "uploader"],
+                cwd=APP_DIR, env=env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            self.token = made.stdout.strip()
+        self.launch_dicomsvc(S.uvicorn_argv(self.port) + UVICORN_EXTRA, APP_DIR, env)
+
+    def client(self) -> httpx.Client:
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.Client(base_url=self.base, headers=HEADERS | auth, timeout=60.0, trust_env=False)
 
     def ingest(self, c, inst):
         r = c.post("/dicom", json={"path": inst.rel})
@@ -287,13 +301,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-access-log", action="store_true",
                     help="pass --no-access-log to uvicorn (its access log is on by default, DICOMSVC_LOG_LEVEL"
                          " does not govern it; Orthanc logs no access lines)")
+    ap.add_argument("--auth", choices=("none", "token"), default="none",
+                    help="dicomsvc's DICOMSVC_AUTH: token sends an uploader's API token on every request")
     ap.add_argument("--app-dir", default=str(REPO), help=argparse.SUPPRESS)  # bench self-test only
     a = ap.parse_args(argv)
     if a.n < 1 or a.reads < 0:
         ap.error("--n must be >= 1 and --reads >= 0")
 
-    global APP_DIR  # noqa: PLW0603
+    global APP_DIR, AUTH  # noqa: PLW0603
     APP_DIR = Path(a.app_dir).resolve()
+    AUTH = a.auth
     if a.no_access_log:
         UVICORN_EXTRA.append("--no-access-log")
     out, binary = R.begin(a.no_orthanc, a.no_ours)
@@ -310,6 +327,7 @@ def main(argv=None) -> int:
             return 2
         out["config"] = {
             "n": a.n, "reads": a.reads, "uvicorn_access_log": not a.no_access_log, "elements_per_instance": corpus.n_elements,
+            "auth": a.auth,
             "bytes_total": corpus.bytes_total,
             "phases": "1-client: fresh dicomsvc then fresh Orthanc, each ingests all N; reads (ids in one shuffled"
                       " order, each id once before any repeats, 5 warm-up GETs not counted) alternate request by"

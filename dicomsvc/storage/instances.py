@@ -132,8 +132,8 @@ def _tag_ids(db: sqlite3.Connection, keys: list[tuple[int, str, str]]) -> dict:
 # DICOMSVC_VISIBILITY=own filter and ``?mine=true``; None finds everyone's.
 
 
-def _owned(owner: str | None, alias: str = "") -> tuple[str, tuple]:
-    return (f" AND {alias}uploaded_by = ?", (owner,)) if owner is not None else ("", ())
+def _owned(owner: str | None) -> tuple[str, tuple]:
+    return (" AND uploaded_by = ?", (owner,)) if owner is not None else ("", ())
 
 
 async def get_instance(db: Database, instance_id: str, owner: str | None = None) -> dict | None:
