@@ -3,8 +3,12 @@
 Plain synchronous code with plain, picklable inputs and outputs: the service
 runs it in worker processes (so parsing, rendering and the SQLite insert use
 every core and never the event loop), and tests and tools call it directly.
-Blobs are written to temporary names, renamed into place, and only then is
-the row committed; a failed or duplicate ingest removes what it wrote, so a
+Blobs are written to temporary names, synced, renamed into place, their folders
+synced, and only then is the row committed, durably (``storage.blobs``,
+``storage.sqlite``): a 201 survives a power cut. A batch stages each of its files
+(``stage_file``) and commits them together (``commit_staged``): one folder sync per
+folder and one transaction for the chunk (a group commit). A failed or duplicate
+ingest removes what it wrote, so a
 crash leaves a whole record or nothing anything points at (temporary files are
 cleared at the next start).
 """
@@ -40,12 +44,23 @@ class Ingested:
     sop_instance_uid: str | None = None
 
 
+@dataclass
+class Staged:
+    """An instance whose blobs are in place (data synced, folders not yet), its row not yet
+    committed: ``commit_staged`` finishes it."""
+
+    record: dict
+    rows: list[TagRow]
+    metadata: str | None
+    digest: str
+    uids: dict
+    warnings: list[str]
+
+
 def ingest_import(config: Config, raw: object, options: Options = PLAIN) -> Ingested:
     """Ingest the file ``raw`` names inside the import root (opened beneath it: ``paths``)."""
-    src, source = paths.open_file(config.import_root, raw)
-    with src, space.full_is_507():  # the spool removes its partial copy
-        temp = BlobStore(config.blob_dir).spool(src, config.max_upload_bytes)
-    return ingest_file(config, temp, source, options)
+    blobs = BlobStore(config.blob_dir)
+    return _finish(config, blobs, stage_import(config, raw, options, blobs))
 
 
 def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAIN) -> Ingested:
@@ -55,12 +70,31 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
     raised after removing every blob this call wrote, temporary or already renamed.
     """
     blobs = BlobStore(config.blob_dir)
+    return _finish(config, blobs, stage_file(config, temp, source, options, blobs))
+
+
+def _finish(config: Config, blobs: BlobStore, staged: "Staged | Ingested") -> Ingested:
+    return staged if isinstance(staged, Ingested) else commit_staged(config, blobs, [staged])[0]
+
+
+def stage_import(config: Config, raw: object, options: Options, blobs: BlobStore) -> "Staged | Ingested":
+    """``stage_file`` for the file ``raw`` names inside the import root (``paths``)."""
+    src, source = paths.open_file(config.import_root, raw)
+    with src, space.full_is_507():  # the spool removes its partial copy
+        temp = blobs.spool(src, config.max_upload_bytes)
+    return stage_file(config, temp, source, options, blobs)
+
+
+def stage_file(config: Config, temp: Path, source: str, options: Options, blobs: BlobStore) -> "Staged | Ingested":
+    """Everything of an ingest but the commit: parse, check for a duplicate (then its
+    ``Ingested``), flatten, render, and blobs renamed into place (their folders still to
+    sync, in ``blobs.unsynced``). On any error nothing this call wrote is left."""
     db = connection(config.db_path)
     png_temp = record = None
     anonymized = options.anonymize or config.anonymize_always
     parsed = None
     try:
-        parsed = read(temp)
+        parsed = read(temp, config.max_upload_bytes)  # a deflated data set inflates to no more either
         # (0002,0002) Media Storage SOP Class UID: Media Storage Directory Storage
         if parsed.ds.file_meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
             raise NotDicom("a DICOMDIR (a media directory), not an instance")
@@ -68,7 +102,7 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
             raise StudyMismatch("the instance belongs to another study than the one in the URL")
         if anonymized:  # from here on only the anonymized copy exists
             temp = _anonymized_copy(config, temp, options, blobs)
-            parsed, source = read(temp), "(anonymized)"
+            parsed, source = read(temp, config.max_upload_bytes), "(anonymized)"
         uids = {"sop_class_uid": _text(parsed.ds, "SOPClassUID"), "sop_instance_uid": parsed.sop_instance_uid}
         digest = pixel_hash(temp, parsed)
         existing = instances.find_instance(db, parsed.sop_instance_uid, digest)
@@ -100,19 +134,37 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
         if space.is_full(exc):
             raise space.insufficient() from None
         raise
+    warnings = [*parsed.warnings, *([render_error] if render_error else [])]
+    return Staged(record, rows, metadata, digest, uids, warnings)
+
+
+def commit_staged(config: Config, blobs: BlobStore, staged: list[Staged]) -> list[Ingested]:
+    """Sync the folders the staged blobs were renamed into, then commit their rows in one
+    durable transaction: the group commit (one fsync per folder, one WAL sync per call).
+    On an error every staged blob is removed (a full disk: 507)."""
+    db = connection(config.db_path)
     try:
-        stored = instances.insert_instance(db, record, rows, metadata)
+        blobs.sync()  # the names durable before any committed row points at them
+        if len(staged) == 1:
+            one = staged[0]
+            stored = [instances.insert_instance(db, one.record, one.rows, one.metadata)]
+        else:
+            stored = instances.insert_instances(db, [(s.record, s.rows, s.metadata) for s in staged])
     except BaseException as exc:
-        blobs.remove(record["dcm_blob"], record["png_blob"])
+        for s in staged:
+            blobs.remove(s.record["dcm_blob"], s.record["png_blob"])
         if space.is_full(exc):  # SQLITE_FULL: the transaction was rolled back
             raise space.insufficient() from None
         raise
-    if stored is None:  # a concurrent post of the same instance won the race
-        blobs.remove(record["dcm_blob"], record["png_blob"])
-        existing = instances.find_instance(db, parsed.sop_instance_uid, digest)
-        return Ingested(existing, created=False, warnings=[], **uids)
-    warnings = [*parsed.warnings, *([render_error] if render_error else [])]
-    return Ingested(stored, created=True, warnings=warnings, **uids)
+    done = []
+    for s, stored_id in zip(staged, stored):
+        if stored_id is None:  # a concurrent post of the same instance won the race
+            blobs.remove(s.record["dcm_blob"], s.record["png_blob"])
+            existing = instances.find_instance(db, s.record["sop_instance_uid"], s.digest)
+            done.append(Ingested(existing, created=False, warnings=[], **s.uids))
+        else:
+            done.append(Ingested(stored_id, created=True, warnings=s.warnings, **s.uids))
+    return done
 
 
 def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobStore) -> Path:
@@ -132,6 +184,12 @@ def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobSt
     try:
         with handle:
             out.save_as(handle, enforce_file_format=True)
+    except OSError:  # the disk, not the data (a full one is a 507)
+        blobs.discard(path)
+        raise
+    except Exception as exc:  # what pydicom reads but will not write: an unknown VR, no transfer syntax...
+        blobs.discard(path)
+        raise InvalidDicom(f"the anonymized copy could not be written ({type(exc).__name__})") from None
     except BaseException:
         blobs.discard(path)
         raise
@@ -178,6 +236,8 @@ def _render(temp: Path, parsed: Parsed, blobs: BlobStore) -> tuple[Path | None, 
     """Frame 1 as a temporary PNG blob, or why there is none (pixel data that won't decode)."""
     if parsed.pixel is None:
         return None, None
+    if parsed.pixel_problem:  # cut short or inconsistent: never shown as if whole
+        return None, parsed.pixel_problem
     try:
         return blobs.write_temp(render_png(temp, parsed), ".png"), None
     except DicomSvcError as exc:

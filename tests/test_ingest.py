@@ -1,8 +1,10 @@
 """The synchronous ingest pipeline, called directly: what it stores, and what it cleans up."""
 
 import asyncio
+import os
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,109 @@ def test_parse_warnings_reach_the_answer(ready):
     assert result.created and result.warnings == ["SOP Instance UID (0008,0018) is not a valid UID (PS3.5 §9.1)"]
     (row,) = rows(ready, "SELECT sop_instance_uid, png_blob IS NOT NULL FROM dicom")
     assert row == (result.sop_instance_uid, 1) and len(result.sop_instance_uid) == 64
+
+
+# Durability (issue 12): a 201 survives a power cut --------------------------------------
+
+
+def _record_syncs(monkeypatch):
+    """Every fdatasync/fsync (by the path of its descriptor), rename and commit, in order."""
+    events = []
+    real_fdatasync, real_fsync, real_replace = os.fdatasync, os.fsync, os.replace
+
+    def named(fd):
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    def fdatasync(fd):
+        events.append(("fdatasync", named(fd)))
+        real_fdatasync(fd)
+
+    def fsync(fd):
+        events.append(("fsync", named(fd)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real_replace(src, dst)
+
+    def committing(real):
+        def insert(*args, **kwargs):
+            events.append(("commit",))
+            return real(*args, **kwargs)
+
+        return insert
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    # insert_instance (one) goes through insert_instances too
+    monkeypatch.setattr(instances, "insert_instances", committing(instances.insert_instances))
+    return events
+
+
+def _check_order(events, blob_root):
+    """Each blob's data synced before its rename; its folder synced after the rename and
+    before the commit (and the root too when the folder is new); one commit at the end."""
+    commit = events.index(("commit",))
+    renames = [(i, e[1], e[2]) for i, e in enumerate(events) if e[0] == "rename" and str(blob_root) in e[2]]
+    assert renames
+    for at, src, dst in renames:
+        assert ("fdatasync", src) in events[:at], f"{dst} renamed before its data was synced"
+        folder = str(Path(dst).parent)
+        synced = [i for i, e in enumerate(events) if e == ("fsync", folder)]
+        assert any(at < i < commit for i in synced), f"{folder} not synced between rename and commit"
+    return commit
+
+
+def test_blobs_and_folders_are_synced_before_the_row_commits(ready, monkeypatch):
+    events = _record_syncs(monkeypatch)
+    result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
+    assert result.created
+    commit = _check_order(events, ready.blob_dir)
+    # the first blob of a two-character folder: the folder's own entry is synced too
+    assert ("fsync", str(ready.blob_dir)) in events[:commit]
+    assert events[commit + 1 :] == []  # nothing after the commit left to make it durable
+
+
+def test_the_commit_is_durable(ready):
+    db = sqlite.connection(ready.db_path).db
+    # PRAGMA synchronous: 2 = FULL (in WAL mode every commit syncs the WAL; NORMAL would not)
+    assert db.execute("PRAGMA synchronous").fetchone() == (2,)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_batch_shares_its_syncs_and_commits_once(ready, monkeypatch):
+    from dicomsvc import batch
+    from dicomsvc.options import PLAIN
+
+    names = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm"]
+    for name in names:
+        shutil.copyfile(sample_file(name), ready.import_root / name)
+    (ready.import_root / "notes.txt").write_text("not DICOM")
+    items = [batch.Item.of(n, "import", n, PLAIN) for n in [*names, "notes.txt"]]
+    events = _record_syncs(monkeypatch)
+    results = batch.ingest_items(ready, items)
+    assert [r.status for r in results] == ["created"] * 4 + ["skipped"]
+    assert events.count(("commit",)) == 1  # one transaction, one WAL sync, for the chunk
+    _check_order(events, ready.blob_dir)
+    folder_syncs = [e for e in events if e[0] == "fsync"]
+    assert len(folder_syncs) == len(set(folder_syncs))  # each folder once, however many blobs
+    assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(4,)]
+
+
+def test_a_batch_whose_commit_fails_leaves_nothing_and_fails_each_file(ready, monkeypatch):
+    from dicomsvc import batch
+    from dicomsvc.options import PLAIN
+
+    for name in ["CT_small.dcm", "MR_small.dcm"]:
+        shutil.copyfile(sample_file(name), ready.import_root / name)
+
+    def full(*args):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(instances, "insert_instances", full)
+    items = [batch.Item.of(n, "import", n, PLAIN) for n in ["CT_small.dcm", "MR_small.dcm"]]
+    results = batch.ingest_items(ready, items)
+    assert [(r.status, r.error) for r in results] == [("failed", "insufficient_storage")] * 2
+    assert blob_files(ready.data_dir) == []
+    assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(0,)]

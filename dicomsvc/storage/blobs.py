@@ -4,6 +4,13 @@ Blobs are written under ``<root>/.tmp`` and renamed into place, so a reader
 never sees half a file; whatever is left in ``.tmp`` after a crash is removed
 at the next start.
 
+Durability: a blob's data is synced (``fdatasync``) before it is renamed into
+place, and ``sync`` fsyncs every folder renamed into since (once per folder, however
+many blobs: a batch shares the syncs) -- callers sync before the row that points at
+the blobs commits, so a committed row never points at a name or data a power cut can
+lose (POSIX fsync(2): a file's directory entry is durable only once the directory is
+synced).
+
 In a worker process, what a task writes carries the task's tag (``begin_task``):
 its temporary files are named ``<tag>-...``, and each blob it renames into place
 is noted in ``.tmp/<tag>.placed`` first. When a worker dies mid-task, the
@@ -42,6 +49,7 @@ class BlobStore:
     def __init__(self, root: Path):
         self.root = root
         self.tmp = root / ".tmp"
+        self.unsynced: set[Path] = set()  # folders renamed into (or made) since the last ``sync``
 
     def open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -114,8 +122,11 @@ class BlobStore:
         return path
 
     def commit(self, temp: Path, key: str) -> None:
-        """Rename a temporary blob into place (in a worker task, noting its key first)."""
+        """Rename a temporary blob into place (in a worker task, noting its key first).
+
+        Its data is synced first; the rename itself is durable after ``sync``."""
         final = self.path(key)
+        sync_data(temp)
         if _task is not None:
             with open(self.tmp / f"{_task}.placed", "a") as note:
                 note.write(key + "\n")
@@ -123,7 +134,19 @@ class BlobStore:
             os.replace(temp, final)
         except FileNotFoundError:  # the first blob of its two-character folder
             final.parent.mkdir(exist_ok=True)
+            self.unsynced.add(self.root)  # the new folder's own entry
             os.replace(temp, final)
+        self.unsynced.add(final.parent)
+
+    def sync(self) -> None:
+        """Make the renames since the last call durable: one fsync per folder they touched."""
+        while self.unsynced:
+            folder = self.unsynced.pop()
+            try:
+                sync_folder(folder)
+            except BaseException:
+                self.unsynced.add(folder)
+                raise
 
     def remove(self, *keys: str | None) -> None:
         for key in keys:
@@ -146,6 +169,25 @@ class BlobStore:
         for temp in temps:
             if temp is not None:
                 temp.unlink(missing_ok=True)
+
+
+def sync_data(path: Path) -> None:
+    """fdatasync(2) a file written earlier (a read-only descriptor is enough on Linux):
+    its bytes and the size that reads them back reach the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_folder(path: Path) -> None:
+    """fsync(2) a directory: the names created, renamed or removed in it reach the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _regular_file_size(src: BinaryIO) -> int | None:

@@ -6,6 +6,7 @@ Plain SQL in short functions that return plain data. Searches take DICOM keyword
 
 import sqlite3
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from . import studies
@@ -62,50 +63,67 @@ def insert_instance(w: Writer, record: dict, rows: Sequence[TagRowLike], metadat
     is already stored: the unique constraint decides, so concurrent posts of one
     file store it once.
     """
-    columns = ", ".join(INSTANCE_COLUMNS)
-    marks = ", ".join("?" for _ in INSTANCE_COLUMNS)
+    return insert_instances(w, [(record, rows, metadata)])[0]
+
+
+def insert_instances(
+    w: Writer, items: Sequence[tuple[dict, Sequence[TagRowLike], str | None]]
+) -> list[str | None]:
+    """``insert_instance`` for several (record, rows, metadata) in ONE transaction: one
+    commit, so one WAL sync (synchronous=FULL) for a whole chunk -- the group commit of a
+    batch. Each entry's id, or None for one already stored (it alone is skipped)."""
     db = w.db
-    missing = sorted({(r.tag, r.vr, r.keyword) for r in rows} - w.tag_ids.keys())
+    missing = sorted({(r.tag, r.vr, r.keyword) for _, rows, _ in items for r in rows} - w.tag_ids.keys())
     db.execute("BEGIN IMMEDIATE")
     try:
-        inserted = db.execute(
-            f"INSERT INTO dicom ({columns}) VALUES ({marks}) "
-            "ON CONFLICT (sop_instance_uid, pixel_hash) DO NOTHING RETURNING pk",
-            tuple(record[c] for c in INSTANCE_COLUMNS),
-        ).fetchone()
-        if inserted is None:
-            db.execute("ROLLBACK")
-            return None
         db.executemany("INSERT OR IGNORE INTO tag (tag, vr, keyword) VALUES (?, ?, ?)", missing)
         tag_ids = w.tag_ids | _tag_ids(db, missing)
-        # Row ids are chosen here (inside the write lock) so sequence items can point
-        # at their sequence's row: the tree is written in one statement.
-        (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM dicom_tag").fetchone()
-        db.executemany(
-            "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    first + i,
-                    inserted[0],
-                    tag_ids[(r.tag, r.vr, r.keyword)],
-                    None if r.parent is None else first + r.parent,
-                    r.item,
-                    r.value,
-                    r.nbytes,
-                )
-                for i, r in enumerate(rows)
-            ],
-        )
-        if metadata is not None:
-            db.execute("INSERT INTO dicom_json (dicom_pk, metadata) VALUES (?, ?)", (inserted[0], metadata))
-        studies.refresh(db, studies.pairs_of([record]))
+        stored = [_insert_one(db, tag_ids, record, rows, metadata) for record, rows, metadata in items]
+        fresh = [record for (record, _, _), done in zip(items, stored) if done is not None]
+        if fresh:
+            studies.refresh(db, studies.pairs_of(fresh))
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
     w.tag_ids = tag_ids  # only ids that are committed (tag rows are never deleted)
+    return stored
+
+
+def _insert_one(
+    db: sqlite3.Connection, tag_ids: dict, record: dict, rows: Sequence[TagRowLike], metadata: str | None
+) -> str | None:
+    columns = ", ".join(INSTANCE_COLUMNS)
+    marks = ", ".join("?" for _ in INSTANCE_COLUMNS)
+    inserted = db.execute(
+        f"INSERT INTO dicom ({columns}) VALUES ({marks}) "
+        "ON CONFLICT (sop_instance_uid, pixel_hash) DO NOTHING RETURNING pk",
+        tuple(record[c] for c in INSTANCE_COLUMNS),
+    ).fetchone()
+    if inserted is None:
+        return None
+    # Row ids are chosen here (inside the write lock) so sequence items can point
+    # at their sequence's row: the tree is written in one statement.
+    (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM dicom_tag").fetchone()
+    db.executemany(
+        "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                first + i,
+                inserted[0],
+                tag_ids[(r.tag, r.vr, r.keyword)],
+                None if r.parent is None else first + r.parent,
+                r.item,
+                r.value,
+                r.nbytes,
+            )
+            for i, r in enumerate(rows)
+        ],
+    )
+    if metadata is not None:
+        db.execute("INSERT INTO dicom_json (dicom_pk, metadata) VALUES (?, ?)", (inserted[0], metadata))
     return record["id"]
 
 
@@ -233,6 +251,20 @@ async def delete(db: Database, exact: Mapping[str, str], study_date: DateRange |
         await conn.execute(f"DELETE FROM dicom WHERE {where}", params)
         await studies.refresh_async(conn, studies.pairs_of(gone))
     return [{k: r[k] for k in ("id", "dcm_blob", "png_blob")} for r in gone]
+
+
+def totals(db_path: Path) -> tuple[int, int]:
+    """Instances stored and their bytes (DICOM files and PNG renderings), for the metrics'
+    gauges: on a connection of its own (in an I/O thread), so a scan of a large table holds
+    up none of the service's reads."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        ((count, size),) = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(dcm_bytes), 0) + COALESCE(SUM(png_bytes), 0) FROM dicom"
+        ).fetchall()
+    finally:
+        db.close()
+    return count, size
 
 
 async def stats(db: Database, owner: str | None = None) -> dict:

@@ -2,7 +2,8 @@
 
 One database file in WAL mode. The ingest pipeline writes from the worker
 processes, each through its own connection (``connection``), one short
-``BEGIN IMMEDIATE`` transaction per instance: SQLite serializes the writers,
+``BEGIN IMMEDIATE`` transaction per instance (per chunk in a batch), durable when it
+returns (``synchronous = FULL``): SQLite serializes the writers,
 and no write ever crosses a process boundary or the event loop. The HTTP side
 reads (and keeps the books of background jobs) through one aiosqlite
 connection (``Database``); every ``await`` on it is a round trip to its thread,
@@ -55,7 +56,9 @@ ADDED_COLUMNS = (
 # ``dicom`` and the study and series rows are filled (studies.backfill) -- done once, in one
 # transaction with setting the version, so an interrupted upgrade is redone at the next start.
 DATA_VERSION = 1
-PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = NORMAL")
+# synchronous = FULL: in WAL mode every COMMIT fsyncs the WAL, so a committed ingest survives
+# a power cut (NORMAL syncs only at checkpoints: a commit could roll back). sqlite.org/pragma.html#pragma_synchronous
+PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON", "PRAGMA synchronous = FULL")
 
 
 def schema() -> str:
@@ -120,6 +123,13 @@ async def transaction(db: Database) -> AsyncIterator[aiosqlite.Connection]:
             if db.conn.in_transaction:
                 await db.conn.execute("ROLLBACK")
             raise
+
+
+async def probe_write(db: Database, when: str) -> None:
+    """Commit one small write (the ``health`` row): raises if the database does not take
+    writes -- a read-only file or mount (SQLITE_READONLY), a full disk, I/O errors."""
+    async with transaction(db) as conn:
+        await conn.execute("UPDATE health SET checked_at = ? WHERE id = 1", (when,))
 
 
 async def open_database(path: Path) -> Database:
