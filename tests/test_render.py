@@ -328,3 +328,27 @@ def test_decoding_leaves_the_callers_tags_alone():
     decode_frame(path, parsed, 0)
     value = parsed.ds.get_item(0x00280008).value  # raw bytes, or converted on the way
     assert (value.decode() if isinstance(value, bytes) else str(value)) == "1A"
+
+
+@pytest.mark.parametrize(
+    "lut",
+    [
+        {},  # Photometric Interpretation says PALETTE COLOR, no tables at all
+        {"descriptor": [256, 0, 8]},  # descriptors without data
+        {"descriptor": [256, 0, 8], "data": b"\0\0"},  # data shorter than described
+        {"descriptor": [256, 0, 3], "data": b"\0" * 512},  # 3 bits per entry (PS3.3 C.7.6.3.1.5: 8 or 16)
+    ],
+)
+def test_palette_color_without_usable_tables_is_415(lut):
+    """Found by bench/fuzz.py (seed 9, mutant 172: Photometric Interpretation set to PALETTE COLOR):
+    a rendering asked on request was a 500 (pydicom's ValueError/TypeError); now 415, as at ingest."""
+    ds = Dataset()
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation = 1, 8, 8, 0
+    for colour in ("Red", "Green", "Blue"):
+        if "descriptor" in lut:
+            setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", lut["descriptor"])
+        if "data" in lut:
+            setattr(ds, f"{colour}PaletteColorLookupTableData", lut["data"])
+    with pytest.raises(UnsupportedTransferSyntax, match="PALETTE COLOR"):
+        to_display(np.zeros((4, 4), np.uint8), ds)

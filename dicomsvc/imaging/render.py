@@ -32,6 +32,7 @@ from pydicom.uid import (
 )
 
 from ..dicom.parse import Parsed
+from ..errors import UnsupportedTransferSyntax
 from .decode import decode_frame, shallow_copy
 from .png import encode_png
 
@@ -133,7 +134,15 @@ def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | Non
     # (0028,0004) Photometric Interpretation
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
-        return _to_uint8(apply_color_lut(frame, _palette(ds)), _lut_bits(ds))
+        try:
+            rgb = apply_color_lut(frame, _palette(ds))
+        except (ValueError, TypeError, IndexError, KeyError):
+            # No Palette Color Lookup Table Descriptors/Data (0028,1101-1103/1201-1203), or ones
+            # that do not describe a table (PS3.3 C.7.6.3.1.5-6): nothing to show.
+            raise UnsupportedTransferSyntax(
+                "PALETTE COLOR pixel data without usable Palette Color Lookup Tables"
+            ) from None
+        return _to_uint8(rgb, _lut_bits(ds))
     if frame.ndim == 3:  # RGB, or YBR_* already converted to RGB by the decoder
         # (0028,0101) Bits Stored
         return _to_uint8(frame, int(ds.get("BitsStored", 8) or 8))
