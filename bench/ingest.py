@@ -99,6 +99,12 @@ class Ours(Target):
         except Exception as e:  # noqa: BLE001
             return None, f"POST /dicom {inst.rel}: 201 but body {r.text[:300]!r} ({e!r})"
 
+    def upload(self, c, inst):
+        r = c.post("/dicom", content=inst.path.read_bytes(), headers={"Content-Type": "application/dicom"})
+        if r.status_code != 201:
+            return None, f"POST /dicom (upload) {inst.rel}: HTTP {r.status_code} {r.text[:300]!r}"
+        return str(r.json()["id"]), None
+
     def image_url(self, id_):
         return f"/image?id={id_}"
 
@@ -119,6 +125,8 @@ class Orthanc(S.OrthancService, Target):
         if j.get("Status") != "Success":
             return None, f"POST /instances {inst.rel}: Status {j.get('Status')!r}"
         return j["ID"], None
+
+    upload = ingest  # Orthanc has no path import: both rows are POST /instances with the bytes
 
     def image_url(self, id_):
         return f"/instances/{id_}/preview"
@@ -303,6 +311,10 @@ def main(argv=None) -> int:
                          " does not govern it; Orthanc logs no access lines)")
     ap.add_argument("--auth", choices=("none", "token"), default="none",
                     help="dicomsvc's DICOMSVC_AUTH: token sends an uploader's API token on every request")
+    ap.add_argument("--table", action="store_true",
+                    help="the issue-12 table: path/upload x 1/4 clients, ZIP, CPU, fsyncs (strace), tags, image vs"
+                         " nginx, idle PSS, peak RSS; --rounds rounds alternating with Orthanc (bench/sidebyside.py)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --table (medians reported)")
     ap.add_argument("--app-dir", default=str(REPO), help=argparse.SUPPRESS)  # bench self-test only
     a = ap.parse_args(argv)
     if a.n < 1 or a.reads < 0:
@@ -322,6 +334,12 @@ def main(argv=None) -> int:
         tmp = run.tmp
         import_root = tmp / "import"
         import_root.mkdir()
+        if a.table:
+            import sidebyside
+
+            sidebyside.run_table(a, out, binary, Ours, Orthanc, run, import_root)
+            return R.finish(out, run.rc, lambda o: None, [e for s in out["services"].values()
+                                                          for e in s.get("fatal", [])], a.json)
         corpus = CO.make(import_root, a.n, a.seed, f" in {tmp}" if a.keep else "")
         if corpus is None:
             return 2

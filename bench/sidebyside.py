@@ -1,0 +1,267 @@
+"""The issue-12 table: dicomsvc vs Orthanc (and nginx, the static-file floor), one run.
+
+    .venv/bin/python bench/ingest.py --table [--n 500] [--rounds 3] [--json out.json]
+
+Per round, services alternate (ours first in even rounds, Orthanc first in odd ones), each
+on a fresh server and data folder: ingest by path (Orthanc has no path import: its row is
+POST /instances with the bytes) and by upload (application/dicom), 1 and 4 clients, and
+one ZIP of the corpus. Medians over the rounds. Then, untimed: fsync-family calls per
+instance (strace -f -c on the whole server tree during a 1-client path ingest), idle
+memory (RSS and PSS summed over the server and its workers, after start-up), and reads
+timed with one keep-alive ``http.client`` connection per service, request by request in
+turn: dicomsvc /tags and /image, Orthanc /instances/{id}/tags and /preview, and nginx
+serving the very PNG files dicomsvc stored. Peak RSS is VmHWM summed over the tree after
+each ingest (max over rounds).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import pwd
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import clients as CL  # noqa: E402
+import corpus as CO  # noqa: E402
+import procstat as P  # noqa: E402
+import report as R  # noqa: E402
+import servers as S  # noqa: E402
+import upload as UP  # noqa: E402
+
+SYNC_CALLS = "fsync,fdatasync,sync_file_range,syncfs,sync,msync"
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
+def _ingest(t, corpus: CO.Corpus, clients: int, how: str, deadline_s: float) -> dict:
+    send = t.ingest if how == "path" else t.upload
+    run = CL.send_each(corpus.instances, clients, deadline_s, t.client, send, t.server.pid)
+    res = run.summary()
+    res["peak_rss_mib"] = P.tree_peak_rss_mib(t.server.pid)["sum_mib"]
+    res["_ids"] = run.answers
+    return res
+
+
+def tree_memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS summed, PSS summed) over the server and its live descendants, MiB."""
+    pids = P.descendants(pid)
+    rss = sum(P.status_kib(p, "VmRSS:") for p in pids) / 1024
+    pss = sum(P.pss_kib(p) for p in pids) / 1024
+    return round(rss, 1), round(pss, 1)
+
+
+def count_syncs(t, corpus: CO.Corpus, n: int, how: str) -> float | None:
+    """fsync-family calls per instance over the whole server tree (untimed: strace slows it)."""
+    if not shutil.which("strace"):
+        return None
+    pids = P.descendants(t.server.pid)
+    out = t.work / "strace.txt"
+    argv = ["strace", "-f", "-c", "-o", str(out), "-e", f"trace={SYNC_CALLS}"]
+    for p in pids:
+        argv += ["-p", str(p)]
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    send = t.ingest if how == "path" else t.upload
+    run = CL.send_each(corpus.instances[:n], 1, 300, t.client, send, t.server.pid)
+    time.sleep(0.5)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    calls = 0
+    for line in out.read_text().splitlines():
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+        if m and m.group(2) in SYNC_CALLS.split(","):
+            calls += int(m.group(1))
+    return round(calls / run.ok, 2) if run.ok else None
+
+
+def start_nginx(work: Path, root: Path) -> tuple[subprocess.Popen, int]:
+    port = S.free_port()
+    prefix = work / "nginx"
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""  # else workers run as nobody
+    conf.write_text(f"""{user} daemon off; worker_processes 1; pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  client_body_temp_path {prefix}/t1; proxy_temp_path {prefix}/t2; fastcgi_temp_path {prefix}/t3;
+  uwsgi_temp_path {prefix}/t4; scgi_temp_path {prefix}/t5;
+  types {{ image/png png; }}
+  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+""")
+    proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/")
+            c.getresponse().read()
+            c.close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, port
+
+
+def keepalive_reads(port_paths: dict[str, tuple[int, list[str], dict]], n: int) -> dict:
+    """p50/p95 ms per name: one keep-alive connection each, the names in turn request by request."""
+    conns = {k: http.client.HTTPConnection("127.0.0.1", port, timeout=60) for k, (port, _, _) in port_paths.items()}
+    lat = {k: [] for k in port_paths}
+    errors = {k: 0 for k in port_paths}
+    names = list(port_paths)
+    for i in range(n + 5):
+        for k in names if i % 2 == 0 else names[::-1]:
+            port, paths, headers = port_paths[k]
+            t0 = time.perf_counter()
+            conns[k].request("GET", paths[i % len(paths)], headers={"Accept-Encoding": "identity", **headers})
+            r = conns[k].getresponse()
+            r.read()
+            dt = (time.perf_counter() - t0) * 1000
+            if r.status != 200:
+                errors[k] += 1
+            elif i >= 5:
+                lat[k].append(dt)
+    for c in conns.values():
+        c.close()
+    return {k: {**R.lat_summary(v), "errors": errors[k]} for k, v in lat.items()}
+
+
+def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, import_root: Path) -> None:
+    corpus = CO.make(import_root, a.n, a.seed)
+    if corpus is None:
+        raise SystemExit(2)
+    zipped = UP.zip_corpus(corpus, run.tmp / "corpus.zip", "stored")
+    makers = [("dicomsvc", lambda tag: Ours(run.tmp, tag, import_root))]
+    if binary:
+        makers.append(("orthanc", lambda tag: Orthanc(run.tmp, tag, binary)))
+    zip_makers = {"dicomsvc": lambda tag: UP.Ours(run.tmp, tag), "orthanc": lambda tag: UP.Orthanc(run.tmp, tag, binary)}
+    figures: dict[str, dict[str, list]] = {label: {} for label, _ in makers}
+
+    def note(label, key, value):
+        figures[label].setdefault(key, []).append(value)
+
+    for rnd in range(a.rounds):
+        order = makers if rnd % 2 == 0 else makers[::-1]
+        for how in ("path", "upload"):
+            for clients in (1, 4):
+                for label, make in order:
+                    t = make(f"r{rnd}{how}{clients}")
+                    if not run.start(t, out["services"][label]):
+                        continue
+                    res = _ingest(t, corpus, clients, how, a.phase_timeout)
+                    run.stop(t)
+                    shutil.rmtree(t.work, ignore_errors=True)
+                    key = f"{how}_{clients}"
+                    note(label, key, res["inst_per_s"])
+                    note(label, "cpu_ms", res.get("server_cpu_ms_per_inst"))
+                    note(label, "peak_rss", res["peak_rss_mib"])
+                    if res["errors"]:
+                        out["services"][label].setdefault("fatal", []).extend(res["error_samples"][:3])
+                    print(f"  round {rnd} [{label}] {how} x{clients}: {res['inst_per_s']} inst/s,"
+                          f" {res.get('server_cpu_ms_per_inst')} ms CPU/inst", flush=True)
+        for label, _ in order:
+            t = zip_makers[label](f"r{rnd}zip")
+            if not run.start(t, out["services"][label], a.phase_timeout):
+                continue
+            res = UP.run_zip(t, zipped, a.phase_timeout)
+            run.stop(t)
+            shutil.rmtree(t.work, ignore_errors=True)
+            note(label, "zip", res.get("inst_per_s"))
+            print(f"  round {rnd} [{label}] zip: {res.get('inst_per_s')} inst/s {res.get('error', '')}", flush=True)
+
+    # untimed passes: fsyncs, idle memory, reads against nginx
+    live = {}
+    for label, make in makers:
+        t = make("reads")
+        if run.start(t, out["services"][label]):
+            time.sleep(2.0)
+            rss, pss = tree_memory_mib(t.server.pid)
+            note(label, "idle_rss", rss)
+            note(label, "idle_pss", pss)
+            how = "path" if label == "dicomsvc" else "upload"
+            note(label, "syncs", count_syncs(t, corpus, min(100, a.n), how))
+            live[label] = t
+    stored = []
+    ours = live.get("dicomsvc")
+    if ours is not None:
+        import sqlite3
+
+        db = sqlite3.connect(ours.work / "data" / "dicom.db")
+        stored = db.execute("SELECT id, png_blob FROM dicom WHERE png_blob IS NOT NULL").fetchall()
+        db.close()
+    orthanc_ids = []
+    if "orthanc" in live:
+        with live["orthanc"].client() as c:
+            orthanc_ids = c.get("/instances").json()
+    if stored:
+        floor = run.tmp / "static"
+        floor.mkdir()
+        for id_, key in stored:
+            shutil.copyfile(ours.work / "data" / "blobs" / key, floor / f"{id_}.png")
+        nginx, nport = start_nginx(run.tmp, floor)
+        try:
+            port_of = lambda t: t.port  # noqa: E731
+            images = {"dicomsvc": (port_of(ours), [f"/image?id={i}" for i, _ in stored], {}),
+                      "nginx": (nport, [f"/{i}.png" for i, _ in stored], {})}
+            tags = {"dicomsvc": (port_of(ours), [f"/tags?id={i}" for i, _ in stored], {})}
+            if orthanc_ids:
+                o = live["orthanc"]
+                images["orthanc"] = (o.port, [f"/instances/{i}/preview" for i in orthanc_ids], {})
+                tags["orthanc"] = (o.port, [f"/instances/{i}/tags" for i in orthanc_ids], {})
+            img = keepalive_reads(images, a.reads)
+            tg = keepalive_reads(tags, a.reads)
+        finally:
+            nginx.terminate()
+            nginx.wait(timeout=10)
+        for label in ("dicomsvc", "orthanc"):
+            if label in figures:
+                note(label, "image_p50", R.dig(img, (label, "p50_ms")))
+                note(label, "tags_p50", R.dig(tg, (label, "p50_ms")))
+        out["floor"] = {"nginx_image_p50_ms": R.dig(img, ("nginx", "p50_ms")), "reads": {"image": img, "tags": tg}}
+    for t in live.values():
+        run.stop(t)
+
+    for label, f in figures.items():
+        out["services"][label]["table"] = {k: (max(v) if k == "peak_rss" else _median(v)) for k, v in f.items()}
+        out["services"][label]["rounds"] = f
+    print_table(out)
+
+
+def print_table(out: dict) -> None:
+    ours = R.dig(out, ("services", "dicomsvc", "table")) or {}
+    orth = R.dig(out, ("services", "orthanc", "table")) or {}
+    floor = R.dig(out, ("floor", "nginx_image_p50_ms"))
+    rows = [
+        ("ingest by path, 1 client [inst/s]", "path_1", "hi"),
+        ("ingest by path, 4 clients [inst/s]", "path_4", "hi"),
+        ("upload, 1 client [inst/s]", "upload_1", "hi"),
+        ("upload, 4 clients [inst/s]", "upload_4", "hi"),
+        ("ZIP of the corpus [inst/s]", "zip", "hi"),
+        ("server CPU per instance [ms]", "cpu_ms", "lo"),
+        ("fsync-family calls per instance", "syncs", None),
+        ("GET /tags p50 [ms]", "tags_p50", "lo"),
+        ("GET /image p50 [ms] (Orthanc: /preview)", "image_p50", "lo"),
+        ("idle RSS summed [MiB]", "idle_rss", "lo"),
+        ("idle PSS summed [MiB]", "idle_pss", "lo"),
+        ("peak RSS during ingest, summed [MiB]", "peak_rss", "lo"),
+    ]
+    print(f"\n| | dicomsvc | Orthanc | ratio (>1 = ours better) |\n|---|---|---|---|")
+    for label, key, better in rows:
+        a, b = ours.get(key), orth.get(key)
+        r = None if better is None else (R.ratio(a, b) if better == "hi" else R.ratio(b, a))
+        print(f"| {label} | {R.fmt(a, '{:.2f}')} | {R.fmt(b, '{:.2f}')} | {R.fmt(r, '{:.2f}')} |")
+    img = ours.get("image_p50")
+    print(f"| GET /image p50 vs nginx, same PNGs [ms] | {R.fmt(img, '{:.2f}')} | nginx {R.fmt(floor, '{:.2f}')} |"
+          f" {R.fmt(R.ratio(img, floor), '{:.2f}')}x the floor |")
+    zo, uo = ours.get("zip"), orth.get("upload_1")
+    print(f"ZIP vs Orthanc's per-file upload (1 client): {R.fmt(R.ratio(zo, uo), '{:.2f}')}x (target >= 2)")
