@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from dicomfiles import counting_reads, make_ct, sample_file, save
-from dicomsvc.errors import InvalidDicom, TooLarge
+from dicomsvc.errors import InvalidDicom, TooLarge, UnsupportedTransferSyntax
 from dicomsvc.dicom.parse import pixel_hash, read
 from dicomsvc.dicom.tags import flatten
 from dicomsvc.imaging.decode import decode_frame
@@ -296,6 +296,8 @@ def test_encapsulated_pixel_data_cut_short_is_a_pixel_problem(tmp_path):
     )
     no_delimiter = read(jpeg_cut(tmp_path, 0))
     assert "no Sequence Delimitation Item (FFFE,E0DD)" in no_delimiter.pixel_problem
+    with pytest.raises(UnsupportedTransferSyntax, match="truncated file"):  # never decoded
+        decode_frame(tmp_path / "cut.dcm", no_delimiter, 0)
 
 
 def test_native_pixel_data_shorter_than_the_image_or_cut_short_is_a_pixel_problem(tmp_path):

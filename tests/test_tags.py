@@ -316,15 +316,17 @@ def test_invalid_utf8_under_iso_ir_192_becomes_replacement_characters(tmp_path, 
     assert client.get("/tags", params={"id": response.json()["id"], "format": "dicomjson"}).status_code == 200
 
 
-def test_an_unknown_vr_inside_a_sequence_item_is_a_un_row(tmp_path):
+@pytest.mark.parametrize("value", ["1.2.840.10008.5.1.4.1.1.2", ""], ids=["with-value", "empty"])
+def test_an_unknown_vr_inside_a_sequence_item_is_a_un_row(tmp_path, value):
     ds = make_ct()
     item = Dataset()
-    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPClassUID = value
     ds.ReferencedImageSequence = Sequence([item])
     raw = save(ds, tmp_path / "in.dcm").read_bytes()
     at = raw.index(b"\x08\x00\x50\x11UI")  # (0008,1150) inside the item
     path = tmp_path / "zz.dcm"
     path.write_bytes(raw[: at + 4] + b"ZZ" + raw[at + 6 :])
-    rows = flatten(*_parsed(path))
-    nested = [r for r in rows if r.tag == 0x00081150]
-    assert [(r.vr, r.item) for r in nested] == [("UN", 0)]
+    for fast in (True, False):
+        rows = flatten(*_parsed(path), fast=fast)
+        nested = [r for r in rows if r.tag == 0x00081150]
+        assert [(r.vr, r.item) for r in nested] == [("UN", 0)]

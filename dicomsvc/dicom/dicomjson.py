@@ -248,7 +248,7 @@ def _resolve(ds: Dataset, tag: int) -> tuple[str, Any]:
     try:
         elem: DataElement = ds[tag]
     except Exception:  # a value pydicom cannot convert: its raw bytes, as UN
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # as read: converting it again would raise again
         value = raw.value if isinstance(raw, RawDataElement) else None
         return "UN", value if isinstance(value, bytes) else b""
     vr = (elem.VR or "UN")[:2]  # an ambiguous VR pydicom could not settle: its first choice

@@ -390,7 +390,7 @@ def frame_count(ds: Dataset) -> int:
     try:
         raw = ds.get("NumberOfFrames")
     except Exception:  # a value pydicom refuses to convert: read the bytes
-        raw = ds.get_item(0x00280008).value
+        raw = ds.get_item(0x00280008, keep_deferred=True).value
         raw = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
     if raw is None or raw == "":
         return 1

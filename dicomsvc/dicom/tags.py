@@ -111,7 +111,7 @@ def _walk(
 ) -> None:
     for tag in sorted(ds.keys()) if tags is None else tags:
         if codec is not None:
-            raw = ds.get_item(tag)
+            raw = ds.get_item(tag, keep_deferred=True)  # unconverted: no conversion error here
             if isinstance(raw, RawDataElement):
                 fast = _fast_row(raw, little, codec, parent, item)
                 if fast is not None:
@@ -120,7 +120,7 @@ def _walk(
         try:
             elem = ds[tag]
         except Exception:  # a value pydicom cannot convert: keep its place and size
-            raw = ds.get_item(tag)
+            raw = ds.get_item(tag, keep_deferred=True)
             size = len(raw.value) if isinstance(raw.value, bytes) else None
             rows.append(TagRow(int(tag), _vr(raw.VR), "", None, size, parent, item))
             continue

@@ -57,6 +57,8 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = T
     pixel = parsed.pixel
     if pixel is None:
         raise NoPixelData("this instance has no pixel data")
+    if parsed.pixel_problem:  # cut short or inconsistent (``parse``): never shown as if whole
+        raise UnsupportedTransferSyntax(parsed.pixel_problem)
     ds = parsed.ds
     tsyntax = UID(parsed.transfer_syntax or _guess_syntax(ds))
     try:
