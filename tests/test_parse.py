@@ -257,6 +257,20 @@ def test_deflated_data_set_inflates_as_a_stream_capped_and_never_into_memory(tmp
     assert frame.shape == (2048, 2048) and not frame.any()
 
 
+def test_a_deflated_data_set_the_worker_cannot_map_is_too_large(tmp_path, monkeypatch):
+    """Under RLIMIT_AS (DICOMSVC_WORKER_MEMORY) mapping the inflated file fails with ENOMEM."""
+    import errno
+    import mmap
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    path = deflated_zeros(tmp_path, 64)
+    monkeypatch.setattr(mmap, "mmap", no_room)
+    with pytest.raises(TooLarge, match="more than this worker can map"):
+        read(path)
+
+
 def test_deflated_file_reads_as_pydicom_reads_it():
     path = sample_file("image_dfl.dcm")
     parsed, ds = read(path), pydicom.dcmread(path)

@@ -183,7 +183,13 @@ def _read_deflated(
             _read_after_pixels(inflated, ds, pixel)
         if size == 0:
             return ds, None, None, size
-        mapped = memoryview(mmap.mmap(inflated.fileno(), 0, access=mmap.ACCESS_READ))
+        try:
+            mapped = memoryview(mmap.mmap(inflated.fileno(), 0, access=mmap.ACCESS_READ))
+        except (OSError, ValueError, MemoryError):  # ENOMEM: over the worker's address space limit
+            raise TooLarge(
+                f"the deflated data set inflates to {size} bytes, more than this worker can map "
+                "(DICOMSVC_WORKER_MEMORY)"
+            ) from None
     _map_deferred(ds, mapped)
     if pixel is not None:
         problem = problem or _native_problem(ds, pixel, size)
