@@ -256,12 +256,14 @@ def _unknown_vrs_as_un(ds: Dataset, warnings: list[str]) -> None:
     for dataset in (getattr(ds, "file_meta", None), ds):
         if dataset is None:
             continue
-        for tag in list(dataset.keys()):
-            raw = dataset.get_item(tag, keep_deferred=True)
+        # as read, without converting anything (implicit VR elements have no VR yet)
+        odd = [e for e in dataset.values() if e.tag >> 16 == 0xFFFE or e.VR is not None and e.VR not in KNOWN_VRS]
+        for raw in odd:
+            tag = raw.tag
             if tag >> 16 == 0xFFFE:
                 del dataset[tag]
                 warnings.append(f"a stray item or delimitation tag {_tag(tag)} outside any sequence was ignored (PS3.5 §7.5)")
-            elif isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR not in KNOWN_VRS:
+            elif isinstance(raw, RawDataElement):
                 dataset[tag] = raw._replace(VR="UN")
                 warnings.append(f"{_tag(tag)} has no valid VR (PS3.5 §6.2): read as UN")
 
