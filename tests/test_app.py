@@ -402,3 +402,44 @@ def test_unknown_vrs_and_stray_delimiters_are_stored_with_a_warning(client, edit
     for url in ("/image", "/tags"):
         assert client.get(url, params={"id": instance_id}).status_code == 200
     assert client.get("/tags", params={"id": instance_id, "format": "dicomjson"}).status_code == 200
+
+
+def small_client(data_dir, import_root, **limits):
+    from starlette.testclient import TestClient
+
+    from app import create_app
+    from dicomsvc.config import Config
+
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "0"}
+    return TestClient(create_app(Config.from_env(env | {f"DICOMSVC_{k.upper()}": str(v) for k, v in limits.items()})))
+
+
+def test_a_deflate_bomb_is_413_and_stores_nothing(data_dir, import_root):
+    """16 MiB of pixel data in a ~16 kB upload: DICOMSVC_MAX_UPLOAD_BYTES caps the inflated size too."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_ct(np.zeros((2048, 2048), np.int16), window=None)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with small_client(data_dir, import_root, max_upload_bytes=4 << 20) as small:
+        response = small.post("/dicom", content=buf.getvalue(), headers={"content-type": "application/dicom"})
+        assert_error(response, 413, "too_large")
+        assert "inflates" in response.json()["detail"]
+        again = small.post("/dicom?anonymize=true", content=buf.getvalue(), headers={"content-type": "application/dicom"})
+        assert_error(again, 413, "too_large")
+        fits = small.post("/dicom", content=sample_file("image_dfl.dcm").read_bytes(),
+                          headers={"content-type": "application/dicom"})  # fmt: skip
+        assert fits.status_code == 201
+        image = small.get("/image", params={"id": fits.json()["id"]})
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert len(blob_files(data_dir)) == 2  # image_dfl's .dcm and .png: nothing else, no temp files
+
+
+def test_anonymizing_what_pydicom_reads_but_will_not_write_is_422(client, put, data_dir):
+    """No (0002,0010) Transfer Syntax UID: pydicom reads the file but refuses to write the
+    anonymized copy (it was a 500); nothing is left behind."""
+    response = client.post("/dicom", params={"anonymize": "true"}, json={"path": put("ExplVR_LitEndNoMeta.dcm")})
+    assert_error(response, 422, "invalid_dicom")
+    assert "anonymized copy could not be written" in response.json()["detail"]
+    assert blob_files(data_dir) == []
