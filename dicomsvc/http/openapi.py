@@ -30,6 +30,7 @@ def _answers(ok: dict[str, tuple[str, str]], errors: dict[str, str]) -> dict:
 
 
 ID = _param("id", "path", "the instance's id (22 characters)", required=True)
+RANGE = _param("Range", "header", "bytes=first-last,... (RFC 9110 §14.1.2); anything else is ignored")
 QUERY_ID = _param("id", "query", "the instance's id (22 characters)", required=True)
 FILTERS = [
     _param(k, "query", d)
@@ -125,8 +126,12 @@ PATHS: dict[str, dict] = {
     "/dicom/{id}/file": {
         "get": {
             "summary": "The stored DICOM file",
-            "parameters": [ID],
-            "responses": _answers({"200": ("application/dicom", "the file")}, {"404": "unknown id"}),
+            "parameters": [ID, RANGE],
+            "responses": _answers(
+                {"200": ("application/dicom", "the file (also when Range is not a byte-range list: ignored)"),
+                 "206": ("application/dicom", "the ranges asked for (multipart/byteranges for several)")},
+                {"404": "unknown id", "416": "no range asked for lies within the file"},
+            ),  # fmt: skip
         }
     },
     "/dicom/{id}/anonymize": {
