@@ -94,6 +94,7 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
     anonymized = options.anonymize or config.anonymize_always
     parsed = None
     try:
+        blobs.sync_soon(temp)  # its data flushes while we parse and render
         parsed = read(temp, config.max_upload_bytes)  # a deflated data set inflates to no more either
         # (0002,0002) Media Storage SOP Class UID: Media Storage Directory Storage
         if parsed.ds.file_meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":

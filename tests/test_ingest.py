@@ -4,6 +4,7 @@ import asyncio
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -217,5 +218,44 @@ def test_a_batch_whose_commit_fails_leaves_nothing_and_fails_each_file(ready, mo
     items = [batch.Item.of(n, "import", n, PLAIN) for n in ["CT_small.dcm", "MR_small.dcm"]]
     results = batch.ingest_items(ready, items)
     assert [(r.status, r.error) for r in results] == [("failed", "insufficient_storage")] * 2
+    assert blob_files(ready.data_dir) == []
+    assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(0,)]
+
+
+def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch):
+    """Its fdatasync starts before parsing (in a thread), and the commit still waits for it."""
+    spooled = spool(ready, "CT_small.dcm")
+    began, events = threading.Event(), []
+    real_fdatasync, real_read = os.fdatasync, ingest.read
+
+    def fdatasync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(spooled):
+            events.append("sync begins")
+            began.set()
+        real_fdatasync(fd)
+
+    def read(*args, **kwargs):
+        began.wait(10)  # liveness bound only: the old order never starts the sync before this
+        events.append("parse")
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(ingest, "read", read)
+    assert ingest.ingest_file(ready, spooled, "CT_small.dcm").created
+    assert events[:2] == ["sync begins", "parse"]
+
+
+def test_an_early_sync_error_fails_the_ingest_and_leaves_nothing(ready, monkeypatch):
+    spooled = spool(ready, "CT_small.dcm")
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(spooled):
+            raise OSError(5, "Input/output error")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with pytest.raises(OSError):
+        ingest.ingest_file(ready, spooled, "CT_small.dcm")
     assert blob_files(ready.data_dir) == []
     assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(0,)]

@@ -19,6 +19,8 @@ service removes those (``task_leftovers``) before it answers the request.
 
 import os
 import secrets
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 import shutil
 import stat
 from pathlib import Path
@@ -29,6 +31,12 @@ from ..errors import TooLarge
 COPY_CHUNK = 1 << 20
 
 _task: str | None = None  # the tag of the worker task running in this process
+
+# Data syncs started early (``sync_soon``): a temporary blob's path -> its fdatasync under way.
+# One thread per process, made on first use (in a worker, never before it forks).
+_early: dict[Path, Future] = {}
+_early_lock = threading.Lock()
+_syncer: ThreadPoolExecutor | None = None
 
 
 def begin_task(tag: str | None) -> None:
@@ -121,12 +129,28 @@ class BlobStore:
             raise
         return path
 
+    @staticmethod
+    def sync_soon(temp: Path) -> None:
+        """Start syncing a finished temporary blob's data in the background (fdatasync releases
+        the GIL), so the disk flush overlaps parsing and rendering; ``commit`` waits for it."""
+        global _syncer
+        with _early_lock:
+            if _syncer is None:
+                _syncer = ThreadPoolExecutor(1, thread_name_prefix="blob-sync")
+            _early[temp] = _syncer.submit(sync_data, temp)
+
     def commit(self, temp: Path, key: str) -> None:
         """Rename a temporary blob into place (in a worker task, noting its key first).
 
-        Its data is synced first; the rename itself is durable after ``sync``."""
+        Its data is synced first (or the sync ``sync_soon`` started is waited for, and its
+        error raised); the rename itself is durable after ``sync``."""
         final = self.path(key)
-        sync_data(temp)
+        with _early_lock:
+            early = _early.pop(temp, None)
+        if early is not None:
+            early.result()
+        else:
+            sync_data(temp)
         if _task is not None:
             with open(self.tmp / f"{_task}.placed", "a") as note:
                 note.write(key + "\n")
@@ -168,6 +192,8 @@ class BlobStore:
     def discard(*temps: Path | None) -> None:
         for temp in temps:
             if temp is not None:
+                with _early_lock:
+                    _early.pop(temp, None)  # a sync under way finishes on the unlinked file
                 temp.unlink(missing_ok=True)
 
 
