@@ -443,3 +443,26 @@ def test_anonymizing_what_pydicom_reads_but_will_not_write_is_422(client, put, d
     assert_error(response, 422, "invalid_dicom")
     assert "anonymized copy could not be written" in response.json()["detail"]
     assert blob_files(data_dir) == []
+
+
+def test_a_full_disk_while_inflating_a_deflated_upload_is_507(client, monkeypatch, data_dir):
+    import errno
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    class Full:
+        def __init__(self, *args, **kwargs):
+            self._file = real(*args, **kwargs)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", Full)
+    response = client.post("/dicom", content=sample_file("image_dfl.dcm").read_bytes(),
+                           headers={"content-type": "application/dicom"})  # fmt: skip
+    assert_error(response, 507, "insufficient_storage")
+    assert blob_files(data_dir) == []

@@ -397,3 +397,27 @@ def test_unknown_vrs_are_read_as_un_and_stray_delimiters_dropped(tmp_path):
             "a stray item or delimitation tag (FFFE,E0DD) outside any sequence was ignored (PS3.5 §7.5)"
         ]
         assert 0xFFFEE0DD not in parsed.ds
+
+
+def test_a_full_disk_while_inflating_is_the_disks_fault_not_the_files(tmp_path, monkeypatch):
+    """ENOSPC writing the inflated data set goes up as it is (ingest answers 507), not as 422."""
+    import errno
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    class Full:
+        def __init__(self, *args, **kwargs):
+            self._file = real(*args, **kwargs)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+    path = deflated_zeros(tmp_path, 64)
+    monkeypatch.setattr(tempfile, "TemporaryFile", Full)
+    with pytest.raises(OSError) as caught:
+        read(path)
+    assert caught.value.errno == errno.ENOSPC

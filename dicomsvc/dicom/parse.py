@@ -22,6 +22,7 @@ delimiters dropped (``warnings``); pixel data cut short or inconsistent with the
 Image Pixel module (``pixel_problem``) is stored, but never shown as if whole.
 """
 
+import errno
 import hashlib
 import mmap
 import os
@@ -64,6 +65,7 @@ PIXEL_NAMES = {
     0x7FE00008: "Float Pixel Data (7FE0,0008)",
 }
 KNOWN_VRS = frozenset(vr.value for vr in VR)  # PS3.5 Table 6.2-1, and pydicom's ambiguous ones
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}  # storage.space's: left for the caller to answer 507
 MAPPED_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}  # binary: inflated values over CHUNK stay on disk
 
 
@@ -128,6 +130,10 @@ def read(path: Path, max_inflated: int | None = None) -> Parsed:
                 problem = problem or _native_problem(ds, pixel, size)
         except DicomSvcError:
             raise
+        except OSError as exc:
+            if exc.errno in DISK_FULL:  # inflating a deflated data set: the disk, not the file (507)
+                raise
+            raise InvalidDicom(f"not a readable DICOM file ({type(exc).__name__})") from None
         except Exception as exc:  # pydicom raises many kinds on broken input
             raise InvalidDicom(f"not a readable DICOM file ({type(exc).__name__})") from None
         sop_uid, uid_warnings = _sop_instance_uid(ds)
