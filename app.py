@@ -9,15 +9,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.background import BackgroundTask
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from dicomsvc import jobs, sweep
+from dicomsvc import audit, health, jobs, metrics, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.http import catalog, instances, intake, openapi, stow
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
+from dicomsvc.http.ranges import RangedFileResponse
+from dicomsvc.http.audit import AuditMiddleware, get_audit
+from dicomsvc.http.metrics import MetricsMiddleware, get_metrics
 from dicomsvc.http.auth import AuthMiddleware, owner_of, user_of, warn_if_open
 from dicomsvc.http.requestid import RequestId
 from dicomsvc.http import routing
@@ -90,7 +93,7 @@ async def get_pixels(request: Request) -> Response:
     temp, filename = await instances.pixels(
         request.app.state.svc, request.path_params["id"], request.query_params, owner_of(request)
     )
-    return FileResponse(
+    return RangedFileResponse(  # Range as on /dicom/{id}/file (JSON 416, malformed ignored)
         temp,
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
@@ -116,6 +119,8 @@ async def get_dicom_file(request: Request) -> Response:
 async def post_anonymize(request: Request) -> JSONResponse:
     source = request.path_params["id"]
     result = await instances.anonymize_stored(request.app.state.svc, source, request)
+    if result.created:
+        metrics.ingested("anonymized")
     return JSONResponse({"id": result.id, "source": source}, status_code=201 if result.created else 200)
 
 
@@ -151,7 +156,18 @@ async def get_docs(request: Request) -> HTMLResponse:
 
 
 async def healthz(request: Request) -> JSONResponse:
+    """Liveness: the process answers (dicomsvc.health: /readyz says whether it can work)."""
     return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: the database takes writes, DICOMSVC_MIN_FREE_BYTES are free, a worker lives."""
+    ready, checks = await health.readiness(request.app.state.svc, audit.now())
+    if ready:
+        return JSONResponse({"status": "ready", "checks": checks})
+    failing = ", ".join(name for name, check in checks.items() if not check["ok"])
+    body = {"error": "not_ready", "detail": f"not ready: {failing}", "checks": checks}
+    return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
 
 
 async def service_error(request: Request, exc: DicomSvcError) -> JSONResponse:
@@ -208,6 +224,9 @@ routes = [
     Route("/image", get_image, methods=["GET"]),
     Route("/tags", get_tags, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", get_metrics, methods=["GET"]),  # Prometheus text format (dicomsvc/metrics.py)
+    Route("/audit", get_audit, methods=["GET"]),  # the audit trail (dicomsvc/audit.py), admins only
     Route("/openapi.json", get_openapi, methods=["GET"]),
     Route("/docs", get_docs, methods=["GET"]),
     Mount("/dicomweb", routes=dicomweb.routes),  # DICOMweb (PS3.18): dicomsvc/http/dicomweb/
@@ -232,13 +251,16 @@ def create_app(config: Config | None = None) -> Starlette:
         setup_logging(config.log_level, config.log_format, config.log_file, config.log_file_bytes, config.log_file_count)
         config.log(log)
         warn_if_open(config, log)
-        async with open_service(config) as svc, jobs.running(svc), sweep.running(svc):
+        # the audit trail is written until everything else has stopped
+        async with open_service(config) as svc, audit.running(svc), jobs.running(svc), sweep.running(svc):
             app.state.svc = svc
             yield
 
     middleware = [
         Middleware(RequestId),  # outermost: every answer and log line of the request has its id
         Middleware(AccessLog),
+        Middleware(MetricsMiddleware),  # requests by route template, method, status; latency
+        Middleware(AuditMiddleware),  # outside authentication: refusals are part of the trail
     ]
     if config.cors_origins:
         middleware.append(

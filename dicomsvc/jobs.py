@@ -18,7 +18,7 @@ from pathlib import Path
 
 import shortuuid
 
-from . import batch
+from . import audit, batch, metrics
 from .batch import Entry, Item, Result
 from .errors import InsufficientStorage, NotFound
 from .service import Service
@@ -122,12 +122,16 @@ async def _run_forever(svc: Service) -> None:
 
 async def _run_job(svc: Service, job_id: str) -> None:
     await job_rows.mark_running(svc.db, job_id)
+    job = await job_rows.get_job(svc.db, job_id)
+    owner = job.get("created_by") if job else None
     while pending := await job_rows.pending_items(svc.db, job_id, PAGE):
         seqs = [seq for seq, _ in pending]
 
         async def record(start: int, results: list[Result], seqs: list[int] = seqs) -> None:
             done = [(seqs[start + i], r.status, json.dumps(r.public())) for i, r in enumerate(results)]
             await job_rows.record_results(svc.db, job_id, done)
+            audit.record(svc, audit.job_records(job_id, owner, results))  # who submitted it: the job's owner
+            metrics.count_results(results)
 
         await batch.run(svc, [Item.from_json(item) for _, item in pending], on_done=record)
     await _finish(svc, job_id, "done", None)

@@ -53,6 +53,7 @@ INGESTED = Counter(
     "Files ingested, by outcome (anonymized: copies made by POST /dicom/{id}/anonymize)",
     ["outcome"], registry=REGISTRY,
 )  # fmt: skip
+DELETED = Counter("dicomsvc_instances_deleted", "Instances deleted", registry=REGISTRY)
 STORED_INSTANCES = Gauge("dicomsvc_stored_instances", "Instances stored (at scrape time)", registry=REGISTRY)
 STORED_BYTES = Gauge(
     "dicomsvc_stored_bytes", "Bytes stored: DICOM files and their PNG renderings (at scrape time)", registry=REGISTRY
@@ -95,9 +96,33 @@ def reason_label(reason: str) -> str:
     return reason if isinstance(reason, str) and _REASON.fullmatch(reason) else "other"
 
 
+_changes = 0  # instances created or deleted through this process: the stored totals' cache key
+
+
 def ingested(outcome: str, count: int = 1) -> None:
+    global _changes
     if outcome in INGEST_OUTCOMES and count:
         INGESTED.labels(outcome).inc(count)
+        if outcome in ("created", "anonymized"):
+            _changes += count
+
+
+def deleted(count: int) -> None:
+    global _changes
+    if count:
+        DELETED.inc(count)
+        _changes += count
+
+
+def changes() -> int:
+    """How many instances were created or deleted through this process so far."""
+    return _changes
+
+
+def count_results(results) -> None:
+    """Each file of a batch (``batch.Result``): created, duplicate, failed or skipped."""
+    for result in results:
+        ingested(result.status)
 
 
 def worker_restart(reason: str) -> None:

@@ -32,7 +32,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            route = routing.template(scope) or "-"
+            route = routing.match(scope)[0] or "-"  # also for a request refused before routing
             ms = (time.perf_counter() - start) * 1e3
             extra = {"status": status[0], "duration_ms": round(ms, 1)}
             self.log.info("%s %s %d %.1fms", scope["method"], route, status[0], ms, extra=extra)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import BadRequest, NotFound
 from ..options import flag
-from .. import jobs
+from .. import audit, jobs, metrics
 from ..service import Service
 from ..storage import instances
 from ..storage.blobs import BlobStore
@@ -133,6 +133,7 @@ async def delete_one(svc: Service, instance_id: str) -> None:
     gone = await instances.delete(svc.db, {"id": check_id(instance_id)})
     if not gone:
         raise NotFound("no instance with that id")
+    metrics.deleted(len(gone))
     await svc.io(_remove_blobs, svc.blobs, gone)
 
 
@@ -142,6 +143,8 @@ async def delete_matching(svc: Service, query: Mapping[str, str]) -> int:
     if not wanted:
         raise BadRequest("refusing to delete everything: give a filter such as StudyInstanceUID")
     gone = await instances.delete(svc.db, wanted.exact, wanted.study_date)
+    audit.note_instances(row["id"] for row in gone)
+    metrics.deleted(len(gone))
     await svc.io(_remove_blobs, svc.blobs, gone)
     return len(gone)
 
@@ -156,6 +159,8 @@ async def delete_study(svc: Service, study: str, series: str | None = None, sop:
     if sop is not None:
         exact["SOPInstanceUID"] = sop
     gone = await instances.delete(svc.db, exact)
+    audit.note_instances(row["id"] for row in gone)
+    metrics.deleted(len(gone))
     if not gone:
         raise NotFound(f"no such {'instance' if sop else 'series' if series else 'study'}")
     await svc.io(_remove_blobs, svc.blobs, gone)

@@ -19,10 +19,10 @@ from pathlib import Path
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from .. import batch, jobs, paths
+from .. import audit, batch, jobs, metrics, paths
 from ..batch import Entry, Item
 from ..dicom.files import HEAD_BYTES, is_zip, sniff
-from ..errors import BadRequest, UnsupportedMediaType
+from ..errors import BadRequest, DicomSvcError, UnsupportedMediaType
 from ..ingest import Ingested, ingest_file, ingest_import
 from ..options import Options, flag
 from ..service import Service
@@ -71,6 +71,8 @@ async def post_dicom(svc: Service, request: Request) -> Answer:
 
 
 def single(ingested: Ingested) -> Answer:
+    audit.note(instance=ingested.id, status=201 if ingested.created else 200)
+    metrics.ingested("created" if ingested.created else "duplicate")
     body = {"id": ingested.id} | ({"warnings": ingested.warnings} if ingested.warnings else {})
     return Answer(201 if ingested.created else 200, body)
 
@@ -85,7 +87,7 @@ async def _from_path(svc: Service, request: Request, want_async: bool, options: 
         relative = str(real.relative_to(svc.config.import_root.resolve()))
         entries = [Item.of(str(raw), "import", relative, options)]
     else:
-        return single(await svc.cpu(ingest_import, svc.config, raw, options))
+        return single(await _ingest_one(svc, ingest_import, svc.config, raw, options))
     return await _run(svc, request, entries, None, want_async)
 
 
@@ -97,9 +99,17 @@ async def _from_body(svc: Service, request: Request, want_async: bool, options: 
     temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"
     try:
         await uploads.spool_body(svc, request, temp, cfg.max_upload_bytes)
-        return single(await svc.cpu(ingest_file, cfg, temp, _source(request), options))
+        return single(await _ingest_one(svc, ingest_file, cfg, temp, _source(request), options))
     finally:
         await svc.io(svc.blobs.discard, temp)  # gone already if it was stored
+
+
+async def _ingest_one(svc: Service, fn, *args) -> Ingested:
+    try:
+        return await svc.cpu(fn, *args)
+    except DicomSvcError:
+        metrics.ingested("failed")
+        raise
 
 
 def _resolve(root: Path, raw: object) -> tuple[Path, bool]:
@@ -168,6 +178,10 @@ def _starts_as_zip(path: Path) -> bool:
 async def _run(svc: Service, request: Request, entries: list[Entry], spool: Path | None, want_async: bool) -> Answer:
     if want_async or len(entries) > svc.config.sync_limit:
         job_id = await jobs.submit(svc, entries, spool, user_of(request))
+        audit.note(job=job_id)  # its files are recorded as the job ingests them
         status_url = f"{base_url(request)}/jobs/{job_id}"  # absolute (RFC 9110 §10.2.2 allows relative; clients prefer this)
         return Answer(202, {"job": job_id, "status_url": status_url}, {"Location": status_url})
-    return Answer(200, batch.summarize(await batch.run_entries(svc, entries)))
+    results = await batch.run_entries(svc, entries)
+    audit.note_results(results)
+    metrics.count_results(results)
+    return Answer(200, batch.summarize(results))

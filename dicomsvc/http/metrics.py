@@ -1,10 +1,76 @@
 """``GET /metrics`` (Prometheus text format) and what the HTTP side counts.
 
 The metrics themselves live in ``dicomsvc.metrics`` (counted in the server process
-only: that module says why). Authentication calls ``auth_failure(reason)`` for each
-request it refuses.
+only: that module says why). A request authentication refused carries the reason in
+``scope["state"]["auth_failure"]`` (``http.auth``): the middleware counts it; code that
+refuses elsewhere may call ``auth_failure(reason)``.
 """
 
-from ..metrics import auth_failure
+import time
 
-__all__ = ["auth_failure"]
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import metrics
+from ..metrics import auth_failure
+from ..storage import instances
+from ..storage import jobs as job_rows
+from . import routing
+
+__all__ = ["auth_failure", "MetricsMiddleware", "get_metrics"]
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+UNMATCHED = "unmatched"  # a path no route serves: never the path itself as a label
+TOTALS_MAX_AGE = 30.0  # seconds the stored totals are reused between scrapes while nothing changed
+
+
+class MetricsMiddleware:
+    """Counts every request by method, route template and status, and times it (from its
+    arrival to the end of its answer's body). Pure ASGI."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            route, _ = routing.match(scope)
+            route = route or UNMATCHED
+            metrics.REQUESTS.labels(method, route, str(status[0])).inc()
+            metrics.LATENCY.labels(method, route).observe(time.perf_counter() - start)
+            reason = (scope.get("state") or {}).get("auth_failure")
+            if reason:
+                auth_failure(reason)
+
+
+_totals: dict = {"at": float("-inf"), "key": None}
+
+
+async def _refresh_gauges(svc) -> None:
+    """The gauges read from the database: jobs at every scrape (a small table); instances and
+    bytes stored (a scan of the instance table: ~0.4 s for a million rows) again only when an
+    instance was created or deleted since, or TOTALS_MAX_AGE seconds passed."""
+    counts = await job_rows.unfinished_counts(svc.db)
+    for state in metrics.JOB_STATES:
+        metrics.JOBS.labels(state).set(counts.get(state, 0))
+    now, key = time.monotonic(), (svc.config.db_path, metrics.changes())
+    if _totals["key"] != key or now - _totals["at"] > TOTALS_MAX_AGE:
+        count, size = await svc.io(instances.totals, svc.config.db_path)
+        metrics.STORED_INSTANCES.set(count)
+        metrics.STORED_BYTES.set(size)
+        _totals.update(at=now, key=key)
+
+
+async def get_metrics(request: Request) -> Response:
+    await _refresh_gauges(request.app.state.svc)
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

@@ -264,6 +264,37 @@ PATHS: dict[str, dict] = {
         }
     },
     "/healthz": {"get": {"summary": "Liveness", "responses": _answers({"200": ("application/json", "{status: ok}")}, {})}},
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: the database takes writes, DICOMSVC_MIN_FREE_BYTES are free, a worker lives",
+            "responses": _answers(
+                {"200": ("application/json", "{status: ready, checks: {database, disk, workers}}")},
+                {"503": "not ready: {error: not_ready, detail, checks}"},
+            ),
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text format 0.0.4); a token only with DICOMSVC_METRICS_AUTH=true",
+            "responses": _answers({"200": ("text/plain", "Prometheus text exposition format")}, {}),
+        }
+    },
+    "/audit": {
+        "get": {
+            "summary": "The audit trail, newest first (admins): who did what to which instance, study, series or job",
+            "parameters": [
+                _param("user", "query", "records of this user"),
+                _param("action", "query", "upload, view, download, anonymize, delete or search"),
+                _param("resource", "query", "an instance or job id, or a Study, Series or SOP Instance UID"),
+                _param("request_id", "query", "records of this request (X-Request-ID)"),
+                _param("since", "query", "ISO 8601 date or date-time: records at or after it"),
+                _param("until", "query", "ISO 8601 date or date-time: records before it"),
+                _param("limit", "query", "page size, 1-1000 (default 100)", "integer"),
+                _param("before", "query", "the previous page's next_before", "integer"),
+            ],
+            "responses": _answers({"200": ("application/json", "{items, limit, next_before}")}, {"400": "bad parameter"}),
+        }
+    },
     "/openapi.json": {"get": {"summary": "This document", "responses": _answers({"200": ("application/json", "OpenAPI 3")}, {})}},
     "/docs": {"get": {"summary": "This document as a web page", "responses": _answers({"200": ("text/html", "HTML")}, {})}},
 }

@@ -38,7 +38,7 @@ class RequestId:
         rid = request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
-        begin_request(RequestContext(rid, lambda: routing.template(scope), lambda: who(scope)[0]))
+        begin_request(RequestContext(rid, lambda: routing.match(scope)[0], lambda: who(scope)[0]))
         header = (b"x-request-id", rid.encode("ascii"))
 
         async def send_with_id(message):

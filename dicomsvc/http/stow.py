@@ -14,7 +14,7 @@ were, 409 when none were, 415 for any other media type. ``?anonymize=true`` anon
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from .. import batch
+from .. import audit, batch, metrics
 from ..batch import Entry, Item, Result
 from ..errors import UnsupportedMediaType
 from ..options import Options
@@ -54,6 +54,8 @@ async def store_instances(svc: Service, request: Request, study_uid: str | None,
             for n, p in enumerate(parts, 1)
         ]
         results = await batch.run_entries(svc, entries, study_uid=study_uid)
+        audit.note_results(results)
+        metrics.count_results(results)
     finally:
         await svc.io(remove_spool, folder)
     where = await instances.locations(svc.db, [r.id for r in results if r.stored and r.id])

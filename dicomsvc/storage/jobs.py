@@ -108,6 +108,14 @@ async def finish(db: Database, job_id: str, state: str, detail: str | None) -> s
     return rows[0]["spool_dir"] if rows else None
 
 
+async def unfinished_counts(db: Database) -> dict[str, int]:
+    """Jobs queued and running (for the metrics' gauges)."""
+    rows = await db.conn.execute_fetchall(
+        "SELECT status, COUNT(*) AS n FROM job WHERE status IN ('queued', 'running') GROUP BY status"
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
 async def held_spools(db: Database) -> list[str]:
     """Spool folders that unfinished jobs still need."""
     rows = await db.conn.execute_fetchall("SELECT spool_dir FROM job WHERE spool_dir IS NOT NULL")

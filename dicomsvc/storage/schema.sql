@@ -174,3 +174,51 @@ CREATE TABLE IF NOT EXISTS api_token (
     created_at TEXT NOT NULL,
     revoked_at TEXT                                  -- set by revoke: the token no longer works
 );
+
+-- The audit trail (dicomsvc/audit.py, storage/audit.py; README "Audit"): who did what to which
+-- instance, study, series or job, and how it ended. Written in batches; append-only: the
+-- triggers below refuse UPDATE and DELETE, whoever asks. Ids and the UIDs of a request's path,
+-- the route template and the NAMES of query parameters -- never their values, nor data read
+-- from a file.
+CREATE TABLE IF NOT EXISTS audit (
+    seq        INTEGER PRIMARY KEY,                  -- order of writing
+    time       TEXT NOT NULL,                        -- ISO 8601, UTC: when the request arrived
+    user       TEXT NOT NULL,                        -- the identity's user ('anonymous' without auth)
+    role       TEXT NOT NULL,                        -- the highest role it held ('' none)
+    action     TEXT NOT NULL,                        -- upload | view | download | anonymize | delete | search
+    method     TEXT NOT NULL,                        -- HTTP method; JOB: a background job's ingest
+    route      TEXT,                                 -- route template (/dicom/{id}/file)
+    instance   TEXT,                                 -- dicomsvc instance id
+    study      TEXT,                                 -- (0020,000D) Study Instance UID of the request's path
+    series     TEXT,                                 -- (0020,000E) Series Instance UID of the request's path
+    sop        TEXT,                                 -- (0008,0018) SOP Instance UID of the request's path
+    job        TEXT,                                 -- background job id
+    params     TEXT,                                 -- query parameter names, sorted, comma-separated
+    status     INTEGER NOT NULL,                     -- outcome: HTTP status (each file's, for uploads)
+    client     TEXT,                                 -- client address
+    request_id TEXT                                  -- X-Request-ID
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+CREATE INDEX IF NOT EXISTS audit_user ON audit (user);
+CREATE INDEX IF NOT EXISTS audit_action ON audit (action);
+-- GET /audit?resource= looks in all five: each has its index, so the OR is five index lookups
+CREATE INDEX IF NOT EXISTS audit_instance ON audit (instance);
+CREATE INDEX IF NOT EXISTS audit_study ON audit (study);
+CREATE INDEX IF NOT EXISTS audit_series ON audit (series);
+CREATE INDEX IF NOT EXISTS audit_sop ON audit (sop);
+CREATE INDEX IF NOT EXISTS audit_job ON audit (job);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit trail is append-only');
+END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit trail is append-only');
+END;
+
+-- /readyz proves the database takes writes by committing one here (dicomsvc/health.py).
+CREATE TABLE IF NOT EXISTS health (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at TEXT NOT NULL                         -- ISO 8601, UTC: the last readiness check
+);
+INSERT OR IGNORE INTO health (id, checked_at) VALUES (1, '');

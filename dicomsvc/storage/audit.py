@@ -1,0 +1,53 @@
+"""The audit trail's table: appended to in batches, read by ``GET /audit``; never updated or
+deleted (``schema.sql`` has triggers that refuse both, whoever asks).
+
+A record names what was touched by our ids and the DICOM UIDs in the request's path, and a
+search by its parameter names only: never a value read from a file or a query.
+"""
+
+from collections.abc import Mapping, Sequence
+
+from .sqlite import Database, transaction
+
+# In insert order; ``seq`` (the primary key) is added by SQLite, in order of writing.
+COLUMNS = (
+    "time", "user", "role", "action", "method", "route", "instance", "study", "series", "sop", "job",
+    "params", "status", "client", "request_id",
+)  # fmt: skip
+RESOURCE_COLUMNS = ("instance", "study", "series", "sop", "job")
+_INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+
+async def append(db: Database, rows: Sequence[Sequence]) -> None:
+    """Append ``rows`` (values in ``COLUMNS`` order) in one transaction."""
+    async with transaction(db) as conn:
+        await conn.executemany(_INSERT, rows)
+
+
+async def page(db: Database, filters: Mapping[str, str], limit: int, before: int | None) -> list[dict]:
+    """Records matching every filter, newest first, at most ``limit``, older than ``before``
+    (a ``seq``) when given. Filters: ``user``, ``action``, ``resource`` (any of the ids and
+    UIDs a record names), ``request_id``, ``since`` and ``until`` (ISO 8601 times: since <=
+    time < until)."""
+    where, params = ["1"], []
+    for name in ("user", "action", "request_id"):
+        if name in filters:
+            where.append(f"{name} = ?")
+            params.append(filters[name])
+    if "resource" in filters:
+        where.append("(" + " OR ".join(f"{c} = ?" for c in RESOURCE_COLUMNS) + ")")
+        params += [filters["resource"]] * len(RESOURCE_COLUMNS)
+    if "since" in filters:
+        where.append("time >= ?")
+        params.append(filters["since"])
+    if "until" in filters:
+        where.append("time < ?")
+        params.append(filters["until"])
+    if before is not None:
+        where.append("seq < ?")
+        params.append(before)
+    rows = await db.conn.execute_fetchall(
+        f"SELECT seq, {', '.join(COLUMNS)} FROM audit WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+        (*params, limit),
+    )
+    return [dict(r) for r in rows]
