@@ -97,3 +97,15 @@ def test_a_stale_if_range_sends_the_whole_file(client, stored):
     response = client.get(f"/dicom/{instance_id}/file", headers={"Range": "bytes=999999999-", "If-Range": '"stale"'})
     assert (response.status_code, response.content) == (200, data)
 
+
+def test_pixels_ranges_and_no_temp_file_left(client, stored, data_dir):
+    instance_id, _ = stored
+    url = f"/dicom/{instance_id}/pixels"
+    whole = client.get(url)
+    assert whole.status_code == 200
+    part = client.get(url, headers={"Range": "bytes=0-5"})
+    assert (part.status_code, part.content) == (206, b"\x93NUMPY")
+    refused = client.get(url, headers={"Range": "bytes=99999999-"})
+    assert refused.status_code == 416 and refused.json()["error"] == "range_not_satisfiable"
+    assert client.get(url, headers={"Range": "pages=1"}).content == whole.content
+    assert [p for p in blob_files(data_dir) if p.suffix == ".npy"] == []

@@ -187,11 +187,13 @@ PATHS: dict[str, dict] = {
                 ID,
                 _param("frame", "query", "1-based: one frame only", "integer"),
                 _param("rescale", "query", "true: apply the modality LUT (float32)", "boolean"),
+                RANGE,
             ],
             "responses": _answers(
-                {"200": ("application/octet-stream", ".npy")},
-                {"400": "bad frame", "404": "unknown id or no pixel data", "415": "undecodable pixel data"},
-            ),
+                {"200": ("application/octet-stream", ".npy"), "206": ("application/octet-stream", "the ranges asked for")},
+                {"400": "bad frame", "404": "unknown id or no pixel data",
+                 "415": "undecodable pixel data, or cut short or inconsistent", "416": "no range asked for lies within it"},
+            ),  # fmt: skip
         }
     },
     "/dicom/{id}/bulk/{path}": {
