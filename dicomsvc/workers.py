@@ -48,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from . import metrics
 from .errors import Busy, DicomSvcError, InvalidDicom, WorkerMemory
 from .storage import blobs
 
@@ -273,6 +274,7 @@ class WorkerPool:
         with contextlib.suppress(OSError):
             worker.conn.close()
         log.warning("a worker process stopped (%s); starting another", _why(worker))
+        metrics.worker_restart("timeout" if worker.killed else "memory" if worker.retire else "crash")
         if worker.process.exitcode is not None:
             worker.process.close()
         return self._spawn()
@@ -332,6 +334,7 @@ class WorkerPool:
             worker.conn.send_bytes(payload)
             if not worker.conn.poll(self.limits.timeout or None):
                 worker.kill()
+                metrics.worker_timeout()
                 return ("timeout", None)
             reply = pickle.loads(worker.conn.recv_bytes())
         except (EOFError, OSError):

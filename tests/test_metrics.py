@@ -120,3 +120,27 @@ def test_auth_failures_by_reason(monkeypatch, data_dir, import_root):
     failures = "dicomsvc_auth_failures_total"
     assert delta(before, after, failures, reason="forbidden") == 1
     assert sum(delta(before, after, failures, reason=r) for r in {s[1][0][1] for s in samples(after) if s[0] == failures}) == 3
+
+
+def test_worker_timeouts_and_restarts(data_dir, import_root):
+    import pytest
+    from starlette.testclient import TestClient
+
+    import workertasks
+    from app import create_app
+    from dicomsvc.config import Config
+    from dicomsvc.errors import Busy, InvalidDicom
+
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "2",
+           "DICOMSVC_WORKER_TIMEOUT": "1"}  # fmt: skip
+    with TestClient(create_app(Config.from_env(env))) as client:
+        svc = client.app.state.svc
+        before = scrape(client)
+        with pytest.raises(Busy):
+            client.portal.call(svc.cpu, workertasks.sleep, 3600)
+        with pytest.raises(InvalidDicom):
+            client.portal.call(svc.cpu, workertasks.die_or_hang, "exit")
+        after = scrape(client)
+    assert delta(before, after, "dicomsvc_worker_timeouts_total") == 1
+    assert delta(before, after, "dicomsvc_worker_restarts_total", reason="timeout") == 1
+    assert delta(before, after, "dicomsvc_worker_restarts_total", reason="crash") == 1
