@@ -151,6 +151,7 @@ class Trail:
         if over > 0:
             del self.pending[:over]
             self.dropped += over
+            metrics.AUDIT_DROPPED.inc(over)
             log.error("audit queue over DICOMSVC_AUDIT_QUEUE_MAX: %d oldest record(s) dropped", over)
         metrics.AUDIT_QUEUE.set(len(self.pending))
         if self.pending:

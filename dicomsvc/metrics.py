@@ -80,6 +80,10 @@ AUDIT_ERRORS = Counter(
     "dicomsvc_audit_write_errors", "Audit batches that could not be written (kept and retried)", registry=REGISTRY
 )
 AUDIT_QUEUE = Gauge("dicomsvc_audit_queue", "Audit records waiting to be written", registry=REGISTRY)
+AUDIT_DROPPED = Counter(
+    "dicomsvc_audit_dropped", "Audit records dropped past DICOMSVC_AUDIT_QUEUE_MAX (the database refused writes)",
+    registry=REGISTRY,
+)  # fmt: skip
 
 for _outcome in INGEST_OUTCOMES:  # present from the start at 0, so rate() sees the first one
     INGESTED.labels(_outcome)

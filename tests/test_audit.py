@@ -267,3 +267,25 @@ def test_audit_off(data_dir, import_root):
         client.get("/dicom")
         assert client.get("/audit").json()["items"] == []
     assert rows(data_dir) == []
+
+
+def test_records_the_database_refuses_are_kept_and_written_later(data_dir, import_root):
+    from dicomsvc import metrics
+
+    config = auth_config(data_dir, import_root, audit_flush_ms="50", audit_batch="1", audit_queue_max="3")
+    with TestClient(create_app(config)) as client:
+        svc = client.app.state.svc
+        errors = metrics.AUDIT_ERRORS._value.get()
+        dropped = metrics.AUDIT_DROPPED._value.get()
+        client.portal.call(svc.db.conn.execute, "PRAGMA query_only = ON")  # as a full or read-only disk would
+        for n in range(5):
+            client.get("/dicom", headers={"X-Request-ID": f"q{n}"})
+        deadline = __import__("time").monotonic() + 30
+        while metrics.AUDIT_ERRORS._value.get() == errors:
+            assert __import__("time").monotonic() < deadline
+            __import__("time").sleep(0.02)
+        assert rows(data_dir) == []
+        assert len(svc.audit_trail.pending) == 3 and metrics.AUDIT_DROPPED._value.get() - dropped == 2
+        client.portal.call(svc.db.conn.execute, "PRAGMA query_only = OFF")
+        got = trail(client, {})  # GET /audit writes what waits first
+    assert [r["request_id"] for r in got] == ["q2", "q3", "q4"]  # the oldest two were dropped
