@@ -24,10 +24,9 @@ from pydicom.dataset import Dataset
 from . import paths
 from .config import Config
 from .dicom import dicomjson
-from .dicom.parse import Parsed, pixel_hash, read
+from .dicom.parse import Parsed, frame_count, pixel_hash, read
 from .dicom.tags import TagRow, flatten
 from .errors import DicomSvcError, InvalidDicom, NotDicom, StudyMismatch
-from .imaging.decode import frame_count
 from .imaging.render import render_png
 from .options import PLAIN, Options
 from .storage import instances, space

@@ -33,11 +33,11 @@ from pydicom.uid import (
 
 from .config import Config
 from .dicom import dicomjson
-from .dicom.parse import CHUNK, Parsed, read
+from .dicom.parse import CHUNK, Parsed, frame_count, read
 from .dicom.tags import flatten
 from .errors import DicomSvcError, NoPixelData, NotFound, UnsupportedTransferSyntax
 from .imaging import arrays, renderings
-from .imaging.decode import decode_frame, frame_count
+from .imaging.decode import decode_frame
 from .storage import space
 from .storage.blobs import BlobStore
 

@@ -23,7 +23,7 @@ from dicomsvc.imaging import renderings
 from dicomsvc.imaging.png import encode_png
 from dicomsvc.errors import BadRequest, NoPixelData
 from dicomsvc.dicom.parse import read
-from dicomsvc.imaging.render import decode_frame, to_display
+from dicomsvc.imaging.render import decode_frame, display_frame, to_display
 from dicomsvc.imaging.renderings import (
     RenderParams,
     cache_key,
@@ -65,8 +65,9 @@ def rendered(name: str, accept: str | None = None, max_size: int = MAX, **query:
 
 
 def display(name: str, frame: int = 1, window=None) -> np.ndarray:
+    """What the default render shows (YBR converted with dcmtk's arithmetic, as /image does)."""
     path, parsed = instance(name)
-    return to_display(decode_frame(path, parsed, frame - 1), parsed.ds, window=window)
+    return to_display(display_frame(path, parsed, frame - 1), parsed.ds, window=window)
 
 
 # Parameters -----------------------------------------------------------------------
@@ -545,14 +546,16 @@ def test_no_pixel_data_wins_over_the_frame_check():
 
 
 def test_only_the_asked_frame_is_decoded(monkeypatch):
+    from dicomsvc.imaging import render as render_module
+
     calls = []
-    real = renderings.decode_frame
+    real = render_module.decode_frame
 
-    def spy(path, parsed, index=0):
+    def spy(path, parsed, index=0, **kwargs):
         calls.append(index)
-        return real(path, parsed, index)
+        return real(path, parsed, index, **kwargs)
 
-    monkeypatch.setattr(renderings, "decode_frame", spy)
+    monkeypatch.setattr(render_module, "decode_frame", spy)  # what renderings' display_frame calls
     rendered("rtdose_rle.dcm", frame="9")
     rendered("rtdose.dcm", frame="15")
     rendered("rtdose.dcm")

@@ -34,8 +34,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from ..errors import BadRequest, NoPixelData, UnsupportedTransferSyntax
-from ..dicom.parse import Parsed
-from .decode import decode_frame, frame_count
+from ..dicom.parse import Parsed, frame_count
+from .decode import decode_frame
 
 MAGIC = b"\x93NUMPY"
 ALIGN = 64  # numpy aligns the data to 64 bytes (numpy.lib.format.ARRAY_ALIGN)

@@ -5,7 +5,6 @@ Before a decoder sees a frame, its decoded size is checked against the limit and
 compressed frame's own header against the data set (``precheck``).
 """
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ..dicom.parse import Parsed
+from ..dicom.parse import Parsed, frame_count
 from ..errors import DicomSvcError, NoPixelData, UnsupportedTransferSyntax, WorkerMemory
 from . import precheck
 
@@ -27,23 +26,6 @@ def set_max_frame_bytes(limit: int) -> None:
     """The largest decoded frame this process will decode (DICOMSVC_MAX_FRAME_BYTES)."""
     global _max_frame_bytes
     _max_frame_bytes = limit
-
-
-def frame_count(ds: Dataset) -> int:
-    """(0028,0008) Number of Frames, 1 when absent; read as dcmtk does when malformed ("1A")."""
-    try:
-        raw = ds.get("NumberOfFrames")
-    except Exception:  # a value pydicom refuses to convert: read the bytes
-        raw = ds.get_item(0x00280008).value
-        raw = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
-    if raw is None or raw == "":
-        return 1
-    try:
-        count = int(raw)
-    except (TypeError, ValueError):
-        digits = re.match(r"\s*(\d+)", str(raw))
-        count = int(digits.group(1)) if digits else 1
-    return max(count, 1)
 
 
 def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = True) -> np.ndarray:

@@ -71,10 +71,9 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from ..errors import BadRequest, NoPixelData
-from ..dicom.parse import Parsed
+from ..dicom.parse import Parsed, frame_count
 from .png import encode_png
-from .decode import decode_frame, frame_count
-from .render import to_display
+from .render import display_frame, to_display
 
 __all__ = [
     "DEFAULT_JPEG_QUALITY",
@@ -329,7 +328,7 @@ def render(path: Path, parsed: Parsed, params: RenderParams) -> bytes:
     if params.frame > frames:
         plural = "frame" if frames == 1 else "frames"
         raise BadRequest(f"frame {params.frame} is out of range: this instance has {frames} {plural}")
-    frame = decode_frame(path, parsed, params.frame - 1)
+    frame = display_frame(path, parsed, params.frame - 1)  # YBR converted as dcmtk does
     # A narrow window on a SIGMOID file overflows exp() in render._window_values: the result
     # (0 or 255) is right, but numpy warns; the window comes from the client here, so hush it.
     ds = parsed.ds if params.function is None else _with_function(parsed.ds, params.function)
