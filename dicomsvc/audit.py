@@ -236,8 +236,9 @@ async def running(svc) -> AsyncIterator[None]:
         return
     if config.audit_file is not None:
         config.audit_file.parent.mkdir(parents=True, exist_ok=True)
+    writer = await audit_rows.open_writer(config.db_path)
     svc.audit_trail = found = Trail(
-        svc.db,
+        writer,
         flush_ms=config.audit_flush_ms,
         batch=config.audit_batch,
         queue_max=config.audit_queue_max,
@@ -254,6 +255,7 @@ async def running(svc) -> AsyncIterator[None]:
         if not await found.flush():
             log.error("%d audit record(s) could not be written at shutdown", len(found.pending))
         svc.audit_trail = None
+        await writer.close()
 
 
 def job_records(job_id: str, user: str | None, results: Iterable, when: str | None = None) -> list[Record]:

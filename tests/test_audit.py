@@ -253,6 +253,9 @@ def test_records_are_written_in_batches_and_at_shutdown(data_dir, import_root):
     assert len(rows(data_dir)) == 3  # written at shutdown
     config = auth_config(data_dir, import_root, audit_flush_ms="600000", audit_batch="2")
     with TestClient(create_app(config)) as client:
+        # its own connection, whose commits add no fsync to the ingest's (synchronous NORMAL = 1)
+        svc = client.app.state.svc
+        assert client.portal.call(svc.audit_trail.db.conn.execute_fetchall, "PRAGMA synchronous") == [(1,)]
         client.get("/dicom")
         client.get("/dicom")
         for _ in range(100):  # a full batch is written at once (a liveness bound, not a timing)
@@ -277,7 +280,8 @@ def test_records_the_database_refuses_are_kept_and_written_later(data_dir, impor
         svc = client.app.state.svc
         errors = metrics.AUDIT_ERRORS._value.get()
         dropped = metrics.AUDIT_DROPPED._value.get()
-        client.portal.call(svc.db.conn.execute, "PRAGMA query_only = ON")  # as a full or read-only disk would
+        writer = svc.audit_trail.db.conn
+        client.portal.call(writer.execute, "PRAGMA query_only = ON")  # as a full or read-only disk would
         for n in range(5):
             client.get("/dicom", headers={"X-Request-ID": f"q{n}"})
         deadline = __import__("time").monotonic() + 30
@@ -286,6 +290,6 @@ def test_records_the_database_refuses_are_kept_and_written_later(data_dir, impor
             __import__("time").sleep(0.02)
         assert rows(data_dir) == []
         assert len(svc.audit_trail.pending) == 3 and metrics.AUDIT_DROPPED._value.get() - dropped == 2
-        client.portal.call(svc.db.conn.execute, "PRAGMA query_only = OFF")
+        client.portal.call(writer.execute, "PRAGMA query_only = OFF")
         got = trail(client, {})  # GET /audit writes what waits first
     assert [r["request_id"] for r in got] == ["q2", "q3", "q4"]  # the oldest two were dropped

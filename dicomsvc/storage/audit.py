@@ -6,6 +6,9 @@ search by its parameter names only: never a value read from a file or a query.
 """
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import aiosqlite
 
 from .sqlite import Database, transaction
 
@@ -16,6 +19,23 @@ COLUMNS = (
 )  # fmt: skip
 RESOURCE_COLUMNS = ("instance", "study", "series", "sop", "job")
 _INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+
+async def open_writer(path: Path) -> Database:
+    """The audit trail's own connection (the schema is the service's to make). Its commits
+    do not fsync (``synchronous = NORMAL``): a batch is in the WAL when committed, and made
+    durable by the next commit of any other connection -- every ingest's commit fsyncs the
+    WAL to its end (``synchronous = FULL``) -- or by a checkpoint. So the audit trail adds no
+    fsync to the ingest's, and holds SQLite's write lock for a write, not for a disk flush.
+    (Records are in memory for up to DICOMSVC_AUDIT_FLUSH_MS before that anyway.)"""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        for pragma in ("PRAGMA busy_timeout = 30000", "PRAGMA synchronous = NORMAL"):
+            await conn.execute(pragma)
+    except BaseException:
+        await conn.close()
+        raise
+    return Database(conn=conn)
 
 
 async def append(db: Database, rows: Sequence[Sequence]) -> None:
