@@ -137,6 +137,7 @@ def keepalive_reads(port_paths: dict[str, tuple[int, list[str], dict]], n: int) 
 
 
 def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, import_root: Path) -> None:
+    UP.APP_DIR = Path(a.app_dir).resolve()  # the ZIP rows run the same tree as the others
     corpus = CO.make(import_root, a.n, a.seed)
     if corpus is None:
         raise SystemExit(2)
