@@ -94,7 +94,9 @@ def _keep(blobs: BlobStore, body: bytes, params: renderings.RenderParams, cached
         cached.parent.mkdir(exist_ok=True)
         os.replace(temp, cached)
     except OSError as exc:
-        if not (space.is_full(exc) or isinstance(exc, FileNotFoundError)):
+        # The cache is best effort: a full disk, or a DELETE removing the folder meanwhile
+        # (mkdir then sees it vanish: FileNotFoundError, or FileExistsError mid-rmtree)
+        if not (space.is_full(exc) or isinstance(exc, (FileNotFoundError, FileExistsError))):
             raise
         blobs.discard(temp)
 
