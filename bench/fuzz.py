@@ -744,6 +744,8 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
         env = S.dicomsvc_env(self.data, self.import_root, **self.settings.env())
         env["DICOMSVC_LOG_LEVEL"] = "info"  # the most the service logs: all of it is scanned for patient data
+        env.setdefault("DICOMSVC_LOG_FILE", str(self.work / "file.log"))  # scanned too, as is the audit trail
+        env.setdefault("DICOMSVC_AUDIT_FILE", str(self.work / "audit.jsonl"))
         log = self.work / f"server-{len(self.logs)}.log"
         self.logs.append(log)
         argv = S.uvicorn_argv(port) + ["--no-access-log"]  # as `dicomsvc serve`: the service logs requests itself
@@ -785,6 +787,24 @@ def storage_check(data: Path) -> dict:
     spooled = [str(p.relative_to(data)) for p in spool.rglob("*") if p.is_file()] if spool.exists() else []
     return {"rows": len(rows), "orphan_blobs": orphan_blobs, "rows_missing_blobs": missing,
             "temp_files": temps, "spool_files": spooled}
+
+
+def written_by_server(work: Path, logs: list[Path]) -> list[Path]:
+    """What the service wrote that must hold no patient data: its output, its log and audit
+    files (rotated ones too), and the audit table (dumped to a file here)."""
+    found = list(logs) + sorted(work.glob("file.log*")) + sorted(work.glob("audit.jsonl*"))
+    db = work / "data" / "dicom.db"
+    if db.exists():
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                rows = con.execute("SELECT * FROM audit").fetchall()
+            con.close()
+        except sqlite3.Error:  # no audit table (yet)
+            rows = []
+        dump = work / "audit-table.txt"
+        dump.write_text("\n".join("\t".join(map(str, row)) for row in rows))
+        found.append(dump)
+    return found
 
 
 def phi_in_logs(logs: list[Path], corpus: list[Doc]) -> list[str]:
@@ -1113,7 +1133,7 @@ def fuzz(
         "memory_samples": watch.samples,
         "rows_left": after["rows"],
         "orphans": orphans,
-        "phi_in_log": phi_in_logs(server.logs, corpus),
+        "phi_in_log": phi_in_logs(written_by_server(work, server.logs), corpus),
         "server_exceptions": dict(exceptions.most_common()),
     }
 
