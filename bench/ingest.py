@@ -4,6 +4,7 @@ Run from the repo root:
 
     .venv/bin/python bench/ingest.py [--n 500] [--no-orthanc] [--keep] [--json out.json]
                                      [--reads 500] [--no-access-log] [--phase-timeout 900]
+                                     [--auth none|token] [--audit on|off]
 
 What it does (all bounded by request counts and deadlines; servers are always
 killed in a finally block):
@@ -49,6 +50,7 @@ APP_DIR = REPO  # where `app:app` is imported from (--app-dir, for testing the b
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"Accept-Encoding": "identity"}
 AUTH = "none"  # --auth token: DICOMSVC_AUTH=token, every request with an uploader's API token
+AUDIT = "true"  # --audit off: DICOMSVC_AUDIT=false (the audit trail's cost, issue 11)
 
 
 # --------------------------------------------------------------------------
@@ -76,7 +78,7 @@ class Ours(Target):
     def launch_server(self):
         data = self.work / "data"
         data.mkdir()
-        env = S.dicomsvc_env(data, self.import_root, DICOMSVC_AUTH=AUTH)
+        env = S.dicomsvc_env(data, self.import_root, DICOMSVC_AUTH=AUTH, DICOMSVC_AUDIT=AUDIT)
         self.token = None
         if AUTH == "token":  # made before the server starts, as an operator would: dicomsvc token create
             made = subprocess.run(
@@ -311,6 +313,8 @@ def main(argv=None) -> int:
                          " does not govern it; Orthanc logs no access lines)")
     ap.add_argument("--auth", choices=("none", "token"), default="none",
                     help="dicomsvc's DICOMSVC_AUTH: token sends an uploader's API token on every request")
+    ap.add_argument("--audit", choices=("on", "off"), default="on",
+                    help="dicomsvc's audit trail (DICOMSVC_AUDIT): off to measure what it costs")
     ap.add_argument("--table", action="store_true",
                     help="the issue-12 table: path/upload x 1/4 clients, ZIP, CPU, fsyncs (strace), tags, image vs"
                          " nginx, idle PSS, peak RSS; --rounds rounds alternating with Orthanc (bench/sidebyside.py)")
@@ -320,9 +324,10 @@ def main(argv=None) -> int:
     if a.n < 1 or a.reads < 0:
         ap.error("--n must be >= 1 and --reads >= 0")
 
-    global APP_DIR, AUTH  # noqa: PLW0603
+    global APP_DIR, AUTH, AUDIT  # noqa: PLW0603
     APP_DIR = Path(a.app_dir).resolve()
     AUTH = a.auth
+    AUDIT = "true" if a.audit == "on" else "false"
     if a.no_access_log:
         UVICORN_EXTRA.append("--no-access-log")
     out, binary = R.begin(a.no_orthanc, a.no_ours)
@@ -346,6 +351,7 @@ def main(argv=None) -> int:
         out["config"] = {
             "n": a.n, "reads": a.reads, "uvicorn_access_log": not a.no_access_log, "elements_per_instance": corpus.n_elements,
             "auth": a.auth,
+            "audit": a.audit,
             "bytes_total": corpus.bytes_total,
             "phases": "1-client: fresh dicomsvc then fresh Orthanc, each ingests all N; reads (ids in one shuffled"
                       " order, each id once before any repeats, 5 warm-up GETs not counted) alternate request by"
