@@ -11,6 +11,7 @@ written to blob storage is removed before the request is answered.
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import fcntl
 import functools
@@ -83,9 +84,10 @@ class Service:
             log.info("removed %d temporary file(s) and %d blob(s) of a task whose worker died", len(temps), len(orphans))
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run small blocking I/O ``fn(*args)`` in a thread."""
+        """Run small blocking I/O ``fn(*args)`` in a thread, in the caller's context (what it
+        logs carries the request's id, as ``asyncio.to_thread`` would)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.io_pool, functools.partial(fn, *args))
+        return await loop.run_in_executor(self.io_pool, functools.partial(contextvars.copy_context().run, fn, *args))
 
 
 

@@ -68,3 +68,18 @@ def test_a_second_app_replaces_the_handlers_of_the_first(data_dir, import_root, 
             pass
     ours = [h for h in logging.getLogger("dicomsvc").handlers if getattr(h, "_dicomsvc", False)]
     assert len(ours) == 2  # stderr and the second file
+
+
+def test_lines_logged_in_an_io_thread_carry_the_request_id(client, caplog):
+    from dicomsvc.logs import RequestContext, begin_request
+
+    caplog.set_level("INFO", logger="dicomsvc")
+    svc = client.app.state.svc
+
+    async def in_a_request():
+        begin_request(RequestContext("io-thread-1", lambda: "/dicom/{id}", lambda: "alice"))
+        await svc.io(logging.getLogger("dicomsvc.test").info, "from an I/O thread")
+
+    client.portal.call(in_a_request)
+    line = next(r for r in caplog.records if r.getMessage() == "from an I/O thread")
+    assert (line.request_id, line.route, line.user) == ("io-thread-1", "/dicom/{id}", "alice")
