@@ -18,6 +18,7 @@ from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.http import catalog, instances, intake, openapi, stow
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
+from dicomsvc.http.catchall import CatchAll
 from dicomsvc.http.ranges import RangedFileResponse
 from dicomsvc.http.audit import AuditMiddleware, get_audit
 from dicomsvc.http.metrics import MetricsMiddleware, get_metrics
@@ -275,5 +276,6 @@ def create_app(config: Config | None = None) -> Starlette:
         )
     middleware.append(Middleware(AuthMiddleware, config=config))  # DICOMSVC_AUTH; rules: dicomsvc/http/rules.py
     middleware.append(Middleware(GzipMiddleware))  # JSON and multipart answers; never images
+    middleware.append(Middleware(CatchAll, handler=internal_error))  # a 500 never reaches uvicorn's log
     return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
 

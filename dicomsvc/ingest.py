@@ -96,7 +96,7 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
         blobs.sync_soon(temp)  # its data flushes while we parse and render
         parsed = read(temp, config.max_upload_bytes)  # a deflated data set inflates to no more either
         # (0002,0002) Media Storage SOP Class UID: Media Storage Directory Storage
-        if parsed.ds.file_meta.get("MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
+        if _text(parsed.ds.file_meta, "MediaStorageSOPClassUID") == "1.2.840.10008.1.3.10":
             raise NotDicom("a DICOMDIR (a media directory), not an instance")
         if options.study_uid is not None and _text(parsed.ds, "StudyInstanceUID") != options.study_uid:
             raise StudyMismatch("the instance belongs to another study than the one in the URL")

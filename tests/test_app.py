@@ -466,3 +466,31 @@ def test_a_full_disk_while_inflating_a_deflated_upload_is_507(client, monkeypatc
                            headers={"content-type": "application/dicom"})  # fmt: skip
     assert_error(response, 507, "insufficient_storage")
     assert blob_files(data_dir) == []
+
+
+def test_an_unexpected_exception_is_a_json_500_whose_message_is_never_logged(client, caplog, capfd, monkeypatch):
+    """Exception messages can quote values read from a file: the 500 names only the type."""
+    from dicomsvc.http import catalog
+
+    async def broken(*args, **kwargs):
+        raise ValueError("DOE^PLANTED quoted by a library")
+
+    monkeypatch.setattr(catalog, "stats", broken)
+    caplog.set_level("DEBUG")
+    response = client.get("/stats")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal", "detail": "internal server error"}
+    assert client.get("/healthz").status_code == 200
+    out, err = capfd.readouterr()
+    assert "ValueError" in caplog.text  # the type is logged...
+    assert "DOE^PLANTED" not in caplog.text + out + err  # ...never the message or a traceback
+
+
+def test_a_file_meta_element_with_a_foreign_vr_is_not_a_500(client):
+    """(0002,0002) Media Storage SOP Class UID re-encoded as FL (fuzz seed 9 #510): the
+    DICOMDIR check read it through pydicom, which raised BytesLengthException."""
+    data = sample_file("CT_small.dcm").read_bytes()
+    assert data.count(b"\x02\x00\x02\x00UI") == 1
+    mutant = data.replace(b"\x02\x00\x02\x00UI", b"\x02\x00\x02\x00FL")
+    response = client.post("/dicom", content=mutant, headers={"content-type": "application/dicom"})
+    assert response.status_code in (200, 201, 422), response.text
