@@ -421,7 +421,9 @@ def test_what_is_compressed():
     assert not accepts_gzip("identity") and not accepts_gzip("gzip;q=0") and not accepts_gzip("")
     assert compressible("application/dicom+json") and compressible("application/json; charset=utf-8")
     assert compressible('multipart/related; type="application/dicom"; boundary=x')
-    assert compressible("multipart/related; type=application/octet-stream; boundary=x")
+    # frames are pixels: not compressed, like images (uncompressed frames are octet-stream parts)
+    assert not compressible("multipart/related; type=application/octet-stream; boundary=x")
+    assert not compressible('multipart/related; type="application/octet-stream"; transfer-syntax=*')
     assert not compressible('multipart/related; type="image/jpeg"; boundary=x')
     assert not compressible("image/png") and not compressible("application/octet-stream")
     assert gzip.decompress(gzip.compress(b"x")) == b"x"
