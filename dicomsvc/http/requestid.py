@@ -43,7 +43,9 @@ class RequestId:
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), header]}
+                headers = message.get("headers", ())
+                if not any(name.lower() == HEADER for name, _ in headers):  # the 500 handler adds its own
+                    message = {**message, "headers": [*headers, header]}
             await send(message)
 
         await self.app(scope, receive, send_with_id)
