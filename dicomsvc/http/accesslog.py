@@ -4,6 +4,7 @@ import logging
 import time
 
 from . import routing
+from .status import ResponseStatus
 
 
 class AccessLog:
@@ -22,17 +23,11 @@ class AccessLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-
-        async def capture(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        start, status = time.perf_counter(), ResponseStatus(send)
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, receive, status)
         finally:
             route = routing.match(scope)[0] or "-"  # also for a request refused before routing
             ms = (time.perf_counter() - start) * 1e3
-            extra = {"status": status[0], "duration_ms": round(ms, 1)}
-            self.log.info("%s %s %d %.1fms", scope["method"], route, status[0], ms, extra=extra)
+            extra = {"status": status.code, "duration_ms": round(ms, 1)}
+            self.log.info("%s %s %d %.1fms", scope["method"], route, status.code, ms, extra=extra)

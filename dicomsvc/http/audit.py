@@ -26,6 +26,7 @@ from .. import audit
 from ..errors import BadRequest
 from ..storage import audit as audit_rows
 from . import routing
+from .status import ResponseStatus
 from .who import who
 
 UPLOAD, VIEW, DOWNLOAD, ANONYMIZE, DELETE, SEARCH = audit.ACTIONS
@@ -144,19 +145,13 @@ class AuditMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         notes = audit.begin_request()
-        when, status = audit.now(), [500]
-
-        async def capture(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        when, status = audit.now(), ResponseStatus(send)
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, receive, status)
         finally:
             trail = audit.trail(getattr(scope["app"].state, "svc", None))
             if trail is not None:
-                base = base_record(scope, when, status[0])
+                base = base_record(scope, when, status.code)
                 if base is not None:
                     trail.add(_records(base, notes))
 

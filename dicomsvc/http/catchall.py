@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .status import ResponseStatus
+
 
 class CatchAll:
     def __init__(self, app, handler: Callable[[Request, Exception], Awaitable[Response]]):
@@ -20,18 +22,11 @@ class CatchAll:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
-
-        async def watch(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        status = ResponseStatus(send)
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, receive, status)
         except Exception as exc:  # the handler logs its type and the route template, never its message
             response = await self.handler(Request(scope), exc)
-            if not started:
+            if not status.started:
                 await response(scope, receive, send)
             # else the answer was already under way: the client sees it cut short

@@ -16,6 +16,7 @@ from ..metrics import auth_failure
 from ..storage import instances
 from ..storage import jobs as job_rows
 from . import routing
+from .status import ResponseStatus
 
 __all__ = ["auth_failure", "MetricsMiddleware", "get_metrics"]
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
@@ -33,20 +34,14 @@ class MetricsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-
-        async def capture(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        start, status = time.perf_counter(), ResponseStatus(send)
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, receive, status)
         finally:
             method = scope["method"] if scope["method"] in METHODS else "other"
             route, _ = routing.match(scope)
             route = route or UNMATCHED
-            metrics.REQUESTS.labels(method, route, str(status[0])).inc()
+            metrics.REQUESTS.labels(method, route, str(status.code)).inc()
             metrics.LATENCY.labels(method, route).observe(time.perf_counter() - start)
             reason = (scope.get("state") or {}).get("auth_failure")
             if reason:
