@@ -84,8 +84,6 @@ RULES: dict[tuple[str, str], str] = {
     (_SERIES, "DELETE"): ADMIN,
     (_INSTANCE, "DELETE"): ADMIN,
 }
-# Routes another part of the work adds (issue 11 part 2): their rules are ready above.
-PLANNED = {("/audit", "GET"), ("/readyz", "GET"), ("/metrics", "GET")}
 
 
 def template(path: str) -> str:
