@@ -122,3 +122,23 @@ def swapping(a: Path, b: Path) -> tuple[threading.Event, threading.Thread]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return stop, thread
+
+
+def temporary_files_on_a_full_disk(monkeypatch) -> None:
+    """From now on, writing to a ``tempfile.TemporaryFile`` fails with ENOSPC (a full disk)."""
+    import errno
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    class Full:
+        def __init__(self, *args, **kwargs):
+            self._file = real(*args, **kwargs)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", Full)

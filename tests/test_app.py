@@ -446,22 +446,9 @@ def test_anonymizing_what_pydicom_reads_but_will_not_write_is_422(client, put, d
 
 
 def test_a_full_disk_while_inflating_a_deflated_upload_is_507(client, monkeypatch, data_dir):
-    import errno
-    import tempfile
+    from dicomfiles import temporary_files_on_a_full_disk
 
-    real = tempfile.TemporaryFile
-
-    class Full:
-        def __init__(self, *args, **kwargs):
-            self._file = real(*args, **kwargs)
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self._file, name)
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", Full)
+    temporary_files_on_a_full_disk(monkeypatch)
     response = client.post("/dicom", content=sample_file("image_dfl.dcm").read_bytes(),
                            headers={"content-type": "application/dicom"})  # fmt: skip
     assert_error(response, 507, "insufficient_storage")

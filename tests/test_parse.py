@@ -402,22 +402,11 @@ def test_unknown_vrs_are_read_as_un_and_stray_delimiters_dropped(tmp_path):
 def test_a_full_disk_while_inflating_is_the_disks_fault_not_the_files(tmp_path, monkeypatch):
     """ENOSPC writing the inflated data set goes up as it is (ingest answers 507), not as 422."""
     import errno
-    import tempfile
 
-    real = tempfile.TemporaryFile
-
-    class Full:
-        def __init__(self, *args, **kwargs):
-            self._file = real(*args, **kwargs)
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self._file, name)
+    from dicomfiles import temporary_files_on_a_full_disk
 
     path = deflated_zeros(tmp_path, 64)
-    monkeypatch.setattr(tempfile, "TemporaryFile", Full)
+    temporary_files_on_a_full_disk(monkeypatch)
     with pytest.raises(OSError) as caught:
         read(path)
     assert caught.value.errno == errno.ENOSPC
