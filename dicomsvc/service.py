@@ -35,8 +35,13 @@ T = TypeVar("T")
 log = logging.getLogger("dicomsvc")
 
 
+# What workers run: imported by the fork server before it forks them (init_worker imports them too)
+WORKER_MODULES = ("dicomsvc.ingest", "dicomsvc.retrieve", "dicomsvc.imaging.decode")
+
+
 def _new_cpu_pool(config: Config) -> WorkerPool | ThreadPool:
-    setup = Setup("dicomsvc.service:init_worker", (config.max_frame_bytes,))
+    # preload: imported once by the fork server, shared by every worker (dicomsvc.workers)
+    setup = Setup("dicomsvc.service:init_worker", (config.max_frame_bytes,), preload=WORKER_MODULES)
     if config.workers == 0:  # in-process threads: tests, debugging
         return ThreadPool(2, setup)
     limits = Limits(memory=config.worker_memory, timeout=config.worker_timeout)

@@ -2,9 +2,18 @@
 
 Not ``concurrent.futures.ProcessPoolExecutor``: there a running task cannot be
 stopped (only the whole pool can be broken), and when one worker dies every
-task in flight fails with it. Here each worker is a spawned process with its
-own pipe, and the server hands it one task at a time, so a death or a timeout
-belongs to exactly one task:
+task in flight fails with it. Here each worker is a process with its own pipe,
+and the server hands it one task at a time, so a death or a timeout belongs to
+exactly one task.
+
+Workers are forked from a fork server (multiprocessing's "forkserver" start
+method; ``dicomsvc.forkserver`` is its first import): it imports what the workers
+run once (``Setup.preload``: numpy, pydicom and its decoders, the pipeline), and
+every worker forked from it shares those pages copy-on-write, where spawned
+workers each imported their own (issue 12: idle memory counted as PSS). Each
+worker freezes what it inherited (``gc.freeze``), so its garbage collector does not
+write to, and so copy, those pages. The limits are taken in the worker, after the
+fork:
 
 * memory: each worker's address space is capped (``RLIMIT_AS``,
   DICOMSVC_WORKER_MEMORY). An allocation past it fails; a ``MemoryError`` that
@@ -14,14 +23,15 @@ belongs to exactly one task:
 * a worker that dies otherwise (a decoder's segfault or abort) fails its task
   alone: 422 ``invalid_dicom``; one killed by someone else (the kernel's OOM
   killer) 413.
-* workers die with the server, kill -9 included: each asks the kernel for
-  SIGKILL when its parent goes (``PR_SET_PDEATHSIG``), and an idle worker also
-  leaves when its pipe reaches end of file.
+* workers die with the server, kill -9 included: the fork server asks the
+  kernel for SIGKILL when the server goes, and each worker for SIGKILL when the
+  fork server goes (``PR_SET_PDEATHSIG``); an idle worker also leaves when its
+  pipe reaches end of file.
 
-``PR_SET_PDEATHSIG`` fires when the *thread* that started the worker exits, not
-the process: workers are only ever started from the thread running the event
-loop (``WorkerPool.start`` and the replacements in ``run``), which lives as long
-as the service.
+``PR_SET_PDEATHSIG`` fires when the *thread* that started the process exits, not
+the process: the fork server is only ever started from one thread that lives as
+long as the server process (``_start_fork_server``); the workers' parent, the fork
+server, has one thread.
 
 When a task's worker dies or is killed, ``on_lost(tag)`` runs before the task is
 answered, so the service can remove what the task had written (``dicomsvc.storage.blobs``
@@ -32,6 +42,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import gc
 import importlib
 import logging
 import multiprocessing
@@ -41,7 +52,6 @@ import resource
 import secrets
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +68,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 START_TIMEOUT = 120.0  # seconds a new worker may take to import what it needs
 STOP_TIMEOUT = 10.0  # seconds a worker may take to leave at shutdown before it is killed
 STOP = b"stop"  # the message that ends a worker (tasks are pickles, never this)
+FORK_SERVER = "dicomsvc.forkserver"  # the fork server's first import (see there)
 # Libraries that start a thread per CPU at import, each reserving address space
 # (OpenBLAS: ~40 MB a thread): one is plenty for a worker, and keeps RLIMIT_AS honest
 ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -72,10 +83,14 @@ class Limits:
 @dataclass(frozen=True)
 class Setup:
     """What a worker runs once before its first task: ``module:function`` and its
-    arguments, imported only after the limits are in place."""
+    arguments, run after the limits are in place; and the modules the fork server
+    imports for all the workers to share (``preload``; the initializer's module too).
+    The fork server is one per server process, started by the first pool with the
+    preload list of that pool."""
 
     initializer: str = ""
     args: tuple = ()
+    preload: tuple[str, ...] = ()
 
 
 class RemoteTraceback(Exception):
@@ -88,9 +103,11 @@ class RemoteTraceback(Exception):
 # The worker side ---------------------------------------------------------------------------
 
 
-def _worker_main(conn, parent_pid: int, limits: Limits, setup: Setup) -> None:
+def _worker_main(conn, server_pid: int, limits: Limits, setup: Setup) -> None:
     """A worker's life: die with the parent, take the limits, set up, then serve tasks."""
-    _die_with_parent(parent_pid)
+    die_with_parent()
+    if not _parent_is_ours(server_pid):  # the parent went before the request took effect
+        os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     for name in ONE_THREAD:
         os.environ.setdefault(name, "1")
@@ -99,18 +116,31 @@ def _worker_main(conn, parent_pid: int, limits: Limits, setup: Setup) -> None:
     if setup.initializer:
         module, _, function = setup.initializer.partition(":")
         getattr(importlib.import_module(module), function)(*setup.args)
+    gc.freeze()  # what the fork server imported stays shared: no collection writes to it
     conn.send_bytes(pickle.dumps(("ready", os.getpid())))
     _serve(conn)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """SIGKILL when the parent goes (Linux); if it already went, leave now."""
+def die_with_parent() -> None:
+    """Ask for SIGKILL when the parent process goes (Linux: ``PR_SET_PDEATHSIG``)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # died before the request took effect
-        os._exit(0)
+
+
+def _parent_is_ours(server_pid: int) -> bool:
+    """This process's parent is the server, or the server's child (the fork server)."""
+    parent = os.getppid()
+    return parent == server_pid or _parent_of(parent) == server_pid
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])  # after (comm): state, ppid
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _serve(conn) -> None:
@@ -158,6 +188,21 @@ def _run_task(data: bytes) -> tuple[tuple, bool]:
 
 # The server side ---------------------------------------------------------------------------
 
+# The one thread that starts (and restarts) the fork server: it lives as long as the
+# server process, so the fork server's PR_SET_PDEATHSIG fires only when the server goes
+_STARTER = ThreadPoolExecutor(1, thread_name_prefix="dicomsvc-forkserver")
+
+
+def _start_fork_server(preload: tuple[str, ...]) -> None:
+    """Have the fork server running (started from ``_STARTER``), preloading ``preload``
+    after ``dicomsvc.forkserver``. Without one (not a POSIX system), workers are spawned."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(list(dict.fromkeys((FORK_SERVER, __name__, *preload))))
+    _STARTER.submit(forkserver.ensure_running).result()
+
 
 class _Worker:
     def __init__(self, process: multiprocessing.process.BaseProcess, conn) -> None:
@@ -194,18 +239,19 @@ class WorkerPool:
         self.setup = setup
         self.tmp = tmp  # the blob temp folder, where workers' task notes live
         self.on_lost = on_lost
-        self._context = multiprocessing.get_context("spawn")
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        self._context = multiprocessing.get_context(method)
+        module = setup.initializer.partition(":")[0]
+        self._preload = tuple(setup.preload) + ((module,) if module else ())
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="dicomsvc-worker")
         self._running: set[asyncio.Task] = set()
         self._workers: set[_Worker] = set()  # idle and busy
-        self._thread: int | None = None
         self._closed = False
 
     async def start(self) -> None:
         """Start the workers and wait until each is ready; a worker that cannot start
         (too small a DICOMSVC_WORKER_MEMORY, say) is an error."""
-        self._thread = threading.get_ident()
         workers = [self._spawn() for _ in range(self.size)]
         loop = asyncio.get_running_loop()
         started = await asyncio.gather(
@@ -250,9 +296,17 @@ class WorkerPool:
 
     # internals
 
+    def fork_server_pid(self) -> int | None:
+        """The fork server's process id (for tests and diagnostics); None when spawning."""
+        if self._context.get_start_method() != "forkserver":
+            return None
+        from multiprocessing import forkserver
+
+        return forkserver._forkserver._forkserver_pid
+
     def _spawn(self) -> _Worker:
-        # PR_SET_PDEATHSIG is tied to the starting thread: always the event loop's
-        assert threading.get_ident() == self._thread, "workers are started from the event loop thread"
+        if self._context.get_start_method() == "forkserver":
+            _start_fork_server(self._preload)  # else Process.start would, from this thread
         ours, theirs = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,

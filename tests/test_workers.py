@@ -138,6 +138,33 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    return found + [d for child in found for d in descendants(child)]
+
+
+def is_fork_server(pid: int) -> bool:
+    try:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_are_forked_from_a_fork_server_that_preloaded_their_modules(process_client):
+    """Issue 12: the workers share the fork server's imports (numpy, pydicom, the pipeline)
+    copy-on-write instead of importing their own, and keep them shared (gc.freeze); the
+    one-thread BLAS setting is theirs."""
+    pool = process_client.app.state.svc.cpu_pool
+    server = pool.fork_server_pid()
+    assert server is not None and alive(server) and is_fork_server(server)
+    assert sorted(pool.pids()) == sorted(children(server))
+    maps = Path(f"/proc/{server}/maps").read_text()
+    assert "_multiarray_umath" in maps and "_libjpeg" in maps  # imported before any fork
+    facts = process_client.portal.call(process_client.app.state.svc.cpu, workertasks.inherited)
+    assert facts["frozen"] > 10_000  # the objects it was forked with: left alone by the GC
+    assert facts["blas_threads"] == "1"
+
+
 def test_workers_die_with_a_killed_server(tmp_path):
     from test_jobs import free_port
 
@@ -161,8 +188,9 @@ def test_workers_die_with_a_killed_server(tmp_path):
                     break
             except httpx.TransportError:
                 time.sleep(0.05)
-        spawned = children(server.pid)  # the two workers and multiprocessing's resource tracker
-        assert len(spawned) >= 2
+        # the fork server and its two workers, and multiprocessing's resource tracker
+        spawned = descendants(server.pid)
+        assert len([pid for pid in spawned if is_fork_server(pid)]) == 3, spawned  # its children run its code
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
@@ -183,21 +211,23 @@ async def main():
     await pool.start()
     busy = asyncio.ensure_future(pool.run(workertasks.sleep, 3600))
     await asyncio.sleep(0.5)
-    print(*pool.pids(), flush=True)
+    print(*pool.pids(), pool.fork_server_pid(), flush=True)
     await busy
 
 asyncio.run(main())
 """
 
 
-def test_busy_workers_die_with_a_killed_parent(tmp_path):
-    """An idle worker leaves when its pipe closes; a busy one (here: asleep in a task) is
-    killed by the kernel (PR_SET_PDEATHSIG)."""
+def test_busy_workers_and_the_fork_server_die_with_a_killed_parent(tmp_path):
+    """An idle worker leaves when its pipe closes; a busy one (here: asleep in a task) keeps
+    the fork server's "alive" pipe open, so the kernel must kill both (PR_SET_PDEATHSIG:
+    the fork server's when the server goes, the worker's when the fork server goes)."""
     script = BUSY_POOL.format(tests=str(Path(__file__).parent))
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 2 and all(alive(pid) for pid in pids)
+        assert len(pids) == 3 and all(alive(pid) for pid in pids)
+        assert is_fork_server(pids[2]) and set(pids[:2]) == set(children(pids[2]))
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()

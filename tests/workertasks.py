@@ -15,6 +15,16 @@ def pid() -> int:
     return os.getpid()
 
 
+def inherited() -> dict:
+    """What a worker started with: objects frozen out of the GC, OpenBLAS's thread count."""
+    import gc
+
+    return {
+        "frozen": gc.get_freeze_count(),
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+    }
+
+
 def allocate_forever() -> None:
     """A decoder that allocates without bound: 64 MiB at a time until the limit stops it."""
     held = []

@@ -1,0 +1,43 @@
+"""The fork server's first import: set up the process every worker is forked from.
+
+``dicomsvc.workers`` starts workers with multiprocessing's "forkserver" method: one
+process imports the workers' modules once (numpy, pydicom and its decoders, the
+pipeline: ``set_forkserver_preload``) and forks a worker per request, so all the
+workers share those pages copy-on-write instead of each importing its own. This
+module is the first of that list, so what it does happens before any of them:
+
+* one thread for OpenBLAS/OpenMP/MKL (``workers.ONE_THREAD``), set before numpy is
+  imported, and inherited by every worker forked from here;
+* the fork server dies with the server, kill -9 included (``PR_SET_PDEATHSIG``). The
+  server starts it from a thread that lives as long as its process
+  (``workers._start_fork_server``), since the signal follows the starting *thread*.
+  Should the server die before this request takes effect, the fork server still
+  leaves: it exits when its "alive" pipe reaches end of file, which happens once the
+  server and every worker (each holds a copy, and an idle or new worker leaves when
+  its own pipe to the server does) are gone; and no worker can be busy then, since a
+  worker forked from here only gets a task after this module ran.
+
+Importing it anywhere but in the fork server does nothing.
+"""
+
+import os
+import sys
+
+from .workers import ONE_THREAD, die_with_parent
+
+
+def _in_fork_server() -> bool:
+    """Imported by ``multiprocessing.forkserver.main`` (its preload), not elsewhere."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "main" and code.co_filename.endswith(os.path.join("multiprocessing", "forkserver.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
+if _in_fork_server():
+    for _name in ONE_THREAD:
+        os.environ.setdefault(_name, "1")
+    die_with_parent()
