@@ -151,8 +151,9 @@ def commit_staged(config: Config, blobs: BlobStore, staged: list[Staged]) -> lis
         else:
             stored = instances.insert_instances(db, [(s.record, s.rows, s.metadata) for s in staged])
     except BaseException as exc:
-        for s in staged:
-            blobs.remove(s.record["dcm_blob"], s.record["png_blob"])
+        if not getattr(exc, "committed", False):  # rows committed, the WAL sync failing: keep their blobs
+            for s in staged:
+                blobs.remove(s.record["dcm_blob"], s.record["png_blob"])
         if space.is_full(exc):  # SQLITE_FULL: the transaction was rolled back
             raise space.insufficient() from None
         raise

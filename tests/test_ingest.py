@@ -173,16 +173,51 @@ def test_blobs_and_folders_are_synced_before_the_row_commits(ready, monkeypatch)
     result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
     assert result.created
     commit = _check_order(events, ready.blob_dir)
-    # the first blob of a two-character folder: the folder's own entry is synced too
-    assert ("fsync", str(ready.blob_dir)) in events[:commit]
-    assert events[commit + 1 :] == []  # nothing after the commit left to make it durable
+    # the blob folders were made and synced when the store opened: the root needs no sync now
+    assert ("fsync", str(ready.blob_dir)) not in events
+    # after the commit, the WAL synced (the commit's durability) and nothing else
+    assert events[commit + 1 :] == [("fdatasync", f"{ready.db_path}-wal")]
 
 
-def test_the_commit_is_durable(ready):
+def test_the_store_makes_and_syncs_every_blob_folder_once_when_it_opens(tmp_path, monkeypatch):
+    import shortuuid
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    store = BlobStore(tmp_path / "blobs")
+    store.open()
+    folders = {p.name for p in store.root.iterdir() if p.is_dir() and p.name != ".tmp"}
+    assert len(folders) == 57 * 57 and shortuuid.uuid()[:2] in folders
+    assert synced == [str(store.root)]
+    store.open()  # the next start: nothing to make, nothing to sync
+    assert synced == [str(store.root)]
+
+
+def test_the_commit_is_durable(ready, monkeypatch):
+    events = _record_syncs(monkeypatch)
+    ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
     db = sqlite.connection(ready.db_path).db
-    # PRAGMA synchronous: 2 = FULL (in WAL mode every commit syncs the WAL; NORMAL would not)
-    assert db.execute("PRAGMA synchronous").fetchone() == (2,)
+    # PRAGMA synchronous: 1 = NORMAL (the commit does not sync under SQLite's write lock) and
+    # the WAL synced by the writer itself before the call returns (``groupsync``)
+    assert db.execute("PRAGMA synchronous").fetchone() == (1,)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert events[-1] == ("fdatasync", f"{ready.db_path}-wal")
+
+
+def test_a_commit_whose_wal_sync_fails_keeps_its_blobs(ready, monkeypatch):
+    """Committed but not known durable: the row stays, so its blobs must stay too (the error is
+    the caller's), never a row pointing at removed files."""
+    writer = sqlite.connection(ready.db_path)
+
+    def failing():
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer.wal, "sync", failing)
+    with pytest.raises(OSError):
+        ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
+    ((dcm, png),) = rows(ready, "SELECT dcm_blob, png_blob FROM dicom")
+    assert (ready.blob_dir / dcm).is_file() and (ready.blob_dir / png).is_file()
 
 
 def test_a_batch_shares_its_syncs_and_commits_once(ready, monkeypatch):
