@@ -97,11 +97,15 @@ async def _from_body(svc: Service, request: Request, want_async: bool, options: 
     if want_async:
         return await _with_spool(svc, request, True, options, _body_entries)
     temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"
+    answered = False  # the pipeline then renamed the file into place or removed it
     try:
         await uploads.spool_body(svc, request, temp, cfg.max_upload_bytes)
-        return single(await _ingest_one(svc, ingest_file, cfg, temp, _source(request), options))
+        answer = single(await _ingest_one(svc, ingest_file, cfg, temp, _source(request), options))
+        answered = True
+        return answer
     finally:
-        await svc.io(svc.blobs.discard, temp)  # gone already if it was stored
+        if not answered:  # refused, or its worker died: the spooled file may be left
+            await svc.io(svc.blobs.discard, temp)
 
 
 async def _ingest_one(svc: Service, fn, *args) -> Ingested:

@@ -43,13 +43,35 @@ async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 
 async def spool_body(svc: Service, request: Request, target: Path, limit: int) -> None:
-    """Write the request body to ``target``, each piece from an I/O thread."""
-    out: BinaryIO = await svc.io(open, target, "xb")
+    """Write the request body to ``target``, each piece from an I/O thread: the file opened
+    with the first piece and closed with the last, so a body under WRITE_SIZE (one instance,
+    typically) costs one hop to an I/O thread, not three."""
+    out: BinaryIO | None = None
+    held: bytes | None = None
     try:
         async for piece in _body(request, limit):
-            await svc.io(out.write, piece)
+            if held is not None:
+                out = await svc.io(_write, out, target, held, False)
+            held = piece
+        out = await svc.io(_write, out, target, held or b"", True)
     finally:
-        await svc.io(out.close)
+        if out is not None:  # the body failed (too large, the client gone) after a write
+            await svc.io(out.close)
+
+
+def _write(out: BinaryIO | None, target: Path, piece: bytes, last: bool) -> BinaryIO | None:
+    """Append ``piece`` to ``target`` (created by the first call); closed after the last one.
+    The open file for the next call, or None once closed (an error closes it too)."""
+    out = out if out is not None else open(target, "xb")
+    try:
+        out.write(piece)
+    except BaseException:
+        out.close()
+        raise
+    if last:
+        out.close()
+        return None
+    return out
 
 
 @dataclass

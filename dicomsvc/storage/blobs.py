@@ -26,13 +26,9 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-import shortuuid
-
 from ..errors import TooLarge
 
 COPY_CHUNK = 1 << 20
-# the alphabet of the ids (shortuuid's): the first two characters of a blob id name its folder
-FOLDER_ALPHABET = shortuuid.get_alphabet()
 
 _task: str | None = None  # the tag of the worker task running in this process
 
@@ -64,19 +60,9 @@ class BlobStore:
         self.unsynced: set[Path] = set()  # folders renamed into (or made) since the last ``sync``
 
     def open(self) -> None:
-        """Make the store ready: temp space emptied, and every two-character folder made and
-        synced once, so an ingest renames into a folder that exists and is durable already --
-        a young store would otherwise sync the root for nearly every instance (a new folder's
-        own entry): one fsync per ingest saved until 57 x 57 folders have filled in."""
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
-        present = set(os.listdir(self.root))
-        missing = [a + b for a in FOLDER_ALPHABET for b in FOLDER_ALPHABET if a + b not in present]
-        for name in missing:
-            os.mkdir(self.root / name)
-        if missing:
-            sync_folder(self.root)
 
     @staticmethod
     def key(blob_id: str, ext: str) -> str:
