@@ -2,17 +2,21 @@
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicomfiles import counting_reads, make_ct, sample_file, save
-from dicomsvc.errors import NoPixelData, UnsupportedTransferSyntax
-from dicomsvc.dicom.parse import read
+from dicomsvc.errors import DicomSvcError, NoPixelData, UnsupportedTransferSyntax
+from dicomsvc.dicom.parse import frame_count, read
+from dicomsvc.imaging import decode as decode_module
+from dicomsvc.imaging import render as render_module
 from dicomsvc.imaging.render import decode_frame, display_frame, render_png, to_display
 
 REFS = Path(__file__).parent / "refs"
@@ -352,3 +356,142 @@ def test_palette_color_without_usable_tables_is_415(lut):
             setattr(ds, f"{colour}PaletteColorLookupTableData", lut["data"])
     with pytest.raises(UnsupportedTransferSyntax, match="PALETTE COLOR"):
         to_display(np.zeros((4, 4), np.uint8), ds)
+
+
+# The fast paths (native frames read directly, grey chains through a table) ---------------------
+
+BUNDLED = sorted(f for f in get_testdata_files() if Path(f).is_file())  # pydicom's test files and pydicom-data's, none downloaded
+
+
+def _both_paths(monkeypatch, fast: bool, fn):
+    """``fn()``'s result, or its error's type and message, with the fast paths on or off."""
+    monkeypatch.setattr(decode_module, "FAST_NATIVE", fast)
+    monkeypatch.setattr(render_module, "USE_LUT", fast)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same file warns the same on both paths
+        try:
+            return fn()
+        except Exception as exc:
+            return type(exc).__name__, str(exc)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("file", BUNDLED, ids=lambda f: str(Path(f).relative_to(Path(f).parents[1])))
+def test_fast_and_general_paths_agree_on_every_bundled_file(file, monkeypatch):
+    """Every frame decoded, displayed and rendered with the fast paths on is identical (arrays,
+    PNG bytes, or the error) to pydicom's decoder and the per-pixel grey chain."""
+    path = Path(file)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = read(path)
+    except DicomSvcError:
+        pytest.skip("not an instance we read")
+    if parsed.pixel is None:
+        pytest.skip("no pixel data")
+    last = frame_count(parsed.ds) - 1
+    for index in sorted({0, last}):
+        for as_rgb in (True, False):
+            fast = _both_paths(monkeypatch, True, lambda: decode_frame(path, parsed, index, as_rgb=as_rgb))
+            general = _both_paths(monkeypatch, False, lambda: decode_frame(path, parsed, index, as_rgb=as_rgb))
+            assert _same(fast, general), (index, as_rgb)
+        shown = [
+            _both_paths(monkeypatch, on, lambda: to_display(display_frame(path, parsed, index), parsed.ds))
+            for on in (True, False)
+        ]
+        assert _same(*shown), index
+    pngs = [_both_paths(monkeypatch, on, lambda: render_png(path, parsed)) for on in (True, False)]
+    assert _same(*pngs)
+
+
+def test_the_bundled_files_exercise_the_fast_paths(monkeypatch):
+    """The comparison above covers native frames of each kind (8/16/32 bits, signed,
+    unused high bits, colour planes) and the table paths, not only the fallbacks."""
+    seen = set()
+    real = decode_module._read_native
+
+    def spy(path, offset, layout):
+        seen.add((layout.bits_allocated, layout.dtype.kind, layout.bits_stored < layout.bits_allocated,
+                  layout.samples, layout.planar))  # fmt: skip
+        return real(path, offset, layout)
+
+    monkeypatch.setattr(decode_module, "_read_native", spy)
+    for name in ("OBXXXX1A.dcm", "CT_small.dcm", "693_UNCR.dcm", "gdcm-US-ALOKA-16.dcm", "examples_overlay.dcm",
+                 "rtdose.dcm", "SC_rgb_small_odd.dcm", "color-pl.dcm", "SC_rgb_16bit.dcm", "SC_rgb_32bit.dcm"):  # fmt: skip
+        path = sample_file(name)
+        decode_frame(path, read(path), 0)
+    assert seen == {
+        (8, "u", False, 1, 0), (16, "i", False, 1, 0), (16, "i", True, 1, 0), (16, "u", False, 1, 0),
+        (16, "u", True, 1, 0), (32, "u", False, 1, 0), (8, "u", False, 3, 0), (8, "u", False, 3, 1),
+        (16, "u", False, 3, 0), (32, "u", False, 3, 0),
+    }  # fmt: skip
+
+
+STORED = [  # dtype, Bits Stored, Pixel Representation
+    ("u1", 6, 0),
+    ("i1", 5, 1),
+    ("u2", 12, 0),
+    ("i2", 12, 1),
+    ("i2", 16, 1),
+    ("u4", 20, 0),
+    ("i4", 24, 1),
+]
+
+
+@pytest.mark.parametrize("dtype, bits, signed", STORED)
+def test_native_frames_ignore_the_unused_high_bits(tmp_path, dtype, bits, signed):
+    """PS3.5 §8.1.1: bits above Bits Stored are not part of the value, whatever they hold:
+    cleared for unsigned data, the sign bit repeated for 2's complement, as pydicom does."""
+    allocated = np.dtype(dtype).itemsize * 8
+    rng = np.random.default_rng(bits)
+    raw = rng.integers(0, 1 << allocated, size=(3, 6, 8), dtype=np.uint64).astype(f"u{allocated // 8}")
+    ds = make_ct(raw.reshape(18, 8).view(dtype), window=None, Rows=6, Columns=8, NumberOfFrames=3,
+                 BitsAllocated=allocated, BitsStored=bits, HighBit=bits - 1, PixelRepresentation=signed)  # fmt: skip
+    path = save(ds, tmp_path / "stored.dcm")
+    parsed = read(path)
+    low = raw.astype(np.int64) & ((1 << bits) - 1)
+    expected = low - ((low >> (bits - 1)) << bits) if signed else low  # sign-extended
+    before = decode_module.PATHS["native"]
+    for index in range(3):
+        frame = decode_frame(path, parsed, index)
+        assert frame.dtype == np.dtype(dtype) and np.array_equal(frame, expected[index])
+    assert decode_module.PATHS["native"] == before + 3
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_planar_configuration_1_comes_back_pixel_interleaved(tmp_path, bits):
+    """PS3.3 §C.7.6.3.1.3: Planar Configuration 1 stores the red, green and blue planes one
+    after another; the frame comes back (rows, columns, 3) as pydicom gives it."""
+    dtype = np.uint8 if bits == 8 else np.uint16
+    rgb = np.random.default_rng(3).integers(0, 1 << bits, size=(2, 5, 7, 3)).astype(dtype)
+    ds = colour_ds("RGB", rgb[0], bits=bits)
+    ds.PlanarConfiguration, ds.NumberOfFrames = 1, 2
+    ds.PixelData = rgb.transpose(0, 3, 1, 2).tobytes()
+    path = save(ds, tmp_path / "planar.dcm")
+    parsed = read(path)
+    before = decode_module.PATHS["native"]
+    assert np.array_equal(decode_frame(path, parsed, 1), rgb[1])
+    assert np.array_equal(to_display(display_frame(path, parsed, 1), parsed.ds), rgb[1] >> (bits - 8))
+    assert decode_module.PATHS["native"] == before + 2
+
+
+def test_the_synthetic_ct_takes_the_fast_paths(tmp_path):
+    """bench/corpus.py's CT (explicit VR little endian, int16, 12 bits stored, rescale and a
+    window): the frame is read directly and shown through the cached window table."""
+    stored = np.random.default_rng(5).integers(-2000, 2047, size=(64, 64)).astype(np.int16)
+    raw = stored.view(np.uint16) & np.uint16(0x0FFF) | np.uint16(0x5000)  # noise above bit 11
+    ds = make_ct(raw.view(np.int16), BitsStored=12, HighBit=11)
+    path = save(ds, tmp_path / "ct.dcm")
+    parsed = read(path)
+    decoded, shown = decode_module.PATHS["native"], render_module.PATHS["window table"]
+    png = render_png(path, parsed)
+    assert decode_module.PATHS["native"] == decoded + 1
+    assert render_module.PATHS["window table"] == shown + 1
+    hu = stored.astype(np.float64) - 1024.0  # Rescale Intercept -1024, slope 1; window 40/400
+    expected = np.floor(np.clip(((hu - 39.5) / 399 + 0.5) * 255, 0, 255)).astype(np.uint8)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(png))).astype(int) - expected).max() <= 1

@@ -5,7 +5,10 @@ Before a decoder sees a frame, its decoded size is checked against the limit and
 compressed frame's own header against the data set (``precheck``).
 """
 
+import sys
+from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from pydicom.dataelem import DataElement
@@ -20,6 +23,13 @@ from . import precheck
 
 # DICOMSVC_MAX_FRAME_BYTES for this process: the service sets it in each worker
 _max_frame_bytes = precheck.DEFAULT_MAX_FRAME_BYTES
+
+# Frames decoded by each path in this process: "native" (``_read_native``) or "pydicom"
+PATHS: Counter = Counter()
+# Native little-endian frames read directly (``_native_layout``); False sends every frame
+# through pydicom's decoder (the tests compare the two)
+FAST_NATIVE = True
+LITTLE_ENDIAN_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 
 
 def set_max_frame_bytes(limit: int) -> None:
@@ -52,6 +62,13 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = T
             opts = _pixel_options(
                 ds, transfer_syntax_uid=tsyntax, pixel_keyword=pixel.keyword, pixel_vr=pixel.vr
             )
+            layout = _native_layout(tsyntax, opts, index, as_rgb) if FAST_NATIVE else None
+            if layout is not None:
+                _precheck(tsyntax, None, index, opts)
+                arr = _read_native(path, pixel.offset, layout)
+                if arr is not None:
+                    PATHS["native"] += 1
+                    return arr
             src = open(path, "rb")
             src.seek(pixel.offset)
         try:
@@ -61,6 +78,7 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = T
                 src, index = encapsulate([frame], has_bot=False), 0
                 opts = {k: v for k, v in opts.items() if k != "extended_offsets"} | {"number_of_frames": 1}
             arr, _ = decoder.as_array(src, index=index, validate=True, as_rgb=as_rgb, **opts)
+            PATHS["pydicom"] += 1
         finally:
             if src is not ds and not isinstance(src, bytes):
                 src.close()
@@ -77,6 +95,95 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = T
             raise
         raise UnsupportedTransferSyntax(_decode_failure(tsyntax, exc)) from None
     return arr
+
+
+class NativeLayout(NamedTuple):
+    dtype: np.dtype
+    rows: int
+    columns: int
+    samples: int
+    planar: int
+    bits_allocated: int
+    bits_stored: int
+    index: int
+
+
+def _native_layout(tsyntax: UID, opts: dict, index: int, as_rgb: bool) -> NativeLayout | None:
+    """How frame ``index`` lies in native little-endian Pixel Data, when it can be read as
+    plain integers exactly as pydicom's native decoder would give it; None for anything
+    else (compressed or big-endian syntaxes, float pixel data, 1-bit or 64-bit samples,
+    YBR data pydicom would convert, missing or out-of-range attributes), which pydicom's
+    decoder then decodes or refuses with its own message.
+
+    PS3.5 §8.1.1: each sample takes Bits Allocated bits (8, 16 or 32 here), little-endian
+    (PS3.5 §A.1, §A.2), frames one after another; PS3.3 §C.7.6.3.1.3: with (0028,0006)
+    Planar Configuration 1 the three colour planes follow one another within a frame.
+    The checks are those of pydicom 3.0's ``RunnerBase._validate_options``.
+    """
+    if tsyntax not in LITTLE_ENDIAN_SYNTAXES or sys.byteorder != "little":
+        return None
+    if opts.get("pixel_keyword") != "PixelData":  # (7FE0,0010): not Float/Double Float
+        return None
+    # (0028,0010) Rows, (0028,0011) Columns, (0028,0100) Bits Allocated, (0028,0101) Bits
+    # Stored, (0028,0103) Pixel Representation, (0028,0002) Samples per Pixel, (0028,0008)
+    # Number of Frames (as read by as_pixel_options / _pixel_options)
+    keys = ("rows", "columns", "bits_allocated", "bits_stored", "pixel_representation", "samples_per_pixel",
+            "number_of_frames")  # fmt: skip
+    values = [opts.get(key) for key in keys]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    rows, columns, allocated, stored, signed, samples, frames = (int(v) for v in values)
+    if not (0 < rows <= 0xFFFF and 0 < columns <= 0xFFFF and 0 <= index < frames):
+        return None
+    if allocated not in (8, 16, 32) or not 1 <= stored <= allocated or signed not in (0, 1):
+        return None
+    # (0028,0004) Photometric Interpretation
+    photometric = opts.get("photometric_interpretation")
+    planar = 0
+    if samples == 1:
+        if photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"):
+            return None
+    elif samples == 3:
+        # YBR_FULL is converted to RGB by pydicom when as_rgb; YBR_FULL_422 holds two
+        # samples a pixel (PS3.3 §C.7.6.3.1.2): both left to pydicom
+        if not (photometric == "RGB" or photometric == "YBR_FULL" and not as_rgb):
+            return None
+        planar = opts.get("planar_configuration")  # (0028,0006) Planar Configuration
+        if planar not in (0, 1) or isinstance(planar, bool):
+            return None
+    else:
+        return None
+    dtype = np.dtype(f"{'ui'[signed]}{allocated // 8}")
+    return NativeLayout(dtype, rows, columns, samples, int(planar), allocated, stored, index)
+
+
+def _read_native(path: Path, offset: int, layout: NativeLayout) -> np.ndarray | None:
+    """Frame ``layout.index`` read straight into an array: one read of its bytes.
+
+    The same values as pydicom's native decoder: when (0028,0101) Bits Stored is less
+    than (0028,0100) Bits Allocated the unused high bits are not part of the value
+    (PS3.5 §8.1.1), so they are cleared (unsigned) or filled with the sign bit (signed,
+    2's complement), as pydicom's ``_correct_unused_bits`` does with a shift left and
+    back. None when the file holds less than the frame (pydicom then says so).
+    """
+    count = layout.rows * layout.columns * layout.samples
+    arr = np.empty(count, dtype=layout.dtype)
+    with open(path, "rb") as fp:
+        fp.seek(offset + layout.index * arr.nbytes)
+        if fp.readinto(memoryview(arr).cast("B")) != arr.nbytes:
+            return None
+    unused = layout.bits_allocated - layout.bits_stored
+    if unused:
+        if layout.dtype.kind == "u":
+            np.bitwise_and(arr, (1 << layout.bits_stored) - 1, out=arr)
+        else:
+            np.left_shift(arr, unused, out=arr)
+            np.right_shift(arr, unused, out=arr)
+    if layout.samples == 1:
+        return arr.reshape(layout.rows, layout.columns)
+    if layout.planar == 0:
+        return arr.reshape(layout.rows, layout.columns, layout.samples)
+    return arr.reshape(layout.samples, layout.rows, layout.columns).transpose(1, 2, 0)  # as pydicom's
 
 
 def _precheck(tsyntax: UID, src: object, index: int, opts: dict) -> bytes | None:

@@ -16,6 +16,7 @@ big-endian files is read in the file's byte order (``_palette``).
 """
 
 import functools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,12 @@ from .png import encode_png
 
 # 8- and 16-bit frames go through a lookup table indexed by their raw bits
 SMALL_INTS = {np.dtype(t): np.dtype("u" + t[1:]) for t in ("i1", "u1", "i2", "u2")}
+# False computes the grey chain on every pixel (the tests compare the two: same bytes)
+USE_LUT = True
+# Grey frames shown by each path in this process: "window table" (the cached table of a
+# plain rescale + window), "table" (the chain over every value of the type, then looked
+# up), "per pixel" (the chain on every pixel: float, 32-bit or 1-bit data)
+PATHS: Counter = Counter()
 
 # Where dcmtk's dcmimage, not a JPEG decoder, turns YBR into RGB
 YBR_BY_DCMIMAGE = {
@@ -150,7 +157,7 @@ def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | Non
 
 
 def _grey(frame: np.ndarray, ds: Dataset, invert: bool, window: tuple[float, float] | None = None) -> np.ndarray:
-    if frame.dtype in SMALL_INTS:
+    if frame.dtype in SMALL_INTS and USE_LUT:
         # One table over every value the type can hold, indexed by the raw bits: the
         # chain runs on 256 or 65536 values instead of every pixel. With a plain
         # rescale and window the table depends on a handful of numbers, shared by a
@@ -158,13 +165,23 @@ def _grey(frame: np.ndarray, ds: Dataset, invert: bool, window: tuple[float, flo
         unsigned = frame.view(SMALL_INTS[frame.dtype])
         plain = _plain_window(ds, window)
         if plain is not None:
-            return _window_table(frame.dtype.str, invert, *plain)[unsigned]
+            PATHS["window table"] += 1
+            return _lookup(_window_table(frame.dtype.str, invert, *plain), unsigned)
         domain = _domain(frame.dtype.str)
         present = lambda: np.bincount(unsigned.ravel(), minlength=domain.size) > 0  # noqa: E731
-        return _grey_chain(domain, ds, invert, present, window)[unsigned]
+        PATHS["table"] += 1
+        return _lookup(_grey_chain(domain, ds, invert, present, window), unsigned)
     if frame.dtype == np.bool_:
         frame = frame.astype(np.uint8)
+    PATHS["per pixel"] += 1
     return _grey_chain(frame, ds, invert, None, window)
+
+
+def _lookup(table: np.ndarray, unsigned: np.ndarray) -> np.ndarray:
+    """``table[unsigned]``, with ``np.take``: the same values, in about half the time of
+    fancy indexing (no broadcasting or bounds machinery; every 8- or 16-bit index is in a
+    table of 2^8 or 2^16 entries)."""
+    return np.take(table, unsigned)
 
 
 def _domain(dtype: str) -> np.ndarray:
