@@ -69,6 +69,9 @@ START_TIMEOUT = 120.0  # seconds a new worker may take to import what it needs
 STOP_TIMEOUT = 10.0  # seconds a worker may take to leave at shutdown before it is killed
 STOP = b"stop"  # the message that ends a worker (tasks are pickles, never this)
 FORK_SERVER = "dicomsvc.forkserver"  # the fork server's first import (see there)
+# A worker idle this long after a task hands the heap memory its tasks freed back to the
+# system (glibc malloc_trim): not after every task, where the next one would fault it in again
+IDLE_TRIM_S = 1.0
 # Libraries that start a thread per CPU at import, each reserving address space
 # (OpenBLAS: ~40 MB a thread): one is plenty for a worker, and keeps RLIMIT_AS honest
 ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -144,7 +147,11 @@ def _parent_of(pid: int) -> int | None:
 
 
 def _serve(conn) -> None:
+    trimmed = True
     while True:
+        if not trimmed and not conn.poll(IDLE_TRIM_S):
+            _trim_heap()
+            trimmed = True
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):  # the server is gone
@@ -152,6 +159,7 @@ def _serve(conn) -> None:
         if data == STOP:
             return
         reply, retire = _run_task(data)
+        trimmed = False
         try:
             payload = pickle.dumps(reply)
         except Exception:  # an exception that does not pickle: its name and message
@@ -163,6 +171,12 @@ def _serve(conn) -> None:
             os._exit(0)
         if retire:
             return
+
+
+def _trim_heap() -> None:
+    """Return free heap pages to the system (glibc ``malloc_trim``; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _run_task(data: bytes) -> tuple[tuple, bool]:

@@ -125,6 +125,31 @@ def test_a_decoder_panic_is_a_warning_then_415_in_worker_processes(process_clien
     still_works(process_client, import_root)
 
 
+def test_an_idle_worker_returns_freed_heap_to_the_system():
+    """A task's freed heap stays with glibc's malloc until the worker has been idle for
+    IDLE_TRIM_S, then malloc_trim gives it back (issue 12)."""
+    import asyncio
+
+    from dicomsvc.workers import IDLE_TRIM_S, Limits, WorkerPool
+
+    async def main() -> tuple[int, int]:
+        pool = WorkerPool(1, Limits())
+        await pool.start()
+        try:
+            peak = await pool.run(workertasks.churn_heap, 200)
+            deadline = time.monotonic() + 60  # a liveness bound: each check lets it idle twice as long as needed
+            while True:
+                await asyncio.sleep(2 * IDLE_TRIM_S)
+                now = await pool.run(workertasks.rss_kib)
+                if now < peak - 150 * 1024 or time.monotonic() > deadline:
+                    return peak, now
+        finally:
+            await pool.close()
+
+    peak, now = asyncio.run(main())
+    assert now < peak - 150 * 1024, (peak, now)  # most of the 200 MiB given back
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

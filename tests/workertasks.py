@@ -62,3 +62,20 @@ def ingest_then_stop(config: Config, temp: Path, when: str, how: str) -> None:
 
     instances.insert_instance = insert  # in this worker only, which does not survive it
     ingest.ingest_file(config, temp, "test")
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def churn_heap(mib: int) -> int:
+    """Allocate ``mib`` MiB of 1000-byte blocks (malloc's heap, not pymalloc's arenas or mmap),
+    free them all but one allocated after them (so the heap's top stays in use and free()
+    alone cannot shrink it); the worker's RSS with them allocated."""
+    blocks = [bytes(1000) for _ in range(mib * 1024 * 1024 // 1000)]
+    global _pin
+    _pin = bytes(1000)
+    peak = rss_kib()
+    del blocks
+    return peak
