@@ -119,9 +119,7 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
             "png_bytes": png_temp.stat().st_size if png_temp else None,
         }
         metadata = _metadata(parsed, rows, record)
-        blobs.commit(temp, record["dcm_blob"])
-        if png_temp:
-            blobs.commit(png_temp, record["png_blob"])
+        blobs.commit_all([(temp, record["dcm_blob"]), *([(png_temp, record["png_blob"])] if png_temp else [])])
     except DicomSvcError as exc:
         blobs.discard(temp, png_temp)
         if parsed is not None:  # name the refused instance (STOW-RS Failed SOP Sequence)
@@ -240,7 +238,9 @@ def _render(temp: Path, parsed: Parsed, blobs: BlobStore) -> tuple[Path | None, 
     if parsed.pixel_problem:  # cut short or inconsistent: never shown as if whole
         return None, parsed.pixel_problem
     try:
-        return blobs.write_temp(render_png(temp, parsed), ".png"), None
+        png = blobs.write_temp(render_png(temp, parsed), ".png")
+        blobs.sync_soon(png)  # flushing while the row and the DICOM JSON are made
+        return png, None
     except DicomSvcError as exc:
         return None, exc.detail
     except Exception as exc:  # odd pixel data must not cost the client its tags

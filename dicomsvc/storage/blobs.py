@@ -144,6 +144,17 @@ class BlobStore:
 
         Its data is synced first (or the sync ``sync_soon`` started is waited for, and its
         error raised); the rename itself is durable after ``sync``."""
+        self.commit_all([(temp, key)])
+
+    def commit_all(self, blobs: list[tuple[Path, str]]) -> None:
+        """``commit`` for several (temp, key): their keys noted in one write."""
+        if _task is not None:
+            with open(self.tmp / f"{_task}.placed", "a") as note:
+                note.write("".join(key + "\n" for _, key in blobs))
+        for temp, key in blobs:
+            self._place(temp, key)
+
+    def _place(self, temp: Path, key: str) -> None:
         final = self.path(key)
         with _early_lock:
             early = _early.pop(temp, None)
@@ -151,9 +162,6 @@ class BlobStore:
             early.result()
         else:
             sync_data(temp)
-        if _task is not None:
-            with open(self.tmp / f"{_task}.placed", "a") as note:
-                note.write(key + "\n")
         try:
             os.replace(temp, final)
         except FileNotFoundError:  # the first blob of its two-character folder
