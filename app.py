@@ -12,10 +12,10 @@ from starlette.background import BackgroundTask
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from dicomsvc import audit, health, jobs, metrics, sweep
+from dicomsvc import audit, health, jobs, metrics, resumable, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
-from dicomsvc.http import catalog, instances, intake, openapi, stow
+from dicomsvc.http import catalog, instances, intake, openapi, stow, tus
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
 from dicomsvc.http.catchall import CatchAll
@@ -225,6 +225,12 @@ routes = [
     Route("/image", get_image, methods=["GET"]),
     Route("/tags", get_tags, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    # Resumable uploads, tus 1.0.0 (dicomsvc/http/tus.py; HEAD is the tus offset, GET the JSON status)
+    Route("/uploads/", tus.options, methods=["OPTIONS"]),
+    Route("/uploads/", tus.create, methods=["POST"]),
+    Route("/uploads/{id}", tus.status, methods=["GET", "HEAD"]),
+    Route("/uploads/{id}", tus.append, methods=["PATCH"]),
+    Route("/uploads/{id}", tus.terminate, methods=["DELETE"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", get_metrics, methods=["GET"]),  # Prometheus text format (dicomsvc/metrics.py)
     Route("/audit", get_audit, methods=["GET"]),  # the audit trail (dicomsvc/audit.py), admins only
@@ -253,7 +259,8 @@ def create_app(config: Config | None = None) -> Starlette:
         config.log(log)
         warn_if_open(config, log)
         # the audit trail is written until everything else has stopped
-        async with open_service(config) as svc, audit.running(svc), jobs.running(svc), sweep.running(svc):
+        async with open_service(config) as svc, audit.running(svc), jobs.running(svc), sweep.running(svc), \
+                resumable.running(svc):  # tus uploads: the expiry sweep
             app.state.svc = svc
             yield
 

@@ -55,6 +55,12 @@ class Config:
     audit_batch: int = 500  # ... or as soon as this many are waiting
     audit_queue_max: int = 100_000  # records held in memory while the database refuses writes
     min_free_bytes: int = 1024**3  # /readyz is 503 below this much free space in the data directory
+    # Resumable uploads, tus 1.0.0 (README "Resumable uploads (tus)"); dicomsvc.resumable
+    tus_max_size: int = 4 * 1024**3  # Tus-Max-Size: the largest Upload-Length (default: max_upload_bytes)
+    tus_max_incomplete: int = 10  # uploads one user may have still receiving at once
+    tus_expiry: int = 24 * 3600  # seconds an upload may go without a PATCH before it is removed
+    tus_sweep_interval: int = 300  # seconds between sweeps of expired uploads (also one at start)
+    tus_idle_timeout: int = 60  # seconds a PATCH body may pause; then what arrived is kept, the request ends
 
     SECRETS = ("anon_secret",)
 
@@ -70,6 +76,11 @@ class Config:
     def spool_dir(self) -> Path:
         """Uploaded input kept for background jobs (survives a restart, unlike blobs/.tmp)."""
         return self.data_dir / "spool"
+
+    @property
+    def resumable_dir(self) -> Path:
+        """The bytes of resumable (tus) uploads still to be ingested, one file each."""
+        return self.data_dir / "uploads"
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> "Config":
@@ -114,6 +125,7 @@ class Config:
             anon_secret=get("ANON_SECRET", ""),
             **_auth_settings(get, get_int),
             **_observability_settings(get, get_int),
+            **_resumable_settings(get_int, get_int("MAX_UPLOAD_BYTES", 4 * 1024**3)),
         )
 
     def log(self, logger: logging.Logger) -> None:
@@ -167,6 +179,17 @@ def _observability_settings(get, get_int) -> dict:
         "audit_batch": get_int("AUDIT_BATCH", 500),
         "audit_queue_max": get_int("AUDIT_QUEUE_MAX", 100_000),
         "min_free_bytes": get_int("MIN_FREE_BYTES", 1024**3, minimum=0),
+    }
+
+
+def _resumable_settings(get_int, max_upload_bytes: int) -> dict:
+    """DICOMSVC_TUS_MAX_SIZE, _MAX_INCOMPLETE, _EXPIRY, _SWEEP_INTERVAL, _IDLE_TIMEOUT."""
+    return {
+        "tus_max_size": get_int("TUS_MAX_SIZE", max_upload_bytes),
+        "tus_max_incomplete": get_int("TUS_MAX_INCOMPLETE", 10),
+        "tus_expiry": get_int("TUS_EXPIRY", 24 * 3600),
+        "tus_sweep_interval": get_int("TUS_SWEEP_INTERVAL", 300),
+        "tus_idle_timeout": get_int("TUS_IDLE_TIMEOUT", 60),
     }
 
 

@@ -58,6 +58,13 @@ ACTIONS: dict[tuple[str, str], str | None] = {
     ("/jobs/{job}", "GET"): VIEW,
     ("/users/{user}/uploads", "GET"): SEARCH,
     ("/users/{user}/jobs", "GET"): SEARCH,
+    # Resumable uploads (tus): creating and each chunk are uploads (the completing PATCH notes the
+    # instance or job it made); HEAD/GET show offsets and the outcome's ids; DELETE drops received bytes
+    ("/uploads/", "POST"): UPLOAD,
+    ("/uploads/", "OPTIONS"): NONE,
+    ("/uploads/{id}", "GET"): VIEW,
+    ("/uploads/{id}", "PATCH"): UPLOAD,
+    ("/uploads/{id}", "DELETE"): DELETE,
     ("/stats", "GET"): NONE,  # counts only
     ("/audit", "GET"): NONE,
     ("/healthz", "GET"): NONE,

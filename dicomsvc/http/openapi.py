@@ -9,6 +9,7 @@ import html
 
 from .. import __version__
 from . import rules
+from .tus import OPENAPI as TUS_PATHS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 JSON_OBJECT = {"type": "object"}
@@ -444,6 +445,7 @@ DICOMWEB_PATHS: dict[str, dict] = {
 }  # fmt: skip
 for _path, _ops in DICOMWEB_PATHS.items():  # merged: WADO-RS shares some of these paths
     PATHS.setdefault(_path, {}).update(_ops)
+PATHS.update(TUS_PATHS)  # resumable uploads (dicomsvc/http/tus.py)
 
 
 BEARER = {

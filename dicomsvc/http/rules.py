@@ -47,6 +47,12 @@ RULES: dict[tuple[str, str], str] = {
     ("/users/{user}/uploads", "GET"): SELF,
     ("/users/{user}/jobs", "GET"): SELF,
     ("/audit", "GET"): ADMIN,
+    # Resumable uploads (tus): uploaders; each upload is its creator's (others get 404, http/tus.py)
+    ("/uploads/", "OPTIONS"): PUBLIC,  # tus discovery (AuthMiddleware lets OPTIONS through anyway)
+    ("/uploads/", "POST"): UPLOADER,
+    ("/uploads/{id}", "GET"): UPLOADER,
+    ("/uploads/{id}", "PATCH"): UPLOADER,
+    ("/uploads/{id}", "DELETE"): UPLOADER,
     ("/healthz", "GET"): PUBLIC,
     ("/readyz", "GET"): PUBLIC,
     ("/metrics", "GET"): METRICS,

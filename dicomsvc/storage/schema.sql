@@ -222,3 +222,20 @@ CREATE TABLE IF NOT EXISTS health (
     checked_at TEXT NOT NULL                         -- ISO 8601, UTC: the last readiness check
 );
 INSERT OR IGNORE INTO health (id, checked_at) VALUES (1, '');
+
+-- Resumable uploads (tus 1.0.0; dicomsvc/resumable.py, README "Resumable uploads (tus)"): one row
+-- per upload; its bytes are in <data>/uploads/<id> until it is ingested, terminated or expires.
+CREATE TABLE IF NOT EXISTS upload (
+    id          TEXT PRIMARY KEY,                    -- 32 random hex characters (the URL lets one write)
+    owner       TEXT,                                -- the user who created it (NULL: DICOMSVC_AUTH=none)
+    length      INTEGER NOT NULL,                    -- Upload-Length
+    received    INTEGER NOT NULL,                    -- Upload-Offset: only raised once its bytes are synced
+    options     TEXT NOT NULL,                       -- JSON: ingest options and filename (Upload-Metadata)
+    status      TEXT NOT NULL,                       -- receiving | ingesting | done | failed
+    result      TEXT,                                -- JSON: the ingest's answer (an id, a job, counts, an error)
+    created_at  TEXT NOT NULL,                       -- ISO 8601, UTC
+    expires_at  TEXT NOT NULL,                       -- removed (with its bytes) after this
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS upload_expiry ON upload (expires_at);
+CREATE INDEX IF NOT EXISTS upload_by_owner ON upload (owner, status);
