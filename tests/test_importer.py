@@ -644,3 +644,46 @@ def test_walk_passes_over_files_that_cannot_be_dicom(tmp_path):
     assert [u.path.name for u in uploads] == ["ct.dcm"] and ignored == 2 and failures == []
     uploads, _, _ = collect([tmp_path / "README.txt"])  # named on the command line: always sent
     assert [u.path.name for u in uploads] == ["README.txt"]
+
+
+def test_big_files_go_as_resumable_uploads_and_survive_broken_connections(tmp_path, live_server):
+    """Over --resumable-over, a file is a tus upload in chunks: two connections cut mid-chunk
+    cost a chunk each, not the file, and everything is stored once."""
+    from test_tus import CuttingProxy
+
+    big_dcm = copy_sample("CT_small.dcm", tmp_path / "ct.dcm")  # 39 KB
+    big_zip = make_zip(  # stored: about 26 KB, more than the threshold
+        tmp_path / "study.zip", {f"s/{n}": sample_file(n).read_bytes() for n in ("MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm")}
+    )
+    small = copy_sample("rtdose_1frame.dcm", tmp_path / "small.dcm")
+    threshold, chunk = 12_000, 8_192
+    assert small.stat().st_size < threshold < min(big_dcm.stat().st_size, big_zip.stat().st_size)
+    port = int(live_server.rsplit(":", 1)[1])
+    proxy = CuttingProxy(port, [25_000, 50_000])  # client bytes: inside the first two uploads' chunks
+    network = RecordingTransport()
+    try:
+        summary = import_paths(
+            [str(big_dcm), str(big_zip), str(small)], f"http://127.0.0.1:{proxy.port}", jobs=1, transport=network,
+            resumable_over=threshold, resumable_chunk=chunk, retry_delay=0.05, poll_interval=0.05,
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert summary.failures == [] and summary.unreachable is None, format_summary(summary)
+    assert (summary.created, summary.duplicates, summary.failed, summary.uploads) == (5, 0, 0, 3)
+    assert proxy.cut == 2
+    patches = [p for m, p in network.seen if m == "PATCH"]
+    assert len({p for p in patches}) == 2 and all(p.startswith("/uploads/") for p in patches)
+    assert ("POST", "/dicom") in network.seen  # the small file, posted whole
+    total = sum(p.stat().st_size for p in (big_dcm, big_zip, small))
+    assert summary.bytes_sent <= total + 2 * chunk  # each cut cost at most the chunk in flight
+    # again: every instance is a duplicate, nothing is stored twice
+    again = import_paths([str(big_dcm), str(big_zip)], live_server, jobs=2, resumable_over=threshold, resumable_chunk=chunk)
+    assert (again.created, again.duplicates, again.failed) == (0, 4, 0), format_summary(again)
+
+
+def test_resumable_over_on_the_command_line(tmp_path, live_server, capsys):
+    big = copy_sample("CT_small.dcm", tmp_path / "ct.dcm")
+    assert cli.main(["import", "--url", live_server, "--resumable-over", "1000", str(big)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "created 1, duplicates 0, skipped 0, failed 0"
+    with pytest.raises(SystemExit):
+        cli.main(["import", "--url", live_server, "--resumable-over", "-1", str(big)])

@@ -2,7 +2,9 @@
 
 Walks files, folders (recursively) and ZIP archives, uploads each file as
 ``POST {url}/dicom`` (``application/dicom``, or ``application/zip`` for
-``*.zip``) streamed from disk over ``jobs`` parallel connections, follows
+``*.zip``) streamed from disk over ``jobs`` parallel connections -- files over
+``resumable_over`` bytes as resumable tus 1.0.0 uploads to ``{url}/uploads/`` in
+chunks, so a broken connection costs the chunk in flight, not the file -- follows
 ``202`` archive jobs at ``GET {url}/jobs/<id>`` until they finish, and adds
 up what the server answered into an :class:`ImportSummary`.
 
@@ -18,6 +20,8 @@ Public API: :func:`collect`, :func:`import_paths`, :func:`format_summary`,
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import stat
 import threading
@@ -27,6 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, TextIO
+from urllib.parse import urljoin
 
 import httpx
 
@@ -35,6 +40,10 @@ from ..dicom.files import HEAD_BYTES, skip_reason, sniff
 DEFAULT_URL = "http://localhost:8001"
 DEFAULT_JOBS = 4
 CHUNK_SIZE = 64 * 1024
+RESUMABLE_OVER = 64 * 1024**2  # files larger than this go as tus uploads (--resumable-over)
+RESUMABLE_CHUNK = 32 * 1024**2  # bytes per PATCH of a tus upload
+RESUMABLE_RETRIES = 5  # broken connections in a row on one upload before it is given up
+TUS = {"Tus-Resumable": "1.0.0"}
 # A ``/jobs/<id>`` answer in one of these states is still going.
 JOB_RUNNING = frozenset({"queued", "running"})
 
@@ -309,6 +318,24 @@ class _FileBody:
             yield chunk
 
 
+class _SliceBody:
+    """The next ``size`` bytes of an open file, in ``CHUNK_SIZE`` pieces (one tus PATCH)."""
+
+    def __init__(self, file: BinaryIO, size: int, meter: _Meter) -> None:
+        self._file, self._left, self._meter = file, size, meter
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self._left > 0 and (chunk := self._file.read(min(CHUNK_SIZE, self._left))):
+            self._left -= len(chunk)
+            self._meter.sent(len(chunk))
+            yield chunk
+
+
+def _metadata(values: dict[str, str]) -> str:
+    """tus Upload-Metadata: ``key base64(value)`` pairs, comma-separated."""
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode('ascii')}" for k, v in values.items())
+
+
 def _disposition(name: str) -> bytes:
     """``attachment; filename="<name>"`` (UTF-8; quotes, backslashes and controls replaced)."""
     safe = "".join("_" if c in '"\\' or ord(c) < 32 or ord(c) == 127 else c for c in name)
@@ -394,6 +421,9 @@ class _Run:
     server_down: threading.Event
     stop: threading.Event
     poll_interval: float
+    resumable_over: int | None = RESUMABLE_OVER  # None: never resumable
+    resumable_chunk: int = RESUMABLE_CHUNK
+    retry_delay: float = 1.0  # seconds before resuming after a broken connection (times the attempt)
 
     def unreachable(self, exc: httpx.TransportError) -> _Outcome:
         self.server_down.set()
@@ -450,6 +480,10 @@ class _Run:
             return _Outcome(not_sent=1)
         name = str(upload.path)
         try:
+            if self.resumable_over is not None and upload.size > self.resumable_over:
+                outcome = self.upload_resumable(upload)
+                if outcome is not None:
+                    return outcome  # None: the server speaks no tus; posted whole below
             with upload.path.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 headers = {"Content-Type": CONTENT_TYPES[upload.kind], "Content-Length": str(size)}
@@ -469,6 +503,90 @@ class _Run:
             return _Outcome.failure(name, "unreadable", exc.strerror or type(exc).__name__)
         except Exception as exc:  # a bug here must not stop the other files
             return _Outcome.failure(name, "client_error", type(exc).__name__)
+
+    def upload_resumable(self, upload: Upload) -> _Outcome | None:
+        """A tus 1.0.0 upload (``/uploads/``) in ``resumable_chunk`` PATCHes; after a broken
+        connection, resume at the offset HEAD says the server stored. None when the server has
+        no ``/uploads/`` (an older one): the caller posts the file whole."""
+        name = str(upload.path)
+        values = {"filename": upload.path.name} | ({"anonymize": "true"} if self.params.get("anonymize") else {})
+        headers = TUS | {"Upload-Length": str(upload.size), "Upload-Metadata": _metadata(values)}
+        for attempt in range(1, RESUMABLE_RETRIES + 1):
+            try:
+                created = self.client.post(f"{self.base_url}/uploads/", headers=headers)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                raise  # nobody there: the run stops
+            except httpx.TransportError:  # a broken connection: an upload it made (if any) expires unused
+                if attempt == RESUMABLE_RETRIES or self.stop.wait(self.retry_delay * attempt):
+                    raise
+        if created.status_code in (404, 405):
+            return None
+        if created.status_code != 201 or "location" not in created.headers:
+            return _Outcome.failure(name, *_error_of(created), answered=True)
+        url = urljoin(f"{self.base_url}/", created.headers["location"])
+        offset, broken = 0, 0
+        with upload.path.open("rb") as f:
+            while True:
+                if self.stop.is_set():
+                    return _Outcome.failure(name, "interrupted", f"stopped at byte {offset} of a resumable upload")
+                size = min(self.resumable_chunk, upload.size - offset)
+                f.seek(offset)
+                headers = TUS | {"Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset),
+                                 "Content-Length": str(size)}  # fmt: skip
+                try:
+                    answer = self.client.patch(url, headers=headers, content=_SliceBody(f, size, self.meter))
+                except httpx.TransportError as exc:  # the connection broke: resume where the server is
+                    broken += 1
+                    if broken > RESUMABLE_RETRIES:
+                        raise
+                    offset = self._resume_at(url, broken, exc)
+                    continue
+                if answer.status_code in (409, 423):  # another offset, or a broken PATCH still being recorded
+                    broken += 1
+                    if broken > RESUMABLE_RETRIES:
+                        return _Outcome.failure(name, *_error_of(answer), answered=True)
+                    offset = self._resume_at(url, broken, None)
+                    continue
+                if "upload-result" in answer.headers:  # the last PATCH: the file was ingested (or refused)
+                    return self._resumable_result(upload, url, answer)
+                if answer.status_code != 204:
+                    return _Outcome.failure(name, *_error_of(answer), answered=True)
+                offset, broken = int(answer.headers["upload-offset"]), 0
+
+    def _resume_at(self, url: str, attempt: int, exc: Exception | None) -> int:
+        """The offset the server stored (tus HEAD), after a pause growing with ``attempt``."""
+        for _ in range(RESUMABLE_RETRIES):
+            if self.stop.wait(min(self.retry_delay * attempt, 10.0)):
+                break
+            try:
+                head = self.client.head(url, headers=TUS)
+            except httpx.TransportError as again:
+                exc, attempt = again, attempt + 1
+                continue
+            if head.status_code == 200 and "upload-offset" in head.headers:
+                return int(head.headers["upload-offset"])
+            raise httpx.TransportError(f"HEAD of the upload answered {head.status_code}")
+        raise exc if exc is not None else httpx.TransportError("the upload could not be resumed")
+
+    def _resumable_result(self, upload: Upload, url: str, answer: httpx.Response) -> _Outcome:
+        """Counts from a completed tus upload's Upload-Result (a batch's files: GET the upload)."""
+        name = str(upload.path)
+        try:
+            result = json.loads(answer.headers["upload-result"])
+        except ValueError:
+            result = None
+        if not isinstance(result, dict) or not isinstance(result.get("status"), int):
+            return _Outcome.failure(name, "bad_response", "Upload-Result is not a JSON object", answered=True)
+        if result["status"] >= 300:
+            return _Outcome.failure(name, str(result.get("error") or f"http_{result['status']}"),
+                                    str(result.get("detail") or ""), answered=True)  # fmt: skip
+        if isinstance(result.get("job"), str):
+            return self.poll(name, result["job"])
+        if isinstance(result.get("id"), str):
+            return _Outcome(created=int(result["status"] == 201), duplicates=int(result["status"] != 201), uploads=1)
+        whole = _json(self.client.get(url)) or {}
+        return _batch(name, whole.get("result") if isinstance(whole.get("result"), dict) else result)
 
 
 def _unreachable(base_url: str, exc: Exception) -> str:
@@ -500,6 +618,9 @@ def import_paths(
     poll_interval: float = 0.5,
     timeout: float | None = 600.0,
     token: str | None = None,
+    resumable_over: int | None = RESUMABLE_OVER,
+    resumable_chunk: int = RESUMABLE_CHUNK,
+    retry_delay: float = 1.0,
 ) -> ImportSummary:
     """Upload everything under ``paths`` to the service at ``base_url``.
 
@@ -510,7 +631,10 @@ def import_paths(
     and write (a ZIP answered synchronously can take a while). A file that
     fails never stops the others; a server that cannot be reached stops the
     run (``summary.unreachable`` says why, ``exit_code`` is 2). ``token`` is sent as
-    ``Authorization: Bearer`` on every request (``--token``, ``DICOMSVC_TOKEN``).
+    ``Authorization: Bearer`` on every request (``--token``, ``DICOMSVC_TOKEN``). Files over
+    ``resumable_over`` bytes (``--resumable-over``; None: none) go as tus uploads in
+    ``resumable_chunk``-byte PATCHes, resumed ``retry_delay`` seconds (times the attempt) after
+    a broken connection, up to RESUMABLE_RETRIES times in a row.
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
@@ -532,6 +656,9 @@ def import_paths(
                 server_down=threading.Event(),
                 stop=threading.Event(),
                 poll_interval=poll_interval,
+                resumable_over=resumable_over,
+                resumable_chunk=resumable_chunk,
+                retry_delay=retry_delay,
             )
             try:
                 client.get(f"{base_url}/healthz")  # any answer will do: is anyone there?

@@ -18,6 +18,16 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def _import(args: argparse.Namespace) -> int:
     """Run the bulk importer: progress on stderr, summary on stdout; exit 0, 1 (failures) or 2 (unreachable)."""
     from . import importer  # needs httpx; ``serve`` does not
@@ -26,6 +36,7 @@ def _import(args: argparse.Namespace) -> int:
         summary = importer.import_paths(
             args.paths, args.url, jobs=args.jobs, anonymize=args.anonymize, progress=sys.stderr,
             token=args.token or os.environ.get("DICOMSVC_TOKEN") or None,
+            resumable_over=args.resumable_over or None,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("dicomsvc import: interrupted", file=sys.stderr)
@@ -52,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--anonymize", action="store_true", help="ask the server to anonymize (?anonymize=true)")
     imp.add_argument(
         "--token", help="send Authorization: Bearer TOKEN (an API token or an OIDC access token; default: $DICOMSVC_TOKEN)"
+    )
+    imp.add_argument(
+        "--resumable-over", type=_non_negative, default=64 * 1024**2, metavar="BYTES",  # importer.RESUMABLE_OVER
+        help="send files larger than this as resumable tus uploads to {url}/uploads/, in chunks that survive a "
+        "broken connection (0: never; default: %(default)s)",
     )
     from . import tokens  # dicomsvc token create|list|revoke
 
