@@ -495,3 +495,16 @@ def test_the_synthetic_ct_takes_the_fast_paths(tmp_path):
     hu = stored.astype(np.float64) - 1024.0  # Rescale Intercept -1024, slope 1; window 40/400
     expected = np.floor(np.clip(((hu - 39.5) / 399 + 0.5) * 255, 0, 255)).astype(np.uint8)
     assert np.abs(np.asarray(Image.open(io.BytesIO(png))).astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "u2", "i2"])
+@pytest.mark.parametrize("chunk", [7, 1 << 16])
+def test_table_lookups_in_slices_give_every_pixel(monkeypatch, dtype, chunk):
+    """``_lookup`` takes a frame in slices: a partial last slice and a frame smaller than
+    one slice come out whole, as plain indexing has them."""
+    monkeypatch.setattr(render_module, "LOOKUP_CHUNK", chunk)
+    kind = np.dtype(dtype)
+    frame = np.random.default_rng(1).integers(0, 1 << (8 * kind.itemsize), size=(13, 11), dtype=np.uint64)
+    unsigned = frame.astype(f"u{kind.itemsize}")
+    table = np.random.default_rng(2).integers(0, 256, size=1 << (8 * kind.itemsize), dtype=np.uint8)
+    assert np.array_equal(render_module._lookup(table, unsigned), table[unsigned])

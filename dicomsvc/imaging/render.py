@@ -39,6 +39,9 @@ from .png import encode_png
 
 # 8- and 16-bit frames go through a lookup table indexed by their raw bits
 SMALL_INTS = {np.dtype(t): np.dtype("u" + t[1:]) for t in ("i1", "u1", "i2", "u2")}
+# Indices per np.take in ``_lookup`` (measured on 512x512 int16 frames: 2^16 was faster
+# than 2^14 and than one take over the frame)
+LOOKUP_CHUNK = 1 << 16
 # False computes the grey chain on every pixel (the tests compare the two: same bytes)
 USE_LUT = True
 # Grey frames shown by each path in this process: "window table" (the cached table of a
@@ -178,10 +181,21 @@ def _grey(frame: np.ndarray, ds: Dataset, invert: bool, window: tuple[float, flo
 
 
 def _lookup(table: np.ndarray, unsigned: np.ndarray) -> np.ndarray:
-    """``table[unsigned]``, with ``np.take``: the same values, in about half the time of
-    fancy indexing (no broadcasting or bounds machinery; every 8- or 16-bit index is in a
-    table of 2^8 or 2^16 entries)."""
-    return np.take(table, unsigned)
+    """``table[unsigned]``: the same values, in about a third of the time of fancy indexing.
+
+    ``np.take`` in slices of LOOKUP_CHUNK indices, each written straight into the result:
+    take converts its indices to intp first, and a slice's conversion stays in the CPU
+    cache where a whole frame's (2 MB for 512x512) does not. Every 8- or 16-bit index is
+    within the table of 2^8 or 2^16 entries, so ``mode="clip"`` never clips; it spares
+    the bounds check and the buffered copy ``out=`` has with the default mode.
+    """
+    assert table.size == 1 << (8 * unsigned.itemsize)
+    flat = unsigned.reshape(-1)
+    out = np.empty(flat.size, table.dtype)
+    for start in range(0, flat.size, LOOKUP_CHUNK):
+        stop = start + LOOKUP_CHUNK
+        np.take(table, flat[start:stop], out=out[start:stop], mode="clip")
+    return out.reshape(unsigned.shape)
 
 
 def _domain(dtype: str) -> np.ndarray:
