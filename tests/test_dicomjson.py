@@ -457,3 +457,26 @@ def test_from_rows_is_to_dicom_json_without_inline_binaries(tmp_path):
         compared += 1
     assert compared > 100
     assert got is not None
+
+
+def test_stored_metadata_takes_item_counts_from_the_rows(tmp_path):
+    """Sequence rows carry their item count (``TagRow.items``, empty items included), so the
+    stored DICOM JSON is made without pydicom converting any sequence again (PS3.18 F.2.6)."""
+    from pydicom.dataelem import RawDataElement
+
+    from dicomsvc.dicom.dicomjson import stored_metadata
+    from dicomsvc.dicom.tags import flatten
+
+    ds = make_ct()
+    ds.ReferencedImageSequence = Sequence([Dataset(), Dataset()])
+    ds.ReferencedImageSequence[1].ReferencedSOPInstanceUID = "1.2.3"
+    path = save(ds, tmp_path / "seq.dcm")
+    parsed = read(path)
+    rows = flatten(parsed.ds, parsed.pixel)
+    text = stored_metadata(parsed, rows, "1.2", "1.3", parsed.sop_instance_uid)
+    assert type(parsed.ds.get_item(0x00081140)) is RawDataElement  # never converted
+    fresh = read(path)
+    uri = "/dicomweb/studies/1.2/series/1.3/instances/" + fresh.sop_instance_uid + "/bulk/"
+    expected = to_dicom_json(fresh.ds, lambda p: uri + p, threshold=0, pixel=fresh.pixel)
+    assert json.loads(text) == expected
+    assert json.loads(text)["00081140"]["Value"] == [{}, {"00081155": {"vr": "UI", "Value": ["1.2.3"]}}]

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicomfiles import make_ct, sample_file, save
+from dicomsvc.dicom import tags
 from dicomsvc.dicom.parse import read
 from dicomsvc.dicom.tags import flatten, format_tag
 
@@ -190,11 +191,162 @@ def all_bundled_instances():
         yield path
 
 
-@pytest.mark.parametrize("path", list(all_bundled_instances()), ids=lambda p: p.name)
+def every_bundled_instance():
+    """Every file pydicom ships (test files, charset files) and the pydicom-data package
+    holds (a test extra, installed in the venv: never downloaded), that ``read`` takes."""
+    import data_store
+    from pydicom.data import get_charset_files, get_testdata_files
+
+    from dicomsvc.errors import DicomSvcError
+
+    store = Path(data_store.__file__).parent / "data"
+    paths = {Path(p) for p in get_testdata_files() + get_charset_files()}
+    paths |= set(store.rglob("*"))
+    site = store.parent.parent
+    for path in sorted(p for p in paths if p.is_file()):
+        try:
+            read(path)
+        except DicomSvcError:
+            continue
+        yield pytest.param(path, id=str(path.relative_to(site)) if path.is_relative_to(site) else path.name)
+
+
+BUNDLED = list(every_bundled_instance())
+
+
+def test_the_bundled_files_are_found():
+    names = {p.values[0].name for p in BUNDLED}
+    assert len(BUNDLED) > 200 and {"CT_small.dcm", "chrH31.dcm", "JPGExtended.dcm", "DICOMDIR"} <= names
+
+
+@pytest.mark.parametrize("path", BUNDLED)
 def test_fast_path_gives_the_same_rows_as_pydicom(path):
     fast = flatten(*_parsed(path), fast=True)
     slow = flatten(*_parsed(path), fast=False)
     assert fast == slow
+
+
+def _header_ct(syntax, undefined_lengths: bool = False) -> Dataset:
+    """A CT header as scanners write it: names, codes, nested sequences, a group length."""
+    ds = make_ct(np.zeros((4, 4), np.int16))
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientName = "Müller^Hans=="  # empty trailing groups: dropped
+    ds.ReferringPhysicianName = ["Doe^John", "Roe^Jane="]
+    ds.OperatorsName = ""
+    ds.InstitutionName = "Klinik Süd"
+    ds.ImagePositionPatient = ["-125.000", "-125", "12.5"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceThickness = "2.50"
+    ds.KVP = "120"
+    ds.FrameIncrementPointer = 0x00181063
+    ds.add_new(0x00180000, "UL", 0)  # a (retired) group length, as older scanners write
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-D0050", "SRT", "Tissue"
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator = "T-D4000", "SRT"
+    region.AnatomicRegionModifierSequence = Sequence([code])
+    ds.AnatomicRegionSequence = Sequence([region, Dataset()])  # the second item empty
+    request = Dataset()
+    request.RequestedProcedureID = "RP1"
+    request.ScheduledProcedureStepID = "SPS1"
+    request.ReferencedStudySequence = Sequence()
+    ds.RequestAttributesSequence = Sequence([request])
+    dose = Dataset()
+    dose.CTDIvol = 12.5
+    dose.add_new(0x00189346, "SQ", Sequence([code]))  # CTDI Phantom Type Code Sequence
+    ds.CTExposureSequence = Sequence([dose])
+    if undefined_lengths:
+        for sequence in (ds.AnatomicRegionSequence, ds.RequestAttributesSequence, region.AnatomicRegionModifierSequence):
+            for item in sequence:
+                item.is_undefined_length_sequence_item = True
+        for keyword in ("AnatomicRegionSequence", "RequestAttributesSequence", "CTExposureSequence"):
+            ds[keyword].is_undefined_length = True
+        region["AnatomicRegionModifierSequence"].is_undefined_length = True
+        dose[0x00189346].is_undefined_length = True
+    return ds
+
+
+SYNTAXES = [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian]
+
+
+@pytest.mark.parametrize("undefined", [False, True], ids=["defined-lengths", "undefined-lengths"])
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=["explicit", "implicit"])
+def test_an_ordinary_ct_takes_the_fast_path_throughout(tmp_path, syntax, undefined):
+    """No element of a CT header, nested sequences included, is converted by pydicom
+    (``tags.CONVERTED`` counts those that are), and the rows are pydicom's."""
+    path = save(_header_ct(syntax, undefined), tmp_path / "ct.dcm")
+    tags.CONVERTED.clear()
+    fast = flatten(*_parsed(path))
+    assert sum(tags.CONVERTED.values()) == 0, tags.CONVERTED
+    assert fast == flatten(*_parsed(path), fast=False)
+    assert sum(tags.CONVERTED.values()) > len(fast) // 2  # and the counter does count
+    values = {r.keyword: r.value for r in fast}
+    assert values["PatientName"] == "Müller^Hans" and values["ReferringPhysicianName"] == "Doe^John\\Roe^Jane"
+    assert values["InstitutionName"] == "Klinik Süd" and values["FrameIncrementPointer"] == "(0018,1063)"
+    sequences = {r.keyword: r.items for r in fast if r.vr == "SQ"}
+    assert sequences == {
+        "AnatomicRegionSequence": 2, "AnatomicRegionModifierSequence": 1, "RequestAttributesSequence": 1,
+        "ReferencedStudySequence": 0, "CTExposureSequence": 1, "CTDIPhantomTypeCodeSequence": 1,
+    }  # fmt: skip
+    (modifier,) = by_keyword(fast, "AnatomicRegionModifierSequence")
+    meaning = [r for r in fast if r.parent == fast.index(modifier)]
+    assert [(r.keyword, r.item, r.value) for r in meaning][-1] == ("CodeMeaning", 0, "Tissue")
+
+
+def test_the_bench_corpus_takes_the_fast_path(tmp_path):
+    """bench/corpus.py's synthetic CT (what bench/ingest_stages.py times) converts nothing."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    try:
+        import corpus
+    finally:
+        sys.path.pop(0)
+    made = corpus.make(tmp_path, 1, 1234)
+    path = made.instances[0].path
+    tags.CONVERTED.clear()
+    fast = flatten(*_parsed(path))
+    assert not tags.CONVERTED and len(fast) > 100
+    assert fast == flatten(*_parsed(path), fast=False)
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=["explicit", "implicit"])
+def test_unusual_items_go_through_pydicom_with_the_same_rows(tmp_path, syntax):
+    """An item with its own Specific Character Set (PS3.5 §7.5.1: it applies inside the
+    item), or a private element in an item, is left to pydicom, its sequence as a whole."""
+    ds = _header_ct(syntax)
+    ds.AnatomicRegionSequence[0].SpecificCharacterSet = "ISO_IR 192"
+    ds.AnatomicRegionSequence[0].CodeMeaning = "Ünter"
+    ds.RequestAttributesSequence[0].add_new(0x00190010, "LO", "ACME")
+    ds.RequestAttributesSequence[0].add_new(0x00191001, "LO", "private")
+    path = save(ds, tmp_path / "odd.dcm")
+    tags.CONVERTED.clear()
+    fast = flatten(*_parsed(path))
+    # the private element is read fast where its VR is in the file (Explicit VR)
+    assert tags.CONVERTED["SQ"] == (2 if syntax.is_implicit_VR else 1)
+    assert fast == flatten(*_parsed(path), fast=False)
+    assert [r.value for r in by_keyword(fast, "CodeMeaning")] == ["Ünter", "Tissue", "Tissue"]
+
+
+def test_damaged_item_structure_goes_through_pydicom(tmp_path):
+    """Elements out of order inside an item: pydicom sorts them, and so do the rows."""
+    ds = make_ct()
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "A", "B"
+    ds.ProcedureCodeSequence = Sequence([item])
+    raw = save(ds, tmp_path / "in.dcm").read_bytes()
+    value = b"\x08\x00\x00\x01SH\x02\x00A \x08\x00\x02\x01SH\x02\x00B "
+    swapped = b"\x08\x00\x02\x01SH\x02\x00B \x08\x00\x00\x01SH\x02\x00A "
+    assert raw.count(value) == 1
+    path = tmp_path / "swapped.dcm"
+    path.write_bytes(raw.replace(value, swapped))
+    tags.CONVERTED.clear()
+    fast = flatten(*_parsed(path))
+    assert tags.CONVERTED == {"SQ": 1}
+    assert fast == flatten(*_parsed(path), fast=False)
+    assert [r.keyword for r in fast if r.parent is not None] == ["CodeValue", "CodingSchemeDesignator"]
 
 
 def test_fast_path_on_padding_and_multivalues(tmp_path):
@@ -330,3 +482,57 @@ def test_an_unknown_vr_inside_a_sequence_item_is_a_un_row(tmp_path, value):
         rows = flatten(*_parsed(path), fast=fast)
         nested = [r for r in rows if r.tag == 0x00081150]
         assert [(r.vr, r.item) for r in nested] == [("UN", 0)]
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=["explicit", "implicit"])
+def test_private_elements_get_the_private_dictionarys_vr(tmp_path, syntax):
+    """A private element without a VR of its own (Implicit VR, or an explicit UN) takes the
+    VR pydicom's private dictionary has for its creator (PS3.5 §6.2.2, §7.8.1), as pydicom
+    shows it: an explicit UN of a known creator's element was a UN row on the fast path."""
+    ds = make_ct(np.zeros((4, 4), np.int16))
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+    ds.add_new(0x00291008, "UN", b"IMAGE NUM 4 ")  # CS in pydicom's private dictionary
+    ds.add_new(0x00291010, "UN", b"\x01\x02")  # OB
+    ds.add_new(0x00330010, "LO", "NOBODY WE KNOW")
+    ds.add_new(0x00331001, "UN", b"\x01\x02")
+    path = save(ds, tmp_path / "private.dcm")
+    tags.CONVERTED.clear()
+    fast = flatten(*_parsed(path))
+    # Implicit VR: read straight from the bytes; an explicit UN pydicom re-reads is left to it
+    assert sum(tags.CONVERTED.values()) == (0 if syntax.is_implicit_VR else 2)
+    assert fast == flatten(*_parsed(path), fast=False)
+    values = {r.tag: (r.vr, r.value, r.nbytes) for r in fast}
+    assert values[0x00290010] == ("LO", "SIEMENS CSA HEADER", None)
+    assert values[0x00291008] == ("CS", "IMAGE NUM 4", None) and values[0x00291010] == ("OB", None, 2)
+    assert values[0x00331001] == ("UN", None, 2)
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES, ids=["explicit", "implicit"])
+def test_odd_number_strings_and_control_characters_read_as_pydicom_reads_them(tmp_path, syntax):
+    """Values a byte-flipping fuzzer made, where the fast path once differed from pydicom:
+    an IS that is not an integer ("2.50" pydicom shows as 2.5) or too long for one, control
+    characters pydicom strips (PS3.5 §6.1.2.3 allows none in these VRs), a NUL in an AE."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import BaseTag
+
+    ds = make_ct(np.zeros((4, 4), np.int16))
+    ds.file_meta.TransferSyntaxUID = syntax
+    odd = {
+        0x00180089: ("IS", b"2.50"),  # Number of Phase Encoding Steps
+        0x00200013: ("IS", b"99999999999999999999"),  # Instance Number
+        0x00200012: ("IS", b" 7 "),  # Acquisition Number: fine
+        0x00200032: ("DS", b"-125.0\\-125\\\n2.5 "),  # Image Position (Patient)
+        0x00200037: ("DS", b"1.0\\0\\0\\0\\1.0\\\x00.0"),  # Image Orientation (Patient)
+        0x0020000E: ("UI", b"\x1d.2.3\x00"),  # Series Instance UID
+        0x00080054: ("AE", b"AET\x00"),  # Retrieve AE Title
+        0x00080060: ("CS", b"CT\x0c"),  # Modality
+    }
+    for tag, (vr, value) in odd.items():
+        ds[tag] = RawDataElement(BaseTag(tag), None if syntax.is_implicit_VR else vr, len(value), value, 0,
+                                 syntax.is_implicit_VR, True)  # fmt: skip
+    path = save(ds, tmp_path / "odd.dcm")
+    fast = flatten(*_parsed(path))
+    assert fast == flatten(*_parsed(path), fast=False)
+    values = {r.tag: r.value for r in fast}
+    assert values[0x00180089] == "2.5" and values[0x00200012] == "7"

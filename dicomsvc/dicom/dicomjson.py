@@ -125,8 +125,8 @@ def from_rows(
     ``to_dicom_json(ds, bulk_uri, threshold=0, pixel=pixel)`` gives it, at a fraction of the
     cost: the rows already hold every value as text, so no element goes through pydicom's
     conversion again (about 50 µs an element). Every binary value is a BulkDataURI
-    (PS3.18 F.2.7 allows it for any size). ``ds`` is only asked how many items each
-    sequence has (an empty item has no rows).
+    (PS3.18 F.2.7 allows it for any size). ``ds`` is only asked how many items a
+    sequence has (an empty item has no rows) when its row does not say (``TagRow.items``).
     """
     top: dict[str, Any] = {}
     items: dict[int, list[dict]] = {}  # row index of a sequence -> its item objects
@@ -143,7 +143,7 @@ def from_rows(
         key = f"{r.tag:08X}"
         path = prefix + key
         if r.vr == "SQ":
-            count = _item_count(ds, path)
+            count = r.items if r.items is not None else _item_count(ds, path)
             items[index], paths[index] = [{} for _ in range(count)], path
             target[key] = {"vr": "SQ", "Value": items[index]} if count else {"vr": "SQ"}
         elif r.value is None:  # binary, or a value pydicom could not convert (raw bytes, as UN)
