@@ -410,3 +410,32 @@ def test_a_full_disk_while_inflating_is_the_disks_fault_not_the_files(tmp_path, 
     with pytest.raises(OSError) as caught:
         read(path)
     assert caught.value.errno == errno.ENOSPC
+
+
+def test_the_reader_keeps_the_position_itself(tmp_path):
+    """pydicom asks tell() once or twice an element; a buffered file answers with an lseek
+    system call, so the wrapper dcmread reads through counts the position itself."""
+    from dicomsvc.dicom import parse
+
+    path = save(make_ct(), tmp_path / "ct.dcm")
+    data = path.read_bytes()
+
+    class NoTell(io.BufferedReader):
+        def tell(self):  # only the wrapper's construction may ask
+            if self.asked:
+                raise AssertionError("tell() on the file")
+            self.asked = True
+            return super().tell()
+
+    with NoTell(io.FileIO(path, "rb")) as fp:
+        fp.asked = False
+        wrapped = parse._NoSlurp(fp)
+        assert wrapped.read(132)[128:] == b"DICM" and wrapped.tell() == 132
+        assert wrapped.seek(10, os.SEEK_CUR) == 142 == wrapped.tell()
+        assert wrapped.read(4) == data[142:146] and wrapped.tell() == 146
+        wrapped.seek(0, os.SEEK_END)
+        assert wrapped.tell() == len(data) and wrapped.read(4) == b"" and wrapped.tell() == len(data)
+        with pytest.raises(parse._Slurp):
+            wrapped.read()
+    parsed = read(path)
+    assert parsed.pixel is not None and parsed.pixel.offset + parsed.pixel.length == len(data)

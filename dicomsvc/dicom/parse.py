@@ -147,18 +147,30 @@ class _Slurp(Exception):
 class _NoSlurp:
     """The file as ``dcmread`` reads it, except that reading "all the rest" raises _Slurp:
     pydicom does that once, in one place, to inflate a deflated data set whole in memory
-    (``read_partial``), after reading the file meta as for any file. Costs nothing else:
-    pydicom binds the methods once."""
+    (``read_partial``), after reading the file meta as for any file.
 
-    __slots__ = ("_fp", "seek", "tell", "fileno", "name")
+    It also keeps the position itself: pydicom asks ``tell()`` once or twice an element,
+    and a buffered file answers that with an lseek system call (about 1 µs each, a fifth
+    of the parse of a CT header)."""
+
+    __slots__ = ("_read", "_seek", "_pos", "fileno", "name")
 
     def __init__(self, fp: BinaryIO):
-        self._fp, self.seek, self.tell, self.fileno, self.name = fp, fp.seek, fp.tell, fp.fileno, fp.name
+        self._read, self._seek, self._pos, self.fileno, self.name = fp.read, fp.seek, fp.tell(), fp.fileno, fp.name
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             raise _Slurp()
-        return self._fp.read(size)
+        data = self._read(size)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = self._seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 def _file_meta(fp: BinaryIO) -> tuple[FileMetaDataset, int]:
