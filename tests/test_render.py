@@ -17,6 +17,7 @@ from dicomsvc.errors import DicomSvcError, NoPixelData, UnsupportedTransferSynta
 from dicomsvc.dicom.parse import frame_count, read
 from dicomsvc.imaging import decode as decode_module
 from dicomsvc.imaging import render as render_module
+from dicomsvc.imaging.png import encode_png
 from dicomsvc.imaging.render import decode_frame, display_frame, render_png, to_display
 
 REFS = Path(__file__).parent / "refs"
@@ -415,10 +416,10 @@ def test_the_bundled_files_exercise_the_fast_paths(monkeypatch):
     seen = set()
     real = decode_module._read_native
 
-    def spy(path, offset, layout):
+    def spy(path, offset, layout, *args):
         seen.add((layout.bits_allocated, layout.dtype.kind, layout.bits_stored < layout.bits_allocated,
                   layout.samples, layout.planar))  # fmt: skip
-        return real(path, offset, layout)
+        return real(path, offset, layout, *args)
 
     monkeypatch.setattr(decode_module, "_read_native", spy)
     for name in ("OBXXXX1A.dcm", "CT_small.dcm", "693_UNCR.dcm", "gdcm-US-ALOKA-16.dcm", "examples_overlay.dcm",
@@ -508,3 +509,20 @@ def test_table_lookups_in_slices_give_every_pixel(monkeypatch, dtype, chunk):
     unsigned = frame.astype(f"u{kind.itemsize}")
     table = np.random.default_rng(2).integers(0, 256, size=1 << (8 * kind.itemsize), dtype=np.uint8)
     assert np.array_equal(render_module._lookup(table, unsigned), table[unsigned])
+
+
+@pytest.mark.parametrize("dtype, bits, signed", STORED)
+@pytest.mark.parametrize("window", [None, (100.0, 50.0)])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_render_png_clears_the_unused_bits_in_its_table(tmp_path, dtype, bits, signed, window, photometric):
+    """render_png reads native frames with the bits above Bits Stored left as stored and
+    clears them in its lookup table (8/16 bits) or before the chain (32 bits): the PNG is
+    the one of the decoded frame's values (min–max window, a window, MONOCHROME1)."""
+    allocated = np.dtype(dtype).itemsize * 8
+    raw = np.random.default_rng(bits).integers(0, 1 << allocated, size=(6, 8), dtype=np.uint64)
+    ds = make_ct(raw.astype(f"u{allocated // 8}").view(dtype), window=window, photometric=photometric,
+                 BitsAllocated=allocated, BitsStored=bits, HighBit=bits - 1, PixelRepresentation=signed)  # fmt: skip
+    path = save(ds, tmp_path / "stored.dcm")
+    parsed = read(path)
+    expected = encode_png(to_display(decode_frame(path, parsed, 0), parsed.ds))
+    assert render_png(path, parsed) == expected

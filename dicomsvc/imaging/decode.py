@@ -46,6 +46,18 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = T
     decoded (YBR_FULL_422 native data upsampled to one Cb/Cr per pixel), for a
     caller that converts them itself (``render.display_frame``, as dcmtk does).
     """
+    return decode_frame_unmasked(path, parsed, index, as_rgb=as_rgb, unmasked=False)[0]
+
+
+def decode_frame_unmasked(
+    path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = True, unmasked: bool = True
+) -> tuple[np.ndarray, int | None]:
+    """``decode_frame``, except that a native frame read directly (``_read_native``) may
+    come back with the bits above (0028,0101) Bits Stored as the file holds them, for a
+    caller that clears or sign-extends them in a pass of its own (``render.to_display``
+    does it in its lookup table). Returns the frame and, when it was left so, Bits
+    Stored (``mask_unused_bits(frame, bits)`` gives ``decode_frame``'s values); else None.
+    """
     pixel = parsed.pixel
     if pixel is None:
         raise NoPixelData("this instance has no pixel data")
@@ -65,10 +77,11 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = T
             layout = _native_layout(tsyntax, opts, index, as_rgb) if FAST_NATIVE else None
             if layout is not None:
                 _precheck(tsyntax, None, index, opts)
-                arr = _read_native(path, pixel.offset, layout)
+                arr = _read_native(path, pixel.offset, layout, unmasked)
                 if arr is not None:
                     PATHS["native"] += 1
-                    return arr
+                    left = unmasked and layout.bits_stored < layout.bits_allocated
+                    return arr, layout.bits_stored if left else None
             src = open(path, "rb")
             src.seek(pixel.offset)
         try:
@@ -94,7 +107,7 @@ def decode_frame(path: Path, parsed: Parsed, index: int = 0, *, as_rgb: bool = T
         if type(exc).__module__ != "pyo3_runtime":
             raise
         raise UnsupportedTransferSyntax(_decode_failure(tsyntax, exc)) from None
-    return arr
+    return arr, None
 
 
 class NativeLayout(NamedTuple):
@@ -157,14 +170,11 @@ def _native_layout(tsyntax: UID, opts: dict, index: int, as_rgb: bool) -> Native
     return NativeLayout(dtype, rows, columns, samples, int(planar), allocated, stored, index)
 
 
-def _read_native(path: Path, offset: int, layout: NativeLayout) -> np.ndarray | None:
+def _read_native(path: Path, offset: int, layout: NativeLayout, unmasked: bool = False) -> np.ndarray | None:
     """Frame ``layout.index`` read straight into an array: one read of its bytes.
 
-    The same values as pydicom's native decoder: when (0028,0101) Bits Stored is less
-    than (0028,0100) Bits Allocated the unused high bits are not part of the value
-    (PS3.5 §8.1.1), so they are cleared (unsigned) or filled with the sign bit (signed,
-    2's complement), as pydicom's ``_correct_unused_bits`` does with a shift left and
-    back. None when the file holds less than the frame (pydicom then says so).
+    The same values as pydicom's native decoder (``mask_unused_bits``), unless
+    ``unmasked``. None when the file holds less than the frame (pydicom then says so).
     """
     count = layout.rows * layout.columns * layout.samples
     arr = np.empty(count, dtype=layout.dtype)
@@ -172,18 +182,31 @@ def _read_native(path: Path, offset: int, layout: NativeLayout) -> np.ndarray | 
         fp.seek(offset + layout.index * arr.nbytes)
         if fp.readinto(memoryview(arr).cast("B")) != arr.nbytes:
             return None
-    unused = layout.bits_allocated - layout.bits_stored
-    if unused:
-        if layout.dtype.kind == "u":
-            np.bitwise_and(arr, (1 << layout.bits_stored) - 1, out=arr)
-        else:
-            np.left_shift(arr, unused, out=arr)
-            np.right_shift(arr, unused, out=arr)
+    if not unmasked:
+        mask_unused_bits(arr, layout.bits_stored)
     if layout.samples == 1:
         return arr.reshape(layout.rows, layout.columns)
     if layout.planar == 0:
         return arr.reshape(layout.rows, layout.columns, layout.samples)
     return arr.reshape(layout.samples, layout.rows, layout.columns).transpose(1, 2, 0)  # as pydicom's
+
+
+def mask_unused_bits(arr: np.ndarray, bits_stored: int) -> np.ndarray:
+    """``arr`` (an integer array, changed in place) with only its low ``bits_stored`` bits.
+
+    When (0028,0101) Bits Stored is less than the bits of each sample the unused high
+    bits are not part of the value (PS3.5 §8.1.1), so they are cleared (unsigned) or
+    filled with the sign bit (signed, 2's complement), as pydicom's
+    ``_correct_unused_bits`` does with a shift left and back.
+    """
+    unused = arr.itemsize * 8 - bits_stored
+    if unused > 0:
+        if arr.dtype.kind == "u":
+            np.bitwise_and(arr, (1 << bits_stored) - 1, out=arr)
+        else:
+            np.left_shift(arr, unused, out=arr)
+            np.right_shift(arr, unused, out=arr)
+    return arr
 
 
 def _precheck(tsyntax: UID, src: object, index: int, opts: dict) -> bytes | None:

@@ -34,7 +34,7 @@ from pydicom.uid import (
 
 from ..dicom.parse import Parsed
 from ..errors import UnsupportedTransferSyntax
-from .decode import decode_frame, shallow_copy
+from .decode import decode_frame, decode_frame_unmasked, mask_unused_bits, shallow_copy
 from .png import encode_png
 
 # 8- and 16-bit frames go through a lookup table indexed by their raw bits
@@ -64,17 +64,26 @@ PALETTE_DATA_TAGS = (0x00281201, 0x00281202, 0x00281203, 0x00281204)
 
 def render_png(path: Path, parsed: Parsed, index: int = 0) -> bytes:
     """PNG bytes of frame ``index`` (0-based) of the file at ``path``."""
-    return encode_png(to_display(display_frame(path, parsed, index), parsed.ds))
+    frame, stored_bits = _display_frame(path, parsed, index, unmasked=True)
+    return encode_png(to_display(frame, parsed.ds, stored_bits=stored_bits))
 
 
 def display_frame(path: Path, parsed: Parsed, index: int = 0) -> np.ndarray:
     """Frame ``index`` decoded for ``to_display``: as ``decode_frame``, except that
     native/RLE YBR_FULL and YBR_FULL_422 are converted to RGB with dcmtk's arithmetic
     (``ybr_to_rgb``) instead of pydicom's (which rounds, where dcmtk truncates)."""
+    return _display_frame(path, parsed, index, unmasked=False)[0]
+
+
+def _display_frame(path: Path, parsed: Parsed, index: int, unmasked: bool) -> tuple[np.ndarray, int | None]:
+    """``display_frame``, and with ``unmasked`` the frame's bits above Bits Stored possibly
+    left for ``to_display(stored_bits=)`` to clear (``decode.decode_frame_unmasked``)."""
     ds = parsed.ds
     if parsed.transfer_syntax in YBR_BY_DCMIMAGE and _ybr_kind(ds) is not None:
-        return ybr_to_rgb(decode_frame(path, parsed, index, as_rgb=False), ds)
-    return decode_frame(path, parsed, index)
+        return ybr_to_rgb(decode_frame(path, parsed, index, as_rgb=False), ds), None
+    if unmasked:
+        return decode_frame_unmasked(path, parsed, index)
+    return decode_frame(path, parsed, index), None
 
 
 def _ybr_kind(ds: Dataset) -> str | None:
@@ -132,7 +141,9 @@ def ybr_to_rgb(frame: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.trunc(np.clip(rgb, 0.0, float(top))).astype(np.uint8 if bits <= 8 else np.uint16)
 
 
-def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | None = None) -> np.ndarray:
+def to_display(
+    frame: np.ndarray, ds: Dataset, window: tuple[float, float] | None = None, *, stored_bits: int | None = None
+) -> np.ndarray:
     """8-bit display pixels: (rows, columns) grey or (rows, columns, 3) RGB.
 
     ``window`` (center, width), when given, replaces the file's own VOI (Window
@@ -140,9 +151,18 @@ def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | Non
     LUT and before MONOCHROME1 inversion, keeping the file's VOI LUT Function, as
     ``dcmj2pnm --set-window C W`` does. A width below 1 (0 for SIGMOID/LINEAR_EXACT)
     is unusable and falls back to the min–max window. Colour images ignore it.
+
+    ``stored_bits``, when given, says that ``frame`` still holds the bits above (0028,0101)
+    Bits Stored as the file has them (``decode.decode_frame_unmasked``): only its low
+    ``stored_bits`` bits are the value (PS3.5 §8.1.1). A grey 8- or 16-bit frame's lookup
+    table then clears or sign-extends them for each raw value; other frames are masked
+    first (``decode.mask_unused_bits``, in place). The output is the same either way.
     """
     # (0028,0004) Photometric Interpretation
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    grey_table = photometric != "PALETTE COLOR" and frame.ndim != 3 and frame.dtype in SMALL_INTS and USE_LUT
+    if stored_bits is not None and not grey_table:
+        frame, stored_bits = mask_unused_bits(frame, stored_bits), None
     if photometric == "PALETTE COLOR":
         try:
             rgb = apply_color_lut(frame, _palette(ds))
@@ -156,10 +176,12 @@ def to_display(frame: np.ndarray, ds: Dataset, window: tuple[float, float] | Non
     if frame.ndim == 3:  # RGB, or YBR_* already converted to RGB by the decoder
         # (0028,0101) Bits Stored
         return _to_uint8(frame, int(ds.get("BitsStored", 8) or 8))
-    return _grey(frame, ds, invert=photometric == "MONOCHROME1", window=window)
+    return _grey(frame, ds, invert=photometric == "MONOCHROME1", window=window, stored_bits=stored_bits)
 
 
-def _grey(frame: np.ndarray, ds: Dataset, invert: bool, window: tuple[float, float] | None = None) -> np.ndarray:
+def _grey(
+    frame: np.ndarray, ds: Dataset, invert: bool, window: tuple[float, float] | None = None, stored_bits: int | None = None
+) -> np.ndarray:
     if frame.dtype in SMALL_INTS and USE_LUT:
         # One table over every value the type can hold, indexed by the raw bits: the
         # chain runs on 256 or 65536 values instead of every pixel. With a plain
@@ -169,8 +191,8 @@ def _grey(frame: np.ndarray, ds: Dataset, invert: bool, window: tuple[float, flo
         plain = _plain_window(ds, window)
         if plain is not None:
             PATHS["window table"] += 1
-            return _lookup(_window_table(frame.dtype.str, invert, *plain), unsigned)
-        domain = _domain(frame.dtype.str)
+            return _lookup(_window_table(frame.dtype.str, invert, *plain, stored_bits), unsigned)
+        domain = _domain(frame.dtype.str, stored_bits)
         present = lambda: np.bincount(unsigned.ravel(), minlength=domain.size) > 0  # noqa: E731
         PATHS["table"] += 1
         return _lookup(_grey_chain(domain, ds, invert, present, window), unsigned)
@@ -198,10 +220,12 @@ def _lookup(table: np.ndarray, unsigned: np.ndarray) -> np.ndarray:
     return out.reshape(unsigned.shape)
 
 
-def _domain(dtype: str) -> np.ndarray:
-    """Every value of an 8- or 16-bit integer type, in the order of its raw bits."""
+def _domain(dtype: str, stored_bits: int | None = None) -> np.ndarray:
+    """Every value of an 8- or 16-bit integer type, in the order of its raw bits; with
+    ``stored_bits``, the value each raw bit pattern holds in its low ``stored_bits`` bits."""
     kind = np.dtype(dtype)
-    return np.arange(1 << (8 * kind.itemsize), dtype=SMALL_INTS[kind]).view(kind)
+    domain = np.arange(1 << (8 * kind.itemsize), dtype=SMALL_INTS[kind]).view(kind)
+    return domain if stored_bits is None else mask_unused_bits(domain, stored_bits)
 
 
 def _plain_window(ds: Dataset, window: tuple[float, float] | None = None) -> tuple[float, float, float, float, str] | None:
@@ -222,9 +246,11 @@ def _plain_window(ds: Dataset, window: tuple[float, float] | None = None) -> tup
 
 
 @functools.lru_cache(maxsize=32)
-def _window_table(dtype: str, invert: bool, slope: float, intercept: float, center, width, function) -> np.ndarray:
+def _window_table(
+    dtype: str, invert: bool, slope: float, intercept: float, center, width, function, stored_bits=None
+) -> np.ndarray:
     # (0028,1053) Rescale Slope, (0028,1052) Rescale Intercept: as apply_modality_lut does
-    values = _domain(dtype).astype(np.float64) * slope + intercept
+    values = _domain(dtype, stored_bits).astype(np.float64) * slope + intercept
     table = _to_grey8(_window_values(values, center, width, function), invert)
     table.flags.writeable = False
     return table
