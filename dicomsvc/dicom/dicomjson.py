@@ -131,30 +131,44 @@ def from_rows(
     top: dict[str, Any] = {}
     items: dict[int, list[dict]] = {}  # row index of a sequence -> its item objects
     paths: dict[int, str] = {}  # row index of a sequence -> its element path
-    for index, r in enumerate(rows):
-        if r.parent is None:
-            target, prefix = top, ""
-        elif r.parent in items:
-            target, prefix = items[r.parent][r.item], f"{paths[r.parent]}/{r.item}/"
+    for index, (tag, vr, _, value, nbytes, parent, item, count) in enumerate(rows):
+        if parent is None:
+            target = top
+        elif parent in items:
+            target = items[parent][item]
         else:
             continue  # inside a sequence that is left out
-        if _left_out(r.tag):
+        if tag >> 16 == 0x0002 or not tag & 0xFFFF or tag == TRAILING_PADDING:  # _left_out
             continue
-        key = f"{r.tag:08X}"
-        path = prefix + key
-        if r.vr == "SQ":
-            count = r.items if r.items is not None else _item_count(ds, path)
+        key = _KEYS.get(tag) or _key(tag)
+        if value is not None:  # text (SQ and binary rows have none)
+            if vr in PLAIN_TEXT_VRS and "\\" not in value:  # the common case, kept cheap
+                target[key] = {"vr": vr, "Value": [value]} if value else {"vr": vr}
+            else:
+                values = _text_values(value, vr)
+                target[key] = {"vr": vr, "Value": values} if values else {"vr": vr}
+            continue
+        path = key if parent is None else f"{paths[parent]}/{item}/{key}"
+        if vr == "SQ":
+            count = count if count is not None else _item_count(ds, path)
             items[index], paths[index] = [{} for _ in range(count)], path
             target[key] = {"vr": "SQ", "Value": items[index]} if count else {"vr": "SQ"}
-        elif r.value is None:  # binary, or a value pydicom could not convert (raw bytes, as UN)
-            vr = r.vr if r.vr in BINARY_VRS else "UN"
-            if pixel is not None and r.parent is None and r.tag == pixel.tag and pixel.offset is not None:
+        else:  # binary, or a value pydicom could not convert (raw bytes, as UN)
+            vr = vr if vr in BINARY_VRS else "UN"
+            if pixel is not None and parent is None and tag == pixel.tag and pixel.offset is not None:
                 vr = "OB" if pixel.encapsulated else pixel.vr  # PS3.5 A.4: encapsulated is OB
-            target[key] = {"vr": vr, "BulkDataURI": bulk_uri(path)} if r.nbytes else {"vr": vr}
-        else:
-            values = _text_values(r.value, r.vr)
-            target[key] = {"vr": r.vr, "Value": values} if values else {"vr": r.vr}
+            target[key] = {"vr": vr, "BulkDataURI": bulk_uri(path)} if nbytes else {"vr": vr}
     return top
+
+
+_KEYS: dict[int, str] = {}  # tag -> its DICOM JSON key, "GGGGEEEE" (PS3.18 F.2.2)
+
+
+def _key(tag: int) -> str:
+    key = f"{tag:08X}"
+    if len(_KEYS) < 4096:  # the public tags a worker sees; bounded against odd private ones
+        _KEYS[tag] = key
+    return key
 
 
 def _item_count(ds: Dataset, path: str) -> int:
