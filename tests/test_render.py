@@ -526,3 +526,12 @@ def test_render_png_clears_the_unused_bits_in_its_table(tmp_path, dtype, bits, s
     parsed = read(path)
     expected = encode_png(to_display(decode_frame(path, parsed, 0), parsed.ds))
     assert render_png(path, parsed) == expected
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID", "OTHER"])
+def test_the_window_check_agrees_with_the_window(function):
+    """``_plain_window`` decides "usable" without computing: as ``_window_values`` does."""
+    with np.errstate(invalid="ignore"):
+        for width in (-1.0, 0.0, 0.5, 0.999, 1.0, 1.5, 400.0, float("nan"), float("inf")):
+            applied = render_module._window_values(np.zeros(1), 40.0, width, function) is not None
+            assert render_module._usable(width, function) is applied, width

@@ -229,20 +229,38 @@ def _domain(dtype: str, stored_bits: int | None = None) -> np.ndarray:
 
 
 def _plain_window(ds: Dataset, window: tuple[float, float] | None = None) -> tuple[float, float, float, float, str] | None:
-    """(slope, intercept, center, width, function) when nothing but those shapes the output."""
-    if "ModalityLUTSequence" in ds:
-        return None
-    if window is None and (ds.get("WindowCenter") is None or ds.get("WindowWidth") is None):
+    """(slope, intercept, center, width, function) when nothing but those shapes the output.
+
+    Each element is read once (this runs for every ingested instance, on a data set whose
+    values pydicom has not converted yet): the same values ``_window_params`` reads.
+    """
+    if 0x00283000 in ds:  # (0028,3000) Modality LUT Sequence
         return None
     try:
-        params = _window_params(ds) if window is None else _override_params(ds, window)
+        if window is None:
+            # (0028,1050) Window Center, (0028,1051) Window Width: the first pair
+            center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+            if center is None or width is None:
+                return None
+            params = _first(center), _first(width), _voi_function(ds)
+        else:
+            params = _override_params(ds, window)
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
     except (TypeError, ValueError, IndexError):
         return None
-    if params is None or _window_values(np.zeros(1), *params) is None:
+    if not _usable(params[1], params[2]):
         return None  # an unusable window: the min–max of the frame decides
     return (slope, intercept, *params)
+
+
+def _usable(width: float, function: str) -> bool:
+    """Whether ``_window_values`` applies a window of this width and VOI LUT Function
+    (else it returns None): SIGMOID and LINEAR_EXACT need a width above 0, LINEAR at least
+    1 (PS3.3 C.11.2.1.2-3)."""
+    if function in ("SIGMOID", "LINEAR_EXACT") and width > 0:
+        return True
+    return not width < 1  # NaN passes, as in _window_values
 
 
 @functools.lru_cache(maxsize=32)
