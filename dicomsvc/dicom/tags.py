@@ -23,7 +23,7 @@ the same rows for every file pydicom and pydicom-data ship.
 import struct
 from bisect import bisect_left
 from collections import Counter
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, private_dictionary_VR
@@ -60,13 +60,19 @@ class TagRow(NamedTuple):
         return format_tag(self.tag)
 
 
+# TagRow(...) runs a Python-level __new__; the hot paths build the tuple directly (all fields)
+_row = partial(tuple.__new__, TagRow)
+
+
 def format_tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 # Character sets whose text decodes with one Python codec, no escape sequences.
-DEFAULT_CODEC = "iso8859"  # what pydicom decodes with when no character set is given
-PLAIN_CHARSETS = {"": DEFAULT_CODEC, "ISO_IR 6": DEFAULT_CODEC, "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+# what pydicom decodes with when no character set is given ("iso8859", ISO 8859-1), by the
+# name Python decodes fastest (5x faster than the alias: no codec registry look-up)
+DEFAULT_CODEC = "latin_1"
+PLAIN_CHARSETS = {"": DEFAULT_CODEC, "ISO_IR 6": DEFAULT_CODEC, "ISO_IR 100": "latin_1", "ISO_IR 192": "utf-8"}
 # VRs in the default repertoire whatever the character set; then those that use it.
 DEFAULT_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 CHARSET_TEXT_VRS = {"LO", "SH", "UC"}  # and PN, split into component groups (_fast_value)
@@ -174,7 +180,7 @@ def _walk(
                 elif vr is not None:
                     found = None if value is None else _fast_value(tag, vr, value, elem.is_little_endian, codec)
                     if found is not None:
-                        rows.append(TagRow(tag, vr, _keyword(tag), found[0], found[1], parent, item))
+                        rows.append(_row((tag, vr, _keyword(tag), found[0], found[1], parent, item, None)))
                         continue
             elif type(elem) is DataElement and elem.VR not in AMBIGUOUS_VRS:
                 # converted while reading (Rows, SOP Instance UID...), or a sequence of undefined
@@ -304,7 +310,7 @@ def _item(
         found = _fast_value(tag, vr, buf[pos : pos + length], True, codec)
         if found is None:
             return None
-        rows.append(TagRow(tag, vr, _keyword(tag), found[0], found[1], parent, item))
+        rows.append(_row((tag, vr, _keyword(tag), found[0], found[1], parent, item, None)))
         pos += length
     return pos if pos == end else None
 
