@@ -111,7 +111,12 @@ def pss_kib(pid: int) -> int:
 
 
 def tree_peak_rss_mib(root: int) -> dict:
-    """VmHWM (peak RSS) of root and of each live descendant, in MiB."""
+    """VmHWM (peak RSS) of root and of each live descendant, in MiB.
+
+    The sum counts a page shared by several processes once per process: dicomsvc's workers
+    are forked from a fork server (dicomsvc/workers.py) and share its imports, so the fork
+    server and each worker count those pages in full. TreeSampler's pss_sum_mib counts
+    each page once (shared pages split among the processes mapping them)."""
     per = {}
     for pid in descendants(root):
         try:
