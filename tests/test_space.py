@@ -98,14 +98,14 @@ def _fail_png_write(monkeypatch):
 
 
 def _fail_png_rename(monkeypatch):
-    real = BlobStore.commit
+    real = BlobStore._place  # one blob renamed into place (commit and commit_all)
 
-    def commit(self, temp, key):
+    def place(self, temp, key):
         if key.endswith(".png"):  # the DICOM blob is in place already
             no_space()
         real(self, temp, key)
 
-    monkeypatch.setattr(BlobStore, "commit", commit)
+    monkeypatch.setattr(BlobStore, "_place", place)
 
 
 def _fail_database(monkeypatch):
