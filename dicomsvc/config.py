@@ -61,6 +61,7 @@ class Config:
     tus_expiry: int = 24 * 3600  # seconds an upload may go without a PATCH before it is removed
     tus_sweep_interval: int = 300  # seconds between sweeps of expired uploads (also one at start)
     tus_idle_timeout: int = 60  # seconds a PATCH body may pause; then what arrived is kept, the request ends
+    read_cache_bytes: int = 64 * 1024**2  # GET /image PNGs and /tags JSON kept in memory (LRU); 0: none
 
     SECRETS = ("anon_secret",)
 
@@ -166,7 +167,7 @@ def _auth_settings(get, get_int) -> dict:
 
 def _observability_settings(get, get_int) -> dict:
     """DICOMSVC_LOG_FORMAT, DICOMSVC_LOG_FILE[_BYTES|_COUNT], DICOMSVC_AUDIT[_FILE|_FLUSH_MS|_BATCH|
-    _QUEUE_MAX], DICOMSVC_MIN_FREE_BYTES."""
+    _QUEUE_MAX], DICOMSVC_MIN_FREE_BYTES, DICOMSVC_READ_CACHE_BYTES."""
     log_file, audit_file = get("LOG_FILE", "").strip(), get("AUDIT_FILE", "").strip()
     return {
         "log_format": _choice("LOG_FORMAT", get("LOG_FORMAT", "text"), ("text", "json")),
@@ -179,6 +180,7 @@ def _observability_settings(get, get_int) -> dict:
         "audit_batch": get_int("AUDIT_BATCH", 500),
         "audit_queue_max": get_int("AUDIT_QUEUE_MAX", 100_000),
         "min_free_bytes": get_int("MIN_FREE_BYTES", 1024**3, minimum=0),
+        "read_cache_bytes": get_int("READ_CACHE_BYTES", 64 * 1024**2, minimum=0),
     }
 
 

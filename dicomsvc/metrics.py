@@ -92,6 +92,21 @@ for _result in ("hit", "miss"):
 for _state in JOB_STATES:
     JOBS.labels(_state)
 
+# (method, route template, status) -> the two children a request counts in: ``labels()`` looks
+# them up under a lock with its label checks each time; there are a few hundred at most
+# (methods x templates x statuses: all small fixed sets), so they are kept
+_request_children: dict[tuple[str, str, int], tuple] = {}
+
+
+def request_children(method: str, route: str, status: int) -> tuple:
+    """(the ``REQUESTS`` counter, the ``LATENCY`` histogram) of requests with these labels."""
+    key = (method, route, status)
+    found = _request_children.get(key)
+    if found is None:
+        found = _request_children[key] = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
+    return found
+
+
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 

@@ -162,15 +162,18 @@ def test_a_read_whose_files_vanish_after_the_lookup_is_404(client, data_dir, mon
 
     instance_id = post_ct(client, 1)
     stored = [p for p in blob_files(data_dir) if p.name.startswith(instance_id)]
-    real = instances.get_instance
 
-    async def lookup_then_unlink(db, wanted, *owner):
-        record = await real(db, wanted, *owner)
-        for path in stored:
-            path.unlink(missing_ok=True)
-        return record
+    def then_unlink(real):
+        async def lookup_then_unlink(db, wanted, *owner):
+            record = await real(db, wanted, *owner)
+            for path in stored:
+                path.unlink(missing_ok=True)
+            return record
 
-    monkeypatch.setattr(instances, "get_instance", lookup_then_unlink)
+        return lookup_then_unlink
+
+    for lookup in ("get_instance", "get_rendering_row"):  # the whole row; what GET /image needs of it
+        monkeypatch.setattr(instances, lookup, then_unlink(getattr(instances, lookup)))
     response = client.request(method, url.format(id=instance_id))
     assert response.status_code == 404, response.text
     assert response.json()["error"] == "not_found"

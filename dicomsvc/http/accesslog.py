@@ -27,7 +27,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, status)
         finally:
-            route = routing.match(scope)[0] or "-"  # also for a request refused before routing
+            route = routing.settled(scope)[0] or "-"  # also for a request refused before routing
             ms = (time.perf_counter() - start) * 1e3
             extra = {"status": status.code, "duration_ms": round(ms, 1)}
             self.log.info("%s %s %d %.1fms", scope["method"], route, status.code, ms, extra=extra)

@@ -110,7 +110,7 @@ def _shaped(value, pattern: re.Pattern) -> str | None:
 
 def base_record(scope: dict, when: str, status: int) -> audit.Record | None:
     """The request's record, or None when its route touches no patient data."""
-    template, path = routing.match(scope)
+    template, path = routing.settled(scope)
     method = scope["method"]
     action = action_of(template, method)
     if action is None:

@@ -19,6 +19,7 @@ from ..storage import instances
 from ..storage.blobs import BlobStore
 from .auth import identity, owner_of
 from .ranges import RangedFileResponse
+from .readcache import ReadCache
 from .requests import etag_matches, read_json_object
 
 ID_RE = re.compile(r"[0-9A-Za-z]{22}")  # shortuuid.uuid()
@@ -53,22 +54,29 @@ async def image(
     accept: str | None = None,
     if_none_match: str | None = None,
     owner: str | None = None,
+    cache: ReadCache | None = None,
 ) -> Image:
     """``GET /image``: frame 1 as rendered at ingest (no decoding), or another rendering.
 
     Other renderings (frame, window, size, JPEG) are made from the stored DICOM on
     first request, decoding only the frame asked for, and kept in blob storage.
+    The stored PNG is kept in ``cache`` once read (``readcache``: it never changes).
     """
     params = renderings.parse_params(
         {k: v for k, v in query.items() if k != "id"}, accept, svc.config.render_max_size
     )
-    record = await _instance(svc, query.get("id"), owner)
-    return await rendering(svc, record, params, if_none_match)
+    record = await instances.get_rendering_row(svc.db, check_id(query.get("id")), owner)
+    if record is None:
+        raise NotFound("no instance with that id")
+    return await rendering(svc, record, params, if_none_match, cache)
 
 
-async def rendering(svc: Service, record: dict, params: renderings.RenderParams, if_none_match: str | None) -> Image:
-    """The rendering ``params`` of a stored instance (its row): the PNG stored at ingest when
-    that is what is asked, else from the rendering cache, made once on a miss (in a worker)."""
+async def rendering(
+    svc: Service, record: dict, params: renderings.RenderParams, if_none_match: str | None, cache: ReadCache | None = None
+) -> Image:
+    """The rendering ``params`` of a stored instance (its row, ``instances.RENDERING_COLUMNS``
+    at least): the PNG stored at ingest when that is what is asked (from ``cache`` when it
+    holds it), else from the rendering cache, made once on a miss (in a worker)."""
     if not record["has_pixels"]:
         raise NoPixelData("this instance has no pixel data")
     if renderings.is_default(params):
@@ -77,8 +85,13 @@ async def rendering(svc: Service, record: dict, params: renderings.RenderParams,
         etag = f'"{record["id"]}.png"'  # stored renderings never change
         if etag_matches(if_none_match, etag):
             return Image(etag, None)
-        # one trip to an I/O thread (a FileResponse makes several)
-        return Image(etag, await svc.io(_read_stored, svc.blobs.path(record["png_blob"])))
+        body = cache.get(record["png_blob"]) if cache is not None else None
+        if body is None:
+            # one trip to an I/O thread (a FileResponse makes several): the file may not be in the page cache
+            body = await svc.io(_read_stored, svc.blobs.path(record["png_blob"]))
+            if cache is not None:
+                cache.put(record["png_blob"], body)
+        return Image(etag, body)
     key = renderings.cache_key(params)
     etag = f'"{record["id"]}.{key}"'
     if etag_matches(if_none_match, etag):
@@ -119,12 +132,23 @@ def _read_if_there(path: Path) -> bytes | None:
         return None
 
 
-async def tags_json(svc: Service, instance_id: str | None, owner: str | None = None) -> bytes:
-    """``{"uuid": id, "tags": [...]}`` as JSON bytes, the rows serialized by SQLite."""
-    rows = await instances.get_tags_json(svc.db, check_id(instance_id), owner)
+async def tags_json(
+    svc: Service, instance_id: str | None, owner: str | None = None, cache: ReadCache | None = None
+) -> bytes:
+    """``{"uuid": id, "tags": [...]}`` as JSON bytes, the rows serialized by SQLite, kept in
+    ``cache`` (they never change for an id; the row is looked up first all the same)."""
+    key = ("tags", check_id(instance_id))
+    if cache is not None and (body := cache.get(key)) is not None:
+        if await instances.instance_exists(svc.db, instance_id, owner):
+            return body
+        raise NotFound("no instance with that id")
+    rows = await instances.get_tags_json(svc.db, instance_id, owner)
     if rows is None:
         raise NotFound("no instance with that id")
-    return b'{"uuid":"%s","tags":%s}' % (instance_id.encode(), rows.encode())
+    body = b'{"uuid":"%s","tags":%s}' % (instance_id.encode(), rows.encode())
+    if cache is not None:
+        cache.put(key, body)
+    return body
 
 
 class OpenFileResponse(RangedFileResponse):

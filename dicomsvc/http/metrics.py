@@ -39,10 +39,10 @@ class MetricsMiddleware:
             await self.app(scope, receive, status)
         finally:
             method = scope["method"] if scope["method"] in METHODS else "other"
-            route, _ = routing.match(scope)
-            route = route or UNMATCHED
-            metrics.REQUESTS.labels(method, route, str(status.code)).inc()
-            metrics.LATENCY.labels(method, route).observe(time.perf_counter() - start)
+            route = routing.settled(scope)[0] or UNMATCHED
+            count, latency = metrics.request_children(method, route, status.code)
+            count.inc()
+            latency.observe(time.perf_counter() - start)
             reason = (scope.get("state") or {}).get("auth_failure")
             if reason:
                 auth_failure(reason)

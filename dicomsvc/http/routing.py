@@ -63,6 +63,19 @@ def match(scope: dict) -> tuple[str | None, dict]:
     return _match(app.routes, scope, "")
 
 
+_SETTLED = "dicomsvc.route"  # the scope key ``settled`` keeps its answer under
+
+
+def settled(scope: dict) -> tuple[str | None, dict]:
+    """``match(scope)`` once the request has been answered -- for the middlewares that observe
+    it (request log, metrics, audit trail), in their ``finally``: worked out by the first of
+    them, kept in the scope for the others. (Not before the answer: routing may not be done.)"""
+    found = scope.get(_SETTLED)
+    if found is None:
+        found = scope[_SETTLED] = match(scope)
+    return found
+
+
 def template(scope: dict) -> str | None:
     """The route template of a request that has been routed (None before, or for no route)."""
     app, route = scope.get("app"), scope.get("route")

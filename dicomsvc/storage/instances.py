@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import studies
-from .sqlite import Database, Writer, transaction
+from .sqlite import Database, Writer, read_now, transaction
 
 INSTANCE_COLUMNS = (
     "id", "sop_instance_uid", "pixel_hash", "sop_class_uid", "study_instance_uid",
@@ -154,10 +154,34 @@ def _owned(owner: str | None) -> tuple[str, tuple]:
     return (" AND uploaded_by = ?", (owner,)) if owner is not None else ("", ())
 
 
+_INSTANCE_SQL = {False: "SELECT * FROM dicom WHERE id = ?", True: "SELECT * FROM dicom WHERE id = ? AND uploaded_by = ?"}
+# What serving a rendering needs of the row (http.instances.rendering): a fifth of ``SELECT *``'s time
+RENDERING_COLUMNS = "id, has_pixels, png_blob, render_error, dcm_blob"
+_RENDERING_SQL = {mine: f"SELECT {RENDERING_COLUMNS} FROM dicom WHERE id = ?" + (" AND uploaded_by = ?" if mine else "")
+                  for mine in (False, True)}  # fmt: skip
+_EXISTS_SQL = {False: "SELECT 1 FROM dicom WHERE id = ?", True: "SELECT 1 FROM dicom WHERE id = ? AND uploaded_by = ?"}
+
+
+def _id_params(instance_id: str, owner: str | None) -> tuple:
+    return (instance_id,) if owner is None else (instance_id, owner)
+
+
 async def get_instance(db: Database, instance_id: str, owner: str | None = None) -> dict | None:
-    mine, more = _owned(owner)
-    rows = await db.conn.execute_fetchall(f"SELECT * FROM dicom WHERE id = ?{mine}", (instance_id, *more))
+    """The instance's whole row (None: no such instance, or not ``owner``'s), read at once
+    (``sqlite.read_now``: a point lookup on the id's unique index)."""
+    rows = await read_now(db, _INSTANCE_SQL[owner is not None], _id_params(instance_id, owner))
     return dict(rows[0]) if rows else None
+
+
+async def get_rendering_row(db: Database, instance_id: str, owner: str | None = None) -> dict | None:
+    """``RENDERING_COLUMNS`` of the instance's row, as ``get_instance`` finds it."""
+    rows = await read_now(db, _RENDERING_SQL[owner is not None], _id_params(instance_id, owner))
+    return dict(rows[0]) if rows else None
+
+
+async def instance_exists(db: Database, instance_id: str, owner: str | None = None) -> bool:
+    """Whether the instance is stored (and ``owner``'s, when given), read at once."""
+    return bool(await read_now(db, _EXISTS_SQL[owner is not None], _id_params(instance_id, owner)))
 
 
 async def known_ids(db: Database, ids: Sequence[str]) -> set[str]:

@@ -1,0 +1,153 @@
+"""The two hottest reads answered from memory, ahead of the middleware stack: ``GET
+/image?id=`` (the PNG stored at ingest) and ``GET /tags?id=`` (the tag rows), when their
+answer is in the read cache (``readcache``).
+
+Issue 12 asks for ``GET /image`` within 1.5x of a static file server serving the same
+PNG. The Starlette stack (request id, request log, metrics, audit, authentication, gzip,
+catch-all, exception handling, routing: a dozen layers, each wrapping ``send``) costs
+about three times what serving the bytes does, so this middleware, first in the list,
+answers these two requests itself when it can do exactly what the stack would, and
+hands every other request to the stack untouched. What it does for a request it answers
+is what the stack does, by the same functions:
+
+- the request's id (``requestid.request_id``: the client's X-Request-ID or a new one) in
+  the answer, the scope's state and the log context; ``anonymous`` as its user;
+- the instance's row looked up first (``storage.instances``: a point read), so an instance
+  deleted since is never served from the cache;
+- the same answer: status, headers in the same order, body (tests/test_hotreads.py
+  compares it with the stack's, header by header); ``If-None-Match`` on /image (a 304);
+- one request-log line (``accesslog``), the request counted and timed (``metrics``), one
+  audit record (``audit.base_record``), as the observing middlewares do.
+
+It declines (the stack answers, from scratch) whenever anything differs from the plain
+case: authentication on (``DICOMSVC_AUTH`` not ``none``: tokens are checked by the stack),
+CORS origins configured, the read cache off, another method, a root path, any query
+parameter besides a well-formed ``id``, an ``Accept`` asking for another format, gzip
+accepted on /tags, an ``If-None-Match`` with a ``-gzip`` tag, an unknown id, an instance
+without a stored PNG, or an answer not in the cache yet (the stack reads it and fills the
+cache). An unexpected error before the answer starts also hands the request to the stack.
+"""
+
+import logging
+import re
+import time
+
+from .. import audit, logs, metrics
+from ..config import Config
+from ..errors import DicomSvcError
+from ..identity import ANONYMOUS
+from ..imaging import renderings
+from ..storage import instances
+from .audit import action_of
+from .compression import accepts_gzip
+from .requestid import request_id
+from .requests import etag_matches
+
+QUERY_ID = re.compile(rb"id=([0-9A-Za-z]{22})")  # shortuuid.uuid(), and nothing else in the query
+IMMUTABLE = b"public, max-age=31536000, immutable"  # as app.IMMUTABLE: stored renderings never change
+IMAGE, TAGS = "/image", "/tags"
+_SETTLED = "dicomsvc.route"  # routing.settled's scope key: the observers' route template
+
+
+class HotReads:
+    """Pure ASGI middleware, first in the app's list (``app.create_app``)."""
+
+    def __init__(self, app, config: Config) -> None:
+        self.app = app
+        self.enabled = config.auth == "none" and not config.cors_origins and config.read_cache_bytes > 0
+        self.access = logging.getLogger("dicomsvc.access")  # accesslog.AccessLog's logger
+        self.actions = {path: action_of(path, "GET") for path in (IMAGE, TAGS)}  # the audit trail's
+        self.formats: dict[str | None, bool] = {}  # Accept header -> asks for the stored PNG (bounded)
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path")
+        if not (self.enabled and (path == IMAGE or path == TAGS) and scope["type"] == "http"
+                and scope["method"] == "GET" and not scope.get("root_path")):  # fmt: skip
+            return await self.app(scope, receive, send)
+        start, when = time.perf_counter(), audit.now()
+        try:
+            answer = await self._answer(scope, path)
+        except Exception:  # noqa: BLE001 -- whatever it was, the stack answers (and reports) it
+            answer = None
+        if answer is None:
+            return await self.app(scope, receive, send)
+        status, headers, body, instance_id = answer
+        rid = request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"], state["user"] = rid, ANONYMOUS
+        scope[_SETTLED] = (path, {})
+        logs.begin_request(logs.RequestContext(rid, lambda: path, lambda: ANONYMOUS.user))
+        code = 500  # as ResponseStatus: until the answer has started
+        try:
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [*headers, (b"x-request-id", rid.encode("ascii"))]})  # fmt: skip
+            code = status
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            ms = (time.perf_counter() - start) * 1e3
+            self.access.info("%s %s %d %.1fms", "GET", path, code, ms, extra={"status": code, "duration_ms": round(ms, 1)})
+            count, latency = metrics.request_children("GET", path, code)
+            count.inc()
+            latency.observe(ms / 1e3)
+            trail = audit.trail(getattr(scope["app"].state, "svc", None))
+            if trail is not None:  # the record AuditMiddleware makes (http.audit.base_record) of this request
+                client = scope.get("client")
+                trail.add([audit.Record(
+                    time=when, user=ANONYMOUS.user, role=ANONYMOUS.role, action=self.actions[path], method="GET",
+                    route=path, instance=instance_id, params="id", status=code, client=client[0] if client else None,
+                    request_id=rid,
+                )])  # fmt: skip
+
+    async def _answer(self, scope, path: str) -> tuple[int, list, bytes, str] | None:
+        """(status, headers, body, instance id) exactly as the stack would answer, or None to let it."""
+        found = QUERY_ID.fullmatch(scope.get("query_string", b""))
+        state = getattr(scope["app"], "state", None)
+        svc, cache = getattr(state, "svc", None), getattr(state, "read_cache", None)
+        if found is None or svc is None or cache is None:
+            return None
+        instance_id = found.group(1).decode("ascii")
+        accept = if_none_match = accept_encoding = None
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value.decode("latin-1") if accept is None else accept
+            elif name == b"if-none-match":
+                if_none_match = value.decode("latin-1") if if_none_match is None else if_none_match
+            elif name == b"accept-encoding":
+                accept_encoding = value.decode("latin-1") if accept_encoding is None else accept_encoding
+        if path == IMAGE:
+            return await self._image(svc, cache, instance_id, accept, if_none_match)
+        if accept_encoding and accepts_gzip(accept_encoding):
+            return None  # compressed by the stack's gzip middleware
+        body = cache.get(("tags", instance_id))
+        if body is None or not await instances.instance_exists(svc.db, instance_id):
+            return None
+        return 200, [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json"),
+                     (b"vary", b"Accept-Encoding")], body, instance_id  # fmt: skip
+
+    async def _image(self, svc, cache, instance_id: str, accept, if_none_match) -> tuple[int, list, bytes, str] | None:
+        if not self._stored_png(accept, svc.config.render_max_size) or (if_none_match and "-gzip" in if_none_match):
+            return None
+        row = await instances.get_rendering_row(svc.db, instance_id)
+        if row is None or not row["has_pixels"] or row["png_blob"] is None:
+            return None
+        etag = b'"%s.png"' % instance_id.encode("ascii")
+        headers = [(b"etag", etag), (b"cache-control", IMMUTABLE), (b"vary", b"Accept")]
+        if etag_matches(if_none_match, etag.decode("ascii")):
+            return 304, headers, b"", instance_id
+        body = cache.get(row["png_blob"])
+        if body is None:
+            return None
+        return 200, [*headers, (b"content-length", b"%d" % len(body)), (b"content-type", b"image/png")], body, instance_id
+
+    def _stored_png(self, accept: str | None, max_size: int) -> bool:
+        """Whether a request with only ``id`` and this ``Accept`` asks for the PNG stored at ingest
+        (``renderings.parse_params`` decides, as for the stack; its answer kept per header value)."""
+        found = self.formats.get(accept)
+        if found is None:
+            try:
+                found = renderings.is_default(renderings.parse_params({}, accept, max_size))
+            except DicomSvcError:
+                found = False
+            if len(self.formats) < 64:  # browsers send a handful of distinct Accept headers
+                self.formats[accept] = found
+        return found
