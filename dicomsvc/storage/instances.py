@@ -70,7 +70,7 @@ def insert_instances(
     w: Writer, items: Sequence[tuple[dict, Sequence[TagRowLike], str | None]]
 ) -> list[str | None]:
     """``insert_instance`` for several (record, rows, metadata) in ONE transaction: one
-    commit, so one WAL sync (synchronous=FULL) for a whole chunk -- the group commit of a
+    commit, so one WAL sync (``Writer.commit``) for a whole chunk -- the group commit of a
     batch. Each entry's id, or None for one already stored (it alone is skipped)."""
     db = w.db
     missing = sorted({(r.tag, r.vr, r.keyword) for _, rows, _ in items for r in rows} - w.tag_ids.keys())
@@ -82,7 +82,7 @@ def insert_instances(
         fresh = [record for (record, _, _), done in zip(items, stored) if done is not None]
         if fresh:
             studies.refresh(db, studies.pairs_of(fresh))
-        db.execute("COMMIT")
+        w.commit()
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
