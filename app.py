@@ -135,7 +135,7 @@ async def search_dicom(request: Request) -> JSONResponse:
 
 
 async def delete_dicom(request: Request) -> JSONResponse:
-    deleted = await catalog.delete_matching(request.app.state.svc, request.query_params)
+    deleted = await catalog.delete_matching(request.app.state.svc, request.query_params, request.app.state.read_cache)
     return JSONResponse({"deleted": deleted})
 
 
@@ -144,7 +144,7 @@ async def get_dicom(request: Request) -> JSONResponse:
 
 
 async def delete_instance(request: Request) -> Response:
-    await catalog.delete_one(request.app.state.svc, request.path_params["id"])
+    await catalog.delete_one(request.app.state.svc, request.path_params["id"], request.app.state.read_cache)
     return Response(status_code=204)
 
 

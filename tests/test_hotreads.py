@@ -117,6 +117,57 @@ def test_a_deleted_instance_is_never_served_from_the_cache(client, put):
         assert gone.status_code == 404 and gone.json()["error"] == "not_found"
 
 
+@pytest.mark.parametrize("delete", ["id", "filter", "dicomweb"])
+def test_every_delete_empties_the_cache_of_its_instances(monkeypatch, client, put, delete):
+    """The cached path asks no database: each delete route must forget what it removed."""
+    instance = client.post("/dicom", json={"path": put("CT_small.dcm")}).json()["id"]
+    study = client.get(f"/dicom/{instance}").json()["StudyInstanceUID"]
+    for path in ("/image", "/tags"):  # the stack fills the cache
+        assert client.get(path, params={"id": instance}, headers=IDENTITY).status_code == 200
+    cache = client.app.state.read_cache
+    assert ("png", instance) in cache and ("tags", instance) in cache
+    served = served_by_hotreads(monkeypatch)
+    assert client.get("/image", params={"id": instance}).status_code == 200 and served == ["/image"]
+    if delete == "id":
+        assert client.delete(f"/dicom/{instance}").status_code == 204
+    elif delete == "filter":
+        assert client.delete("/dicom", params={"StudyInstanceUID": study}).json() == {"deleted": 1}
+    else:
+        assert client.delete(f"/dicomweb/studies/{study}").status_code == 204
+    assert ("png", instance) not in cache and ("tags", instance) not in cache
+    for path in ("/image", "/tags"):
+        gone = client.get(path, params={"id": instance}, headers=IDENTITY)
+        assert gone.status_code == 404 and gone.json()["error"] == "not_found"
+    assert served == ["/image"]
+
+
+def test_a_fill_that_raced_a_delete_is_not_kept(monkeypatch, client, put):
+    """The row was looked up, then a delete committed while the file was read: what was read
+    is answered (the request began first) but not kept for the cached path to serve."""
+    instance = client.post("/dicom", json={"path": put("CT_small.dcm")}).json()["id"]
+    cache = client.app.state.read_cache
+    original = http_instances._read_stored
+
+    def read_during_a_delete(path):
+        cache.forget([instance])  # what a delete committing now does
+        return original(path)
+
+    monkeypatch.setattr(http_instances, "_read_stored", read_during_a_delete)
+    assert client.get("/image", params={"id": instance}).status_code == 200
+    assert ("png", instance) not in cache
+
+
+def test_the_cache_drops_fills_taken_before_a_forget():
+    cache = ReadCache(1000)
+    cache.put(("png", "a"), b"x" * 10)
+    before = cache.generation
+    cache.forget(["a"])
+    assert ("png", "a") not in cache and cache.size == 0
+    cache.put(("png", "b"), b"y", before)  # looked up before the forget
+    cache.put(("png", "c"), b"z", cache.generation)
+    assert ("png", "b") not in cache and cache.get(("png", "c")) == b"z"
+
+
 def test_log_metrics_and_audit_as_the_stack_records_them(monkeypatch, tmp_path, import_root, put, caplog):
     """The request's id (the client's), one request-log line, the request counted, and an
     audit record equal to the stack's but for its time and request id."""

@@ -18,6 +18,7 @@ from ..storage import instances
 from ..storage.blobs import BlobStore
 from ..storage.instances import FILTERS, DateRange
 from .instances import check_id
+from .readcache import ReadCache
 
 DATE_RANGE = re.compile(r"(\d{8})?-(\d{8})?")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
@@ -128,28 +129,32 @@ async def metadata(svc: Service, instance_id: str, owner: str | None = None) -> 
     }
 
 
-async def delete_one(svc: Service, instance_id: str) -> None:
-    """``DELETE /dicom/{id}``: the rows and every blob of the instance."""
+async def delete_one(svc: Service, instance_id: str, cache: ReadCache | None = None) -> None:
+    """``DELETE /dicom/{id}``: the rows and every blob of the instance (and ``cache``'s answers)."""
     gone = await instances.delete(svc.db, {"id": check_id(instance_id)})
+    _forget(cache, gone)
     if not gone:
         raise NotFound("no instance with that id")
     metrics.deleted(len(gone))
     await svc.io(_remove_blobs, svc.blobs, gone)
 
 
-async def delete_matching(svc: Service, query: Mapping[str, str]) -> int:
+async def delete_matching(svc: Service, query: Mapping[str, str], cache: ReadCache | None = None) -> int:
     """``DELETE /dicom?StudyInstanceUID=...``: a filter is required."""
     wanted = filters(query)
     if not wanted:
         raise BadRequest("refusing to delete everything: give a filter such as StudyInstanceUID")
     gone = await instances.delete(svc.db, wanted.exact, wanted.study_date)
+    _forget(cache, gone)
     audit.note_instances(row["id"] for row in gone)
     metrics.deleted(len(gone))
     await svc.io(_remove_blobs, svc.blobs, gone)
     return len(gone)
 
 
-async def delete_study(svc: Service, study: str, series: str | None = None, sop: str | None = None) -> int:
+async def delete_study(
+    svc: Service, study: str, series: str | None = None, sop: str | None = None, cache: ReadCache | None = None
+) -> int:
     """``DELETE /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]]``: every instance
     of the study, series (or the instance), with its rows, DICOM JSON, blobs and cached
     renderings; the study and series rows follow (storage.studies). 404: nothing to delete."""
@@ -159,12 +164,20 @@ async def delete_study(svc: Service, study: str, series: str | None = None, sop:
     if sop is not None:
         exact["SOPInstanceUID"] = sop
     gone = await instances.delete(svc.db, exact)
+    _forget(cache, gone)
     audit.note_instances(row["id"] for row in gone)
     metrics.deleted(len(gone))
     if not gone:
         raise NotFound(f"no such {'instance' if sop else 'series' if series else 'study'}")
     await svc.io(_remove_blobs, svc.blobs, gone)
     return len(gone)
+
+
+def _forget(cache: ReadCache | None, gone: list[dict]) -> None:
+    """Right after the delete commits, before anything is awaited: the read cache never
+    answers for an instance that is gone (``readcache``)."""
+    if cache is not None:
+        cache.forget(row["id"] for row in gone)
 
 
 def _remove_blobs(blobs: BlobStore, gone: list[dict]) -> None:

@@ -12,8 +12,9 @@ is what the stack does, by the same functions:
 
 - the request's id (``requestid.request_id``: the client's X-Request-ID or a new one) in
   the answer, the scope's state and the log context; ``anonymous`` as its user;
-- the instance's row looked up first (``storage.instances``: a point read), so an instance
-  deleted since is never served from the cache;
+- no database read: the cache holds only answers of instances that exist (every delete
+  ``forget``s its instances as soon as it commits, and a fill that raced a delete is
+  dropped: ``readcache``), so a deleted instance is never served from it;
 - the same answer: status, headers in the same order, body (tests/test_hotreads.py
   compares it with the stack's, header by header); ``If-None-Match`` on /image (a 304);
 - one request-log line (``accesslog``), the request counted and timed (``metrics``), one
@@ -23,9 +24,9 @@ It declines (the stack answers, from scratch) whenever anything differs from the
 case: authentication on (``DICOMSVC_AUTH`` not ``none``: tokens are checked by the stack),
 CORS origins configured, the read cache off, another method, a root path, any query
 parameter besides a well-formed ``id``, an ``Accept`` asking for another format, gzip
-accepted on /tags, an ``If-None-Match`` with a ``-gzip`` tag, an unknown id, an instance
-without a stored PNG, or an answer not in the cache yet (the stack reads it and fills the
-cache). An unexpected error before the answer starts also hands the request to the stack.
+accepted on /tags, an ``If-None-Match`` with a ``-gzip`` tag, or an answer not in the cache
+(an unknown id, an instance without a stored PNG, or not asked for yet: the stack reads it
+and fills the cache). An unexpected error before the answer starts also hands the request to the stack.
 """
 
 import logging
@@ -37,7 +38,6 @@ from ..config import Config
 from ..errors import DicomSvcError
 from ..identity import ANONYMOUS
 from ..imaging import renderings
-from ..storage import instances
 from .audit import action_of
 from .compression import accepts_gzip
 from .requestid import request_id
@@ -119,7 +119,7 @@ class HotReads:
         if accept_encoding and accepts_gzip(accept_encoding):
             return None  # compressed by the stack's gzip middleware
         body = cache.get(("tags", instance_id))
-        if body is None or not await instances.instance_exists(svc.db, instance_id):
+        if body is None:
             return None
         return 200, [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json"),
                      (b"vary", b"Accept-Encoding")], body, instance_id  # fmt: skip
@@ -127,16 +127,13 @@ class HotReads:
     async def _image(self, svc, cache, instance_id: str, accept, if_none_match) -> tuple[int, list, bytes, str] | None:
         if not self._stored_png(accept, svc.config.render_max_size) or (if_none_match and "-gzip" in if_none_match):
             return None
-        row = await instances.get_rendering_row(svc.db, instance_id)
-        if row is None or not row["has_pixels"] or row["png_blob"] is None:
+        body = cache.get(("png", instance_id))  # only an existing instance's stored PNG
+        if body is None:
             return None
         etag = b'"%s.png"' % instance_id.encode("ascii")
         headers = [(b"etag", etag), (b"cache-control", IMMUTABLE), (b"vary", b"Accept")]
         if etag_matches(if_none_match, etag.decode("ascii")):
             return 304, headers, b"", instance_id
-        body = cache.get(row["png_blob"])
-        if body is None:
-            return None
         return 200, [*headers, (b"content-length", b"%d" % len(body)), (b"content-type", b"image/png")], body, instance_id
 
     def _stored_png(self, accept: str | None, max_size: int) -> bool:

@@ -78,7 +78,8 @@ async def store(request: Request) -> Response:
 
 async def delete(request: Request) -> Response:
     p = request.path_params
-    await catalog.delete_study(request.app.state.svc, p["study"], p.get("series"), p.get("sop"))
+    state = request.app.state
+    await catalog.delete_study(state.svc, p["study"], p.get("series"), p.get("sop"), state.read_cache)
     return Response(status_code=204)
 
 
