@@ -11,7 +11,9 @@ memory (RSS and PSS summed over the server and its workers, after start-up), and
 timed with one keep-alive ``http.client`` connection per service, request by request in
 turn: dicomsvc /tags and /image, Orthanc /instances/{id}/tags and /preview, and nginx
 serving the very PNG files dicomsvc stored. Peak RSS is VmHWM summed over the tree after
-each ingest (max over rounds).
+each ingest (max over rounds): it counts a page shared by forked workers once per process,
+so the peak of PSS summed over the tree (sampled every 0.2 s during each ingest; shared
+pages once) is printed beside it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,9 +49,25 @@ def _median(values):
 
 def _ingest(t, corpus: CO.Corpus, clients: int, how: str, deadline_s: float) -> dict:
     send = t.ingest if how == "path" else t.upload
-    run = CL.send_each(corpus.instances, clients, deadline_s, t.client, send, t.server.pid)
+    peak_pss, stop = [0.0], threading.Event()
+
+    def sample():
+        while not stop.wait(0.2):
+            try:
+                peak_pss[0] = max(peak_pss[0], tree_memory_mib(t.server.pid)[1])
+            except (OSError, ValueError):  # a process went between listing and reading
+                pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        run = CL.send_each(corpus.instances, clients, deadline_s, t.client, send, t.server.pid)
+    finally:
+        stop.set()
+        sampler.join()
     res = run.summary()
     res["peak_rss_mib"] = P.tree_peak_rss_mib(t.server.pid)["sum_mib"]
+    res["peak_pss_mib"] = round(peak_pss[0], 1) or None
     res["_ids"] = run.answers
     return res
 
@@ -166,6 +185,7 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
                     note(label, key, res["inst_per_s"])
                     note(label, "cpu_ms", res.get("server_cpu_ms_per_inst"))
                     note(label, "peak_rss", res["peak_rss_mib"])
+                    note(label, "peak_pss", res["peak_pss_mib"])
                     if res["errors"]:
                         out["services"][label].setdefault("fatal", []).extend(res["error_samples"][:3])
                     print(f"  round {rnd} [{label}] {how} x{clients}: {res['inst_per_s']} inst/s,"
@@ -233,7 +253,7 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
         run.stop(t)
 
     for label, f in figures.items():
-        out["services"][label]["table"] = {k: (max(v) if k == "peak_rss" else _median(v)) for k, v in f.items()}
+        out["services"][label]["table"] = {k: (max(v) if k in ("peak_rss", "peak_pss") else _median(v)) for k, v in f.items()}
         out["services"][label]["rounds"] = f
     print_table(out)
 
@@ -255,6 +275,7 @@ def print_table(out: dict) -> None:
         ("idle RSS summed [MiB]", "idle_rss", "lo"),
         ("idle PSS summed [MiB]", "idle_pss", "lo"),
         ("peak RSS during ingest, summed [MiB]", "peak_rss", "lo"),
+        ("peak PSS during ingest, summed [MiB]", "peak_pss", "lo"),
     ]
     print(f"\n| | dicomsvc | Orthanc | ratio (>1 = ours better) |\n|---|---|---|---|")
     for label, key, better in rows:
