@@ -27,7 +27,7 @@ from . import paths
 from .config import Config
 from .dicom.files import ZIP_MAGIC, skip_reason
 from .errors import BadRequest, DicomSvcError, NotDicom, TooLarge
-from .ingest import Ingested, Staged, commit_staged, stage_file, stage_import
+from .results import Ingested
 from .options import PLAIN, Options
 from .service import Service
 from .storage.blobs import BlobStore
@@ -214,6 +214,10 @@ def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = 
     synced once each and all rows commit in one transaction (``ingest.commit_staged``),
     so a chunk costs one WAL sync instead of one per file. A full disk at the commit
     fails every staged file of the chunk (its blobs removed)."""
+    # the pipeline (pydicom, numpy) imported here, in the worker: the server imports this
+    # module for Item, Result, expand_* and run, and never loads pydicom (dicomsvc.tasks)
+    from .ingest import Staged, commit_staged
+
     blobs = BlobStore(config.blob_dir)
     results: list[Result | None] = [None] * len(items)
     staged: list[tuple[int, Staged]] = []
@@ -265,6 +269,8 @@ def _archive(path: str) -> zipfile.ZipFile:
 
 
 def _stage_item(config: Config, blobs: BlobStore, item: Item, study_uid: str | None) -> "Result | Staged":
+    from .ingest import stage_file, stage_import  # in the worker only: see ingest_items
+
     reason = skip_reason(item.file)
     if reason:
         return skipped(item.file, reason)

@@ -29,18 +29,10 @@ from .dicom.tags import TagRow, flatten
 from .errors import DicomSvcError, InvalidDicom, NotDicom, StudyMismatch
 from .imaging.render import render_png
 from .options import PLAIN, Options
+from .results import Ingested  # defined there: the server unpickles it without pydicom
 from .storage import instances, space
 from .storage.blobs import BlobStore
 from .storage.sqlite import connection
-
-
-@dataclass(frozen=True)
-class Ingested:
-    id: str
-    created: bool
-    warnings: list[str]
-    sop_class_uid: str | None = None
-    sop_instance_uid: str | None = None
 
 
 @dataclass

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom.config
-
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 LOG_FORMATS = ("text", "json")
 
@@ -137,13 +135,21 @@ def setup_logging(
             target.propagate = False
         for handler in handlers:
             target.addHandler(handler)
-    quiet_pydicom()
+    quiet_pydicom_logs()  # the server process never imports pydicom (dicomsvc.tasks)
     # aiosqlite's debug lines quote statements' parameters: never below WARNING
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 
-def quiet_pydicom() -> None:
-    # Don't validate values while reading: invalid ones are kept as they are, silently.
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+def quiet_pydicom_logs() -> None:
+    """pydicom's logger ("pydicom") and warnings silenced, without importing pydicom."""
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+def quiet_pydicom() -> None:
+    """Where pydicom is used (the workers; a task's first call in a process: ``dicomsvc.tasks``):
+    quiet, and values not validated while reading (invalid ones are kept as they are, silently)."""
+    import pydicom.config  # here, not at the top: the server process never imports pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    quiet_pydicom_logs()

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from . import audit, batch, jobs, metrics
+from . import audit, batch, jobs, metrics, tasks
 from .dicom.files import is_zip
 from .errors import DicomSvcError, NotFound
-from .ingest import ingest_file
 from .options import Options
 from .service import Service
 from .storage import resumable as rows
@@ -304,7 +303,7 @@ async def _ingest(svc: Service, upload: Upload, options: Options) -> dict:
         temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"
         await svc.io(os.link, source, temp)  # ingesting moves this name; the upload keeps its own
         try:
-            ingested = await svc.cpu(ingest_file, cfg, temp, name, options)
+            ingested = await svc.cpu(tasks.ingest_file, cfg, temp, name, options)
         finally:
             await svc.io(svc.blobs.discard, temp)  # gone already if it was stored
         audit.note(instance=ingested.id, status=201 if ingested.created else 200)

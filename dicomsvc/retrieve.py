@@ -6,7 +6,6 @@ I/O thread; the counterpart of ``ingest`` on the read side. Each reads the store
 DICOM blob, never the whole pixel data: only the frames asked for are decoded.
 """
 
-import contextlib
 import functools
 import itertools
 import os
@@ -35,29 +34,12 @@ from .config import Config
 from .dicom import dicomjson
 from .dicom.parse import CHUNK, Parsed, frame_count, read
 from .dicom.tags import flatten
-from .errors import DicomSvcError, NoPixelData, NotFound, UnsupportedTransferSyntax
+from .errors import NoPixelData, UnsupportedTransferSyntax
 from .imaging import arrays, renderings
 from .imaging.decode import decode_frame
+from .results import deleted_is_404  # the server uses it too: defined where it can import it
 from .storage import space
 from .storage.blobs import BlobStore
-
-
-@contextlib.contextmanager
-def deleted_is_404(path: Path | None = None) -> Iterator[None]:
-    """The stored file vanished between the row's lookup and its reading: a DELETE of the
-    instance got there first. The answer is what it would have been a moment later, 404.
-
-    Readers that reopen ``path`` (a frame's bytes are read on their own) meet a vanished
-    file as undecodable data (415, say): with ``path`` given, any such error is a 404 when
-    the file is gone (a DELETE unlinks only after its commit)."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise NotFound("no instance with that id") from None
-    except DicomSvcError as exc:
-        if path is None or isinstance(exc, NotFound) or path.exists():
-            raise
-        raise NotFound("no instance with that id") from None
 
 
 def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderParams, cached: Path) -> bytes:

@@ -23,7 +23,8 @@ from .. import audit, batch, jobs, metrics, paths
 from ..batch import Entry, Item
 from ..dicom.files import HEAD_BYTES, is_zip, sniff
 from ..errors import BadRequest, DicomSvcError, UnsupportedMediaType
-from ..ingest import Ingested, ingest_file, ingest_import
+from ..results import Ingested
+from ..tasks import ingest_file, ingest_import  # named, not imported: no pydicom here
 from ..options import Options, flag
 from ..service import Service
 from ..storage.spool import new_spool, remove_spool

@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ... import retrieve
+from ... import tasks
 from ...dicom.dicomjson import STORED_BULK, absolute_bulk
 from ...errors import NotFound
 from ...service import Service
@@ -57,7 +57,7 @@ async def _page(svc: Service, scope: Scope, absolute: str, offset: int, owner: s
     if have < count:  # stored before ingest kept DICOM JSON: make it now, once
         missing = await studies.without_metadata(svc.db, scope, owner)
         for start in range(0, len(missing), PAGE):
-            made = await svc.cpu(retrieve.stored_metadata, svc.config, missing[start : start + PAGE])
+            made = await svc.cpu(tasks.stored_metadata, svc.config, missing[start : start + PAGE])
             await instances.store_metadata(svc.db, made)
         count, have, text = await studies.metadata_page(svc.db, scope, STORED_BULK, absolute, PAGE, offset, owner)
     return count, text

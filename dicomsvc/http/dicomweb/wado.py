@@ -54,7 +54,7 @@ from typing import BinaryIO, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ... import retrieve
+from ... import tasks
 from ...errors import BadRequest, DicomSvcError, NoPixelData, NotAcceptable, NotFound
 from ...imaging import renderings
 from ...service import Service
@@ -131,13 +131,13 @@ async def _retrieve(request: Request, study: str, series: str | None = None, sop
     plans, single = [], False
     for row in rows:
         stored = row["transfer_syntax_uid"] or IMPLICIT_LE
-        decodable = retrieve.decodable(stored) if row["has_pixels"] else True
+        decodable = await _decodable(svc, stored) if row["has_pixels"] else True
         chosen = multipart.instance_syntax(ranges, stored, decodable, single_part=sop is not None)
         if chosen is None:
             raise NotAcceptable(
                 "none of the media types in Accept can be produced for this resource: it is served as "
                 'multipart/related; type="application/dicom" with transfer-syntax=* (as stored) or '
-                f"{EXPLICIT_LE} (Explicit VR Little Endian){_stored_note(stored)}"
+                f"{EXPLICIT_LE} (Explicit VR Little Endian){_stored_note(stored, decodable)}"
             )
         syntax, is_multipart = chosen
         single = not is_multipart
@@ -153,8 +153,27 @@ async def _retrieve(request: Request, study: str, series: str | None = None, sop
     return StreamingResponse(_instances_body(svc, plans, first, writer), headers={"Content-Type": writer.content_type})
 
 
-def _stored_note(stored: str) -> str:
-    return "" if retrieve.decodable(stored) else f"; its pixel data ({stored}) cannot be decoded here"
+def _stored_note(stored: str, decodable: bool) -> str:
+    return "" if decodable else f"; its pixel data ({stored}) cannot be decoded here"
+
+
+DECODABLE_KEPT = 64  # transfer syntaxes whose answer is kept (there are ~40 known ones)
+_decodable_syntaxes: dict[str, bool] = {}
+
+
+async def _decodable(svc: Service, stored: str) -> bool:
+    """Whether pixel data in transfer syntax ``stored`` can be decoded here (PS3.5 §10: native
+    syntaxes always; an encapsulated one when pydicom has a decoder plugin for it): asked of a
+    worker (``retrieve.decodable``; the server never imports pydicom: ``dicomsvc.tasks``) once
+    per syntax, as the server and its workers have the same plugins installed."""
+    if stored in multipart.NATIVE_SYNTAXES:
+        return True
+    found = _decodable_syntaxes.get(stored)
+    if found is None:
+        found = await svc.cpu(tasks.decodable, stored)
+        if len(_decodable_syntaxes) < DECODABLE_KEPT:
+            _decodable_syntaxes[stored] = found
+    return found
 
 
 async def _instance(svc: Service, study: str, series: str, sop: str, owner: str | None) -> dict:
@@ -172,7 +191,7 @@ async def _prepare(svc: Service, plan: _Plan) -> _Ready:
     cancelled request is cancelled at once)."""
     if plan.transcode:
         try:
-            temp = await _finished(svc.cpu(retrieve.write_explicit_le, svc.config, plan.row["dcm_blob"]), _unlink)
+            temp = await _finished(svc.cpu(tasks.write_explicit_le, svc.config, plan.row["dcm_blob"]), _unlink)
         except FileNotFoundError:  # deleted since it was looked up
             raise NotFound("no such instance") from None
         try:
@@ -302,7 +321,7 @@ async def retrieve_bulk(request: Request) -> Response:
         count = row["frames"] or 1
         return await _pixel_answer(request, svc, row, list(range(1, count + 1)), key="bulk", one_native_part=True)
     is_multipart = _bulk_multipart(ranges)
-    size, chunks = await svc.io(retrieve.bulk, svc.blobs.path(row["dcm_blob"]), element)
+    size, chunks = await svc.io(tasks.bulk, svc.blobs.path(row["dcm_blob"]), element)
     writer = Multipart(multipart.OCTET_STREAM)
 
     async def body() -> AsyncIterator[bytes]:
@@ -337,16 +356,15 @@ async def _pixel_answer(
     stored = row["transfer_syntax_uid"] or IMPLICIT_LE
     ranges = _accept(request)
     single_ok = len(numbers) == 1 or one_native_part
-    answer = multipart.frames_representation(
-        ranges, stored, retrieve.decodable(stored), single_part=single_ok, bulk=one_native_part
-    )
+    decodable = await _decodable(svc, stored)
+    answer = multipart.frames_representation(ranges, stored, decodable, single_part=single_ok, bulk=one_native_part)
     if answer is not None and not answer.multipart and not answer.native and len(numbers) > 1:
         answer = None  # several compressed frames need several parts
     if answer is None:
         raise NotAcceptable(
             'frames are served as multipart/related; type="application/octet-stream" (uncompressed, '
             f"transfer-syntax={EXPLICIT_LE}, or transfer-syntax=* for the stored frames), or as the stored "
-            f"syntax's media type{_stored_note(stored)}"
+            f"syntax's media type{_stored_note(stored, decodable)}"
         )
     tag = hashlib.sha256(f"{row['id']}|{key}|{answer.content_type_key}".encode()).hexdigest()[:40]
     headers = {"ETag": f'"{tag}"', "Vary": "Accept"}
@@ -392,7 +410,7 @@ async def _frame_reader(svc: Service, row: dict, native: bool, indexes: list[int
     source = None
     if not native or stored in (IMPLICIT_LE, EXPLICIT_LE, multipart.DEFLATED_LE):
         try:
-            source = await svc.io(retrieve.frame_source, svc.blobs.path(row["dcm_blob"]))
+            source = await svc.io(tasks.frame_source, svc.blobs.path(row["dcm_blob"]))
         except FileNotFoundError:  # deleted since it was looked up
             raise NotFound("no such instance") from None
         if native and not source.raw_native:
@@ -415,7 +433,7 @@ async def _decode_frames(svc: Service, row: dict, indexes: list[int]) -> AsyncIt
     batch = max(1, DECODE_BATCH_BYTES // estimate)
     for start in range(0, len(indexes), batch):
         chunk = indexes[start : start + batch]
-        for data in await svc.cpu(retrieve.decoded_frames, svc.config, row["dcm_blob"], chunk):
+        for data in await svc.cpu(tasks.decoded_frames, svc.config, row["dcm_blob"], chunk):
             yield data
 
 

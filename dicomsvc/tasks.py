@@ -1,0 +1,62 @@
+"""Worker tasks named, not imported: the server process never loads pydicom or numpy.
+
+The pipeline (``dicomsvc.ingest``) and the read side (``dicomsvc.retrieve``) import
+pydicom, numpy, Pillow and the decoders: ~35 MB of a process's memory (issue 12: idle
+memory counted as PSS summed over the server and its workers). Only the workers need
+them (the fork server preloads them once: ``dicomsvc.service.WORKER_MODULES``), so the
+server hands a worker a ``Task``, a module's and a function's name, instead of the
+function itself: ``await svc.cpu(tasks.ingest_file, config, temp, name, options)``.
+It pickles by value (two strings); calling it imports the module (already imported in a
+worker) and calls the function. A task run by ``svc.io`` (an I/O thread of the server)
+imports its module in the server on first use: memory at rest is what counts.
+
+What a task returns is unpickled in the server, which imports the module defining its
+type: results are plain values or types of light modules (``dicomsvc.results``).
+tests/test_service.py checks that a started server has none of them imported.
+"""
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Task:
+    """The function ``module.name``, looked up when called (so a test's monkeypatch of it is
+    seen), its module imported on the first call in a process."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args: Any) -> Any:
+        _prepare()
+        return getattr(importlib.import_module(self.module), self.name)(*args)
+
+
+@functools.cache
+def _prepare() -> None:
+    """Once per process, before a task's module is imported: pydicom reads leniently and
+    stays quiet, as in the workers (``dicomsvc.service.init_worker``)."""
+    from .logs import quiet_pydicom
+
+    quiet_pydicom()
+
+
+# dicomsvc.ingest (in a worker) -> dicomsvc.results.Ingested
+ingest_import = Task("dicomsvc.ingest", "ingest_import")
+ingest_file = Task("dicomsvc.ingest", "ingest_file")
+
+# dicomsvc.retrieve, in a worker: bytes, paths, dicts, lists of plain values
+render_and_keep = Task("dicomsvc.retrieve", "render_and_keep")
+rerender_and_keep = Task("dicomsvc.retrieve", "rerender_and_keep")
+write_npy = Task("dicomsvc.retrieve", "write_npy")
+dicom_json = Task("dicomsvc.retrieve", "dicom_json")
+stored_metadata = Task("dicomsvc.retrieve", "stored_metadata")
+write_explicit_le = Task("dicomsvc.retrieve", "write_explicit_le")
+decoded_frames = Task("dicomsvc.retrieve", "decoded_frames")
+decodable = Task("dicomsvc.retrieve", "decodable")  # bool: a transfer syntax's decoder is installed
+
+# dicomsvc.retrieve in an I/O thread of the server (svc.io): imported there on first use
+bulk = Task("dicomsvc.retrieve", "bulk")
+frame_source = Task("dicomsvc.retrieve", "frame_source")
