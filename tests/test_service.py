@@ -99,3 +99,58 @@ def test_a_data_directory_that_is_not_writable_is_named_at_start(tmp_path, monke
                 pass
     with data_dir_lock(tmp_path / "rw"):  # released when the first one ended
         pass
+
+
+SERVER_SCRIPT = """
+import json, sys
+HEAVY = {"pydicom", "numpy", "PIL", "requests"}
+
+def heavy():
+    return sorted(HEAVY & {name.split(".")[0] for name in sys.modules})
+
+import app
+from dicomsvc.config import Config
+from dicomsvc.workers import WorkerPool
+from starlette.testclient import TestClient
+
+seen = {"import": heavy()}
+application = app.create_app(Config.from_env())
+with TestClient(application) as client:
+    assert isinstance(application.state.svc.cpu_pool, WorkerPool), "the default pool: worker processes"
+    seen["start"] = heavy()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/tags", params={"id": "A" * 22}).status_code == 404
+    seen["healthz, tags"] = heavy()
+    created = client.post("/dicom", json={"path": "CT_small.dcm"})
+    assert created.status_code == 201, created.text
+    assert client.get("/image", params={"id": created.json()["id"]}).status_code == 200
+    assert client.get("/tags", params={"id": created.json()["id"]}).status_code == 200
+    seen["ingest, image, tags"] = heavy()
+print(json.dumps(seen))
+"""
+
+
+def test_the_server_process_never_imports_pydicom_numpy_pil(tmp_path):
+    """Issue 12 (idle memory): pydicom, numpy, Pillow (and requests, which pydicom imports)
+    are loaded by the workers only (``dicomsvc.tasks``): not by ``import app``, nor at
+    start-up with the default worker processes, nor serving /healthz, /tags, /image and
+    an ingest (whose result is unpickled in the server)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "import").mkdir()
+    shutil.copyfile(get_testdata_file("CT_small.dcm"), tmp_path / "import" / "CT_small.dcm")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMSVC_")}
+    env |= {"DICOMSVC_DATA_DIR": str(tmp_path / "data"), "DICOMSVC_IMPORT_ROOT": str(tmp_path / "import")}
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", SERVER_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"import": [], "start": [], "healthz, tags": [], "ingest, image, tags": []}

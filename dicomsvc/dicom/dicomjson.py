@@ -36,12 +36,10 @@ without the sequence delimiter) exactly as stored — not split into frames.
 
 import base64
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -51,10 +49,19 @@ from pydicom.multival import MultiValue
 from ..errors import NotFound
 from .parse import PIXEL_TAGS, Parsed, PixelElement
 from .tags import BINARY_VRS, UNSPLIT_TEXT_VRS, TagRow
+from .webjson import (  # the server's part, without pydicom: defined there, re-exported here
+    FLOAT_VRS,
+    INT_VRS,
+    PN_GROUPS,
+    STORED_BULK,
+    _json_value,
+    absolute_bulk,
+    instance_path,
+    json_value,
+    series_path,
+    study_path,
+)
 
-INT_VRS = {"IS", "US", "SS", "UL", "SL", "UV", "SV"}
-FLOAT_VRS = {"DS", "FL", "FD"}
-PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 PLAIN_TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI"}  # values are the text itself
 PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
 CHUNK = 1 << 20
@@ -77,29 +84,6 @@ def to_dicom_json(
         vr = "OB" if pixel.encapsulated else pixel.vr  # PS3.5 A.4: encapsulated is OB, whatever the file says
         out.setdefault(key, {"vr": vr, "BulkDataURI": bulk_uri(key)})
     return dict(sorted(out.items()))
-
-
-def study_path(study: str) -> str:
-    """A study's WADO-RS path below the service root (PS3.18 §10.4.1.1: studies/{study}), as
-    dicomsvc/http/dicomweb/README-paths.md lays out; so are the two below."""
-    return f"/dicomweb/studies/{quote(study, safe='')}"
-
-
-def series_path(study: str, series: str) -> str:
-    return f"{study_path(study)}/series/{quote(series, safe='')}"
-
-
-def instance_path(study: str, series: str, sop: str) -> str:
-    return f"{series_path(study, series)}/instances/{quote(sop, safe='')}"
-
-
-STORED_BULK = '"BulkDataURI":"/dicomweb/'  # how stored_metadata's text holds a BulkDataURI
-
-
-def absolute_bulk(base: str) -> str:
-    """What ``STORED_BULK`` becomes in an answer: the URI below ``base``, the service's own
-    URL as the client reached it (JSON-escaped: it comes from the Host header)."""
-    return '"BulkDataURI":' + json.dumps(base)[:-1] + '/dicomweb/'
 
 
 def stored_metadata(parsed: Parsed, rows: Sequence[TagRow], study: str, series: str, sop: str) -> str:
@@ -286,36 +270,6 @@ def _values(value: Any, vr: str) -> list:
         return []
     items = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
     return [_json_value(v, vr) for v in items]
-
-
-def _json_value(v: Any, vr: str) -> Any:
-    if v is None or v == "":
-        return None
-    if vr == "PN":
-        components = getattr(v, "components", None) or str(v).split("=")
-        groups = {name: part for name, part in zip(PN_GROUPS, components) if part}
-        return groups or None
-    if vr == "AT":
-        return f"{int(v):08X}"
-    if vr in INT_VRS:
-        try:
-            return int(v)
-        except (TypeError, ValueError):
-            return str(v)
-    if vr in FLOAT_VRS:
-        try:
-            number = float(v)
-        except (TypeError, ValueError):
-            return str(v)
-        if math.isfinite(number):
-            return number
-        return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
-    return str(v)
-
-
-def json_value(v: Any, vr: str) -> Any:
-    """One value as the DICOM JSON model writes it (a number, a PN object, text; None if empty)."""
-    return _json_value(v, vr)
 
 
 def _parse_path(element_path: str) -> list[int]:

@@ -37,7 +37,7 @@ from .. import audit, logs, metrics
 from ..config import Config
 from ..errors import DicomSvcError
 from ..identity import ANONYMOUS
-from ..imaging import renderings
+from ..imaging.params import is_default, parse_params
 from .audit import action_of
 from .compression import accepts_gzip
 from .requestid import request_id
@@ -138,11 +138,11 @@ class HotReads:
 
     def _stored_png(self, accept: str | None, max_size: int) -> bool:
         """Whether a request with only ``id`` and this ``Accept`` asks for the PNG stored at ingest
-        (``renderings.parse_params`` decides, as for the stack; its answer kept per header value)."""
+        (``parse_params`` decides, as for the stack; its answer kept per header value)."""
         found = self.formats.get(accept)
         if found is None:
             try:
-                found = renderings.is_default(renderings.parse_params({}, accept, max_size))
+                found = is_default(parse_params({}, accept, max_size))
             except DicomSvcError:
                 found = False
             if len(self.formats) < 64:  # browsers send a handful of distinct Accept headers

@@ -9,11 +9,11 @@ from typing import BinaryIO
 
 from starlette.requests import Request
 
-from .. import metrics, retrieve
+from .. import metrics, tasks
 from ..errors import BadRequest, Forbidden, NoPixelData, NotFound, UnsupportedTransferSyntax
-from ..imaging import renderings
-from ..ingest import Ingested, ingest_file
+from ..imaging.params import RenderParams, cache_key, is_default, parse_params
 from ..options import Options, flag
+from ..results import Ingested, deleted_is_404
 from ..service import Service
 from ..storage import instances
 from ..storage.blobs import BlobStore
@@ -62,37 +62,44 @@ async def image(
     first request, decoding only the frame asked for, and kept in blob storage.
     The stored PNG is kept in ``cache`` once read (``readcache``: it never changes).
     """
-    params = renderings.parse_params(
+    params = parse_params(
         {k: v for k, v in query.items() if k != "id"}, accept, svc.config.render_max_size
     )
+    generation = cache.generation if cache is not None else None  # before the lookup: see readcache
     record = await instances.get_rendering_row(svc.db, check_id(query.get("id")), owner)
     if record is None:
         raise NotFound("no instance with that id")
-    return await rendering(svc, record, params, if_none_match, cache)
+    return await rendering(svc, record, params, if_none_match, cache, generation)
 
 
 async def rendering(
-    svc: Service, record: dict, params: renderings.RenderParams, if_none_match: str | None, cache: ReadCache | None = None
+    svc: Service,
+    record: dict,
+    params: RenderParams,
+    if_none_match: str | None,
+    cache: ReadCache | None = None,
+    generation: int | None = None,
 ) -> Image:
     """The rendering ``params`` of a stored instance (its row, ``instances.RENDERING_COLUMNS``
     at least): the PNG stored at ingest when that is what is asked (from ``cache`` when it
     holds it), else from the rendering cache, made once on a miss (in a worker)."""
     if not record["has_pixels"]:
         raise NoPixelData("this instance has no pixel data")
-    if renderings.is_default(params):
+    if is_default(params):
         if record["png_blob"] is None:
             raise UnsupportedTransferSyntax(record["render_error"] or "pixel data could not be rendered")
         etag = f'"{record["id"]}.png"'  # stored renderings never change
         if etag_matches(if_none_match, etag):
             return Image(etag, None)
-        body = cache.get(record["png_blob"]) if cache is not None else None
+        key = ("png", record["id"])
+        body = cache.get(key) if cache is not None else None
         if body is None:
             # one trip to an I/O thread (a FileResponse makes several): the file may not be in the page cache
             body = await svc.io(_read_stored, svc.blobs.path(record["png_blob"]))
             if cache is not None:
-                cache.put(record["png_blob"], body)
+                cache.put(key, body, generation)
         return Image(etag, body)
-    key = renderings.cache_key(params)
+    key = cache_key(params)
     etag = f'"{record["id"]}.{key}"'
     if etag_matches(if_none_match, etag):
         return Image(etag, None, params.media_type)
@@ -102,10 +109,10 @@ async def rendering(
     if body is None and params.thumbnail and record["png_blob"] and params.frame == 1 and params.window is None:
         # a thumbnail of frame 1: the display pixels are the PNG's stored at ingest (no parsing,
         # decoding or windowing; half the time for a 512 x 512 CT)
-        body = await svc.cpu(retrieve.rerender_and_keep, svc.config, record["png_blob"], params, cached)
+        body = await svc.cpu(tasks.rerender_and_keep, svc.config, record["png_blob"], params, cached)
         await _unless_deleted(svc, record["id"])
     elif body is None:
-        body = await svc.cpu(retrieve.render_and_keep, svc.config, record["dcm_blob"], params, cached)
+        body = await svc.cpu(tasks.render_and_keep, svc.config, record["dcm_blob"], params, cached)
         await _unless_deleted(svc, record["id"])
     return Image(etag, body, params.media_type)
 
@@ -121,7 +128,7 @@ async def _unless_deleted(svc: Service, instance_id: str) -> None:
 
 
 def _read_stored(path: Path) -> bytes:
-    with retrieve.deleted_is_404():
+    with deleted_is_404():
         return path.read_bytes()
 
 
@@ -138,6 +145,7 @@ async def tags_json(
     """``{"uuid": id, "tags": [...]}`` as JSON bytes, the rows serialized by SQLite, kept in
     ``cache`` (they never change for an id; the row is looked up first all the same)."""
     key = ("tags", check_id(instance_id))
+    generation = cache.generation if cache is not None else None  # before the lookup: see readcache
     if cache is not None and (body := cache.get(key)) is not None:
         if await instances.instance_exists(svc.db, instance_id, owner):
             return body
@@ -147,7 +155,7 @@ async def tags_json(
         raise NotFound("no instance with that id")
     body = b'{"uuid":"%s","tags":%s}' % (instance_id.encode(), rows.encode())
     if cache is not None:
-        cache.put(key, body)
+        cache.put(key, body, generation)
     return body
 
 
@@ -184,7 +192,7 @@ async def dicom_file(svc: Service, instance_id: str, owner: str | None = None) -
 
 
 def _open_stored(path: Path) -> BinaryIO:
-    with retrieve.deleted_is_404():
+    with deleted_is_404():
         return open(path, "rb")
 
 
@@ -203,7 +211,7 @@ async def anonymize_stored(svc: Service, instance_id: str, request: Request) -> 
     )
     temp = await svc.io(_copy_to_temp, svc.blobs, svc.blobs.path(record["dcm_blob"]))
     try:
-        return await svc.cpu(ingest_file, svc.config, temp, "(anonymized)", options)
+        return await svc.cpu(tasks.ingest_file, svc.config, temp, "(anonymized)", options)
     finally:
         await svc.io(svc.blobs.discard, temp)
 
@@ -228,7 +236,7 @@ async def pixels(
     record = await _instance(svc, instance_id, owner)
     frame = _frame_param(query.get("frame"))
     rescale = flag(query.get("rescale"))
-    temp = await svc.cpu(retrieve.write_npy, svc.config, record["dcm_blob"], frame, rescale)
+    temp = await svc.cpu(tasks.write_npy, svc.config, record["dcm_blob"], frame, rescale)
     suffix = (f"-frame{frame}" if frame else "") + ("-rescaled" if rescale else "")
     return temp, f"{record['id']}{suffix}.npy"
 
@@ -245,7 +253,7 @@ async def dicom_json(svc: Service, instance_id: str | None, base_url: str, owner
     """``GET /tags?id=&format=dicomjson``: the DICOM JSON model, bulk data by reference."""
     record = await _instance(svc, instance_id, owner)
     bulk_base = f"{base_url}/dicom/{record['id']}/bulk/"
-    return await svc.cpu(retrieve.dicom_json, svc.config, record["dcm_blob"], bulk_base)
+    return await svc.cpu(tasks.dicom_json, svc.config, record["dcm_blob"], bulk_base)
 
 
 async def bulk(
@@ -253,4 +261,4 @@ async def bulk(
 ) -> tuple[int, Iterator[bytes]]:
     """``GET /dicom/{id}/bulk/{path}``: one binary value, streamed from the stored file."""
     record = await _instance(svc, instance_id, owner)
-    return await svc.io(retrieve.bulk, svc.blobs.path(record["dcm_blob"]), element_path)
+    return await svc.io(tasks.bulk, svc.blobs.path(record["dcm_blob"]), element_path)

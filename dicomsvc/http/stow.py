@@ -18,7 +18,7 @@ from .. import audit, batch, metrics
 from ..batch import Entry, Item, Result
 from ..errors import UnsupportedMediaType
 from ..options import Options
-from ..dicom.dicomjson import instance_path, study_path
+from ..dicom.webjson import instance_path, study_path
 from ..service import Service
 from ..storage import instances
 from ..storage.spool import new_spool, remove_spool

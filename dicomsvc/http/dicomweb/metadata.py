@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ... import tasks
-from ...dicom.dicomjson import STORED_BULK, absolute_bulk
+from ...dicom.webjson import STORED_BULK, absolute_bulk
 from ...errors import NotFound
 from ...service import Service
 from ...storage import instances, studies

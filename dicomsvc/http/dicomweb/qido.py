@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...dicom.dicomjson import STORED_BULK, absolute_bulk, instance_path, json_value, series_path, study_path
 from ...dicom.dictionary import dictionary_VR, keyword_for_tag, tag_for_keyword  # pydicom's, not importing it
+from ...dicom.webjson import STORED_BULK, absolute_bulk, instance_path, json_value, series_path, study_path
 from ...errors import BadRequest
 from ...service import Service
 from ...storage import studies

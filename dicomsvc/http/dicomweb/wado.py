@@ -56,7 +56,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ... import tasks
 from ...errors import BadRequest, DicomSvcError, NoPixelData, NotAcceptable, NotFound
-from ...imaging import renderings
+from ...imaging.params import RenderParams, parse_params
 from ...service import Service
 from ...storage import instances
 from .. import instances as stored_instances
@@ -476,7 +476,7 @@ async def _rendered(request: Request, thumbnail: bool) -> Response:
     return Response(image.body, media_type=image.media_type, headers=headers)
 
 
-def render_params(query, accept: str | None, config, frame: int, thumbnail: bool) -> renderings.RenderParams:
+def render_params(query, accept: str | None, config, frame: int, thumbnail: bool) -> RenderParams:
     """PS3.18 §8.3.5.1 rendering parameters as the renderer's ``RenderParams``."""
     fmt = _rendered_format(parse_accept(query.get("accept") or accept))
     asked: dict[str, str] = {"frame": str(frame), "format": fmt}
@@ -495,7 +495,7 @@ def render_params(query, accept: str | None, config, frame: int, thumbnail: bool
         asked["window"], function = _window(window)
     if query.get("quality") is not None:
         asked["quality"] = query["quality"]
-    params = renderings.parse_params(asked, None, config.render_max_size)
+    params = parse_params(asked, None, config.render_max_size)
     if function is not None or thumbnail:
         params = dataclasses.replace(params, function=function, thumbnail=thumbnail)
     return params
