@@ -191,6 +191,27 @@ def test_an_instance_that_cannot_be_decoded(client, caplog):
     assert alone.status_code == 415 and alone.json()["error"] == "unsupported_transfer_syntax"
 
 
+def test_a_syntax_without_a_decoder_here(process_client):
+    """Whether a transfer syntax can be decoded is asked of a worker (the server process never
+    imports pydicom: dicomsvc.tasks), once per syntax: MPEG-2 (PS3.5 §8.2.5) has no decoder here,
+    so Explicit VR Little Endian and uncompressed frames are refused (406), saying why, while
+    the frames as stored and the file as stored are served."""
+    mpeg2 = "1.2.840.10008.1.2.4.100"
+    ds = pydicom.dcmread(sample_file("MR_small_RLE.dcm"))
+    ds.file_meta.TransferSyntaxUID = mpeg2
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    post(process_client, encode(ds))
+    url = instance_url(ds)
+    dicom = 'multipart/related; type="application/dicom"'
+    for _ in range(2):  # the second answer from the server's memory of the first
+        refused = process_client.get(url, headers={"Accept": f"{dicom}; transfer-syntax={EXPLICIT_LE}"})
+        assert refused.status_code == 406 and f"({mpeg2}) cannot be decoded here" in refused.json()["detail"]
+    stored = process_client.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert stored.status_code == 200 and f"transfer-syntax={mpeg2}" in stored.headers["content-type"]
+    frames = process_client.get(url + "/frames/1", headers={"Accept": "multipart/related; type=application/octet-stream"})
+    assert frames.status_code == 406 and "cannot be decoded here" in frames.json()["detail"]
+
+
 def test_a_big_series_streams_in_flat_memory(live_server, data_dir):
     """16 instances of 4 MiB (64 MiB), stored Implicit VR Little Endian, so each one is
     re-encoded to a temporary file by a worker and streamed: the peak of Python memory
