@@ -4,6 +4,8 @@ import hashlib
 import io
 import os
 import tracemalloc
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -439,3 +441,170 @@ def test_the_reader_keeps_the_position_itself(tmp_path):
             wrapped.read()
     parsed = read(path)
     assert parsed.pixel is not None and parsed.pixel.offset + parsed.pixel.length == len(data)
+
+
+# -- the fast element reader (fastread) against pydicom's ---------------------------------------
+
+
+def _every_bundled_file():
+    """Every file pydicom ships (test files, charset files) and pydicom-data holds (a test
+    extra, installed in the venv: never downloaded), whether ``read`` takes it or not."""
+    import data_store
+    from pydicom.data import get_charset_files, get_testdata_files
+
+    store = Path(data_store.__file__).parent / "data"
+    paths = {Path(p) for p in get_testdata_files() + get_charset_files()} | set(store.rglob("*"))
+    site = store.parent.parent
+    for path in sorted(p for p in paths if p.is_file()):
+        yield pytest.param(path, id=str(path.relative_to(site)) if path.is_relative_to(site) else path.name)
+
+
+EVERY_FILE = list(_every_bundled_file())
+DATASET_STATE = ("_read_implicit", "_read_little", "_read_charset", "_parent_encoding", "is_undefined_length_sequence_item")
+ITEM_STATE = ("seq_item_tell", "file_tell")
+FILE_STATE = ("preamble", "filename", "timestamp", "fileobj_type", "_is_implicit_VR", "_is_little_endian")
+
+
+def _same_dataset(a, b, where="") -> None:
+    """Element by element, as read (raw elements stay raw): the same tags in the same order,
+    each the same kind of element with the same fields; sequences item by item."""
+    for name in DATASET_STATE:
+        assert getattr(a, name, None) == getattr(b, name, None), (where, name)
+    assert list(a._dict) == list(b._dict), where
+    for tag in a._dict:
+        x, y = a._dict[tag], b._dict[tag]
+        here = f"{where}/{tag:08X}"
+        assert type(x) is type(y), here
+        if isinstance(x, pydicom.dataelem.RawDataElement):
+            assert tuple(x) == tuple(y), here  # tag, VR, length, value, value_tell, implicit, little...
+            assert type(x.tag) is type(y.tag) and type(x.VR) is type(y.VR), here
+            continue
+        fields = ("tag", "VR", "file_tell", "is_undefined_length", "private_creator")
+        assert [getattr(x, f) for f in fields] == [getattr(y, f) for f in fields], here
+        if x.VR != "SQ":
+            assert x.value == y.value, here
+            continue
+        assert len(x.value) == len(y.value) and x.value.is_undefined_length == y.value.is_undefined_length, here
+        for i, (p, q) in enumerate(zip(x.value, y.value)):
+            for name in ITEM_STATE:
+                assert getattr(p, name, None) == getattr(q, name, None), (here, i, name)
+            _same_dataset(p, q, f"{here}[{i}]")
+
+
+def _read_both(path, monkeypatch):
+    from dicomsvc.dicom import parse
+
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(parse, "FAST", fast)
+        try:
+            results.append(read(path))
+        except Exception as exc:  # refused the same way, or not
+            results.append((type(exc), str(exc)))
+    return results
+
+
+@pytest.mark.parametrize("first_read", ["first-read", "one-byte-first-read"])
+@pytest.mark.parametrize("path", EVERY_FILE)
+def test_the_fast_reader_builds_the_data_set_pydicom_builds(path, first_read, monkeypatch):
+    """Also with a first read of one byte, so the header is read over and over, growing: each
+    cut (in the file meta, in an element, a sequence, an item) is then met once."""
+    from dicomsvc.dicom import fastread
+
+    if first_read == "one-byte-first-read":
+        monkeypatch.setattr(fastread, "FIRST_READ", 1)
+    fastread.COUNTS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about some of them, both ways
+        fast, slow = _read_both(path, monkeypatch)
+    assert not [k for k in fastread.COUNTS if k.startswith("error")], fastread.COUNTS
+    if isinstance(slow, tuple) or isinstance(fast, tuple):
+        assert fast == slow
+        return
+    assert (fast.sop_instance_uid, fast.pixel, fast.warnings, fast.pixel_problem, fast.transfer_syntax) == (
+        slow.sop_instance_uid, slow.pixel, slow.warnings, slow.pixel_problem, slow.transfer_syntax)  # fmt: skip
+    for name in FILE_STATE:
+        assert getattr(fast.ds, name, None) == getattr(slow.ds, name, None), name
+    assert fast.ds.original_encoding == slow.ds.original_encoding
+    _same_dataset(fast.ds.file_meta, slow.ds.file_meta, "meta")
+    _same_dataset(fast.ds, slow.ds)
+
+
+def _nested_sequences(undefined: bool) -> pydicom.Dataset:
+    """A CT whose sequences hold what pydicom reads with care: empty items (in Explicit VR,
+    pydicom reads an empty item as Implicit VR: the bytes where it starts are no VR), an
+    item with its own (0008,0005) Specific Character Set whose nested sequence's items
+    inherit it, a private sequence, and an Implicit VR undefined-length sequence whose tag
+    the dictionary does not know."""
+    from pydicom.sequence import Sequence
+
+    def item(**elements):
+        ds = pydicom.Dataset()
+        for keyword, value in elements.items():
+            setattr(ds, keyword, value)
+        ds.is_undefined_length_sequence_item = undefined
+        return ds
+
+    def sequence(items):
+        return Sequence(items)
+
+    def lengths(dataset):  # the writer follows each element's is_undefined_length
+        for elem in dataset:
+            if elem.VR == "SQ":
+                elem.is_undefined_length = undefined
+                for child in elem.value:
+                    lengths(child)
+
+    inner = sequence([item(CodeValue="T-D3000", CodeMeaning="Chest"), item()])
+    outer = item(SpecificCharacterSet="ISO_IR 192", PatientName="Yamada^Tarou", AnatomicRegionSequence=inner)
+    ds = make_ct(np.zeros((4, 4), np.int16), SpecificCharacterSet="ISO_IR 100")
+    ds.ReferencedStudySequence = sequence([item(), item(ReferencedSOPInstanceUID="1.2.3"), item()])
+    ds.ProcedureCodeSequence = sequence([outer])
+    ds.ReferencedImageSequence = sequence([])
+    block = ds.private_block(0x0029, "DICOMSVC TEST", create=True)
+    block.add_new(0x01, "SQ", sequence([item(StudyDescription="private")]))
+    lengths(ds)
+    return ds
+
+
+@pytest.mark.parametrize("undefined", [True, False], ids=["undefined-lengths", "defined-lengths"])
+@pytest.mark.parametrize("syntax", [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
+def test_the_fast_reader_builds_nested_sequences_as_pydicom_does(tmp_path, monkeypatch, syntax, undefined):
+    from dicomsvc.dicom import fastread
+
+    ds = _nested_sequences(undefined)
+    ds.file_meta.TransferSyntaxUID = syntax
+    path = save(ds, tmp_path / "nested.dcm")
+    fastread.COUNTS.clear()
+    fast, slow = _read_both(path, monkeypatch)
+    assert fastread.COUNTS == {"fast": 1}
+    _same_dataset(fast.ds, slow.ds)
+    if undefined:  # the empty items, and the nested items' inherited character set, as pydicom has them
+        items = fast.ds._dict[0x00081110].value
+        assert [i.original_encoding[0] for i in items] == [True, syntax.is_implicit_VR, True]
+        nested = fast.ds.ProcedureCodeSequence[0].AnatomicRegionSequence
+        assert [i._parent_encoding for i in nested] == [["UTF8"]] * 2
+    assert fast.ds.ProcedureCodeSequence[0].AnatomicRegionSequence[0].CodeMeaning == "Chest"
+
+
+def test_the_bench_corpus_takes_the_fast_reader(tmp_path, monkeypatch):
+    """bench/corpus.py's synthetic CT (what bench/ingest_stages.py times) is read by fastread,
+    into the data set pydicom builds; a big endian file is left to pydicom."""
+    import sys
+
+    from dicomsvc.dicom import fastread, parse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    try:
+        import corpus
+    finally:
+        sys.path.pop(0)
+    path = corpus.make(tmp_path, 1, 1234).instances[0].path
+    fastread.COUNTS.clear()
+    fast, slow = _read_both(path, monkeypatch)
+    assert fastread.COUNTS == {"fast": 1} and len(fast.ds) > 100
+    _same_dataset(fast.ds, slow.ds)
+    monkeypatch.setattr(parse, "FAST", True)
+    fastread.COUNTS.clear()
+    read(sample_file("MR_small_bigendian.dcm"))
+    assert fastread.COUNTS == {"pydicom: a big endian, deflated or private transfer syntax": 1}
