@@ -578,12 +578,13 @@ def test_only_the_asked_frames_bytes_are_read(tmp_path, monkeypatch):
 
 def test_encapsulated_frame_reads_a_fraction_of_the_file(monkeypatch):
     path, parsed = instance("rtdose_rle.dcm")
+    # Rendering alone: parse's fast reader asks for its first 8 KiB in one read, more than
+    # this 6.8 KB file holds (tests/test_parse.py checks that parsing skips pixel data)
     reads = counting_reads(monkeypatch)
-    parsed = read(path)  # counted too: reading never hashes the pixel data
     render(path, parsed, parse(frame="15"))
     monkeypatch.undo()
-    # the header, then one frame of 15 and the item headers
-    assert sum(n for n in reads if n > 0) < parsed.pixel.offset + parsed.pixel.length / 5
+    # one frame of 15 and the item headers
+    assert sum(n for n in reads if n > 0) < parsed.pixel.length / 5
 
 
 # Sizes ----------------------------------------------------------------------------
