@@ -15,6 +15,10 @@ to the file, parses that as Explicit VR Little Endian, and maps the pixel data
 value and any other value over ``CHUNK`` bytes from it (``mmap``): they stay on
 disk, and ``parsed.pixel.offset`` is None as for any value held in ``ds``.
 
+The data set is read by ``fastread`` (Explicit and Implicit VR Little Endian, also
+inflated): the Dataset pydicom's reader builds, from one read of the header, several
+times faster; anything unusual is left to ``dcmread`` for the whole file (``_read_head``).
+
 ``pydicom.dcmread`` happily "reads" random bytes, PNGs and truncated files, so
 ``read`` checks for itself that it got a DICOM instance. Damage that leaves the
 data set readable is reported, not refused: unknown VRs are read as UN and stray
