@@ -35,6 +35,7 @@ import httpx
 import jwt
 
 from ..identity import ROLES, Identity
+from .failure import AuthFailure  # noqa: F401 -- raised here, and importable from here
 
 log = logging.getLogger("dicomsvc.auth")
 # Signature algorithms by JWK key type (RFC 7518 §3.1, RFC 8037 §3.1): never "none", never HMAC
@@ -48,15 +49,6 @@ MAX_DOCUMENT_BYTES = 1 << 20  # a discovery document or a JWKS is a few KiB
 MAX_USER_CHARS = 255
 
 Fetch = Callable[[str], Any]  # URL -> the JSON document there
-
-
-class AuthFailure(Exception):
-    """A token that does not verify; ``reason`` is a short code (for logs and metrics, never
-    the token or its claims), ``status`` 401, or 503 when the provider cannot be reached."""
-
-    def __init__(self, reason: str, detail: str, status: int = 401):
-        super().__init__(detail)
-        self.reason, self.detail, self.status = reason, detail, status
 
 
 def http_fetch(timeout: float) -> Fetch:

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, compile_path
 
 from ..auth import tokens
-from ..auth.oidc import AuthFailure, OidcVerifier
+from ..auth.failure import AuthFailure
 from ..config import Config
 from ..identity import ANONYMOUS, Identity, visible_owner
 from ..storage import tokens as token_rows
@@ -96,7 +96,11 @@ class AuthMiddleware:
     def __init__(self, app, config: Config):
         self.app = app
         self.config = config
-        self.verifier = OidcVerifier.from_config(config) if config.auth == "oidc" else None
+        self.verifier = None
+        if config.auth == "oidc":  # PyJWT, cryptography, httpx: loaded only when they are used (idle memory)
+            from ..auth.oidc import OidcVerifier
+
+            self.verifier = OidcVerifier.from_config(config)
         self._table: list[_Entry] | None = None
 
     async def __call__(self, scope, receive, send):
