@@ -24,9 +24,11 @@ It declines (the stack answers, from scratch) whenever anything differs from the
 case: authentication on (``DICOMSVC_AUTH`` not ``none``: tokens are checked by the stack),
 CORS origins configured, the read cache off, another method, a root path, any query
 parameter besides a well-formed ``id``, an ``Accept`` asking for another format, gzip
-accepted on /tags, an ``If-None-Match`` with a ``-gzip`` tag, or an answer not in the cache
-(an unknown id, an instance without a stored PNG, or not asked for yet: the stack reads it
-and fills the cache). An unexpected error before the answer starts also hands the request to the stack.
+accepted on /tags, an ``If-None-Match`` with a ``-gzip`` tag, or an answer it cannot give
+(an unknown id, an instance without a stored PNG: the stack answers the error). An answer
+not in the cache yet is made by the stack's own functions (``http.instances.image`` and
+``tags_json``: the row looked up, the file read in an I/O thread, the cache filled) and
+answered here, so a first read does not pay for the dozen layers either. An unexpected error before the answer starts also hands the request to the stack.
 """
 
 import logging
@@ -39,6 +41,7 @@ from ..errors import DicomSvcError
 from ..identity import ANONYMOUS
 from ..imaging.params import is_default, parse_params
 from .audit import action_of
+from . import instances as stack
 from .compression import accepts_gzip
 from .requestid import request_id
 from .requests import etag_matches
@@ -119,20 +122,31 @@ class HotReads:
         if accept_encoding and accepts_gzip(accept_encoding):
             return None  # compressed by the stack's gzip middleware
         body = cache.get(("tags", instance_id))
-        if body is None:
-            return None
+        if body is None:  # the stack's function: looked up, serialized, kept
+            try:
+                body = await stack.tags_json(svc, instance_id, None, cache)
+            except DicomSvcError:
+                return None  # the stack answers the error
         return 200, [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json"),
                      (b"vary", b"Accept-Encoding")], body, instance_id  # fmt: skip
 
     async def _image(self, svc, cache, instance_id: str, accept, if_none_match) -> tuple[int, list, bytes, str] | None:
         if not self._stored_png(accept, svc.config.render_max_size) or (if_none_match and "-gzip" in if_none_match):
             return None
-        body = cache.get(("png", instance_id))  # only an existing instance's stored PNG
-        if body is None:
-            return None
         etag = b'"%s.png"' % instance_id.encode("ascii")
         headers = [(b"etag", etag), (b"cache-control", IMMUTABLE), (b"vary", b"Accept")]
-        if etag_matches(if_none_match, etag.decode("ascii")):
+        body = cache.get(("png", instance_id))  # only an existing instance's stored PNG
+        if body is None:  # the stack's function: the row looked up, the file read, the cache filled
+            try:
+                image = await stack.image(svc, {"id": instance_id}, accept, if_none_match, None, cache)
+            except DicomSvcError:
+                return None  # the stack answers the error
+            if image.media_type != "image/png" or image.etag != etag.decode("ascii"):
+                return None
+            body = image.body
+            if body is None:
+                return 304, headers, b"", instance_id
+        elif etag_matches(if_none_match, etag.decode("ascii")):
             return 304, headers, b"", instance_id
         return 200, [*headers, (b"content-length", b"%d" % len(body)), (b"content-type", b"image/png")], body, instance_id
 
