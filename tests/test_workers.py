@@ -190,6 +190,14 @@ def test_workers_are_forked_from_a_fork_server_that_preloaded_their_modules(proc
     assert facts["blas_threads"] == "1"
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def test_workers_die_with_a_killed_server(tmp_path):
     from test_jobs import free_port
 
@@ -213,9 +221,10 @@ def test_workers_die_with_a_killed_server(tmp_path):
                     break
             except httpx.TransportError:
                 time.sleep(0.05)
-        # the fork server and its two workers, and multiprocessing's resource tracker
+        # the fork server and its two workers, and no resource tracker (workers._no_resource_tracker)
         spawned = descendants(server.pid)
         assert len([pid for pid in spawned if is_fork_server(pid)]) == 3, spawned  # its children run its code
+        assert len(spawned) == 3 and not any(b"resource_tracker" in cmdline(pid) for pid in spawned), spawned
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
