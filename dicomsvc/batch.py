@@ -218,7 +218,7 @@ def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = 
     # module for Item, Result, expand_* and run, and never loads pydicom (dicomsvc.tasks)
     from .ingest import Staged, commit_staged
 
-    blobs = BlobStore(config.blob_dir)
+    blobs = BlobStore.of(config)
     results: list[Result | None] = [None] * len(items)
     staged: list[tuple[int, Staged]] = []
     try:

@@ -1,5 +1,7 @@
 """Configuration: read from the environment once, in ``create_app``, then passed down."""
 
+import base64
+import binascii
 import logging
 import math
 import os
@@ -62,8 +64,12 @@ class Config:
     tus_sweep_interval: int = 300  # seconds between sweeps of expired uploads (also one at start)
     tus_idle_timeout: int = 60  # seconds a PATCH body may pause; then what arrived is kept, the request ends
     read_cache_bytes: int = 64 * 1024**2  # GET /image PNGs and /tags JSON kept in memory (LRU); 0: none
+    # Encryption at rest (README "Encryption at rest"); dicomsvc.storage.crypt. The master keys, 32 bytes
+    # each: the first wraps new objects, all unwrap (old ones while rotating). Empty: blobs in the clear
+    encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    encryption_chunk_bytes: int = 64 * 1024  # plaintext bytes per AES-GCM chunk of a new object
 
-    SECRETS = ("anon_secret",)
+    SECRETS = ("anon_secret", "encryption_keys")
 
     @property
     def db_path(self) -> Path:
@@ -127,6 +133,8 @@ class Config:
             **_auth_settings(get, get_int),
             **_observability_settings(get, get_int),
             **_resumable_settings(get_int, get_int("MAX_UPLOAD_BYTES", 4 * 1024**3)),
+            encryption_keys=_encryption_keys(get),
+            encryption_chunk_bytes=get_int("ENCRYPTION_CHUNK_BYTES", 64 * 1024, minimum=4096),
         )
 
     def log(self, logger: logging.Logger) -> None:
@@ -193,6 +201,38 @@ def _resumable_settings(get_int, max_upload_bytes: int) -> dict:
         "tus_sweep_interval": get_int("TUS_SWEEP_INTERVAL", 300),
         "tus_idle_timeout": get_int("TUS_IDLE_TIMEOUT", 60),
     }
+
+
+def _encryption_keys(get) -> tuple[bytes, ...]:
+    """DICOMSVC_ENCRYPTION_KEY (one key, base64) or DICOMSVC_ENCRYPTION_KEY_FILE (one base64 key a
+    line: the first is current, the others still unwrap, for ``dicomsvc keys rotate``)."""
+    inline, path = get("ENCRYPTION_KEY", "").strip(), get("ENCRYPTION_KEY_FILE", "").strip()
+    if inline and path:
+        raise ValueError(f"set {PREFIX}ENCRYPTION_KEY or {PREFIX}ENCRYPTION_KEY_FILE, not both")
+    if inline:
+        return (parse_key(inline, f"{PREFIX}ENCRYPTION_KEY"),)
+    if not path:
+        return ()
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise ValueError(f"{PREFIX}ENCRYPTION_KEY_FILE cannot be read ({exc.strerror})") from None
+    if not lines:
+        raise ValueError(f"{PREFIX}ENCRYPTION_KEY_FILE holds no key")
+    keys = tuple(parse_key(line, f"each line of {PREFIX}ENCRYPTION_KEY_FILE") for line in lines)
+    return tuple(dict.fromkeys(keys))
+
+
+def parse_key(text: str | bytes, where: str) -> bytes:
+    """A master key: 32 bytes in base64 (standard or URL-safe alphabet)."""
+    raw = text.strip() if isinstance(text, bytes) else text.strip().encode()
+    try:
+        key = base64.b64decode(raw.replace(b"-", b"+").replace(b"_", b"/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where} must be 32 random bytes in base64") from None
+    if len(key) != 32:
+        raise ValueError(f"{where} must be 32 random bytes in base64 (it holds {len(key)} bytes)")
+    return key
 
 
 def _anonymize_mode(raw: str) -> bool:

@@ -114,3 +114,12 @@ class Busy(DicomSvcError):
     """The work took longer than a worker may spend on one task (DICOMSVC_WORKER_TIMEOUT)."""
 
     status, code = 503, "busy"
+
+
+class DamagedBlob(DicomSvcError):
+    """A stored, encrypted object failed AES-GCM authentication (NIST SP 800-38D §7.2): changed,
+    cut, swapped or damaged on disk, or wrapped by a master key the service does not hold. Not
+    the client's fault, but not an unexpected bug either: a JSON answer naming the object's
+    state, never its contents (dicomsvc.storage.crypt logs which object)."""
+
+    status, code = 422, "damaged_blob"

@@ -50,7 +50,7 @@ class Staged:
 
 def ingest_import(config: Config, raw: object, options: Options = PLAIN) -> Ingested:
     """Ingest the file ``raw`` names inside the import root (opened beneath it: ``paths``)."""
-    blobs = BlobStore(config.blob_dir)
+    blobs = BlobStore.of(config)
     return _finish(config, blobs, stage_import(config, raw, options, blobs))
 
 
@@ -60,7 +60,7 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
     A full disk (ENOSPC, EDQUOT, SQLITE_FULL) anywhere is ``InsufficientStorage`` (507),
     raised after removing every blob this call wrote, temporary or already renamed.
     """
-    blobs = BlobStore(config.blob_dir)
+    blobs = BlobStore.of(config)
     return _finish(config, blobs, stage_file(config, temp, source, options, blobs))
 
 

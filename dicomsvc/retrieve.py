@@ -32,7 +32,7 @@ from pydicom.uid import (
 
 from .config import Config
 from .dicom import dicomjson
-from .dicom.parse import CHUNK, Parsed, frame_count, read
+from .dicom.parse import CHUNK, Parsed, frame_count, open_source, read
 from .dicom.tags import flatten
 from .errors import NoPixelData, UnsupportedTransferSyntax
 from .imaging import arrays, renderings
@@ -50,8 +50,8 @@ def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderPara
     (``dicomsvc.http.instances.rendering``). On a full disk, or with the folder removed
     under it by that DELETE, the rendering is answered without being kept: the cache is a
     saving, not a promise."""
-    blobs = BlobStore(config.blob_dir)
-    path = blobs.path(dcm_blob)
+    blobs = BlobStore.of(config)
+    path = blobs.stored(dcm_blob)
     with deleted_is_404(path):
         body = renderings.render(path, read(path), params)
     _keep(blobs, body, params, cached)
@@ -61,8 +61,8 @@ def render_and_keep(config: Config, dcm_blob: str, params: renderings.RenderPara
 def rerender_and_keep(config: Config, png_blob: str, params: renderings.RenderParams, cached: Path) -> bytes:
     """As ``render_and_keep``, for frame 1 with the file's own VOI (DICOMweb thumbnails): made
     from the PNG stored at ingest, its display pixels -- a 512 x 512 CT's in half the time."""
-    blobs = BlobStore(config.blob_dir)
-    path = blobs.path(png_blob)
+    blobs = BlobStore.of(config)
+    path = blobs.stored(png_blob)  # read_bytes: decrypted when encrypted
     with deleted_is_404(path):
         body = renderings.from_display(path.read_bytes(), params)
     _keep(blobs, body, params, cached)
@@ -72,7 +72,7 @@ def rerender_and_keep(config: Config, png_blob: str, params: renderings.RenderPa
 def _keep(blobs: BlobStore, body: bytes, params: renderings.RenderParams, cached: Path) -> None:
     temp = None
     try:
-        temp = blobs.write_temp(body, f".{params.format}")
+        temp = blobs.write_temp(body, f".{params.format}", final=cached)  # encrypted for its name
         cached.parent.mkdir(exist_ok=True)
         os.replace(temp, cached)
     except OSError as exc:
@@ -85,8 +85,8 @@ def _keep(blobs: BlobStore, body: bytes, params: renderings.RenderParams, cached
 
 def write_npy(config: Config, dcm_blob: str, frame: int | None, rescale: bool) -> Path:
     """The pixel data as a temporary ``.npy`` file, a frame at a time; the caller removes it."""
-    blobs = BlobStore(config.blob_dir)
-    path = blobs.path(dcm_blob)
+    blobs = BlobStore.of(config)
+    path = blobs.stored(dcm_blob)
     with deleted_is_404(path), space.full_is_507():
         _, chunks = arrays.npy_stream(path, read(path), frame, rescale)
         temp, out = blobs.create_temp(".npy")
@@ -102,7 +102,7 @@ def write_npy(config: Config, dcm_blob: str, frame: int | None, rescale: bool) -
 
 def dicom_json(config: Config, dcm_blob: str, bulk_base: str) -> dict:
     """The DICOM JSON model (PS3.18 Annex F), bulk data as ``bulk_base`` + element path."""
-    path = BlobStore(config.blob_dir).path(dcm_blob)
+    path = BlobStore.of(config).stored(dcm_blob)
     with deleted_is_404(path):
         parsed = read(path)
     return dicomjson.to_dicom_json(parsed.ds, lambda element: bulk_base + element, pixel=parsed.pixel)
@@ -112,10 +112,10 @@ def stored_metadata(config: Config, instances: list[dict]) -> list[tuple[int, st
     """(pk, DICOM JSON text) of instances stored before ingest kept it (WADO-RS metadata),
     made from their files as ingest makes it; each dict has pk, dcm_blob and the three UIDs.
     An instance whose file cannot be read (deleted meanwhile) is left out: it is not shown."""
-    blobs, out = BlobStore(config.blob_dir), []
+    blobs, out = BlobStore.of(config), []
     for row in instances:
         try:
-            parsed = read(blobs.path(row["dcm_blob"]))
+            parsed = read(blobs.stored(row["dcm_blob"]))
             text = dicomjson.stored_metadata(
                 parsed, flatten(parsed.ds, parsed.pixel),
                 row["study_instance_uid"], row["series_instance_uid"], row["sop_instance_uid"],
@@ -173,8 +173,8 @@ def write_explicit_le(config: Config, dcm_blob: str) -> Path:
     Padding (FFFC,FFFC) are left out: they describe the old encoding. Elements read as
     they were (Implicit VR ones get their VR from the dictionary, unknown ones UN).
     """
-    blobs = BlobStore(config.blob_dir)
-    path = blobs.path(dcm_blob)
+    blobs = BlobStore.of(config)
+    path = blobs.stored(dcm_blob)
     parsed = read(path)
     temp, out = blobs.create_temp(".dcm")
     try:
@@ -229,7 +229,7 @@ def _write_explicit_le(path: Path, parsed: Parsed, out) -> None:
     group, element = pixel.tag >> 16, pixel.tag & 0xFFFF
     out.write(struct.pack("<HH2sHL", group, element, vr.encode("ascii"), 0, length + pad))
     if raw_copy:
-        with open(path, "rb") as src:
+        with open_source(path) as src:
             src.seek(pixel.offset)
             remaining = length
             while remaining > 0:
@@ -290,7 +290,7 @@ def _native_frame(path: Path, parsed: Parsed, index: int, size: int) -> bytes:
 
 def decoded_frames(config: Config, dcm_blob: str, indexes: list[int]) -> list[bytes]:
     """Frames (0-based ``indexes``) as uncompressed little-endian bytes, decoded here (a worker)."""
-    path = BlobStore(config.blob_dir).path(dcm_blob)
+    path = BlobStore.of(config).stored(dcm_blob)
     parsed = read(path)
     if parsed.pixel is None:
         raise NoPixelData("this instance has no pixel data")
@@ -326,7 +326,7 @@ class FrameSource:
         if pixel.offset is None:  # deflated: inflated in memory
             data = bytes(self.parsed.ds[pixel.tag].value[index * size : (index + 1) * size])
         else:
-            with open(self.path, "rb") as src:
+            with open_source(self.path) as src:
                 src.seek(pixel.offset + index * size)
                 data = src.read(size)
         if len(data) != size:
@@ -341,7 +341,7 @@ class FrameSource:
         try:
             if pixel.offset is None:  # held in memory
                 return get_frame(ds[pixel.tag].value, index, extended_offsets=extended, number_of_frames=self.frames)
-            with open(self.path, "rb") as src:
+            with open_source(self.path) as src:
                 src.seek(pixel.offset)
                 return get_frame(src, index, extended_offsets=extended, number_of_frames=self.frames)
         except (ValueError, KeyError, struct.error) as exc:

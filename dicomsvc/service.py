@@ -153,7 +153,7 @@ async def _open_service(config: Config) -> AsyncIterator[Service]:
     config = dataclasses.replace(config, anon_secret=anon_secret(config))  # workers get it with the config
     with contextlib.suppress(OSError):  # may be a read-only mount that already exists
         config.import_root.mkdir(parents=True, exist_ok=True)
-    blobs = BlobStore(config.blob_dir)
+    blobs = BlobStore.of(config)
     blobs.open()
     db = await open_database(config.db_path)
     try:

@@ -1,3 +1,5 @@
+import base64
+import os
 import shutil
 from pathlib import Path
 
@@ -7,6 +9,20 @@ from starlette.testclient import TestClient
 from app import create_app
 from dicomfiles import sample_file
 from dicomsvc.config import Config
+
+if os.environ.get("DICOMSVC_TEST_ENCRYPTION") == "1":
+    # The whole suite with encryption at rest on (README "Encryption at rest"): every
+    # Config the tests make holds one fixed master key unless the test sets its own.
+    _TEST_KEY = base64.b64encode(bytes(range(32))).decode()
+    _from_env = Config.from_env.__func__
+
+    def _encrypted_from_env(cls, env=None):
+        env = dict(os.environ if env is None else env)
+        if not env.get("DICOMSVC_ENCRYPTION_KEY_FILE"):
+            env.setdefault("DICOMSVC_ENCRYPTION_KEY", _TEST_KEY)
+        return _from_env(cls, env)
+
+    Config.from_env = classmethod(_encrypted_from_env)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """dicomsvc.retrieve's WADO-RS side: instances re-encoded in Explicit VR Little Endian (PS3.5
 §A.2), frames cut from the file or decoded, and which syntaxes can be decoded."""
 
-import shutil
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -35,15 +35,14 @@ FILES = [
 
 @pytest.fixture
 def blobs(config):
-    store = BlobStore(config.blob_dir)
+    store = BlobStore.of(config)  # encrypting under DICOMSVC_TEST_ENCRYPTION=1
     store.open()
     return store
 
 
 def keep(blobs: BlobStore, source) -> str:
     key = f"aa/{source.name}"
-    blobs.path(key).parent.mkdir(exist_ok=True)
-    shutil.copyfile(source, blobs.path(key))
+    blobs.commit(blobs.write_temp(Path(source).read_bytes(), ".dcm"), key)  # as ingest places it
     return key
 
 
@@ -100,7 +99,7 @@ def test_frames_cut_or_decoded(config, blobs, name):
     expected = [np.ascontiguousarray(frame).astype("<i2" if frame.dtype.kind == "i" else "<u2").tobytes()
                 for frame in pixels(original)]  # fmt: skip
     assert retrieve.decoded_frames(config, key, [9, 0, 4]) == [expected[9], expected[0], expected[4]]
-    source = retrieve.frame_source(blobs.path(key))
+    source = retrieve.frame_source(blobs.stored(key))
     assert source.frames == 10
     if original.file_meta.TransferSyntaxUID.is_compressed:
         assert not source.raw_native
@@ -128,8 +127,8 @@ def test_a_one_bit_frame_is_packed(config, blobs, tmp_path):
 
 
 def test_frame_sources_are_kept_parsed_but_not_deflated_ones(blobs):
-    kept = blobs.path(keep(blobs, sample_file("emri_small_RLE.dcm")))
+    kept = blobs.stored(keep(blobs, sample_file("emri_small_RLE.dcm")))
     assert retrieve.frame_source(kept) is retrieve.frame_source(kept)
-    deflated = blobs.path(keep(blobs, sample_file("image_dfl.dcm")))  # its pixel data is in memory
+    deflated = blobs.stored(keep(blobs, sample_file("image_dfl.dcm")))  # its pixel data is in memory
     assert retrieve.frame_source(deflated) is not retrieve.frame_source(deflated)
     assert retrieve.frame_source(deflated).native(0) == pydicom.dcmread(sample_file("image_dfl.dcm")).PixelData

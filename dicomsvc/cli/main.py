@@ -1,4 +1,4 @@
-"""The ``dicomsvc`` command: ``dicomsvc serve``, ``dicomsvc import`` and ``dicomsvc token``."""
+"""The ``dicomsvc`` command: ``dicomsvc serve``, ``dicomsvc import``, ``dicomsvc token`` and ``dicomsvc keys``."""
 
 import argparse
 import logging
@@ -72,11 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     from . import tokens  # dicomsvc token create|list|revoke
 
     tokens.add_parser(commands)
+    from . import keys  # dicomsvc keys rotate
+
+    keys.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve()
     if args.command == "token":
         return tokens.run(args)
+    if args.command == "keys":
+        return keys.run(args)
     return _import(args)
 
 

@@ -36,7 +36,6 @@ without the sequence delimiter) exactly as stored — not split into frames.
 
 import base64
 import json
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,7 +46,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from ..errors import NotFound
-from .parse import PIXEL_TAGS, Parsed, PixelElement
+from .parse import PIXEL_TAGS, Parsed, PixelElement, open_source, source_size
 from .tags import BINARY_VRS, UNSPLIT_TEXT_VRS, TagRow
 from .webjson import (  # the server's part, without pydicom: defined there, re-exported here
     FLOAT_VRS,
@@ -204,7 +203,7 @@ def bulk_stream(path: Path, parsed: Parsed, element_path: str) -> tuple[int, Ite
     pixel = parsed.pixel
     if len(steps) == 1 and pixel is not None and pixel.offset is not None and steps[0] == pixel.tag:
         # A file cut short holds less than the header says: promise only what is there.
-        length = max(0, min(pixel.length, os.path.getsize(path) - pixel.offset))
+        length = max(0, min(pixel.length, source_size(path) - pixel.offset))
         return length, _file_chunks(path, pixel.offset, length)
     value = _binary_at(parsed.ds, steps, element_path)
     return len(value), iter([value] if value else [])
@@ -300,7 +299,7 @@ def _binary_at(ds: Dataset, steps: list[int], element_path: str) -> bytes:
 
 
 def _file_chunks(path: Path, offset: int, length: int) -> Iterator[bytes]:
-    with open(path, "rb") as fp:
+    with open_source(path) as fp:
         fp.seek(offset)
         remaining = length
         while remaining > 0:

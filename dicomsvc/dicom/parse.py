@@ -112,7 +112,7 @@ def read(path: Path, max_inflated: int | None = None) -> Parsed:
     ingest passes DICOMSVC_MAX_UPLOAD_BYTES, stored files (checked then) pass nothing.
     """
     warnings: list[str] = []
-    with open(path, "rb") as fp:
+    with open_source(path) as fp:
         _check_header(fp)
         try:
             try:
@@ -122,7 +122,7 @@ def read(path: Path, max_inflated: int | None = None) -> Parsed:
                 ds, pixel, problem, size = _read_deflated(fp, path, meta, start, max_inflated, warnings)
             else:
                 ds.file_meta  # noqa: B018  (a file without meta still gets an empty one)
-                size = os.fstat(fp.fileno()).st_size
+                size = _file_size(fp)
                 pixel, problem = _pixel_in_file(fp, ds)
                 if pixel is not None:
                     _read_after_pixels(fp, ds, pixel)
@@ -143,6 +143,24 @@ def read(path: Path, max_inflated: int | None = None) -> Parsed:
             raise InvalidDicom(f"not a readable DICOM file ({type(exc).__name__})") from None
         sop_uid, uid_warnings = _sop_instance_uid(ds)
     return Parsed(ds=ds, sop_instance_uid=sop_uid, pixel=pixel, warnings=uid_warnings + warnings, pixel_problem=problem)
+
+
+def open_source(source) -> BinaryIO:
+    """A stored file opened for reading: ``source`` is its path, or an object that opens
+    itself (``open_binary``: an encrypted blob, ``dicomsvc.storage.blobs.Sealed``, whose
+    file object decrypts the chunks a read touches and has no descriptor)."""
+    opener = getattr(source, "open_binary", None)
+    return opener() if opener is not None else open(source, "rb")
+
+
+def source_size(source) -> int:
+    """The byte size of what ``open_source(source)`` reads (the plaintext of an encrypted blob)."""
+    return source.size() if hasattr(source, "open_binary") else os.path.getsize(source)
+
+
+def _file_size(fp: BinaryIO) -> int:
+    size = getattr(fp, "size", None)  # an encrypted blob's reader knows its plaintext size
+    return size if isinstance(size, int) else os.fstat(fp.fileno()).st_size
 
 
 FAST = True  # Little Endian data sets through fastread (tests compare it with pydicom's reader)
@@ -214,7 +232,8 @@ def _read_deflated(
     binary values and the pixel data mapped from it (the file is unlinked: the mapping
     holds it until the data set is gone)."""
     fp.seek(start)
-    with _inflate(fp, path.parent, cap, warnings) as inflated:
+    # an encrypted blob's plaintext is inflated in memory (memfd), never onto the disk
+    with _inflate(fp, path.parent if isinstance(path, Path) else None, cap, warnings) as inflated:
         size = os.fstat(inflated.fileno()).st_size
         whole = None
         if size:
@@ -265,14 +284,18 @@ def _inflated_dataset(inflated: BinaryIO, whole: mmap.mmap | None) -> Dataset:
     return read_dataset(inflated, False, True, stop_when=_at_pixels, defer_size=CHUNK)
 
 
-def _inflate(fp: BinaryIO, folder: Path, cap: int | None, warnings: list[str]) -> BinaryIO:
+def _inflate(fp: BinaryIO, folder: Path | None, cap: int | None, warnings: list[str]) -> BinaryIO:
     """The rest of ``fp`` inflated (raw deflate, RFC 1951) into an unlinked temporary file in
-    ``folder`` (the data disk; the system's temporary folder if that cannot be written),
-    ``CHUNK`` bytes at a time, never more than ``cap`` bytes in all (TooLarge)."""
-    try:
-        out = tempfile.TemporaryFile(dir=folder)
-    except OSError:
-        out = tempfile.TemporaryFile()
+    ``folder`` (the data disk; the system's temporary folder if that cannot be written; an
+    anonymous memory file, memfd_create(2), for None), ``CHUNK`` bytes at a time, never more
+    than ``cap`` bytes in all (TooLarge)."""
+    if folder is None:
+        out = os.fdopen(os.memfd_create("inflated", os.MFD_CLOEXEC), "w+b")
+    else:
+        try:
+            out = tempfile.TemporaryFile(dir=folder)
+        except OSError:
+            out = tempfile.TemporaryFile()
     try:
         inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
         while not inflater.eof:
@@ -482,7 +505,7 @@ def _read_after_pixels(fp: BinaryIO, ds: Dataset, pixel: PixelElement) -> None:
     delimiter of encapsulated data) and reads the rest with pydicom's reader, in
     the encoding pydicom found for the data set.
     """
-    size = os.fstat(fp.fileno()).st_size
+    size = _file_size(fp)
     start = pixel.offset + pixel.length + (8 if pixel.encapsulated else 0)
     if start + 8 > size:  # nothing, or less than an element header (a cut pixel value)
         return
@@ -501,7 +524,7 @@ def _encapsulated_length(fp: BinaryIO, end: str) -> tuple[int, int, str | None]:
     Sequence Delimitation Item, the number of fragments (items after the Basic Offset
     Table), and what is wrong if the file ends first (then the count is what is there)."""
     start = fp.tell()
-    size = os.fstat(fp.fileno()).st_size
+    size = _file_size(fp)
     items = 0
     while True:
         head = fp.read(8)

@@ -1,5 +1,6 @@
 """Stored instances: the PNG, the tag rows, the DICOM file, an anonymized copy."""
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import anyio
 from starlette.requests import Request
 
 from .. import metrics, tasks
@@ -16,7 +18,7 @@ from ..options import Options, flag
 from ..results import Ingested, deleted_is_404
 from ..service import Service
 from ..storage import instances
-from ..storage.blobs import BlobStore
+from ..storage.blobs import BlobStore, Sealed
 from .auth import identity, owner_of
 from .ranges import RangedFileResponse
 from .readcache import ReadCache
@@ -95,7 +97,7 @@ async def rendering(
         body = cache.get(key) if cache is not None else None
         if body is None:
             # one trip to an I/O thread (a FileResponse makes several): the file may not be in the page cache
-            body = await svc.io(_read_stored, svc.blobs.path(record["png_blob"]))
+            body = await svc.io(_read_stored, svc.blobs.stored(record["png_blob"]))  # decrypted if need be
             if cache is not None:
                 cache.put(key, body, generation)
         return Image(etag, body)
@@ -104,7 +106,7 @@ async def rendering(
     if etag_matches(if_none_match, etag):
         return Image(etag, None, params.media_type)
     cached = svc.blobs.renderings(record["id"]) / f"{key}.{params.format}"
-    body = await svc.io(_read_if_there, cached)
+    body = await svc.io(_read_if_there, svc.blobs.reader(cached))
     metrics.rendering_cache(hit=body is not None)
     if body is None and params.thumbnail and record["png_blob"] and params.frame == 1 and params.window is None:
         # a thumbnail of frame 1: the display pixels are the PNG's stored at ingest (no parsing,
@@ -127,12 +129,12 @@ async def _unless_deleted(svc: Service, instance_id: str) -> None:
         raise NotFound("no instance with that id")
 
 
-def _read_stored(path: Path) -> bytes:
+def _read_stored(path: "Path | Sealed") -> bytes:
     with deleted_is_404():
         return path.read_bytes()
 
 
-def _read_if_there(path: Path) -> bytes | None:
+def _read_if_there(path: "Path | Sealed") -> bytes | None:
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -164,19 +166,39 @@ class OpenFileResponse(RangedFileResponse):
     same inode): a DELETE after the lookup unlinks a name, not the file being sent, so
     the answer is whole (or, had the DELETE come first, a 404), never a connection cut
     after the headers. Ranges (``ranges``: with JSON errors), ETag and Last-Modified work
-    as for any FileResponse. The file is closed when the response is done, however it ends."""
+    as for any FileResponse. The file is closed when the response is done, however it ends.
+
+    An encrypted blob (``dicomsvc.storage.crypt.SealedReader``: no descriptor of its
+    plaintext) is served from the reader itself: its plaintext size and the file's times
+    make the headers, and each range decrypts only the chunks it covers."""
 
     def __init__(self, file: BinaryIO, **kwargs):
+        self.file = file
+        self.sealed = isinstance(getattr(file, "size", None), int)
+        if self.sealed:
+            super().__init__(file.name, stat_result=file.stat(), **kwargs)
+            return
         fd = file.fileno()
         path = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else file.name
         super().__init__(path, stat_result=os.fstat(fd), **kwargs)
-        self.file = file
 
     async def __call__(self, scope, receive, send) -> None:
+        if self.sealed and "http.response.pathsend" in scope.get("extensions", {}):
+            scope = {**scope, "extensions": {k: v for k, v in scope["extensions"].items() if k != "http.response.pathsend"}}
         try:
             await super().__call__(scope, receive, send)
         finally:
             self.file.close()
+
+    @contextlib.asynccontextmanager
+    async def _open_file(self):
+        """Starlette's FileResponse opens ``path`` here (once per answer); an encrypted blob is
+        read through its reader instead (closed in ``__call__``)."""
+        if not self.sealed:
+            async with super()._open_file() as file:
+                yield file
+            return
+        yield anyio.wrap_file(self.file)
 
 
 @dataclass(frozen=True)
@@ -188,12 +210,12 @@ class StoredFile:
 async def dicom_file(svc: Service, instance_id: str, owner: str | None = None) -> StoredFile:
     """``GET /dicom/{id}/file``: the stored DICOM file, as it was stored (opened here)."""
     record = await _instance(svc, instance_id, owner)
-    return StoredFile(await svc.io(_open_stored, svc.blobs.path(record["dcm_blob"])), f"{record['id']}.dcm")
+    return StoredFile(await svc.io(_open_stored, svc.blobs, svc.blobs.path(record["dcm_blob"])), f"{record['id']}.dcm")
 
 
-def _open_stored(path: Path) -> BinaryIO:
+def _open_stored(blobs: BlobStore, path: Path) -> BinaryIO:
     with deleted_is_404():
-        return open(path, "rb")
+        return blobs.open_file(path)  # decrypting as it is read, when encrypted at rest
 
 
 async def anonymize_stored(svc: Service, instance_id: str, request: Request) -> Ingested:
@@ -221,7 +243,7 @@ async def _has_body(request: Request) -> bool:
 
 
 def _copy_to_temp(blobs: BlobStore, path: Path) -> Path:
-    with _open_stored(path) as src:
+    with _open_stored(blobs, path) as src:
         return blobs.spool(src, 1 << 62)
 
 
@@ -261,4 +283,4 @@ async def bulk(
 ) -> tuple[int, Iterator[bytes]]:
     """``GET /dicom/{id}/bulk/{path}``: one binary value, streamed from the stored file."""
     record = await _instance(svc, instance_id, owner)
-    return await svc.io(tasks.bulk, svc.blobs.path(record["dcm_blob"]), element_path)
+    return await svc.io(tasks.bulk, svc.blobs.stored(record["dcm_blob"]), element_path)

@@ -22,7 +22,7 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ..dicom.parse import Parsed, frame_count
+from ..dicom.parse import Parsed, frame_count, open_source
 from ..errors import DicomSvcError, NoPixelData, UnsupportedTransferSyntax, WorkerMemory
 from . import precheck
 
@@ -87,7 +87,7 @@ def decode_frame_unmasked(
                     PATHS["native"] += 1
                     left = unmasked and layout.bits_stored < layout.bits_allocated
                     return arr, layout.bits_stored if left else None
-            src = open(path, "rb")
+            src = open_source(path)  # a path, or an encrypted blob (decrypting only what is read)
             src.seek(pixel.offset)
         try:
             frame = _precheck(tsyntax, src, index, opts)
@@ -185,7 +185,7 @@ def _read_native(path: Path, offset: int, layout: NativeLayout, unmasked: bool =
     """
     count = layout.rows * layout.columns * layout.samples
     arr = np.empty(count, dtype=layout.dtype)
-    with open(path, "rb") as fp:
+    with open_source(path) as fp:
         fp.seek(offset + layout.index * arr.nbytes)
         if fp.readinto(memoryview(arr).cast("B")) != arr.nbytes:
             return None

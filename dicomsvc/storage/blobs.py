@@ -15,6 +15,17 @@ In a worker process, what a task writes carries the task's tag (``begin_task``):
 its temporary files are named ``<tag>-...``, and each blob it renames into place
 is noted in ``.tmp/<tag>.placed`` first. When a worker dies mid-task, the
 service removes those (``task_leftovers``) before it answers the request.
+
+Encryption at rest (``dicomsvc.storage.crypt``, on when the config holds a master key):
+a blob is encrypted as it is placed (``_place``: the plaintext temporary sealed into a
+second temporary, that one synced and renamed, the first removed; the order of
+fdatasync and rename is the same) or, for renderings, as it is written
+(``write_temp(..., final=)``). Its object id, bound into the encryption, is its path
+relative to the root (the key the database records), so a file moved to another name
+does not decrypt. Readers get ``reader(path)``: the path itself without a key (the
+code paths of before, unchanged), else a ``Sealed`` blob whose ``open_binary`` is a
+decrypting, seekable file object (``dicomsvc.dicom.parse.open_source`` opens either).
+Temporaries in ``.tmp`` (upload spools, the PNG being rendered) are still plaintext.
 """
 
 import os
@@ -23,10 +34,14 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import TooLarge
+
+if TYPE_CHECKING:  # crypt (and ``cryptography``) is imported only when a key is set
+    from .crypt import Keyring
 
 COPY_CHUNK = 1 << 20
 
@@ -53,11 +68,73 @@ def end_task(tmp: Path) -> None:
     _task = None
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """An encrypted blob to read: ``open_binary()`` is its plaintext as a seekable file object."""
+
+    path: Path
+    object_id: str
+    keyring: "Keyring"
+
+    def open_binary(self) -> BinaryIO:
+        from .crypt import open_sealed
+
+        return open_sealed(self.path, self.keyring, self.object_id)
+
+    def read_bytes(self) -> bytes:
+        with self.open_binary() as reader:
+            return reader.read()
+
+    def size(self) -> int:
+        with self.open_binary() as reader:
+            return reader.size
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 class BlobStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, keyring: "Keyring | None" = None):
         self.root = root
         self.tmp = root / ".tmp"
         self.unsynced: set[Path] = set()  # folders renamed into (or made) since the last ``sync``
+        self.keyring = keyring  # None: blobs in the clear
+        self._presealed: set[Path] = set()  # temporaries written encrypted already (``write_temp``)
+
+    @classmethod
+    def of(cls, config) -> "BlobStore":
+        """The blob store of ``config`` (dicomsvc.config.Config), encrypting when it holds a key."""
+        if not config.encryption_keys:
+            return cls(config.blob_dir)
+        from .crypt import Keyring
+
+        return cls(config.blob_dir, Keyring(config.encryption_keys, config.encryption_chunk_bytes))
+
+    def object_id(self, path: Path) -> str:
+        """What an encrypted blob is bound to: its path relative to the root (for a placed
+        blob, its key)."""
+        return path.relative_to(self.root).as_posix()
+
+    def reader(self, path: Path) -> "Path | Sealed":
+        """What readers open a stored blob through: the path itself without a key."""
+        if self.keyring is None:
+            return path
+        return Sealed(path, self.object_id(path), self.keyring)
+
+    def stored(self, key: str) -> "Path | Sealed":
+        """``reader`` of the blob the database records as ``key``."""
+        return self.reader(self.path(key))
+
+    def read_bytes(self, path: Path) -> bytes:
+        """A stored blob's bytes (decrypted)."""
+        return path.read_bytes() if self.keyring is None else self.reader(path).read_bytes()
+
+    def open_file(self, path: Path) -> BinaryIO:
+        """A stored blob open for reading (decrypting, seekable); FileNotFoundError if gone."""
+        return open(path, "rb") if self.keyring is None else self.reader(path).open_binary()
 
     def open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -96,12 +173,19 @@ class BlobStore:
             keys = []
         return temps, keys
 
-    def write_temp(self, data: bytes, suffix: str = "") -> Path:
-        """``data`` in a new temporary blob; on any error (a full disk) none is left."""
+    def write_temp(self, data: bytes, suffix: str = "", final: Path | None = None) -> Path:
+        """``data`` in a new temporary blob; on any error (a full disk) none is left. With a
+        key and the ``final`` path it will be renamed to, it is written encrypted for it."""
         path, out = self.create_temp(suffix)
         try:
             with out:
-                out.write(data)
+                if self.keyring is not None and final is not None:
+                    from .crypt import seal_bytes
+
+                    out.write(seal_bytes(self.keyring, self.object_id(final), data))
+                    self._presealed.add(path)
+                else:
+                    out.write(data)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -129,11 +213,13 @@ class BlobStore:
             raise
         return path
 
-    @staticmethod
-    def sync_soon(temp: Path) -> None:
+    def sync_soon(self, temp: Path) -> None:
         """Start syncing a finished temporary blob's data in the background (fdatasync releases
-        the GIL), so the disk flush overlaps parsing and rendering; ``commit`` waits for it."""
+        the GIL), so the disk flush overlaps parsing and rendering; ``commit`` waits for it.
+        (Not with a key: what is synced then is the encrypted copy ``_place`` makes.)"""
         global _syncer
+        if self.keyring is not None:
+            return
         with _early_lock:
             if _syncer is None:
                 _syncer = ThreadPoolExecutor(1, thread_name_prefix="blob-sync")
@@ -156,19 +242,43 @@ class BlobStore:
 
     def _place(self, temp: Path, key: str) -> None:
         final = self.path(key)
-        with _early_lock:
-            early = _early.pop(temp, None)
-        if early is not None:
-            early.result()
-        else:
-            sync_data(temp)
+        plain = None
+        if self.keyring is not None and temp not in self._presealed:
+            plain, temp = temp, self._seal(temp, key)
+        self._presealed.discard(temp)
         try:
-            os.replace(temp, final)
-        except FileNotFoundError:  # the first blob of its two-character folder
-            final.parent.mkdir(exist_ok=True)
-            self.unsynced.add(self.root)  # the new folder's own entry
-            os.replace(temp, final)
+            with _early_lock:
+                early = _early.pop(temp, None)
+            if early is not None:
+                early.result()
+            else:
+                sync_data(temp)
+            try:
+                os.replace(temp, final)
+            except FileNotFoundError:  # the first blob of its two-character folder
+                final.parent.mkdir(exist_ok=True)
+                self.unsynced.add(self.root)  # the new folder's own entry
+                os.replace(temp, final)
+        except BaseException:
+            if plain is not None:  # the encrypted copy is ours to remove; the caller discards ``plain``
+                temp.unlink(missing_ok=True)
+            raise
+        if plain is not None:
+            plain.unlink(missing_ok=True)
         self.unsynced.add(final.parent)
+
+    def _seal(self, plain: Path, key: str) -> Path:
+        """The plaintext temporary ``plain`` encrypted for ``key`` into a new temporary."""
+        from .crypt import seal_file
+
+        sealed, out = self.create_temp(".sealed")
+        try:
+            with out, open(plain, "rb") as src:
+                seal_file(self.keyring, key, src, out)
+        except BaseException:
+            sealed.unlink(missing_ok=True)
+            raise
+        return sealed
 
     def sync(self) -> None:
         """Make the renames since the last call durable: one fsync per folder they touched."""

@@ -59,6 +59,7 @@ from ...errors import BadRequest, DicomSvcError, NoPixelData, NotAcceptable, Not
 from ...imaging.params import RenderParams, parse_params
 from ...service import Service
 from ...storage import instances
+from ...storage.blobs import BlobStore
 from .. import instances as stored_instances
 from ..auth import owner_of
 from ..requests import etag_matches
@@ -200,7 +201,7 @@ async def _prepare(svc: Service, plan: _Plan) -> _Ready:
             temp.unlink(missing_ok=True)
             raise
     try:
-        return await _finished(svc.io(_open, svc.blobs.path(plan.row["dcm_blob"]), False), _Ready.close)
+        return await _finished(svc.io(_open_stored, svc.blobs, svc.blobs.path(plan.row["dcm_blob"])), _Ready.close)
     except FileNotFoundError:  # deleted since it was looked up
         raise NotFound("no such instance") from None
 
@@ -208,6 +209,13 @@ async def _prepare(svc: Service, plan: _Plan) -> _Ready:
 def _open(path: Path, temp: bool) -> _Ready:
     src = open(path, "rb")
     return _Ready(path, src, os.fstat(src.fileno()).st_size, temp)
+
+
+def _open_stored(blobs: BlobStore, path: Path) -> _Ready:
+    """A stored instance as it was stored (decrypted as it is read, when encrypted at rest)."""
+    src = blobs.open_file(path)
+    size = getattr(src, "size", None)  # an encrypted blob's reader: its plaintext size
+    return _Ready(path, src, size if isinstance(size, int) else os.fstat(src.fileno()).st_size, False)
 
 
 def _unlink(path: Path) -> None:
@@ -321,7 +329,7 @@ async def retrieve_bulk(request: Request) -> Response:
         count = row["frames"] or 1
         return await _pixel_answer(request, svc, row, list(range(1, count + 1)), key="bulk", one_native_part=True)
     is_multipart = _bulk_multipart(ranges)
-    size, chunks = await svc.io(tasks.bulk, svc.blobs.path(row["dcm_blob"]), element)
+    size, chunks = await svc.io(tasks.bulk, svc.blobs.stored(row["dcm_blob"]), element)
     writer = Multipart(multipart.OCTET_STREAM)
 
     async def body() -> AsyncIterator[bytes]:
@@ -410,7 +418,7 @@ async def _frame_reader(svc: Service, row: dict, native: bool, indexes: list[int
     source = None
     if not native or stored in (IMPLICIT_LE, EXPLICIT_LE, multipart.DEFLATED_LE):
         try:
-            source = await svc.io(tasks.frame_source, svc.blobs.path(row["dcm_blob"]))
+            source = await svc.io(tasks.frame_source, svc.blobs.stored(row["dcm_blob"]))
         except FileNotFoundError:  # deleted since it was looked up
             raise NotFound("no such instance") from None
         if native and not source.raw_native:
