@@ -173,7 +173,7 @@ def test_rewrap_changes_the_header_only(tmp_path):
 
 
 def test_keys_from_the_environment(tmp_path):
-    assert Config.from_env({}).encryption_keys == ()
+    assert Config.from_env({"DICOMSVC_ENCRYPTION_KEY": ""}).encryption_keys == ()  # "": also under DICOMSVC_TEST_ENCRYPTION
     assert Config.from_env({"DICOMSVC_ENCRYPTION_KEY": b64(KEY_A)}).encryption_keys == (KEY_A,)
     key_file = tmp_path / "keys"
     key_file.write_text(f"{b64(KEY_B)}\n\n{b64(KEY_A)}\n")
@@ -294,10 +294,12 @@ def test_a_damaged_blob_is_a_json_error_logged_without_patient_data(tmp_path, ca
     assert not any(m in caplog.text for m in planted.markers)
 
 
-def test_without_a_key_blobs_stay_plaintext(tmp_path, client, data_dir):
+def test_without_a_key_blobs_stay_plaintext(tmp_path):
+    config = encrypted_config(tmp_path, DICOMSVC_ENCRYPTION_KEY="")
     data = sample_file("CT_small.dcm").read_bytes()
-    instance_id = post(client, data)
-    assert BlobStore(data_dir / "blobs").path(BlobStore.key(instance_id, "dcm")).read_bytes() == data
+    with TestClient(create_app(config)) as client:
+        instance_id = post(client, data)
+    assert BlobStore(config.blob_dir).path(BlobStore.key(instance_id, "dcm")).read_bytes() == data
 
 
 # Key rotation -------------------------------------------------------------------------------
