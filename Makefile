@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test sample bench refs clean
+.PHONY: install run test test-postgres sample bench refs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,postgres]"
 	touch $@
 
 install: $(STAMP)
@@ -22,6 +22,10 @@ run: install
 ## test: install and run the test suite
 test: install
 	$(BIN)/python -m pytest
+
+## test-postgres: the suite again, against a throwaway PostgreSQL (Debian's postgresql package)
+test-postgres: install
+	DICOMSVC_TEST_POSTGRES=1 $(BIN)/python -m pytest
 
 ## sample: copy pydicom's bundled CT_small.dcm into ./import for the README's curl example
 sample: install

@@ -245,7 +245,7 @@ async def running(svc) -> AsyncIterator[None]:
         return
     if config.audit_file is not None:
         config.audit_file.parent.mkdir(parents=True, exist_ok=True)
-    writer = await audit_rows.open_writer(config.db_path)
+    writer = await audit_rows.open_writer(config.database)
     svc.audit_trail = found = Trail(
         writer,
         flush_ms=config.audit_flush_ms,

@@ -64,6 +64,9 @@ class Config:
     tus_sweep_interval: int = 300  # seconds between sweeps of expired uploads (also one at start)
     tus_idle_timeout: int = 60  # seconds a PATCH body may pause; then what arrived is kept, the request ends
     read_cache_bytes: int = 64 * 1024**2  # GET /image PNGs and /tags JSON kept in memory (LRU); 0: none
+    # The index on PostgreSQL (README "Running at scale"); dicomsvc.storage.postgres. "": SQLite in data_dir
+    database_url: str = field(default="", repr=False)  # postgresql://user:password@host:port/database
+    database_pool: int = 8  # the server's PostgreSQL connections at most (the audit trail's: 2 more)
     # Encryption at rest (README "Encryption at rest"); dicomsvc.storage.crypt. The master keys, 32 bytes
     # each: the first wraps new objects, all unwrap (old ones while rotating). Empty: blobs in the clear
     encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
@@ -74,6 +77,11 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "dicom.db"
+
+    @property
+    def database(self) -> Path | str:
+        """Where the index is: DICOMSVC_DATABASE_URL, or the SQLite file in the data directory."""
+        return self.database_url or self.db_path
 
     @property
     def blob_dir(self) -> Path:
@@ -133,6 +141,8 @@ class Config:
             **_auth_settings(get, get_int),
             **_observability_settings(get, get_int),
             **_resumable_settings(get_int, get_int("MAX_UPLOAD_BYTES", 4 * 1024**3)),
+            database_url=_database_url(get("DATABASE_URL", "").strip()),
+            database_pool=get_int("DATABASE_POOL", 8),
             encryption_keys=_encryption_keys(get),
             encryption_chunk_bytes=get_int("ENCRYPTION_CHUNK_BYTES", 64 * 1024, minimum=4096),
         )
@@ -140,6 +150,7 @@ class Config:
     def log(self, logger: logging.Logger) -> None:
         """Log the settings once at start-up, secrets masked."""
         shown = {k: ("***" if v else "(none)") if k in self.SECRETS else v for k, v in asdict(self).items()}
+        shown["database_url"] = _masked_url(self.database_url) or "(none: SQLite)"
         logger.info("dicomsvc config: %s", ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
@@ -233,6 +244,22 @@ def parse_key(text: str | bytes, where: str) -> bytes:
     if len(key) != 32:
         raise ValueError(f"{where} must be 32 random bytes in base64 (it holds {len(key)} bytes)")
     return key
+
+
+def _database_url(url: str) -> str:
+    """DICOMSVC_DATABASE_URL: empty (SQLite) or a libpq URL (postgresql:// or postgres://)."""
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"{PREFIX}DATABASE_URL must be a postgresql:// URL, got one starting {url.split(':', 1)[0]!r}")
+    return url
+
+
+def _masked_url(url: str) -> str:
+    """The URL with its password, if any, replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    return f"{scheme}{sep}{auth.split(':', 1)[0]}:***@{host}"
 
 
 def _anonymize_mode(raw: str) -> bool:

@@ -80,7 +80,7 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
     """Everything of an ingest but the commit: parse, check for a duplicate (then its
     ``Ingested``), flatten, render, and blobs renamed into place (their folders still to
     sync, in ``blobs.unsynced``). On any error nothing this call wrote is left."""
-    db = connection(config.db_path)
+    db = connection(config.database)
     png_temp = record = None
     anonymized = options.anonymize or config.anonymize_always
     parsed = None
@@ -132,7 +132,7 @@ def commit_staged(config: Config, blobs: BlobStore, staged: list[Staged]) -> lis
     """Sync the folders the staged blobs were renamed into, then commit their rows in one
     durable transaction: the group commit (one fsync per folder, one WAL sync per call).
     On an error every staged blob is removed (a full disk: 507)."""
-    db = connection(config.db_path)
+    db = connection(config.database)
     try:
         blobs.sync()  # the names durable before any committed row points at them
         if len(staged) == 1:

@@ -155,7 +155,7 @@ async def _open_service(config: Config) -> AsyncIterator[Service]:
         config.import_root.mkdir(parents=True, exist_ok=True)
     blobs = BlobStore.of(config)
     blobs.open()
-    db = await open_database(config.db_path)
+    db = await open_database(config.database, config.database_pool)
     try:
         cpu_pool = _new_cpu_pool(config)
         await cpu_pool.start()

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+import indexdb
+import pgserver
 from app import create_app
 from dicomfiles import sample_file
 from dicomsvc.config import Config
@@ -24,6 +26,64 @@ if os.environ.get("DICOMSVC_TEST_ENCRYPTION") == "1":
 
     Config.from_env = classmethod(_encrypted_from_env)
 
+# The suite against PostgreSQL (DICOMSVC_TEST_POSTGRES=1 or --postgres): a throwaway server for the
+# session (tests/pgserver.py), a fresh database per config made by make_config
+_postgres: pgserver.Server | None = None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--postgres", action="store_true", help="run against a throwaway PostgreSQL (as DICOMSVC_TEST_POSTGRES=1)")
+
+
+def postgres_wanted(config: pytest.Config) -> bool:
+    return config.getoption("--postgres") or os.environ.get("DICOMSVC_TEST_POSTGRES", "") not in ("", "0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): SQLite by nature (PRAGMAs, WAL, the file); skipped on PostgreSQL")
+    config.addinivalue_line("markers", "postgres_only: PostgreSQL's own behaviour; runs with DICOMSVC_TEST_POSTGRES=1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not postgres_wanted(config):
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "SQLite only")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres(request: pytest.FixtureRequest):
+    """The session's PostgreSQL server when asked for (else None); stopped and removed after."""
+    global _postgres
+    if not postgres_wanted(request.config):
+        yield None
+        return
+    with pgserver.running() as server:
+        _postgres = server
+        try:
+            yield server
+        finally:
+            _postgres = None
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path | str:
+    """Where a storage-level test's index is: an SQLite file, or a fresh PostgreSQL database's URL."""
+    return _postgres.new_database() if _postgres is not None else tmp_path / "d.db"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("postgres_only") is not None and _postgres is None:
+        pytest.skip("PostgreSQL only: run with DICOMSVC_TEST_POSTGRES=1")
+
+
+def database_env() -> dict[str, str]:
+    """DICOMSVC_DATABASE_URL of a fresh database when the suite runs against PostgreSQL."""
+    return {} if _postgres is None else {"DICOMSVC_DATABASE_URL": _postgres.new_database()}
+
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
@@ -38,13 +98,16 @@ def import_root(tmp_path: Path) -> Path:
 
 
 def make_config(data_dir: Path, import_root: Path, workers: int) -> Config:
-    return Config.from_env(
+    config = Config.from_env(
         {
             "DICOMSVC_DATA_DIR": str(data_dir),
             "DICOMSVC_IMPORT_ROOT": str(import_root),
             "DICOMSVC_WORKERS": str(workers),
+            **database_env(),
         }
     )
+    indexdb.CONFIGS[config.data_dir] = config
+    return config
 
 
 @pytest.fixture

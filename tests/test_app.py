@@ -3,7 +3,6 @@
 import io
 import os
 import socket
-import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +12,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dicomfiles import blob_files, make_ct, sample_file, save
+from indexdb import index
 
 ALL_TEST_FILES = sorted(
     p.name
@@ -26,7 +26,7 @@ def post(client, path):
 
 
 def rows_in(data_dir, table):
-    with sqlite3.connect(data_dir / "dicom.db") as db:
+    with index(data_dir) as db:
         return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 

@@ -15,6 +15,7 @@ import app as app_module
 from app import create_app
 from authhelpers import auth_config, bearer, token_app
 from dicomfiles import make_ct, sample_file
+from indexdb import database_errors, dict_rows, index
 from dicomsvc.http import audit as http_audit
 from dicomsvc.http.routing import all_routes
 from phi_fixture import build_phi_dataset, to_bytes
@@ -25,12 +26,7 @@ SHOWN = ("user", "role", "action", "method", "route", "instance", "study", "seri
 
 
 def rows(data_dir) -> list[dict]:
-    db = sqlite3.connect(data_dir / "dicom.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM audit ORDER BY seq")]
-    finally:
-        db.close()
+    return dict_rows(data_dir, "SELECT * FROM audit ORDER BY seq")
 
 
 def shown(records: list[dict]) -> list[tuple]:
@@ -206,13 +202,13 @@ def test_a_dicomweb_delete_records_each_instance_of_the_study(client, data_dir):
 def test_the_trail_is_append_only(client, data_dir):
     client.get("/dicom")
     client.get("/audit")  # written by now
-    db = sqlite3.connect(data_dir / "dicom.db")
-    try:
-        for statement in ("UPDATE audit SET user = 'someone'", "DELETE FROM audit"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    refused = (sqlite3.DatabaseError, *database_errors())
+    with index(data_dir) as db:
+        for statement in ("""UPDATE audit SET "user" = 'someone'""", "DELETE FROM audit", "TRUNCATE audit"):
+            if statement.startswith("TRUNCATE") and isinstance(db, sqlite3.Connection):
+                continue  # SQLite has no TRUNCATE (DELETE without WHERE, refused above)
+            with pytest.raises(refused, match="append-only"):
                 db.execute(statement)
-    finally:
-        db.close()
     assert len(rows(data_dir)) == 1
 
 

@@ -117,9 +117,9 @@ def test_delete_one_leaves_nothing(client, data_dir):
     assert before - after == {f"{gone}.dcm", f"{gone}.png"}
     assert not [p for p in data_dir.rglob(f"{gone}*")]
     assert client.get(f"/dicom/{keep}").status_code == 200
-    import sqlite3
+    from indexdb import index
 
-    with sqlite3.connect(data_dir / "dicom.db") as db:
+    with index(client.app.state.svc.config) as db:
         orphans = db.execute("SELECT COUNT(*) FROM dicom_tag WHERE dicom_pk NOT IN (SELECT pk FROM dicom)")
         assert orphans.fetchone()[0] == 0
 

@@ -47,3 +47,20 @@ def test_thumbnail_size():
     assert Config.from_env({"DICOMSVC_THUMBNAIL_SIZE": "64"}).thumbnail_size == 64
     with pytest.raises(ValueError, match="DICOMSVC_THUMBNAIL_SIZE"):
         Config.from_env({"DICOMSVC_THUMBNAIL_SIZE": "0"})
+
+
+def test_database_url_selects_postgresql_and_its_password_is_never_logged(caplog):
+    import logging
+
+    base = {"DICOMSVC_DATA_DIR": "/data", "DICOMSVC_IMPORT_ROOT": "/import"}
+    sqlite = Config.from_env(base)
+    assert sqlite.database_url == "" and sqlite.database == Path("/data/dicom.db") and sqlite.database_pool == 8
+    url = "postgresql://dicomsvc:s3cret-pw@db.example:5432/pacs"
+    config = Config.from_env(base | {"DICOMSVC_DATABASE_URL": url, "DICOMSVC_DATABASE_POOL": "3"})
+    assert (config.database, config.database_pool) == (url, 3)
+    assert "s3cret" not in repr(config)
+    with caplog.at_level(logging.INFO):
+        config.log(logging.getLogger("test"))
+    assert "s3cret" not in caplog.text and "postgresql://dicomsvc:***@db.example:5432/pacs" in caplog.text
+    with pytest.raises(ValueError, match="DATABASE_URL"):
+        Config.from_env(base | {"DICOMSVC_DATABASE_URL": "mysql://x@y/z"})

@@ -5,6 +5,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from dicomsvc import health
 
 
@@ -28,6 +30,7 @@ def test_too_little_free_space(client, monkeypatch, data_dir):
     assert client.get("/readyz").status_code == 200
 
 
+@pytest.mark.sqlite_only(reason="PRAGMA query_only stands in for a read-only file")
 def test_a_database_that_takes_no_writes(client):
     svc = client.app.state.svc
     client.portal.call(svc.db.conn.execute, "PRAGMA query_only = ON")  # as a read-only file would

@@ -233,7 +233,7 @@ def test_long_uid_lists_and_order(client, stored, config):
     assert answer.status_code == 200 and values(answer.json(), "StudyInstanceUID") == [a[0].StudyInstanceUID]
 
     async def more_than_sqlite_binds() -> list[dict]:  # 40,000 values: one bound parameter all the same
-        db = await sqlite.open_database(config.db_path)
+        db = await sqlite.open_database(config.database)
         try:
             condition = studies.Condition("StudyInstanceUID", "list", tuple(f"1.{n}" for n in range(40_000)) + (many[-1],))
             return await studies.search(db, "study", [condition], 10, 0)
@@ -252,10 +252,10 @@ def test_long_uid_lists_and_order(client, stored, config):
 
 def test_metadata_of_instances_stored_before_json_was_kept(client, stored, config):
     """Made from the files on first request; an instance whose file is gone is left out, not a 500."""
-    import sqlite3
+    from indexdb import index
 
     a, _, ids = stored
-    with sqlite3.connect(config.db_path) as db:
+    with index(config) as db:
         db.execute("DELETE FROM dicom_json")
     (config.blob_dir / ids[0][:2] / f"{ids[0]}.dcm").unlink()
     answer = client.get(f"{WEB}/studies/{a[0].StudyInstanceUID}/series/{a[0].SeriesInstanceUID}/metadata")

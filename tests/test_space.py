@@ -165,6 +165,7 @@ def test_a_rendering_is_answered_though_there_is_no_room_to_keep_it(client, data
 # SQLite's own SQLITE_FULL (max_page_count caps the database as a full disk would) ----------
 
 
+@pytest.mark.sqlite_only(reason="SQLITE_FULL made with PRAGMA max_page_count")
 def test_a_full_database_in_a_worker_is_507_and_nothing_stays(config, tmp_path):
     import dataclasses
 
@@ -242,6 +243,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.sqlite_only(reason="the 4 MB disk holds the SQLite index too; PostgreSQL's is elsewhere (its disk full: to do)")
 def test_on_a_really_full_disk_posts_are_507_and_work_again_once_space_returns(small_disk, import_root):
     data_dir = small_disk / "data"
     config = make_config(data_dir, import_root, workers=0)

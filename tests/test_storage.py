@@ -3,7 +3,11 @@
 import asyncio
 import json
 import sqlite3
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from dicomfiles import sample_file
 from dicomsvc.storage import instances, sqlite
@@ -17,6 +21,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def create(where) -> None:
+    """The schema, made as the service makes it at start (opened and closed in one event loop)."""
+
+    async def open_close():
+        await (await sqlite.open_database(where)).close()
+
+    run(open_close())
+
+
 def record(instance_id: str, sop: str) -> dict:
     return {c: None for c in instances.INSTANCE_COLUMNS} | {
         "id": instance_id, "sop_instance_uid": sop, "pixel_hash": "h", "has_pixels": 0, "dcm_blob": "x",
@@ -24,6 +37,7 @@ def record(instance_id: str, sop: str) -> dict:
     }  # fmt: skip
 
 
+@pytest.mark.sqlite_only(reason="the first schema was SQLite's (PostgreSQL came later)")
 def test_a_database_from_the_first_schema_is_upgraded(tmp_path):
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
@@ -43,9 +57,9 @@ def test_a_database_from_the_first_schema_is_upgraded(tmp_path):
     run(database.close())
 
 
-def test_insert_then_tags_json_keeps_order_and_tree(tmp_path):
-    path = tmp_path / "d.db"
-    run(run(sqlite.open_database(path)).close())  # creates the schema
+def test_insert_then_tags_json_keeps_order_and_tree(database):
+    path = database
+    create(path)  # creates the schema
     writer = sqlite.connection(path)
     parsed = read(sample_file("rtplan.dcm"))
     rows = flatten(parsed.ds, parsed.pixel)
@@ -72,3 +86,119 @@ def test_insert_then_tags_json_keeps_order_and_tree(tmp_path):
         else:
             assert by_id[row["Parent"]]["Tag"] == rows[original.parent].tag_str and row["Item"] == original.item
     assert instances.insert_instance(writer, record("E" * 22, "1.2.4"), rows) == "E" * 22  # tag ids come from the cache
+
+
+def study_record(instance_id: str, sop: str, series: str) -> dict:
+    return record(instance_id, sop) | {"study_instance_uid": "9.1", "series_instance_uid": series, "modality": "CT"}
+
+
+def test_concurrent_writers_keep_the_study_and_series_rows_right(database, monkeypatch):
+    """Two writers (threads: a connection each) inserting into one study at once: its series and
+    study rows count every instance. On PostgreSQL, writers do not wait for each other as on
+    SQLite, so this holds only because each refresh takes the study's advisory lock first. Each
+    commit is held back a little (as a disk flush would), so the transactions overlap."""
+    create(database)
+    real_commit = sqlite.Writer.commit
+
+    def slow_commit(self):
+        time.sleep(0.005)
+        real_commit(self)
+
+    monkeypatch.setattr(sqlite.Writer, "commit", slow_commit)
+    rows = flatten(*(lambda p: (p.ds, p.pixel))(read(sample_file("CT_small.dcm"))))
+    per_writer, start, errors = 20, threading.Barrier(2), []
+
+    def write(n: int) -> None:
+        try:
+            writer = sqlite.connection(database)
+            for i in range(per_writer):  # both into series i at once: each series' two refreshes race
+                rec = study_record(f"{n}{i:021d}", f"1.{n}.{i}", f"9.1.{i}")
+                start.wait(timeout=60)
+                assert instances.insert_instance(writer, rec, rows) is not None
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+
+    async def summaries():
+        db = await sqlite.open_database(database)
+        try:
+            series = await db.conn.execute_fetchall("SELECT series_instance_uid, instance_count FROM series")
+            study = await db.conn.execute_fetchall("SELECT series_count, instance_count FROM study")
+            tags = await db.conn.execute_fetchall("SELECT COUNT(*), COUNT(DISTINCT id) FROM dicom_tag")
+            return [tuple(r) for r in series], [tuple(r) for r in study], tuple(tags[0])
+        finally:
+            await db.close()
+
+    series, study, tags = run(summaries())
+    assert sorted(series) == sorted((f"9.1.{i}", 2) for i in range(per_writer))
+    assert study == [(per_writer, 2 * per_writer)]
+    assert tags == (2 * per_writer * len(rows),) * 2
+
+
+@pytest.mark.postgres_only
+def test_a_deadlocked_insert_is_run_again(database, monkeypatch):
+    """PostgreSQL aborts one of two deadlocked transactions (40P01): that one runs again."""
+    import psycopg.errors
+
+    create(database)
+    real, calls = instances._insert_instances, []
+
+    def deadlocked_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return real(*args)
+
+    monkeypatch.setattr(instances, "_insert_instances", deadlocked_once)
+    writer = sqlite.connection(database)
+    assert instances.insert_instance(writer, record("F" * 22, "1.2.5"), []) == "F" * 22
+    assert len(calls) == 2
+
+
+def test_placeholders_are_translated_for_psycopg_outside_quoted_text():
+    from dicomsvc.storage.postgres import translate
+
+    assert translate("SELECT a FROM t WHERE b = ? AND c = :name") == "SELECT a FROM t WHERE b = %s AND c = %(name)s"
+    assert translate("SELECT '?', 'a:b', '%', x::json, \"q?\" FROM t WHERE y LIKE ?") == (
+        "SELECT '?', 'a:b', '%%', x::json, \"q?\" FROM t WHERE y LIKE %s"
+    )
+    assert translate("SELECT 5 % 2") == "SELECT 5 %% 2"
+    assert translate("BEGIN IMMEDIATE") == "BEGIN"
+
+
+def test_postgres_rows_read_as_sqlite_rows():
+    from dicomsvc.storage.postgres import Row
+
+    row = Row((1, "a"), {"n": 0, "s": 1})
+    assert (row[0], row["s"], dict(row), tuple(row), len(row)) == (1, "a", {"n": 1, "s": "a"}, (1, "a"), 2)
+    assert row == (1, "a") and dict([Row(("k", 2), {"a": 0, "b": 1})]) == {"k": 2}
+
+
+@pytest.mark.postgres_only
+def test_postgres_commits_are_durable_and_the_audit_trails_are_not_waited_for(database):
+    """A worker's and the service's commits flush the WAL (synchronous_commit on: a 201 survives a
+    power cut); the audit trail's connections do not wait for the flush (as on SQLite)."""
+    from dicomsvc.storage import audit
+
+    create(database)
+    assert sqlite.connection(database).db.execute("SHOW synchronous_commit").fetchone() == ("on",)
+
+    async def settings():
+        db, trail = await sqlite.open_database(database), await audit.open_writer(database)
+        try:
+            return (
+                await db.conn.execute_fetchall("SHOW synchronous_commit"),
+                await trail.conn.execute_fetchall("SHOW synchronous_commit"),
+            )
+        finally:
+            await db.close()
+            await trail.close()
+
+    service, trail = run(settings())
+    assert (tuple(service[0]), tuple(trail[0])) == (("on",), ("off",))

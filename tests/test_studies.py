@@ -1,11 +1,11 @@
 """Studies and series as first-class rows (storage/studies.py): right after every ingest,
 anonymization and delete, and filled in when an older database is upgraded in place."""
 
-import sqlite3
-
+import pytest
 from starlette.testclient import TestClient
 
 from app import create_app
+from indexdb import index
 from studydata import make_study, post_all
 
 STUDY_COLUMNS = "study_instance_uid, patient_id, patient_name, study_date, study_time, accession_number, " \
@@ -14,8 +14,8 @@ SERIES_COLUMNS = "study_instance_uid, series_instance_uid, modality, series_numb
     "pps_start_date, pps_start_time, instance_count"  # fmt: skip
 
 
-def db(config) -> sqlite3.Connection:
-    return sqlite3.connect(config.db_path)
+def db(config):
+    return index(config)
 
 
 def studies(config) -> dict[str, tuple]:
@@ -103,6 +103,7 @@ def _downgrade(config) -> None:
         conn.execute("PRAGMA user_version = 0")
 
 
+@pytest.mark.sqlite_only(reason="databases from before DICOMweb are SQLite files (PostgreSQL came later)")
 def test_an_older_database_is_upgraded_in_place(config):
     datasets = make_study((("CT", 3), ("MR", 2)), seed=4) + make_study((("CT", 2),), seed=5)
     with TestClient(create_app(config)) as client:

@@ -9,7 +9,6 @@ import hashlib
 import io
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from starlette.testclient import TestClient
 
 from app import create_app
 from authhelpers import bearer, token_app
+from indexdb import index
 from dicomfiles import make_ct, sample_file
 from dicomsvc.config import Config
 
@@ -80,7 +80,7 @@ def offset(client, upload: str, headers: dict | None = None) -> int:
 
 
 def instance_count(data_dir: Path) -> int:
-    with sqlite3.connect(data_dir / "dicom.db") as db:
+    with index(data_dir) as db:
         return db.execute("SELECT COUNT(*) FROM dicom").fetchone()[0]
 
 
@@ -261,7 +261,7 @@ def test_incomplete_uploads_expire_and_are_swept(data_dir, import_root):
             time.sleep(0.2)
         assert client.head(f"/uploads/{upload}", headers=TUS).status_code == 404
         assert offset(client, kept) > 0  # one that was being written to is still there
-        with sqlite3.connect(data_dir / "dicom.db") as db:
+        with index(data_dir) as db:
             assert db.execute("SELECT COUNT(*) FROM upload WHERE id = ?", (upload,)).fetchone()[0] == 0
 
 
@@ -303,9 +303,9 @@ def test_an_upload_is_its_creators(monkeypatch, data_dir, import_root):
         assert client.post("/uploads/", headers=TUS | {"Upload-Length": "10"} | bearer(tokens["rita"])).status_code == 403
         assert client.post("/uploads/", headers=TUS | {"Upload-Length": "10"}).status_code == 401
         assert patch(client, upload, 100, data[100:], bearer(tokens["ulla"])).status_code == 204
-    with sqlite3.connect(data_dir / "dicom.db") as db:  # the audit trail is flushed at shutdown
+    with index(data_dir) as db:  # the audit trail is flushed at shutdown
         assert db.execute("SELECT uploaded_by FROM dicom").fetchall() == [("ulla",)]
-        audited = db.execute("SELECT action, route, status, instance FROM audit WHERE user = 'ulla'").fetchall()
+        audited = db.execute("""SELECT action, route, status, instance FROM audit WHERE "user" = 'ulla'""").fetchall()
         assert ("upload", "/uploads/", 201, None) in audited
         assert any(a == "upload" and route == "/uploads/{id}" and instance for a, route, _, instance in audited)
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _with_db(config: Config, fn, *args):
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    db = await open_database(config.db_path)
+    db = await open_database(config.database, config.database_pool)
     try:
         return await fn(db, *args)
     finally:

@@ -60,7 +60,7 @@ async def _refresh_gauges(svc) -> None:
         metrics.JOBS.labels(state).set(counts.get(state, 0))
     now, key = time.monotonic(), (svc.config.db_path, metrics.changes())
     if _totals["key"] != key or now - _totals["at"] > TOTALS_MAX_AGE:
-        count, size = await svc.io(instances.totals, svc.config.db_path)
+        count, size = await svc.io(instances.totals, svc.config.database)
         metrics.STORED_INSTANCES.set(count)
         metrics.STORED_BYTES.set(size)
         _totals.update(at=now, key=key)

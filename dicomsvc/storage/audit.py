@@ -6,11 +6,11 @@ search by its parameter names only: never a value read from a file or a query.
 """
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import aiosqlite
 
-from .sqlite import Database, transaction
+from .dialect import is_url
+from .sqlite import Database, Where, transaction
 
 # In insert order; ``seq`` (the primary key) is added by SQLite, in order of writing.
 COLUMNS = (
@@ -18,16 +18,23 @@ COLUMNS = (
     "params", "status", "client", "request_id",
 )  # fmt: skip
 RESOURCE_COLUMNS = ("instance", "study", "series", "sop", "job")
-_INSERT = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+# Quoted: "user" is a reserved word in PostgreSQL (there, a bare ``user`` is CURRENT_USER)
+_QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
+_INSERT = f"INSERT INTO audit ({_QUOTED}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
-async def open_writer(path: Path) -> Database:
+async def open_writer(path: Where, pool_size: int = 2) -> Database:
     """The audit trail's own connection (the schema is the service's to make). Its commits
     do not fsync (``synchronous = NORMAL``): a batch is in the WAL when committed, and made
     durable by the next commit of any other connection -- every ingest's commit fsyncs the
     WAL to its end (``synchronous = FULL``) -- or by a checkpoint. So the audit trail adds no
     fsync to the ingest's, and holds SQLite's write lock for a write, not for a disk flush.
-    (Records are in memory for up to DICOMSVC_AUDIT_FLUSH_MS before that anyway.)"""
+    (Records are in memory for up to DICOMSVC_AUDIT_FLUSH_MS before that anyway.)
+    On PostgreSQL, the same with synchronous_commit off on its own connections."""
+    if is_url(path):
+        from . import postgres
+
+        return Database(conn=await postgres.open_pool(str(path), pool_size, synchronous_commit=False))  # type: ignore[arg-type]
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         for pragma in ("PRAGMA busy_timeout = 30000", "PRAGMA synchronous = NORMAL"):
@@ -49,10 +56,10 @@ async def page(db: Database, filters: Mapping[str, str], limit: int, before: int
     (a ``seq``) when given. Filters: ``user``, ``action``, ``resource`` (any of the ids and
     UIDs a record names), ``request_id``, ``since`` and ``until`` (ISO 8601 times: since <=
     time < until)."""
-    where, params = ["1"], []
+    where, params = ["TRUE"], []
     for name in ("user", "action", "request_id"):
         if name in filters:
-            where.append(f"{name} = ?")
+            where.append(f'"{name}" = ?')
             params.append(filters[name])
     if "resource" in filters:
         where.append("(" + " OR ".join(f"{c} = ?" for c in RESOURCE_COLUMNS) + ")")
@@ -67,7 +74,7 @@ async def page(db: Database, filters: Mapping[str, str], limit: int, before: int
         where.append("seq < ?")
         params.append(before)
     rows = await db.conn.execute_fetchall(
-        f"SELECT seq, {', '.join(COLUMNS)} FROM audit WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+        f"SELECT seq, {_QUOTED} FROM audit WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
         (*params, limit),
     )
     return [dict(r) for r in rows]

@@ -6,11 +6,11 @@ Plain SQL in short functions that return plain data. Searches take DICOM keyword
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from . import studies
-from .sqlite import Database, Writer, read_now, transaction
+from .dialect import POSTGRESQL, SQLITE, is_url
+from .sqlite import Database, Writer, Where, read_now, transaction
 
 INSTANCE_COLUMNS = (
     "id", "sop_instance_uid", "pixel_hash", "sop_class_uid", "study_instance_uid",
@@ -71,14 +71,37 @@ def insert_instances(
 ) -> list[str | None]:
     """``insert_instance`` for several (record, rows, metadata) in ONE transaction: one
     commit, so one WAL sync (``Writer.commit``) for a whole chunk -- the group commit of a
-    batch. Each entry's id, or None for one already stored (it alone is skipped)."""
+    batch. Each entry's id, or None for one already stored (it alone is skipped).
+
+    On PostgreSQL writers do not wait for each other up front: two batches inserting the same
+    instances in other orders can deadlock, and PostgreSQL then aborts one of them; that one is
+    run again (up to ``RETRIES`` times) -- it finds the other's instances stored."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return _insert_instances(w, items)
+        except Exception as exc:
+            if w.dialect != POSTGRESQL or attempt == RETRIES or not _retryable(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+RETRIES = 3
+
+
+def _retryable(exc: Exception) -> bool:
+    from . import postgres
+
+    return isinstance(exc, postgres.RETRYABLE)
+
+
+def _insert_instances(w: Writer, items: Sequence[tuple[dict, Sequence[TagRowLike], str | None]]) -> list[str | None]:
     db = w.db
     missing = sorted({(r.tag, r.vr, r.keyword) for _, rows, _ in items for r in rows} - w.tag_ids.keys())
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.executemany("INSERT OR IGNORE INTO tag (tag, vr, keyword) VALUES (?, ?, ?)", missing)
+        db.executemany("INSERT INTO tag (tag, vr, keyword) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", missing)
         tag_ids = w.tag_ids | _tag_ids(db, missing)
-        stored = [_insert_one(db, tag_ids, record, rows, metadata) for record, rows, metadata in items]
+        stored = [_insert_one(db, tag_ids, record, rows, metadata, w.dialect) for record, rows, metadata in items]
         fresh = [record for (record, _, _), done in zip(items, stored) if done is not None]
         if fresh:
             studies.refresh(db, studies.pairs_of(fresh))
@@ -91,8 +114,29 @@ def insert_instances(
     return stored
 
 
+# The first of n new dicom_tag ids. SQLite: the next after the largest (writers are serialized by
+# its write lock); PostgreSQL: a block taken from a sequence, which concurrent writers share
+# without waiting (each call's values increase; blocks may interleave, so all n are kept).
+_NEXT_TAG_ROW_IDS = {
+    SQLITE: "SELECT COALESCE(MAX(id), 0) + 1 FROM dicom_tag",
+    POSTGRESQL: "SELECT nextval('dicom_tag_ids') FROM generate_series(1, ?)",
+}
+
+
+def _tag_row_ids(db: sqlite3.Connection, n: int, dialect: str) -> list[int]:
+    if dialect == SQLITE:
+        (first,) = db.execute(_NEXT_TAG_ROW_IDS[SQLITE]).fetchone()
+        return list(range(first, first + n))
+    return sorted(r[0] for r in db.execute(_NEXT_TAG_ROW_IDS[POSTGRESQL], (n,)).fetchall())
+
+
 def _insert_one(
-    db: sqlite3.Connection, tag_ids: dict, record: dict, rows: Sequence[TagRowLike], metadata: str | None
+    db: sqlite3.Connection,
+    tag_ids: dict,
+    record: dict,
+    rows: Sequence[TagRowLike],
+    metadata: str | None,
+    dialect: str = SQLITE,
 ) -> str | None:
     columns = ", ".join(INSTANCE_COLUMNS)
     marks = ", ".join("?" for _ in INSTANCE_COLUMNS)
@@ -105,16 +149,16 @@ def _insert_one(
         return None
     # Row ids are chosen here (inside the write lock) so sequence items can point
     # at their sequence's row: the tree is written in one statement.
-    (first,) = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM dicom_tag").fetchone()
+    ids = _tag_row_ids(db, len(rows), dialect)
     db.executemany(
         "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
             (
-                first + i,
+                ids[i],
                 inserted[0],
                 tag_ids[(r.tag, r.vr, r.keyword)],
-                None if r.parent is None else first + r.parent,
+                None if r.parent is None else ids[r.parent],
                 r.item,
                 r.value,
                 r.nbytes,
@@ -195,7 +239,7 @@ async def known_ids(db: Database, ids: Sequence[str]) -> set[str]:
 _ROW_JSON = """
     json_object('ID', dt.id, 'Tag', printf('(%04X,%04X)', t.tag >> 16, t.tag & 65535),
                 'VR', t.vr, 'Value', dt.value, 'Name', t.keyword{extra})"""
-TAGS_JSON_SQL = f"""
+_TAGS_SQLITE = f"""
 SELECT json_group_array(json(row)) FROM (
     SELECT CASE
         WHEN dt.nbytes IS NULL AND dt.parent_id IS NULL THEN {_ROW_JSON.format(extra="")}
@@ -208,6 +252,20 @@ SELECT json_group_array(json(row)) FROM (
     ORDER BY dt.id
 )
 """
+# PostgreSQL: json_build_object keeps the keys in this order (jsonb would sort them)
+_PG_TAG = "'(' || upper(lpad(to_hex(t.tag >> 16), 4, '0')) || ',' || upper(lpad(to_hex(t.tag & 65535), 4, '0')) || ')'"
+_PG_ROW_JSON = f"json_build_object('ID', dt.id, 'Tag', {_PG_TAG}, 'VR', t.vr, 'Value', dt.value, 'Name', t.keyword{{extra}})"
+_TAGS_PG = f"""
+SELECT COALESCE(json_agg(CASE
+        WHEN dt.nbytes IS NULL AND dt.parent_id IS NULL THEN {_PG_ROW_JSON.format(extra="")}
+        WHEN dt.parent_id IS NULL THEN {_PG_ROW_JSON.format(extra=", 'Bytes', dt.nbytes")}
+        WHEN dt.nbytes IS NULL THEN {_PG_ROW_JSON.format(extra=", 'Parent', dt.parent_id, 'Item', dt.item")}
+        ELSE {_PG_ROW_JSON.format(extra=", 'Bytes', dt.nbytes, 'Parent', dt.parent_id, 'Item', dt.item")}
+    END ORDER BY dt.id)::text, '[]')
+FROM dicom_tag dt JOIN tag t ON t.id = dt.tag_id
+WHERE dt.dicom_pk = (SELECT pk FROM dicom WHERE id = ?{{owned}})
+"""
+TAGS_JSON_SQL = {SQLITE: _TAGS_SQLITE, POSTGRESQL: _TAGS_PG}
 
 
 async def get_tags_json(db: Database, instance_id: str, owner: str | None = None) -> str | None:
@@ -217,7 +275,8 @@ async def get_tags_json(db: Database, instance_id: str, owner: str | None = None
     rows, so an empty array means there is no such instance.
     """
     mine, more = _owned(owner)
-    ((text,),) = await db.conn.execute_fetchall(TAGS_JSON_SQL.replace("{owned}", mine), (instance_id, *more))
+    sql = TAGS_JSON_SQL[db.dialect].replace("{owned}", mine)
+    ((text,),) = await db.conn.execute_fetchall(sql, (instance_id, *more))
     return None if text == "[]" else text
 
 
@@ -243,7 +302,7 @@ def _where(exact: Mapping[str, str], study_date: DateRange | None) -> tuple[str,
                 if bound is not None:
                     clauses.append(f"study_date {op} ?")
                     params.append(bound)
-    return " AND ".join(clauses) or "1", params
+    return " AND ".join(clauses) or "TRUE", params
 
 
 async def search(
@@ -277,15 +336,21 @@ async def delete(db: Database, exact: Mapping[str, str], study_date: DateRange |
     return [{k: r[k] for k in ("id", "dcm_blob", "png_blob")} for r in gone]
 
 
-def totals(db_path: Path) -> tuple[int, int]:
+_TOTALS_SQL = "SELECT COUNT(*), CAST(COALESCE(SUM(dcm_bytes), 0) + COALESCE(SUM(png_bytes), 0) AS BIGINT) FROM dicom"
+
+
+def totals(db_path: Where) -> tuple[int, int]:
     """Instances stored and their bytes (DICOM files and PNG renderings), for the metrics'
     gauges: on a connection of its own (in an I/O thread), so a scan of a large table holds
     up none of the service's reads."""
+    if is_url(db_path):
+        from . import postgres
+
+        count, size = postgres.totals(str(db_path), _TOTALS_SQL)
+        return count, size
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
-        ((count, size),) = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(dcm_bytes), 0) + COALESCE(SUM(png_bytes), 0) FROM dicom"
-        ).fetchall()
+        ((count, size),) = db.execute(_TOTALS_SQL).fetchall()
     finally:
         db.close()
     return count, size
@@ -302,7 +367,7 @@ async def stats(db: Database, owner: str | None = None) -> dict:
                COUNT(DISTINCT series_instance_uid) AS series,
                COUNT(DISTINCT study_instance_uid) AS studies,
                COUNT(DISTINCT patient_id) AS patients,
-               COALESCE(SUM(dcm_bytes), 0) + COALESCE(SUM(png_bytes), 0) AS bytes,
+               CAST(COALESCE(SUM(dcm_bytes), 0) + COALESCE(SUM(png_bytes), 0) AS BIGINT) AS bytes,
                MIN(created_at) AS earliest, MAX(created_at) AS latest,
                COUNT(DISTINCT uploaded_by) AS users
         FROM dicom {where}
@@ -314,7 +379,7 @@ async def stats(db: Database, owner: str | None = None) -> dict:
         params,
     )
     users = await db.conn.execute_fetchall(
-        f"SELECT COALESCE(uploaded_by, '') AS user, COUNT(*) AS n FROM dicom {where} GROUP BY 1 ORDER BY 2 DESC",
+        f"""SELECT COALESCE(uploaded_by, '') AS "user", COUNT(*) AS n FROM dicom {where} GROUP BY 1 ORDER BY 2 DESC""",
         params,
     )
     return dict(totals) | {
@@ -346,7 +411,7 @@ async def instances_by_uid(
     where, params = where + mine, (*params, *more)
     rows = await db.conn.execute_fetchall(
         f"SELECT {_RETRIEVE_COLUMNS} FROM dicom WHERE {_NEWEST.format(where=where)} "
-        "ORDER BY series_number, series_instance_uid, instance_number, pk",
+        "ORDER BY series_number NULLS FIRST, series_instance_uid NULLS FIRST, instance_number NULLS FIRST, pk",
         params,
     )
     return [dict(r) for r in rows]
@@ -374,18 +439,18 @@ async def representative(
     if series is None:
         first = await db.conn.execute_fetchall(
             f"SELECT series_instance_uid FROM dicom WHERE study_instance_uid = ? AND has_pixels = 1{mine} "
-            "ORDER BY series_number, pk LIMIT 1",
+            "ORDER BY series_number NULLS FIRST, pk LIMIT 1",
             (study, *more),
         )
         if not first:
             return None
         series = first[0]["series_instance_uid"]
-    mine = " AND uploaded_by = ?3" if owner is not None else ""
+    mine = " AND uploaded_by = :owner" if owner is not None else ""
     rows = await db.conn.execute_fetchall(
-        f"SELECT * FROM dicom WHERE study_instance_uid = ?1 AND series_instance_uid = ?2 AND has_pixels = 1{mine} "
-        "ORDER BY instance_number, pk LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM dicom "
-        f"WHERE study_instance_uid = ?1 AND series_instance_uid = ?2 AND has_pixels = 1{mine})",
-        (study, series) if owner is None else (study, series, owner),
+        f"SELECT * FROM dicom WHERE study_instance_uid = :study AND series_instance_uid = :series AND has_pixels = 1{mine} "
+        "ORDER BY instance_number NULLS FIRST, pk LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM dicom "
+        f"WHERE study_instance_uid = :study AND series_instance_uid = :series AND has_pixels = 1{mine})",
+        {"study": study, "series": series} | ({} if owner is None else {"owner": owner}),
     )
     return dict(rows[0]) if rows else None
 
@@ -397,7 +462,8 @@ async def store_metadata(db: Database, items: Sequence[tuple[int, str]]) -> None
     """Keep the DICOM JSON of instances stored before ingest kept it (a deleted one is skipped)."""
     async with transaction(db) as conn:
         await conn.executemany(
-            "INSERT OR IGNORE INTO dicom_json (dicom_pk, metadata) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM dicom WHERE pk = ?)",
+            "INSERT INTO dicom_json (dicom_pk, metadata) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM dicom WHERE pk = ?) "
+            "ON CONFLICT DO NOTHING",
             [(pk, text, pk) for pk, text in items],
         )
 

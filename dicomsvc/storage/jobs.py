@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from .dialect import POSTGRESQL, SQLITE
 from .sqlite import Database, transaction
 
 JobItemRow = tuple[int, str, str, str | None]  # seq, item JSON, status, result JSON
@@ -54,15 +55,21 @@ async def item_counts(db: Database, job_id: str) -> dict[str, int]:
     )
 
 
-# The results so far as one JSON array, built by SQLite: a job may hold 20,000 files.
-RESULTS_JSON_SQL = """
+# The results so far as one JSON array, built by the database: a job may hold 20,000 files.
+RESULTS_JSON_SQL = {
+    SQLITE: """
 SELECT json_group_array(json(result))
 FROM (SELECT result FROM job_item WHERE job_id = ? AND status != 'pending' ORDER BY seq)
-"""
+""",
+    POSTGRESQL: """
+SELECT '[' || COALESCE(string_agg(result, ',' ORDER BY seq), '') || ']'
+FROM job_item WHERE job_id = ? AND status != 'pending'
+""",
+}
 
 
 async def results_json(db: Database, job_id: str) -> str:
-    ((text,),) = await db.conn.execute_fetchall(RESULTS_JSON_SQL, (job_id,))
+    ((text,),) = await db.conn.execute_fetchall(RESULTS_JSON_SQL[db.dialect], (job_id,))
     return text
 
 

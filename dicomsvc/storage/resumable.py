@@ -19,7 +19,7 @@ async def insert_unless_full(db: Database, row: dict, limit: int) -> bool:
     both slip under the limit."""
     async with transaction(db) as conn:
         rows = await conn.execute_fetchall(
-            "SELECT COUNT(*) FROM upload WHERE owner IS ? AND status = 'receiving'", (row["owner"],)
+            "SELECT COUNT(*) FROM upload WHERE owner IS NOT DISTINCT FROM ? AND status = 'receiving'", (row["owner"],)
         )
         if rows[0][0] >= limit:
             return False

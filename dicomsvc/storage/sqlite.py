@@ -18,6 +18,11 @@ which in WAL mode never waits for a writer; when SQLite says it is busy all the 
 The schema is ``schema.sql``, shipped inside the package (``importlib.resources``),
 applied at every start; columns added after a table was first released are added
 to older databases first (``ADDED_COLUMNS``).
+
+Where the index is (``open_database``, ``connection``) is an SQLite file's path, or a
+PostgreSQL URL (DICOMSVC_DATABASE_URL): then ``postgres`` stands in for aiosqlite and sqlite3
+behind the same calls, and ``Database.dialect`` / ``Writer.dialect`` say which SQL to use
+where the two differ.
 """
 
 import asyncio
@@ -32,7 +37,10 @@ from pathlib import Path
 import aiosqlite
 
 from . import studies
+from .dialect import POSTGRESQL, SQLITE, dialect_of, is_url
 from .groupsync import GroupSync
+
+Where = Path | str  # an SQLite file, or a postgresql:// URL
 
 # Columns added after a table was first released: (table, column, definition)
 ADDED_COLUMNS = (
@@ -88,9 +96,10 @@ def schema() -> str:
 class Writer:
     """A worker's connection, with the tag dictionary ids it has seen committed."""
 
-    db: sqlite3.Connection
+    db: sqlite3.Connection  # or postgres.SyncConn (the same calls)
     wal: GroupSync | None = None  # the group commit of the WAL sync; None: synchronous = FULL
     tag_ids: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    dialect: str = SQLITE
 
     def commit(self) -> None:
         """COMMIT the open transaction, durably: the WAL synced (shared) before returning."""
@@ -106,11 +115,16 @@ class Writer:
 _local = threading.local()
 
 
-def connection(path: Path) -> Writer:
-    """This thread's connection to ``path``, opened on first use and kept (opening costs ~0.4 ms)."""
+def connection(path: Where) -> Writer:
+    """This thread's connection to ``path``, opened on first use and kept (opening costs ~0.4 ms;
+    a PostgreSQL connection a few ms)."""
     writers = _local.__dict__.setdefault("writers", {})
     writer = writers.get(path)
-    if writer is None:
+    if writer is None and is_url(path):
+        from . import postgres
+
+        writer = writers[path] = Writer(postgres.SyncConn(str(path)), dialect=POSTGRESQL)
+    elif writer is None:
         db = sqlite3.connect(path, timeout=30, isolation_level=None)
         for pragma in WRITER_PRAGMAS:
             db.execute(pragma)
@@ -124,12 +138,16 @@ def connection(path: Path) -> Writer:
 
 @dataclass
 class Database:
-    conn: aiosqlite.Connection  # the service's own: reads, and job bookkeeping
+    conn: aiosqlite.Connection  # the service's own: reads, and job bookkeeping (or postgres.AsyncConn)
     # One transaction at a time on ``conn``: coroutines share it, and a statement of one
     # must not land inside (and roll back with) another's transaction.
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Point reads run at once on the event loop (``read_now``); None: all reads go through ``conn``
     reader: sqlite3.Connection | None = None
+
+    @property
+    def dialect(self) -> str:
+        return dialect_of(self.conn)
 
     async def close(self) -> None:
         if self.reader is not None:
@@ -170,7 +188,16 @@ async def transaction(db: Database) -> AsyncIterator[aiosqlite.Connection]:
     On any error, a COMMIT's included (SQLITE_FULL on a full disk), what is still open
     is rolled back. SQLite may have rolled back already (it does on SQLITE_FULL): then a
     ROLLBACK would fail and hide the first error, and a transaction left open would make
-    every later BEGIN fail, so the check is on ``in_transaction``."""
+    every later BEGIN fail, so the check is on ``in_transaction``.
+
+    On PostgreSQL: BEGIN ... COMMIT on a connection of the pool, its own (no lock here: the
+    database isolates concurrent transactions; the storage functions take the locks they need)."""
+    if db.dialect == POSTGRESQL:
+        from . import postgres
+
+        async with postgres.transaction(db.conn) as conn:
+            yield conn  # type: ignore[misc]
+        return
     async with db.write_lock:
         await db.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -189,8 +216,19 @@ async def probe_write(db: Database, when: str) -> None:
         await conn.execute("UPDATE health SET checked_at = ? WHERE id = 1", (when,))
 
 
-async def open_database(path: Path) -> Database:
-    """Create or upgrade the schema and open the service's read connection."""
+async def open_database(path: Where, pool_size: int = 8) -> Database:
+    """Create or upgrade the schema and open the service's read connection (on PostgreSQL: a
+    pool of at most ``pool_size`` connections, DICOMSVC_DATABASE_POOL)."""
+    if is_url(path):
+        from . import postgres
+
+        conn = await postgres.open_pool(str(path), pool_size)
+        try:
+            await postgres.apply_schema(conn, DATA_VERSION)
+        except BaseException:
+            await conn.close()
+            raise
+        return Database(conn=conn)  # type: ignore[arg-type]
     text = schema()  # before touching the file: a broken install fails here, not half-way
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:

@@ -8,8 +8,14 @@ Number of Series Related Instances (0020,1209), Modalities in Study (0008,0061).
 inside that insert's or delete's transaction, so the summaries never disagree with the
 instances. Study- and series-level queries read only these tables (never scan instances).
 
-This module imports nothing from the rest of the storage package: ``sqlite`` calls
-``backfill`` when it upgrades an older database, ``instances`` calls ``refresh``.
+This module imports nothing from the rest of the storage package but ``dialect``: ``sqlite``
+calls ``backfill`` when it upgrades an older database, ``instances`` calls ``refresh``.
+
+On PostgreSQL, concurrent transactions do not wait for each other as SQLite's writers do: a
+refresh would count the instances its snapshot sees and miss those a concurrent insert into the
+same study commits meanwhile. So each refresh first takes a transaction-level advisory lock per
+study (``STUDY_LOCK``, in UID order: no deadlock), and its statements, which each see what was
+committed before they start, count every instance committed by the study's earlier writers.
 """
 
 import json
@@ -20,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiosqlite
+
+from .dialect import POSTGRESQL, SQLITE, dialect_of
 
 Pair = tuple[str, str]  # (Study Instance UID, Series Instance UID)
 # One instance per SOP Instance UID in a series: the same UID stored again with other pixel
@@ -42,7 +50,11 @@ class HasConnection(Protocol):
 
 # Keeping the summaries right (one transaction with the insert or delete) ----------------
 
-NEXT_REVISION = "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value"
+NEXT_REVISION = {
+    SQLITE: "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value",
+    POSTGRESQL: "SELECT nextval('revision_seq')",  # no row lock held until commit
+}
+STUDY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"
 _SERIES_ATTRS = ("modality", "series_number", "series_description", "pps_start_date", "pps_start_time")
 _STUDY_ATTRS = (
     "patient_id", "patient_name", "patient_birth_date", "patient_sex", "study_date", "study_time",
@@ -69,15 +81,21 @@ STUDY_DELETE = """
 DELETE FROM study WHERE study_instance_uid = :study
     AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = :study)
 """
-STUDY_UPSERT = f"""
+# (0008,0061) Modalities in Study: the distinct values, sorted, '\'-joined
+MODALITIES = {
+    SQLITE: """(SELECT group_concat(m, '\\') FROM (
+            SELECT DISTINCT modality AS m FROM series WHERE study_instance_uid = :study AND modality != ''
+            ORDER BY m))""",
+    POSTGRESQL: """(SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality) FROM series
+            WHERE study_instance_uid = :study AND modality != '')""",
+}
+_STUDY_UPSERT = f"""
 INSERT INTO study (study_instance_uid, rep_pk, {", ".join(_STUDY_ATTRS)},
                    modalities, series_count, instance_count, revision)
 SELECT d.study_instance_uid, d.pk, {", ".join("d." + c for c in _STUDY_ATTRS)},
-       (SELECT group_concat(m, '\\') FROM (
-            SELECT DISTINCT modality AS m FROM series WHERE study_instance_uid = :study AND modality != ''
-            ORDER BY m)),
+       {{modalities}},
        s.n, s.total, :revision
-FROM (SELECT MAX(rep_pk) AS rep, COUNT(*) AS n, SUM(instance_count) AS total
+FROM (SELECT MAX(rep_pk) AS rep, COUNT(*) AS n, CAST(SUM(instance_count) AS INTEGER) AS total
       FROM series WHERE study_instance_uid = :study) AS s
 JOIN dicom d ON d.pk = s.rep
 WHERE s.rep IS NOT NULL
@@ -86,6 +104,7 @@ ON CONFLICT (study_instance_uid) DO UPDATE SET
     modalities = excluded.modalities, series_count = excluded.series_count,
     instance_count = excluded.instance_count, revision = excluded.revision
 """
+STUDY_UPSERT = {dialect: _STUDY_UPSERT.replace("{modalities}", m) for dialect, m in MODALITIES.items()}
 
 
 def pairs_of(rows: Iterable[Any]) -> list[Pair]:
@@ -95,14 +114,20 @@ def pairs_of(rows: Iterable[Any]) -> list[Pair]:
     return sorted((st, se) for st, se in found if st and se)
 
 
-def _steps(pairs: Sequence[Pair], revision: int) -> list[tuple[str, dict]]:
+def _locks(pairs: Sequence[Pair], dialect: str) -> list[tuple[str, tuple]]:
+    if dialect != POSTGRESQL:
+        return []  # SQLite's writers are serialized already
+    return [(STUDY_LOCK, (study,)) for study in sorted({study for study, _ in pairs})]
+
+
+def _steps(pairs: Sequence[Pair], revision: int, dialect: str) -> list[tuple[str, dict]]:
     steps = []
     for study, series in pairs:
         params = {"study": study, "series": series, "revision": revision}
         steps += [(SERIES_DELETE, params), (SERIES_UPSERT, params)]
     for study in sorted({study for study, _ in pairs}):
         params = {"study": study, "revision": revision}
-        steps += [(STUDY_DELETE, params), (STUDY_UPSERT, params)]
+        steps += [(STUDY_DELETE, params), (STUDY_UPSERT[dialect], params)]
     return steps
 
 
@@ -110,8 +135,11 @@ def refresh(db: sqlite3.Connection, pairs: Sequence[Pair]) -> None:
     """Recompute the series and study rows of ``pairs`` (in the caller's transaction)."""
     if not pairs:
         return
-    (revision,) = db.execute(NEXT_REVISION).fetchone()
-    for sql, params in _steps(pairs, revision):
+    dialect = dialect_of(db)
+    for sql, lock in _locks(pairs, dialect):
+        db.execute(sql, lock)
+    (revision,) = db.execute(NEXT_REVISION[dialect]).fetchone()
+    for sql, params in _steps(pairs, revision, dialect):
         db.execute(sql, params)
 
 
@@ -119,8 +147,11 @@ async def refresh_async(conn: aiosqlite.Connection, pairs: Sequence[Pair]) -> No
     """``refresh`` on the service's connection (in the caller's transaction)."""
     if not pairs:
         return
-    ((revision,),) = await conn.execute_fetchall(NEXT_REVISION)
-    for sql, params in _steps(pairs, revision):
+    dialect = dialect_of(conn)
+    for sql, lock in _locks(pairs, dialect):
+        await conn.execute(sql, lock)
+    ((revision,),) = await conn.execute_fetchall(NEXT_REVISION[dialect])
+    for sql, params in _steps(pairs, revision, dialect):
         await conn.execute(sql, params)
 
 
@@ -240,10 +271,10 @@ _FROM = {
     " AND se.series_instance_uid = d.series_instance_uid"
     " JOIN study st ON st.study_instance_uid = d.study_instance_uid",
 }
-_ORDER = {  # within a study: series and instances in their numbers' order
+_ORDER = {  # within a study: series and instances in their numbers' order (none first, as SQLite sorts NULL)
     "study": "st.pk DESC",
-    "series": "se.series_number, se.pk",
-    "instance": "se.series_number, se.pk, d.instance_number, d.pk",
+    "series": "se.series_number NULLS FIRST, se.pk",
+    "instance": "se.series_number NULLS FIRST, se.pk, d.instance_number NULLS FIRST, d.pk",
 }
 _ORDER_ALL = {  # across studies: newest first, by the row id (no sort of everything)
     "study": "st.pk DESC",
@@ -251,6 +282,11 @@ _ORDER_ALL = {  # across studies: newest first, by the row id (no sort of everyt
     "instance": "d.pk DESC",
 }
 _REP = {"study": "st.rep_pk", "series": "se.rep_pk", "instance": "d.pk"}
+# One member of the stored DICOM JSON, as JSON text (None when absent)
+_JSON_MEMBER = {
+    SQLITE: """j.metadata -> '$."{tag}"' AS "json:{tag}\"""",
+    POSTGRESQL: """(j.metadata::json -> '{tag}')::text AS "json:{tag}\"""",
+}
 
 # Under an owner filter (DICOMSVC_VISIBILITY=own) a study or series is found when the owner stored
 # an instance of it, and its counts, modalities and representative instance (whose stored JSON
@@ -262,9 +298,13 @@ _IN_SERIES = (
     "FROM dicom o WHERE o.uploaded_by = ? AND o.study_instance_uid = se.study_instance_uid"
     " AND o.series_instance_uid = se.series_instance_uid"
 )
-_OWNED_COLUMNS = {
-    "st.modalities": f"(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT o.modality AS m {_IN_STUDY}"
+_OWNED_MODALITIES = {
+    SQLITE: f"(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT o.modality AS m {_IN_STUDY}"
     " AND o.modality != '' ORDER BY m)) AS modalities",
+    POSTGRESQL: f"(SELECT string_agg(DISTINCT o.modality, '\\' ORDER BY o.modality) {_IN_STUDY}"
+    " AND o.modality != '') AS modalities",
+}
+_OWNED_COLUMNS = {
     "st.series_count": f"(SELECT COUNT(DISTINCT o.series_instance_uid) {_IN_STUDY}) AS series_count",
     "st.instance_count AS study_instance_count": f"(SELECT COUNT(DISTINCT o.sop_instance_uid) {_IN_STUDY})"
     " AS study_instance_count",
@@ -283,7 +323,19 @@ def _glob(pattern: str) -> str:
     return pattern.replace("[", "[[]")
 
 
-def _condition(c: Condition) -> tuple[str, list]:
+def _like(pattern: str) -> str:
+    """The same pattern as a PostgreSQL LIKE (case-sensitive, as GLOB) with ``\\`` escaping
+    LIKE's own ``%``, ``_`` and ``\\``."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+# Per dialect: a value in a list given as one parameter (no bound-variable limit), a wildcard match
+_IN_LIST = {SQLITE: "{column} IN (SELECT value FROM json_each(?))", POSTGRESQL: "{column} = ANY(?)"}
+_WILDCARD = {SQLITE: "{column} GLOB ?", POSTGRESQL: "{column} LIKE ? ESCAPE '\\'"}
+
+
+def _condition(c: Condition, dialect: str = SQLITE) -> tuple[str, list]:
     column = MATCHING_KEYS[c.keyword][1]
     if c.fold_case:
         column = f"lower({column})"
@@ -291,9 +343,11 @@ def _condition(c: Condition) -> tuple[str, list]:
     if c.kind == "single":
         sql, params = f"{column} = ?", [fold(c.values[0]) if isinstance(c.values[0], str) else c.values[0]]
     elif c.kind == "list":  # one parameter, however long the list (no bound-variable limit)
-        sql, params = f"{column} IN (SELECT value FROM json_each(?))", [json.dumps([fold(v) for v in c.values])]
+        values = [fold(v) for v in c.values]
+        sql, params = _IN_LIST[dialect].format(column=column), [json.dumps(values) if dialect == SQLITE else values]
     elif c.kind == "wildcard":
-        sql, params = f"{column} GLOB ?", [fold(_glob(c.values[0]))]
+        pattern = _glob(c.values[0]) if dialect == SQLITE else _like(c.values[0])
+        sql, params = _WILDCARD[dialect].format(column=column), [fold(pattern)]
     elif c.kind == "range":  # PS3.4 C.2.2.2.5: inclusive; an empty value never matches a range
         low, high = c.values
         clauses, params = [f"{column} != ''"], []
@@ -338,21 +392,23 @@ async def search(
     if level == "instance":
         columns += _INSTANCE_COLUMNS
     head: list = []  # parameters of the columns and joins, which come before the WHERE
+    dialect = dialect_of(db.conn)
     if owner is not None:
-        columns = [_OWNED_COLUMNS.get(c, c) for c in columns]
+        owned = _OWNED_COLUMNS | {"st.modalities": _OWNED_MODALITIES[dialect]}
+        columns = [owned.get(c, c) for c in columns]
         head = [owner] * sum(c.count("o.uploaded_by = ?") for c in columns)
     if extra_tags or whole_json:
         rep = _REP[level] if owner is None or level == "instance" else _OWNED_REP[level]
         joins = f" LEFT JOIN dicom_json j ON j.dicom_pk = {rep}"
         head += [owner] * rep.count("?")
-        columns += [f"""j.metadata -> '$."{tag}"' AS "json:{tag}\"""" for tag in extra_tags]
+        columns += [_JSON_MEMBER[dialect].format(tag=tag) for tag in extra_tags]
         if whole_json:
             columns.append("j.metadata AS json")
     else:
         joins = ""
     clauses, params = [], []
     for c in conditions:
-        sql, more = _condition(c)
+        sql, more = _condition(c, dialect)
         clauses.append(sql)
         params += more
     if level == "instance":
@@ -363,7 +419,7 @@ async def search(
     elif owner is not None:
         clauses.append(_OWNED_WHERE[level])
         params.append(owner)
-    where = " AND ".join(clauses) or "1"
+    where = " AND ".join(clauses) or "TRUE"
     rows = await db.conn.execute_fetchall(
         f"SELECT {', '.join(columns)} FROM {_FROM[level]}{joins} WHERE {where} "
         f"ORDER BY {(_ORDER if in_study else _ORDER_ALL)[level]} LIMIT ? OFFSET ?",
@@ -423,16 +479,28 @@ async def metadata_page(
     comma-joined by SQLite with ``uri_from`` replaced by ``uri_to`` (relative BulkDataURIs made
     absolute): (instances on the page, how many of them have stored JSON, the text)."""
     where, params = _scope(scope, owner)
-    ((count, have, text),) = await db.conn.execute_fetchall(
-        f"""
+    sql = METADATA_PAGE[dialect_of(db.conn)].replace("{where}", where)
+    ((count, have, text),) = await db.conn.execute_fetchall(sql, (uri_from, uri_to, *params, limit, offset))
+    return count, have, text
+
+
+_PAGE_ORDER = "d.series_number NULLS FIRST, d.series_instance_uid NULLS FIRST, d.instance_number NULLS FIRST, d.pk"
+METADATA_PAGE = {
+    SQLITE: f"""
         SELECT COUNT(*), COUNT(metadata), group_concat(replace(metadata, ?, ?), ',') FROM (
             SELECT j.metadata FROM dicom d LEFT JOIN dicom_json j ON j.dicom_pk = d.pk
-            WHERE {where} ORDER BY d.series_number, d.series_instance_uid, d.instance_number, d.pk LIMIT ? OFFSET ?
+            WHERE {{where}} ORDER BY {_PAGE_ORDER} LIMIT ? OFFSET ?
         )
         """,
-        (uri_from, uri_to, *params, limit, offset),
-    )
-    return count, have, text
+    # string_agg's order is its own ORDER BY's: the page's row number
+    POSTGRESQL: f"""
+        SELECT COUNT(*), COUNT(metadata), string_agg(replace(metadata, ?, ?), ',' ORDER BY n) FROM (
+            SELECT j.metadata, row_number() OVER (ORDER BY {_PAGE_ORDER}) AS n
+            FROM dicom d LEFT JOIN dicom_json j ON j.dicom_pk = d.pk
+            WHERE {{where}} ORDER BY {_PAGE_ORDER} LIMIT ? OFFSET ?
+        ) AS page
+        """,
+}
 
 
 async def without_metadata(db: HasConnection, scope: Scope, owner: str | None = None) -> list[dict]:

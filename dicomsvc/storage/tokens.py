@@ -15,7 +15,7 @@ def now() -> str:
 async def insert(db: Database, token_id: str, user: str, role: str, token_hash: str) -> None:
     async with transaction(db) as conn:
         await conn.execute(
-            "INSERT INTO api_token (id, user, role, hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            'INSERT INTO api_token (id, "user", role, hash, created_at) VALUES (?, ?, ?, ?, ?)',
             (token_id, user, role, token_hash, now()),
         )
 
@@ -23,7 +23,7 @@ async def insert(db: Database, token_id: str, user: str, role: str, token_hash: 
 async def find(db: Database, token_hash: str) -> dict | None:
     """The token with this hash, if it exists and is not revoked: {id, user, role}."""
     rows = await db.conn.execute_fetchall(
-        "SELECT id, user, role FROM api_token WHERE hash = ? AND revoked_at IS NULL", (token_hash,)
+        'SELECT id, "user", role FROM api_token WHERE hash = ? AND revoked_at IS NULL', (token_hash,)
     )
     return dict(rows[0]) if rows else None
 
@@ -31,7 +31,7 @@ async def find(db: Database, token_hash: str) -> dict | None:
 async def list_all(db: Database) -> list[dict]:
     """Every token, oldest first, without its hash."""
     rows = await db.conn.execute_fetchall(
-        "SELECT id, user, role, created_at, revoked_at FROM api_token ORDER BY created_at, id"
+        'SELECT id, "user", role, created_at, revoked_at FROM api_token ORDER BY created_at, id'
     )
     return [dict(r) for r in rows]
 
