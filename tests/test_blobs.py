@@ -70,3 +70,25 @@ def test_blobs_no_record_points_at_are_swept_at_start(config, data_dir):
     assert not list((blobs.root / "Zz").glob(f"{orphan}*"))
     assert fresh.exists()
     assert len(list(data_dir.glob(f"blobs/*/{kept}*"))) == 3  # .dcm, .png, .renderings
+
+
+def test_read_if_cached_reads_what_the_page_cache_holds_and_never_waits(tmp_path, monkeypatch):
+    import os
+
+    from dicomsvc.storage import blobs
+
+    path = tmp_path / "x.png"
+    path.write_bytes(b"png bytes" * 100)  # just written: in the page cache
+    assert blobs.read_if_cached(path) == b"png bytes" * 100
+    with pytest.raises(FileNotFoundError):
+        blobs.read_if_cached(tmp_path / "gone.png")
+
+    def not_cached(fd, buffers, offset, flags):
+        assert flags & os.RWF_NOWAIT
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "preadv", not_cached)
+    assert blobs.read_if_cached(path) is None  # the caller reads it in an I/O thread
+    monkeypatch.undo()
+    monkeypatch.setattr(blobs, "CACHED_READ_MAX", 10)
+    assert blobs.read_if_cached(path) is None  # too large for the event loop

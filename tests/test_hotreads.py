@@ -147,6 +147,7 @@ def test_a_fill_that_raced_a_delete_is_not_kept(monkeypatch, client, put):
     instance = client.post("/dicom", json={"path": put("CT_small.dcm")}).json()["id"]
     cache = client.app.state.read_cache
     original = http_instances._read_stored
+    monkeypatch.setattr(http_instances, "read_if_cached", lambda path: None)  # the I/O thread's read
 
     def read_during_a_delete(path):
         cache.forget([instance])  # what a delete committing now does
@@ -239,6 +240,7 @@ def test_a_cache_miss_reads_the_file_and_keeps_it(monkeypatch, client, put):
     instance = client.post("/dicom", json={"path": put("CT_small.dcm")}).json()["id"]
     reads = []
     original = http_instances._read_stored
+    monkeypatch.setattr(http_instances, "read_if_cached", lambda path: None)  # as if not in the page cache
     monkeypatch.setattr(http_instances, "_read_stored", lambda path: reads.append(path) or original(path))
     first, second = (client.get("/image", params={"id": instance}) for _ in range(2))
     assert first.content == second.content and first.content.startswith(b"\x89PNG")
@@ -283,3 +285,13 @@ def test_request_ids_are_uuid4():
 def test_audit_rows_are_the_records_fields_in_order():
     record = audit.Record("t", "u", "reader", "view", "GET", "/tags", instance="i", params="id", status=200)
     assert record.row() == dataclasses.astuple(record)
+
+
+def test_a_stored_png_in_the_page_cache_is_read_without_an_io_thread(monkeypatch, client, put):
+    """A first read of a PNG the page cache holds: read on the event loop (RWF_NOWAIT), no trip
+    to an I/O thread; the same bytes as the thread's read."""
+    instance = client.post("/dicom", json={"path": put("CT_small.dcm")}).json()["id"]
+    threads = []
+    monkeypatch.setattr(http_instances, "_read_stored", lambda path: threads.append(path))
+    inline = client.get("/image", params={"id": instance})
+    assert inline.status_code == 200 and inline.content.startswith(b"\x89PNG") and threads == []

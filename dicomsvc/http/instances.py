@@ -18,7 +18,7 @@ from ..options import Options, flag
 from ..results import Ingested, deleted_is_404
 from ..service import Service
 from ..storage import instances
-from ..storage.blobs import BlobStore, Sealed
+from ..storage.blobs import BlobStore, Sealed, read_if_cached
 from .auth import identity, owner_of
 from .ranges import RangedFileResponse
 from .readcache import ReadCache
@@ -96,8 +96,13 @@ async def rendering(
         key = ("png", record["id"])
         body = cache.get(key) if cache is not None else None
         if body is None:
-            # one trip to an I/O thread (a FileResponse makes several): the file may not be in the page cache
-            body = await svc.io(_read_stored, svc.blobs.stored(record["png_blob"]))  # decrypted if need be
+            stored = svc.blobs.stored(record["png_blob"])  # a Sealed one is decrypted in the I/O thread
+            if isinstance(stored, Path):  # straight from the page cache when it is there (never waits for the disk)
+                with deleted_is_404():
+                    body = read_if_cached(stored)
+            if body is None:
+                # one trip to an I/O thread (a FileResponse makes several): the file may not be in the page cache
+                body = await svc.io(_read_stored, stored)
             if cache is not None:
                 cache.put(key, body, generation)
         return Image(etag, body)

@@ -350,3 +350,30 @@ def _copy_file(src: BinaryIO, out: BinaryIO, size: int) -> None:
         if sent == 0:  # the file shrank while we copied
             break
         offset += sent
+
+
+CACHED_READ_MAX = 1 << 20  # bytes: larger files are read in an I/O thread, not on the event loop
+
+
+def read_if_cached(path: Path) -> bytes | None:
+    """The whole (plaintext) file if the page cache holds all of it, else None: ``preadv`` with
+    ``RWF_NOWAIT`` (Linux 4.14) answers EAGAIN rather than wait for the disk, so this may run
+    on the event loop -- a stored PNG read again and again costs no trip to an I/O thread.
+    None too for a file over CACHED_READ_MAX or where the flag is unknown. A missing file
+    raises FileNotFoundError, as a read would."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None:
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size > CACHED_READ_MAX:
+            return None
+        buf = bytearray(size)
+        try:
+            done = os.preadv(fd, [buf], 0, flag)
+        except (BlockingIOError, OSError):  # EAGAIN: not all cached; EOPNOTSUPP: a file system without it
+            return None
+        return bytes(buf) if done == size else None
+    finally:
+        os.close(fd)
