@@ -9,6 +9,7 @@ from starlette.testclient import TestClient
 from app import create_app
 from dicomsvc.cli.main import main as cli
 from dicomsvc.config import Config
+from indexdb import database_env
 
 
 def auth_config(data_dir: Path, import_root: Path, **settings: str) -> Config:
@@ -20,6 +21,8 @@ def auth_config(data_dir: Path, import_root: Path, **settings: str) -> Config:
 def create_token(monkeypatch, data_dir: Path, user: str, role: str) -> str:
     """``dicomsvc token create --user USER --role ROLE``: the token it prints on stdout."""
     monkeypatch.setenv("DICOMSVC_DATA_DIR", str(data_dir))
+    for name, value in database_env(data_dir).items():  # the suite on PostgreSQL: the app's database
+        monkeypatch.setenv(name, value)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert cli(["token", "create", "--user", user, "--role", role]) == 0

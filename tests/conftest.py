@@ -1,6 +1,7 @@
 import base64
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,21 @@ if os.environ.get("DICOMSVC_TEST_ENCRYPTION") == "1":
     Config.from_env = classmethod(_encrypted_from_env)
 
 # The suite against PostgreSQL (DICOMSVC_TEST_POSTGRES=1 or --postgres): a throwaway server for the
-# session (tests/pgserver.py), a fresh database per config made by make_config
+# session (tests/pgserver.py); every Config made in this process with a data directory and no
+# DICOMSVC_DATABASE_URL of its own gets its data directory's database (indexdb.database_env).
+# (Servers the tests start as subprocesses, with an environment of their own, stay on SQLite.)
 _postgres: pgserver.Server | None = None
+_plain_from_env = Config.from_env.__func__
+
+
+def _from_env_on_postgres(cls, env=None):
+    env = dict(os.environ if env is None else env)
+    if _postgres is not None and env.get("DICOMSVC_DATA_DIR") and "DICOMSVC_DATABASE_URL" not in env:
+        env |= indexdb.database_env(Path(env["DICOMSVC_DATA_DIR"]))
+    return _plain_from_env(cls, env)
+
+
+Config.from_env = classmethod(_from_env_on_postgres)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,12 +75,15 @@ def postgres(request: pytest.FixtureRequest):
     if not postgres_wanted(request.config):
         yield None
         return
+    # SIGTERM (a CI timeout) unwinds the session as Ctrl-C does, so the server is stopped
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     with pgserver.running() as server:
-        _postgres = server
+        _postgres, indexdb.new_database = server, server.new_database
         try:
             yield server
         finally:
-            _postgres = None
+            _postgres, indexdb.new_database = None, None
+            signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture
@@ -76,13 +93,9 @@ def database(tmp_path: Path) -> Path | str:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("postgres_only") is not None and _postgres is None:
+    if item.get_closest_marker("postgres_only") is not None and not postgres_wanted(item.config):
         pytest.skip("PostgreSQL only: run with DICOMSVC_TEST_POSTGRES=1")
 
-
-def database_env() -> dict[str, str]:
-    """DICOMSVC_DATABASE_URL of a fresh database when the suite runs against PostgreSQL."""
-    return {} if _postgres is None else {"DICOMSVC_DATABASE_URL": _postgres.new_database()}
 
 
 @pytest.fixture
@@ -103,10 +116,8 @@ def make_config(data_dir: Path, import_root: Path, workers: int) -> Config:
             "DICOMSVC_DATA_DIR": str(data_dir),
             "DICOMSVC_IMPORT_ROOT": str(import_root),
             "DICOMSVC_WORKERS": str(workers),
-            **database_env(),
         }
     )
-    indexdb.CONFIGS[config.data_dir] = config
     return config
 
 

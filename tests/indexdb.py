@@ -5,15 +5,27 @@ DICOMSVC_DATABASE_URL (the suite run with DICOMSVC_TEST_POSTGRES=1), through one
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from dicomsvc.config import Config
 
-# The configs conftest.make_config made, by data directory: a test holding only ``data_dir`` finds
-# its database (a data directory of another config holds the SQLite index)
-CONFIGS: dict[Path, Config] = {}
+# On PostgreSQL (conftest sets ``new_database`` for the session): one database per data directory,
+# as the SQLite index lives in it -- an app opened again on a data directory finds its data, and a
+# test holding only ``data_dir`` finds its database
+new_database: Callable[[], str] | None = None
+_urls: dict[Path, str] = {}
+
+
+def database_env(data_dir: Path) -> dict[str, str]:
+    """DICOMSVC_DATABASE_URL of the data directory's database when the suite runs on PostgreSQL."""
+    if new_database is None:
+        return {}
+    key = Path(data_dir).resolve()
+    if key not in _urls:
+        _urls[key] = new_database()
+    return {"DICOMSVC_DATABASE_URL": _urls[key]}
 
 
 @contextlib.contextmanager
@@ -21,7 +33,8 @@ def index(config: Config | Path) -> Iterator[Any]:
     """A connection to ``config``'s index, or the index of the config made for that data directory
     (autocommit on PostgreSQL; committed on exit on SQLite)."""
     if isinstance(config, Path):
-        config = CONFIGS.get(config.resolve()) or Config(data_dir=config, import_root=config)
+        url = database_env(config).get("DICOMSVC_DATABASE_URL", "")
+        config = Config(data_dir=config.resolve(), import_root=config, database_url=url)
     if config.database_url:
         from dicomsvc.storage import postgres
 

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from app import create_app
 from authhelpers import auth_config, bearer, create_token, token_app
 from dicomfiles import make_ct, save
+from indexdb import database_env, index
 from dicomsvc.auth.oidc import AuthFailure, OidcVerifier
 from dicomsvc.auth.tokens import token_hash
 from dicomsvc.cli.main import main as cli
@@ -202,12 +203,17 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 def test_token_cli_prints_once_stores_only_the_hash_and_revokes(data_dir, import_root, monkeypatch):
     data_dir.mkdir(parents=True)
     monkeypatch.setenv("DICOMSVC_DATA_DIR", str(data_dir))
+    for name, value in database_env(data_dir).items():  # the suite on PostgreSQL
+        monkeypatch.setenv(name, value)
     code, token, note = run_cli("token", "create", "--user", "carol", "--role", "uploader")
     token = token.strip()
     assert code == 0 and token.startswith("dsvc_") and len(token) == 48 and token not in note
-    with sqlite3.connect(data_dir / "dicom.db") as db:
+    with index(data_dir) as db:
         ((token_id, stored_hash),) = db.execute("SELECT id, hash FROM api_token").fetchall()
-        dump = "\n".join(db.iterdump())
+        if isinstance(db, sqlite3.Connection):
+            dump = "\n".join(db.iterdump())
+        else:  # PostgreSQL: every row of the table, as text
+            dump = "\n".join(map(str, db.execute("SELECT * FROM api_token").fetchall()))
     assert stored_hash == token_hash(token) and token not in dump  # only the hash is kept
     code, listing, _ = run_cli("token", "list")
     assert code == 0 and token_id in listing and "carol\tuploader" in listing and token not in listing
@@ -239,7 +245,7 @@ def test_importer_sends_its_token(data_dir, import_root, monkeypatch, tmp_path, 
     monkeypatch.setenv("DICOMSVC_TOKEN", tokens["ivan"])
     code, out, _ = run_cli("import", str(folder), "--url", url)
     assert code == 0 and "duplicates 3," in out
-    with sqlite3.connect(data_dir / "dicom.db") as db:
+    with index(data_dir) as db:
         assert db.execute("SELECT DISTINCT uploaded_by FROM dicom").fetchall() == [("ivan",)]
 
 

@@ -52,7 +52,7 @@ def test_thumbnail_size():
 def test_database_url_selects_postgresql_and_its_password_is_never_logged(caplog):
     import logging
 
-    base = {"DICOMSVC_DATA_DIR": "/data", "DICOMSVC_IMPORT_ROOT": "/import"}
+    base = {"DICOMSVC_DATA_DIR": "/data", "DICOMSVC_IMPORT_ROOT": "/import", "DICOMSVC_DATABASE_URL": ""}
     sqlite = Config.from_env(base)
     assert sqlite.database_url == "" and sqlite.database == Path("/data/dicom.db") and sqlite.database_pool == 8
     url = "postgresql://dicomsvc:s3cret-pw@db.example:5432/pacs"

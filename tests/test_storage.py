@@ -202,3 +202,28 @@ def test_postgres_commits_are_durable_and_the_audit_trails_are_not_waited_for(da
 
     service, trail = run(settings())
     assert (tuple(service[0]), tuple(trail[0])) == (("on",), ("off",))
+
+
+@pytest.mark.postgres_only
+def test_a_query_cancelled_while_waiting_for_a_pooled_connection_is_cancelled(database):
+    """psycopg_pool hands a released connection to a waiter even when the waiter was cancelled in
+    the meantime; the cancellation must still reach the task (a background loop that swallowed
+    it never stopped, and the app's shutdown hung)."""
+    from dicomsvc.storage import postgres
+
+    async def scenario():
+        conn = await postgres.open_pool(database, 1)
+        try:
+            async with postgres.transaction(conn):  # holds the pool's only connection
+                waiter = asyncio.create_task(conn.execute_fetchall("SELECT 1"))
+                await asyncio.sleep(0.05)  # it waits for the connection
+            waiter.cancel()  # the connection was just handed to it
+            try:
+                got = await waiter
+            except asyncio.CancelledError:
+                return "cancelled"
+            return f"swallowed: {got}"
+        finally:
+            await conn.close()
+
+    assert run(scenario()) == "cancelled"

@@ -24,7 +24,7 @@ from starlette.testclient import TestClient
 
 from app import create_app
 from authhelpers import bearer, token_app
-from indexdb import index
+from indexdb import database_env, index
 from dicomfiles import make_ct, sample_file
 from dicomsvc.config import Config
 
@@ -329,7 +329,7 @@ def server(tmp_path):
         "DICOMSVC_HOST": "127.0.0.1",
         "DICOMSVC_PORT": str(port),
         "DICOMSVC_LOG_LEVEL": "warning",
-    }
+    } | database_env(tmp_path / "data")  # the suite on PostgreSQL: the server too
     log = open(tmp_path / "server.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "dicomsvc.cli.main", "serve"], cwd=REPO, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"

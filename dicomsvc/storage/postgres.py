@@ -18,6 +18,7 @@ PostgreSQL's types), applied at every start under an advisory lock (several repl
 at once); ``schema_version`` holds what ``PRAGMA user_version`` holds on SQLite.
 """
 
+import asyncio
 import contextlib
 import functools
 import re
@@ -140,7 +141,19 @@ class AsyncConn:
     def _connection(self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection]:
         if self.conn is not None:
             return contextlib.nullcontext(self.conn)  # type: ignore[return-value]
-        return self.pool.connection()
+        return self._pooled()
+
+    @contextlib.asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection of the pool. A task cancelled while it waits for one can be handed one all
+        the same (psycopg_pool's waiter returns the connection it was given over the cancellation):
+        then the cancellation is raised here, not lost (a background task would never stop)."""
+        task = asyncio.current_task()
+        before = task.cancelling() if task is not None else 0
+        async with self.pool.connection() as conn:
+            if task is not None and task.cancelling() > before:
+                raise asyncio.CancelledError
+            yield conn
 
     async def execute_fetchall(self, sql: str, params: Any = None) -> list[Row]:
         async with self._connection() as conn:
