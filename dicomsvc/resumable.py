@@ -34,7 +34,7 @@ from . import audit, batch, jobs, metrics, tasks
 from .dicom.files import is_zip
 from .errors import DicomSvcError, NotFound
 from .options import Options
-from .service import Service
+from .service import Service, in_background
 from .storage import resumable as rows
 from .storage.spool import new_spool, remove_spool
 
@@ -397,13 +397,8 @@ async def _resume_ingests(svc: Service) -> None:
 async def running(svc: Service) -> AsyncIterator[None]:
     """The expiry sweep (and the ingests a stop interrupted) in the background while the app runs."""
     started = time.time() - START_MARGIN
-    task = asyncio.create_task(_run_forever(svc, started), name="dicomsvc-resumable")
-    try:
+    async with in_background(_run_forever(svc, started), "dicomsvc-resumable"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 async def _run_forever(svc: Service, started: float) -> None:

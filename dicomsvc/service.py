@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,3 +179,16 @@ async def _open_service(config: Config) -> AsyncIterator[Service]:
         await svc.cpu_pool.close()
         await asyncio.to_thread(svc.io_pool.shutdown, wait=True)
         await db.close()
+
+
+@contextlib.asynccontextmanager
+async def in_background(work: Awaitable[Any], name: str) -> AsyncIterator[None]:
+    """Run ``work`` as a task while the block runs; at its end the task is cancelled and
+    awaited, and whatever it raised is dropped (the app is stopping: it logged its own errors)."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

@@ -7,7 +7,6 @@ does not know. Only files older than the start are looked at, so an ingest
 running meanwhile is never touched.
 """
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -15,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .service import Service
+from .service import Service, in_background
 from .storage import instances
 from .storage.blobs import BlobStore
 
@@ -68,10 +67,5 @@ async def running(svc: Service) -> AsyncIterator[None]:
     # File times come from a coarse kernel clock that may lag time.time() by a tick:
     # leave a margin, so a blob written just after the start is never taken for an orphan.
     started = time.time() - START_MARGIN
-    task = asyncio.create_task(sweep_orphans(svc, started), name="dicomsvc-sweep")
-    try:
+    async with in_background(sweep_orphans(svc, started), "dicomsvc-sweep"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
