@@ -71,6 +71,10 @@ class Config:
     # each: the first wraps new objects, all unwrap (old ones while rotating). Empty: blobs in the clear
     encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
     encryption_chunk_bytes: int = 64 * 1024  # plaintext bytes per AES-GCM chunk of a new object
+    # Several replicas (README "Running at scale"); dicomsvc.jobs: a running job is leased by one replica
+    job_lease_seconds: int = 30  # a job whose runner has not renewed its lease for this long is taken over
+    job_heartbeat_seconds: int = 10  # how often the runner renews its lease (less than the lease)
+    job_poll_seconds: int = 5  # how often a replica looks for jobs queued elsewhere (one indexed query)
 
     SECRETS = ("anon_secret", "encryption_keys")
 
@@ -145,6 +149,7 @@ class Config:
             database_pool=get_int("DATABASE_POOL", 8),
             encryption_keys=_encryption_keys(get),
             encryption_chunk_bytes=get_int("ENCRYPTION_CHUNK_BYTES", 64 * 1024, minimum=4096),
+            **_job_settings(get_int),
         )
 
     def log(self, logger: logging.Logger) -> None:
@@ -212,6 +217,17 @@ def _resumable_settings(get_int, max_upload_bytes: int) -> dict:
         "tus_sweep_interval": get_int("TUS_SWEEP_INTERVAL", 300),
         "tus_idle_timeout": get_int("TUS_IDLE_TIMEOUT", 60),
     }
+
+
+def _job_settings(get_int) -> dict:
+    """DICOMSVC_JOB_LEASE_SECONDS, _HEARTBEAT_SECONDS, _POLL_SECONDS."""
+    lease = get_int("JOB_LEASE_SECONDS", 30, minimum=2)
+    heartbeat = get_int("JOB_HEARTBEAT_SECONDS", min(10, lease // 3) or 1)
+    if heartbeat >= lease:
+        raise ValueError(
+            f"{PREFIX}JOB_HEARTBEAT_SECONDS ({heartbeat}) must be less than {PREFIX}JOB_LEASE_SECONDS ({lease})"
+        )
+    return {"job_lease_seconds": lease, "job_heartbeat_seconds": heartbeat, "job_poll_seconds": get_int("JOB_POLL_SECONDS", 5)}
 
 
 def _encryption_keys(get) -> tuple[bytes, ...]:

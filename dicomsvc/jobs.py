@@ -7,6 +7,17 @@ through queued jobs a page at a time and records each chunk's results as
 they come. After a restart (or a crash) the runner picks up the items still
 pending; an item that had been stored just before the crash comes back as a
 duplicate, so nothing is stored twice and nothing is lost.
+
+Several replicas share one index (README "Running at scale"): a job is claimed by one
+replica at a time, with a lease (``storage.jobs.next_job``: ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL) renewed every DICOMSVC_JOB_HEARTBEAT_SECONDS while it runs and with every
+chunk's results. When a replica dies, its lease runs out after DICOMSVC_JOB_LEASE_SECONDS
+and another replica takes the job over from its pending items. A replica that finds its
+lease taken (it was stalled past the lease, and taken for dead) stops the job at once and
+records nothing more: results are recorded only under the lease, an item keeps its first
+result, and an item stored twice over is a duplicate (the unique constraint). Jobs queued
+by another replica are found by polling every DICOMSVC_JOB_POLL_SECONDS (an index lookup);
+this replica's own are started at once (``wakeup``).
 """
 
 import asyncio
@@ -85,6 +96,8 @@ async def listing(svc: Service, limit: int, offset: int, owner: str | None = Non
 async def running(svc: Service) -> AsyncIterator[None]:
     """Run queued jobs in the background for as long as the app runs."""
     await _forget_orphan_spools(svc)  # before any request can start a new one
+    if voided := await job_rows.void_claims(svc.db):
+        log.info("resuming %d job(s) the previous process was running", voided)
     task = asyncio.create_task(_run_forever(svc), name="dicomsvc-jobs")
     try:
         yield
@@ -95,16 +108,25 @@ async def running(svc: Service) -> AsyncIterator[None]:
 
 
 async def _run_forever(svc: Service) -> None:
+    config = svc.config
     while True:
         svc.wakeup.clear()
-        job_id = await job_rows.next_job(svc.db)
+        try:
+            job_id = await job_rows.next_job(svc.db, svc.replica, config.job_lease_seconds)
+        except Exception as exc:  # the database away for a moment: look again at the next poll
+            log.error("could not look for queued jobs: %s", type(exc).__name__)
+            job_id = None
         if job_id is None:
-            await svc.wakeup.wait()
+            with contextlib.suppress(TimeoutError):  # queued here (wakeup), or by another replica (the poll)
+                await asyncio.wait_for(svc.wakeup.wait(), config.job_poll_seconds)
             continue
+        log.info("job %s claimed by replica %s", job_id, svc.replica)
         try:
             await _run_job(svc, job_id)
         except asyncio.CancelledError:
             raise
+        except job_rows.LeaseLost:
+            log.warning("job %s was taken over by another replica (this one missed its lease): stopped here", job_id)
         except Exception as exc:  # the job fails, the runner goes on
             if isinstance(exc, InsufficientStorage) or space.is_full(exc):
                 # Its progress could not be recorded: it stays unfinished, and its pending
@@ -121,7 +143,29 @@ async def _run_forever(svc: Service) -> None:
 
 
 async def _run_job(svc: Service, job_id: str) -> None:
-    await job_rows.mark_running(svc.db, job_id)
+    """Run the job's pending items, renewing its lease every heartbeat meanwhile; when the
+    lease turns out to be another replica's, the work is cancelled and ``LeaseLost`` raised."""
+    work = asyncio.create_task(_work(svc, job_id), name=f"dicomsvc-job-{job_id}")
+    try:
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=svc.config.job_heartbeat_seconds)
+            if done:
+                return work.result()
+            try:
+                mine = await job_rows.renew(svc.db, job_id, svc.replica, svc.config.job_lease_seconds)
+            except Exception as exc:  # the database away for a moment: the lease may well hold still
+                log.error("job %s: its lease could not be renewed: %s", job_id, type(exc).__name__)
+                continue
+            if not mine:
+                raise job_rows.LeaseLost(job_id)
+    finally:
+        if not work.done():
+            work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # its own outcome was raised above, if any
+            await work
+
+
+async def _work(svc: Service, job_id: str) -> None:
     job = await job_rows.get_job(svc.db, job_id)
     owner = job.get("created_by") if job else None
     while pending := await job_rows.pending_items(svc.db, job_id, PAGE):
@@ -129,7 +173,7 @@ async def _run_job(svc: Service, job_id: str) -> None:
 
         async def record(start: int, results: list[Result], seqs: list[int] = seqs) -> None:
             done = [(seqs[start + i], r.status, json.dumps(r.public())) for i, r in enumerate(results)]
-            await job_rows.record_results(svc.db, job_id, done)
+            await job_rows.record_results(svc.db, job_id, done, svc.replica, svc.config.job_lease_seconds)
             audit.record(svc, audit.job_records(job_id, owner, results))  # who submitted it: the job's owner
             metrics.count_results(results)
 
@@ -138,7 +182,7 @@ async def _run_job(svc: Service, job_id: str) -> None:
 
 
 async def _finish(svc: Service, job_id: str, state: str, detail: str | None) -> None:
-    spool = await job_rows.finish(svc.db, job_id, state, detail)
+    spool = await job_rows.finish(svc.db, job_id, state, detail, svc.replica)
     if spool:
         await svc.io(remove_spool, Path(spool))
 

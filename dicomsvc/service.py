@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Service:
     cpu_pool: WorkerPool | ThreadPool
     io_pool: ThreadPoolExecutor
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # a background job is queued
+    replica: str = field(default_factory=lambda: replica_id())  # who holds a job's lease (dicomsvc.jobs)
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound ``fn(*args)`` in a worker process (arguments and result are pickled).
@@ -94,6 +96,12 @@ class Service:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.io_pool, functools.partial(contextvars.copy_context().run, fn, *args))
 
+
+
+def replica_id() -> str:
+    """This server process's name among the replicas sharing one index: host, pid (what an
+    operator finds it by) and a random part (a pid is reused, in a new container say)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def anon_secret(config: Config) -> str:

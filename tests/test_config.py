@@ -64,3 +64,12 @@ def test_database_url_selects_postgresql_and_its_password_is_never_logged(caplog
     assert "s3cret" not in caplog.text and "postgresql://dicomsvc:***@db.example:5432/pacs" in caplog.text
     with pytest.raises(ValueError, match="DATABASE_URL"):
         Config.from_env(base | {"DICOMSVC_DATABASE_URL": "mysql://x@y/z"})
+
+
+def test_job_lease_settings():
+    config = Config.from_env({})
+    assert (config.job_lease_seconds, config.job_heartbeat_seconds, config.job_poll_seconds) == (30, 10, 5)
+    config = Config.from_env({"DICOMSVC_JOB_LEASE_SECONDS": "6", "DICOMSVC_JOB_POLL_SECONDS": "1"})
+    assert (config.job_lease_seconds, config.job_heartbeat_seconds, config.job_poll_seconds) == (6, 2, 1)
+    with pytest.raises(ValueError, match="DICOMSVC_JOB_HEARTBEAT_SECONDS"):  # a lease renewed too late
+        Config.from_env({"DICOMSVC_JOB_LEASE_SECONDS": "10", "DICOMSVC_JOB_HEARTBEAT_SECONDS": "10"})

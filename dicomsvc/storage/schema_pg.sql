@@ -158,9 +158,18 @@ CREATE TABLE IF NOT EXISTS job (
     spool_dir   TEXT,                                -- uploaded input, kept until the job is done
     created_at  TEXT NOT NULL,
     finished_at TEXT,
-    created_by  TEXT                                 -- the user who asked for it (NULL: DICOMSVC_AUTH=none)
+    created_by  TEXT,                                -- the user who asked for it (NULL: DICOMSVC_AUTH=none)
+    -- Several replicas: the replica running the job holds a lease, renewed while it runs; a job
+    -- whose lease ran out (its replica died) is taken over by another (dicomsvc/jobs.py)
+    claimed_by  TEXT,                                -- the replica running it (host:pid:random)
+    lease_until DOUBLE PRECISION                     -- seconds since the epoch, by the database's clock
 );
+-- Columns added after the table was first released (SQLite: sqlite.ADDED_COLUMNS)
+ALTER TABLE job ADD COLUMN IF NOT EXISTS claimed_by TEXT;
+ALTER TABLE job ADD COLUMN IF NOT EXISTS lease_until DOUBLE PRECISION;
 CREATE INDEX IF NOT EXISTS job_by_creator ON job (created_by, created_at);
+-- The runners' poll for queued jobs and expired leases: an index lookup, however many jobs are done
+CREATE INDEX IF NOT EXISTS job_unfinished ON job (status, created_at);
 CREATE TABLE IF NOT EXISTS job_item (
     job_id   TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
     seq      INTEGER NOT NULL,                       -- order in the request

@@ -66,6 +66,9 @@ ADDED_COLUMNS = (
     # Ownership (issue 11): who stored an instance, who asked for a job
     ("dicom", "uploaded_by", "TEXT"),
     ("job", "created_by", "TEXT"),
+    # Several replicas (issue 13): the lease on a running job
+    ("job", "claimed_by", "TEXT"),
+    ("job", "lease_until", "REAL"),
 )
 # PRAGMA user_version: what the stored data has been brought up to. 1: the DICOMweb columns of
 # ``dicom`` and the study and series rows are filled (studies.backfill) -- done once, in one
