@@ -15,8 +15,10 @@ RUN groupadd --system --gid 10001 dicomsvc \
 WORKDIR /app
 COPY pyproject.toml README.md app.py ./
 COPY dicomsvc ./dicomsvc
-# A plain install: the schema ships inside the package (dicomsvc/storage/schema.sql).
-RUN pip install . \
+# A plain install: the schema ships inside the package (dicomsvc/storage/schema.sql). EXTRAS adds
+# optional dependencies: "[postgres,s3]" for the replicas of docker-compose's scale profile.
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS}" \
     && mkdir -p /data /import \
     && chown dicomsvc:dicomsvc /data
 
