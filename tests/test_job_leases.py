@@ -3,6 +3,7 @@ when the lease runs out, polled for when queued elsewhere (dicomsvc/jobs.py, sto
 On SQLite and, with DICOMSVC_TEST_POSTGRES=1, on PostgreSQL (FOR UPDATE SKIP LOCKED)."""
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -23,6 +24,16 @@ ITEM = json.dumps({"file": "x.dcm", "kind": "import", "path": "x.dcm"})
 
 def run(coro):
     return asyncio.run(coro)
+
+
+@contextlib.asynccontextmanager
+async def opened(where):
+    """The index at ``where`` as the service opens it (the schema made or upgraded), closed after."""
+    db = await sqlite.open_database(where)
+    try:
+        yield db
+    finally:
+        await db.close()
 
 
 async def queue(db, n: int, items: int = 1) -> list[str]:
@@ -74,8 +85,7 @@ def test_replicas_claiming_at_once_never_claim_one_job_twice(database):
 
 def test_a_live_lease_is_respected_and_an_expired_one_taken_over(database):
     async def go():
-        db = await sqlite.open_database(database)
-        try:
+        async with opened(database) as db:
             (job_id,) = await queue(db, 1)
             assert await job_rows.next_job(db, "a", 30) == job_id
             row = await job_row(db, job_id)
@@ -102,8 +112,6 @@ def test_a_live_lease_is_respected_and_an_expired_one_taken_over(database):
             row = await job_row(db, job_id)
             assert (row["status"], row["claimed_by"], row["lease_until"]) == ("done", "b", None)
             assert await job_rows.next_job(db, "c", 30) is None
-        finally:
-            await db.close()
 
     run(go())
 
@@ -111,15 +119,12 @@ def test_a_live_lease_is_respected_and_an_expired_one_taken_over(database):
 @pytest.mark.sqlite_only(reason="an SQLite index has one server (the data directory's lock)")
 def test_on_sqlite_a_restart_resumes_the_previous_process_jobs_at_once(database):
     async def go():
-        db = await sqlite.open_database(database)
-        try:
+        async with opened(database) as db:
             (job_id,) = await queue(db, 1)
             assert await job_rows.next_job(db, "killed", 30) == job_id
             assert await job_rows.next_job(db, "restarted", 30) is None
             assert await job_rows.void_claims(db) == 1
             assert await job_rows.next_job(db, "restarted", 30) == job_id
-        finally:
-            await db.close()
 
     run(go())
 
@@ -129,14 +134,11 @@ def test_on_postgresql_leases_outlive_a_restart(database):
     """Other replicas may be running theirs: a start voids nothing."""
 
     async def go():
-        db = await sqlite.open_database(database)
-        try:
+        async with opened(database) as db:
             (job_id,) = await queue(db, 1)
             assert await job_rows.next_job(db, "other", 30) == job_id
             assert await job_rows.void_claims(db) == 0
             assert await job_rows.next_job(db, "starting", 30) is None
-        finally:
-            await db.close()
 
     run(go())
 
@@ -165,11 +167,8 @@ def test_a_job_queued_by_another_replica_is_found_by_polling(data_dir, import_ro
         time.sleep(0.2)  # the runner has looked once and found nothing
 
         async def elsewhere():
-            db = await sqlite.open_database(config.database)
-            try:
+            async with opened(config.database) as db:
                 await job_rows.insert_job(db, "fromelsewhere", [(0, item, "pending", None)], None)
-            finally:
-                await db.close()
 
         run(elsewhere())
         job = wait_done(client, "fromelsewhere", seconds=30)
@@ -189,14 +188,11 @@ def test_a_job_of_a_dead_replica_is_taken_over_and_nothing_is_done_twice(data_di
         stored = [client.post("/dicom", json={"path": f"{i}.dcm"}).json()["id"] for i in range(3)]
 
         async def dead_replica():
-            db = await sqlite.open_database(config.database)
-            try:
+            async with opened(config.database) as db:
                 await job_rows.insert_job(db, "orphaned", [(i, item, "pending", None) for i, item in enumerate(items)], None)
                 assert await job_rows.next_job(db, "dead:1:x", 30) == "orphaned"
                 done = [(i, "created", json.dumps({"file": f"{i}.dcm", "status": "created", "id": stored[i]})) for i in (0, 1)]
                 await job_rows.record_results(db, "orphaned", done, "dead:1:x", 30)
-            finally:
-                await db.close()
 
         run(dead_replica())
         time.sleep(1.5)  # more than a poll: the live lease keeps it from this replica
@@ -243,11 +239,8 @@ def test_a_postgresql_job_table_without_leases_is_upgraded(database):
         conn.execute("INSERT INTO job (id, status, total, created_at) VALUES ('old', 'running', 0, 't')")
 
     async def go():
-        db = await sqlite.open_database(database)
-        try:
+        async with opened(database) as db:
             assert await job_rows.next_job(db, "new", 30) == "old"
-        finally:
-            await db.close()
 
     run(go())
 

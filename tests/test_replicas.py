@@ -6,7 +6,6 @@ its blobs), on SQLite and, with DICOMSVC_TEST_POSTGRES=1, on PostgreSQL."""
 import asyncio
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -84,51 +83,29 @@ def test_two_processes_storing_the_same_instance_at_once_store_it_once(config, d
     assert blob_ids(data_dir) == {instance_id: 2 for instance_id in ids}  # DICOM + PNG each; the losers' gone
 
 
-def test_the_same_file_posted_twice_at_once_answers_201_and_200_with_one_id(process_config, data_dir, import_root):
-    """Over HTTP, on the worker processes: pairs of identical uploads sent at the same moment."""
-    import socket
-    import time
-
-    import uvicorn
-
-    from app import create_app
-
+def test_the_same_file_posted_twice_at_once_answers_201_and_200_with_one_id(live_server, config, data_dir, import_root):
+    """Over HTTP: pairs of identical uploads sent at the same moment (two ingests in flight)."""
     names = make_files(import_root, 20, seed=12)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(process_config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{port}/dicom"
-    try:
-        for name in names:
-            body = (import_root / name).read_bytes()
-            barrier, answers = threading.Barrier(2), []
+    url = f"{live_server}/dicom"
+    for name in names:
+        body = (import_root / name).read_bytes()
+        barrier, answers = threading.Barrier(2), []
 
-            def post() -> None:
-                with httpx.Client(timeout=60) as http:
-                    barrier.wait(timeout=30)
-                    answers.append(http.post(url, content=body, headers={"content-type": "application/dicom"}))
+        def post() -> None:
+            with httpx.Client(timeout=60) as http:
+                barrier.wait(timeout=30)
+                answers.append(http.post(url, content=body, headers={"content-type": "application/dicom"}))
 
-            posters = [threading.Thread(target=post) for _ in range(2)]
-            for poster in posters:
-                poster.start()
-            for poster in posters:
-                poster.join(timeout=90)
-            assert sorted(a.status_code for a in answers) == [200, 201], [(a.status_code, a.text) for a in answers]
-            assert answers[0].json()["id"] == answers[1].json()["id"]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-    ids = stored_ids(process_config)
+        posters = [threading.Thread(target=post) for _ in range(2)]
+        for poster in posters:
+            poster.start()
+        for poster in posters:
+            poster.join(timeout=90)
+        assert sorted(a.status_code for a in answers) == [200, 201], [(a.status_code, a.text) for a in answers]
+        assert answers[0].json()["id"] == answers[1].json()["id"]
+    ids = stored_ids(config)
     assert len(ids) == len(set(ids)) == len(names)
     assert blob_ids(data_dir) == {instance_id: 2 for instance_id in ids}
-    shutil.rmtree(import_root)
 
 
 # Three replicas: one PostgreSQL, one blob store, three `dicomsvc serve` processes ----------------
