@@ -150,6 +150,8 @@ async def _run_job(svc: Service, job_id: str) -> None:
         while True:
             done, _ = await asyncio.wait({work}, timeout=svc.config.job_heartbeat_seconds)
             if done:
+                if work.cancelled():  # by itself: a chunk's results found the lease another's
+                    raise job_rows.LeaseLost(job_id)
                 return work.result()
             try:
                 mine = await job_rows.renew(svc.db, job_id, svc.replica, svc.config.job_lease_seconds)
@@ -166,6 +168,7 @@ async def _run_job(svc: Service, job_id: str) -> None:
 
 
 async def _work(svc: Service, job_id: str) -> None:
+    me = asyncio.current_task()
     job = await job_rows.get_job(svc.db, job_id)
     owner = job.get("created_by") if job else None
     while pending := await job_rows.pending_items(svc.db, job_id, PAGE):
@@ -173,7 +176,11 @@ async def _work(svc: Service, job_id: str) -> None:
 
         async def record(start: int, results: list[Result], seqs: list[int] = seqs) -> None:
             done = [(seqs[start + i], r.status, json.dumps(r.public())) for i, r in enumerate(results)]
-            await job_rows.record_results(svc.db, job_id, done, svc.replica, svc.config.job_lease_seconds)
+            try:
+                await job_rows.record_results(svc.db, job_id, done, svc.replica, svc.config.job_lease_seconds)
+            except job_rows.LeaseLost:
+                me.cancel()  # the page's other chunks stop too (not only this one): the job is another's
+                raise
             audit.record(svc, audit.job_records(job_id, owner, results))  # who submitted it: the job's owner
             metrics.count_results(results)
 

@@ -280,3 +280,42 @@ def test_a_replica_that_finds_its_lease_taken_stops_the_job_and_leaves_it_to_the
         job = client.get(f"/jobs/{job_id}").json()
         row = indexdb.dict_rows(config, "SELECT claimed_by FROM job WHERE id = ?", (job_id,))[0]
     assert job["status"] == "running" and row["claimed_by"] == "thief", job
+
+
+def test_a_replica_that_cannot_record_results_under_its_lease_stops_the_rest_of_the_page(
+    data_dir, import_root, monkeypatch, caplog
+):
+    """The lease is found taken when a chunk's results are recorded: the page's other chunks are
+    cancelled with it, not ingested in the background by a replica that no longer owns the job.
+    Before: the failed chunk alone stopped; the page's other chunks (up to 512 files) ran on."""
+    import logging
+
+    from dicomsvc import batch
+
+    rng = np.random.default_rng(9)
+    for i in range(48):  # 6 chunks of batch.CHUNK
+        save(make_ct(rng.integers(0, 500, (8, 8), dtype=np.int16)), import_root / "many" / f"{i:02d}.dcm")
+    started, real_chunk, real_record = [], batch._ingest_chunk, job_rows.record_results
+
+    async def counted_chunk(svc, chunk, study_uid):
+        started.append(len(chunk))
+        return await real_chunk(svc, chunk, study_uid)
+
+    async def stolen_then_record(db, job_id, *args):
+        async with sqlite.transaction(db) as conn:  # another replica took the job over meanwhile
+            await conn.execute("UPDATE job SET claimed_by = 'thief', lease_until = lease_until + 3600 WHERE id = ?", (job_id,))
+        return await real_record(db, job_id, *args)
+
+    monkeypatch.setattr(batch, "_ingest_chunk", counted_chunk)
+    monkeypatch.setattr(job_rows, "record_results", stolen_then_record)
+    caplog.set_level(logging.WARNING, logger="dicomsvc")
+    config = job_config(data_dir, import_root)
+    with TestClient(create_app(config)) as client:
+        client.post("/dicom", params={"async": "true"}, json={"path": "many"})
+        deadline = time.monotonic() + 30
+        while "taken over by another replica" not in caplog.text:
+            assert time.monotonic() < deadline, "the lost lease went unnoticed"
+            time.sleep(0.02)
+        at_stop = len(started)
+        time.sleep(2)  # what would still be running in the background, had it not been cancelled
+        assert len(started) == at_stop < 48 // batch.CHUNK, started
