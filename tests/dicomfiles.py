@@ -79,6 +79,22 @@ def blob_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+ENCRYPTED_SUITE = os.environ.get("DICOMSVC_TEST_ENCRYPTION") == "1"
+SUITE_KEY = bytes(range(32))  # the master key conftest gives every Config when ENCRYPTED_SUITE
+
+
+def blob_plaintext(path: Path) -> bytes:
+    """A stored blob's bytes as a reader sees them: decrypted when it was sealed (the suite run
+    with DICOMSVC_TEST_ENCRYPTION=1; the object id is the path below ``<data>/blobs``)."""
+    data = path.read_bytes()
+    if not data.startswith(b"DSVCRYPT"):
+        return data
+    from dicomsvc.storage.crypt import Keyring, read_sealed
+
+    root = next(p for p in path.parents if p.name == "blobs")
+    return read_sealed(path, Keyring((SUITE_KEY,)), path.relative_to(root).as_posix())
+
+
 def counting_reads(monkeypatch) -> list[int]:
     """Sizes of every read() on files opened from now on (to prove what was not read)."""
     reads: list[int] = []

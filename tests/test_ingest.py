@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomfiles import blob_files, sample_file
+from dicomfiles import ENCRYPTED_SUITE, blob_files, blob_plaintext, sample_file
 from indexdb import index, on_postgres
 from dicomsvc import ingest
 from dicomsvc.storage import instances, sqlite
@@ -56,7 +56,7 @@ def test_ingest_file_stores_row_tags_and_blobs(ready):
     (row,) = rows(ready, "SELECT id, modality, rows, columns, frames, source, has_pixels FROM dicom")
     assert row == (result.id, "CT", 128, 128, 1, "CT_small.dcm", 1)
     assert rows(ready, "SELECT COUNT(*) FROM dicom_tag")[0][0] > 100
-    stored = BlobStore(ready.blob_dir).path(BlobStore.key(result.id, "dcm")).read_bytes()
+    stored = blob_plaintext(BlobStore(ready.blob_dir).path(BlobStore.key(result.id, "dcm")))
     assert stored == sample_file("CT_small.dcm").read_bytes()
     assert temp_blobs(ready) == []
 
@@ -246,6 +246,7 @@ def test_a_batch_whose_commit_fails_leaves_nothing_and_fails_each_file(ready, mo
     assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(0,)]
 
 
+@pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key, the early sync does not run: _place syncs the sealed copy")
 def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch):
     """Its fdatasync starts before parsing (in a thread), and the commit still waits for it."""
     spooled = spool(ready, "CT_small.dcm")
@@ -269,6 +270,7 @@ def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch)
     assert events[:2] == ["sync begins", "parse"]
 
 
+@pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key, the early sync does not run: _place syncs the sealed copy")
 def test_an_early_sync_error_fails_the_ingest_and_leaves_nothing(ready, monkeypatch):
     spooled = spool(ready, "CT_small.dcm")
     real_fdatasync = os.fdatasync
