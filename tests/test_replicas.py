@@ -138,6 +138,30 @@ class SharedFolder:
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts)
 
 
+class Bucket:
+    """The replicas' blob store as one bucket on the session's throwaway SeaweedFS (tests/seaweed.py):
+    each replica's data directory holds only its temporary files and read cache."""
+
+    PREFIX = "blobs"
+
+    def __init__(self, server, root: Path) -> None:
+        self.server, self.bucket, self.root = server, server.new_bucket(), root
+        (root / "spool").mkdir(parents=True)
+
+    def env(self) -> dict[str, str]:
+        return self.server.env(self.bucket, self.PREFIX)
+
+    def prepare(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True)
+        # job input (spools) still on local disk: shared until it moves into the bucket too
+        (data_dir / "spool").symlink_to(self.root / "spool")
+
+    def keys(self) -> list[str]:
+        """Every blob in the bucket, as the database records its key (relative to the prefix)."""
+        start = len(self.PREFIX) + 1
+        return [key[start:] for key in self.server.keys(self.bucket, self.PREFIX + "/") if len(key[start:].split("/")[0]) == 2]
+
+
 def instance_of(key: str) -> str:
     """The instance id a blob key belongs to: ``aa/<id>.dcm``, ``aa/<id>.png``, ``aa/<id>/<rendering>``."""
     return key.split("/")[1].split(".", 1)[0]
@@ -210,8 +234,12 @@ def test_three_replicas_share_one_index_and_one_blob_store(request, tmp_path):
     there and, once the crash's leftovers are swept, no blob without a row."""
     pg = request.getfixturevalue("postgres")
     if pg is None:
-        pytest.skip("the scale run: DICOMSVC_TEST_POSTGRES=1 (make test-postgres)")
-    store = SharedFolder(tmp_path / "shared")
+        pytest.skip("the scale run: DICOMSVC_TEST_POSTGRES=1 DICOMSVC_TEST_S3=1 (make test-scale)")
+    try:
+        s3 = request.getfixturevalue("s3_server")
+    except pytest.FixtureLookupError:
+        s3 = None
+    store = Bucket(s3, tmp_path / "shared") if s3 is not None else SharedFolder(tmp_path / "shared")
     database_url = pg.new_database()
     import_root = tmp_path / "import"
     import_root.mkdir()
