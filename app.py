@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from dicomsvc import audit, health, jobs, metrics, resumable, sweep
+from dicomsvc import audit, dimse, health, jobs, metrics, resumable, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.http import catalog, instances, intake, openapi, stow, tus
@@ -265,7 +265,8 @@ def create_app(config: Config | None = None) -> Starlette:
         warn_if_open(config, log)
         # the audit trail is written until everything else has stopped
         async with open_service(config) as svc, audit.running(svc), jobs.running(svc), sweep.running(svc), \
-                resumable.running(svc):  # tus uploads: the expiry sweep
+                resumable.running(svc), \
+                dimse.running(svc):  # the DICOM SCP (DICOMSVC_DIMSE_PORT): stopped first
             app.state.svc = svc
             app.state.read_cache = ReadCache(config.read_cache_bytes)  # GET /image and /tags answers
             yield

@@ -8,6 +8,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import netconfig
+from .netconfig import NetworkConfig
+
 PREFIX = "DICOMSVC_"
 
 
@@ -71,10 +74,31 @@ class Config:
     # each: the first wraps new objects, all unwrap (old ones while rotating). Empty: blobs in the clear
     encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
     encryption_chunk_bytes: int = 64 * 1024  # plaintext bytes per AES-GCM chunk of a new object
+    # Blobs in an S3-compatible object store (README "S3-compatible storage"); dicomsvc.storage.objects.
+    # "": the local folder data_dir/blobs as before. Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+    blob_url: str = ""  # s3://bucket/prefix
+    s3_endpoint: str = ""  # http(s)://host:port of the S3 API; "": AWS itself
+    s3_region: str = "us-east-1"
+    s3_multipart_bytes: int = 16 * 1024**2  # objects larger than this go up in parts of this size
+    s3_timeout: int = 30  # seconds one request to the object store may take
+    blob_cache_bytes: int = 1024**3  # with S3: local read-through copies kept at most (LRU)
+    blob_cache_dir: Path | None = None  # with S3: where those copies live (default data_dir/blobs)
+    sweep_grace_seconds: int = 3600  # the orphan sweep leaves blobs younger than this alone
     # Several replicas (README "Running at scale"); dicomsvc.jobs: a running job is leased by one replica
     job_lease_seconds: int = 30  # a job whose runner has not renewed its lease for this long is taken over
     job_heartbeat_seconds: int = 10  # how often the runner renews its lease (less than the lease)
     job_poll_seconds: int = 5  # how often a replica looks for jobs queued elsewhere (one indexed query)
+    # DICOM networking (README "DICOM networking"); dicomsvc.dimse (pynetdicom, imported only when on)
+    dimse_port: int | None = None  # DICOMSVC_DIMSE_PORT: the SCP's TCP port; None: off
+    ae_title: str = "DICOMSVC"  # our AE title (PS3.5 §6.2 AE: at most 16 characters)
+    network_config: NetworkConfig = field(default_factory=NetworkConfig)  # peers, destinations, rules
+    dimse_max_associations: int = 10  # concurrent associations; more are rejected (A-ASSOCIATE-RJ, transient)
+    dimse_max_pdu: int = 65536  # the largest P-DATA-TF PDU we receive (PS3.8 §9.3.1), 0: unlimited
+    dimse_acse_timeout: int = 30  # seconds for association negotiation and release (ACSE)
+    dimse_timeout: int = 60  # seconds to wait for the next DIMSE message of an association
+    dimse_network_timeout: int = 60  # seconds without a byte from the peer before the association is aborted
+    dimse_max_results: int = 10_000  # C-FIND matches answered at most (more: the first ones, then success)
+    dimse_max_retrieve: int = 100_000  # instances one C-GET or C-MOVE may retrieve (more: refused, 0xA701)
 
     SECRETS = ("anon_secret", "encryption_keys")
 
@@ -89,7 +113,8 @@ class Config:
 
     @property
     def blob_dir(self) -> Path:
-        return self.data_dir / "blobs"
+        """The blob folder; with S3, the local read-through cache (DICOMSVC_BLOB_CACHE_DIR)."""
+        return self.blob_cache_dir if self.blob_url and self.blob_cache_dir else self.data_dir / "blobs"
 
     @property
     def spool_dir(self) -> Path:
@@ -149,13 +174,21 @@ class Config:
             database_pool=get_int("DATABASE_POOL", 8),
             encryption_keys=_encryption_keys(get),
             encryption_chunk_bytes=get_int("ENCRYPTION_CHUNK_BYTES", 64 * 1024, minimum=4096),
+            **_object_store_settings(get, get_int),
             **_job_settings(get_int),
+            **_dimse_settings(get, get_int),
         )
 
     def log(self, logger: logging.Logger) -> None:
         """Log the settings once at start-up, secrets masked."""
         shown = {k: ("***" if v else "(none)") if k in self.SECRETS else v for k, v in asdict(self).items()}
         shown["database_url"] = _masked_url(self.database_url) or "(none: SQLite)"
+        net = self.network_config  # names and counts only: destinations may hold tokens
+        shown["network_config"] = f"{len(net.peers)} peer(s), {len(net.destinations)} destination(s), {len(net.rules)} rule(s)"
+        shown["blob_url"] = self.blob_url or "(none: the local folder)"
+        if self.blob_url:  # the credentials come from the environment: say which, never the secret
+            shown["s3_access_key_id"] = os.environ.get("AWS_ACCESS_KEY_ID") or "(none)"
+            shown["s3_secret_access_key"] = "***" if os.environ.get("AWS_SECRET_ACCESS_KEY") else "(none)"
         logger.info("dicomsvc config: %s", ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
@@ -228,6 +261,50 @@ def _job_settings(get_int) -> dict:
             f"{PREFIX}JOB_HEARTBEAT_SECONDS ({heartbeat}) must be less than {PREFIX}JOB_LEASE_SECONDS ({lease})"
         )
     return {"job_lease_seconds": lease, "job_heartbeat_seconds": heartbeat, "job_poll_seconds": get_int("JOB_POLL_SECONDS", 5)}
+
+
+def _object_store_settings(get, get_int) -> dict:
+    """DICOMSVC_BLOB_URL, DICOMSVC_S3_ENDPOINT/_REGION/_MULTIPART_BYTES/_TIMEOUT,
+    DICOMSVC_BLOB_CACHE_BYTES/_DIR, DICOMSVC_SWEEP_GRACE_SECONDS."""
+    url, endpoint = get("BLOB_URL", "").strip(), get("S3_ENDPOINT", "").strip().rstrip("/")
+    if url:
+        scheme, _, rest = url.partition("://")
+        if scheme != "s3" or not rest.split("/", 1)[0]:
+            raise ValueError(f"{PREFIX}BLOB_URL must be s3://bucket[/prefix], got {url!r}")
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ValueError(f"{PREFIX}S3_ENDPOINT must be an http:// or https:// URL, got {endpoint!r}")
+    cache_dir = get("BLOB_CACHE_DIR", "").strip()
+    return {
+        "blob_url": url.rstrip("/"),
+        "s3_endpoint": endpoint,
+        "s3_region": get("S3_REGION", "us-east-1").strip(),
+        # S3 parts are 5 MiB at least (but the last) and 10,000 at most: 16 MiB parts reach 156 GiB
+        "s3_multipart_bytes": get_int("S3_MULTIPART_BYTES", 16 * 1024**2, minimum=5 * 1024**2),
+        "s3_timeout": get_int("S3_TIMEOUT", 30),
+        "blob_cache_bytes": get_int("BLOB_CACHE_BYTES", 1024**3, minimum=0),
+        "blob_cache_dir": Path(cache_dir).resolve() if cache_dir else None,
+        "sweep_grace_seconds": get_int("SWEEP_GRACE_SECONDS", 3600, minimum=0),
+    }
+
+
+def _dimse_settings(get, get_int) -> dict:
+    """DICOMSVC_DIMSE_PORT, DICOMSVC_AE_TITLE, DICOMSVC_NETWORK_CONFIG, DICOMSVC_DIMSE_* limits."""
+    port = get_int("DIMSE_PORT", 0, minimum=0)
+    if port > 65535:
+        raise ValueError(f"{PREFIX}DIMSE_PORT must be a TCP port (1-65535), or unset for none")
+    path = get("NETWORK_CONFIG", "").strip()
+    return {
+        "dimse_port": port or None,
+        "ae_title": netconfig.ae_title(get("AE_TITLE", "DICOMSVC"), f"{PREFIX}AE_TITLE"),
+        "network_config": netconfig.load(Path(path), f"{PREFIX}NETWORK_CONFIG") if path else NetworkConfig(),
+        "dimse_max_associations": get_int("DIMSE_MAX_ASSOCIATIONS", 10),
+        "dimse_max_pdu": get_int("DIMSE_MAX_PDU", 65536, minimum=0),
+        "dimse_acse_timeout": get_int("DIMSE_ACSE_TIMEOUT", 30),
+        "dimse_timeout": get_int("DIMSE_TIMEOUT", 60),
+        "dimse_network_timeout": get_int("DIMSE_NETWORK_TIMEOUT", 60),
+        "dimse_max_results": get_int("DIMSE_MAX_RESULTS", 10_000),
+        "dimse_max_retrieve": get_int("DIMSE_MAX_RETRIEVE", 100_000),
+    }
 
 
 def _encryption_keys(get) -> tuple[bytes, ...]:

@@ -123,3 +123,18 @@ class DamagedBlob(DicomSvcError):
     state, never its contents (dicomsvc.storage.crypt logs which object)."""
 
     status, code = 422, "damaged_blob"
+
+
+class StorageUnavailable(DicomSvcError):
+    """The object store (DICOMSVC_BLOB_URL=s3://...) did not answer, answered 5xx or refused our
+    credentials: nothing was stored or served, try again later (RFC 9110 §15.6.4: 503)."""
+
+    status, code = 503, "storage_unavailable"
+
+
+class SopMismatch(DicomSvcError):
+    """A C-STORE whose data set's (0008,0016) SOP Class UID or (0008,0018) SOP Instance UID is
+    not the request's Affected SOP Class / Instance UID (PS3.4 B.2.3: 0xA900, data set does
+    not match SOP class)."""
+
+    status, code = 409, "sop_mismatch"

@@ -26,7 +26,7 @@ from .config import Config
 from .dicom import dicomjson
 from .dicom.parse import Parsed, frame_count, pixel_hash, read
 from .dicom.tags import TagRow, flatten
-from .errors import DicomSvcError, InvalidDicom, NotDicom, StudyMismatch
+from .errors import DicomSvcError, InvalidDicom, NotDicom, SopMismatch, StudyMismatch
 from .imaging.render import render_png
 from .options import PLAIN, Options
 from .results import Ingested  # defined there: the server unpickles it without pydicom
@@ -92,6 +92,10 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
             raise NotDicom("a DICOMDIR (a media directory), not an instance")
         if options.study_uid is not None and _text(parsed.ds, "StudyInstanceUID") != options.study_uid:
             raise StudyMismatch("the instance belongs to another study than the one in the URL")
+        if options.affected_sop is not None and options.affected_sop != (
+            _text(parsed.ds, "SOPClassUID"), parsed.sop_instance_uid
+        ):
+            raise SopMismatch("the data set's SOP Class or Instance UID is not the C-STORE request's (PS3.4 B.2.3)")
         if anonymized:  # from here on only the anonymized copy exists
             temp = _anonymized_copy(config, temp, options, blobs)
             parsed, source = read(temp, config.max_upload_bytes), "(anonymized)"

@@ -16,6 +16,9 @@ class Options:
     study_uid: str | None = None  # STOW-RS: the instance must belong to this study
     anonymized_from: str | None = None  # POST /dicom/{id}/anonymize: the stored original
     user: str | None = None  # who asks: recorded as the owner (dicom.uploaded_by); None without auth
+    # C-STORE: the (0000,0002) Affected SOP Class UID and (0000,1000) Affected SOP Instance UID the
+    # data set must carry (PS3.7 §9.1.1.1); None: not checked
+    affected_sop: tuple[str, str] | None = None
 
     @classmethod
     def from_request(cls, *sources: Mapping, **fixed) -> "Options":

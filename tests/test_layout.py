@@ -94,6 +94,23 @@ def test_only_http_imports_starlette_and_multipart():
     assert not wrong
 
 
+def test_dimse_is_a_layer_beside_http():
+    """``dicomsvc/dimse`` (the DICOM SCP) and ``dicomsvc/http`` never import each other; only
+    ``dicomsvc/dimse`` imports pynetdicom (and only app.py starts it)."""
+    wrong = []
+    for name, path in modules().items():
+        for m in imports(name, path):
+            if name.startswith("dicomsvc.http") and m.startswith("dicomsvc.dimse"):
+                wrong.append(f"{name} imports {m}")
+            if name.startswith("dicomsvc.dimse") and m.startswith("dicomsvc.http"):
+                wrong.append(f"{name} imports {m}")
+            if m.split(".")[0] == "pynetdicom" and not name.startswith("dicomsvc.dimse"):
+                wrong.append(f"{name} imports {m}")
+    assert not wrong
+    dimse = {m for m in imports("dicomsvc.dimse", PACKAGE / "dimse" / "__init__.py")}
+    assert not any(m.split(".")[0] in ("pynetdicom", "pydicom") for m in dimse)  # imported only when the port is set
+
+
 def test_sql_lives_only_in_storage():
     wrong = []
     for name, path in modules().items():

@@ -263,6 +263,7 @@ _SERIES_COLUMNS = (
 _INSTANCE_COLUMNS = (
     "d.pk", "d.sop_class_uid", "d.sop_instance_uid", "d.instance_number", "d.rows", "d.columns",
     "d.bits_allocated", "d.frames", "d.timezone_offset",
+    "d.id", "d.dcm_blob", "d.transfer_syntax_uid",  # C-GET / C-MOVE read the stored instance (dicomsvc.dimse)
 )  # fmt: skip
 _FROM = {
     "study": "study st",

@@ -1,0 +1,432 @@
+"""The SCP: Verification, Storage, and Query/Retrieve (C-FIND, C-GET, C-MOVE) with pynetdicom.
+
+pynetdicom runs each association in threads of its own; its handlers, here, run there and
+never touch the event loop's objects directly: work for the app (an ingest, an index query)
+is a coroutine handed to the loop with ``asyncio.run_coroutine_threadsafe``, which the
+association's thread waits for. So an association never blocks the HTTP event loop, and the
+pipeline is the uploads' own: ``svc.cpu`` runs ``ingest_file`` in a worker process.
+
+- Association (PS3.8 §7.1): only peers of DICOMSVC_NETWORK_CONFIG (calling AE title, and
+  host when given) are accepted; any other is rejected with A-ASSOCIATE-RJ, rejected-permanent,
+  service user, calling AE title not recognized (PS3.8 §9.3.4, Table 9-21). Past
+  DICOMSVC_DIMSE_MAX_ASSOCIATIONS, pynetdicom rejects transiently (local limit exceeded).
+- C-STORE (PS3.4 Annex B): every storage SOP class, in the transfer syntaxes we can decode
+  (``STORABLE``). The data set is received into a temporary file (pynetdicom's
+  STORE_RECV_CHUNKED_DATASET: memory stays flat in its size), moved to blob temp space and
+  ingested with the peer's options (its owner, anonymization); the response is success only
+  after the durable commit (the HTTP 201's meaning). Duplicates are success; errors map to
+  PS3.4 B.2.3 statuses (``STATUS``). A peer that drops mid-transfer leaves no data: its
+  partial temporary file is removed, and nothing was handed to the pipeline.
+- C-FIND/C-GET/C-MOVE (PS3.4 Annex C), Patient and Study Root: ``dicomsvc.dimse.query``
+  over the index QIDO-RS searches; C-GET/C-MOVE read the stored blobs through the blob
+  store's reader (decrypting when encryption at rest is on).
+
+pynetdicom's own logging is silenced (it would log identifiers and UIDs: patient data);
+what happens is logged here by AE title, address, counts and error codes.
+"""
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from .. import audit, metrics, tasks
+from ..errors import BadRequest, Busy, DicomSvcError, InsufficientStorage, SopMismatch, TooLarge
+from ..netconfig import Peer
+from ..options import Options
+from ..service import Service, StartupError
+from ..storage import space, studies
+from . import query
+
+log = logging.getLogger("dicomsvc.dimse")
+
+# Transfer syntaxes accepted for storage: the native ones and every compressed one whose
+# decoder is installed (dicomsvc.retrieve.decodable; tests/test_dimse.py checks each).
+NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
+STORABLE = NATIVE + (
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+QR_MODELS = (
+    PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove,
+)  # fmt: skip
+
+# PS3.4 Table B.2-1 (C-STORE) and C.4.1-1/C.4.2-1/C.4.3-1 (Q/R) statuses
+SUCCESS = 0x0000
+COERCED = 0xB000  # warning: coercion of data elements (we anonymized it)
+OUT_OF_RESOURCES = 0xA700  # refused: out of resources (too large, disk full, busy)
+NOT_SOP_CLASS = 0xA900  # error: data set does not match SOP class / identifier does not match SOP class
+CANNOT_UNDERSTAND = 0xC000  # error: cannot understand
+PROCESSING_FAILURE = 0x0110  # failure: processing failure (PS3.7 C.4.2)
+TOO_MANY = 0xA701  # refused: out of resources, unable to calculate number of matches
+MOVE_DESTINATION_UNKNOWN = 0xA801
+PENDING = 0xFF00
+CANCELLED = 0xFE00
+# A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling AE title not recognized (PS3.8 Table 9-21)
+REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+def store_status(exc: DicomSvcError) -> int:
+    """Our error as a C-STORE failure status (PS3.4 B.2.3)."""
+    if isinstance(exc, SopMismatch):
+        return NOT_SOP_CLASS
+    if isinstance(exc, (TooLarge, InsufficientStorage, Busy)):
+        return OUT_OF_RESOURCES
+    return CANNOT_UNDERSTAND
+
+
+def status_with_comment(status: int, comment: str) -> Dataset:
+    """A status with (0000,0902) Error Comment: LO, at most 64 characters (PS3.7 C.4), never
+    patient data (our error details name no values)."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return ds
+
+
+def _requestor(assoc) -> tuple[str, str]:
+    """(calling AE title, peer address) of an association: both are logged, neither is PHI."""
+    return str(assoc.requestor.ae_title).strip(), str(assoc.requestor.address)
+
+
+class Scp:
+    def __init__(self, svc: Service):
+        self.svc = svc
+        self.config = svc.config
+        self.loop = asyncio.get_running_loop()
+        self.inflight: set[asyncio.Task] = set()  # app work started for an association's thread
+        self.server = None
+        _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a file, not memory
+        _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers are patient data
+        _config.LOG_RESPONSE_IDENTIFIERS = False
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its messages quote UIDs and identifiers
+        self.ae = self._application_entity()
+
+    # Life ---------------------------------------------------------------------------------
+
+    def _application_entity(self) -> AE:
+        cfg = self.config
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_associations = cfg.dimse_max_associations
+        ae.maximum_pdu_size = cfg.dimse_max_pdu
+        ae.acse_timeout = cfg.dimse_acse_timeout
+        ae.dimse_timeout = cfg.dimse_timeout
+        ae.network_timeout = cfg.dimse_network_timeout
+        for cx in AllStoragePresentationContexts:
+            # scu_role/scp_role: a C-GET requestor may take the SCP role for storage (PS3.4 C.4.3.1.3)
+            ae.add_supported_context(cx.abstract_syntax, list(STORABLE), scu_role=True, scp_role=True)
+        ae.add_supported_context(Verification, list(UNCOMPRESSED))
+        for model in QR_MODELS:
+            ae.add_supported_context(model, list(UNCOMPRESSED))
+        return ae
+
+    async def start(self) -> None:
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_ABORTED, self._on_dropped),
+            (evt.EVT_CONN_CLOSE, self._on_dropped),
+        ]
+        address = (self.config.host, self.config.dimse_port)
+        try:
+            self.server = await asyncio.to_thread(self.ae.start_server, address, block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise StartupError(f"the DICOM port {self.config.dimse_port} cannot be opened ({exc.strerror})") from None
+        log.info("DICOM SCP %s listening on port %d (%d peer(s) allowed)",
+                 self.config.ae_title, self.config.dimse_port, len(self.config.network_config.peers))  # fmt: skip
+
+    async def stop(self) -> None:
+        """Abort the associations, close the port, then let the app work they started finish
+        (an ingest under way commits or removes what it wrote; its peer gets no answer)."""
+        await asyncio.to_thread(self.ae.shutdown)
+        if self.inflight:
+            await asyncio.wait(set(self.inflight), timeout=self.config.worker_timeout or None)
+        log.info("DICOM SCP stopped")
+
+    def _call(self, coroutine, timeout: float | None = None):
+        """Run ``coroutine`` on the app's event loop and wait for its result (in an association's
+        thread). RuntimeError when the loop is gone (the app is stopping)."""
+
+        async def tracked():
+            task = asyncio.current_task()
+            self.inflight.add(task)
+            try:
+                return await coroutine
+            finally:
+                self.inflight.discard(task)
+
+        try:
+            future = asyncio.run_coroutine_threadsafe(tracked(), self.loop)
+        except RuntimeError:
+            coroutine.close()
+            raise
+        try:
+            return future.result(timeout)
+        except concurrent.futures.CancelledError:
+            raise RuntimeError("the app stopped") from None
+
+    def _peer(self, assoc) -> Peer | None:
+        ae, host = _requestor(assoc)
+        return self.config.network_config.peer(ae, host)
+
+    def _owner(self, peer: Peer | None) -> str | None:
+        """Under DICOMSVC_VISIBILITY=own a peer with a user sees what that user stored."""
+        return peer.user if peer is not None and self.config.visibility == "own" else None
+
+    # Association --------------------------------------------------------------------------
+
+    def _on_requested(self, event) -> None:
+        """A-ASSOCIATE-RQ received: the allow-list decides (PS3.8 §7.1.1)."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        host = str(assoc.requestor.address)
+        if self.config.network_config.peer(calling, host) is None:
+            log.warning("DICOM association from %r at %s rejected: not a configured peer", calling, host)
+            assoc.acse.send_reject(*REJECT_UNKNOWN_CALLING_AE)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
+
+    def _on_echo(self, event) -> int:
+        return SUCCESS  # PS3.7 §9.1.5: C-ECHO success
+
+    def _on_dropped(self, event) -> None:
+        """A peer that aborts or closes mid-transfer: the partly received data set's file is removed."""
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                partial.close()
+                os.unlink(partial.name)
+
+    # C-STORE ------------------------------------------------------------------------------
+
+    def _on_store(self, event):
+        assoc = event.assoc
+        peer = self._peer(assoc)
+        if peer is None:  # accepted, so configured: only a configuration change could do this
+            return status_with_comment(CANNOT_UNDERSTAND, "calling AE not allowed")
+        ae, host = _requestor(assoc)
+        request = event.request
+        received = Path(event.dataset_path)
+        temp = self.svc.blobs.temp_path(".dcm")
+        try:
+            _move(received, temp)
+        except OSError as exc:
+            log.error("a received data set could not be moved to blob temp space (%s)", type(exc).__name__)
+            return status_with_comment(OUT_OF_RESOURCES, "could not be spooled")
+        options = Options(
+            anonymize=peer.anonymize,
+            user=peer.user,
+            affected_sop=(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)),
+        )
+        try:
+            return self._call(self._ingest(temp, f"dimse:{ae}@{host}", options, ae, host))
+        except RuntimeError:  # the app is stopping
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            return status_with_comment(OUT_OF_RESOURCES, "the service is stopping")
+
+    async def _ingest(self, temp: Path, source: str, options: Options, ae: str, host: str):
+        svc = self.svc
+        try:
+            ingested = await svc.cpu(tasks.ingest_file, svc.config, temp, source, options)
+        except DicomSvcError as exc:
+            await svc.io(svc.blobs.discard, temp)
+            metrics.ingested("failed")
+            self._audit("upload", "C-STORE", None, exc.status, ae, host, options.user)
+            log.info("C-STORE from %s refused: %s", ae, exc.code)
+            return status_with_comment(store_status(exc), exc.detail)
+        except Exception as exc:  # a full disk outside the pipeline, or a bug: never the server's end
+            await svc.io(svc.blobs.discard, temp)
+            metrics.ingested("failed")
+            log.error("C-STORE from %s failed: %s", ae, type(exc).__name__)
+            if space.is_full(exc):
+                return status_with_comment(OUT_OF_RESOURCES, "insufficient storage")
+            return status_with_comment(PROCESSING_FAILURE, "processing failure")
+        metrics.ingested("created" if ingested.created else "duplicate")
+        self._audit("upload", "C-STORE", ingested.id, 201 if ingested.created else 200, ae, host, options.user)
+        return COERCED if options.anonymize or svc.config.anonymize_always else SUCCESS
+
+    def _audit(self, action: str, method: str, instance: str | None, status: int, ae: str, host: str,
+               user: str | None) -> None:  # fmt: skip
+        """One audit record (on the loop): the calling AE and address as the client; no PHI."""
+        record = audit.Record(audit.now(), user or "anonymous", "", action, method, None, instance=instance,
+                              status=status, client=f"{ae}@{host}")  # fmt: skip
+        audit.record(self.svc, [record])
+
+    # C-FIND -------------------------------------------------------------------------------
+
+    def _on_find(self, event):
+        try:
+            q = query.find_query(event.identifier)
+        except BadRequest as exc:
+            yield status_with_comment(NOT_SOP_CLASS, exc.detail), None
+            return
+        peer = self._peer(event.assoc)
+        try:
+            rows = self._call(self._search(q, self._owner(peer)))
+        except RuntimeError:
+            yield status_with_comment(OUT_OF_RESOURCES, "the service is stopping"), None
+            return
+        except Exception as exc:
+            log.error("C-FIND failed: %s", type(exc).__name__)
+            yield status_with_comment(CANNOT_UNDERSTAND, "the query could not be run"), None
+            return
+        ae, host = _requestor(event.assoc)
+        self._call_soon(self._audit, "search", "C-FIND", None, 200, ae, host, peer.user if peer else None)
+        for row in rows:
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            yield PENDING, query.answer(row, q, self.config.ae_title)
+        yield SUCCESS, None
+
+    async def _search(self, q: query.FindQuery, owner: str | None) -> list[dict]:
+        limit = self.config.dimse_max_results
+        level = q.index_level
+        extra = q.stored_tags()
+        if q.level == "PATIENT":  # the studies, grouped: fetch more, answer at most the limit
+            rows = await studies.search(self.svc.db, level, q.conditions, limit * 10, 0, owner=owner)
+            return query.patients(rows)[:limit]
+        return await studies.search(self.svc.db, level, q.conditions, limit, 0, extra, in_study=True, owner=owner)
+
+    def _call_soon(self, fn, *args) -> None:
+        """``fn(*args)`` on the loop, not waited for (an audit record)."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    # C-GET and C-MOVE ---------------------------------------------------------------------
+
+    def _matches(self, event):
+        """The stored instances a C-GET/C-MOVE identifier names: (rows, None) or (None, status)."""
+        try:
+            conditions = query.retrieve_conditions(event.identifier)
+        except BadRequest as exc:
+            return None, status_with_comment(NOT_SOP_CLASS, exc.detail)
+        limit = self.config.dimse_max_retrieve
+        owner = self._owner(self._peer(event.assoc))
+        try:
+            rows = self._call(studies.search(self.svc.db, "instance", conditions, limit + 1, 0, in_study=True, owner=owner))
+        except RuntimeError:
+            return None, status_with_comment(OUT_OF_RESOURCES, "the service is stopping")
+        if len(rows) > limit:
+            return None, status_with_comment(TOO_MANY, f"more than {limit} instances (DICOMSVC_DIMSE_MAX_RETRIEVE)")
+        return rows, None
+
+    def _read(self, row: dict) -> Dataset:
+        """The stored instance as a data set, read through the blob store (decrypted if sealed)."""
+        source = self.svc.blobs.stored(row["dcm_blob"])
+        if isinstance(source, Path):
+            return dcmread(source)
+        with source.open_binary() as plain:
+            return dcmread(plain)
+
+    def _sub_operations(self, event, rows: list[dict], method: str):
+        ae, host = _requestor(event.assoc)
+        peer = self._peer(event.assoc)
+        for row in rows:
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            try:
+                ds = self._read(row)
+            except Exception as exc:  # gone (deleted meanwhile) or damaged: this sub-operation fails
+                log.warning("%s: a stored instance could not be read (%s)", method, type(exc).__name__)
+                ds = _placeholder(row)
+            self._call_soon(self._audit, "download", method, row["id"], 200, ae, host, peer.user if peer else None)
+            yield PENDING, ds
+
+    def _on_get(self, event):
+        rows, failure = self._matches(event)
+        if failure is not None:
+            yield 0
+            yield failure, None
+            return
+        yield len(rows)
+        yield from self._sub_operations(event, rows, "C-GET")
+
+    def _on_move(self, event):
+        destination = self.config.network_config.dimse_destination(str(event.move_destination or ""))
+        if destination is None:  # PS3.4 C.4.2.1.4.1: Move Destination unknown
+            log.warning("C-MOVE to an unknown destination refused")
+            yield None, None
+            return
+        rows, failure = self._matches(event)
+        if failure is not None:
+            yield destination.host, destination.port
+            yield 0
+            yield failure, None
+            return
+        contexts = _contexts_for(rows)
+        yield destination.host, destination.port, {"contexts": contexts}
+        yield len(rows)
+        yield from self._sub_operations(event, rows, "C-MOVE")
+
+
+def _placeholder(row: dict) -> Dataset:
+    """What a failed read yields: the instance's UIDs only, so the sub-operation fails and is
+    counted (its SOP Instance UID listed in Failed SOP Instance UID List, PS3.4 C.4.3.1.3.1)."""
+    ds = Dataset()
+    ds.SOPClassUID = row.get("sop_class_uid") or "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = row.get("sop_instance_uid") or "2.25.0"
+    return ds  # no file meta: send_c_store refuses it, the sub-operation fails
+
+
+def _contexts_for(rows: list[dict]) -> list:
+    """Presentation contexts for sending ``rows`` (PS3.8 §9.3.2.2): per SOP class, the stored
+    transfer syntaxes and the uncompressed ones (at most 128 contexts, PS3.8 §9.3.2.2)."""
+    syntaxes: dict[str, list[str]] = {}
+    for row in rows:
+        found = syntaxes.setdefault(row["sop_class_uid"] or "", [])
+        ts = row.get("transfer_syntax_uid")
+        if ts and ts not in found:
+            found.append(ts)
+    contexts = []
+    for sop_class, stored in syntaxes.items():
+        if not sop_class:
+            continue
+        contexts.append(build_context(sop_class, list(dict.fromkeys([*stored, *UNCOMPRESSED]))))
+    return contexts[:128]
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Move a received file into blob temp space: a rename when on one file system, else a copy."""
+    try:
+        os.rename(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+        with contextlib.suppress(OSError):
+            src.unlink()

@@ -1,0 +1,363 @@
+"""DICOM networking (dicomsvc/dimse): the SCP against real peers on this machine.
+
+dcmtk's echoscu, storescu, findscu, getscu and movescu (and storescp as a C-MOVE
+destination) talk to the app started in this process (TestClient runs its lifespan, so the
+SCP listens on a free port); pynetdicom is the SCU where dcmtk cannot be (compressed
+transfer syntaxes, a dropped association, hostile data sets). Results are compared with
+what the HTTP API shows.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from starlette.testclient import TestClient
+
+import indexdb
+from app import create_app
+from dicomfiles import make_ct, sample_file, save
+from dicomsvc.config import Config
+
+pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")
+
+# pydicom's files in several transfer syntaxes: (file, transfer syntax UID)
+FILES = {
+    "CT_small.dcm": "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "rtplan.dcm": "1.2.840.10008.1.2",  # Implicit VR Little Endian, no pixel data
+    "JPEG2000.dcm": "1.2.840.10008.1.2.4.91",
+    "MR_small_RLE.dcm": "1.2.840.10008.1.2.5",
+    "SC_rgb_jpeg_dcmtk.dcm": "1.2.840.10008.1.2.4.50",
+    "JPEG-LL.dcm": "1.2.840.10008.1.2.4.70",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def network_file(tmp_path: Path, peers: list[dict], destinations: dict | None = None) -> Path:
+    path = tmp_path / "network.json"
+    path.write_text(json.dumps({"peers": peers, "destinations": destinations or {}, "rules": []}))
+    return path
+
+
+def dimse_config(tmp_path: Path, peers: list[dict], destinations: dict | None = None, **env: str) -> Config:
+    return Config.from_env(
+        {
+            "DICOMSVC_DATA_DIR": str(tmp_path / "data"),
+            "DICOMSVC_IMPORT_ROOT": str(tmp_path / "import"),
+            "DICOMSVC_HOST": "127.0.0.1",
+            "DICOMSVC_WORKERS": "0",
+            "DICOMSVC_DIMSE_PORT": str(free_port()),
+            "DICOMSVC_NETWORK_CONFIG": str(network_file(tmp_path, peers, destinations)),
+        }
+        | env
+    )
+
+
+PEERS = [
+    {"ae_title": "STORESCU", "host": "127.0.0.1", "user": "scanner1"},
+    {"ae_title": "FINDSCU"},
+    {"ae_title": "GETSCU"},
+    {"ae_title": "MOVESCU"},
+    {"ae_title": "ECHOSCU"},
+    {"ae_title": "ANONSCU", "anonymize": True},
+    {"ae_title": "PYNETDICOM"},
+]
+
+
+@pytest.fixture
+def scp(tmp_path):
+    """(HTTP client, config) of an app whose SCP listens on a free port."""
+    config = dimse_config(tmp_path, PEERS, {"store": {"type": "dimse", "ae_title": "STORESCP", "host": "127.0.0.1",
+                                                      "port": 1}})  # fmt: skip (port replaced by tests that move)
+    with TestClient(create_app(config)) as client:
+        yield client, config
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*args], capture_output=True, text=True, timeout=timeout)
+
+
+def dcmtk(tool: str, config: Config, *args: str, ae: str | None = None, after: tuple = (), timeout: float = 120):
+    """``tool`` as peer ``ae`` (default: the tool's name), ``args`` before the address, ``after`` after it."""
+    calling = ae or tool.upper()
+    return run(tool, "-aet", calling, "-aec", config.ae_title, *args, "127.0.0.1", str(config.dimse_port), *after,
+               timeout=timeout)  # fmt: skip
+
+
+def test_echoscu(scp):
+    _, config = scp
+    done = dcmtk("echoscu", config, "-v")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Received Echo Response (Success)" in output, output
+
+
+def test_an_unknown_calling_ae_is_rejected_at_association(scp):
+    _, config = scp
+    done = dcmtk("echoscu", config, "-v", ae="STRANGER")
+    output = done.stdout + done.stderr
+    assert "Association Rejected" in output and "Calling AE Title Not Recognized" in output, output
+    assert "Echo Response" not in output
+
+
+def test_a_peer_from_another_host_is_rejected(tmp_path):
+    config = dimse_config(tmp_path, [{"ae_title": "ECHOSCU", "host": "10.1.2.3"}])
+    with TestClient(create_app(config)):
+        done = dcmtk("echoscu", config, "-v")
+    output = done.stdout + done.stderr
+    assert "Association Rejected" in output and "Calling AE Title Not Recognized" in output, output
+
+
+def pydicom_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "send"
+    folder.mkdir()
+    for name in FILES:
+        shutil.copyfile(sample_file(name), folder / name)
+    return folder
+
+
+def test_storescu_of_files_in_several_transfer_syntaxes_then_seen_over_http(scp, tmp_path):
+    client, config = scp
+    folder = pydicom_folder(tmp_path)
+    # storescu proposes each file's own transfer syntax from a profile (-xf): a presentation
+    # context for each (SOP class, transfer syntax) pair, each syntax a group of its own
+    profile = tmp_path / "storescu.cfg"
+    pairs = sorted({(str(dcmread(sample_file(n), stop_before_pixels=True).SOPClassUID), ts) for n, ts in FILES.items()})
+    syntaxes = sorted({ts for _, ts in pairs})
+    profile.write_text(
+        "[[TransferSyntaxes]]\n"
+        + "".join(f"[TS{i}]\nTransferSyntax1 = {ts}\n" for i, ts in enumerate(syntaxes))
+        + "\n[[PresentationContexts]]\n[Files]\n"
+        + "".join(f"PresentationContext{i + 1} = {sop}\\TS{syntaxes.index(ts)}\n" for i, (sop, ts) in enumerate(pairs))
+        + "\n[[Profiles]]\n[Files]\nPresentationContexts = Files\n"
+    )
+    done = dcmtk("storescu", config, "-v", "-xf", str(profile), "Files", "+sd", after=(str(folder),))
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert output.count("Received Store Response (Success)") == len(FILES), output
+    rows = client.get("/dicom", params={"limit": 100}).json()["items"]
+    assert len(rows) == len(FILES)
+    by_sop = {r["SOPInstanceUID"]: r for r in rows}
+    for name, syntax in FILES.items():
+        ds = dcmread(sample_file(name), stop_before_pixels=True)
+        row = by_sop[ds.SOPInstanceUID]
+        assert row["uploaded_by"] == "scanner1"  # the peer's configured user owns them
+        assert client.get(f"/dicom/{row['id']}").json()["TransferSyntaxUID"] == syntax
+        tags = client.get("/tags", params={"id": row["id"]}).json()["tags"]
+        assert any(t["Name"] == "SOPInstanceUID" and t["Value"] == ds.SOPInstanceUID for t in tags)
+    with indexdb.index(config) as db:  # the calling AE title and address are the source
+        assert {r[0] for r in db.execute("SELECT source FROM dicom").fetchall()} == {"dimse:STORESCU@127.0.0.1"}
+    expected = [("upload", "C-STORE", "STORESCU@127.0.0.1", 201, "scanner1")] * len(FILES)
+    assert wait_for(lambda: audit_rows(config, "C-STORE") == expected)
+
+
+def audit_rows(config: Config, method: str) -> list[tuple]:
+    with indexdb.index(config) as db:
+        query = "SELECT action, method, client, status, \"user\" FROM audit WHERE method = ?"
+        return sorted(db.execute(query, (method,)).fetchall())
+
+
+def wait_for(check, seconds: float = 30) -> bool:
+    """``check()`` true within a generous liveness bound (the audit trail is written in batches)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# Query/Retrieve ----------------------------------------------------------------------------------
+
+
+def two_studies(tmp_path: Path) -> list[Path]:
+    """Two patients' studies, two series each, three instances a series: saved files."""
+    files = []
+    for p, (patient_id, name) in enumerate([("PAT-1", "Alpha^Ann"), ("PAT-2", "Beta^Bob")]):
+        study = generate_uid()
+        for s in range(2):
+            series = generate_uid()
+            for i in range(3):
+                ds = make_ct(StudyInstanceUID=study, SeriesInstanceUID=series, PatientID=patient_id, PatientName=name,
+                             SeriesNumber=s + 1, InstanceNumber=i + 1, StudyDescription=f"Study {p}",
+                             Modality="CT" if s == 0 else "MR")  # fmt: skip
+                files.append(save(ds, tmp_path / "made" / f"{p}-{s}-{i}.dcm"))
+    return files
+
+
+def upload(client, files: list[Path]) -> None:
+    for path in files:
+        answer = client.post("/dicom", content=path.read_bytes(), headers={"content-type": "application/dicom"})
+        assert answer.status_code == 201, answer.text
+
+
+def findscu(config: Config, out: Path, model: str, *keys: str) -> list[Dataset]:
+    """findscu's matches (-X: each response identifier written to a file), in answer order."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*"):
+        old.unlink()
+    args = [model, "-X", "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    done = dcmtk("findscu", config, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def qido(client, path: str) -> list[dict]:
+    answer = client.get(f"/dicomweb/{path}")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def values(results: list[dict], tag: str) -> set[str]:
+    return {r[tag]["Value"][0] for r in results if "Value" in r.get(tag, {})}
+
+
+def test_findscu_at_each_level_answers_what_qido_rs_shows(scp, tmp_path):
+    client, config = scp
+    upload(client, two_studies(tmp_path))
+    out = tmp_path / "find"
+    studies = qido(client, "studies")
+    # PATIENT (Patient Root): the studies' patients, with their related counts
+    patients = findscu(config, out, "-P", "QueryRetrieveLevel=PATIENT", "PatientID", "PatientName",
+                       "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances")  # fmt: skip
+    assert {(str(d.PatientID), str(d.PatientName)) for d in patients} == {("PAT-1", "Alpha^Ann"), ("PAT-2", "Beta^Bob")}
+    assert {int(d.NumberOfPatientRelatedStudies) for d in patients} == {1}
+    assert {int(d.NumberOfPatientRelatedInstances) for d in patients} == {6}
+    # STUDY, both information models
+    for model in ("-S", "-P"):
+        found = findscu(config, out, model, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID",
+                        "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedInstances")  # fmt: skip
+        assert {str(d.StudyInstanceUID) for d in found} == values(studies, "0020000D")
+        assert all(d.RetrieveAETitle == config.ae_title for d in found)
+        assert {tuple(d.ModalitiesInStudy) for d in found} == {("CT", "MR")}
+    # a matching key: one patient, by a wildcard on the name (PS3.4 C.2.2.2.4)
+    found = findscu(config, out, "-S", "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName=Alp*")
+    assert {str(d.StudyInstanceUID) for d in found} == values(qido(client, "studies?PatientName=Alp*"), "0020000D")
+    assert len(found) == 1
+    study = found[0].StudyInstanceUID
+    # SERIES below the study
+    series = findscu(config, out, "-S", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}", "SeriesInstanceUID",
+                     "Modality", "SeriesNumber", "NumberOfSeriesRelatedInstances")  # fmt: skip
+    shown = qido(client, f"studies/{study}/series")
+    assert {str(d.SeriesInstanceUID) for d in series} == values(shown, "0020000E")
+    assert [int(d.SeriesNumber) for d in series] == [1, 2] and {int(d.NumberOfSeriesRelatedInstances) for d in series} == {3}
+    assert [d.Modality for d in series] == ["CT", "MR"]
+    # IMAGE below the series
+    first = series[0].SeriesInstanceUID
+    images = findscu(config, out, "-S", "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study}",
+                     f"SeriesInstanceUID={first}", "SOPInstanceUID", "InstanceNumber", "Rows", "PatientName")  # fmt: skip
+    shown = qido(client, f"studies/{study}/series/{first}/instances")
+    assert {str(d.SOPInstanceUID) for d in images} == values(shown, "00080018")
+    assert [int(d.InstanceNumber) for d in images] == [1, 2, 3] and {int(d.Rows) for d in images} == {32}
+    assert {str(d.PatientName) for d in images} == {"Alpha^Ann"}
+    # a key the index has no column for comes from the stored data set (here: Bits Stored), and one
+    # no instance has is returned empty
+    images = findscu(config, out, "-S", "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study}",
+                     f"SeriesInstanceUID={first}", "SOPInstanceUID", "BitsStored", "ContentDate")  # fmt: skip
+    assert {int(d.BitsStored) for d in images} == {16} and all(d.ContentDate == "" for d in images)
+
+
+def test_findscu_with_a_bad_identifier_fails_and_the_scp_goes_on(scp, tmp_path):
+    _, config = scp
+    done = dcmtk("findscu", config, "-v", "-S", "-k", "QueryRetrieveLevel=WARD", "-k", "PatientID")
+    output = done.stdout + done.stderr
+    assert "Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in output, output
+    done = dcmtk("findscu", config, "-v", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyDate=2024-01")
+    output = done.stdout + done.stderr
+    assert "Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in output, output
+    assert "Received Echo Response (Success)" in dcmtk("echoscu", config, "-v").stdout + dcmtk("echoscu", config, "-v").stderr
+
+
+def same_data_set(a: Dataset, b: Dataset) -> bool:
+    """Equal element by element (the file meta aside: the receiver writes its own)."""
+    a, b = Dataset(a), Dataset(b)
+    return a == b
+
+
+def test_getscu_retrieves_the_stored_data_sets(scp, tmp_path):
+    client, config = scp
+    files = two_studies(tmp_path)
+    upload(client, files)
+    originals = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in files}
+    study = str(dcmread(files[0]).StudyInstanceUID)
+    out = tmp_path / "got"
+    out.mkdir()
+    done = dcmtk("getscu", config, "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                 "-od", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = [dcmread(p) for p in out.iterdir()]
+    assert len(got) == 6
+    for ds in got:
+        assert str(ds.StudyInstanceUID) == study
+        assert same_data_set(ds, originals[str(ds.SOPInstanceUID)])
+    assert wait_for(lambda: len(audit_rows(config, "C-GET")) == 6)
+    # one instance by its UIDs (IMAGE level)
+    one = dcmread(files[7])
+    for old in out.iterdir():
+        old.unlink()
+    done = dcmtk("getscu", config, "-S", "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={one.StudyInstanceUID}",
+                 "-k", f"SeriesInstanceUID={one.SeriesInstanceUID}", "-k", f"SOPInstanceUID={one.SOPInstanceUID}",
+                 "-od", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (only,) = [dcmread(p) for p in out.iterdir()]
+    assert same_data_set(only, one)
+
+
+@pytest.fixture
+def storescp(tmp_path):
+    """dcmtk's storescp as a C-MOVE destination: (AE title, port, folder it writes to)."""
+    port, folder = free_port(), tmp_path / "moved"
+    folder.mkdir()
+    proc = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(folder), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.05)
+        yield "STORESCP", port, folder
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_movescu_to_a_configured_destination(tmp_path, storescp):
+    ae, port, folder = storescp
+    config = dimse_config(tmp_path, PEERS, {"archive": {"type": "dimse", "ae_title": ae, "host": "127.0.0.1", "port": port}})
+    with TestClient(create_app(config)) as client:
+        files = two_studies(tmp_path)
+        upload(client, files)
+        one = dcmread(files[0])
+        done = dcmtk("movescu", config, "-S", "-aem", ae, "-k", "QueryRetrieveLevel=SERIES",
+                     "-k", f"StudyInstanceUID={one.StudyInstanceUID}", "-k", f"SeriesInstanceUID={one.SeriesInstanceUID}")  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        moved = [dcmread(p) for p in folder.iterdir()]
+        assert sorted(str(d.SOPInstanceUID) for d in moved) == sorted(
+            str(dcmread(p).SOPInstanceUID) for p in files[:3]
+        )
+        originals = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in files[:3]}
+        assert all(same_data_set(d, originals[str(d.SOPInstanceUID)]) for d in moved)
+        # a destination not in the configuration: Move Destination unknown (0xA801)
+        done = dcmtk("movescu", config, "-v", "-S", "-aem", "NOWHERE", "-k", "QueryRetrieveLevel=STUDY",
+                     "-k", f"StudyInstanceUID={one.StudyInstanceUID}")  # fmt: skip
+        output = done.stdout + done.stderr
+        assert "Final Move Response (Refused: MoveDestinationUnknown)" in output, output
