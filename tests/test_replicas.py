@@ -382,3 +382,38 @@ def _job_row(database_url: str, job_id: str) -> dict:
 
     with psycopg.connect(database_url, row_factory=dict_row) as conn:
         return conn.execute("SELECT status, claimed_by FROM job WHERE id = %s", (job_id,)).fetchone()
+
+
+@pytest.mark.postgres_only
+def test_an_instance_deleted_through_one_replica_is_not_served_from_another_replicas_read_cache(tmp_path, import_root):
+    """Replica B holds the /image and /tags answers in its read cache; replica A deletes the
+    instance. Before: B went on serving them from memory (its cache trusted every delete to run
+    in its own process), 200 for an instance that no longer exists."""
+    from starlette.testclient import TestClient
+
+    from app import create_app
+
+    shared = tmp_path / "shared-blobs"
+    shared.mkdir()
+    url = indexdb.database_env(tmp_path / "a")["DICOMSVC_DATABASE_URL"]
+    configs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "blobs").symlink_to(shared)  # one blob store (as a bucket is)
+        configs.append(Config.from_env({
+            "DICOMSVC_DATA_DIR": str(tmp_path / name), "DICOMSVC_IMPORT_ROOT": str(import_root),
+            "DICOMSVC_WORKERS": "0", "DICOMSVC_DATABASE_URL": url,
+        }))  # fmt: skip
+    make_files(import_root, 1, seed=13)
+    PLAIN = {"accept-encoding": "identity"}  # a /tags answer the read cache gives (gzip: the stack's)
+    with TestClient(create_app(configs[0])) as a, TestClient(create_app(configs[1])) as b:
+        instance_id = a.post("/dicom", json={"path": "000.dcm"}).json()["id"]
+        for _ in range(2):  # the second from B's read cache
+            assert b.get("/image", params={"id": instance_id}).status_code == 200
+            assert b.get("/tags", params={"id": instance_id}, headers=PLAIN).status_code == 200
+        assert ("png", instance_id) in b.app.state.read_cache and ("tags", instance_id) in b.app.state.read_cache
+        assert a.delete(f"/dicom/{instance_id}").status_code in (200, 204)
+        image, tags = b.get("/image", params={"id": instance_id}), b.get("/tags", params={"id": instance_id}, headers=PLAIN)
+        etagged = b.get("/image", params={"id": instance_id}, headers={"if-none-match": f'"{instance_id}.png"'})
+    assert (image.status_code, tags.status_code, etagged.status_code) == (404, 404, 404), (image.text, tags.text)
+    assert image.json()["error"] == tags.json()["error"] == "not_found"

@@ -14,7 +14,10 @@ is what the stack does, by the same functions:
   the answer, the scope's state and the log context; ``anonymous`` as its user;
 - no database read: the cache holds only answers of instances that exist (every delete
   ``forget``s its instances as soon as it commits, and a fill that raced a delete is
-  dropped: ``readcache``), so a deleted instance is never served from it;
+  dropped: ``readcache``), so a deleted instance is never served from it. Except with an
+  index other servers share (PostgreSQL: several replicas, README "Running at scale"): their
+  deletes do not reach this process's cache, so a cached answer is given only after a point
+  lookup finds the row (gone: forgotten here, and the stack answers 404);
 - the same answer: status, headers in the same order, body (tests/test_hotreads.py
   compares it with the stack's, header by header); ``If-None-Match`` on /image (a 304);
 - one request-log line (``accesslog``), the request counted and timed (``metrics``), one
@@ -40,6 +43,7 @@ from ..config import Config
 from ..errors import DicomSvcError
 from ..identity import ANONYMOUS
 from ..imaging.params import is_default, parse_params
+from ..storage import instances
 from .audit import action_of
 from . import instances as stack
 from .compression import accepts_gzip
@@ -58,6 +62,7 @@ class HotReads:
     def __init__(self, app, config: Config) -> None:
         self.app = app
         self.enabled = config.auth == "none" and not config.cors_origins and config.read_cache_bytes > 0
+        self.shared = bool(config.database_url)  # other replicas delete too: a cached answer is checked
         self.access = logging.getLogger("dicomsvc.access")  # accesslog.AccessLog's logger
         self.actions = {path: action_of(path, "GET") for path in (IMAGE, TAGS)}  # the audit trail's
         self.formats: dict[str | None, bool] = {}  # Accept header -> asks for the stored PNG (bounded)
@@ -121,7 +126,7 @@ class HotReads:
             return await self._image(svc, cache, instance_id, accept, if_none_match)
         if accept_encoding and accepts_gzip(accept_encoding):
             return None  # compressed by the stack's gzip middleware
-        body = cache.get(("tags", instance_id))
+        body = await self._cached(svc, cache, "tags", instance_id)
         if body is None:  # the stack's function: looked up, serialized, kept
             try:
                 body = await stack.tags_json(svc, instance_id, None, cache)
@@ -135,7 +140,7 @@ class HotReads:
             return None
         etag = b'"%s.png"' % instance_id.encode("ascii")
         headers = [(b"etag", etag), (b"cache-control", IMMUTABLE), (b"vary", b"Accept")]
-        body = cache.get(("png", instance_id))  # only an existing instance's stored PNG
+        body = await self._cached(svc, cache, "png", instance_id)  # only an existing instance's stored PNG
         if body is None:  # the stack's function: the row looked up, the file read, the cache filled
             try:
                 image = await stack.image(svc, {"id": instance_id}, accept, if_none_match, None, cache)
@@ -149,6 +154,15 @@ class HotReads:
         elif etag_matches(if_none_match, etag.decode("ascii")):
             return 304, headers, b"", instance_id
         return 200, [*headers, (b"content-length", b"%d" % len(body)), (b"content-type", b"image/png")], body, instance_id
+
+    async def _cached(self, svc, cache, kind: str, instance_id: str) -> bytes | None:
+        """The cached answer, if any; with a shared index, only while the instance's row exists
+        (another replica may have deleted it: then it is forgotten here too)."""
+        body = cache.get((kind, instance_id))
+        if body is not None and self.shared and not await instances.instance_exists(svc.db, instance_id):
+            cache.forget([instance_id])
+            return None
+        return body
 
     def _stored_png(self, accept: str | None, max_size: int) -> bool:
         """Whether a request with only ``id`` and this ``Accept`` asks for the PNG stored at ingest

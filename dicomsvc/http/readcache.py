@@ -6,7 +6,8 @@ never reused), so an answer goes stale only when its instance is deleted. Every 
 runs in this process (the data directory's lock allows one server; workers only insert)
 and calls ``forget`` with the ids it removed as soon as its transaction has committed, so
 the cache holds only instances that exist: ``hotreads`` answers from it without asking
-the database. A fill that raced a delete is dropped: a filler takes ``generation`` before
+the database. (With an index shared by several replicas, PostgreSQL, others' deletes do
+not come here: ``hotreads`` then looks the row up before answering from the cache.) A fill that raced a delete is dropped: a filler takes ``generation`` before
 it looks the row up and passes it to ``put``, which keeps nothing if a ``forget`` came in
 between. Bounded by ``DICOMSVC_READ_CACHE_BYTES`` (least recently used out first); an
 answer larger than an eighth of it is not kept, so one large answer never empties it.
