@@ -9,7 +9,7 @@ SeaweedFS (tests/seaweed.py, ``--store s3``, once DICOMSVC_BLOB_URL exists); the
 (``--workers``, default: 2 for one replica, 1 each for three: the same two cores). The corpus
 (bench/corpus.py: 512x512 int16 CTs, ~0.5 MB) is uploaded once, ``POST /dicom`` with each file's
 bytes, by ``--clients`` threads sending to the replicas in turn. Printed per configuration:
-instances/s, the servers' CPU ms per instance (all replica trees), PostgreSQL's CPU ms, commits,
+instances/s, the servers' CPU ms per instance (all replica trees), PostgreSQL's and SeaweedFS's CPU ms, commits,
 rows inserted and WAL bytes per instance, objects written per instance.
 """
 
@@ -69,6 +69,10 @@ class Store:
             (data_dir / "blobs").symlink_to(self.root / "blobs")
             (data_dir / "spool").symlink_to(self.root / "spool")
 
+    def cpu_seconds(self) -> float:
+        """The object store server's CPU (SeaweedFS: master, volume, filer and S3 in one process)."""
+        return tree_cpu_seconds(self.s3.process.pid) if self.s3 is not None else 0.0
+
     def objects(self) -> int:
         if self.s3 is not None:
             return len(self.s3.keys(self.bucket))
@@ -100,6 +104,7 @@ def run_config(pg: pgserver.Server, store_kind: str, s3, replicas: int, workers:
         before = pg_counters(url)
         cpu0 = sum(tree_cpu_seconds(s.pid) for s in servers)
         pg0 = tree_cpu_seconds(postmaster_pid(pg))
+        store0 = store.cpu_seconds()
         objects0 = store.objects()
         lock, next_i, statuses = threading.Lock(), [0], []
 
@@ -125,6 +130,7 @@ def run_config(pg: pgserver.Server, store_kind: str, s3, replicas: int, workers:
         wall = time.perf_counter() - t0
         cpu = sum(tree_cpu_seconds(s.pid) for s in servers) - cpu0
         pg_cpu = tree_cpu_seconds(postmaster_pid(pg)) - pg0
+        store_cpu = store.cpu_seconds() - store0
         for server in servers:  # their connections close, and a closing backend reports its statistics
             server.stop()
         time.sleep(0.5)
@@ -133,7 +139,7 @@ def run_config(pg: pgserver.Server, store_kind: str, s3, replicas: int, workers:
         bad = [s for s in statuses if s != 201]
         return {
             "replicas": replicas, "workers": workers, "n": n, "errors": len(bad), "per_s": n / wall,
-            "cpu_ms": 1000 * cpu / n, "pg_cpu_ms": 1000 * pg_cpu / n,
+            "cpu_ms": 1000 * cpu / n, "pg_cpu_ms": 1000 * pg_cpu / n, "store_cpu_ms": 1000 * store_cpu / n,
             "commits": (after["commits"] - before["commits"]) / n, "rows": (after["rows"] - before["rows"]) / n,
             "wal_kb": (after["wal"] - before["wal"]) / n / 1024, "objects": (store.objects() - objects0) / n,
         }  # fmt: skip
@@ -164,11 +170,11 @@ def main() -> None:
                 rows = [run_config(pg, "folder", None, r, args.workers or max(1, 2 // r), corpus, args.clients, work) for r in counts]
     print(f"\n{args.n} CT instances (512x512 int16), {args.clients} clients, PostgreSQL (fsync on) + {args.store} blobs, "
           f"{os.cpu_count()} CPUs\n")  # fmt: skip
-    head = "| replicas x workers | instances/s | server CPU ms/inst | PostgreSQL CPU ms/inst | commits/inst | rows/inst | WAL KiB/inst | objects/inst | errors |"
+    head = "| replicas x workers | instances/s | server CPU ms/inst | PostgreSQL CPU ms/inst | object store CPU ms/inst | commits/inst | rows/inst | WAL KiB/inst | objects/inst | errors |"
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for r in rows:
-        print(f"| {r['replicas']} x {r['workers']} | {r['per_s']:.0f} | {r['cpu_ms']:.1f} | {r['pg_cpu_ms']:.1f} | "
+        print(f"| {r['replicas']} x {r['workers']} | {r['per_s']:.0f} | {r['cpu_ms']:.1f} | {r['pg_cpu_ms']:.1f} | {r['store_cpu_ms']:.1f} | "
               f"{r['commits']:.2f} | {r['rows']:.0f} | {r['wal_kb']:.1f} | {r['objects']:.2f} | {r['errors']} |")  # fmt: skip
 
 
