@@ -23,7 +23,7 @@ RUN pip install ".${EXTRAS}" \
     && chown dicomsvc:dicomsvc /data
 
 USER dicomsvc
-EXPOSE 8001
+EXPOSE 8001 11112
 VOLUME ["/data"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8001/healthz', timeout=2).status != 200)"]

@@ -7,6 +7,7 @@ transfer syntaxes, a dropped association, hostile data sets). Results are compar
 what the HTTP API shows.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -361,3 +362,191 @@ def test_movescu_to_a_configured_destination(tmp_path, storescp):
                      "-k", f"StudyInstanceUID={one.StudyInstanceUID}")  # fmt: skip
         output = done.stdout + done.stderr
         assert "Final Move Response (Refused: MoveDestinationUnknown)" in output, output
+
+
+# pynetdicom as the SCU: what dcmtk will not send ------------------------------------------------
+
+
+@contextlib.contextmanager
+def association(config: Config, contexts: list[tuple[str, str]], ae_title: str = "PYNETDICOM"):
+    """An established association as ``ae_title``, proposing (SOP class, transfer syntax) pairs."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=ae_title)
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", config.dimse_port, ae_title=config.ae_title)
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def send_raw(config: Config, path: Path, ae_title: str = "PYNETDICOM") -> int:
+    """C-STORE the file's bytes as they are, undecoded (pynetdicom's STORE_SEND_CHUNKED_DATASET:
+    the Affected SOP Class/Instance UIDs and the transfer syntax come from its file meta)."""
+    from pynetdicom import _config as pnd_config
+
+    meta = dcmread(path, stop_before_pixels=True).file_meta
+    previous = pnd_config.STORE_SEND_CHUNKED_DATASET
+    pnd_config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        with association(config, [(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)], ae_title) as assoc:
+            status = assoc.send_c_store(path)
+            return int(status.Status)
+    finally:
+        pnd_config.STORE_SEND_CHUNKED_DATASET = previous
+
+
+def stored_count(client) -> int:
+    return len(client.get("/dicom", params={"limit": 1000}).json()["items"])
+
+
+def echo_works(config: Config) -> bool:
+    done = dcmtk("echoscu", config, "-v")
+    return "Received Echo Response (Success)" in done.stdout + done.stderr
+
+
+def test_every_transfer_syntax_offered_for_storage_is_decodable_here():
+    from dicomsvc.dimse.scp import STORABLE
+    from dicomsvc.retrieve import decodable
+
+    assert all(decodable(ts) for ts in STORABLE) and len(STORABLE) == 16
+
+
+def test_a_peer_configured_to_anonymize_gets_its_instances_anonymized(scp, tmp_path):
+    client, config = scp
+    path = save(make_ct(PatientName="Planted^Marker", PatientID="PLANTED-ID"), tmp_path / "phi.dcm")
+    assert send_raw(config, path, ae_title="ANONSCU") == 0xB000  # warning: coercion of data elements
+    (row,) = client.get("/dicom").json()["items"]
+    assert "Planted" not in json.dumps(row) and "PLANTED" not in json.dumps(row)
+    tags = client.get("/tags", params={"id": row["id"]}).text
+    assert "Planted" not in tags and "PLANTED-ID" not in tags
+    assert send_raw(config, path, ae_title="ANONSCU") == 0xB000  # again: the same anonymized instance
+    assert stored_count(client) == 1
+
+
+def test_a_duplicate_is_success_and_stored_once(scp, tmp_path):
+    client, config = scp
+    path = save(make_ct(), tmp_path / "one.dcm")
+    assert send_raw(config, path) == 0x0000
+    assert send_raw(config, path) == 0x0000
+    assert stored_count(client) == 1
+
+
+def test_a_data_set_that_is_not_the_requests_instance_is_refused(scp, tmp_path):
+    client, config = scp
+    ds = make_ct()
+    path = save(ds, tmp_path / "other.dcm")
+    data = path.read_bytes()  # the file meta (so the C-STORE request) names another instance
+    uid = str(ds.SOPInstanceUID).encode()
+    other = uid[:-1] + (b"1" if uid[-1:] != b"1" else b"2")
+    path.write_bytes(data.replace(uid, other, 1))
+    assert send_raw(config, path) == 0xA900  # data set does not match SOP class (PS3.4 B.2.3)
+    assert stored_count(client) == 0
+
+
+def hostile(tmp_path: Path, name: str, cut: bool) -> Path:
+    """A CT whose data set is cut inside (0010,0010) Patient Name's value, or whose Patient
+    Name declares ~4 GiB (implicit VR: a 4-byte length)."""
+    ds = make_ct(PatientName="Cut^Here")
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=True, implicit_vr=True)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x10\x00\x10\x00", 132 + 12)  # (0010,0010) in the data set, after the file meta
+    if cut:
+        data = data[: at + 8 + 3]
+    else:
+        data[at + 4 : at + 8] = (0xFFFFFFF0).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("cut", [True, False], ids=["truncated", "huge-length"])
+def test_hostile_data_sets_get_a_failure_status_and_the_scp_goes_on(scp, tmp_path, cut):
+    client, config = scp
+    status = send_raw(config, hostile(tmp_path, "hostile.dcm", cut))
+    assert status == 0xC000  # cannot understand
+    assert stored_count(client) == 0 and echo_works(config)
+    assert not any((config.blob_dir / ".tmp").glob("*.dcm"))
+
+
+def test_a_peer_dropping_mid_transfer_leaves_nothing(scp, tmp_path, monkeypatch):
+    """Half of a C-STORE's data set is sent, then the connection is cut (as when storescu is
+    killed): the partly received file is removed, nothing is stored, the SCP goes on."""
+    import tempfile
+    from io import BytesIO
+
+    from pydicom.filewriter import dcmwrite
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    client, config = scp
+    received = tmp_path / "received"  # where pynetdicom writes the data sets it receives
+    received.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(received))
+    import numpy as np
+
+    ds = make_ct(np.zeros((1024, 1024), dtype=np.int16))  # 2 MiB of pixel data
+    body = BytesIO()
+    dcmwrite(body, ds, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    with association(config, [(ds.SOPClassUID, "1.2.840.10008.1.2.1")]) as assoc:
+        request = C_STORE()
+        request.MessageID, request.Priority = 1, 2
+        request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        request.DataSet = BytesIO(body.getvalue())
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        context = assoc.accepted_contexts[0].context_id
+        pdus = list(message.encode_msg(context, assoc.acceptor.maximum_length))
+        for pdu in pdus[: len(pdus) // 2]:
+            assoc.dul.send_pdu(pdu)
+        assert wait_for(lambda: any(p.stat().st_size > 100_000 for p in received.iterdir()))
+        assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)  # the peer is gone, no A-ABORT
+        assoc.dul.socket.socket.close()
+        assoc.kill()
+    assert wait_for(lambda: not any(received.iterdir()))  # the partial data set is removed
+    assert stored_count(client) == 0 and echo_works(config)
+    assert not any((config.blob_dir / ".tmp").glob("*.dcm"))
+
+
+def test_a_burst_of_1000_instances_over_4_parallel_associations_is_stored_completely(tmp_path):
+    """Four storescu at once, 250 small CTs each, into the worker processes (the default pool)."""
+    import numpy as np
+
+    config = dimse_config(tmp_path, PEERS, DICOMSVC_WORKERS="2")
+    folders = [tmp_path / f"burst{n}" for n in range(4)]
+    pixels = np.arange(64, dtype=np.int16).reshape(8, 8)
+    study = generate_uid()
+    for n, folder in enumerate(folders):
+        series = generate_uid()
+        for i in range(250):
+            save(make_ct(pixels, StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=i + 1), folder / f"{i}.dcm")
+    with TestClient(create_app(config)) as client:
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            done = list(pool.map(lambda f: dcmtk("storescu", config, "-v", "+sd", after=(str(f),), timeout=600), folders))
+        seconds = time.monotonic() - started
+        for result in done:
+            output = result.stdout + result.stderr
+            assert result.returncode == 0 and output.count("Received Store Response (Success)") == 250, output[-2000:]
+        stats = client.get("/stats").json()
+        assert stats["instances"] == 1000, stats
+        series = qido(client, f"studies/{study}/series")
+        assert sorted(r["00201209"]["Value"][0] for r in series) == [250] * 4  # Number of Series Related Instances
+    print(f"1000 instances over 4 associations in {seconds:.1f} s ({1000 / seconds:.0f}/s)")
+
+
+def test_shutdown_with_an_association_open_does_not_hang(tmp_path):
+    config = dimse_config(tmp_path, PEERS)
+    client = TestClient(create_app(config))
+    client.__enter__()
+    with association(config, [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]) as assoc:
+        started = time.monotonic()
+        client.__exit__(None, None, None)  # the app stops while the association is established
+        assert time.monotonic() - started < 30  # a liveness bound: it was aborted, not waited for
+        assert wait_for(lambda: not assoc.is_established)

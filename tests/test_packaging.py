@@ -134,3 +134,20 @@ def test_a_second_server_on_the_same_data_directory_refuses_to_start(installed, 
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+def test_a_bad_network_config_stops_the_start_with_its_reason(installed, tmp_path):
+    """DICOMSVC_NETWORK_CONFIG (README "DICOM networking"): missing, not JSON, or a wrong entry."""
+    env = env_for(tmp_path / "d", free_port(), DICOMSVC_DIMSE_PORT=str(free_port()))
+    missing = tmp_path / "nowhere.json"
+    code, err, seconds = start_failing(installed, tmp_path, env | {"DICOMSVC_NETWORK_CONFIG": str(missing)})
+    assert code != 0 and f"DICOMSVC_NETWORK_CONFIG: the file {missing} does not exist" in err and seconds < 20
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"peers": [')
+    code, err, _ = start_failing(installed, tmp_path, env | {"DICOMSVC_NETWORK_CONFIG": str(broken)})
+    assert code != 0 and f"DICOMSVC_NETWORK_CONFIG: {broken} is not JSON (line 1" in err
+    broken.write_text('{"peers": [{"ae_title": "A_TITLE_OF_17_CHR"}]}')
+    code, err, _ = start_failing(installed, tmp_path, env | {"DICOMSVC_NETWORK_CONFIG": str(broken)})
+    assert code != 0 and "peers[0].ae_title must be an AE title" in err
+    code, err, _ = start_failing(installed, tmp_path, env | {"DICOMSVC_AE_TITLE": "BACK\\SLASH"})
+    assert code != 0 and "DICOMSVC_AE_TITLE must be an AE title" in err

@@ -103,7 +103,8 @@ def test_a_data_directory_that_is_not_writable_is_named_at_start(tmp_path, monke
 
 SERVER_SCRIPT = """
 import json, sys
-HEAVY = {"pydicom", "numpy", "PIL", "requests", "jwt", "cryptography", "httpx"}  # the last three: OIDC only
+HEAVY = {"pydicom", "numpy", "PIL", "requests", "jwt", "cryptography", "httpx",  # the last three: OIDC only
+         "pynetdicom"}  # the DICOM SCP: only with DICOMSVC_DIMSE_PORT
 
 def heavy():
     return sorted(HEAVY & {name.split(".")[0] for name in sys.modules})
