@@ -550,3 +550,44 @@ def test_shutdown_with_an_association_open_does_not_hang(tmp_path):
         client.__exit__(None, None, None)  # the app stops while the association is established
         assert time.monotonic() - started < 30  # a liveness bound: it was aborted, not waited for
         assert wait_for(lambda: not assoc.is_established)
+
+
+def test_orthanc_pushes_a_study_to_our_scp(tmp_path):
+    """Orthanc (Debian's) as a sender: its REST /modalities/{name}/store C-STOREs a study here."""
+    import sys
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    try:
+        import servers
+    finally:
+        sys.path.pop(0)
+    binary = servers.orthanc_binary()
+    if binary is None:
+        pytest.skip("Orthanc is not installed")
+    config = dimse_config(tmp_path, [*PEERS, {"ae_title": "ORTHANC", "host": "127.0.0.1", "user": "orthanc"}])
+    files = two_studies(tmp_path)[:6]  # one study
+    work = tmp_path / "orthanc"
+    work.mkdir()
+    http_port = free_port()
+    cfg_path = servers.write_orthanc_config(work, http_port)
+    cfg = json.loads(cfg_path.read_text())
+    cfg |= {"DicomServerEnabled": True, "DicomPort": free_port(), "DicomAet": "ORTHANC",
+            "DicomModalities": {"dicomsvc": [config.ae_title, "127.0.0.1", config.dimse_port]}}  # fmt: skip
+    cfg_path.write_text(json.dumps(cfg))
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME")}
+    base = f"http://127.0.0.1:{http_port}"
+    orthanc, _ = servers.launch("orthanc", [binary, str(cfg_path)], work, env, work / "orthanc.log", base + "/system")
+    try:
+        with TestClient(create_app(config)) as client:
+            with httpx.Client(base_url=base, timeout=60, trust_env=False) as rest:
+                studies = {rest.post("/instances", content=p.read_bytes()).json()["ParentStudy"] for p in files}
+                (study,) = studies
+                pushed = rest.post("/modalities/dicomsvc/store", content=study)
+                assert pushed.status_code == 200, pushed.text
+            rows = client.get("/dicom").json()["items"]
+            assert sorted(r["SOPInstanceUID"] for r in rows) == sorted(str(dcmread(p).SOPInstanceUID) for p in files)
+            assert {r["uploaded_by"] for r in rows} == {"orthanc"}
+    finally:
+        orthanc.stop()
