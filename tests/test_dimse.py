@@ -377,12 +377,14 @@ def association(config: Config, contexts: list[tuple[str, str]], ae_title: str =
         ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate("127.0.0.1", config.dimse_port, ae_title=config.ae_title)
     assert assoc.is_established
+    raw = assoc.dul.socket.socket  # pynetdicom skips its close when shutdown() fails (peer gone)
     try:
         yield assoc
     finally:
         if assoc.is_established:
             assoc.release()
         ae.shutdown()
+        raw.close()
 
 
 def send_raw(config: Config, path: Path, ae_title: str = "PYNETDICOM") -> int:
@@ -591,3 +593,26 @@ def test_orthanc_pushes_a_study_to_our_scp(tmp_path):
             assert {r["uploaded_by"] for r in rows} == {"orthanc"}
     finally:
         orthanc.stop()
+
+
+def test_a_data_set_growing_past_the_upload_limit_ends_the_association(tmp_path, monkeypatch):
+    """DICOMSVC_MAX_UPLOAD_BYTES holds for C-STORE while it is received: the association is
+    aborted, the partial file removed, nothing stored; the SCP goes on."""
+    import tempfile
+
+    import numpy as np
+
+    received = tmp_path / "received"
+    received.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(received))
+    config = dimse_config(tmp_path, PEERS, DICOMSVC_MAX_UPLOAD_BYTES=str(1 << 20))
+    path = save(make_ct(np.zeros((1024, 1024), dtype=np.int16)), tmp_path / "big.dcm")  # 2 MiB
+    with TestClient(create_app(config)) as client:
+        with association(config, [("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")]) as assoc:
+            status = assoc.send_c_store(path)
+            assert "Status" not in status  # no answer: the association ended
+            assert wait_for(lambda: not assoc.is_established)
+        assert wait_for(lambda: not any(received.iterdir()))
+        assert stored_count(client) == 0 and echo_works(config)
+        small = save(make_ct(), tmp_path / "small.dcm")
+        assert send_raw(config, small) == 0x0000

@@ -36,6 +36,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -157,6 +158,7 @@ class Scp:
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_DATA_RECV, self._on_data),
             (evt.EVT_ABORTED, self._on_dropped),
             (evt.EVT_CONN_CLOSE, self._on_dropped),
         ]
@@ -221,6 +223,29 @@ class Scp:
 
     def _on_echo(self, event) -> int:
         return SUCCESS  # PS3.7 §9.1.5: C-ECHO success
+
+    def _on_data(self, event) -> None:
+        """A PDU arrived (in the association's DUL thread): a data set being received that grows
+        past DICOMSVC_MAX_UPLOAD_BYTES ends the association at once, with an A-ABORT (PS3.8
+        §7.3.1, service provider, reason not specified), rather than filling the disk to
+        answer A700 at its end. The partial file goes with the connection (``_on_dropped``)."""
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is None:
+            return
+        try:
+            size = partial.tell()
+        except (OSError, ValueError):  # closed meanwhile: the data set is complete
+            return
+        if size <= self.config.max_upload_bytes:
+            return
+        log.warning("C-STORE from %s aborted: its data set is over DICOMSVC_MAX_UPLOAD_BYTES", _requestor(event.assoc)[0])
+        sock = event.assoc.dul.socket
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = 0x02, 0x00
+        with contextlib.suppress(Exception):
+            sock.send(abort.encode())
+        sock.close()
 
     def _on_dropped(self, event) -> None:
         """A peer that aborts or closes mid-transfer: the partly received data set's file is removed."""
