@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-postgres sample bench refs clean
+.PHONY: install run test test-postgres test-scale sample bench refs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,postgres]"
+	$(BIN)/python -m pip install --quiet -e ".[test,postgres,s3]"
 	touch $@
 
 install: $(STAMP)
@@ -26,6 +26,10 @@ test: install
 ## test-postgres: the suite again, against a throwaway PostgreSQL (Debian's postgresql package)
 test-postgres: install
 	DICOMSVC_TEST_POSTGRES=1 $(BIN)/python -m pytest
+
+## test-scale: the suite as run at scale: a throwaway PostgreSQL index and SeaweedFS S3 blobs
+test-scale: install
+	DICOMSVC_TEST_POSTGRES=1 DICOMSVC_TEST_S3=1 $(BIN)/python -m pytest
 
 ## sample: copy pydicom's bundled CT_small.dcm into ./import for the README's curl example
 sample: install

@@ -70,6 +70,12 @@ async def readiness(svc, when: str) -> tuple[bool, dict]:
     except OSError as exc:
         checks["disk"] = {"ok": False, "error": type(exc).__name__}
     checks["workers"] = _workers(svc)
+    if svc.blobs.remote is not None:  # DICOMSVC_BLOB_URL: one LIST of at most one object
+        try:
+            await svc.io(svc.blobs.remote.check)
+            checks["object_store"] = {"ok": True}
+        except Exception as exc:  # the type only
+            checks["object_store"] = {"ok": False, "error": type(getattr(exc, "__cause__", None) or exc).__name__}
     return all(check["ok"] for check in checks.values()), checks
 
 

@@ -75,6 +75,7 @@ def _keep(blobs: BlobStore, body: bytes, params: renderings.RenderParams, cached
         temp = blobs.write_temp(body, f".{params.format}", final=cached)  # encrypted for its name
         cached.parent.mkdir(exist_ok=True)
         os.replace(temp, cached)
+        blobs.share(cached)  # with S3: into the bucket, for every replica
     except OSError as exc:
         # The cache is best effort: a full disk, or a DELETE removing the folder meanwhile
         # (mkdir then sees it vanish: FileNotFoundError, or FileExistsError mid-rmtree)

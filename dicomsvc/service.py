@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import Config
+from .errors import DicomSvcError
 from .logs import quiet_pydicom
 from .storage import instances
 from .storage.blobs import BlobStore
@@ -163,6 +164,8 @@ async def _open_service(config: Config) -> AsyncIterator[Service]:
         config.import_root.mkdir(parents=True, exist_ok=True)
     blobs = BlobStore.of(config)
     blobs.open()
+    if blobs.remote is not None:
+        await _check_object_store(blobs)
     db = await open_database(config.database, config.database_pool)
     try:
         cpu_pool = _new_cpu_pool(config)
@@ -187,6 +190,19 @@ async def _open_service(config: Config) -> AsyncIterator[Service]:
         await svc.cpu_pool.close()
         await asyncio.to_thread(svc.io_pool.shutdown, wait=True)
         await db.close()
+
+
+async def _check_object_store(blobs: BlobStore) -> None:
+    """DICOMSVC_BLOB_URL: the bucket must exist and answer before the service starts (a missing
+    one is not made: buckets are the operator's, with their policies; README "S3-compatible storage")."""
+    from .storage.objects import BucketMissing
+
+    try:
+        await asyncio.to_thread(blobs.remote.check)
+    except BucketMissing as exc:
+        raise StartupError(str(exc)) from None
+    except DicomSvcError as exc:  # StorageUnavailable
+        raise StartupError(f"the object store of DICOMSVC_BLOB_URL ({blobs.remote!r}) does not answer: {exc.detail}") from None
 
 
 @contextlib.asynccontextmanager

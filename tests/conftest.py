@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ from starlette.testclient import TestClient
 
 import indexdb
 import pgserver
+import seaweed
 from app import create_app
 from dicomfiles import sample_file
 from dicomsvc.config import Config
@@ -16,7 +18,7 @@ from dicomsvc.config import Config
 if os.environ.get("DICOMSVC_TEST_ENCRYPTION") == "1":
     # The whole suite with encryption at rest on (README "Encryption at rest"): every
     # Config the tests make holds one fixed master key unless the test sets its own.
-    _TEST_KEY = base64.b64encode(bytes(range(32))).decode()
+    _TEST_KEY = base64.b64encode(bytes(range(32))).decode()  # dicomfiles.SUITE_KEY
     _from_env = Config.from_env.__func__
 
     def _encrypted_from_env(cls, env=None):
@@ -39,7 +41,25 @@ def _from_env_on_postgres(cls, env=None):
     env = dict(os.environ if env is None else env)
     if _postgres is not None and env.get("DICOMSVC_DATA_DIR") and "DICOMSVC_DATABASE_URL" not in env:
         env |= indexdb.database_env(Path(env["DICOMSVC_DATA_DIR"]))
+    if _s3 is not None and env.get("DICOMSVC_DATA_DIR") and "DICOMSVC_BLOB_URL" not in env:
+        env |= s3_env(Path(env["DICOMSVC_DATA_DIR"]))
     return _plain_from_env(cls, env)
+
+
+# The suite with S3 blobs (DICOMSVC_TEST_S3=1 or --s3): a throwaway SeaweedFS for the session
+# (tests/seaweed.py) and one bucket; every Config made in this process with a data directory and no
+# DICOMSVC_BLOB_URL of its own gets its data directory's prefix in that bucket (as its folder).
+_s3: tuple[seaweed.Server, str] | None = None
+
+
+def s3_env(data_dir: Path) -> dict[str, str]:
+    """The DICOMSVC_BLOB_URL (and endpoint) of a data directory when the suite runs on S3."""
+    if _s3 is None:
+        return {}
+    server, bucket = _s3
+    prefix = "d" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
+    env = server.env(bucket, prefix)
+    return {k: v for k, v in env.items() if k.startswith("DICOMSVC_")}
 
 
 Config.from_env = classmethod(_from_env_on_postgres)
@@ -47,6 +67,11 @@ Config.from_env = classmethod(_from_env_on_postgres)
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--postgres", action="store_true", help="run against a throwaway PostgreSQL (as DICOMSVC_TEST_POSTGRES=1)")
+    parser.addoption("--s3", action="store_true", help="blobs in a throwaway SeaweedFS (as DICOMSVC_TEST_S3=1)")
+
+
+def s3_wanted(config: pytest.Config) -> bool:
+    return config.getoption("--s3") or os.environ.get("DICOMSVC_TEST_S3", "") not in ("", "0")
 
 
 def postgres_wanted(config: pytest.Config) -> bool:
@@ -56,9 +81,16 @@ def postgres_wanted(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only(reason): SQLite by nature (PRAGMAs, WAL, the file); skipped on PostgreSQL")
     config.addinivalue_line("markers", "postgres_only: PostgreSQL's own behaviour; runs with DICOMSVC_TEST_POSTGRES=1")
+    config.addinivalue_line("markers", "local_blobs_only(reason): about the local blob folder (fsyncs, the files); skipped with S3 blobs")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if s3_wanted(config):
+        for item in items:
+            marker = item.get_closest_marker("local_blobs_only")
+            if marker is not None:
+                reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "the local blob folder")
+                item.add_marker(pytest.mark.skip(reason=f"local blobs only: {reason}"))
     if not postgres_wanted(config):
         return
     for item in items:
@@ -83,6 +115,30 @@ def postgres(request: pytest.FixtureRequest):
             yield server
         finally:
             _postgres, indexdb.new_database = None, None
+            signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def s3_server(request: pytest.FixtureRequest):
+    """The session's SeaweedFS and bucket when asked for (else None); stopped and removed after."""
+    global _s3
+    if not s3_wanted(request.config):
+        yield None
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    with seaweed.running() as server:
+        _s3 = (server, server.new_bucket())
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = server.access_key, server.secret_key
+        try:
+            yield server
+        finally:
+            _s3 = None
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -26,6 +26,16 @@ does not decrypt. Readers get ``reader(path)``: the path itself without a key (t
 code paths of before, unchanged), else a ``Sealed`` blob whose ``open_binary`` is a
 decrypting, seekable file object (``dicomsvc.dicom.parse.open_source`` opens either).
 Temporaries in ``.tmp`` (upload spools, the PNG being rendered) are still plaintext.
+
+S3-compatible storage (``remote``, DICOMSVC_BLOB_URL=s3://...; ``dicomsvc.storage.objects``):
+the bucket holds the durable copy under the same key, the folder is a bounded read-through
+cache of it (``dicomsvc.storage.blobcache``). ``_place`` uploads the (sealed) temporary -- one
+conditional PUT, or a multipart upload streamed from the file -- and only then renames it into
+the cache: no fdatasync and no folder sync (``sync`` has nothing to do), the durable copy being
+the bucket's, acknowledged before the row commits. Readers get ``Remote`` objects (as they get
+``Sealed`` ones) that fetch a missing copy when opened, so no download happens where a reader
+is merely named (on the event loop); ``open_file`` and ``read_bytes`` fetch too. ``remove``
+deletes the object and the copy; renderings kept here are uploaded too (best effort).
 """
 
 import os
@@ -38,14 +48,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..errors import TooLarge
+from ..errors import StorageUnavailable, TooLarge
 
-if TYPE_CHECKING:  # crypt (and ``cryptography``) is imported only when a key is set
+if TYPE_CHECKING:  # crypt (and ``cryptography``) is imported only when a key is set; objects with S3
+    from .blobcache import BlobCache
     from .crypt import Keyring
+    from .objects import ObjectStore
 
 COPY_CHUNK = 1 << 20
 
 _task: str | None = None  # the tag of the worker task running in this process
+_caches: dict[tuple[Path, int], "BlobCache"] = {}  # with S3: one cache bound per folder in a process
 
 # Data syncs started early (``sync_soon``): a temporary blob's path -> its fdatasync under way.
 # One thread per process, made on first use (in a worker, never before it forks).
@@ -96,44 +109,108 @@ class Sealed:
         return str(self.path)
 
 
+@dataclass(frozen=True)
+class Remote:
+    """A blob whose durable copy is in the bucket: opening it fetches a missing local copy
+    first (so naming one never downloads); then as the path (or ``Sealed``) it stands for."""
+
+    path: Path
+    blobs: "BlobStore"
+
+    def local(self) -> "Path | Sealed":
+        self.blobs.fetch(self.path)
+        return self.path if self.blobs.keyring is None else Sealed(self.path, self.blobs.object_id(self.path), self.blobs.keyring)
+
+    def open_binary(self) -> BinaryIO:
+        local = self.local()
+        return open(local, "rb") if isinstance(local, Path) else local.open_binary()
+
+    def read_bytes(self) -> bytes:
+        return self.local().read_bytes()
+
+    def size(self) -> int:
+        local = self.local()
+        return local.stat().st_size if isinstance(local, Path) else local.size()
+
+    def exists(self) -> bool:
+        return self.path.exists() or self.blobs.remote.exists(self.blobs.object_id(self.path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 class BlobStore:
-    def __init__(self, root: Path, keyring: "Keyring | None" = None):
+    def __init__(self, root: Path, keyring: "Keyring | None" = None, remote: "ObjectStore | None" = None,
+                 cache: "BlobCache | None" = None):  # fmt: skip
         self.root = root
         self.tmp = root / ".tmp"
         self.unsynced: set[Path] = set()  # folders renamed into (or made) since the last ``sync``
         self.keyring = keyring  # None: blobs in the clear
         self._presealed: set[Path] = set()  # temporaries written encrypted already (``write_temp``)
+        self.remote = remote  # None: the folder is the store (no S3)
+        self.cache = cache  # with ``remote``: the folder's bound
 
     @classmethod
     def of(cls, config) -> "BlobStore":
-        """The blob store of ``config`` (dicomsvc.config.Config), encrypting when it holds a key."""
-        if not config.encryption_keys:
-            return cls(config.blob_dir)
-        from .crypt import Keyring
+        """The blob store of ``config`` (dicomsvc.config.Config), encrypting when it holds a key,
+        in the bucket of DICOMSVC_BLOB_URL when set."""
+        keyring = remote = cache = None
+        if config.encryption_keys:
+            from .crypt import Keyring
 
-        return cls(config.blob_dir, Keyring(config.encryption_keys, config.encryption_chunk_bytes))
+            keyring = Keyring(config.encryption_keys, config.encryption_chunk_bytes)
+        if config.blob_url:
+            from .blobcache import BlobCache
+            from .objects import ObjectStore
+
+            remote = ObjectStore.of(config)
+            cache = _caches.setdefault((config.blob_dir, config.blob_cache_bytes), BlobCache(config.blob_dir, config.blob_cache_bytes))
+        return cls(config.blob_dir, keyring, remote, cache)
+
+    def fetch(self, path: Path) -> None:
+        """With S3: make sure the local copy of the stored blob at ``path`` is there (a miss
+        downloads it). FileNotFoundError when the bucket has no such object."""
+        if self.remote is None or self.cache.hit(path):
+            return
+        key = self.object_id(path)
+        self.cache.fill(path, self.tmp, lambda out: self.remote.get_file(key, out))
+
+    def share(self, path: Path) -> None:
+        """With S3: upload a rendering just kept at ``path`` (so every replica serves it). Best
+        effort, like keeping it: an object store that fails is logged, not raised."""
+        if self.remote is None:
+            return
+        try:
+            self.remote.put_file(self.object_id(path), path)
+        except StorageUnavailable:
+            return
+        self.cache.added(path.stat().st_size)
 
     def object_id(self, path: Path) -> str:
         """What an encrypted blob is bound to: its path relative to the root (for a placed
         blob, its key)."""
         return path.relative_to(self.root).as_posix()
 
-    def reader(self, path: Path) -> "Path | Sealed":
-        """What readers open a stored blob through: the path itself without a key."""
+    def reader(self, path: Path) -> "Path | Sealed | Remote":
+        """What readers open a stored blob through: the path itself without a key (nor S3)."""
+        if self.remote is not None:
+            return Remote(path, self)
         if self.keyring is None:
             return path
         return Sealed(path, self.object_id(path), self.keyring)
 
-    def stored(self, key: str) -> "Path | Sealed":
+    def stored(self, key: str) -> "Path | Sealed | Remote":
         """``reader`` of the blob the database records as ``key``."""
         return self.reader(self.path(key))
 
     def read_bytes(self, path: Path) -> bytes:
         """A stored blob's bytes (decrypted)."""
+        self.fetch(path)
         return path.read_bytes() if self.keyring is None else self.reader(path).read_bytes()
 
     def open_file(self, path: Path) -> BinaryIO:
         """A stored blob open for reading (decrypting, seekable); FileNotFoundError if gone."""
+        self.fetch(path)
         return open(path, "rb") if self.keyring is None else self.reader(path).open_binary()
 
     def open(self) -> None:
@@ -218,7 +295,7 @@ class BlobStore:
         the GIL), so the disk flush overlaps parsing and rendering; ``commit`` waits for it.
         (Not with a key: what is synced then is the encrypted copy ``_place`` makes.)"""
         global _syncer
-        if self.keyring is not None:
+        if self.keyring is not None or self.remote is not None:
             return
         with _early_lock:
             if _syncer is None:
@@ -246,6 +323,9 @@ class BlobStore:
         if self.keyring is not None and temp not in self._presealed:
             plain, temp = temp, self._seal(temp, key)
         self._presealed.discard(temp)
+        if self.remote is not None:
+            self._upload(temp, key, plain)
+            return
         try:
             with _early_lock:
                 early = _early.pop(temp, None)
@@ -266,6 +346,26 @@ class BlobStore:
         if plain is not None:
             plain.unlink(missing_ok=True)
         self.unsynced.add(final.parent)
+
+    def _upload(self, temp: Path, key: str, plain: Path | None) -> None:
+        """``_place`` with S3: the object uploaded (durable once acknowledged), then the
+        temporary renamed into the cache (no syncs: the bucket holds the durable copy)."""
+        final = self.path(key)
+        try:
+            size = os.path.getsize(temp)
+            self.remote.put_file(key, temp)
+            try:
+                os.replace(temp, final)
+            except FileNotFoundError:  # the first blob of its two-character folder
+                final.parent.mkdir(exist_ok=True)
+                os.replace(temp, final)
+        except BaseException:
+            if plain is not None:
+                temp.unlink(missing_ok=True)
+            raise
+        if plain is not None:
+            plain.unlink(missing_ok=True)
+        self.cache.added(size)
 
     def _seal(self, plain: Path, key: str) -> Path:
         """The plaintext temporary ``plain`` encrypted for ``key`` into a new temporary."""
@@ -294,6 +394,8 @@ class BlobStore:
         for key in keys:
             if key:
                 self.path(key).unlink(missing_ok=True)
+        if self.remote is not None:
+            self.remote.delete(*[key for key in keys if key])
 
     def renderings(self, blob_id: str) -> Path:
         """Folder of an instance's cached non-default renderings."""
@@ -301,6 +403,8 @@ class BlobStore:
 
     def remove_renderings(self, blob_id: str) -> None:
         self.remove_tree(self.renderings(blob_id))
+        if self.remote is not None:
+            self.remote.delete_under(self.object_id(self.renderings(blob_id)) + "/")
 
     @staticmethod
     def remove_tree(path: Path) -> None:

@@ -1,0 +1,283 @@
+"""S3-compatible blob storage (DICOMSVC_BLOB_URL; dicomsvc.storage.objects, .blobcache, the S3
+side of .blobs) against a real SeaweedFS (tests/seaweed.py): uploads (conditional PUT, multipart
+streamed with bounded memory), the read-through cache (miss, eviction), deletes, encryption in the
+bucket, task leftovers, the orphan sweep, and an object store that fails (503, start-up)."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+import indexdb
+import seaweed
+from app import create_app
+from dicomfiles import make_ct
+from dicomsvc.config import Config
+from dicomsvc.errors import StorageUnavailable
+from dicomsvc.service import StartupError
+from dicomsvc.storage.blobcache import BlobCache
+from dicomsvc.storage.blobs import BlobStore
+from dicomsvc.storage.objects import ObjectStore
+from phi_fixture import build_phi_dataset, to_bytes
+
+
+@pytest.fixture(scope="module")
+def weed(s3_server):
+    """The session's SeaweedFS when the suite runs on S3, else one for this module."""
+    if s3_server is not None:
+        yield s3_server
+        return
+    with seaweed.running() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bucket(weed) -> str:
+    return weed.new_bucket()
+
+
+@pytest.fixture(autouse=True)
+def credentials(weed, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", weed.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", weed.secret_key)
+
+
+def s3_config(tmp_path: Path, weed, bucket: str, **extra: str) -> Config:
+    (tmp_path / "import").mkdir(exist_ok=True)
+    env = {
+        "DICOMSVC_DATA_DIR": str(tmp_path / "data"),
+        "DICOMSVC_IMPORT_ROOT": str(tmp_path / "import"),
+        "DICOMSVC_WORKERS": "0",
+        **{k: v for k, v in weed.env(bucket, f"p{uuid.uuid4().hex[:12]}").items() if k.startswith("DICOMSVC_")},
+        **extra,
+    }
+    return Config.from_env(env)
+
+
+def prefix_of(config: Config) -> str:
+    return config.blob_url.split("/", 3)[3]
+
+
+def ct_bytes(**elements) -> bytes:
+    buf = io.BytesIO()
+    make_ct(np.arange(40 * 50, dtype=np.int16).reshape(40, 50), **elements).save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def post(client, data: bytes):
+    return client.post("/dicom", content=data, headers={"content-type": "application/dicom"})
+
+
+def test_settings_and_the_log_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    config = Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path), "DICOMSVC_BLOB_URL": "s3://b/some/prefix/",
+                              "DICOMSVC_S3_ENDPOINT": "http://127.0.0.1:9/"})  # fmt: skip
+    assert (config.blob_url, config.s3_endpoint, config.blob_dir) == ("s3://b/some/prefix", "http://127.0.0.1:9", tmp_path / "blobs")
+    store = ObjectStore.of(config)
+    assert (store.bucket, store.prefix) == ("b", "some/prefix")
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="dicomsvc"):
+        config.log(logging.getLogger("dicomsvc"))
+    assert "s3://b/some/prefix" in caplog.text and "s3cr3t-value" not in caplog.text
+    for bad in ("b/p", "s3://", "http://b/p"):
+        with pytest.raises(ValueError, match="DICOMSVC_BLOB_URL"):
+            Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path), "DICOMSVC_BLOB_URL": bad})
+    with pytest.raises(ValueError, match="DICOMSVC_S3_MULTIPART_BYTES"):
+        Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path), "DICOMSVC_S3_MULTIPART_BYTES": "1000"})
+    cached = Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path), "DICOMSVC_BLOB_CACHE_DIR": str(tmp_path / "c")})
+    assert cached.blob_dir == tmp_path / "blobs"  # the cache folder matters only with S3
+    assert Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path)}).blob_url == ""
+
+
+def test_ingest_puts_objects_and_a_cache_miss_fetches_them(tmp_path, weed, bucket):
+    config = s3_config(tmp_path, weed, bucket, DICOMSVC_READ_CACHE_BYTES="0")  # every /image read from the blob
+    prefix = prefix_of(config)
+    data = ct_bytes()
+    with TestClient(create_app(config)) as client:
+        created = post(client, data)
+        assert created.status_code == 201, created.text
+        iid = created.json()["id"]
+        keys = weed.keys(bucket, prefix + "/")
+        assert keys == [f"{prefix}/{iid[:2]}/{iid}.dcm", f"{prefix}/{iid[:2]}/{iid}.png"]
+        body = weed.client().get_object(Bucket=bucket, Key=f"{prefix}/{iid[:2]}/{iid}.dcm")["Body"].read()
+        assert body == data
+        image = client.get(f"/image?id={iid}").content
+        # the local copies are a cache: gone, they are fetched again
+        for name in ("dcm", "png"):
+            (config.blob_dir / iid[:2] / f"{iid}.{name}").unlink()
+        assert client.get(f"/dicom/{iid}/file").content == data
+        assert (config.blob_dir / iid[:2] / f"{iid}.dcm").exists()
+        assert client.get(f"/image?id={iid}").content == image
+        assert (config.blob_dir / iid[:2] / f"{iid}.png").exists()
+        # a non-default rendering goes to the bucket too
+        jpeg = client.get(f"/image?id={iid}&window=40,400&format=jpeg")
+        assert jpeg.status_code == 200
+        rendered = [k for k in weed.keys(bucket, prefix + "/") if ".renderings/" in k]
+        assert len(rendered) == 1
+        # delete: objects and copies gone
+        assert client.delete(f"/dicom/{iid}").status_code in (200, 204)
+        assert weed.keys(bucket, prefix + "/") == []
+        assert not (config.blob_dir / iid[:2] / f"{iid}.dcm").exists()
+
+
+def test_encrypted_objects_in_the_bucket_hold_no_patient_data(tmp_path, weed, bucket):
+    key = base64.b64encode(bytes(range(32))).decode()
+    config = s3_config(tmp_path, weed, bucket, DICOMSVC_ENCRYPTION_KEY=key, DICOMSVC_ENCRYPTION_CHUNK_BYTES="4096")
+    ds, planted = build_phi_dataset()
+    phi = to_bytes(ds)
+    assert all(m.encode() in phi for m in planted.markers) and b"DICM" in phi
+    with TestClient(create_app(config)) as client:
+        iid = post(client, phi).json()["id"]
+        ct = post(client, ct_bytes()).json()["id"]
+        assert client.get(f"/image?id={ct}&window=40,400&format=jpeg").status_code == 200
+        objects = weed.keys(bucket, prefix_of(config) + "/")
+        assert len(objects) >= 4 and any(".renderings/" in k for k in objects)
+        s3 = weed.client()
+        for name in objects:
+            raw = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
+            assert raw.startswith(b"DSVCRYPT"), name
+            assert b"DICM" not in raw and b"\x89PNG" not in raw and b"\xff\xd8\xff" not in raw
+            assert not any(m.encode() in raw for m in planted.markers)
+        (config.blob_dir / iid[:2] / f"{iid}.dcm").unlink()  # read back through a cache miss
+        assert client.get(f"/dicom/{iid}/file").content == phi
+
+
+MEMORY_CHILD = r"""
+import os, resource, sys
+from pathlib import Path
+from dicomsvc.storage.objects import ObjectStore
+url, endpoint, path = sys.argv[1:4]
+store = ObjectStore(url, endpoint, "us-east-1", 8 << 20, 60)
+store.put_bytes("warm", b"x")  # the client and its runtime made before the baseline
+store.delete("warm")
+def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak()
+store.put_file("big.dcm", Path(path))
+up = peak() - base
+with open(path + ".back", "wb") as out:
+    size = store.get_file("big.dcm", out)
+print(up, peak() - base, size)
+"""
+
+
+def test_a_large_blob_streams_in_parts_with_bounded_memory(tmp_path, weed, bucket):
+    """120 MB up (multipart, 8 MiB parts, two in flight) and down (streamed to a file) in a fresh
+    process: its peak RSS grows by far less than the object's size."""
+    big = tmp_path / "big"
+    size = 120 * 1024 * 1024
+    with open(big, "wb") as out:
+        chunk = os.urandom(1 << 20)
+        for i in range(120):
+            out.write(chunk[:-4] + i.to_bytes(4, "big"))
+    prefix = f"p{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": weed.access_key, "AWS_SECRET_ACCESS_KEY": weed.secret_key}
+    done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, f"s3://{bucket}/{prefix}", weed.endpoint, str(big)],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    grew_up, grew_down, got = map(int, done.stdout.split())
+    assert got == size
+    assert grew_up < 64 * 1024 * 1024 and grew_down < 64 * 1024 * 1024, (grew_up, grew_down)
+    assert (tmp_path / "big.back").read_bytes() == big.read_bytes()
+    uploads = weed.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert not [u for u in uploads if u["Key"].startswith(prefix)]
+    head = weed.client().head_object(Bucket=bucket, Key=f"{prefix}/big.dcm")
+    assert head["ContentLength"] == size and "-" in head["ETag"]  # a multipart ETag: <md5 of md5s>-<parts>
+
+
+def test_a_small_blob_is_a_conditional_put(tmp_path, weed, bucket):
+    store = ObjectStore(f"s3://{bucket}/c{uuid.uuid4().hex[:8]}", weed.endpoint, "us-east-1", 8 << 20, 30)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    store.put_file("aa/x.dcm", first)
+    with pytest.raises(StorageUnavailable):  # If-None-Match: * -- never over an existing object
+        store.put_file("aa/x.dcm", second)
+    with open(tmp_path / "back", "wb") as out:
+        store.get_file("aa/x.dcm", out)
+    assert (tmp_path / "back").read_bytes() == b"first"
+    with pytest.raises(FileNotFoundError), open(tmp_path / "none", "wb") as out:
+        store.get_file("aa/missing.dcm", out)
+    store.delete("aa/x.dcm", "aa/missing.dcm")  # a missing object is no error
+    assert not store.exists("aa/x.dcm")
+
+
+def test_the_cache_evicts_the_least_recently_used(tmp_path):
+    root = tmp_path / "blobs"
+    (root / ".tmp").mkdir(parents=True)
+    cache = BlobCache(root, max_bytes=10_000)
+    paths = []
+    for i in range(5):
+        path = root / "ab" / f"id{i}.dcm"
+        cache.fill(path, root / ".tmp", lambda out: out.write(b"x" * 3000))
+        paths.append(path)
+        os.utime(path, (1000 + i, 1000 + i))  # a clear order
+        if i == 1:
+            assert cache.hit(paths[0])  # id0 used again: now the most recent
+    left = sorted(p.name for p in (root / "ab").iterdir())
+    total = sum(p.stat().st_size for p in (root / "ab").iterdir())
+    assert total <= 10_000
+    assert "id4.dcm" in left and "id1.dcm" not in left
+    assert list((root / ".tmp").iterdir()) == []  # nothing half-fetched left
+    assert not cache.hit(root / "ab" / "nope.dcm")
+
+
+def test_task_leftovers_are_removed_from_the_bucket(tmp_path, weed, bucket):
+    config = s3_config(tmp_path, weed, bucket)
+    prefix = prefix_of(config)
+    with TestClient(create_app(config)) as client:
+        svc = client.app.state.svc
+        blobs = BlobStore.of(config)
+        from dicomsvc.storage import blobs as blobs_module
+
+        blobs_module.begin_task("t1")
+        try:
+            temp = blobs.write_temp(b"orphan", ".dcm")
+            blobs.commit_all([(temp, BlobStore.key("Zzorphanid", "dcm"))])  # uploaded, then the worker "dies"
+        finally:
+            blobs_module.begin_task(None)
+        assert weed.keys(bucket, prefix + "/") == [f"{prefix}/Zz/Zzorphanid.dcm"]
+        client.portal.call(svc.remove_task_leftovers, "t1")
+        assert weed.keys(bucket, prefix + "/") == []
+
+
+def test_a_missing_bucket_stops_start_up(tmp_path, weed):
+    config = s3_config(tmp_path, weed, "nosuchbucket" + uuid.uuid4().hex[:6])
+    with pytest.raises(StartupError, match="does not exist"):
+        with TestClient(create_app(config)):
+            pass
+
+
+def test_an_object_store_that_fails_is_503_and_leaves_nothing(tmp_path):
+    """Its own SeaweedFS, stopped mid-test: ingest, reads of uncached blobs and /readyz answer
+    503 (never 500), no row is left; back up, all is served."""
+    with seaweed.running() as weed:
+        bucket = weed.new_bucket()
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = weed.access_key, weed.secret_key
+        config = s3_config(tmp_path, weed, bucket, DICOMSVC_S3_TIMEOUT="3")
+        with TestClient(create_app(config)) as client:
+            iid = post(client, ct_bytes()).json()["id"]
+            assert client.get("/readyz").status_code == 200
+            (config.blob_dir / iid[:2] / f"{iid}.dcm").unlink()
+            seaweed._stop(weed.process, grace=0.5)
+            refused = post(client, ct_bytes())
+            assert refused.status_code == 503 and refused.json()["error"] == "storage_unavailable"
+            missing = client.get(f"/dicom/{iid}/file")
+            assert missing.status_code == 503 and missing.json()["error"] == "storage_unavailable"
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and not ready.json()["checks"]["object_store"]["ok"]
+            with indexdb.index(config) as db:
+                assert db.execute("SELECT COUNT(*) FROM dicom").fetchone()[0] == 1
+            assert [p for p in (config.blob_dir / ".tmp").iterdir() if not p.name.endswith(".placed")] == []
+    with pytest.raises(StartupError, match="does not answer"):
+        with TestClient(create_app(config)):
+            pass
