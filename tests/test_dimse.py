@@ -616,3 +616,19 @@ def test_a_data_set_growing_past_the_upload_limit_ends_the_association(tmp_path,
         assert stored_count(client) == 0 and echo_works(config)
         small = save(make_ct(), tmp_path / "small.dcm")
         assert send_raw(config, small) == 0x0000
+
+
+def test_a_pdu_declaring_gigabytes_ends_the_connection_unread(scp):
+    """Anyone can open a connection: an A-ASSOCIATE-RQ whose header declares ~2 GiB, then data,
+    is cut off once it is longer than any PDU we take, not read into memory; the SCP goes on."""
+    _, config = scp
+    sent = 0
+    with socket.create_connection(("127.0.0.1", config.dimse_port), timeout=30) as peer:
+        chunk = bytes(1 << 20)
+        with pytest.raises(OSError):  # BrokenPipeError / ConnectionResetError: the server closed
+            peer.sendall(b"\x01\x00" + (0x7FFFFFFF).to_bytes(4, "big"))
+            for _ in range(256):  # 256 MiB, were it all read
+                peer.sendall(chunk)
+                sent += len(chunk)
+    assert sent < 64 << 20
+    assert echo_works(config)

@@ -31,12 +31,14 @@ import contextlib
 import logging
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -96,6 +98,30 @@ CANCELLED = 0xFE00
 REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)
 
 
+# The longest PDU each of our AEs reads (PDU length field, PS3.8 §9.3.1): pynetdicom reads a PDU
+# whole into memory, however long its header says it is -- an A-ASSOCIATE-RQ from anyone declaring
+# 4 GiB, then streaming, would be held in memory before the allow-list is even consulted.
+_PDU_LIMITS: "weakref.WeakKeyDictionary[AE, int]" = weakref.WeakKeyDictionary()
+ASSOCIATE_RQ_MAX = 1 << 20  # an A-ASSOCIATE-RQ of 128 contexts with every transfer syntax is ~100 KB
+
+
+def _bounded_recv(recv):
+    def recv_at_most(self: AssociationSocket, nr_bytes: int) -> bytearray:
+        assoc = self._assoc
+        limit = _PDU_LIMITS.get(assoc.ae) if assoc is not None and assoc.is_acceptor else None
+        if limit is not None and nr_bytes > limit:  # a PDU longer than we said we take: the connection ends
+            log.warning("a PDU of %d bytes from %s refused (longer than the maximum length)", nr_bytes, assoc.requestor.address)
+            raise OSError("PDU longer than the maximum length")
+        return recv(self, nr_bytes)
+
+    recv_at_most.bounded = True
+    return recv_at_most
+
+
+if not getattr(AssociationSocket.recv, "bounded", False):
+    AssociationSocket.recv = _bounded_recv(AssociationSocket.recv)
+
+
 def store_status(exc: DicomSvcError) -> int:
     """Our error as a C-STORE failure status (PS3.4 B.2.3)."""
     if isinstance(exc, SopMismatch):
@@ -142,6 +168,7 @@ class Scp:
         ae.acse_timeout = cfg.dimse_acse_timeout
         ae.dimse_timeout = cfg.dimse_timeout
         ae.network_timeout = cfg.dimse_network_timeout
+        _PDU_LIMITS[ae] = max(cfg.dimse_max_pdu or cfg.max_upload_bytes, ASSOCIATE_RQ_MAX)
         for cx in AllStoragePresentationContexts:
             # scu_role/scp_role: a C-GET requestor may take the SCP role for storage (PS3.4 C.4.3.1.3)
             ae.add_supported_context(cx.abstract_syntax, list(STORABLE), scu_role=True, scp_role=True)
