@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 from .config import Config
 from .errors import DicomSvcError
 from .logs import quiet_pydicom
-from .storage import instances
+from .storage import instances, shared
+from .storage.dialect import SQLITE
 from .storage.blobs import BlobStore
 from .storage.sqlite import Database, open_database
 from .workers import Limits, Setup, ThreadPool, WorkerPool
@@ -119,6 +120,25 @@ def anon_secret(config: Config) -> str:
     return path.read_text().strip()
 
 
+async def _anon_secret(config: Config, db: Database) -> str:
+    """DICOMSVC_ANON_SECRET; else on SQLite the data directory's ``anon.secret`` (``anon_secret``);
+    on PostgreSQL the index's own, made once and shared by every replica (``storage.shared``):
+    pseudonyms must not depend on the replica that anonymized. A data directory's ``anon.secret``
+    made before is the one kept when the index holds none yet; one the index holds is copied
+    into a data directory that has none."""
+    if config.anon_secret or db.dialect == SQLITE:
+        return anon_secret(config)
+    path = config.data_dir / "anon.secret"
+    local = path.read_text().strip() if path.exists() else None
+    secret = await shared.claim(db, "anon_secret", local or secrets.token_hex(32))
+    if local is None:
+        with contextlib.suppress(FileExistsError), os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(secret)
+    elif local != secret:
+        log.warning("the data directory's anon.secret is not the one the index holds (made by another replica): the index's is used")
+    return secret
+
+
 class StartupError(RuntimeError):
     """The service cannot start: the message says why, for the operator."""
 
@@ -159,7 +179,6 @@ async def open_service(config: Config) -> AsyncIterator[Service]:
 
 @contextlib.asynccontextmanager
 async def _open_service(config: Config) -> AsyncIterator[Service]:
-    config = dataclasses.replace(config, anon_secret=anon_secret(config))  # workers get it with the config
     with contextlib.suppress(OSError):  # may be a read-only mount that already exists
         config.import_root.mkdir(parents=True, exist_ok=True)
     blobs = BlobStore.of(config)
@@ -168,6 +187,7 @@ async def _open_service(config: Config) -> AsyncIterator[Service]:
         await _check_object_store(blobs)
     db = await open_database(config.database, config.database_pool)
     try:
+        config = dataclasses.replace(config, anon_secret=await _anon_secret(config, db))  # workers get it with the config
         cpu_pool = _new_cpu_pool(config)
         await cpu_pool.start()
     except BaseException as exc:

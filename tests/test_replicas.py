@@ -417,3 +417,33 @@ def test_an_instance_deleted_through_one_replica_is_not_served_from_another_repl
         etagged = b.get("/image", params={"id": instance_id}, headers={"if-none-match": f'"{instance_id}.png"'})
     assert (image.status_code, tags.status_code, etagged.status_code) == (404, 404, 404), (image.text, tags.text)
     assert image.json()["error"] == tags.json()["error"] == "not_found"
+
+
+@pytest.mark.postgres_only
+def test_replicas_without_an_anon_secret_share_the_one_the_index_keeps(tmp_path, import_root):
+    """No DICOMSVC_ANON_SECRET: the first replica's secret (here an anon.secret its data directory
+    held already) is kept in the index and used by the next, so the same file anonymized through
+    either gets the same pseudonyms -- the second upload is the first's duplicate. Before: each
+    replica made its own secret, and the same patient two sets of UIDs."""
+    from starlette.testclient import TestClient
+
+    from app import create_app
+
+    url = indexdb.database_env(tmp_path / "a")["DICOMSVC_DATABASE_URL"]
+    configs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        configs.append(Config.from_env({
+            "DICOMSVC_DATA_DIR": str(tmp_path / name), "DICOMSVC_IMPORT_ROOT": str(import_root),
+            "DICOMSVC_WORKERS": "0", "DICOMSVC_DATABASE_URL": url,
+        }))  # fmt: skip
+    (tmp_path / "a" / "anon.secret").write_text("made-before-by-a\n")
+    body = (import_root / make_files(import_root, 1, seed=14)[0]).read_bytes()
+    answers = []
+    with TestClient(create_app(configs[0])) as a, TestClient(create_app(configs[1])) as b:
+        for client in (a, b):
+            answers.append(client.post("/dicom?anonymize=true", content=body, headers={"content-type": "application/dicom"}))
+    assert [r.status_code for r in answers] == [201, 200], [r.text for r in answers]
+    assert answers[0].json()["id"] == answers[1].json()["id"]
+    assert (tmp_path / "b" / "anon.secret").read_text() == "made-before-by-a"  # a copy, kept private
+    assert (tmp_path / "b" / "anon.secret").stat().st_mode & 0o777 == 0o600

@@ -256,3 +256,10 @@ CREATE TABLE IF NOT EXISTS upload (
 );
 CREATE INDEX IF NOT EXISTS upload_expiry ON upload (expires_at);
 CREATE INDEX IF NOT EXISTS upload_by_owner ON upload (owner, status);
+
+-- Values every server on one index must agree on (dicomsvc/storage/shared.py): with several
+-- replicas (PostgreSQL), the anonymization secret made once, when DICOMSVC_ANON_SECRET is not set.
+CREATE TABLE IF NOT EXISTS shared_value (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
