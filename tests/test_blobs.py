@@ -37,6 +37,7 @@ def test_open_clears_leftover_temp_files(tmp_path):
     assert list(blobs.tmp.iterdir()) == []
 
 
+@pytest.mark.local_blobs_only("plants orphan files in the local folder (tests/test_objects.py sweeps the bucket)")
 def test_blobs_no_record_points_at_are_swept_at_start(config, data_dir):
     import os
     import time
@@ -54,7 +55,10 @@ def test_blobs_no_record_points_at_are_swept_at_start(config, data_dir):
     blobs = BlobStore(data_dir / "blobs")
     orphan = "Zz" + "q" * 20  # as left by a crash between a worker's rename and its commit
     (blobs.root / "Zz").mkdir(exist_ok=True)
-    old = time.time() - 60
+    old = time.time() - 7200  # older than DICOMSVC_SWEEP_GRACE_SECONDS (an hour)
+    young = time.time() - 600  # orphaned too, but maybe another replica's blob about to be committed
+    (blobs.root / "Zz" / ("Zz" + "y" * 20 + ".dcm")).write_bytes(b"x")
+    os.utime(blobs.root / "Zz" / ("Zz" + "y" * 20 + ".dcm"), (young, young))
     for name in (f"{orphan}.dcm", f"{orphan}.png"):
         (blobs.root / "Zz" / name).write_bytes(b"x")
         os.utime(blobs.root / "Zz" / name, (old, old))
@@ -69,6 +73,7 @@ def test_blobs_no_record_points_at_are_swept_at_start(config, data_dir):
         assert client.get("/image", params={"id": kept}).status_code == 200
     assert not list((blobs.root / "Zz").glob(f"{orphan}*"))
     assert fresh.exists()
+    assert (blobs.root / "Zz" / ("Zz" + "y" * 20 + ".dcm")).exists()  # within the grace period
     assert len(list(data_dir.glob(f"blobs/*/{kept}*"))) == 3  # .dcm, .png, .renderings
 
 

@@ -4,8 +4,8 @@ streamed with bounded memory), the read-through cache (miss, eviction), deletes,
 bucket, task leftovers, the orphan sweep, and an object store that fails (503, start-up)."""
 
 import base64
+import dataclasses
 import io
-import json
 import os
 import subprocess
 import sys
@@ -281,3 +281,59 @@ def test_an_object_store_that_fails_is_503_and_leaves_nothing(tmp_path):
     with pytest.raises(StartupError, match="does not answer"):
         with TestClient(create_app(config)):
             pass
+
+
+def _plant(weed, bucket: str, prefix: str, names: list[str]) -> None:
+    s3 = weed.client()
+    for name in names:
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=b"x")
+
+
+def _swept(client, weed, bucket: str, prefix: str, gone: str, seconds: float = 20) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while any(gone in k for k in weed.keys(bucket, prefix + "/")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return weed.keys(bucket, prefix + "/")
+
+
+def test_the_sweep_removes_objects_no_row_points_at_past_the_grace(tmp_path, weed, bucket):
+    config = s3_config(tmp_path, weed, bucket)
+    prefix = prefix_of(config)
+    with TestClient(create_app(config)) as client:
+        kept = post(client, ct_bytes()).json()["id"]
+        client.get(f"/image?id={kept}&window=40,400")  # a rendering in the bucket too
+    orphan = "Zz" + "q" * 20  # as left by a replica that died between its upload and its commit
+    _plant(weed, bucket, prefix, [f"Zz/{orphan}.dcm", f"Zz/{orphan}.png", f"Zz/{orphan}.renderings/k.png"])
+    time.sleep(2.5)  # older than the start margin
+    with TestClient(create_app(config)):  # the default grace (an hour): young orphans stay
+        time.sleep(1.0)
+    assert len([k for k in weed.keys(bucket, prefix + "/") if orphan in k]) == 3
+    graceless = dataclasses.replace(config, sweep_grace_seconds=0)
+    with TestClient(create_app(graceless)) as client:
+        left = _swept(client, weed, bucket, prefix, orphan)
+        assert client.get(f"/image?id={kept}").status_code == 200
+    assert not [k for k in left if orphan in k]
+    assert sum(kept in k for k in left) == 3  # .dcm, .png and its rendering
+
+
+@pytest.mark.postgres_only
+def test_one_replica_sweeps_at_a_time(tmp_path, weed, bucket):
+    """While another replica holds the sweep lock (a PostgreSQL advisory lock), a start-up sweep
+    is skipped; once released, the next one sweeps."""
+    import psycopg
+
+    from dicomsvc.storage.sweeplock import SWEEP_LOCK
+
+    config = dataclasses.replace(s3_config(tmp_path, weed, bucket), sweep_grace_seconds=0)
+    prefix = prefix_of(config)
+    orphan = "Zy" + "q" * 20
+    _plant(weed, bucket, prefix, [f"Zy/{orphan}.dcm"])
+    time.sleep(2.5)
+    with psycopg.connect(config.database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (SWEEP_LOCK,))
+        with TestClient(create_app(config)):
+            time.sleep(2.0)
+        assert weed.keys(bucket, prefix + "/") == [f"{prefix}/Zy/{orphan}.dcm"]
+        other.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+    with TestClient(create_app(config)) as client:
+        assert _swept(client, weed, bucket, prefix, orphan) == []
