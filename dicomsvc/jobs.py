@@ -22,6 +22,7 @@ this replica's own are started at once (``wakeup``).
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -50,6 +51,8 @@ async def submit(svc: Service, entries: Sequence[Entry], spool: Path | None, use
         (seq, e.to_json(), "pending", None) if isinstance(e, Item) else (seq, "{}", e.status, json.dumps(e.public()))
         for seq, e in enumerate(entries)
     ]
+    if spool is not None and svc.blobs.remote is not None:  # in the bucket: any replica can run the job
+        await svc.io(svc.blobs.push_spool, spool)
     await job_rows.insert_job(svc.db, job_id, rows, str(spool) if spool else None, user)
     svc.wakeup.set()
     return job_id
@@ -184,14 +187,28 @@ async def _work(svc: Service, job_id: str) -> None:
             audit.record(svc, audit.job_records(job_id, owner, results))  # who submitted it: the job's owner
             metrics.count_results(results)
 
-        await batch.run(svc, [Item.from_json(item) for _, item in pending], on_done=record)
+        items = [Item.from_json(item) for _, item in pending]
+        if svc.blobs.remote is not None:  # input spooled by another replica: fetched from the bucket
+            items = await svc.io(_local_items, svc, items)
+        await batch.run(svc, items, on_done=record)
     await _finish(svc, job_id, "done", None)
+
+
+def _local_items(svc: Service, items: list[Item]) -> list[Item]:
+    """With S3: items whose spooled input is here, fetched when another replica spooled it."""
+    pulled: dict[str, str] = {}
+    for item in items:
+        if item.kind in ("spooled", "member") and item.path not in pulled:
+            pulled[item.path] = svc.blobs.pull_spool(item.path, svc.config.spool_dir)
+    return [dataclasses.replace(item, path=pulled[item.path]) if item.path in pulled else item for item in items]
 
 
 async def _finish(svc: Service, job_id: str, state: str, detail: str | None) -> None:
     spool = await job_rows.finish(svc.db, job_id, state, detail, svc.replica)
     if spool:
         await svc.io(remove_spool, Path(spool))
+        if svc.blobs.remote is not None:
+            await svc.io(svc.blobs.drop_spool, Path(spool))
 
 
 async def _forget_orphan_spools(svc: Service) -> None:

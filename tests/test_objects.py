@@ -337,3 +337,39 @@ def test_one_replica_sweeps_at_a_time(tmp_path, weed, bucket):
         other.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
     with TestClient(create_app(config)) as client:
         assert _swept(client, weed, bucket, prefix, orphan) == []
+
+
+def test_a_job_spool_lives_in_the_bucket_for_any_replica(tmp_path, weed, bucket, monkeypatch):
+    """A ZIP past DICOMSVC_SYNC_LIMIT becomes a job: its spool is uploaded before the job row is
+    written; run where the local copy is missing (another replica), the job fetches it from the
+    bucket; done, the spool is gone from the bucket too."""
+    import zipfile
+
+    config = s3_config(tmp_path, weed, bucket, DICOMSVC_SYNC_LIMIT="2")
+    prefix = prefix_of(config)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for i in range(3):
+            archive.writestr(f"f{i}.dcm", ct_bytes())
+    pushed: list[list[str]] = []
+    push = BlobStore.push_spool
+
+    def push_then_forget(self, folder):  # as if the job were run by a replica without the files
+        push(self, folder)
+        pushed.append(weed.keys(bucket, f"{prefix}/spool/"))
+        for path in folder.iterdir():
+            path.unlink()
+
+    monkeypatch.setattr(BlobStore, "push_spool", push_then_forget)
+    with TestClient(create_app(config)) as client:
+        answer = client.post("/dicom", content=buf.getvalue(), headers={"content-type": "application/zip"})
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job"]
+        deadline = time.monotonic() + 60
+        while (job := client.get(f"/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["status"] == "done", job
+        assert [r["status"] for r in job["results"]] == ["created"] * 3, job
+    assert len(pushed) == 1 and len(pushed[0]) == 1, pushed  # the spooled ZIP, before the job row
+    assert weed.keys(bucket, f"{prefix}/spool/") == []

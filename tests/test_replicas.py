@@ -108,34 +108,11 @@ def test_the_same_file_posted_twice_at_once_answers_201_and_200_with_one_id(live
     assert blob_ids(data_dir) == {instance_id: 2 for instance_id in ids}
 
 
-# Three replicas: one PostgreSQL, one blob store, three `dicomsvc serve` processes ----------------
+# Three replicas: one PostgreSQL, one S3 bucket, three `dicomsvc serve` processes (make test-scale) ---
 
 REPLICAS = 3
 FILES = 300  # each sent to two replicas at once
 JOB_FILES = 160  # the ZIP job whose replica is killed
-
-
-class SharedFolder:
-    """The replicas' blob store as one folder they all see (each data directory's ``blobs`` and
-    ``spool`` are links to it): a first step until the bucket (S3) runs the test."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        (root / "blobs").mkdir(parents=True)
-        (root / "spool").mkdir()
-
-    def env(self) -> dict[str, str]:
-        return {}
-
-    def prepare(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True)
-        (data_dir / "blobs").symlink_to(self.root / "blobs")
-        (data_dir / "spool").symlink_to(self.root / "spool")
-
-    def keys(self) -> list[str]:
-        """Every blob in place, as the database records its key (``aa/id.ext``, renderings below ``aa/id/``)."""
-        root = self.root / "blobs"
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts)
 
 
 class Bucket:
@@ -228,18 +205,14 @@ def rendering_hits(replica: Replica) -> float:
 
 def test_three_replicas_share_one_index_and_one_blob_store(request, tmp_path):
     """Three `dicomsvc serve` replicas, each with a data directory of its own, one PostgreSQL and
-    one blob store: the same 300 files sent through all three at once (each to two replicas) are
+    one S3 bucket (SeaweedFS): the same 300 files sent through all three at once (each to two replicas) are
     stored once each; a ZIP job's replica is killed (-9) mid-job and another finishes it with
     nothing doubled; a rendering cached by one is served by another; every blob row's blob is
     there and, once the crash's leftovers are swept, no blob without a row."""
-    pg = request.getfixturevalue("postgres")
-    if pg is None:
-        pytest.skip("the scale run: DICOMSVC_TEST_POSTGRES=1 DICOMSVC_TEST_S3=1 (make test-scale)")
-    try:
-        s3 = request.getfixturevalue("s3_server")
-    except pytest.FixtureLookupError:
-        s3 = None
-    store = Bucket(s3, tmp_path / "shared") if s3 is not None else SharedFolder(tmp_path / "shared")
+    pg, s3 = request.getfixturevalue("postgres"), request.getfixturevalue("s3_server")
+    if pg is None or s3 is None:
+        pytest.skip("the scale run: a throwaway PostgreSQL and SeaweedFS (make test-scale: DICOMSVC_TEST_POSTGRES=1 DICOMSVC_TEST_S3=1)")
+    store = Bucket(s3, tmp_path / "shared")
     database_url = pg.new_database()
     import_root = tmp_path / "import"
     import_root.mkdir()

@@ -406,6 +406,38 @@ class BlobStore:
         if self.remote is not None:
             self.remote.delete_under(self.object_id(self.renderings(blob_id)) + "/")
 
+    # Job spools with S3 (dicomsvc.jobs): a job's uploaded input goes to the bucket too, under
+    # ``spool/<folder>/<name>`` (the object id it is sealed for, when encrypted), before the job's
+    # row is written, so whichever replica runs the job -- or takes it over -- can read it.
+
+    def push_spool(self, folder: Path) -> None:
+        """Upload every file of the spool ``folder`` (S3 only)."""
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_file(follow_symlinks=False):
+                self.remote.put_file(f"spool/{folder.name}/{entry.name}", Path(entry.path))
+
+    def pull_spool(self, recorded: str, spool_root: Path) -> str:
+        """The local path of a spooled file a job recorded (maybe on another replica): here under
+        ``spool_root``, fetched from the bucket when missing (S3 only)."""
+        path = Path(recorded)
+        local = spool_root / path.parent.name / path.name
+        if local.exists():
+            return str(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        temp = local.with_name(f".{local.name}.{secrets.token_hex(6)}")
+        try:
+            with open(temp, "xb") as out:
+                self.remote.get_file(f"spool/{path.parent.name}/{path.name}", out)
+            os.replace(temp, local)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return str(local)
+
+    def drop_spool(self, folder: Path) -> None:
+        """Remove a finished job's spool from the bucket (S3 only)."""
+        self.remote.delete_under(f"spool/{folder.name}/")
+
     @staticmethod
     def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
