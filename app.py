@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from dicomsvc import audit, dimse, health, jobs, metrics, resumable, sweep
+from dicomsvc import audit, destinations, dimse, health, jobs, metrics, resumable, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
 from dicomsvc.http import catalog, instances, intake, openapi, stow, tus
@@ -148,6 +148,10 @@ async def delete_instance(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def get_destinations(request: Request) -> JSONResponse:
+    return JSONResponse(await destinations.listing(request.app.state.svc))
+
+
 async def get_stats(request: Request) -> JSONResponse:
     return JSONResponse(await catalog.stats(request.app.state.svc, owner_of(request)))
 
@@ -220,6 +224,7 @@ routes = [
     Route("/dicom/{id}", get_dicom, methods=["GET"]),
     Route("/dicom/{id}", delete_instance, methods=["DELETE"]),
     Route("/stats", get_stats, methods=["GET"]),
+    Route("/destinations", get_destinations, methods=["GET"]),  # DICOMSVC_NETWORK_CONFIG's, each checked
     Route("/studies", post_studies, methods=["POST"]),
     Route("/studies/{study}", post_studies, methods=["POST"]),
     Route("/jobs", get_jobs, methods=["GET"]),

@@ -99,6 +99,7 @@ class Config:
     dimse_network_timeout: int = 60  # seconds without a byte from the peer before the association is aborted
     dimse_max_results: int = 10_000  # C-FIND matches answered at most (more: the first ones, then success)
     dimse_max_retrieve: int = 100_000  # instances one C-GET or C-MOVE may retrieve (more: refused, 0xA701)
+    destination_check_timeout: int = 5  # seconds GET /destinations waits for each destination's answer
 
     SECRETS = ("anon_secret", "encryption_keys")
 
@@ -288,7 +289,8 @@ def _object_store_settings(get, get_int) -> dict:
 
 
 def _dimse_settings(get, get_int) -> dict:
-    """DICOMSVC_DIMSE_PORT, DICOMSVC_AE_TITLE, DICOMSVC_NETWORK_CONFIG, DICOMSVC_DIMSE_* limits."""
+    """DICOMSVC_DIMSE_PORT, DICOMSVC_AE_TITLE, DICOMSVC_NETWORK_CONFIG, DICOMSVC_DIMSE_* limits,
+    DICOMSVC_DESTINATION_CHECK_TIMEOUT."""
     port = get_int("DIMSE_PORT", 0, minimum=0)
     if port > 65535:
         raise ValueError(f"{PREFIX}DIMSE_PORT must be a TCP port (1-65535), or unset for none")
@@ -304,6 +306,7 @@ def _dimse_settings(get, get_int) -> dict:
         "dimse_network_timeout": get_int("DIMSE_NETWORK_TIMEOUT", 60),
         "dimse_max_results": get_int("DIMSE_MAX_RESULTS", 10_000),
         "dimse_max_retrieve": get_int("DIMSE_MAX_RETRIEVE", 100_000),
+        "destination_check_timeout": get_int("DESTINATION_CHECK_TIMEOUT", 5),
     }
 
 

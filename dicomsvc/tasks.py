@@ -60,3 +60,6 @@ decodable = Task("dicomsvc.retrieve", "decodable")  # bool: a transfer syntax's 
 # dicomsvc.retrieve in an I/O thread of the server (svc.io): imported there on first use
 bulk = Task("dicomsvc.retrieve", "bulk")
 frame_source = Task("dicomsvc.retrieve", "frame_source")
+
+# dicomsvc.dimse.echo in an I/O thread (GET /destinations): pynetdicom loaded on first use only
+dimse_echo = Task("dicomsvc.dimse.echo", "echo")

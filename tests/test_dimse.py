@@ -632,3 +632,73 @@ def test_a_pdu_declaring_gigabytes_ends_the_connection_unread(scp):
                 sent += len(chunk)
     assert sent < 64 << 20
     assert echo_works(config)
+
+
+def test_a_dimse_port_in_use_stops_the_start_with_the_reason(tmp_path):
+    from dicomsvc.service import StartupError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = dimse_config(tmp_path, PEERS, DICOMSVC_DIMSE_PORT=str(port))
+        with pytest.raises(StartupError, match=f"the DICOM port {port} cannot be opened"):
+            with TestClient(create_app(config)):
+                pass
+
+
+# GET /destinations (issue 14, "Send and forward": the list, each checked) -----------------------
+
+
+@pytest.fixture
+def stow_service():
+    """A stand-in STOW-RS/QIDO-RS service: 200 to the token 'good', 401 otherwise; its base URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path.startswith("/dicom-web/studies") and self.headers.get("Authorization") == "Bearer good"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_get_destinations_lists_each_with_a_check(tmp_path, storescp, stow_service):
+    ae, port, _ = storescp
+    closed = free_port()
+    destinations = {
+        "archive": {"type": "dimse", "ae_title": ae, "host": "127.0.0.1", "port": port},
+        "gone": {"type": "dimse", "ae_title": "NOBODY", "host": "127.0.0.1", "port": closed},
+        "research": {"type": "stowrs", "url": stow_service, "token": "good"},
+        "refusing": {"type": "stowrs", "url": stow_service, "token": "s3cret-bad"},
+        "down": {"type": "stowrs", "url": f"http://127.0.0.1:{closed}/dicom-web"},
+    }
+    config = dimse_config(tmp_path, PEERS, destinations, DICOMSVC_DESTINATION_CHECK_TIMEOUT="10")
+    with TestClient(create_app(config)) as client:
+        answer = client.get("/destinations")
+    assert answer.status_code == 200 and "s3cret" not in answer.text
+    found = {d["name"]: d for d in answer.json()["destinations"]}
+    assert list(found) == list(destinations)
+    assert found["archive"] | {"ms": 0} == {
+        "name": "archive", "type": "dimse", "ae_title": ae, "host": "127.0.0.1", "port": port,
+        "reachable": True, "check": "C-ECHO", "status": "0x0000", "detail": "C-ECHO success", "ms": 0,
+    }  # fmt: skip
+    assert found["gone"]["reachable"] is False and found["gone"]["status"] is None
+    assert found["research"]["reachable"] is True and found["research"]["status"] == 200
+    assert found["research"]["token"] is True and found["down"]["token"] is False
+    assert found["refusing"]["status"] == 401 and found["refusing"]["detail"] == "the token is refused"
+    assert found["down"]["reachable"] is False and found["down"]["check"] == "HTTP"

@@ -66,6 +66,7 @@ ACTIONS: dict[tuple[str, str], str | None] = {
     ("/uploads/{id}", "PATCH"): UPLOAD,
     ("/uploads/{id}", "DELETE"): DELETE,
     ("/stats", "GET"): NONE,  # counts only
+    ("/destinations", "GET"): NONE,  # configuration and reachability: no patient data
     ("/audit", "GET"): NONE,
     ("/healthz", "GET"): NONE,
     ("/readyz", "GET"): NONE,

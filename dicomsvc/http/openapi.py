@@ -266,6 +266,17 @@ PATHS: dict[str, dict] = {
             "responses": _answers({"200": ("application/json", "statistics")}, {}),
         }
     },
+    "/destinations": {
+        "get": {
+            "summary": "The destinations of DICOMSVC_NETWORK_CONFIG, each checked: C-ECHO for a DIMSE peer, a QIDO-RS "
+            "request for a STOW-RS service (uploaders; tokens are never shown)",
+            "responses": _answers(
+                {"200": ("application/json", "{destinations: [{name, type, ae_title/host/port or url/token, reachable, "
+                                             "check, status, detail, ms}]}")},
+                {},
+            ),
+        }
+    },
     "/healthz": {"get": {"summary": "Liveness", "responses": _answers({"200": ("application/json", "{status: ok}")}, {})}},
     "/readyz": {
         "get": {

@@ -40,6 +40,7 @@ RULES: dict[tuple[str, str], str] = {
     ("/image", "GET"): READER,
     ("/tags", "GET"): READER,
     ("/stats", "GET"): READER,
+    ("/destinations", "GET"): UPLOADER,  # where instances may be sent: for those who may send
     ("/studies", "POST"): UPLOADER,
     ("/studies/{study}", "POST"): UPLOADER,
     ("/jobs", "GET"): READER,
