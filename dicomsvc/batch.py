@@ -30,6 +30,7 @@ from .errors import BadRequest, DicomSvcError, NotDicom, TooLarge
 from .results import Ingested
 from .options import PLAIN, Options
 from .service import Service
+from .storage import spool
 from .storage.blobs import BlobStore
 
 CHUNK = 8  # items per trip to a worker
@@ -134,7 +135,7 @@ def expand_zip(config: Config, zip_path: Path, label: str = "", options: Options
     of the archive as a whole, and that no two members share bytes (``_check_spans``).
     """
     try:
-        with zipfile.ZipFile(zip_path) as archive:
+        with spool.open_spooled(zip_path, spool.keyring_of(config)) as raw, zipfile.ZipFile(raw) as archive:
             members = [info for info in archive.infolist() if not info.is_dir()]
             if len(members) > config.max_archive_files:
                 raise TooLarge(f"the archive holds {len(members)} files; the limit is {config.max_archive_files}")
@@ -249,8 +250,8 @@ def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = 
 _archives = threading.local()
 
 
-def _archive(path: str) -> zipfile.ZipFile:
-    """This thread's open handle on a spooled archive.
+def _archive(path: str, keyring) -> zipfile.ZipFile:
+    """This thread's open handle on a spooled archive (decrypting when it was sealed).
 
     Reading the central directory of a 20,000-member ZIP takes ~0.1 s, so a worker
     keeps the last archive it read open across chunks; one whose file is gone (its
@@ -258,13 +259,23 @@ def _archive(path: str) -> zipfile.ZipFile:
     """
     cached = getattr(_archives, "open", None)
     if cached is not None:
-        cached_path, archive = cached
-        if cached_path == path and os.fstat(archive.fp.fileno()).st_nlink > 0:
+        cached_path, archive, raw = cached
+        if cached_path == path and os.path.exists(path):
             return archive
         archive.close()
+        raw.close()
         _archives.open = None
-    archive = zipfile.ZipFile(path)
-    _archives.open = (path, archive)
+    sealed = spool.open_if_sealed(path, keyring)
+    if sealed is None:
+        raw = archive = zipfile.ZipFile(path)  # the archive owns its file
+    else:
+        raw = sealed  # closed with the archive, or (silently) when collected
+        try:
+            archive = zipfile.ZipFile(sealed)
+        except BaseException:
+            sealed.close()
+            raise
+    _archives.open = (path, archive, raw)
     return archive
 
 
@@ -281,7 +292,7 @@ def _stage_item(config: Config, blobs: BlobStore, item: Item, study_uid: str | N
         if item.kind == "import":
             outcome = stage_import(config, item.path, options, blobs)
         else:
-            temp = _member_to_temp(config, blobs, item) if item.kind == "member" else _link(blobs, item)
+            temp = _member_to_temp(config, blobs, item) if item.kind == "member" else _link(config, blobs, item)
             outcome = stage_file(config, temp, item.file, options, blobs)
     except NotDicom as exc:  # a README, a nested ZIP, a DICOMDIR...
         return skipped(item.file, exc.detail)
@@ -290,9 +301,15 @@ def _stage_item(config: Config, blobs: BlobStore, item: Item, study_uid: str | N
     return created_or_duplicate(item.file, outcome) if isinstance(outcome, Ingested) else outcome
 
 
-def _link(blobs: BlobStore, item: Item) -> Path:
+def _link(config: Config, blobs: BlobStore, item: Item) -> Path:
     """A second name for a spooled part in blob temp space: ingesting moves that name, so
-    the part itself stays until its job is done (and can be ingested again after a crash)."""
+    the part itself stays until its job is done (and can be ingested again after a crash).
+    A sealed part (encryption at rest) is decrypted into blob temp space instead, for the
+    time of its ingest."""
+    sealed = spool.open_if_sealed(item.path, blobs.keyring)
+    if sealed is not None:
+        with sealed:
+            return blobs.spool(sealed, config.max_upload_bytes)
     temp = blobs.temp_path(".dcm")
     os.link(item.path, temp)
     return temp
@@ -301,7 +318,7 @@ def _link(blobs: BlobStore, item: Item) -> Path:
 def _member_to_temp(config: Config, blobs: BlobStore, item: Item) -> Path:
     """Extract one member, streaming, never past the size its header declares."""
     try:
-        info = (archive := _archive(item.path)).getinfo(item.member)
+        info = (archive := _archive(item.path, blobs.keyring)).getinfo(item.member)
         with archive.open(info) as src:
             return blobs.spool(src, min(info.file_size, config.max_upload_bytes))
     except TooLarge:

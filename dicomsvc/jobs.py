@@ -36,7 +36,7 @@ from .errors import InsufficientStorage, NotFound
 from .service import Service
 from .storage import jobs as job_rows
 from .storage import space
-from .storage.spool import remove_spool
+from .storage.spool import make_durable, remove_spool
 
 log = logging.getLogger("dicomsvc")
 PAGE = 512  # pending items read, run and recorded at a time: memory stays flat in the job's size
@@ -51,6 +51,8 @@ async def submit(svc: Service, entries: Sequence[Entry], spool: Path | None, use
         (seq, e.to_json(), "pending", None) if isinstance(e, Item) else (seq, "{}", e.status, json.dumps(e.public()))
         for seq, e in enumerate(entries)
     ]
+    if spool is not None:  # its input durable before the row that points at it (as a 201's blobs)
+        await svc.io(make_durable, spool)
     if spool is not None and svc.blobs.remote is not None:  # in the bucket: any replica can run the job
         await svc.io(svc.blobs.push_spool, spool)
     await job_rows.insert_job(svc.db, job_id, rows, str(spool) if spool else None, user)

@@ -24,6 +24,7 @@ from dicomsvc.storage import crypt
 from dicomsvc.storage.blobs import BlobStore
 from dicomsvc.storage.crypt import HEADER, Keyring, open_sealed, seal_bytes, seal_file
 from phi_fixture import build_phi_dataset, to_bytes
+from test_intake import wait_for
 
 KEY_A, KEY_B, KEY_C = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
 
@@ -353,3 +354,58 @@ def test_keys_rotate_is_resumable_and_rewrites_headers_only(tmp_path, monkeypatc
     with TestClient(create_app(old_only), raise_server_exceptions=False) as client:
         assert client.get(f"/image?id={ids[0]}").json()["error"] == "damaged_blob"
     assert pydicom.dcmread(sample_file("CT_small.dcm")).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+# Spools: a job's input waiting on disk ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 20_000])
+def test_a_sealing_writer_makes_the_object_seal_bytes_would(tmp_path, size):
+    keyring, data = Keyring((KEY_A,), 4096), random.Random(size).randbytes(size)
+    path = tmp_path / "spooled"
+    with crypt.SealingWriter(open(path, "xb"), keyring, "spool/x/part") as out:
+        for start in range(0, size, 777):  # pieces that straddle chunk boundaries
+            out.write(data[start : start + 777])
+    assert path.stat().st_size == len(seal_bytes(keyring, "spool/x/part", data))
+    with open_sealed(path, keyring, "spool/x/part") as reader:
+        assert reader.read() == data
+
+
+def test_a_jobs_spooled_input_is_sealed_until_the_job_runs(tmp_path, monkeypatch):
+    """ZIP bodies, multipart parts and single bodies sent as background jobs wait in spool/
+    encrypted (no planted marker, no DICOM/ZIP signature), and the job then stores them."""
+    import zipfile
+
+    from dicomsvc import jobs
+
+    config = encrypted_config(tmp_path)
+    ds, planted = build_phi_dataset()
+    phi = to_bytes(ds)
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as archive:  # stored: the markers stay visible
+        archive.writestr("phi.dcm", phi)
+    held, real = [], jobs._run_job
+
+    async def hold(svc, job_id):  # the runner takes no job until the spools were looked at
+        held.append(job_id)
+
+    monkeypatch.setattr(jobs, "_run_job", hold)
+    with TestClient(create_app(config)) as client:
+        answers = [
+            client.post("/dicom?async=1", content=zipped.getvalue(), headers={"content-type": "application/zip"}),
+            client.post("/dicom?async=1", files={"file": ("phi.dcm", phi, "application/dicom")}),
+            client.post("/dicom?async=1", content=phi, headers={"content-type": "application/dicom"}),
+        ]
+        assert [a.status_code for a in answers] == [202, 202, 202]
+        spooled = sorted(p for p in config.spool_dir.rglob("*") if p.is_file())
+        assert len(spooled) == 3
+        for path in spooled:
+            raw = path.read_bytes()
+            assert raw.startswith(b"DSVCRYPT"), path.name
+            assert b"DICM" not in raw and b"PK\x03\x04" not in raw
+            assert not any(m.encode() in raw for m in planted.markers)
+        monkeypatch.setattr(jobs, "_run_job", real)  # the runner takes the held jobs again (its own)
+        for answer in answers:
+            job = wait_for(client, answer.json()["status_url"])
+            assert (job["status"], job["created"] + job["duplicates"], job["failed"]) == ("done", 1, 0), job
+    assert not list(config.spool_dir.rglob("*.*"))  # the spools are gone with their jobs

@@ -498,3 +498,37 @@ def test_folder_with_a_non_utf8_name_imports_everything_and_names_it(client, imp
     assert {r["file"]: r["status"] for r in body["results"]} == {"caf\ufffd.dcm": "created", "good.dcm": "created"}
     listed = client.get("/dicom").json()["items"]
     assert len(listed) == 2
+
+
+def test_a_jobs_spooled_input_is_synced_before_its_row(client, monkeypatch):
+    """A 202 is as durable as a 201: the spooled body and its folder reach the disk (fdatasync,
+    fsync) before the job row that points at them commits."""
+    from dicomsvc import jobs
+
+    synced: list[str] = []
+    real_fdatasync, real_fsync, real_insert = os.fdatasync, os.fsync, jobs.job_rows.insert_job
+
+    def noting(real):
+        def sync(fd):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        return sync
+
+    seen_at_insert: list[list[str]] = []
+
+    async def insert(*args, **kwargs):
+        seen_at_insert.append(list(synced))
+        return await real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(os, "fdatasync", noting(real_fdatasync))
+    monkeypatch.setattr(os, "fsync", noting(real_fsync))
+    monkeypatch.setattr(jobs.job_rows, "insert_job", insert)
+    answer = post_zip(client, make_zip({"a.dcm": ct_bytes(1)}), "?async=1")
+    assert answer.status_code == 202
+    (before,) = seen_at_insert
+    body = [p for p in before if p.endswith("/upload.zip")]
+    assert len(body) == 1
+    folder = os.path.dirname(body[0])
+    assert folder in before and os.path.dirname(folder) in before  # its name and the folder's own
+    wait_for(client, answer.json()["status_url"])

@@ -27,7 +27,7 @@ from ..results import Ingested
 from ..tasks import ingest_file, ingest_import  # named, not imported: no pydicom here
 from ..options import Options, flag
 from ..service import Service
-from ..storage.spool import new_spool, remove_spool
+from ..storage.spool import new_spool, open_spooled, remove_spool
 from . import uploads
 from .auth import user_of
 from .requests import base_url, peek_body, read_json_object
@@ -147,13 +147,13 @@ async def _with_spool(svc: Service, request: Request, want_async: bool, options:
 
 async def _body_entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
     target = folder / "body.dcm"
-    await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes)
+    await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes, seal=True)
     return [Item.of(_source(request), "spooled", str(target), options)]
 
 
 async def _zip_entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
     target = folder / "upload.zip"
-    await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes)
+    await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes, seal=True)
     return await svc.io(batch.expand_zip, svc.config, target, "", options)
 
 
@@ -168,15 +168,15 @@ async def _form_entries(svc: Service, request: Request, folder: Path, options: O
     entries: list[Entry] = []
     for number, part in enumerate(files, 1):
         name = part.filename or f"part {number}"
-        if part.content_type in ZIP_TYPES or await svc.io(_starts_as_zip, part.path):
+        if part.content_type in ZIP_TYPES or await svc.io(_starts_as_zip, part.path, svc.blobs.keyring):
             entries += await svc.io(batch.expand_zip, cfg, part.path, name, options)
         else:
             entries.append(Item.of(name, "spooled", str(part.path), options))
     return entries
 
 
-def _starts_as_zip(path: Path) -> bool:
-    with open(path, "rb") as fh:
+def _starts_as_zip(path: Path, keyring) -> bool:
+    with open_spooled(path, keyring) as fh:
         return is_zip(fh.read(4))
 
 

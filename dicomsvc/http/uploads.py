@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from ..errors import BadRequest, TooLarge
 from ..service import Service
+from ..storage import spool
 
 WRITE_SIZE = 1 << 20  # bytes gathered before one write in an I/O thread
 MAX_FIELD_BYTES = 64 * 1024
@@ -42,27 +43,29 @@ async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
     yield bytes(pending)
 
 
-async def spool_body(svc: Service, request: Request, target: Path, limit: int) -> None:
+async def spool_body(svc: Service, request: Request, target: Path, limit: int, seal: bool = False) -> None:
     """Write the request body to ``target``, each piece from an I/O thread: the file opened
     with the first piece and closed with the last, so a body under WRITE_SIZE (one instance,
-    typically) costs one hop to an I/O thread, not three."""
+    typically) costs one hop to an I/O thread, not three. ``seal``: a spool file, encrypted as
+    it is written when encryption at rest is on (``storage.spool.create``)."""
     out: BinaryIO | None = None
     held: bytes | None = None
+    keyring = svc.blobs.keyring if seal else None
     try:
         async for piece in _body(request, limit):
             if held is not None:
-                out = await svc.io(_write, out, target, held, False)
+                out = await svc.io(_write, out, target, held, False, keyring)
             held = piece
-        out = await svc.io(_write, out, target, held or b"", True)
+        out = await svc.io(_write, out, target, held or b"", True, keyring)
     finally:
         if out is not None:  # the body failed (too large, the client gone) after a write
             await svc.io(out.close)
 
 
-def _write(out: BinaryIO | None, target: Path, piece: bytes, last: bool) -> BinaryIO | None:
+def _write(out: BinaryIO | None, target: Path, piece: bytes, last: bool, keyring=None) -> BinaryIO | None:
     """Append ``piece`` to ``target`` (created by the first call); closed after the last one.
     The open file for the next call, or None once closed (an error closes it too)."""
-    out = out if out is not None else open(target, "xb")
+    out = out if out is not None else spool.create(target, keyring)
     try:
         out.write(piece)
     except BaseException:
@@ -89,6 +92,7 @@ class _PartWriter:
 
     folder: Path
     max_parts: int
+    keyring: object = None  # encryption at rest on: each part sealed as written (storage.spool.create)
     parts: list[Part] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     _field: bytearray = field(default_factory=bytearray)
@@ -129,7 +133,7 @@ class _PartWriter:
             self._text = bytearray()  # a plain form field, kept in memory (it is small)
         else:
             part.path = self.folder / f"part-{len(self.parts):06d}"
-            self._out = open(part.path, "xb")
+            self._out = spool.create(part.path, self.keyring)
         self.parts.append(part)
 
     def data(self, data: bytes, start: int, end: int) -> None:
@@ -163,7 +167,7 @@ def boundary_of(content_type: str) -> bytes:
 
 async def spool_multipart(svc: Service, request: Request, folder: Path, limit: int, max_parts: int) -> list[Part]:
     """Parse a multipart body (form-data or related) as it arrives, each part to its own file."""
-    writer = _PartWriter(folder, max_parts)
+    writer = _PartWriter(folder, max_parts, svc.blobs.keyring)
     parser = MultipartParser(boundary_of(request.headers.get("content-type", "")), writer.callbacks())
     try:
         async for piece in _body(request, limit):

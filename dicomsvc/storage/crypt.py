@@ -151,6 +151,55 @@ def seal_chunks(keyring: Keyring, object_id: str, pieces: Iterable[bytes]) -> It
     yield aead.encrypt(_nonce(object_nonce, index), held or b"", _chunk_aad(oid, index, True))
 
 
+class SealingWriter:
+    """A write-only file object that encrypts what is written into ``out`` as one object
+    (the header at once, each chunk as soon as the next byte shows it is not the last, the
+    final chunk at ``close``): a stream whose length nobody knows yet (a request body) is
+    sealed as it arrives, never whole in memory. ``close`` closes ``out`` too."""
+
+    def __init__(self, out: BinaryIO, keyring: Keyring, object_id: str):
+        data_key, self._object_nonce = secrets.token_bytes(KEY_BYTES), secrets.token_bytes(12)
+        self._out, self._oid, self._chunk = out, object_id.encode(), keyring.chunk_size
+        self._aead = AESGCM(data_key)
+        self._held, self._index, self.closed = bytearray(), 0, False
+        out.write(_header(keyring, keyring.current, object_id, data_key, self._object_nonce))
+
+    def write(self, data) -> int:
+        self._held += data
+        size, start = self._chunk, 0
+        while len(self._held) - start > size:  # more follows this chunk: it is not the final one
+            self._seal(bytes(self._held[start : start + size]), False)
+            start += size
+        if start:
+            del self._held[:start]
+        return len(data)
+
+    def _seal(self, piece: bytes, last: bool) -> None:
+        nonce = _nonce(self._object_nonce, self._index)
+        self._out.write(self._aead.encrypt(nonce, piece, _chunk_aad(self._oid, self._index, last)))
+        self._index += 1
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def close(self) -> None:
+        """Seal the final chunk and close ``out`` (also after an error: then ``out`` just closes)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._seal(bytes(self._held), True)
+            self._held.clear()
+        finally:
+            self._out.close()
+
+    def __enter__(self) -> "SealingWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _pieces(src: BinaryIO, size: int) -> Iterable[bytes]:
     while True:
         piece = src.read(size)
