@@ -702,3 +702,34 @@ def test_get_destinations_lists_each_with_a_check(tmp_path, storescp, stow_servi
     assert found["research"]["token"] is True and found["down"]["token"] is False
     assert found["refusing"]["status"] == 401 and found["refusing"]["detail"] == "the token is refused"
     assert found["down"]["reachable"] is False and found["down"]["check"] == "HTTP"
+
+
+def test_compressed_instances_go_decompressed_to_peers_that_take_only_uncompressed(tmp_path, storescp):
+    """storescp accepts only uncompressed syntaxes by default: a JPEG 2000 and an RLE instance moved
+    to it arrive in Explicit VR Little Endian, their pixels those of the stored instance decoded
+    (and getscu gets them whole too)."""
+    import numpy as np
+
+    ae, port, moved = storescp
+    config = dimse_config(tmp_path, PEERS, {"archive": {"type": "dimse", "ae_title": ae, "host": "127.0.0.1", "port": port}})
+    names = ["JPEG2000.dcm", "MR_small_RLE.dcm"]
+    with TestClient(create_app(config)) as client:
+        upload(client, [sample_file(n) for n in names])
+        for name in names:
+            original = dcmread(sample_file(name))
+            keys = ["-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={original.StudyInstanceUID}",
+                    "-k", f"SeriesInstanceUID={original.SeriesInstanceUID}", "-k", f"SOPInstanceUID={original.SOPInstanceUID}"]  # fmt: skip
+            got = tmp_path / f"got-{name}"
+            got.mkdir()
+            done = dcmtk("getscu", config, "-S", *keys, "-od", str(got))
+            assert done.returncode == 0, done.stdout + done.stderr
+            for old in moved.iterdir():
+                old.unlink()
+            done = dcmtk("movescu", config, "-S", "-aem", ae, *keys)
+            assert done.returncode == 0, done.stdout + done.stderr
+            for folder in (got, moved):
+                (received,) = [dcmread(p) for p in folder.iterdir()]
+                assert received.SOPInstanceUID == original.SOPInstanceUID
+                assert np.array_equal(received.pixel_array, original.pixel_array)
+            (received,) = [dcmread(p) for p in moved.iterdir()]
+            assert received.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")

@@ -398,15 +398,33 @@ class Scp:
             return None, status_with_comment(TOO_MANY, f"more than {limit} instances (DICOMSVC_DIMSE_MAX_RETRIEVE)")
         return rows, None
 
-    def _read(self, row: dict) -> Dataset:
-        """The stored instance as a data set, read through the blob store (decrypted if sealed)."""
+    def _read(self, row: dict, accepted: set[tuple[str, str]] | None = None) -> Dataset:
+        """The stored instance as a data set, read through the blob store (decrypted if sealed).
+
+        ``accepted``: the (SOP class, transfer syntax) pairs the sending association may use.
+        A compressed instance whose own syntax is not among them, when an uncompressed one is,
+        is decompressed first (``retrieve.write_explicit_le`` in a worker: a frame at a time),
+        so a peer that takes only uncompressed data (dcmtk's storescp by default) still gets it."""
+        sop, syntax = row.get("sop_class_uid") or "", row.get("transfer_syntax_uid") or ""
+        if (
+            accepted is not None
+            and syntax not in NATIVE
+            and (sop, syntax) not in accepted
+            and any((sop, ts) in accepted for ts in UNCOMPRESSED)
+        ):
+            temp = self._call(self.svc.cpu(tasks.write_explicit_le, self.config, row["dcm_blob"]))
+            try:
+                return dcmread(temp)
+            finally:
+                with contextlib.suppress(OSError):
+                    Path(temp).unlink()
         source = self.svc.blobs.stored(row["dcm_blob"])
         if isinstance(source, Path):
             return dcmread(source)
         with source.open_binary() as plain:
             return dcmread(plain)
 
-    def _sub_operations(self, event, rows: list[dict], method: str):
+    def _sub_operations(self, event, rows: list[dict], method: str, accepted: set[tuple[str, str]] | None):
         ae, host = _requestor(event.assoc)
         peer = self._peer(event.assoc)
         for row in rows:
@@ -414,8 +432,8 @@ class Scp:
                 yield CANCELLED, None
                 return
             try:
-                ds = self._read(row)
-            except Exception as exc:  # gone (deleted meanwhile) or damaged: this sub-operation fails
+                ds = self._read(row, accepted)
+            except Exception as exc:  # gone (deleted meanwhile), damaged or undecodable: this sub-operation fails
                 log.warning("%s: a stored instance could not be read (%s)", method, type(exc).__name__)
                 ds = _placeholder(row)
             self._call_soon(self._audit, "download", method, row["id"], 200, ae, host, peer.user if peer else None)
@@ -428,7 +446,7 @@ class Scp:
             yield failure, None
             return
         yield len(rows)
-        yield from self._sub_operations(event, rows, "C-GET")
+        yield from self._sub_operations(event, rows, "C-GET", _pairs(event.assoc.accepted_contexts))
 
     def _on_move(self, event):
         destination = self.config.network_config.dimse_destination(str(event.move_destination or ""))
@@ -445,7 +463,17 @@ class Scp:
         contexts = _contexts_for(rows)
         yield destination.host, destination.port, {"contexts": contexts}
         yield len(rows)
-        yield from self._sub_operations(event, rows, "C-MOVE")
+        # pynetdicom associates with the destination after taking the count, before the first
+        # sub-operation: what that association accepted decides whether compressed instances go
+        # decompressed (its object is not handed to us: the newest one to that AE title is it)
+        sending = [a for a in self.ae.active_associations
+                   if a.is_requestor and a.is_established and a.acceptor.ae_title == destination.ae_title]  # fmt: skip
+        yield from self._sub_operations(event, rows, "C-MOVE", _pairs(sending[-1].accepted_contexts) if sending else None)
+
+
+def _pairs(contexts) -> set[tuple[str, str]]:
+    """(abstract syntax, transfer syntax) of accepted presentation contexts."""
+    return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in contexts if cx.transfer_syntax}
 
 
 def _placeholder(row: dict) -> Dataset:
