@@ -121,22 +121,23 @@ class Bucket:
 
     PREFIX = "blobs"
 
-    def __init__(self, server, root: Path) -> None:
-        self.server, self.bucket, self.root = server, server.new_bucket(), root
-        (root / "spool").mkdir(parents=True)
+    def __init__(self, server) -> None:
+        self.server, self.bucket = server, server.new_bucket()
 
     def env(self) -> dict[str, str]:
         return self.server.env(self.bucket, self.PREFIX)
 
     def prepare(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True)
-        # job input (spools) still on local disk: shared until it moves into the bucket too
-        (data_dir / "spool").symlink_to(self.root / "spool")
+        data_dir.mkdir(parents=True)  # nothing shared: a job's input reaches another replica through the bucket
 
     def keys(self) -> list[str]:
         """Every blob in the bucket, as the database records its key (relative to the prefix)."""
+        return [key for key in self.all_keys() if len(key.split("/")[0]) == 2]
+
+    def all_keys(self) -> list[str]:
+        """Every object under the prefix (blobs, job spools), relative to it."""
         start = len(self.PREFIX) + 1
-        return [key[start:] for key in self.server.keys(self.bucket, self.PREFIX + "/") if len(key[start:].split("/")[0]) == 2]
+        return [key[start:] for key in self.server.keys(self.bucket, self.PREFIX + "/")]
 
 
 def instance_of(key: str) -> str:
@@ -212,7 +213,7 @@ def test_three_replicas_share_one_index_and_one_blob_store(request, tmp_path):
     pg, s3 = request.getfixturevalue("postgres"), request.getfixturevalue("s3_server")
     if pg is None or s3 is None:
         pytest.skip("the scale run: a throwaway PostgreSQL and SeaweedFS (make test-scale: DICOMSVC_TEST_POSTGRES=1 DICOMSVC_TEST_S3=1)")
-    store = Bucket(s3, tmp_path / "shared")
+    store = Bucket(s3)
     database_url = pg.new_database()
     import_root = tmp_path / "import"
     import_root.mkdir()
@@ -247,6 +248,8 @@ def test_three_replicas_share_one_index_and_one_blob_store(request, tmp_path):
             assert time.monotonic() < deadline, f"{len(orphans)} orphan blob(s): {sorted(orphans)[:5]}"
             time.sleep(0.5)
         assert wanted <= set(store.keys()), "a row's blob is missing"
+        left = [key for key in store.all_keys() if len(key.split("/")[0]) != 2]
+        assert not left, f"objects other than blobs left in the bucket (the finished job's spool?): {left[:5]}"
     finally:
         for replica in replicas:
             replica.stop()
