@@ -20,15 +20,18 @@ from Upload-Metadata may be patient data: they are stored, never logged.
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from . import audit, batch, jobs, metrics, tasks
 from .dicom.files import is_zip
@@ -36,11 +39,13 @@ from .errors import DicomSvcError, NotFound
 from .options import Options
 from .service import Service, in_background
 from .storage import resumable as rows
+from .storage import spool
 from .storage.spool import new_spool, remove_spool
 
 log = logging.getLogger("dicomsvc")
 CHECKSUMS = ("sha1", "sha256")  # tus checksum extension: Tus-Checksum-Algorithm
 SWEEP_BATCH = 500
+COPY_BYTES = 1 << 20  # decrypting an upload's records: read this much at a time
 START_MARGIN = 2.0  # seconds: files newer than the start (less this) are never taken for orphans
 
 
@@ -218,32 +223,51 @@ class Writer:
     """Appends one PATCH's bytes at the recorded offset (synchronous: call it from I/O threads).
 
     Opening cuts the file back to ``offset``: bytes past it were written by a request whose
-    new offset was never committed, so no client was told they are stored."""
+    new offset was never committed, so no client was told they are stored. With encryption at
+    rest (``keyring``) the bytes go into one sealed record (``dicomsvc.storage.records``)
+    appended after the records holding the first ``offset`` bytes."""
 
-    def __init__(self, path: Path, offset: int, algorithm: str | None) -> None:
+    def __init__(self, path: Path, offset: int, algorithm: str | None, keyring=None) -> None:
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFound("the upload's data is gone (it expired or was terminated)") from None
-        os.ftruncate(self.fd, offset)
-        os.lseek(self.fd, offset, os.SEEK_SET)
+        self.record = None
+        try:
+            if keyring is None:
+                os.ftruncate(self.fd, offset)
+                os.lseek(self.fd, offset, os.SEEK_SET)
+            else:
+                from .storage import records
+
+                self.record = records.Appender(self.fd, records.end_of(self.fd, offset), keyring, f"{path.name}@{offset}")
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.offset = offset
         self.written = 0
         self.digest = hashlib.new(algorithm) if algorithm else None
 
     def write(self, piece: bytes) -> None:
-        view = memoryview(piece)
-        while view:
-            done = os.write(self.fd, view)
-            view = view[done:]
-            self.written += done
+        if self.record is not None:
+            self.record.write(piece)
+            self.written += len(piece)
+        else:
+            view = memoryview(piece)
+            while view:
+                done = os.write(self.fd, view)
+                view = view[done:]
+                self.written += done
         if self.digest is not None:
             self.digest.update(piece)
 
     def close(self, keep: int) -> None:
-        """Keep the first ``keep`` bytes written (cut the rest), make them durable, close."""
+        """Keep the first ``keep`` bytes written (cut the rest), make them durable, close.
+        (A sealed record is kept whole or not at all: ``keep`` is 0 or all that was written.)"""
         try:
-            if keep < self.written:
+            if self.record is not None:
+                self.record.finish() if keep else self.record.drop()
+            elif keep < self.written:
                 os.ftruncate(self.fd, self.offset + keep)
             if keep:
                 os.fdatasync(self.fd)  # the data (and the size) on disk before the offset is recorded
@@ -296,12 +320,15 @@ def _with(upload: Upload, status: str, result: dict, expires: str | None = None)
 
 
 async def _ingest(svc: Service, upload: Upload, options: Options) -> dict:
-    cfg, source = svc.config, data_path(svc, upload.id)
+    cfg, source, keyring = svc.config, data_path(svc, upload.id), svc.blobs.keyring
     name = str(upload.options.get("filename") or "upload")
-    head = await svc.io(_head, source)
+    head = await svc.io(_head, source, keyring, upload)
     if not is_zip(head):
-        temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"
-        await svc.io(os.link, source, temp)  # ingesting moves this name; the upload keeps its own
+        if keyring is None:
+            temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"
+            await svc.io(os.link, source, temp)  # ingesting moves this name; the upload keeps its own
+        else:  # sealed records: the plaintext in blob temp space for the time of its ingest
+            temp = await svc.io(_decrypted_temp, svc, source, upload)
         try:
             ingested = await svc.cpu(tasks.ingest_file, cfg, temp, name, options)
         finally:
@@ -315,7 +342,10 @@ async def _ingest(svc: Service, upload: Upload, options: Options) -> dict:
     handed_over = False
     try:
         target = folder / "upload.zip"
-        await svc.io(os.link, source, target)
+        if keyring is None:
+            await svc.io(os.link, source, target)
+        else:  # the records' plaintext sealed again as one spool file (storage.spool)
+            await svc.io(_resealed_spool, source, keyring, upload, target)
         entries = await svc.io(batch.expand_zip, cfg, target, "", options)
         if upload.options.get("async") or len(entries) > cfg.sync_limit:
             job_id = await jobs.submit(svc, entries, folder, upload.owner)
@@ -331,9 +361,33 @@ async def _ingest(svc: Service, upload: Upload, options: Options) -> dict:
             await svc.io(remove_spool, folder)
 
 
-def _head(path: Path) -> bytes:
-    with open(path, "rb") as fh:
+def _plaintext(path: Path, keyring, upload: Upload) -> BinaryIO:
+    """The upload's bytes to read in order: the file itself, or its sealed records decrypted."""
+    raw = open(path, "rb")
+    if keyring is None:
+        return raw
+    from .storage.records import Records
+
+    try:
+        return io.BufferedReader(Records(raw, keyring, upload.id, upload.length), COPY_BYTES)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _head(path: Path, keyring, upload: Upload) -> bytes:
+    with _plaintext(path, keyring, upload) as fh:
         return fh.read(4)
+
+
+def _decrypted_temp(svc: Service, path: Path, upload: Upload) -> Path:
+    with _plaintext(path, svc.blobs.keyring, upload) as src:
+        return svc.blobs.spool(src, svc.config.max_upload_bytes)
+
+
+def _resealed_spool(path: Path, keyring, upload: Upload, target: Path) -> None:
+    with _plaintext(path, keyring, upload) as src, spool.create(target, keyring) as out:
+        shutil.copyfileobj(src, out, COPY_BYTES)
 
 
 # Expiry: at start and every DICOMSVC_TUS_SWEEP_INTERVAL seconds ------------------------------

@@ -25,8 +25,11 @@ from starlette.testclient import TestClient
 from app import create_app
 from authhelpers import bearer, token_app
 from indexdb import database_env, index
-from dicomfiles import make_ct, sample_file
+from test_intake import wait_for
+from dicomfiles import ENCRYPTED_SUITE, SUITE_KEY, make_ct, sample_file
 from dicomsvc.config import Config
+from dicomsvc.storage import records
+from dicomsvc.storage.crypt import Keyring
 
 REPO = Path(__file__).resolve().parent.parent
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -70,6 +73,17 @@ def send(client, upload: str, data: bytes, chunk: int, headers: dict | None = No
             assert answer.status_code == 204, answer.text
             assert int(answer.headers["upload-offset"]) == start + chunk
     return answer
+
+
+def stored_upload(path: Path, received: int, key: bytes | None = SUITE_KEY if ENCRYPTED_SUITE else None) -> bytes:
+    """What an upload's file holds for its first ``received`` bytes, and nothing after them:
+    the file itself, or (with a key) the plaintext of its sealed records."""
+    if key is None:
+        return path.read_bytes()
+    with open(path, "rb") as raw:
+        assert records.end_of(raw.fileno(), received) == path.stat().st_size
+    with records.Records(open(path, "rb"), Keyring((key,)), path.name, received) as plain:
+        return plain.read()
 
 
 def offset(client, upload: str, headers: dict | None = None) -> int:
@@ -178,7 +192,7 @@ def test_offset_content_type_and_checksum_are_checked(client, data_dir):
     refused = patch(client, upload, 1000, chunk, bad_sum)
     assert refused.status_code == 460 and refused.json()["error"] == "checksum_mismatch"
     assert offset(client, upload) == 1000  # the chunk was not kept
-    assert os.path.getsize(data_dir / "uploads" / upload) == 1000
+    assert stored_upload(data_dir / "uploads" / upload, 1000) == data[:1000]
     good_sum = {"Upload-Checksum": "sha256 " + base64.b64encode(hashlib.sha256(chunk).digest()).decode()}
     assert patch(client, upload, 1000, chunk, good_sum).status_code == 204
     too_long = patch(client, upload, 2000, data[2000:] + b"extra")
@@ -480,3 +494,51 @@ def test_tuspy_sends_a_big_zip_in_30_mb_chunks_through_two_cuts(server, tmp_path
     listed = httpx.get(f"{url}/uploads/{uploader.url.rsplit('/', 1)[1]}").json()
     assert listed["status"] == "done" and listed["offset"] == size
     assert not list((data_dir / "uploads").iterdir())
+
+
+def test_with_a_key_an_uploads_bytes_wait_sealed(data_dir, import_root):
+    """Encryption at rest: each PATCH's bytes are one sealed record (storage.records), so an
+    upload waiting for its next chunk holds no plaintext; a refused chunk leaves no record; a
+    record altered on disk is a 422, never a 500; completed, the file is stored as sent, and a
+    ZIP's job input waits sealed too."""
+    from phi_fixture import build_phi_dataset, to_bytes
+
+    key = bytes(range(7, 39))
+    config = settings_config(data_dir, import_root, encryption_key=base64.b64encode(key).decode())
+    ds, planted = build_phi_dataset()
+    data = to_bytes(ds)
+    with TestClient(create_app(config)) as client:
+        upload = create(client, len(data), filename="phi.dcm")
+        path = data_dir / "uploads" / upload
+        for start in range(0, len(data) - 1000, 1000):  # all but the last chunk
+            assert patch(client, upload, start, data[start : start + 1000]).status_code == 204
+            raw = path.read_bytes()
+            assert not any(m.encode() in raw for m in planted.markers) and b"DICM" not in raw
+        received = offset(client, upload)
+        assert stored_upload(path, received, key) == data[:received]
+        bad_sum = {"Upload-Checksum": "sha1 " + base64.b64encode(hashlib.sha1(b"other").digest()).decode()}
+        size = path.stat().st_size
+        assert patch(client, upload, received, data[received:], bad_sum).status_code == 460
+        assert path.stat().st_size == size  # no record of the refused chunk
+        with open(path, "r+b") as fh:  # a bit of the first record's ciphertext flipped
+            fh.seek(200)
+            byte = fh.read(1)
+            fh.seek(200)
+            fh.write(bytes([byte[0] ^ 1]))
+        damaged = patch(client, upload, received, data[received:])
+        assert damaged.status_code == 422 and damaged.json()["error"] == "damaged_blob", damaged.text
+        # a fresh upload completes and is stored as sent
+        upload = create(client, len(data), filename="phi.dcm")
+        assert send(client, upload, data, 700).status_code == 204
+        outcome = client.get(f"/uploads/{upload}").json()
+        stored = client.get(f"/dicom/{outcome['result']['id']}/file")
+        assert stored.status_code == 200 and stored.content == data
+        # a ZIP sent as a job: its records' plaintext sealed again as the job's spool file
+        zipped = io.BytesIO()
+        with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("phi.dcm", data)
+        upload = create(client, len(zipped.getvalue()), filename="phi.zip", **{"async": "1"})
+        assert send(client, upload, zipped.getvalue(), 4096).status_code == 204
+        job = client.get(f"/uploads/{upload}").json()["result"]["job"]
+        done = wait_for(client, f"/jobs/{job}")
+        assert (done["status"], done["duplicates"], done["failed"]) == ("done", 1, 0), done

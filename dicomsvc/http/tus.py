@@ -307,7 +307,7 @@ async def _receive(
     A connection that breaks (or a body that pauses past DICOMSVC_TUS_IDLE_TIMEOUT) keeps
     what arrived -- unless the chunk carries a checksum, which a part cannot be held to."""
     path = resumable.data_path(svc, upload.id)
-    writer = await svc.io(resumable.Writer, path, upload.received, checksum[0] if checksum else None)
+    writer = await svc.io(resumable.Writer, path, upload.received, checksum[0] if checksum else None, svc.blobs.keyring)
     broken: DicomSvcError | None = None
     overflow = False
     try:

@@ -249,24 +249,27 @@ def _unwrap(keyring: Keyring, object_id: str, header: bytes) -> bytes:
 class SealedReader(io.RawIOBase):
     """A read-only, seekable view of an encrypted object's plaintext (see the module)."""
 
-    def __init__(self, raw: BinaryIO, keyring: Keyring, object_id: str):
+    def __init__(self, raw: BinaryIO, keyring: Keyring, object_id: str, span: tuple[int, int] | None = None):
+        """``span``: (start, length) of the object inside ``raw`` when it is not the whole file
+        (records appended to one file: ``dicomsvc.storage.records``)."""
         super().__init__()
         self._cache: dict[int, bytes] = {}
         self._raw, self._oid, self.object_id = raw, object_id.encode(), object_id
+        self._base = span[0] if span else 0
         self.name = object_id  # as a file's name (pydicom asks): our own id, no patient data
         try:
-            header = os.pread(raw.fileno(), HEADER, 0)
+            header = os.pread(raw.fileno(), HEADER, self._base)
             try:
                 data_key = _unwrap(keyring, object_id, header)
             except DamagedBlob:  # perhaps a header being rotated under us: once more
-                header = os.pread(raw.fileno(), HEADER, 0)
+                header = os.pread(raw.fileno(), HEADER, self._base)
                 data_key = _unwrap(keyring, object_id, header)
             log2 = header[9]
             if not MIN_CHUNK_LOG2 <= log2 <= MAX_CHUNK_LOG2:
                 raise _damaged(object_id, "a chunk size out of range")
             self._chunk = 1 << log2
             self._aead, self._object_nonce = AESGCM(data_key), header[20:32]
-            body = os.fstat(raw.fileno()).st_size - HEADER
+            body = (span[1] if span else os.fstat(raw.fileno()).st_size) - HEADER
             record = self._chunk + TAG
             full, rest = divmod(body, record)
             if body < TAG or 0 < rest < TAG:
@@ -284,7 +287,7 @@ class SealedReader(io.RawIOBase):
         if got is not None:
             return got
         record = self._chunk + TAG
-        start = HEADER + index * record
+        start = self._base + HEADER + index * record
         last = index == self._count - 1
         length = (self.size - index * self._chunk + TAG) if last else record
         data = os.pread(self._raw.fileno(), length, start)
