@@ -738,3 +738,13 @@ def test_compressed_instances_go_decompressed_to_peers_that_take_only_uncompress
                 assert np.array_equal(received.pixel_array, original.pixel_array)
             (received,) = [dcmread(p) for p in moved.iterdir()]
             assert received.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+def test_associations_past_the_limit_are_rejected_transiently(tmp_path):
+    config = dimse_config(tmp_path, PEERS, DICOMSVC_DIMSE_MAX_ASSOCIATIONS="1")
+    with TestClient(create_app(config)):
+        with association(config, [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]):
+            done = dcmtk("echoscu", config, "-v")
+            output = done.stdout + done.stderr
+            assert "Association Rejected" in output and "Local Limit Exceeded" in output, output
+        assert echo_works(config)  # the first one released: room again
