@@ -65,6 +65,7 @@ _caches: dict[tuple[Path, int], "BlobCache"] = {}  # with S3: one cache bound pe
 _early: dict[Path, Future] = {}
 _early_lock = threading.Lock()
 _syncer: ThreadPoolExecutor | None = None
+_uploader: ThreadPoolExecutor | None = None  # with S3: a commit's blobs uploaded side by side
 
 
 def begin_task(tag: str | None) -> None:
@@ -314,8 +315,24 @@ class BlobStore:
         if _task is not None:
             with open(self.tmp / f"{_task}.placed", "a") as note:
                 note.write("".join(key + "\n" for _, key in blobs))
+        if self.remote is not None and len(blobs) > 1:  # S3: the uploads at once (each one a round trip)
+            self._place_together(blobs)
+            return
         for temp, key in blobs:
             self._place(temp, key)
+
+    def _place_together(self, blobs: list[tuple[Path, str]]) -> None:
+        """``_place`` of each in a thread of its own; all have finished before the first error is
+        raised (the caller removes every key then: none is left uploading behind its back)."""
+        global _uploader
+        with _early_lock:
+            if _uploader is None:
+                _uploader = ThreadPoolExecutor(4, thread_name_prefix="blob-upload")
+        futures = [_uploader.submit(self._place, temp, key) for temp, key in blobs]
+        errors = [f.exception() for f in futures]
+        for error in errors:
+            if error is not None:
+                raise error
 
     def _place(self, temp: Path, key: str) -> None:
         final = self.path(key)
