@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from dicomsvc import audit, destinations, dimse, health, jobs, metrics, resumable, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
-from dicomsvc.http import catalog, instances, intake, openapi, stow, tus
+from dicomsvc.http import catalog, datasets, instances, intake, openapi, stow, tus
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
 from dicomsvc.http.catchall import CatchAll
@@ -148,6 +148,19 @@ async def delete_instance(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def post_datasets(request: Request) -> JSONResponse:
+    return JSONResponse(await datasets.create(request.app.state.svc, request), status_code=201)
+
+
+async def get_datasets(request: Request) -> JSONResponse:
+    return JSONResponse(await datasets.listing(request.app.state.svc, request.query_params, owner_of(request)))
+
+
+async def get_dataset(request: Request) -> JSONResponse:
+    svc = request.app.state.svc
+    return JSONResponse(await datasets.get(svc, request.path_params["dataset"], owner_of(request)))
+
+
 async def get_destinations(request: Request) -> JSONResponse:
     return JSONResponse(await destinations.listing(request.app.state.svc))
 
@@ -227,6 +240,9 @@ routes = [
     Route("/destinations", get_destinations, methods=["GET"]),  # DICOMSVC_NETWORK_CONFIG's, each checked
     Route("/studies", post_studies, methods=["POST"]),
     Route("/studies/{study}", post_studies, methods=["POST"]),
+    Route("/datasets", post_datasets, methods=["POST"]),  # clinical CSVs joined to studies (http/datasets.py)
+    Route("/datasets", get_datasets, methods=["GET"]),
+    Route("/datasets/{dataset}", get_dataset, methods=["GET"]),
     Route("/jobs", get_jobs, methods=["GET"]),
     Route("/jobs/{job}", get_job, methods=["GET"]),
     Route("/users/{user}/uploads", get_user_uploads, methods=["GET"]),

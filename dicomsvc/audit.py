@@ -58,6 +58,7 @@ class Record:
     status: int = 0
     client: str | None = None
     request_id: str | None = None
+    dataset: str | None = None  # a clinical dataset's id (/datasets)
 
     def to_json(self) -> str:
         return json.dumps(dict(zip(audit_rows.COLUMNS, self.row())), ensure_ascii=False)
@@ -94,6 +95,7 @@ class Touched:
     instance: str | None = None
     job: str | None = None
     status: int | None = None  # None: the request's status
+    dataset: str | None = None
 
 
 @dataclass
@@ -112,12 +114,14 @@ def begin_request() -> Notes:
     return notes
 
 
-def note(instance: str | None = None, job: str | None = None, status: int | None = None) -> None:
-    """Note that the current request touched ``instance`` or ``job`` (or tried to: a file of
-    an upload that was refused has a status and no id); nothing outside a request."""
+def note(
+    instance: str | None = None, job: str | None = None, status: int | None = None, dataset: str | None = None
+) -> None:
+    """Note that the current request touched ``instance``, ``job`` or ``dataset`` (or tried to: a
+    file of an upload that was refused has a status and no id); nothing outside a request."""
     notes = _notes.get()
-    if notes is not None and (instance or job or status):
-        notes.touched.append(Touched(instance, job, status))
+    if notes is not None and (instance or job or status or dataset):
+        notes.touched.append(Touched(instance, job, status, dataset))
 
 
 def note_instances(ids: Iterable[str], status: int | None = None) -> None:

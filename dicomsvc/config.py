@@ -100,6 +100,10 @@ class Config:
     dimse_max_results: int = 10_000  # C-FIND matches answered at most (more: the first ones, then success)
     dimse_max_retrieve: int = 100_000  # instances one C-GET or C-MOVE may retrieve (more: refused, 0xA701)
     destination_check_timeout: int = 5  # seconds GET /destinations waits for each destination's answer
+    # Clinical CSVs joined to studies (README "Clinical data (CSV) joined to studies"); dicomsvc.datasets
+    dataset_max_bytes: int = 64 * 1024**2  # the largest CSV POST /datasets takes (413 past it)
+    dataset_max_rows: int = 100_000  # data rows of one CSV at most (413)
+    dataset_max_columns: int = 1_000  # columns of one CSV at most (413)
 
     SECRETS = ("anon_secret", "encryption_keys")
 
@@ -178,6 +182,9 @@ class Config:
             **_object_store_settings(get, get_int),
             **_job_settings(get_int),
             **_dimse_settings(get, get_int),
+            dataset_max_bytes=get_int("DATASET_MAX_BYTES", 64 * 1024**2),
+            dataset_max_rows=get_int("DATASET_MAX_ROWS", 100_000),
+            dataset_max_columns=get_int("DATASET_MAX_COLUMNS", 1_000),
         )
 
     def log(self, logger: logging.Logger) -> None:

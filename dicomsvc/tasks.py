@@ -47,6 +47,10 @@ def _prepare() -> None:
 ingest_import = Task("dicomsvc.ingest", "ingest_import")
 ingest_file = Task("dicomsvc.ingest", "ingest_file")
 
+# dicomsvc.datasets, in a worker: a clinical CSV read, joined to the studies and stored -> its summary
+create_dataset = Task("dicomsvc.datasets", "create")
+ingest_capture = Task("dicomsvc.ingest", "ingest_capture")  # a JPEG or PNG made an SC instance first
+
 # dicomsvc.retrieve, in a worker: bytes, paths, dicts, lists of plain values
 render_and_keep = Task("dicomsvc.retrieve", "render_and_keep")
 rerender_and_keep = Task("dicomsvc.retrieve", "rerender_and_keep")

@@ -65,6 +65,10 @@ ACTIONS: dict[tuple[str, str], str | None] = {
     ("/uploads/{id}", "GET"): VIEW,
     ("/uploads/{id}", "PATCH"): UPLOAD,
     ("/uploads/{id}", "DELETE"): DELETE,
+    # Clinical datasets: uploading one joins clinical data to studies; reading one shows it
+    ("/datasets", "POST"): UPLOAD,
+    ("/datasets", "GET"): SEARCH,
+    ("/datasets/{dataset}", "GET"): VIEW,
     ("/stats", "GET"): NONE,  # counts only
     ("/destinations", "GET"): NONE,  # configuration and reachability: no patient data
     ("/audit", "GET"): NONE,
@@ -138,6 +142,7 @@ def base_record(scope: dict, when: str, status: int) -> audit.Record | None:
         status=status,
         client=client[0] if client else None,
         request_id=(scope.get("state") or {}).get("request_id"),
+        dataset=_shaped(path.get("dataset"), ID),
     )
 
 
@@ -168,7 +173,8 @@ def _records(base: audit.Record, notes: audit.Notes) -> list[audit.Record]:
     if not notes.touched:
         return [base]
     return [
-        replace(base, instance=t.instance or base.instance, job=t.job or base.job, status=t.status or base.status)
+        replace(base, instance=t.instance or base.instance, job=t.job or base.job, status=t.status or base.status,
+                dataset=t.dataset or base.dataset)
         for t in notes.touched
     ]
 
@@ -200,7 +206,7 @@ def _number(raw: str | None, name: str, default: int | None, high: int) -> int |
 
 async def get_audit(request: Request) -> JSONResponse:
     """``GET /audit`` (admin): records newest first, filtered by ``user``, ``action``,
-    ``resource`` (an instance or job id, or a study, series or SOP Instance UID), ``request_id``,
+    ``resource`` (an instance, job or dataset id, or a study, series or SOP Instance UID), ``request_id``,
     ``since``/``until`` (ISO 8601; since <= time < until); ``limit`` per page and ``before``
     (the ``next_before`` of the previous page)."""
     query = request.query_params

@@ -73,7 +73,8 @@ STOW = {
 PATHS: dict[str, dict] = {
     "/dicom": {
         "post": {
-            "summary": "Store instances: a path under the import root, a DICOM body, a ZIP, or multipart files",
+            "summary": "Store instances: a path under the import root, a DICOM body, a ZIP, multipart files, "
+            "or a JPEG/PNG made a Secondary Capture instance (attributes by DICOM keyword, study_type, burned_in)",
             "parameters": [_param("async", "query", "true: answer 202 with a job at once", "boolean"), *ANON],
             "requestBody": {
                 "content": {
@@ -82,6 +83,8 @@ PATHS: dict[str, dict] = {
                         "allow_burned_in": {"type": "boolean"}}, "required": ["path"]}},
                     "application/dicom": {"schema": {"type": "string", "format": "binary"}},
                     "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
                     "multipart/form-data": {"schema": {"type": "object", "properties": {
                         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         "anonymize": {"type": "string"}}}},
@@ -215,6 +218,36 @@ PATHS: dict[str, dict] = {
             "responses": _answers({"200": ("application/json", "{items, limit, offset, next_offset}")}, {"400": "bad parameter"}),
         }
     },
+    "/datasets": {
+        "post": {
+            "summary": "Join a clinical CSV to stored studies by PatientID, AccessionNumber or StudyInstanceUID; "
+            "the other columns kept as the matched studies' clinical attributes (anonymize: keys stored as pseudonyms)",
+            "requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
+                "csv": {"type": "string", "format": "binary"},
+                "key": {"type": "string", "enum": ["PatientID", "AccessionNumber", "StudyInstanceUID"]},
+                "column": {"type": "string"}, "anonymize": {"type": "string"}}, "required": ["csv", "key"]}}}},
+            "responses": _answers(
+                {"201": ("application/json", "{id, rows, matched, unmatched, ambiguous, duplicates, ragged} (row numbers)")},
+                {"400": "no header, unknown key or column, malformed CSV", "413": "DICOMSVC_DATASET_MAX_BYTES/_ROWS/_COLUMNS",
+                 "415": "not multipart/form-data"},
+            ),
+        },
+        "get": {
+            "summary": "Clinical datasets, newest first (under DICOMSVC_VISIBILITY=own, the caller's)",
+            "parameters": [
+                _param("limit", "query", "page size, 1-1000 (default 100)", "integer"),
+                _param("offset", "query", "datasets to skip", "integer"),
+            ],
+            "responses": _answers({"200": ("application/json", "{items, limit, offset}")}, {"400": "bad parameter"}),
+        },
+    },
+    "/datasets/{dataset}": {
+        "get": {
+            "summary": "A clinical dataset's summary and the UIDs of the studies it is joined to",
+            "parameters": [_param("dataset", "path", "the dataset id", required=True)],
+            "responses": _answers({"200": ("application/json", "{id, key, column, matched, ..., studies}")}, {"404": "unknown dataset"}),
+        }
+    },
     "/users/{user}/uploads": {
         "get": {
             "summary": "Instances a user uploaded, newest first (that user, or an admin)",
@@ -299,7 +332,7 @@ PATHS: dict[str, dict] = {
             "parameters": [
                 _param("user", "query", "records of this user"),
                 _param("action", "query", "upload, view, download, anonymize, delete or search"),
-                _param("resource", "query", "an instance or job id, or a Study, Series or SOP Instance UID"),
+                _param("resource", "query", "an instance, job or dataset id, or a Study, Series or SOP Instance UID"),
                 _param("request_id", "query", "records of this request (X-Request-ID)"),
                 _param("since", "query", "ISO 8601 date or date-time: records at or after it"),
                 _param("until", "query", "ISO 8601 date or date-time: records before it"),

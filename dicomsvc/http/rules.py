@@ -48,6 +48,11 @@ RULES: dict[tuple[str, str], str] = {
     ("/users/{user}/uploads", "GET"): SELF,
     ("/users/{user}/jobs", "GET"): SELF,
     ("/audit", "GET"): ADMIN,
+    # Clinical CSVs joined to studies: uploading one is an upload; reading them, a read (each
+    # dataset is its uploader's under DICOMSVC_VISIBILITY=own: others get 404, http/datasets.py)
+    ("/datasets", "POST"): UPLOADER,
+    ("/datasets", "GET"): READER,
+    ("/datasets/{dataset}", "GET"): READER,
     # Resumable uploads (tus): uploaders; each upload is its creator's (others get 404, http/tus.py)
     ("/uploads/", "OPTIONS"): PUBLIC,  # tus discovery (AuthMiddleware lets OPTIONS through anyway)
     ("/uploads/", "POST"): UPLOADER,

@@ -15,9 +15,9 @@ from .sqlite import Database, Where, transaction
 # In insert order; ``seq`` (the primary key) is added by SQLite, in order of writing.
 COLUMNS = (
     "time", "user", "role", "action", "method", "route", "instance", "study", "series", "sop", "job",
-    "params", "status", "client", "request_id",
+    "params", "status", "client", "request_id", "dataset",
 )  # fmt: skip
-RESOURCE_COLUMNS = ("instance", "study", "series", "sop", "job")
+RESOURCE_COLUMNS = ("instance", "study", "series", "sop", "job", "dataset")
 # Quoted: "user" is a reserved word in PostgreSQL (there, a bare ``user`` is CURRENT_USER)
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 _INSERT = f"INSERT INTO audit ({_QUOTED}) VALUES ({', '.join('?' for _ in COLUMNS)})"

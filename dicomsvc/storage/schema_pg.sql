@@ -212,7 +212,8 @@ CREATE TABLE IF NOT EXISTS audit (
     params     TEXT,                                 -- query parameter names, sorted, comma-separated
     status     INTEGER NOT NULL,                     -- outcome: HTTP status (each file's, for uploads)
     client     TEXT,                                 -- client address
-    request_id TEXT                                  -- X-Request-ID
+    request_id TEXT,                                 -- X-Request-ID
+    dataset    TEXT                                  -- clinical dataset id (POST/GET /datasets)
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 CREATE INDEX IF NOT EXISTS audit_user ON audit ("user");
@@ -223,6 +224,8 @@ CREATE INDEX IF NOT EXISTS audit_study ON audit (study);
 CREATE INDEX IF NOT EXISTS audit_series ON audit (series);
 CREATE INDEX IF NOT EXISTS audit_sop ON audit (sop);
 CREATE INDEX IF NOT EXISTS audit_job ON audit (job);
+ALTER TABLE audit ADD COLUMN IF NOT EXISTS dataset TEXT;  -- added with /datasets (SQLite: sqlite.ADDED_COLUMNS)
+CREATE INDEX IF NOT EXISTS audit_dataset ON audit (dataset);
 CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'the audit trail is append-only';
@@ -263,3 +266,28 @@ CREATE TABLE IF NOT EXISTS shared_value (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Clinical CSVs joined to studies (POST /datasets; dicomsvc/datasets.py, storage/datasets.py,
+-- README "Clinical data (CSV) joined to studies"): one row per upload with its summary (row
+-- numbers only), one dataset_row per (CSV row, matched study) with the row's other columns as
+-- JSON. Kept here, never inside DICOM. Anonymized: key and study UID are pseudonyms.
+CREATE TABLE IF NOT EXISTS dataset (
+    id          TEXT PRIMARY KEY,                    -- shortuuid
+    key_kind    TEXT NOT NULL,                       -- PatientID | AccessionNumber | StudyInstanceUID
+    key_column  TEXT NOT NULL,                       -- the CSV header that held the key
+    anonymized  INTEGER NOT NULL,                    -- 1: keys and study UIDs stored as pseudonyms
+    columns     TEXT NOT NULL,                       -- JSON array: the clinical columns, in CSV order
+    summary     TEXT NOT NULL,                       -- JSON: rows, matched, unmatched, ambiguous, duplicates...
+    created_by  TEXT,                                -- the user who uploaded it (NULL: DICOMSVC_AUTH=none)
+    created_at  TEXT NOT NULL                        -- ISO 8601, UTC
+);
+CREATE INDEX IF NOT EXISTS dataset_by_creator ON dataset (created_by, created_at);
+CREATE TABLE IF NOT EXISTS dataset_row (
+    dataset_id         TEXT NOT NULL REFERENCES dataset (id) ON DELETE CASCADE,
+    study_instance_uid TEXT NOT NULL,                -- (0020,000D) of the matched study (anonymized: its pseudonym UID)
+    row_number         INTEGER NOT NULL,             -- the CSV record (the header is row 1)
+    key_value          TEXT NOT NULL,                -- the key cell, or its pseudonym (anonymized)
+    clinical           TEXT NOT NULL,                -- JSON object: column -> cell text
+    PRIMARY KEY (dataset_id, study_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS dataset_row_by_row ON dataset_row (dataset_id, row_number);

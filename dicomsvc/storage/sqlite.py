@@ -69,6 +69,8 @@ ADDED_COLUMNS = (
     # Several replicas (issue 13): the lease on a running job
     ("job", "claimed_by", "TEXT"),
     ("job", "lease_until", "REAL"),
+    # Clinical datasets (issue 15): the dataset an audit record names
+    ("audit", "dataset", "TEXT"),
 )
 # PRAGMA user_version: what the stored data has been brought up to. 1: the DICOMweb columns of
 # ``dicom`` and the study and series rows are filled (studies.backfill) -- done once, in one

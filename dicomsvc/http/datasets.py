@@ -1,0 +1,96 @@
+"""/datasets: clinical CSVs joined to stored studies (``dicomsvc.datasets`` does the work, in a worker).
+
+POST /datasets takes multipart/form-data: ``csv`` the file (a file part: ``curl -F csv=@file.csv``),
+``key`` (PatientID | AccessionNumber | StudyInstanceUID), optional ``column`` and ``anonymize``.
+The body is spooled to disk (never whole in memory) within DICOMSVC_DATASET_MAX_BYTES plus room for
+the other fields, then read, joined and stored by one worker task; the spool goes with the request.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from starlette.requests import Request
+
+from .. import audit, tasks
+from ..errors import BadRequest, NotFound, UnsupportedMediaType
+from ..options import flag
+from ..service import Service
+from ..storage import datasets as store
+from ..storage import spool
+from . import uploads
+from .auth import owner_of, user_of
+
+FIELDS = {"csv", "key", "column", "anonymize"}
+FORM_ROOM = 256 * 1024  # bytes of a request besides the CSV: boundaries, part headers, the small fields
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+LISTED = ("id", "key", "column", "anonymized", "columns", "created_by", "created_at", "rows", "matched", "study_count")
+
+
+async def create(svc: Service, request: Request) -> dict:
+    """POST /datasets: the summary of the stored dataset (row numbers, never values)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "multipart/form-data":
+        raise UnsupportedMediaType("send multipart/form-data: the file as part 'csv', the key column's kind as 'key'")
+    cfg = svc.config
+    folder = await svc.io(spool.new_spool, cfg.spool_dir)
+    try:
+        parts = await uploads.spool_multipart(svc, request, folder, cfg.dataset_max_bytes + FORM_ROOM, len(FIELDS) + 4)
+        unknown = sorted({p.name for p in parts} - FIELDS)
+        if unknown:
+            raise BadRequest(f"unknown form field(s): {', '.join(unknown)} (expected csv, key, column, anonymize)")
+        files = [p for p in parts if p.name == "csv"]
+        if len(files) != 1:
+            raise BadRequest("send the CSV file as exactly one part named 'csv'")
+        fields = {p.name: p.value for p in parts if p.name != "csv"}
+        key = (fields.get("key") or "").strip()
+        if key not in store.KEY_COLUMNS:
+            raise BadRequest(f"key must be one of {', '.join(store.KEY_COLUMNS)}")
+        column = (fields.get("column") or "").strip() or None
+        anonymize = flag(fields.get("anonymize")) or flag(request.query_params.get("anonymize"))
+        path = files[0].path
+        if path is None:  # sent as a plain form field (no filename): small, kept in memory
+            path = folder / "csv"
+            await svc.io(_write, path, (files[0].value or "").encode("utf-8"), svc.blobs.keyring)
+        summary = await svc.cpu(
+            tasks.create_dataset, cfg, str(path), key, column, anonymize, owner_of(request), user_of(request)
+        )
+    finally:
+        await svc.io(spool.remove_spool, folder)
+    audit.note(dataset=summary["id"])
+    return summary
+
+
+def _write(path: Path, data: bytes, keyring) -> None:
+    with spool.create(path, keyring) as out:
+        out.write(data)
+
+
+async def get(svc: Service, dataset_id: str, owner: str | None) -> dict:
+    """GET /datasets/{dataset}: its summary and the matched studies' UIDs."""
+    found = await store.get(svc.db, dataset_id, owner)
+    if found is None:
+        raise NotFound("no such dataset")
+    return found | {"studies": await store.study_uids(svc.db, dataset_id)}
+
+
+async def listing(svc: Service, query: Mapping[str, str], owner: str | None) -> dict:
+    """GET /datasets: a page of datasets, newest first, with their counts."""
+    unknown = set(query) - {"limit", "offset"}
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    limit = _number(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = _number(query, "offset", 0, 0, 10**12)
+    items = []
+    for found in await store.listing(svc.db, limit, offset, owner):
+        counts = {f"{name}_count": len(found.get(name, ())) for name in ("unmatched", "ambiguous", "duplicates")}
+        items.append({name: found.get(name) for name in LISTED} | counts)
+    return {"items": items, "limit": limit, "offset": offset}
+
+
+def _number(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 13) or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
+    return int(raw)

@@ -1,0 +1,123 @@
+"""Clinical datasets (``dataset``, ``dataset_row``): CSV rows joined to studies (``dicomsvc.datasets``).
+
+The join runs in a worker on its own connection (``Writer``): ``studies_by_key`` looks the CSV's
+keys up in the ``study`` table (its indexes on patient_id and accession_number, the unique Study
+Instance UID), ``insert`` stores the dataset and its matched rows in one transaction, durable when
+it returns. The server reads them back (``get``, ``listing``, ``study_uids``).
+"""
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+
+from .sqlite import Database, Writer
+
+# The study column each key kind is matched against (schema.sql: study)
+KEY_COLUMNS = {
+    "PatientID": "patient_id",  # (0010,0020)
+    "AccessionNumber": "accession_number",  # (0008,0050)
+    "StudyInstanceUID": "study_instance_uid",  # (0020,000D)
+}
+CHUNK = 500  # keys per lookup (SQLite allows 32766 parameters; PostgreSQL 65535)
+# DICOMSVC_VISIBILITY=own: only studies holding an instance the owner uploaded
+_OWNED = " AND EXISTS (SELECT 1 FROM dicom d WHERE d.uploaded_by = ? AND d.study_instance_uid = s.study_instance_uid)"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def studies_by_key(w: Writer, kind: str, keys: Iterable[str], owner: str | None = None) -> dict[str, list[dict]]:
+    """The stored studies whose ``kind`` (a ``KEY_COLUMNS`` name) is one of ``keys``: key -> list of
+    {study_instance_uid, patient_name, patient_birth_date, anonymized} (``anonymized``: the study's
+    newest instance was stored anonymized). Keys matching no study are absent."""
+    column = KEY_COLUMNS[kind]
+    wanted = sorted(set(keys))
+    found: dict[str, list[dict]] = {}
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start : start + CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        sql = (
+            f"SELECT s.{column}, s.study_instance_uid, s.patient_name, s.patient_birth_date, r.anonymized "
+            f"FROM study s JOIN dicom r ON r.pk = s.rep_pk WHERE s.{column} IN ({marks})"
+            + (_OWNED if owner is not None else "")
+        )
+        params = (*chunk, owner) if owner is not None else tuple(chunk)
+        for key, uid, name, birth, anonymized in w.db.execute(sql, params).fetchall():
+            found.setdefault(key, []).append(
+                {"study_instance_uid": uid, "patient_name": name, "patient_birth_date": birth,
+                 "anonymized": bool(anonymized)}
+            )  # fmt: skip
+    return found
+
+
+def insert(
+    w: Writer,
+    dataset: dict,
+    rows: Sequence[tuple[str, int, str, str]],
+) -> None:
+    """Store ``dataset`` (id, key_kind, key_column, anonymized, columns, summary, created_by) and
+    its matched rows, (study UID, row number, key, clinical JSON) each, in one transaction."""
+    db = w.db
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "INSERT INTO dataset (id, key_kind, key_column, anonymized, columns, summary, created_by, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                dataset["id"], dataset["key_kind"], dataset["key_column"], int(dataset["anonymized"]),
+                json.dumps(dataset["columns"], ensure_ascii=False), json.dumps(dataset["summary"]),
+                dataset.get("created_by"), now(),
+            ),
+        )  # fmt: skip
+        db.executemany(
+            "INSERT INTO dataset_row (dataset_id, study_instance_uid, row_number, key_value, clinical) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(dataset["id"], *row) for row in rows],
+        )
+        w.commit()
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+# The server's reads -------------------------------------------------------------------------
+
+
+def _summary(row) -> dict:
+    out = {
+        "id": row["id"],
+        "key": row["key_kind"],
+        "column": row["key_column"],
+        "anonymized": bool(row["anonymized"]),
+        "columns": json.loads(row["columns"]),
+        "created_by": row["created_by"],
+        "created_at": row["created_at"],
+    }
+    return out | json.loads(row["summary"])
+
+
+async def get(db: Database, dataset_id: str, owner: str | None = None) -> dict | None:
+    """A dataset's summary (``owner``: only if that user uploaded it), or None."""
+    mine, more = (" AND created_by = ?", (owner,)) if owner is not None else ("", ())
+    rows = await db.conn.execute_fetchall(f"SELECT * FROM dataset WHERE id = ?{mine}", (dataset_id, *more))
+    return _summary(rows[0]) if rows else None
+
+
+async def study_uids(db: Database, dataset_id: str) -> list[str]:
+    """The matched studies' UIDs, in CSV row order."""
+    rows = await db.conn.execute_fetchall(
+        "SELECT study_instance_uid FROM dataset_row WHERE dataset_id = ? ORDER BY row_number, study_instance_uid",
+        (dataset_id,),
+    )
+    return [r[0] for r in rows]
+
+
+async def listing(db: Database, limit: int, offset: int = 0, owner: str | None = None) -> list[dict]:
+    """Datasets, newest first (``owner``: that user's only), each its summary."""
+    where, params = ("WHERE created_by = ?", (owner,)) if owner is not None else ("", ())
+    rows = await db.conn.execute_fetchall(
+        f"SELECT * FROM dataset {where} ORDER BY created_at DESC, id LIMIT ? OFFSET ?", (*params, limit, offset)
+    )
+    return [_summary(r) for r in rows]

@@ -1,0 +1,270 @@
+"""Clinical CSVs joined to studies (POST/GET /datasets; dicomsvc/datasets.py): rows matched,
+unmatched, ambiguous and duplicated by number; encodings and delimiters; formula-looking cells
+kept as data; the anonymized join storing pseudonyms only; limits as JSON 4xx. On PostgreSQL
+too: DICOMSVC_TEST_POSTGRES=1."""
+
+import codecs
+import json
+
+import pytest
+from starlette.testclient import TestClient
+
+from app import create_app
+from conftest import make_config
+from dicomsvc import datasets
+from dicomsvc.config import Config
+from dicomsvc.dicom.anonymize import new_uid, pseudonym
+from indexdb import dict_rows, on_postgres
+from studydata import make_study, post_all
+
+ONE = (("CT", 1),)
+
+
+def post_csv(client, data: bytes, key: str = "PatientID", **fields) -> object:
+    form = {"key": key} | {k: v for k, v in fields.items()}
+    return client.post("/datasets", files={"csv": ("clinical.csv", data, "text/csv")}, data=form)
+
+
+def study(client, seed: int, **attributes) -> str:
+    """Store a one-instance study; its Study Instance UID."""
+    instances = make_study(ONE, seed=seed, **attributes)
+    post_all(client, instances)
+    return str(instances[0].StudyInstanceUID)
+
+
+def stored_rows(config: Config, dataset_id: str) -> list[dict]:
+    return dict_rows(config, "SELECT * FROM dataset_row WHERE dataset_id = ? ORDER BY row_number, study_instance_uid", (dataset_id,))
+
+
+def test_rows_matched_unmatched_ambiguous_and_duplicated_by_number(client, config):
+    a = study(client, 1)  # PID-1
+    b1, b2 = study(client, 2), study(client, 3, PatientID="PID-2")  # one patient, two studies
+    study(client, 4, PatientID="PID-3", PatientName="Doe^Jane")
+    study(client, 5, PatientID="PID-3", PatientName="Roe^Richard")  # one ID, two patients
+    csv = (
+        "patient_id,age,score\n"   # row 1: the header
+        "PID-1,61,=1+2\n"          # 2 matched (a formula-looking cell is data)
+        "PID-2,47,3\n"             # 3 matched: both of PID-2's studies
+        ",50,1\n"                  # 4 unmatched: no key
+        "PID-404,33,2\n"           # 5 unmatched: no such patient
+        "PID-1,62,9\n"             # 6 duplicate of row 2
+        "PID-3,70,4\n"             # 7 ambiguous: two patients share the ID
+        "\n"                       # 8 blank: not reported
+        "PID-405,1\n"              # 9 short (padded), unmatched
+    ).encode()  # fmt: skip
+    answer = post_csv(client, csv)
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert {k: body[k] for k in ("matched", "unmatched", "ambiguous", "duplicates", "rows")} == {
+        "matched": 2, "unmatched": [4, 5, 9], "ambiguous": [7], "duplicates": [6], "rows": 7}  # fmt: skip
+    assert "PID" not in answer.text  # row numbers, never values
+    shown = client.get(f"/datasets/{body['id']}").json()
+    assert sorted(shown["studies"]) == sorted([a, b1, b2])
+    assert shown["matched"] == 2 and shown["unmatched"] == [4, 5, 9] and shown["key"] == "PatientID"
+    assert shown["column"] == "patient_id" and shown["columns"] == ["age", "score"]
+    rows = stored_rows(config, body["id"])
+    assert {(r["row_number"], r["key_value"], r["study_instance_uid"]) for r in rows} == {
+        (2, "PID-1", a), (3, "PID-2", b1), (3, "PID-2", b2)}  # fmt: skip
+    assert json.loads(next(r for r in rows if r["row_number"] == 2)["clinical"]) == {"age": "61", "score": "=1+2"}
+    listed = client.get("/datasets").json()["items"]
+    assert [(d["id"], d["matched"], d["unmatched_count"], d["duplicates_count"]) for d in listed] == [(body["id"], 2, 3, 1)]
+    assert client.get("/datasets/" + "x" * 22).status_code == 404
+
+
+def test_accession_numbers_and_uids(client, config):
+    one = study(client, 1)  # ACC1
+    study(client, 2, AccessionNumber="ACC9")
+    study(client, 3, AccessionNumber="ACC9")  # an accession number of two studies
+    answer = post_csv(client, b"Accession #;Grade\nACC1;2\nACC9;3\nACC7;1\n", key="AccessionNumber")
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert (body["matched"], body["unmatched"], body["ambiguous"], body["delimiter"]) == (1, [4], [3], ";")
+    assert client.get(f"/datasets/{body['id']}").json()["studies"] == [one]
+    by_uid = post_csv(client, f"Study UID,Grade\n{one},5\n1.2.3.4,6\n".encode(), key="StudyInstanceUID")
+    assert (by_uid.json()["matched"], by_uid.json()["unmatched"]) == (1, [3])
+
+
+def test_the_key_column_named_or_guessed(client):
+    study(client, 1)
+    named = post_csv(client, b"Nr,Patient Nr,Age\n1,PID-1,3\n", column="Patient Nr")
+    assert named.status_code == 201 and named.json()["matched"] == 1
+    loosely = post_csv(client, b"Nr,Patient Nr,Age\n1,PID-1,3\n", column="patient_nr")
+    assert loosely.status_code == 201 and loosely.json()["matched"] == 1
+    for header in ("PatientID", "patient id", "PATIENT_ID", "MRN", "Patient-ID"):
+        guessed = post_csv(client, f"{header},Age\nPID-1,3\n".encode())
+        assert guessed.status_code == 201 and guessed.json()["matched"] == 1, header
+    assert post_csv(client, b"Nr,Patient Nr\n1,PID-1\n", column="Name").status_code == 400
+    twice = post_csv(client, b"MRN,Pat ID\nPID-1,PID-1\n")  # two aliases, neither the keyword
+    assert twice.status_code == 400 and "columns 1, 2" in twice.json()["detail"]
+
+
+CLINICAL = [("PID-1", "Müller, Jörg", "größer\nals 5 €")]  # a delimiter, a line break, non-ASCII
+
+
+@pytest.mark.parametrize(
+    "encoding, delimiter, reported",
+    [
+        ("utf-8", ",", "utf-8"),
+        ("utf-8-sig", ",", "utf-8-sig"),  # UTF-8 with a BOM (Excel's "CSV UTF-8")
+        ("cp1252", ";", "cp1252"),  # a German Excel's CSV: Windows-1252, semicolons
+        ("utf-16", "\t", "utf-16"),  # Excel's "Unicode text": UTF-16 with a BOM, tabs
+        ("utf-8", "\t", "utf-8"),
+        ("utf-8", "|", "utf-8"),
+    ],
+)
+def test_encodings_and_delimiters(client, config, encoding, delimiter, reported):
+    study(client, 1)
+    quote = lambda cell: '"' + cell.replace('"', '""') + '"'  # noqa: E731
+    lines = [delimiter.join(["PatientID", quote("Name, full"), "Größe"])]
+    lines += [delimiter.join([pid, quote(name), quote(size)]) for pid, name, size in CLINICAL]
+    answer = post_csv(client, ("\r\n".join(lines) + "\r\n").encode(encoding))
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert (body["matched"], body["encoding"], body["delimiter"]) == (1, reported, delimiter)
+    (row,) = stored_rows(config, body["id"])
+    assert json.loads(row["clinical"]) == {"Name, full": "Müller, Jörg", "Größe": "größer\nals 5 €"}
+
+
+def test_latin1_past_windows_1252(client, config):
+    study(client, 1)
+    data = "PatientID;Note\nPID-1;caf\xe9 \x81\n".encode("latin-1")  # 0x81: no character in Windows-1252
+    body = post_csv(client, data).json()
+    assert (body["matched"], body["encoding"]) == (1, "latin-1")
+    assert json.loads(stored_rows(config, body["id"])[0]["clinical"]) == {"Note": "caf\xe9 \x81"}
+
+
+def test_sniffing_prefers_the_delimiter_that_splits_rows_consistently():
+    # commas inside the cells of a semicolon file
+    text = "PatientID;Diagnosis;Score\nP1;a, b, c;1,5\nP2;d, e;2,5\nP3;f;3,0\n"
+    assert datasets.sniff_delimiter(text) == ";"
+    assert datasets.sniff_delimiter("PatientID\nP1\nP2\n") == ","  # one column
+
+
+def test_ragged_rows_are_reported_and_extra_cells_dropped(client, config):
+    study(client, 1)
+    study(client, 2)
+    body = post_csv(client, b"PatientID,Age,\nPID-1,5,,\nPID-2,6,oops,more\n").json()
+    assert (body["matched"], body["ragged"]) == (2, [3])
+    assert [json.loads(r["clinical"]) for r in stored_rows(config, body["id"])] == [{"Age": "5"}, {"Age": "6"}]
+
+
+def test_formula_cells_are_escaped_when_written_out():
+    escape = datasets.escape_formula
+    assert [escape(c) for c in ("=1+2", "+SUM(A1)", "-2+3", "@cmd", "\t=1", "\r=1", '=HYPERLINK("x")')] == [
+        "'=1+2", "'+SUM(A1)", "'-2+3", "'@cmd", "'\t=1", "'\r=1", "'=HYPERLINK(\"x\")"]  # fmt: skip
+    assert [escape(c) for c in ("-3", "+1.5e3", "-0,5", "42", "", "a=b", "ANON-1")] == [
+        "-3", "+1.5e3", "-0,5", "42", "", "a=b", "ANON-1"]  # fmt: skip
+
+
+def test_anonymized_join_stores_pseudonyms_not_the_original(client, config, data_dir):
+    marker, name_marker = "PHI83QX", "PHI84QX"
+    original = make_study(ONE, seed=1, PatientID=marker, PatientName=f"{name_marker}^Jo")
+    instance = original[0]
+    answer = client.post("/dicom?anonymize=true", content=_bytes(instance), headers={"content-type": "application/dicom"})
+    assert answer.status_code == 201, answer.text
+    secret = client.app.state.svc.config.anon_secret.encode()
+    anonymized_uid = new_uid(secret, str(instance.StudyInstanceUID))
+    csv = f"MRN,patient_name,Age\n{marker},{name_marker},61\nPHI85QX,x,3\n".encode()
+    body = post_csv(client, csv, anonymize="true").json()
+    assert (body["matched"], body["unmatched"], body["dropped_columns"]) == (1, [3], ["patient_name"])
+    assert client.get(f"/datasets/{body['id']}").json()["studies"] == [anonymized_uid]
+    (row,) = stored_rows(config, body["id"])
+    assert (row["key_value"], row["study_instance_uid"]) == (pseudonym(secret, marker), anonymized_uid)
+    assert json.loads(row["clinical"]) == {"Age": "61"}
+    # the anonymized study carries the same pseudonym: clinical row and images stay linked
+    found = client.get("/dicomweb/studies", params={"StudyInstanceUID": anonymized_uid}).json()
+    assert found[0]["00100020"]["Value"] == [pseudonym(secret, marker)]
+    tables = json.dumps(dict_rows(config, "SELECT * FROM dataset") + dict_rows(config, "SELECT * FROM dataset_row"))
+    assert marker not in tables and name_marker not in tables
+    if not on_postgres(config):  # nothing in the data directory holds the planted identifiers at all
+        for path in data_dir.rglob("*"):
+            if path.is_file():
+                content = path.read_bytes()
+                assert marker.encode() not in content and name_marker.encode() not in content, path
+
+
+def test_anonymized_join_to_original_studies_links_the_anonymizers_uid(client, config):
+    uid = study(client, 1)
+    secret = client.app.state.svc.config.anon_secret.encode()
+    body = post_csv(client, f"StudyInstanceUID,Grade\n{uid},2\n".encode(), key="StudyInstanceUID", anonymize="true").json()
+    assert body["matched"] == 1
+    (row,) = stored_rows(config, body["id"])
+    assert row["key_value"] == row["study_instance_uid"] == new_uid(secret, uid)
+    by_accession = post_csv(client, b"AccessionNumber,Grade\nACC1,2\n", key="AccessionNumber", anonymize="true").json()
+    (row,) = stored_rows(config, by_accession["id"])  # Accession Number has no pseudonym (PS3.15: Z)
+    assert row["key_value"] == row["study_instance_uid"] == new_uid(secret, uid)
+    assert "ACC1" not in json.dumps(stored_rows(config, by_accession["id"]))
+
+
+def test_bad_requests_are_json_4xx(client):
+    def refused(answer, status):
+        assert answer.status_code == status, answer.text
+        assert set(answer.json()) == {"error", "detail"}
+        return answer.json()["detail"]
+
+    refused(post_csv(client, b"PatientID\nP1\n", key="PatientName"), 400)
+    refused(client.post("/datasets", content=b"PatientID\nP1\n", headers={"content-type": "text/csv"}), 415)
+    refused(client.post("/datasets", files={"other": ("x.csv", b"a", "text/csv")}, data={"key": "PatientID"}), 400)
+    refused(client.post("/datasets", data={"key": "PatientID"}), 415)  # urlencoded: no file
+    assert "header" in refused(post_csv(client, b"PID-1,61\nPID-2,62\n"), 400)  # no header: nothing names the key
+    assert "looks like data" in refused(post_csv(client, b"1.2.3,61\n1.2.4,62\n", column="1.2.3"), 400)
+    refused(post_csv(client, b""), 400)
+    refused(post_csv(client, b"PatientID,Age\n"), 400)  # a header, no rows
+    refused(post_csv(client, b"PatientID,,Age\nP1,2,3\n"), 400)  # an unnamed column
+    refused(post_csv(client, b"PatientID,Age,Age\nP1,2,3\n"), 400)  # a column named twice
+    assert "line 3" in refused(post_csv(client, b'PatientID,Age\nP1,2\nP2,"3\nP3,4\n'), 400)  # a quote left open
+    refused(post_csv(client, b'PatientID,Age\nP1,"2"x\n'), 400)  # text after a closing quote
+    refused(post_csv(client, b"PatientID,Age\nP1,2\x00\n"), 400)  # a NUL: not text
+    refused(client.get("/datasets", params={"limit": "0"}), 400)
+
+
+@pytest.mark.parametrize(
+    "setting, csv",
+    [
+        ("DICOMSVC_DATASET_MAX_BYTES", b"PatientID,Age\n" + b"P1,2\n" * 400),
+        ("DICOMSVC_DATASET_MAX_ROWS", b"PatientID,Age\n" + b"P1,2\n" * 11),
+        ("DICOMSVC_DATASET_MAX_COLUMNS", b"PatientID," + b",".join(b"c%d" % i for i in range(10)) + b"\nP1\n"),
+    ],
+)
+def test_limits_are_413(data_dir, import_root, setting, csv):
+    limits = {"DICOMSVC_DATASET_MAX_BYTES": "1000", "DICOMSVC_DATASET_MAX_ROWS": "10", "DICOMSVC_DATASET_MAX_COLUMNS": "10"}
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "0"}
+    with TestClient(create_app(Config.from_env(env | limits))) as client:
+        answer = post_csv(client, csv)
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"] == "too_large" and setting in answer.json()["detail"]
+        fits = post_csv(client, b"PatientID,Age\nP1,2\n")
+        assert fits.status_code == 201, fits.text
+        huge = post_csv(client, b"PatientID,Age\n" + b"P1,2\n" * 300_000)  # past the request's room: refused streaming
+        assert huge.status_code == 413
+
+
+def test_in_worker_processes(data_dir, import_root):
+    """The join runs in a worker process: its answer and its errors cross the process boundary."""
+    with TestClient(create_app(make_config(data_dir, import_root, workers=1))) as client:
+        uid = study(client, 1)
+        body = post_csv(client, b"PatientID,Age\nPID-1,5\n").json()
+        assert client.get(f"/datasets/{body['id']}").json()["studies"] == [uid]
+        assert post_csv(client, b"Nothing,Here\n1,2\n").status_code == 400
+
+
+def test_audit_names_the_dataset_only(client):
+    study(client, 1)
+    body = post_csv(client, b"PatientID,Age\nPID-1,5\n").json()
+    client.get(f"/datasets/{body['id']}")
+    records = client.get("/audit").json()["items"]
+    mine = [(r["action"], r["route"], r["dataset"], r["status"]) for r in records if r["route"] and "datasets" in r["route"]]
+    assert mine[::-1] == [("upload", "/datasets", body["id"], 201), ("view", "/datasets/{dataset}", body["id"], 200)]
+    assert "PID-1" not in json.dumps(records[:2])
+    by_resource = client.get("/audit", params={"resource": body["id"]}).json()["items"]
+    assert len(by_resource) == 2
+
+
+def _bytes(ds) -> bytes:
+    from studydata import to_bytes
+
+    return to_bytes(ds)
+
+
+def test_bom_only_decodes():
+    assert datasets.decode(codecs.BOM_UTF8 + b"a") == ("a", "utf-8-sig")
