@@ -204,11 +204,10 @@ def _header(cells: list[str], max_columns: int) -> list[str]:
         names.pop()  # trailing delimiters: no column
     if len(names) > max_columns:
         raise TooLarge(f"the CSV has more than {max_columns} columns (DICOMSVC_DATASET_MAX_COLUMNS)")
-    for position, name in enumerate(names, 1):
-        if not name:
-            raise BadRequest(f"column {position} of the header row has no name: a header row naming every column is required")
-    if all(_DATA_LIKE.fullmatch(n) for n in names):
+    if all(_DATA_LIKE.fullmatch(n) for n in names if n):
         raise BadRequest("the first row looks like data (numbers, dates, UIDs), not a header: a header row naming the columns is required")
+    # an unnamed column (pandas writes its index so) is named by its position
+    names = [name or f"column {position}" for position, name in enumerate(names, 1)]
     seen: dict[str, int] = {}
     for position, name in enumerate(names, 1):
         if name in seen:

@@ -148,6 +148,13 @@ def test_ragged_rows_are_reported_and_extra_cells_dropped(client, config):
     assert [json.loads(r["clinical"]) for r in stored_rows(config, body["id"])] == [{"Age": "5"}, {"Age": "6"}]
 
 
+def test_unnamed_columns_are_named_by_position(client, config):
+    study(client, 1)
+    body = post_csv(client, b",PatientID,Age\n0,PID-1,3\n").json()  # pandas' to_csv() with its index
+    assert body["matched"] == 1
+    assert json.loads(stored_rows(config, body["id"])[0]["clinical"]) == {"column 1": "0", "Age": "3"}
+
+
 def test_formula_cells_are_escaped_when_written_out():
     escape = datasets.escape_formula
     assert [escape(c) for c in ("=1+2", "+SUM(A1)", "-2+3", "@cmd", "\t=1", "\r=1", '=HYPERLINK("x")')] == [
@@ -210,7 +217,6 @@ def test_bad_requests_are_json_4xx(client):
     assert "looks like data" in refused(post_csv(client, b"1.2.3,61\n1.2.4,62\n", column="1.2.3"), 400)
     refused(post_csv(client, b""), 400)
     refused(post_csv(client, b"PatientID,Age\n"), 400)  # a header, no rows
-    refused(post_csv(client, b"PatientID,,Age\nP1,2,3\n"), 400)  # an unnamed column
     refused(post_csv(client, b"PatientID,Age,Age\nP1,2,3\n"), 400)  # a column named twice
     assert "line 3" in refused(post_csv(client, b'PatientID,Age\nP1,2\nP2,"3\nP3,4\n'), 400)  # a quote left open
     refused(post_csv(client, b'PatientID,Age\nP1,"2"x\n'), 400)  # text after a closing quote
@@ -258,6 +264,46 @@ def test_audit_names_the_dataset_only(client):
     assert "PID-1" not in json.dumps(records[:2])
     by_resource = client.get("/audit", params={"resource": body["id"]}).json()["items"]
     assert len(by_resource) == 2
+
+
+def test_own_visibility_joins_and_shows_only_the_callers(monkeypatch, data_dir, import_root):
+    from authhelpers import bearer, token_app
+    from studydata import to_bytes
+
+    users = {"ulla": "uploader", "uwe": "uploader", "adam": "admin"}
+    with token_app(monkeypatch, data_dir, import_root, users, visibility="own") as (client, tokens):
+        ulla, uwe, adam = (bearer(tokens[u]) for u in ("ulla", "uwe", "adam"))
+        mine = make_study(ONE, seed=1)
+        theirs = make_study(ONE, seed=2)
+        for ds, who in ((mine[0], ulla), (theirs[0], uwe)):
+            stored = client.post("/dicom", content=to_bytes(ds), headers={"content-type": "application/dicom"} | who)
+            assert stored.status_code == 201
+        csv = {"csv": ("c.csv", b"PatientID,Age\nPID-1,1\nPID-2,2\n", "text/csv")}
+        body = client.post("/datasets", files=csv, data={"key": "PatientID"}, headers=ulla).json()
+        assert (body["matched"], body["unmatched"]) == (1, [3])  # uwe's study is not ulla's to join
+        assert client.get(f"/datasets/{body['id']}", headers=ulla).json()["studies"] == [str(mine[0].StudyInstanceUID)]
+        assert client.get(f"/datasets/{body['id']}", headers=uwe).status_code == 404
+        assert client.get("/datasets", headers=uwe).json()["items"] == []
+        assert [d["created_by"] for d in client.get("/datasets", headers=adam).json()["items"]] == ["ulla"]
+        everything = client.post("/datasets", files=csv, data={"key": "PatientID"}, headers=adam).json()
+        assert everything["matched"] == 2
+
+
+def test_anonymize_always_anonymizes_datasets_and_a_csv_sent_as_a_field(data_dir, import_root):
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "0",
+           "DICOMSVC_ANONYMIZE": "always"}  # fmt: skip
+    config = Config.from_env(env)
+    with TestClient(create_app(config)) as client:
+        instance = make_study(ONE, seed=1, PatientID="PHI86QX")[0]
+        assert client.post("/dicom", content=_bytes(instance), headers={"content-type": "application/dicom"}).status_code == 201
+        secret = client.app.state.svc.config.anon_secret.encode()
+        # no filename: a plain form field (curl -F 'csv=<file.csv')
+        answer = client.post("/datasets", files={"csv": (None, b"(0010,0020);Age\nPHI86QX;5\n")}, data={"key": "PatientID"})
+        assert answer.status_code == 201, answer.text
+        body = answer.json()
+        (row,) = stored_rows(config, body["id"])
+        assert (body["matched"], row["key_value"]) == (1, pseudonym(secret, "PHI86QX"))
+        assert client.get(f"/datasets/{body['id']}").json()["anonymized"] is True
 
 
 def _bytes(ds) -> bytes:
