@@ -73,9 +73,9 @@ def test_is_full():
 
 
 def _fail_upload_spool(monkeypatch):
-    from dicomsvc.http import uploads
+    from dicomsvc.storage import spool  # every spooled body is created there (storage.spool.create)
 
-    monkeypatch.setattr(uploads, "open", lambda *a, **k: FillingFile(open(*a, **k)), raising=False)
+    monkeypatch.setattr(spool, "open", lambda *a, **k: FillingFile(open(*a, **k)), raising=False)
 
 
 def _fail_import_copy(monkeypatch):
