@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -55,9 +55,11 @@ class Sent:
 
 
 def send_each(insts: list[Instance], clients: int, deadline_s: float, open_client: Callable[[], httpx.Client],
-              send: Send, server_pid: int) -> Sent:
+              send: Send, server_pid: int | Sequence[int]) -> Sent:
     """Every instance sent once, by ``clients`` threads taking the next one in turn (bounded by the
-    count and by deadline_s); with server CPU read before the first and after the last request."""
+    count and by deadline_s); with server CPU read before the first and after the last request
+    (summed over the servers, when ``server_pid`` lists several: replicas)."""
+    pids = [server_pid] if isinstance(server_pid, int) else list(server_pid)
     answers: list = [None] * len(insts)
     errors: list[str] = []
     n_err = 0
@@ -91,7 +93,7 @@ def send_each(insts: list[Instance], clients: int, deadline_s: float, open_clien
                     else:
                         answers[i] = answer
 
-    cpu0 = tree_cpu_seconds(server_pid)
+    cpu0 = sum(tree_cpu_seconds(pid) for pid in pids)
     ccpu0 = time.process_time()
     t0 = time.perf_counter()
     if clients == 1:
@@ -103,9 +105,9 @@ def send_each(insts: list[Instance], clients: int, deadline_s: float, open_clien
         for th in threads:
             th.join(timeout=max(1.0, deadline - time.monotonic() + 120))
     wall = time.perf_counter() - t0
-    cpu1 = tree_cpu_seconds(server_pid)
+    cpu1 = sum(tree_cpu_seconds(pid) for pid in pids)
     client_cpu = time.process_time() - ccpu0
-    cpu2 = settle_cpu(server_pid)
+    cpu2 = sum(settle_cpu(pid) for pid in pids)
     return Sent(clients, answers, n_err, errors, timed_out, wall, client_cpu, (cpu0, cpu1, cpu2))
 
 
