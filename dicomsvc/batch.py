@@ -48,6 +48,9 @@ class Item:
     anonymize: bool = False
     allow_burned_in: bool = False
     user: str | None = None  # who asked: the owner of what is stored (Options.user)
+    # a JPEG or PNG to make a Secondary Capture instance of first: the request's attributes
+    # (dicomsvc.photos.capture, plain JSON data); None: a DICOM file
+    capture: dict | None = None
 
     @classmethod
     def of(cls, file: str, kind: str, path: str, options: Options, member: str | None = None) -> "Item":
@@ -280,7 +283,7 @@ def _archive(path: str, keyring) -> zipfile.ZipFile:
 
 
 def _stage_item(config: Config, blobs: BlobStore, item: Item, study_uid: str | None) -> "Result | Staged":
-    from .ingest import stage_file, stage_import  # in the worker only: see ingest_items
+    from .ingest import stage_capture, stage_file, stage_import  # in the worker only: see ingest_items
 
     reason = skip_reason(item.file)
     if reason:
@@ -293,7 +296,10 @@ def _stage_item(config: Config, blobs: BlobStore, item: Item, study_uid: str | N
             outcome = stage_import(config, item.path, options, blobs)
         else:
             temp = _member_to_temp(config, blobs, item) if item.kind == "member" else _link(config, blobs, item)
-            outcome = stage_file(config, temp, item.file, options, blobs)
+            if item.capture is not None:
+                outcome = stage_capture(config, temp, item.file, options, blobs, item.capture)
+            else:
+                outcome = stage_file(config, temp, item.file, options, blobs)
     except NotDicom as exc:  # a README, a nested ZIP, a DICOMDIR...
         return skipped(item.file, exc.detail)
     except DicomSvcError as exc:

@@ -69,6 +69,12 @@ class InvalidDicom(DicomSvcError):
     status, code = 422, "invalid_dicom"
 
 
+class InvalidImage(DicomSvcError):
+    """A JPEG or PNG sent to become DICOM (dicomsvc.imaging.photo) that is truncated or damaged."""
+
+    status, code = 422, "invalid_image"
+
+
 class NotDicom(InvalidDicom):
     """Not even shaped like DICOM (a README, a PNG): in a batch such a file is skipped."""
 

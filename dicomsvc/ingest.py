@@ -64,6 +64,33 @@ def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAI
     return _finish(config, blobs, stage_file(config, temp, source, options, blobs))
 
 
+def ingest_capture(config: Config, temp: Path, source: str, options: Options, capture: dict) -> Ingested:
+    """``ingest_file`` for a JPEG or PNG spooled to blob temp space: made a Secondary Capture
+    instance first (``stage_capture``)."""
+    blobs = BlobStore.of(config)
+    return _finish(config, blobs, stage_capture(config, temp, source, options, blobs, capture))
+
+
+def stage_capture(
+    config: Config, temp: Path, source: str, options: Options, blobs: BlobStore, capture: dict
+) -> "Staged | Ingested":
+    """``stage_file`` for an image (``temp``, removed here) converted to an SC instance
+    (``dicomsvc.imaging.photo``; ``capture``: the request's attributes, ``dicomsvc.photos``)."""
+    from .imaging.photo import convert  # Pillow's decoders loaded on the first photo only
+
+    path = None
+    try:
+        path, handle = blobs.create_temp(".dcm")
+        with handle, space.full_is_507():
+            convert(temp, capture, config.max_frame_bytes, handle)
+    except BaseException:
+        blobs.discard(path)
+        raise
+    finally:
+        blobs.discard(temp)
+    return stage_file(config, path, source, options, blobs)
+
+
 def _finish(config: Config, blobs: BlobStore, staged: "Staged | Ingested") -> Ingested:
     return staged if isinstance(staged, Ingested) else commit_staged(config, blobs, [staged])[0]
 

@@ -4,7 +4,9 @@
   folder (every file below it);
 - ``application/dicom``: the body is one instance;
 - ``application/zip``: the body is an archive of instances;
-- ``multipart/form-data``: ``file`` parts, each a DICOM file or a ZIP.
+- ``multipart/form-data``: ``file`` parts, each a DICOM file, a ZIP, a JPEG or a PNG;
+- ``image/jpeg``, ``image/png``: the body is a photo or scan, made a Secondary Capture
+  instance with the patient and study attributes of the query string (``dicomsvc.photos``).
 
 One instance answers ``201``/``200`` ``{"id"}``; several answer ``200`` with
 per-file results. More files than ``DICOMSVC_SYNC_LIMIT``, or ``?async=true``,
@@ -12,6 +14,7 @@ answer ``202 {"job", "status_url"}`` once the upload is safely on disk, and are
 ingested in the background (``dicomsvc.jobs``).
 """
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +22,17 @@ from pathlib import Path
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from .. import audit, batch, jobs, metrics, paths
+from .. import audit, batch, jobs, metrics, paths, photos
 from ..batch import Entry, Item
 from ..dicom.files import HEAD_BYTES, is_zip, sniff
 from ..errors import BadRequest, DicomSvcError, UnsupportedMediaType
 from ..results import Ingested
-from ..tasks import ingest_file, ingest_import  # named, not imported: no pydicom here
+from ..tasks import ingest_capture, ingest_file, ingest_import  # named, not imported: no pydicom here
 from ..options import Options, flag
 from ..service import Service
 from ..storage.spool import new_spool, open_spooled, remove_spool
 from . import uploads
-from .auth import user_of
+from .auth import owner_of, user_of
 from .requests import base_url, peek_body, read_json_object
 
 ZIP_TYPES = {"application/zip", "application/x-zip-compressed"}
@@ -57,6 +60,8 @@ async def post_dicom(svc: Service, request: Request) -> Answer:
         request, head = await peek_body(request, HEAD_BYTES)
         if not head.lstrip().startswith(b"{") and sniff(head) is None:
             kind = "application/dicom"
+        elif photos.image_kind(head):  # curl --data-binary @photo.jpg without a type
+            kind = f"image/{photos.image_kind(head)}"
     if kind in ("application/json", *UNTYPED):
         return await _from_path(svc, request, want_async, options)
     if kind == "application/dicom":
@@ -65,9 +70,11 @@ async def post_dicom(svc: Service, request: Request) -> Answer:
         return await _with_spool(svc, request, want_async, options, _zip_entries)
     if kind == "multipart/form-data":
         return await _with_spool(svc, request, want_async, options, _form_entries)
+    if kind in photos.IMAGE_TYPES:
+        return await _from_image(svc, request, want_async, options)
     raise UnsupportedMediaType(
         f"Content-Type {kind!r} is not accepted here: send application/json {{\"path\"}}, "
-        "application/dicom, application/zip or multipart/form-data"
+        "application/dicom, application/zip, multipart/form-data, image/jpeg or image/png"
     )
 
 
@@ -107,6 +114,34 @@ async def _from_body(svc: Service, request: Request, want_async: bool, options: 
     finally:
         if not answered:  # refused, or its worker died: the spooled file may be left
             await svc.io(svc.blobs.discard, temp)
+
+
+async def _from_image(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
+    """A JPEG or PNG in the body: a Secondary Capture instance made of it in a worker
+    (``dicomsvc.imaging.photo``), with the query string's attributes (checked first)."""
+    capture = await photos.attach(svc.db, photos.capture(request.query_params), owner_of(request))
+    if want_async:
+        return await _with_spool(svc, request, True, options, _image_entries(capture))
+    cfg = svc.config
+    temp = svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.img"
+    answered = False  # the pipeline then removed the image
+    try:
+        await uploads.spool_body(svc, request, temp, cfg.max_upload_bytes)
+        answer = single(await _ingest_one(svc, ingest_capture, cfg, temp, _source(request), options, capture))
+        answered = True
+        return answer
+    finally:
+        if not answered:
+            await svc.io(svc.blobs.discard, temp)
+
+
+def _image_entries(capture: dict):
+    async def entries(svc: Service, request: Request, folder: Path, options: Options) -> list[Entry]:
+        target = folder / "body.img"
+        await uploads.spool_body(svc, request, target, svc.config.max_upload_bytes, seal=True)
+        return [dataclasses.replace(Item.of(_source(request), "spooled", str(target), options), capture=capture)]
+
+    return entries
 
 
 async def _ingest_one(svc: Service, fn, *args) -> Ingested:
@@ -166,18 +201,27 @@ async def _form_entries(svc: Service, request: Request, folder: Path, options: O
     if not files:
         raise BadRequest("no file parts: send each file as a part named 'file'")
     entries: list[Entry] = []
+    capture, images = None, 0  # the photos' attributes, checked once the form has an image
     for number, part in enumerate(files, 1):
         name = part.filename or f"part {number}"
-        if part.content_type in ZIP_TYPES or await svc.io(_starts_as_zip, part.path, svc.blobs.keyring):
+        head = await svc.io(_head, part.path, svc.blobs.keyring)
+        if part.content_type in ZIP_TYPES or is_zip(head):
             entries += await svc.io(batch.expand_zip, cfg, part.path, name, options)
+        elif part.content_type in photos.IMAGE_TYPES or photos.image_kind(head):
+            if capture is None:
+                capture = await photos.attach(svc.db, photos.capture(fields, request.query_params), owner_of(request))
+            images += 1
+            item = Item.of(name, "spooled", str(part.path), options)
+            entries.append(dataclasses.replace(item, capture=photos.numbered(capture, images)))
         else:
             entries.append(Item.of(name, "spooled", str(part.path), options))
     return entries
 
 
-def _starts_as_zip(path: Path, keyring) -> bool:
+def _head(path: Path, keyring) -> bytes:
+    """A spooled part's first bytes: a ZIP's or an image's signature."""
     with open_spooled(path, keyring) as fh:
-        return is_zip(fh.read(4))
+        return fh.read(8)
 
 
 async def _run(svc: Service, request: Request, entries: list[Entry], spool: Path | None, want_async: bool) -> Answer:
