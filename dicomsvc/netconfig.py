@@ -19,6 +19,7 @@ is ever in it. Only the standard library: ``dicomsvc.config`` imports this.
 import ipaddress
 import json
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -94,12 +95,30 @@ class NetworkConfig:
 
 
 def _same_host(configured: str, actual: str | None) -> bool:
+    """Whether the peer address ``actual`` is the configured host: an address compared as one
+    (``::ffff:10.0.0.5`` is ``10.0.0.5``), a name resolved now (each association: a scanner's
+    address may change) to every address it has; a name that does not resolve matches nothing."""
     if actual is None:
         return False
     try:
-        return ipaddress.ip_address(configured) == ipaddress.ip_address(actual)
+        peer = _address(actual)
     except ValueError:
-        return configured.lower() == actual.lower()
+        return False
+    try:
+        return _address(configured) == peer
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(configured, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    return any(_address(info[4][0]) == peer for info in found)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
 
 
 def load(path: Path, setting: str) -> NetworkConfig:

@@ -42,6 +42,15 @@ def test_peers_match_by_ae_title_and_host_when_given():
     assert net.peer("WS", "192.168.1.1") and net.peer("WS", None)
 
 
+
+def test_a_peer_host_may_be_a_name_or_an_address_in_any_form():
+    net = parse({"peers": [{"ae_title": "CT1", "host": "localhost"}, {"ae_title": "CT2", "host": "10.0.0.5"},
+                           {"ae_title": "CT3", "host": "no-such-host.invalid"}]})  # fmt: skip
+    assert net.peer("CT1", "127.0.0.1") and not net.peer("CT1", "10.0.0.9")  # resolved
+    assert net.peer("CT2", "::ffff:10.0.0.5")  # an IPv4-mapped IPv6 peer address is its IPv4 address
+    assert net.peer("CT3", "127.0.0.1") is None  # a name that does not resolve matches nothing
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [
