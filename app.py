@@ -161,6 +161,17 @@ async def get_dataset(request: Request) -> JSONResponse:
     return JSONResponse(await datasets.get(svc, request.path_params["dataset"], owner_of(request)))
 
 
+async def post_dataset_export(request: Request) -> JSONResponse:
+    job_id, status_url = await datasets.export(request.app.state.svc, request)
+    return JSONResponse({"job": job_id, "status_url": status_url}, status_code=202, headers={"Location": status_url})
+
+
+async def get_job_result(request: Request) -> Response:
+    chunks, name = await datasets.export_result(request.app.state.svc, request)
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    return StreamingResponse(chunks, media_type="application/zip", headers=headers)
+
+
 async def get_destinations(request: Request) -> JSONResponse:
     return JSONResponse(await destinations.listing(request.app.state.svc))
 
@@ -243,8 +254,10 @@ routes = [
     Route("/datasets", post_datasets, methods=["POST"]),  # clinical CSVs joined to studies (http/datasets.py)
     Route("/datasets", get_datasets, methods=["GET"]),
     Route("/datasets/{dataset}", get_dataset, methods=["GET"]),
+    Route("/datasets/{dataset}/export", post_dataset_export, methods=["POST"]),  # a job; its ZIP: /jobs/{job}/result
     Route("/jobs", get_jobs, methods=["GET"]),
     Route("/jobs/{job}", get_job, methods=["GET"]),
+    Route("/jobs/{job}/result", get_job_result, methods=["GET"]),  # a dataset export's ZIP (http/datasets.py)
     Route("/users/{user}/uploads", get_user_uploads, methods=["GET"]),
     Route("/users/{user}/jobs", get_user_jobs, methods=["GET"]),
     Route("/dicom/{id}/file", get_dicom_file, methods=["GET"]),

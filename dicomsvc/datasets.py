@@ -66,9 +66,14 @@ IDENTIFYING = set().union(*ALIASES.values()) | {
     "familyname", "00100010", "patientbirthdate", "patientsbirthdate", "birthdate", "dateofbirth", "dob",
     "00100030",
 }  # fmt: skip
-_NUMBER = re.compile(r"[+-]?(\d+([.,]\d*)?|[.,]\d+)([eE][+-]?\d+)?")
+_ONE_NUMBER = r"[+-]?(\d+([.,]\d*)?|[.,]\d+)([eE][+-]?\d+)?"
+_NUMBER = re.compile(rf"{_ONE_NUMBER}(\\{_ONE_NUMBER})*")  # one, or DICOM's '\'-joined values (DS, IS)
 _DATA_LIKE = re.compile(r"[+-]?[\d.,:/ -]+|\d[\d.]*")  # numbers, dates, times, UIDs: not column names
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# What a dataset export's manifest gives of each instance to stack its slices (dicomsvc/exports.py):
+# (0020,0032), (0020,0037), (0028,0030), (0018,0050), (0028,0010), (0028,0011), (0028,0008), (0020,0013)
+GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+            "Rows", "Columns", "NumberOfFrames", "InstanceNumber")  # fmt: skip
 
 
 def _norm(name: str) -> str:
@@ -78,8 +83,9 @@ def _norm(name: str) -> str:
 def escape_formula(cell: str) -> str:
     """A cell safe to write into a CSV a spreadsheet opens (OWASP "CSV Injection"): one starting
     with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with ``'`` so it is
-    shown as text, never evaluated. A plain number (``-3``, ``+1.5e3``) is left as it is: a
-    spreadsheet reads it as that number, not as a formula, and it stays a number for pandas."""
+    shown as text, never evaluated. A plain number (``-3``, ``+1.5e3``) or DICOM's backslash-joined
+    numbers (an Image Position ``-120.5\\-80\\30``) are left as they are: nothing there can be
+    evaluated, and they stay numbers for pandas."""
     if cell.startswith(_FORMULA_START) and not _NUMBER.fullmatch(cell):
         return "'" + cell
     return cell

@@ -18,6 +18,9 @@ records nothing more: results are recorded only under the lease, an item keeps i
 result, and an item stored twice over is a duplicate (the unique constraint). Jobs queued
 by another replica are found by polling every DICOMSVC_JOB_POLL_SECONDS (an index lookup);
 this replica's own are started at once (``wakeup``).
+
+A dataset export (``dicomsvc.exports``) is a job of one item holding its parameters: ``_work``
+hands it to ``exports.run`` instead of the ingest.
 """
 
 import asyncio
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import shortuuid
 
-from . import audit, batch, metrics
+from . import audit, batch, exports, metrics
 from .batch import Entry, Item, Result
 from .errors import InsufficientStorage, NotFound
 from .service import Service
@@ -177,6 +180,9 @@ async def _work(svc: Service, job_id: str) -> None:
     job = await job_rows.get_job(svc.db, job_id)
     owner = job.get("created_by") if job else None
     while pending := await job_rows.pending_items(svc.db, job_id, PAGE):
+        if exports.is_export(pending[0][1]):  # a dataset export (its one item): written, then recorded
+            await exports.run(svc, job_id, *pending[0])
+            continue
         seqs = [seq for seq, _ in pending]
 
         async def record(start: int, results: list[Result], seqs: list[int] = seqs) -> None:

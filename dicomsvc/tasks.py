@@ -49,6 +49,7 @@ ingest_file = Task("dicomsvc.ingest", "ingest_file")
 
 # dicomsvc.datasets, in a worker: a clinical CSV read, joined to the studies and stored -> its summary
 create_dataset = Task("dicomsvc.datasets", "create")
+export_chunk = Task("dicomsvc.exportfiles", "export_chunk")  # a page of a dataset export's files
 ingest_capture = Task("dicomsvc.ingest", "ingest_capture")  # a JPEG or PNG made an SC instance first
 
 # dicomsvc.retrieve, in a worker: bytes, paths, dicts, lists of plain values

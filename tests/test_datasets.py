@@ -4,8 +4,13 @@ kept as data; the anonymized join storing pseudonyms only; limits as JSON 4xx. O
 too: DICOMSVC_TEST_POSTGRES=1."""
 
 import codecs
+import csv
+import io
 import json
+import time
+import zipfile
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -159,8 +164,9 @@ def test_formula_cells_are_escaped_when_written_out():
     escape = datasets.escape_formula
     assert [escape(c) for c in ("=1+2", "+SUM(A1)", "-2+3", "@cmd", "\t=1", "\r=1", '=HYPERLINK("x")')] == [
         "'=1+2", "'+SUM(A1)", "'-2+3", "'@cmd", "'\t=1", "'\r=1", "'=HYPERLINK(\"x\")"]  # fmt: skip
-    assert [escape(c) for c in ("-3", "+1.5e3", "-0,5", "42", "", "a=b", "ANON-1")] == [
-        "-3", "+1.5e3", "-0,5", "42", "", "a=b", "ANON-1"]  # fmt: skip
+    assert [escape(c) for c in ("-3", "+1.5e3", "-0,5", "42", "", "a=b", "ANON-1", "-120.5\\-80\\30")] == [
+        "-3", "+1.5e3", "-0,5", "42", "", "a=b", "ANON-1", "-120.5\\-80\\30"]  # fmt: skip
+    assert escape("-1\\=2") == "'-1\\=2"
 
 
 def test_anonymized_join_stores_pseudonyms_not_the_original(client, config, data_dir):
@@ -252,6 +258,8 @@ def test_in_worker_processes(data_dir, import_root):
         body = post_csv(client, b"PatientID,Age\nPID-1,5\n").json()
         assert client.get(f"/datasets/{body['id']}").json()["studies"] == [uid]
         assert post_csv(client, b"Nothing,Here\n1,2\n").status_code == 400
+        archive = exported(client, body["id"], include=["npy", "dicom"])  # its pages written by the worker
+        assert len(archive.namelist()) == 3
 
 
 def test_audit_names_the_dataset_only(client):
@@ -314,3 +322,86 @@ def _bytes(ds) -> bytes:
 
 def test_bom_only_decodes():
     assert datasets.decode(codecs.BOM_UTF8 + b"a") == ("a", "utf-8-sig")
+
+
+# Dataset export for ML (POST /datasets/{dataset}/export, GET /jobs/{job}/result) ---------------
+
+
+def finished(client, job_id: str) -> dict:
+    deadline = time.monotonic() + 60  # a liveness bound, not a timing threshold
+    while (job := client.get(f"/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+def exported(client, dataset_id: str, **body) -> zipfile.ZipFile:
+    answer = client.post(f"/datasets/{dataset_id}/export", json=body)
+    assert answer.status_code == 202, answer.text
+    job = finished(client, answer.json()["job"])
+    assert job["status"] == "done" and job["results"][0]["status"] == "created", job
+    result = client.get(f"/jobs/{job['id']}/result")
+    assert result.status_code == 200 and result.headers["content-type"] == "application/zip", result.text
+    return zipfile.ZipFile(io.BytesIO(result.content))
+
+
+def test_export_arrays_renderings_files_and_manifest(client):
+    instances = make_study((("CT", 3), ("MR", 2)), seed=1, ImagePositionPatient=["-120.5", "-80", "30"],
+                           PixelSpacing=["0.5", "0.5"], SliceThickness="2.5")  # fmt: skip
+    post_all(client, instances)
+    other = make_study(ONE, seed=2)
+    post_all(client, other)  # a CT study of another patient: in the dataset, not exported under the filter
+    body = post_csv(client, b"PatientID,Outcome,Note\nPID-1,1,=1+2\nPID-2,0,x\n").json()
+    only = {"Modality": "CT", "StudyInstanceUID": str(instances[0].StudyInstanceUID)}
+    archive = exported(client, body["id"], include=["npy", "png", "dicom"], filter=only)
+    manifest = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    cts = [ds for ds in instances if ds.Modality == "CT"]
+    assert sorted(r["SOPInstanceUID"] for r in manifest) == sorted(str(ds.SOPInstanceUID) for ds in cts)
+    for ds in cts:
+        (row,) = [r for r in manifest if r["SOPInstanceUID"] == str(ds.SOPInstanceUID)]
+        assert row["path_npy"] == f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.npy"
+        assert (row["Outcome"], row["Note"], row["csv_row"], row["key"]) == ("1", "'=1+2", "2", "PID-1")
+        assert (row["ImagePositionPatient"], row["PixelSpacing"], row["SliceThickness"]) == ("-120.5\\-80\\30", "0.5\\0.5", "2.5")
+        array = np.load(io.BytesIO(archive.read(row["path_npy"])))
+        assert array.dtype == ds.pixel_array.dtype and np.array_equal(array, ds.pixel_array)
+        assert archive.read(row["path_dicom"]) == _bytes(ds)
+        stored_id = client.get("/dicom", params={"SOPInstanceUID": str(ds.SOPInstanceUID)}).json()["items"][0]["id"]
+        assert archive.read(row["path_png"]) == client.get("/image", params={"id": stored_id}).content
+    assert len(archive.namelist()) == 1 + 3 * len(cts)
+    rescaled = exported(client, body["id"], include=["npy"], rescale=True)
+    rows = list(csv.DictReader(io.StringIO(rescaled.read("manifest.csv").decode())))
+    assert len(rows) == len(instances) + 1 and all(not r["path_png"] and not r["path_dicom"] for r in rows)
+    one = next(r for r in rows if r["SOPInstanceUID"] == str(cts[0].SOPInstanceUID))
+    expected = cts[0].pixel_array.astype(np.float32) * float(cts[0].RescaleSlope) + float(cts[0].RescaleIntercept)
+    assert np.array_equal(np.load(io.BytesIO(rescaled.read(one["path_npy"]))), expected)
+
+
+def test_export_of_an_anonymized_dataset_holds_no_planted_marker(client):
+    marker = "PHI87QX"
+    instances = make_study((("CT", 2),), seed=1, PatientID=marker, PatientName=f"{marker}^Jo", AccessionNumber=marker,
+                           StudyDescription=marker, ReferringPhysicianName=f"{marker}^Doc")  # fmt: skip
+    for ds in instances:
+        stored = client.post("/dicom?anonymize=true", content=_bytes(ds), headers={"content-type": "application/dicom"})
+        assert stored.status_code == 201
+    body = post_csv(client, f"MRN,Name,Grade\n{marker},{marker},3\n".encode(), anonymize="true").json()
+    assert body["matched"] == 1
+    archive = exported(client, body["id"], include=["npy", "png", "dicom"], anonymize=True)
+    assert len(archive.namelist()) == 1 + 3 * 2
+    for name in archive.namelist():
+        assert marker not in name and marker.encode() not in archive.read(name), name
+    manifest = archive.read("manifest.csv").decode()
+    assert "Grade" in manifest and "Name" not in manifest.splitlines()[0].split(",")
+
+
+def test_export_refusals(client):
+    post_all(client, make_study(ONE, seed=1))
+    body = post_csv(client, b"PatientID,Age\nPID-1,3\n").json()
+    url = f"/datasets/{body['id']}/export"
+    for bad in ({"include": []}, {"include": ["jpeg"]}, {"rescale": "yes"}, {"filter": {"PatientName": "x"}}, {"other": 1}):
+        assert client.post(url, json=bad).status_code == 400, bad
+    assert client.post(url, json={"anonymize": True}).status_code == 400  # joined to studies as stored
+    assert client.post("/datasets/" + "x" * 22 + "/export", json={}).status_code == 404
+    assert client.get("/jobs/" + "y" * 22 + "/result").status_code == 404
+    ingest = client.post("/dicom?async=true", content=_bytes(make_study(ONE, seed=3)[0]), headers={"content-type": "application/dicom"})
+    job = finished(client, ingest.json()["job"])
+    assert client.get(f"/jobs/{job['id']}/result").status_code == 404  # an import has no result

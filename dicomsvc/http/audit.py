@@ -69,6 +69,8 @@ ACTIONS: dict[tuple[str, str], str | None] = {
     ("/datasets", "POST"): UPLOAD,
     ("/datasets", "GET"): SEARCH,
     ("/datasets/{dataset}", "GET"): VIEW,
+    ("/datasets/{dataset}/export", "POST"): DOWNLOAD,  # names the dataset and the export's job
+    ("/jobs/{job}/result", "GET"): DOWNLOAD,
     ("/stats", "GET"): NONE,  # counts only
     ("/destinations", "GET"): NONE,  # configuration and reachability: no patient data
     ("/audit", "GET"): NONE,

@@ -6,12 +6,12 @@ The body is spooled to disk (never whole in memory) within DICOMSVC_DATASET_MAX_
 the other fields, then read, joined and stored by one worker task; the spool goes with the request.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from starlette.requests import Request
 
-from .. import audit, tasks
+from .. import audit, exports, tasks
 from ..errors import BadRequest, NotFound, UnsupportedMediaType
 from ..options import flag
 from ..service import Service
@@ -19,6 +19,7 @@ from ..storage import datasets as store
 from ..storage import spool
 from . import uploads
 from .auth import owner_of, user_of
+from .requests import base_url, read_json_object
 
 FIELDS = {"csv", "key", "column", "anonymize"}
 FORM_ROOM = 256 * 1024  # bytes of a request besides the CSV: boundaries, part headers, the small fields
@@ -85,6 +86,21 @@ async def listing(svc: Service, query: Mapping[str, str], owner: str | None) -> 
         counts = {f"{name}_count": len(found.get(name, ())) for name in ("unmatched", "ambiguous", "duplicates")}
         items.append({name: found.get(name) for name in LISTED} | counts)
     return {"items": items, "limit": limit, "offset": offset}
+
+
+async def export(svc: Service, request: Request) -> tuple[str, str]:
+    """POST /datasets/{dataset}/export: the export's job id and its status URL (202)."""
+    body = await read_json_object(request)
+    job_id = await exports.submit(svc, request.path_params["dataset"], body, owner_of(request), user_of(request))
+    audit.note(job=job_id)
+    return job_id, f"{base_url(request)}/jobs/{job_id}"
+
+
+async def export_result(svc: Service, request: Request) -> tuple[Iterator[bytes], str]:
+    """GET /jobs/{job}/result: the export's ZIP, streamed (made while it is sent), and its name."""
+    job_id = request.path_params["job"]
+    folder = await exports.result(svc, job_id, owner_of(request))
+    return exports.zip_stream(folder), f"{job_id}.zip"
 
 
 def _number(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

@@ -248,6 +248,27 @@ PATHS: dict[str, dict] = {
             "responses": _answers({"200": ("application/json", "{id, key, column, matched, ..., studies}")}, {"404": "unknown dataset"}),
         }
     },
+    "/datasets/{dataset}/export": {
+        "post": {
+            "summary": "Export a dataset's studies for ML as a background job: .npy/.png/.dcm files per study and "
+            "series and manifest.csv (paths, UIDs, geometry, the joined clinical columns; formula-escaped)",
+            "parameters": [_param("dataset", "path", "the dataset id", required=True)],
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                "include": {"type": "array", "items": {"type": "string", "enum": ["npy", "png", "dicom"]}},
+                "rescale": {"type": "boolean"}, "anonymize": {"type": "boolean"},
+                "filter": {"type": "object"}}}}}},
+            "responses": _answers({"202": ("application/json", "{job, status_url}")},
+                                  {"400": "bad parameters", "404": "unknown dataset"}),
+        }
+    },
+    "/jobs/{job}/result": {
+        "get": {
+            "summary": "A finished dataset export as a ZIP, streamed",
+            "parameters": [_param("job", "path", "the export's job id", required=True)],
+            "responses": _answers({"200": ("application/zip", "manifest.csv and the files")},
+                                  {"404": "no export with that job id", "409": "the export is not done yet"}),
+        }
+    },
     "/users/{user}/uploads": {
         "get": {
             "summary": "Instances a user uploaded, newest first (that user, or an admin)",

@@ -53,6 +53,8 @@ RULES: dict[tuple[str, str], str] = {
     ("/datasets", "POST"): UPLOADER,
     ("/datasets", "GET"): READER,
     ("/datasets/{dataset}", "GET"): READER,
+    ("/datasets/{dataset}/export", "POST"): READER,  # files of what the caller may read anyway
+    ("/jobs/{job}/result", "GET"): READER,
     # Resumable uploads (tus): uploaders; each upload is its creator's (others get 404, http/tus.py)
     ("/uploads/", "OPTIONS"): PUBLIC,  # tus discovery (AuthMiddleware lets OPTIONS through anyway)
     ("/uploads/", "POST"): UPLOADER,

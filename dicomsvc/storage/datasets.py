@@ -121,3 +121,36 @@ async def listing(db: Database, limit: int, offset: int = 0, owner: str | None =
         f"SELECT * FROM dataset {where} ORDER BY created_at DESC, id LIMIT ? OFFSET ?", (*params, limit, offset)
     )
     return [_summary(r) for r in rows]
+
+
+# A dataset's export (dicomsvc/exports.py): its instances, a page at a time ----------------------
+
+EXPORT_FILTERS = {"Modality": "d.modality", "SeriesInstanceUID": "d.series_instance_uid",
+                  "StudyInstanceUID": "d.study_instance_uid"}  # fmt: skip
+# the newest version of each SOP Instance UID in its series (storage.studies.CURRENT)
+_CURRENT = (
+    "d.pk = (SELECT MAX(n.pk) FROM dicom n WHERE n.sop_instance_uid = d.sop_instance_uid"
+    " AND n.study_instance_uid = d.study_instance_uid AND n.series_instance_uid = d.series_instance_uid)"
+)
+
+
+async def export_page(
+    db: Database, dataset_id: str, after: int, limit: int, owner: str | None = None, filters: dict | None = None
+) -> list[dict]:
+    """The next ``limit`` instances of the dataset's matched studies past ``dicom.pk`` ``after``,
+    in pk order (keyset paging: memory flat in the export's size), each with its CSV row."""
+    where, params = ["r.dataset_id = ?", "d.pk > ?", _CURRENT], [dataset_id, after]
+    if owner is not None:
+        where.append("d.uploaded_by = ?")
+        params.append(owner)
+    for name, value in (filters or {}).items():
+        where.append(f"{EXPORT_FILTERS[name]} = ?")
+        params.append(value)
+    rows = await db.conn.execute_fetchall(
+        "SELECT d.pk, d.id, d.dcm_blob, d.png_blob, d.study_instance_uid, d.series_instance_uid, d.sop_instance_uid, "
+        "d.modality, d.instance_number, d.has_pixels, r.row_number, r.key_value, r.clinical "
+        "FROM dataset_row r JOIN dicom d ON d.study_instance_uid = r.study_instance_uid "
+        f"WHERE {' AND '.join(where)} ORDER BY d.pk LIMIT ?",
+        (*params, limit),
+    )
+    return [dict(r) for r in rows]
