@@ -85,6 +85,23 @@ AUDIT_DROPPED = Counter(
     registry=REGISTRY,
 )  # fmt: skip
 
+# DICOM networking (dicomsvc.dimse): counted from the associations' threads (counters are thread-safe)
+DIMSE_ASSOCIATIONS = Counter(
+    "dicomsvc_dimse_associations", "DICOM associations asked of the SCP, by result (accepted, rejected)",
+    ["result"], registry=REGISTRY,
+)  # fmt: skip
+DIMSE_SERVICES = ("C-ECHO", "C-STORE", "C-FIND", "C-GET", "C-MOVE")
+DIMSE_STATUSES = ("success", "warning", "failure", "cancel")  # PS3.7 Annex C status classes
+DIMSE_REQUESTS = Counter(
+    "dicomsvc_dimse_requests", "DIMSE requests the SCP answered, by service and final status class",
+    ["service", "status"], registry=REGISTRY,
+)  # fmt: skip
+for _result in ("accepted", "rejected"):
+    DIMSE_ASSOCIATIONS.labels(_result)
+for _service in DIMSE_SERVICES:
+    for _status in DIMSE_STATUSES:
+        DIMSE_REQUESTS.labels(_service, _status)
+
 for _outcome in INGEST_OUTCOMES:  # present from the start at 0, so rate() sees the first one
     INGESTED.labels(_outcome)
 for _result in ("hit", "miss"):
@@ -161,6 +178,26 @@ def auth_failure(reason: str) -> None:
     """A request refused by authentication or authorization; ``reason`` a short word
     (``missing_token``, ``expired``, ``bad_signature``, ``forbidden``...), else ``other``."""
     AUTH_FAILURES.labels(reason_label(reason)).inc()
+
+
+def dimse_association(accepted: bool) -> None:
+    DIMSE_ASSOCIATIONS.labels("accepted" if accepted else "rejected").inc()
+
+
+def dimse_request(service: str, status: int) -> None:
+    """A DIMSE request answered with the final ``status`` (PS3.7 C: 0x0000 success, 0xFE00 cancel,
+    0xB000-0xBFFF and 0x0001 warning, anything else failure)."""
+    if service not in DIMSE_SERVICES:
+        return
+    if status == 0x0000:
+        kind = "success"
+    elif status == 0xFE00:
+        kind = "cancel"
+    elif status == 0x0001 or 0xB000 <= status <= 0xBFFF:
+        kind = "warning"
+    else:
+        kind = "failure"
+    DIMSE_REQUESTS.labels(service, kind).inc()
 
 
 def exposition() -> bytes:

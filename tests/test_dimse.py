@@ -748,3 +748,36 @@ def test_associations_past_the_limit_are_rejected_transiently(tmp_path):
             output = done.stdout + done.stderr
             assert "Association Rejected" in output and "Local Limit Exceeded" in output, output
         assert echo_works(config)  # the first one released: room again
+
+
+def test_dimse_requests_and_associations_are_counted(scp, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, config = scp
+
+    def counts() -> dict:
+        text = client.get("/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples if s.name.startswith("dicomsvc_dimse")}  # fmt: skip
+
+    before = counts()
+    assert echo_works(config)
+    dcmtk("echoscu", config, "-v", ae="STRANGER")
+    path = save(make_ct(), tmp_path / "one.dcm")
+    assert send_raw(config, path) == 0x0000
+    assert send_raw(config, hostile(tmp_path, "cut.dcm", cut=True)) == 0xC000
+    findscu(config, tmp_path / "find", "-S", "QueryRetrieveLevel=STUDY", "StudyInstanceUID")
+    dcmtk("movescu", config, "-S", "-aem", "NOWHERE", "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3")
+    after = counts()
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    requests = "dicomsvc_dimse_requests_total"
+    assert delta(requests, service="C-ECHO", status="success") == 1
+    assert delta(requests, service="C-STORE", status="success") == 1 and delta(requests, service="C-STORE", status="failure") == 1
+    assert delta(requests, service="C-FIND", status="success") == 1
+    assert delta(requests, service="C-MOVE", status="failure") == 1
+    assert delta("dicomsvc_dimse_associations_total", result="rejected") == 1
+    assert delta("dicomsvc_dimse_associations_total", result="accepted") == 5

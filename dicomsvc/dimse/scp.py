@@ -186,6 +186,8 @@ class Scp:
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_DATA_RECV, self._on_data),
+            (evt.EVT_ACCEPTED, lambda event: metrics.dimse_association(True)),
+            (evt.EVT_REJECTED, lambda event: metrics.dimse_association(False)),
             (evt.EVT_ABORTED, self._on_dropped),
             (evt.EVT_CONN_CLOSE, self._on_dropped),
         ]
@@ -249,6 +251,7 @@ class Scp:
             assoc.kill()
 
     def _on_echo(self, event) -> int:
+        metrics.dimse_request("C-ECHO", SUCCESS)
         return SUCCESS  # PS3.7 §9.1.5: C-ECHO success
 
     def _on_data(self, event) -> None:
@@ -286,6 +289,11 @@ class Scp:
     # C-STORE ------------------------------------------------------------------------------
 
     def _on_store(self, event):
+        status = self._store(event)
+        metrics.dimse_request("C-STORE", int(status.Status) if isinstance(status, Dataset) else status)
+        return status
+
+    def _store(self, event):
         assoc = event.assoc
         peer = self._peer(assoc)
         if peer is None:  # accepted, so configured: only a configuration change could do this
@@ -342,6 +350,9 @@ class Scp:
     # C-FIND -------------------------------------------------------------------------------
 
     def _on_find(self, event):
+        return _counted("C-FIND", self._find(event))
+
+    def _find(self, event):
         try:
             q = query.find_query(event.identifier)
         except BadRequest as exc:
@@ -440,6 +451,9 @@ class Scp:
             yield PENDING, ds
 
     def _on_get(self, event):
+        return _counted("C-GET", self._get(event))
+
+    def _get(self, event):
         rows, failure = self._matches(event)
         if failure is not None:
             yield 0
@@ -449,6 +463,9 @@ class Scp:
         yield from self._sub_operations(event, rows, "C-GET", _pairs(event.assoc.accepted_contexts))
 
     def _on_move(self, event):
+        return _counted("C-MOVE", self._move(event))
+
+    def _move(self, event):
         destination = self.config.network_config.dimse_destination(str(event.move_destination or ""))
         if destination is None:  # PS3.4 C.4.2.1.4.1: Move Destination unknown
             log.warning("C-MOVE to an unknown destination refused")
@@ -469,6 +486,27 @@ class Scp:
         sending = [a for a in self.ae.active_associations
                    if a.is_requestor and a.is_established and a.acceptor.ae_title == destination.ae_title]  # fmt: skip
         yield from self._sub_operations(event, rows, "C-MOVE", _pairs(sending[-1].accepted_contexts) if sending else None)
+
+
+def _counted(service: str, answers):
+    """The handler's yields passed on, the request counted by the status it ends with: a final
+    (not pending) status is counted as it goes out (pynetdicom asks for nothing after it); a
+    handler that runs out (C-GET/C-MOVE after their sub-operations) is a success (PS3.4
+    C.4.2.3.1: sub-operation failures make pynetdicom's final response a warning)."""
+    for item in answers:
+        final = None
+        if item == (None, None):  # C-MOVE: Move Destination unknown (pynetdicom answers A801)
+            final = MOVE_DESTINATION_UNKNOWN
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (int, Dataset)):
+            final = int(item[0].Status) if isinstance(item[0], Dataset) else item[0]
+            if final in (PENDING, 0xFF01):
+                final = None
+        if final is not None:
+            metrics.dimse_request(service, final)
+            yield item
+            return
+        yield item
+    metrics.dimse_request(service, SUCCESS)
 
 
 def _pairs(contexts) -> set[tuple[str, str]]:
