@@ -151,6 +151,7 @@ class Scp:
         self.config = svc.config
         self.loop = asyncio.get_running_loop()
         self.inflight: set[asyncio.Task] = set()  # app work started for an association's thread
+        self.peers: "weakref.WeakKeyDictionary[object, Peer]" = weakref.WeakKeyDictionary()  # association -> peer
         self.server = None
         _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a file, not memory
         _config.LOG_REQUEST_IDENTIFIERS = False  # identifiers are patient data
@@ -230,8 +231,13 @@ class Scp:
             raise RuntimeError("the app stopped") from None
 
     def _peer(self, assoc) -> Peer | None:
-        ae, host = _requestor(assoc)
-        return self.config.network_config.peer(ae, host)
+        """The configured peer an accepted association is (found once, at its request: a host
+        name is resolved then, not at each of its requests)."""
+        found = self.peers.get(assoc)
+        if found is None:
+            ae, host = _requestor(assoc)
+            found = self.config.network_config.peer(ae, host)
+        return found
 
     def _owner(self, peer: Peer | None) -> str | None:
         """Under DICOMSVC_VISIBILITY=own a peer with a user sees what that user stored."""
@@ -244,11 +250,14 @@ class Scp:
         assoc = event.assoc
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         host = str(assoc.requestor.address)
-        if self.config.network_config.peer(calling, host) is None:
+        peer = self.config.network_config.peer(calling, host)
+        if peer is None:
             log.warning("DICOM association from %r at %s rejected: not a configured peer", calling, host)
             assoc.acse.send_reject(*REJECT_UNKNOWN_CALLING_AE)
             evt.trigger(assoc, evt.EVT_REJECTED, {})
             assoc.kill()
+            return
+        self.peers[assoc] = peer
 
     def _on_echo(self, event) -> int:
         metrics.dimse_request("C-ECHO", SUCCESS)
