@@ -125,8 +125,12 @@ async def _run_forever(svc: Service) -> None:
             log.error("could not look for queued jobs: %s", type(exc).__name__)
             job_id = None
         if job_id is None:
-            with contextlib.suppress(TimeoutError):  # queued here (wakeup), or by another replica (the poll)
-                await asyncio.wait_for(svc.wakeup.wait(), config.job_poll_seconds)
+            # queued here (wakeup), or by another replica (the poll). asyncio.timeout, not wait_for:
+            # Python 3.11's wait_for drops a cancellation that comes as the event is set (the app
+            # stopping just as a job is queued), and the runner would never stop
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(config.job_poll_seconds):
+                    await svc.wakeup.wait()
             continue
         log.info("job %s claimed by replica %s", job_id, svc.replica)
         try:

@@ -319,3 +319,30 @@ def test_a_replica_that_cannot_record_results_under_its_lease_stops_the_rest_of_
         at_stop = len(started)
         time.sleep(2)  # what would still be running in the background, had it not been cancelled
         assert len(started) == at_stop < 48 // batch.CHUNK, started
+
+
+def test_the_runner_stops_when_cancelled_as_a_job_is_queued(monkeypatch):
+    """The app stops just as a job is queued (the wakeup set and the runner cancelled in one step of
+    the loop). Before: Python 3.11's asyncio.wait_for returned the event's result and dropped the
+    cancellation, and the runner went on polling for ever: the app's shutdown hung."""
+    from types import SimpleNamespace
+
+    from dicomsvc import jobs
+
+    async def nothing_queued(*args):
+        return None
+
+    monkeypatch.setattr(job_rows, "next_job", nothing_queued)
+
+    async def go():
+        svc = SimpleNamespace(wakeup=asyncio.Event(), db=None, replica="r",
+                              config=SimpleNamespace(job_poll_seconds=30, job_lease_seconds=30))  # fmt: skip
+        runner = asyncio.create_task(jobs._run_forever(svc))
+        for _ in range(5):  # until it waits for work
+            await asyncio.sleep(0)
+        svc.wakeup.set()
+        runner.cancel()
+        done, _ = await asyncio.wait({runner}, timeout=20)  # a liveness bound only
+        assert done and runner.cancelled(), "the runner did not stop"
+
+    run(go())
