@@ -8,18 +8,21 @@ each page written by a worker (``exportfiles.export_chunk``) under ``<data>/expo
 its manifest rows appended to ``manifest.csv`` as they come: memory stays flat in the export's
 size. A job run again (its replica died) starts its export again from the start.
 
-The ZIP is made while it is sent (``zip_stream``: stored members with data descriptors, so
-nothing is buffered but the piece being sent): one folder per study and series,
+The ZIP is made while it is sent (``zip_stream``: stored members, each local header complete,
+the central directory spooled to a temporary file; nothing held but the piece being sent):
+one folder per study and series,
 ``<study>/<series>/<sop>.dcm|.npy|.png``, and ``manifest.csv`` (one row per instance; every cell
 through ``datasets.escape_formula``, so a spreadsheet opening it evaluates nothing).
 """
 
 import csv
-import io
 import json
 import os
 import shutil
-import zipfile
+import struct
+import tempfile
+import time
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -143,39 +146,82 @@ async def result(svc: Service, job_id: str, owner: str | None) -> Path:
     return folder
 
 
-class _Pipe(io.RawIOBase):
-    """What ``zipfile`` writes to: not seekable (so it writes data descriptors), emptied as sent."""
+# The ZIP (APPNOTE.TXT 6.3.10, PKWARE), written while it is sent. Members are stored (PNG and
+# most pixel data gain little from deflate), each file read twice: once for its CRC-32, once to
+# send it, so every local header is complete (no data descriptors: streaming readers cope too).
+# The central directory's records go to a temporary file as the members go out and are copied
+# after them: memory stays flat however many members (zipfile keeps ~0.8 KB a member in memory).
+# ZIP64 (4.5.3) where a size, an offset or the member count needs it.
+ZIP64_LIMIT = 0xFFFFFFFF  # sizes and offsets from here on need ZIP64 (a test lowers it)
+ZIP64_COUNT = 0xFFFF  # members from here on need the ZIP64 end records
+_FULL32, _FULL16 = 0xFFFFFFFF, 0xFFFF  # what a field too small for its value holds (the value: in ZIP64 fields)
+_UTF8 = 0x0800  # general purpose bit 11: names are UTF-8
 
-    def __init__(self) -> None:
-        self.pending = bytearray()
 
-    def writable(self) -> bool:
-        return True
+def _dos_time(mtime: float) -> tuple[int, int]:
+    t = time.localtime(max(mtime, 315532800))  # DOS dates start in 1980
+    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
 
-    def write(self, data) -> int:
-        self.pending += data
-        return len(data)
 
-    def take(self) -> bytes:
-        out = bytes(self.pending)
-        self.pending.clear()
-        return out
+def _crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as src:
+        while chunk := src.read(READ):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def zip_stream(folder: Path) -> Iterator[bytes]:
-    """The export as a ZIP, made while it is read (stored members: PNG, and most pixel data,
-    gain little from deflate): ``manifest.csv``, then the files folder by folder."""
-    pipe = _Pipe()
-    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    """The export as a ZIP, made while it is read: ``manifest.csv``, then the files folder by folder."""
+    offset = count = 0
+    pending = bytearray()  # sent in pieces of READ bytes or more: each piece is a hop to a thread
+    with tempfile.TemporaryFile(dir=folder) as central:
         for path, name in _members(folder):
-            big = path.stat().st_size > 0x7FFFFFFF
-            with open(path, "rb") as src, archive.open(name, "w", force_zip64=big) as dst:
+            stat = path.stat()
+            size, crc, raw = stat.st_size, _crc(path), name.encode("utf-8")
+            clock, date = _dos_time(stat.st_mtime)
+            big = size >= ZIP64_LIMIT
+            extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+            version = 45 if big else 20
+            small = _FULL32 if big else size
+            pending += struct.pack("<IHHHHHIIIHH", 0x04034B50, version, _UTF8, 0, clock, date, crc, small, small,
+                                   len(raw), len(extra)) + raw + extra  # fmt: skip
+            with open(path, "rb") as src:
                 while chunk := src.read(READ):
-                    dst.write(chunk)
-                    if len(pipe.pending) >= READ:
-                        yield pipe.take()
-            yield pipe.take()
-    yield pipe.take()
+                    pending += chunk
+                    if len(pending) >= READ:
+                        yield bytes(pending)
+                        pending.clear()
+            central.write(_central_record(raw, crc, size, offset, clock, date))
+            offset += 30 + len(raw) + len(extra) + size
+            count += 1
+        central_size = central.tell()
+        central.seek(0)
+        while chunk := central.read(READ):
+            pending += chunk
+            if len(pending) >= READ:
+                yield bytes(pending)
+                pending.clear()
+    yield bytes(pending) + _end_records(count, central_size, offset)
+
+
+def _central_record(raw: bytes, crc: int, size: int, offset: int, clock: int, date: int) -> bytes:
+    wide = [v for v in (size, size, offset) if v >= ZIP64_LIMIT]  # uncompressed, compressed, offset: in order
+    extra = struct.pack(f"<HH{len(wide)}Q", 1, 8 * len(wide), *wide) if wide else b""
+    version = 45 if wide else 20
+    sized = _FULL32 if size >= ZIP64_LIMIT else size
+    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | version, version, _UTF8, 0, clock, date, crc,
+                       sized, sized, len(raw), len(extra), 0, 0, 0, 0o100644 << 16,
+                       _FULL32 if offset >= ZIP64_LIMIT else offset) + raw + extra  # fmt: skip
+
+
+def _end_records(count: int, size: int, offset: int) -> bytes:
+    if count < ZIP64_COUNT and size < ZIP64_LIMIT and offset < ZIP64_LIMIT:
+        return struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, size, offset, 0)
+    record = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, (3 << 8) | 45, 45, 0, 0, count, count, size, offset)
+    locator = struct.pack("<IIQI", 0x07064B50, 0, offset + size, 1)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, _FULL16, _FULL16, _FULL32, _FULL32, 0)
+    return record + locator + end
 
 
 def _members(folder: Path) -> Iterator[tuple[Path, str]]:

@@ -405,3 +405,25 @@ def test_export_refusals(client):
     ingest = client.post("/dicom?async=true", content=_bytes(make_study(ONE, seed=3)[0]), headers={"content-type": "application/dicom"})
     job = finished(client, ingest.json()["job"])
     assert client.get(f"/jobs/{job['id']}/result").status_code == 404  # an import has no result
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_the_streamed_zip_reads_back(tmp_path, monkeypatch, zip64):
+    """The ZIP writer (exports.zip_stream): members, names and bytes as written; with the ZIP64
+    limits lowered, its ZIP64 records (sizes, offsets, the member count) read back as well."""
+    from dicomsvc import exports
+
+    if zip64:
+        monkeypatch.setattr(exports, "ZIP64_LIMIT", 1000)
+        monkeypatch.setattr(exports, "ZIP64_COUNT", 3)
+    (tmp_path / "files" / "1.2" / "3.4").mkdir(parents=True)
+    (tmp_path / "manifest.csv").write_text("path\n")
+    contents = {"1.2/3.4/5.dcm": bytes(range(256)) * 20, "1.2/3.4/5.npy": b"", "1.2/3.4/6.png": b"\x89PNG" * 300}
+    for name, data in contents.items():
+        (tmp_path / "files" / name).write_bytes(data)
+    data = b"".join(exports.zip_stream(tmp_path))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.testzip() is None
+        assert archive.namelist() == ["manifest.csv", *sorted(contents)]
+        assert {n: archive.read(n) for n in contents} == contents
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("files", "manifest.csv")]  # its temporary file is gone
