@@ -61,12 +61,18 @@ def pixels(client, instance: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "shape, subsampling, photometric",
-    [((40, 60, 3), 2, "YBR_FULL_422"), ((40, 60, 3), 0, "YBR_FULL"), ((33, 51), None, "MONOCHROME2")],
-    ids=["ycbcr-420", "ycbcr-444", "grey"],
+    "shape, save, photometric",
+    [
+        ((40, 60, 3), {"subsampling": 2}, "YBR_FULL_422"),  # 4:2:0, Pillow's default
+        ((40, 60, 3), {"subsampling": 1}, "YBR_FULL_422"),  # 4:2:2
+        ((40, 60, 3), {"subsampling": 0}, "YBR_FULL"),  # 4:4:4: no chrominance subsampling
+        ((40, 60, 3), {"keep_rgb": True}, "RGB"),  # Adobe APP14, transform 0: no colour transform
+        ((33, 51), {}, "MONOCHROME2"),
+    ],
+    ids=["ycbcr-420", "ycbcr-422", "ycbcr-444", "rgb", "grey"],
 )
-def test_jpeg_is_kept_bit_exactly(client, shape, subsampling, photometric):
-    original = jpeg(shape, **({} if subsampling is None else {"subsampling": subsampling}))
+def test_jpeg_is_kept_bit_exactly(client, shape, save, photometric):
+    original = jpeg(shape, **save)
     response = post_image(client, original)
     assert response.status_code == 201, response.text
     ds, _ = stored_file(client, response.json()["id"])
@@ -304,12 +310,13 @@ def dciodvfy_errors(path) -> list[str]:
     "data, kind",
     [
         (jpeg(), "image/jpeg"),
+        (jpeg(keep_rgb=True), "image/jpeg"),
         (jpeg((20, 30)), "image/jpeg"),
         (jpeg(progressive=True), "image/jpeg"),
         (png(Image.fromarray(noise((10, 12), np.uint16, 4096))), "image/png"),
         (png(Image.fromarray(noise((10, 12, 3)))), "image/png"),
     ],
-    ids=["jpeg-colour", "jpeg-grey", "jpeg-progressive", "png-16", "png-rgb"],
+    ids=["jpeg-colour", "jpeg-rgb", "jpeg-grey", "jpeg-progressive", "png-16", "png-rgb"],
 )
 def test_dciodvfy_finds_no_error(client, tmp_path, data, kind):
     query = "PatientName=M%C3%BCller^J&PatientID=P-5&PatientBirthDate=19800101&PatientSex=F&AccessionNumber=A1&study_type=x"

@@ -42,7 +42,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from ..errors import FrameTooLarge, InvalidImage, TooLarge, UnsupportedMediaType
-from .precheck import JPEG_SOF, JPEG_SOS, STANDALONE
+from .precheck import JPEG_SOF, jpeg_segments
 
 SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage (PS3.4 B.5)
 MAX_DIMENSION = 65535  # (0028,0010) Rows and (0028,0011) Columns are US (PS3.5 Table 6.2-1)
@@ -67,38 +67,26 @@ class JpegHeader:
 def jpeg_header(data: bytes) -> JpegHeader:
     """Walk the marker segments from SOI to the first SOF (ITU T.81 B.1.1); InvalidImage when
     they are malformed or no frame header comes before the scan data."""
-    pos, end = 2, len(data)
     jfif, adobe = False, None
-    while pos < end:
-        if data[pos] != 0xFF:
-            raise InvalidImage("the JPEG's marker segments are malformed (ITU T.81 B.1.1)")
-        while pos < end and data[pos] == 0xFF:  # fill bytes (B.1.1.2)
-            pos += 1
-        if pos >= end:
-            break
-        marker = data[pos]
-        pos += 1
-        if marker in STANDALONE:
-            continue
-        if marker == JPEG_SOS or pos + 2 > end:
-            break
-        (length,) = struct.unpack_from(">H", data, pos)
-        body = data[pos + 2 : pos + length]
-        if length < 2 or len(body) != length - 2:
-            break
-        if marker == 0xE0 and body.startswith(b"JFIF\0"):
-            jfif = True
-        elif marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
-            adobe = body[11]
-        elif marker in JPEG_SOF:
-            if len(body) < 6:
+    try:
+        for marker, pos, length in jpeg_segments(data):
+            body = data[pos + 2 : pos + length]
+            if len(body) != length - 2:
                 break
-            precision, rows, columns, count = struct.unpack_from(">BHHB", body)
-            if len(body) < 6 + 3 * count:
-                break
-            components = tuple((body[6 + 3 * i], body[7 + 3 * i] >> 4, body[7 + 3 * i] & 0x0F) for i in range(count))
-            return JpegHeader(marker, precision, rows, columns, components, jfif, adobe)
-        pos += length
+            if marker == 0xE0 and body.startswith(b"JFIF\0"):
+                jfif = True
+            elif marker == 0xEE and body.startswith(b"Adobe") and len(body) >= 12:
+                adobe = body[11]
+            elif marker in JPEG_SOF:
+                if len(body) < 6:
+                    break
+                precision, rows, columns, count = struct.unpack_from(">BHHB", body)
+                if len(body) < 6 + 3 * count:
+                    break
+                components = tuple((body[6 + 3 * i], body[7 + 3 * i] >> 4, body[7 + 3 * i] & 0x0F) for i in range(count))
+                return JpegHeader(marker, precision, rows, columns, components, jfif, adobe)
+    except ValueError:
+        raise InvalidImage("the JPEG's marker segments are malformed (ITU T.81 B.1.1)") from None
     raise InvalidImage("the JPEG has no readable frame header (SOF, ITU T.81 B.2.2) before its scan data")
 
 

@@ -17,6 +17,7 @@ Pure functions over a data set's values and a frame's bytes.
 
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,31 +116,43 @@ def _check_jpeg(frame: bytes, geom: Geometry, sof_markers: frozenset[int], what:
     segment in JPEG-LS) is refused: the size could not be checked before decoding."""
     if frame[:2] != b"\xff\xd8":
         raise CodestreamMismatch(f"the frame does not start with a JPEG SOI marker ({what})")
-    pos, end = 2, len(frame)
+    try:
+        for marker, pos, length in jpeg_segments(frame):
+            if marker in sof_markers:
+                if length < 8 or pos + 8 > len(frame):
+                    break
+                bits, rows, columns, samples = struct.unpack_from(">BHHB", frame, pos + 2)
+                _compare(what, geom, rows, columns, samples, bits)
+                return
+    except ValueError:
+        raise CodestreamMismatch(f"the JPEG marker segments are malformed before the {what} header") from None
+    raise CodestreamMismatch(f"the frame has no {what} header before its scan data")
+
+
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """The marker segments of a JPEG (or JPEG-LS) stream after its SOI, up to its first scan
+    (ITU T.81 B.1.1): (marker, offset of the segment's length field, that length). Ends at SOS,
+    at the end of the data or at a length under 2; ValueError where a marker must begin and
+    none does."""
+    pos, end = 2, len(data)
     while pos < end:
-        if frame[pos] != 0xFF:
-            raise CodestreamMismatch(f"the JPEG marker segments are malformed before the {what} header")
-        while pos < end and frame[pos] == 0xFF:  # fill bytes (ITU T.81 B.1.1.2)
+        if data[pos] != 0xFF:
+            raise ValueError("not a marker")
+        while pos < end and data[pos] == 0xFF:  # fill bytes (ITU T.81 B.1.1.2)
             pos += 1
         if pos >= end:
-            break
-        marker = frame[pos]
+            return
+        marker = data[pos]
         pos += 1
         if marker in STANDALONE:
             continue
         if marker == JPEG_SOS or pos + 2 > end:
-            break
-        (length,) = struct.unpack_from(">H", frame, pos)
-        if marker in sof_markers:
-            if length < 8 or pos + 8 > end:
-                break
-            bits, rows, columns, samples = struct.unpack_from(">BHHB", frame, pos + 2)
-            _compare(what, geom, rows, columns, samples, bits)
             return
+        (length,) = struct.unpack_from(">H", data, pos)
+        yield marker, pos, length
         if length < 2:
-            break
+            return
         pos += length
-    raise CodestreamMismatch(f"the frame has no {what} header before its scan data")
 
 
 def _check_j2k(frame: bytes, geom: Geometry) -> None:
