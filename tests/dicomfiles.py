@@ -83,6 +83,19 @@ ENCRYPTED_SUITE = os.environ.get("DICOMSVC_TEST_ENCRYPTION") == "1"
 SUITE_KEY = bytes(range(32))  # the master key conftest gives every Config when ENCRYPTED_SUITE
 
 
+def unlink_blob(path: Path) -> None:
+    """Remove a stored blob as a DELETE does: its file, and its object when the suite runs with S3
+    blobs (DICOMSVC_TEST_S3=1: the file is only a cached copy, fetched again when missing)."""
+    from dicomsvc.config import Config
+    from dicomsvc.storage.blobs import BlobStore
+
+    path.unlink(missing_ok=True)
+    root = next(p for p in path.parents if p.name == "blobs")
+    blobs = BlobStore.of(Config.from_env({"DICOMSVC_DATA_DIR": str(root.parent)}))
+    if blobs.remote is not None:
+        blobs.remote.delete(path.relative_to(root).as_posix())
+
+
 def blob_plaintext(path: Path) -> bytes:
     """A stored blob's bytes as a reader sees them: decrypted when it was sealed (the suite run
     with DICOMSVC_TEST_ENCRYPTION=1; the object id is the path below ``<data>/blobs``)."""

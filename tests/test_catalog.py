@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from dicomfiles import blob_files, blob_plaintext, make_ct, sample_file
+from dicomfiles import blob_files, blob_plaintext, make_ct, sample_file, unlink_blob
 
 DICOM = {"content-type": "application/dicom"}
 
@@ -167,7 +167,7 @@ def test_a_read_whose_files_vanish_after_the_lookup_is_404(client, data_dir, mon
         async def lookup_then_unlink(db, wanted, *owner):
             record = await real(db, wanted, *owner)
             for path in stored:
-                path.unlink(missing_ok=True)
+                unlink_blob(path)
             return record
 
         return lookup_then_unlink
@@ -190,7 +190,7 @@ def test_a_read_whose_file_vanishes_after_its_header_was_read_is_404(client, dat
 
     def read_then_unlink(path):
         parsed = real(path)
-        dcm.unlink(missing_ok=True)
+        unlink_blob(dcm)
         return parsed
 
     monkeypatch.setattr(retrieve, "read", read_then_unlink)
@@ -211,7 +211,7 @@ def test_a_file_deleted_once_its_answer_is_under_way_is_sent_whole(client, data_
 
     async def then_unlink(*args):
         answer = await real(*args)
-        dcm.unlink()
+        unlink_blob(dcm)
         return answer
 
     monkeypatch.setattr(instances, name, then_unlink)

@@ -289,6 +289,7 @@ def test_audit_rows_are_the_records_fields_in_order():
 
 
 @pytest.mark.skipif(ENCRYPTED_SUITE, reason="an encrypted PNG is always decrypted in an I/O thread")
+@pytest.mark.local_blobs_only("with S3 a stored blob is read through an I/O thread (a missing copy is fetched)")
 def test_a_stored_png_in_the_page_cache_is_read_without_an_io_thread(monkeypatch, client, put):
     """A first read of a PNG the page cache holds: read on the event loop (RWF_NOWAIT), no trip
     to an I/O thread; the same bytes as the thread's read."""

@@ -169,6 +169,7 @@ def _check_order(events, blob_root):
     return commit
 
 
+@pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
 def test_blobs_and_folders_are_synced_before_the_row_commits(ready, monkeypatch):
     events = _record_syncs(monkeypatch)
     result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
@@ -209,6 +210,7 @@ def test_a_commit_whose_wal_sync_fails_keeps_its_blobs(ready, monkeypatch):
     assert (ready.blob_dir / dcm).is_file() and (ready.blob_dir / png).is_file()
 
 
+@pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
 def test_a_batch_shares_its_syncs_and_commits_once(ready, monkeypatch):
     from dicomsvc import batch
     from dicomsvc.options import PLAIN
@@ -247,6 +249,7 @@ def test_a_batch_whose_commit_fails_leaves_nothing_and_fails_each_file(ready, mo
 
 
 @pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key, the early sync does not run: _place syncs the sealed copy")
+@pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
 def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch):
     """Its fdatasync starts before parsing (in a thread), and the commit still waits for it."""
     spooled = spool(ready, "CT_small.dcm")
@@ -271,6 +274,7 @@ def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch)
 
 
 @pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key, the early sync does not run: _place syncs the sealed copy")
+@pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
 def test_an_early_sync_error_fails_the_ingest_and_leaves_nothing(ready, monkeypatch):
     spooled = spool(ready, "CT_small.dcm")
     real_fdatasync = os.fdatasync

@@ -257,7 +257,9 @@ def test_metadata_of_instances_stored_before_json_was_kept(client, stored, confi
     a, _, ids = stored
     with index(config) as db:
         db.execute("DELETE FROM dicom_json")
-    (config.blob_dir / ids[0][:2] / f"{ids[0]}.dcm").unlink()
+    from dicomfiles import unlink_blob
+
+    unlink_blob(config.blob_dir / ids[0][:2] / f"{ids[0]}.dcm")
     answer = client.get(f"{WEB}/studies/{a[0].StudyInstanceUID}/series/{a[0].SeriesInstanceUID}/metadata")
     assert answer.status_code == 200
     assert answer.json() == [expected_metadata(ds, "http://testserver") for ds in a[1:3]]

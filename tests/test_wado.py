@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from dicomfiles import blob_files, make_ct, sample_file
+from dicomfiles import blob_files, make_ct, sample_file, unlink_blob
 from dicomsvc.http.dicomweb.multipart import EXPLICIT_LE
 
 DICOM = {"content-type": "application/dicom"}
@@ -429,7 +429,7 @@ def test_a_file_deleted_after_its_lookup_is_404(client, data_dir, monkeypatch):
 
     async def vanishing(db, *args):
         row = await real(db, *args)
-        (data_dir / "blobs" / row["dcm_blob"]).unlink(missing_ok=True)
+        unlink_blob(data_dir / "blobs" / row["dcm_blob"])
         return row
 
     monkeypatch.setattr(wado.instances, "instance_by_uid", vanishing)
@@ -448,5 +448,5 @@ def test_a_file_deleted_after_its_lookup_is_404(client, data_dir, monkeypatch):
     # a thumbnail of frame 1 is made from the PNG stored at ingest: that one gone too, 404
     assert client.get(instance_url(original) + "/thumbnail").status_code == 200
     for png in (data_dir / "blobs").rglob("*.png"):
-        png.unlink()
+        unlink_blob(png)
     assert client.get(instance_url(original) + "/frames/1/thumbnail?viewport=32,32").status_code == 404
