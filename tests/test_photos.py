@@ -335,3 +335,43 @@ def test_converted_in_worker_processes(process_client):
     body = process_client.post("/dicom", files=files, data={"PatientID": "P-6"}).json()
     assert [r["status"] for r in body["results"]] == ["created", "failed"], body
     assert process_client.get("/healthz").status_code == 200  # the server is still up
+
+
+def test_mutated_images_never_fail_unexpectedly(tmp_path):
+    """Random damage (bytes changed, cut, inserted; PNG CRCs recomputed so the decoder is reached)
+    ends in a JSON-able error (DicomSvcError) or an instance, never another exception (a 500)."""
+    from dicomsvc import photos
+    from dicomsvc.errors import DicomSvcError
+    from dicomsvc.imaging.photo import convert
+
+    def fix_crcs(data: bytes) -> bytes:
+        out, pos = bytearray(data[:8]), 8
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack_from(">I", data, pos)
+            if pos + 12 + length > len(data):
+                break
+            out += chunk(data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length])
+            pos += 12 + length
+        return bytes(out + data[pos:])
+
+    spec = photos.capture({"PatientID": "X"})
+    seeds = [jpeg((24, 32, 3)), jpeg((24, 32)), jpeg(progressive=True), png(Image.fromarray(noise((12, 16, 3)))),
+             png(Image.fromarray(noise((12, 16), np.uint16, 65536))), png(Image.fromarray(noise((8, 8, 3))).quantize(8))]  # fmt: skip
+    rng = np.random.default_rng(11)
+    path, outcomes = tmp_path / "image", set()
+    for _ in range(600):
+        seed = seeds[rng.integers(len(seeds))]
+        data = bytearray(seed)
+        for _ in range(rng.integers(1, 5)):
+            at = int(rng.integers(2, len(data)))
+            if rng.random() < 0.7:
+                data[at] = int(rng.integers(256))
+            else:
+                del data[at : at + int(rng.integers(1, 40))]
+        path.write_bytes(fix_crcs(bytes(data)) if seed.startswith(b"\x89PNG") else bytes(data))
+        try:
+            convert(path, spec, 1 << 29, io.BytesIO())
+            outcomes.add("stored")
+        except DicomSvcError as exc:
+            outcomes.add(exc.code)
+    assert {"stored", "invalid_image"} <= outcomes

@@ -225,25 +225,25 @@ def _from_png(data: bytes, max_frame_bytes: int) -> Dataset:
 
 
 def _native(image: Image.Image, sixteen: bool = False) -> Dataset:
-    """Image Pixel module (PS3.3 C.7.6.3) for decoded pixels, in Explicit VR Little Endian."""
+    """Image Pixel module (PS3.3 C.7.6.3) for decoded pixels, in Explicit VR Little Endian.
+    Pillow's L, RGB (colour-by-pixel) and I;16 (little endian) raw bytes are already DICOM's
+    layout: they are taken as they are (one copy; numpy's would add two more)."""
     ds = _base(ExplicitVRLittleEndian)
-    if sixteen:
-        pixels = np.asarray(image)
-        if pixels.dtype != np.uint16:  # mode I: 32-bit, holding 16-bit values
-            pixels = pixels.astype(np.uint16)
-        bits = 16
-    else:
-        pixels = np.asarray(image, dtype=np.uint8)
-        bits = 8
-    ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
-    ds.PhotometricInterpretation = "RGB" if pixels.ndim == 3 else "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape[:2]
+    if image.mode in ("L", "RGB", "I;16"):
+        data = image.tobytes()
+    else:  # I;16B, or I (32-bit) holding 16-bit values
+        data = np.clip(np.asarray(image), 0, 65535).astype("<u2").tobytes()
+    colour = image.mode == "RGB"
+    bits = 16 if sixteen else 8
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
+    ds.Rows, ds.Columns = image.height, image.width
     ds.BitsAllocated = ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
-    if pixels.ndim == 3:
+    if colour:
         ds.PlanarConfiguration = 0  # colour-by-pixel, as Pillow holds it
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2" if sixteen else np.uint8).tobytes()
+    ds.PixelData = data
     ds["PixelData"].VR = "OW" if sixteen else "OB"
     return ds
 
