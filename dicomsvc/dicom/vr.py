@@ -61,10 +61,17 @@ def _pn(value: str) -> str | None:
     return None
 
 
-def _cs(value: str) -> str | None:
-    if not CS_RE.fullmatch(value):
-        return "is not a code string: upper-case letters, digits, space and underscore only (PS3.5 Table 6.2-1 CS)"
-    return _length(value, 16, "CS")
+def _shaped(pattern: re.Pattern, shape: str, limit: int, vr: str):
+    """A check: the value must match ``pattern`` (else it "is not ``shape``") and fit ``limit``."""
+
+    def check_one(value: str) -> str | None:
+        return f"is not {shape}" if not pattern.fullmatch(value) else _length(value, limit, vr)
+
+    return check_one
+
+
+_cs = _shaped(CS_RE, "a code string: upper-case letters, digits, space and underscore only (PS3.5 Table 6.2-1 CS)", 16, "CS")
+_ui = _shaped(UID_RE, "a UID: dot-separated numbers without leading zeros (PS3.5 §9.1)", 64, "UI")
 
 
 def _da(value: str) -> str | None:
@@ -76,12 +83,6 @@ def _da(value: str) -> str | None:
     except ValueError:
         return "is not a calendar date (PS3.5 Table 6.2-1 DA)"
     return None
-
-
-def _ui(value: str) -> str | None:
-    if not UID_RE.fullmatch(value):
-        return "is not a UID: dot-separated numbers without leading zeros (PS3.5 §9.1)"
-    return _length(value, 64, "UI")
 
 
 _CHECKS = {"LO": _lo, "SH": _sh, "PN": _pn, "CS": _cs, "DA": _da, "UI": _ui}
