@@ -227,3 +227,34 @@ def test_a_query_cancelled_while_waiting_for_a_pooled_connection_is_cancelled(da
             await conn.close()
 
     assert run(scenario()) == "cancelled"
+
+
+@pytest.mark.sqlite_only(reason="aiosqlite's one connection and its statement queue (PostgreSQL: a pooled connection each)")
+def test_a_cancelled_transaction_stays_cancelled_and_leaves_none_open(database):
+    """A transaction cancelled while its statements are still queued on aiosqlite's thread: the
+    ROLLBACK runs after them and the caller sees the CancelledError -- not the ROLLBACK's "no
+    transaction is active" (a runner catching Exception then lost the cancellation and the app's
+    shutdown hung) -- and the next transaction begins."""
+
+    async def scenario():
+        db = await sqlite.open_database(database)
+        try:
+            gate = threading.Event()
+            await db.conn.create_function("hold", 0, lambda: gate.wait(10))  # liveness bound only
+            with pytest.raises(asyncio.CancelledError):
+                async with sqlite.transaction(db) as conn:
+                    held = asyncio.ensure_future(conn.execute("SELECT hold()"))  # the thread waits
+                    await asyncio.sleep(0.05)
+                    committing = asyncio.ensure_future(conn.execute("COMMIT"))  # queued behind it
+                    await asyncio.sleep(0.05)
+                    threading.Timer(0.2, gate.set).start()
+                    raise asyncio.CancelledError  # a transaction still open, as far as anyone can see
+            await held
+            await committing
+            async with sqlite.transaction(db) as conn:
+                await conn.execute("UPDATE health SET checked_at = 'x' WHERE id = 1")
+            assert not db.conn.in_transaction
+        finally:
+            await db.close()
+
+    run(scenario())

@@ -190,10 +190,15 @@ async def read_now(db: Database, sql: str, params: tuple = ()) -> list[sqlite3.R
 async def transaction(db: Database) -> AsyncIterator[aiosqlite.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the service's connection, one at a time.
 
-    On any error, a COMMIT's included (SQLITE_FULL on a full disk), what is still open
-    is rolled back. SQLite may have rolled back already (it does on SQLITE_FULL): then a
-    ROLLBACK would fail and hide the first error, and a transaction left open would make
-    every later BEGIN fail, so the check is on ``in_transaction``.
+    On any error, a COMMIT's included (SQLITE_FULL on a full disk), and on cancellation, a
+    ROLLBACK is queued on the connection. Always, and not only when ``in_transaction`` says
+    one is open: aiosqlite runs statements in order on its own thread, so a statement whose
+    await was cancelled (``BEGIN IMMEDIATE`` itself, say) may not have run yet -- it runs
+    before the ROLLBACK, which closes what it opened; a transaction left open would make every
+    later BEGIN fail. When none is open (SQLite rolled back already, as on SQLITE_FULL, or
+    BEGIN failed), the ROLLBACK's own error is dropped: it must never replace the first
+    error -- least of all a cancellation, which a caller catching Exception would then lose
+    (the job runner did, and the app's shutdown hung).
 
     On PostgreSQL: BEGIN ... COMMIT on a connection of the pool, its own (no lock here: the
     database isolates concurrent transactions; the storage functions take the locks they need)."""
@@ -209,8 +214,10 @@ async def transaction(db: Database) -> AsyncIterator[aiosqlite.Connection]:
             yield db.conn
             await db.conn.execute("COMMIT")
         except BaseException:
-            if db.conn.in_transaction:
+            try:
                 await db.conn.execute("ROLLBACK")
+            except sqlite3.OperationalError:  # "no transaction is active"
+                pass
             raise
 
 
