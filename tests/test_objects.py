@@ -154,14 +154,15 @@ def test_encrypted_objects_in_the_bucket_hold_no_patient_data(tmp_path, weed, bu
 
 
 MEMORY_CHILD = r"""
-import os, resource, sys
+import os, sys
 from pathlib import Path
 from dicomsvc.storage.objects import ObjectStore
 url, endpoint, path = sys.argv[1:4]
 store = ObjectStore(url, endpoint, "us-east-1", 8 << 20, 60)
 store.put_bytes("warm", b"x")  # the client and its runtime made before the baseline
 store.delete("warm")
-def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak():  # VmHWM: this process's own peak (ru_maxrss would start from the parent's, kept across exec)
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 base = peak()
 store.put_file("big.dcm", Path(path))
 up = peak() - base
@@ -173,7 +174,7 @@ print(up, peak() - base, size)
 
 def test_a_large_blob_streams_in_parts_with_bounded_memory(tmp_path, weed, bucket):
     """120 MB up (multipart, 8 MiB parts, two in flight) and down (streamed to a file) in a fresh
-    process: its peak RSS grows by far less than the object's size."""
+    process: its peak RSS grows by far less than the object's size (measured: +33 MiB over 23)."""
     big = tmp_path / "big"
     size = 120 * 1024 * 1024
     with open(big, "wb") as out:
