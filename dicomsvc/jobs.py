@@ -122,6 +122,7 @@ async def _run_forever(svc: Service) -> None:
         try:
             job_id = await job_rows.next_job(svc.db, svc.replica, config.job_lease_seconds)
         except Exception as exc:  # the database away for a moment: look again at the next poll
+            _stopping(exc)
             log.error("could not look for queued jobs: %s", type(exc).__name__)
             job_id = None
         if job_id is None:
@@ -140,6 +141,7 @@ async def _run_forever(svc: Service) -> None:
         except job_rows.LeaseLost:
             log.warning("job %s was taken over by another replica (this one missed its lease): stopped here", job_id)
         except Exception as exc:  # the job fails, the runner goes on
+            _stopping(exc)
             if isinstance(exc, InsufficientStorage) or space.is_full(exc):
                 # Its progress could not be recorded: it stays unfinished, and its pending
                 # items are tried again once there may be space (nothing is lost).
@@ -152,6 +154,15 @@ async def _run_forever(svc: Service) -> None:
             except Exception as again:  # the runner must outlive any one job
                 log.error("job %s could not be marked failed: %s", job_id, type(again).__name__)
                 await asyncio.sleep(FULL_DISK_PAUSE)
+
+
+def _stopping(exc: Exception) -> None:
+    """Raise CancelledError when this task is being cancelled (the app stopping) and ``exc`` came
+    in the cancellation's place -- as a ROLLBACK's error can, when a statement's await was
+    cancelled: the runner must stop, not carry on as after an error (the app's shutdown hung)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 async def _run_job(svc: Service, job_id: str) -> None:

@@ -346,3 +346,37 @@ def test_the_runner_stops_when_cancelled_as_a_job_is_queued(monkeypatch):
         assert done and runner.cancelled(), "the runner did not stop"
 
     run(go())
+
+
+def test_the_runner_stops_when_an_error_comes_in_place_of_its_cancellation(monkeypatch):
+    """The app stops while the runner waits on the database, and what the runner gets is an error,
+    not the CancelledError (an aiosqlite ROLLBACK's "no transaction is active", say). Before: it
+    logged "could not look for queued jobs" and polled on for ever: the app's shutdown hung."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from dicomsvc import jobs
+
+    looking = asyncio.Event()
+
+    async def cancelled_into_an_error(*args):
+        if looking.is_set():
+            return None  # later looks find nothing
+        looking.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise sqlite3.OperationalError("cannot rollback - no transaction is active") from None
+
+    monkeypatch.setattr(job_rows, "next_job", cancelled_into_an_error)
+
+    async def go():
+        svc = SimpleNamespace(wakeup=asyncio.Event(), db=None, replica="r",
+                              config=SimpleNamespace(job_poll_seconds=1, job_lease_seconds=30))  # fmt: skip
+        runner = asyncio.create_task(jobs._run_forever(svc))
+        await looking.wait()
+        runner.cancel()
+        done, _ = await asyncio.wait({runner}, timeout=20)  # a liveness bound only
+        assert done and runner.cancelled(), "the runner did not stop"
+
+    run(go())
