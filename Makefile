@@ -27,9 +27,9 @@ test: install
 test-postgres: install
 	DICOMSVC_TEST_POSTGRES=1 $(BIN)/python -m pytest
 
-## test-scale: the suite as run at scale: a throwaway PostgreSQL index and SeaweedFS S3 blobs
+## test-scale: the suite as run at scale: a throwaway PostgreSQL index, SeaweedFS S3 blobs, encryption at rest on
 test-scale: install
-	DICOMSVC_TEST_POSTGRES=1 DICOMSVC_TEST_S3=1 $(BIN)/python -m pytest
+	DICOMSVC_TEST_POSTGRES=1 DICOMSVC_TEST_S3=1 DICOMSVC_TEST_ENCRYPTION=1 $(BIN)/python -m pytest
 
 ## sample: copy pydicom's bundled CT_small.dcm into ./import for the README's curl example
 sample: install

@@ -20,12 +20,13 @@ from starlette.testclient import TestClient
 import indexdb
 import seaweed
 from app import create_app
-from dicomfiles import make_ct
+from dicomfiles import ENCRYPTED_SUITE, SUITE_KEY, make_ct
 from dicomsvc.config import Config
 from dicomsvc.errors import StorageUnavailable
 from dicomsvc.service import StartupError
 from dicomsvc.storage.blobcache import BlobCache
 from dicomsvc.storage.blobs import BlobStore
+from dicomsvc.storage.crypt import Keyring, read_sealed
 from dicomsvc.storage.objects import ObjectStore
 from phi_fixture import build_phi_dataset, to_bytes
 
@@ -111,6 +112,9 @@ def test_ingest_puts_objects_and_a_cache_miss_fetches_them(tmp_path, weed, bucke
         keys = weed.keys(bucket, prefix + "/")
         assert keys == [f"{prefix}/{iid[:2]}/{iid}.dcm", f"{prefix}/{iid[:2]}/{iid}.png"]
         body = weed.client().get_object(Bucket=bucket, Key=f"{prefix}/{iid[:2]}/{iid}.dcm")["Body"].read()
+        if ENCRYPTED_SUITE:  # the object is the sealed file (its id: the key below the prefix)
+            (tmp_path / "object").write_bytes(body)
+            body = read_sealed(tmp_path / "object", Keyring((SUITE_KEY,)), f"{iid[:2]}/{iid}.dcm")
         assert body == data
         image = client.get(f"/image?id={iid}").content
         # the local copies are a cache: gone, they are fetched again
