@@ -1,4 +1,5 @@
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -100,6 +101,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
 
 
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM (a CI timeout) unwinds the session as Ctrl-C does, so the session's servers stop."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def postgres(request: pytest.FixtureRequest):
     """The session's PostgreSQL server when asked for (else None); stopped and removed after."""
@@ -107,15 +118,12 @@ def postgres(request: pytest.FixtureRequest):
     if not postgres_wanted(request.config):
         yield None
         return
-    # SIGTERM (a CI timeout) unwinds the session as Ctrl-C does, so the server is stopped
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with pgserver.running() as server:
+    with _sigterm_unwinds(), pgserver.running() as server:
         _postgres, indexdb.new_database = server, server.new_database
         try:
             yield server
         finally:
             _postgres, indexdb.new_database = None, None
-            signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -125,9 +133,8 @@ def s3_server(request: pytest.FixtureRequest):
     if not s3_wanted(request.config):
         yield None
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    with seaweed.running() as server:
+    with _sigterm_unwinds(), seaweed.running() as server:
         _s3 = (server, server.new_bucket())
         os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = server.access_key, server.secret_key
         try:
@@ -139,7 +146,6 @@ def s3_server(request: pytest.FixtureRequest):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture

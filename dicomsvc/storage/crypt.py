@@ -50,7 +50,7 @@ import logging
 import os
 import secrets
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -136,30 +136,15 @@ def _header(keyring: Keyring, master: bytes, object_id: str, data_key: bytes, ob
     return prefix + wrap_nonce + wrapped
 
 
-def seal_chunks(keyring: Keyring, object_id: str, pieces: Iterable[bytes]) -> Iterable[bytes]:
-    """The encrypted object of the plaintext ``pieces`` (each one chunk, the last shorter or
-    the only one empty), header first."""
-    data_key, object_nonce = secrets.token_bytes(KEY_BYTES), secrets.token_bytes(12)
-    yield _header(keyring, keyring.current, object_id, data_key, object_nonce)
-    aead, oid = AESGCM(data_key), object_id.encode()
-    index, held = 0, None
-    for piece in pieces:
-        if held is not None:
-            yield aead.encrypt(_nonce(object_nonce, index), held, _chunk_aad(oid, index, False))
-            index += 1
-        held = piece
-    yield aead.encrypt(_nonce(object_nonce, index), held or b"", _chunk_aad(oid, index, True))
-
-
 class SealingWriter:
     """A write-only file object that encrypts what is written into ``out`` as one object
     (the header at once, each chunk as soon as the next byte shows it is not the last, the
     final chunk at ``close``): a stream whose length nobody knows yet (a request body) is
-    sealed as it arrives, never whole in memory. ``close`` closes ``out`` too."""
+    sealed as it arrives, never whole in memory. ``close`` closes ``out`` too, when ``owns``."""
 
-    def __init__(self, out: BinaryIO, keyring: Keyring, object_id: str):
+    def __init__(self, out: BinaryIO, keyring: Keyring, object_id: str, owns: bool = True):
         data_key, self._object_nonce = secrets.token_bytes(KEY_BYTES), secrets.token_bytes(12)
-        self._out, self._oid, self._chunk = out, object_id.encode(), keyring.chunk_size
+        self._out, self._oid, self._chunk, self._owns = out, object_id.encode(), keyring.chunk_size, owns
         self._aead = AESGCM(data_key)
         self._held, self._index, self.closed = bytearray(), 0, False
         out.write(_header(keyring, keyring.current, object_id, data_key, self._object_nonce))
@@ -183,7 +168,7 @@ class SealingWriter:
         self._out.flush()
 
     def close(self) -> None:
-        """Seal the final chunk and close ``out`` (also after an error: then ``out`` just closes)."""
+        """Seal the final chunk and close ``out`` if it owns it (also after an error)."""
         if self.closed:
             return
         self.closed = True
@@ -191,7 +176,8 @@ class SealingWriter:
             self._seal(bytes(self._held), True)
             self._held.clear()
         finally:
-            self._out.close()
+            if self._owns:
+                self._out.close()
 
     def __enter__(self) -> "SealingWriter":
         return self
@@ -200,31 +186,18 @@ class SealingWriter:
         self.close()
 
 
-def _pieces(src: BinaryIO, size: int) -> Iterable[bytes]:
-    while True:
-        piece = src.read(size)
-        if not piece:
-            return
-        while len(piece) < size:  # a short read of a pipe or socket: fill the chunk
-            more = src.read(size - len(piece))
-            if not more:
-                break
-            piece += more
-        yield piece
-        if len(piece) < size:
-            return
-
-
 def seal_file(keyring: Keyring, object_id: str, src: BinaryIO, out: BinaryIO) -> None:
     """``src`` (read to its end) encrypted into ``out``, a chunk at a time."""
-    for part in seal_chunks(keyring, object_id, _pieces(src, keyring.chunk_size)):
-        out.write(part)
+    with SealingWriter(out, keyring, object_id, owns=False) as sealing:
+        while piece := src.read(keyring.chunk_size):
+            sealing.write(piece)
 
 
 def seal_bytes(keyring: Keyring, object_id: str, data: bytes) -> bytes:
-    size, view = keyring.chunk_size, memoryview(data)
-    pieces = (view[i : i + size] for i in range(0, len(data), size)) if data else ()
-    return b"".join(seal_chunks(keyring, object_id, pieces))
+    out = io.BytesIO()
+    with SealingWriter(out, keyring, object_id, owns=False) as sealing:
+        sealing.write(data)
+    return out.getvalue()
 
 
 def _damaged(object_id: str, what: str) -> DamagedBlob:
