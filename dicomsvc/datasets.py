@@ -80,6 +80,12 @@ def _norm(name: str) -> str:
     return "".join(c for c in name.lower() if c.isalnum())
 
 
+def is_identifying(column: str) -> bool:
+    """Whether a CSV column's name says it holds a patient's or a study's identifier, name or
+    birth date (``IDENTIFYING``): anonymized datasets and exports leave such columns out."""
+    return _norm(column) in IDENTIFYING
+
+
 def escape_formula(cell: str) -> str:
     """A cell safe to write into a CSV a spreadsheet opens (OWASP "CSV Injection"): one starting
     with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with ``'`` so it is
@@ -366,7 +372,7 @@ def create(
     writer = connection(config.database)
     found = rows_store.studies_by_key(writer, key, lookup, owner)
     summary, matched = join(table, key, index, found, secret)
-    kept = [i for i, name in enumerate(table.header) if i != index and not (anonymize and _norm(name) in IDENTIFYING)]
+    kept = [i for i, name in enumerate(table.header) if i != index and not (anonymize and is_identifying(name))]
     columns = [table.header[i] for i in kept]
     dataset_id = shortuuid.uuid()
     by_number = dict(table.rows)

@@ -30,7 +30,7 @@ import shortuuid
 
 from . import tasks
 from .config import Config
-from .datasets import GEOMETRY, escape_formula
+from .datasets import GEOMETRY, escape_formula, is_identifying
 from .errors import BadRequest, DicomSvcError, NotFound
 from .service import Service
 from .storage import datasets as store
@@ -54,15 +54,15 @@ def result_dir(config: Config, job_id: str) -> Path:
 
 
 def parse_request(body: Mapping) -> dict:
-    """The export's parameters from its JSON body: include, rescale, anonymize, filter."""
-    unknown = set(body) - {"include", "rescale", "anonymize", "filter"}
+    """The export's parameters from its JSON body: include, rescale, anonymize, allow_burned_in, filter."""
+    unknown = set(body) - {"include", "rescale", "anonymize", "allow_burned_in", "filter"}
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
     include = body.get("include", list(KINDS))
     if not isinstance(include, list) or not include or any(k not in KINDS for k in include):
         raise BadRequest(f"include must be a non-empty list of {', '.join(KINDS)}")
     flags = {}
-    for name in ("rescale", "anonymize"):
+    for name in ("rescale", "anonymize", "allow_burned_in"):
         if not isinstance(body.get(name, False), bool):
             raise BadRequest(f"{name} must be true or false")
         flags[name] = body.get(name, False)
@@ -78,12 +78,10 @@ async def submit(svc: Service, dataset_id: str, body: Mapping, owner: str | None
     if dataset is None:
         raise NotFound("no such dataset")
     spec = parse_request(body)
-    if spec["anonymize"] and not dataset["anonymized"]:
-        raise BadRequest(
-            "this dataset was joined to studies as stored: to export anonymized data, post the CSV with "
-            "anonymize=true over studies stored anonymized (its rows then hold pseudonyms only)"
-        )
-    spec |= {"dataset": dataset_id, "owner": owner, "columns": dataset["columns"]}
+    columns = dataset["columns"]
+    if spec["anonymize"] and not dataset["anonymized"]:  # columns naming patients go, as in an anonymized join
+        columns = [name for name in columns if not is_identifying(name)]
+    spec |= {"dataset": dataset_id, "owner": owner, "columns": columns, "key_kind": dataset["key"]}
     job_id = shortuuid.uuid()
     await job_rows.insert_job(svc.db, job_id, [(0, json.dumps({"export": spec}), "pending", None)], None, user)
     svc.wakeup.set()
@@ -101,11 +99,15 @@ async def run(svc: Service, job_id: str, seq: int, item: str) -> None:
     folder = result_dir(svc.config, job_id)
     await svc.io(_fresh, folder)
     columns = spec["columns"]
-    await svc.io(_append, folder / "manifest.csv", [[*HEAD, *columns]])
+    await svc.io(_append, folder / "manifest.csv", [[escape_formula(c) for c in (*HEAD, *columns)]])
+    # anonymize: instances stored as they came are anonymized on the way out (exportfiles)
+    secret = svc.config.anon_secret.encode() if spec["anonymize"] else None
+    extra = (secret, spec.get("allow_burned_in", False), spec.get("key_kind", "PatientID"))
     after, exported, failed = 0, 0, 0
     while page := await store.export_page(svc.db, spec["dataset"], after, PAGE, spec["owner"], spec["filter"]):
         after = page[-1]["pk"]
-        entries = await svc.cpu(tasks.export_chunk, svc.config, str(folder / "files"), page, spec["include"], spec["rescale"])
+        entries = await svc.cpu(tasks.export_chunk, svc.config, str(folder / "files"), page, spec["include"],
+                                spec["rescale"], *extra)  # fmt: skip
         lines = []
         for row, entry in zip(page, entries):
             if "error" in entry:
@@ -116,7 +118,8 @@ async def run(svc: Service, job_id: str, seq: int, item: str) -> None:
             paths, values = entry["paths"], entry["values"]
             cells = [paths.get("dicom", ""), paths.get("npy", ""), paths.get("png", ""),
                      *(values[name] for name in HEAD[3:7]), *(values[name] for name in GEOMETRY),
-                     str(row["row_number"]), row["key_value"], *(clinical.get(c, "") for c in columns)]  # fmt: skip
+                     str(row["row_number"]), values.get("key", row["key_value"]),
+                     *(clinical.get(c, "") for c in columns)]  # fmt: skip
             lines.append([escape_formula(c) for c in cells])
         await svc.io(_append, folder / "manifest.csv", lines)
     result = {"file": "export.zip", "status": "created", "id": job_id,

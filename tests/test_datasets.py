@@ -393,13 +393,72 @@ def test_export_of_an_anonymized_dataset_holds_no_planted_marker(client):
     assert "Grade" in manifest and "Name" not in manifest.splitlines()[0].split(",")
 
 
+def test_anonymized_export_of_studies_stored_as_they_came(client):
+    """anonymize: true over studies stored with their identifiers: each instance is anonymized on
+    the way out (the service's secret: the UIDs and pseudonyms the anonymizer gives everywhere), and
+    no planted marker, original UID or date is anywhere in the ZIP; the pixels are the original's;
+    the manifest's key is the anonymizer's pseudonym of the patient."""
+    from pydicom import dcmread
+
+    marker, other = "PHI88QX", "PHI89QX"
+    birth, day = "19450317", "20190704"
+    instances = make_study((("CT", 2), ("MR", 1)), seed=1, PatientID=marker, PatientName=f"{marker}^Jo",
+                           AccessionNumber=marker, StudyDescription=f"{marker} chest", PatientBirthDate=birth,
+                           StudyDate=day, ReferringPhysicianName=f"{marker}^Doc", StudyID=marker)  # fmt: skip
+    post_all(client, instances)
+    csv_text = f"PatientID,PatientName,Grade,=cmd\n{marker},{other},3,-2+3\n".encode()
+    body = post_csv(client, csv_text).json()  # joined as stored: the rows hold the original key
+    assert body["matched"] == 1
+    secret = client.app.state.svc.config.anon_secret.encode()
+    archive = exported(client, body["id"], include=["npy", "png", "dicom"], anonymize=True)
+    originals = {str(ds.SOPInstanceUID): ds for ds in instances}
+    secret_uids = {str(ds.StudyInstanceUID) for ds in instances} | {str(ds.SeriesInstanceUID) for ds in instances}
+    forbidden = [marker, other, birth, day, *originals, *secret_uids]
+    assert len(archive.namelist()) == 1 + 3 * len(instances)
+    for name in archive.namelist():
+        content = archive.read(name)
+        for planted in forbidden:
+            assert planted not in name and planted.encode() not in content, (name, planted)
+    manifest = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert list(manifest[0])[-2:] == ["Grade", "'=cmd"]  # PatientName left out; the header escaped too
+    assert len(manifest) == len(instances)
+    for row in manifest:
+        ds = dcmread(io.BytesIO(archive.read(row["path_dicom"])))
+        assert (row["key"], str(ds.PatientID)) == (pseudonym(secret, marker), pseudonym(secret, marker))
+        assert ds.PatientIdentityRemoved == "YES"
+        assert (row["StudyInstanceUID"], row["SeriesInstanceUID"], row["SOPInstanceUID"]) == (
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)  # fmt: skip
+        assert row["path_npy"] == f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.npy"
+        (original,) = [o for uid, o in originals.items() if new_uid(secret, uid) == ds.SOPInstanceUID]
+        assert ds.StudyInstanceUID == new_uid(secret, str(original.StudyInstanceUID))
+        assert (row["Grade"], row["'=cmd"]) == ("3", "'-2+3")
+        array = np.load(io.BytesIO(archive.read(row["path_npy"])))
+        assert np.array_equal(array, original.pixel_array) and np.array_equal(ds.pixel_array, original.pixel_array)
+        stored_id = client.get("/dicom", params={"SOPInstanceUID": str(original.SOPInstanceUID)}).json()["items"][0]["id"]
+        assert archive.read(row["path_png"]) == client.get("/image", params={"id": stored_id}).content
+
+
+def test_anonymized_export_leaves_out_burned_in_pixels_unless_allowed(client):
+    """An instance whose pixels may show patient data (PS3.15 E.1.1: Burned In Annotation YES) is
+    not exported anonymized unless the export allows it (as an ingest's allow_burned_in)."""
+    instances = make_study(ONE, seed=1)
+    instances[0].BurnedInAnnotation = "YES"
+    post_all(client, instances)
+    body = post_csv(client, b"PatientID,Age\nPID-1,3\n").json()
+    url = f"/datasets/{body['id']}/export"
+    job = finished(client, client.post(url, json={"include": ["npy"], "anonymize": True}).json()["job"])
+    assert "0 instance(s) exported, 1 left out" in job["results"][0]["detail"]
+    archive = exported(client, body["id"], include=["npy"], anonymize=True, allow_burned_in=True)
+    assert len(archive.namelist()) == 2
+
+
 def test_export_refusals(client):
     post_all(client, make_study(ONE, seed=1))
     body = post_csv(client, b"PatientID,Age\nPID-1,3\n").json()
     url = f"/datasets/{body['id']}/export"
     for bad in ({"include": []}, {"include": ["jpeg"]}, {"rescale": "yes"}, {"filter": {"PatientName": "x"}}, {"other": 1}):
         assert client.post(url, json=bad).status_code == 400, bad
-    assert client.post(url, json={"anonymize": True}).status_code == 400  # joined to studies as stored
+    assert client.post(url, json={"allow_burned_in": 1}).status_code == 400
     assert client.post("/datasets/" + "x" * 22 + "/export", json={}).status_code == 404
     assert client.get("/jobs/" + "y" * 22 + "/result").status_code == 404
     ingest = client.post("/dicom?async=true", content=_bytes(make_study(ONE, seed=3)[0]), headers={"content-type": "application/dicom"})

@@ -148,7 +148,7 @@ async def export_page(
         params.append(value)
     rows = await db.conn.execute_fetchall(
         "SELECT d.pk, d.id, d.dcm_blob, d.png_blob, d.study_instance_uid, d.series_instance_uid, d.sop_instance_uid, "
-        "d.modality, d.instance_number, d.has_pixels, r.row_number, r.key_value, r.clinical "
+        "d.modality, d.instance_number, d.has_pixels, d.anonymized, r.row_number, r.key_value, r.clinical "
         "FROM dataset_row r JOIN dicom d ON d.study_instance_uid = r.study_instance_uid "
         f"WHERE {' AND '.join(where)} ORDER BY d.pk LIMIT ?",
         (*params, limit),
