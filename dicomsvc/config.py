@@ -100,10 +100,30 @@ class Config:
     dimse_max_results: int = 10_000  # C-FIND matches answered at most (more: the first ones, then success)
     dimse_max_retrieve: int = 100_000  # instances one C-GET or C-MOVE may retrieve (more: refused, 0xA701)
     destination_check_timeout: int = 5  # seconds GET /destinations waits for each destination's answer
+    # Sending (POST /dicom/send, forwarding; dicomsvc.sending)
+    send_batch: int = 50  # instances per association (DIMSE) or STOW-RS request
+    send_batch_bytes: int = 256 * 1024**2  # a STOW-RS request's body at most (a batch past it goes in several)
+    send_retries: int = 5  # attempts after the first for an instance that failed transiently
+    send_backoff_seconds: int = 1  # the first retry's wait; doubled each time (exponential backoff)
+    send_backoff_max_seconds: int = 60  # the longest wait between attempts
+    send_max_instances: int = 100_000  # instances one POST /dicom/send may name or select (more: 413)
+    send_timeout: int = 60  # seconds a STOW-RS destination has to connect and to answer
+    # Forwarding by routing rules (README "Routing rules"); dicomsvc.forwarding
+    forward_batch: int = 50  # queued forwards of one destination sent at a time (one association / request)
+    forward_backoff_seconds: int = 5  # the wait after a forward's first transient failure; doubled each time
+    forward_max_backoff_seconds: int = 600  # the longest wait between attempts (retried for ever)
+    forward_poll_seconds: int = 5  # how often a replica looks for forwards queued elsewhere
+    forward_lease_seconds: int = 120  # a batch being sent is this replica's for this long, renewed meanwhile
     # Clinical CSVs joined to studies (README "Clinical data (CSV) joined to studies"); dicomsvc.datasets
     dataset_max_bytes: int = 64 * 1024**2  # the largest CSV POST /datasets takes (413 past it)
     dataset_max_rows: int = 100_000  # data rows of one CSV at most (413)
     dataset_max_columns: int = 1_000  # columns of one CSV at most (413)
+    export_result_seconds: int = 86_400  # a dataset export's ZIP is kept this long after its job finished (then 410)
+    # The page in the browser at / (README "The page in the browser"); dicomsvc/http/page.py
+    ohif_url: str = ""  # OHIF Viewer's address: the page links each study to <ohif_url>/viewer; "": no links
+    page_resumable_bytes: int = 8 * 1024**2  # the page sends files larger than this resumably (tus, /uploads/)
+    page_chunk_bytes: int = 8 * 1024**2  # the page's tus PATCH size
+    page_batch_bytes: int = 64 * 1024**2  # the page's multipart POST /dicom requests carry at most this much
 
     SECRETS = ("anon_secret", "encryption_keys")
 
@@ -185,6 +205,11 @@ class Config:
             dataset_max_bytes=get_int("DATASET_MAX_BYTES", 64 * 1024**2),
             dataset_max_rows=get_int("DATASET_MAX_ROWS", 100_000),
             dataset_max_columns=get_int("DATASET_MAX_COLUMNS", 1_000),
+            export_result_seconds=get_int("EXPORT_RESULT_SECONDS", 86_400),
+            ohif_url=_ohif_url(get("OHIF_URL", "")),
+            page_resumable_bytes=get_int("PAGE_RESUMABLE_BYTES", 8 * 1024**2),
+            page_chunk_bytes=get_int("PAGE_CHUNK_BYTES", 8 * 1024**2),
+            page_batch_bytes=get_int("PAGE_BATCH_BYTES", 64 * 1024**2),
         )
 
     def log(self, logger: logging.Logger) -> None:
@@ -297,7 +322,7 @@ def _object_store_settings(get, get_int) -> dict:
 
 def _dimse_settings(get, get_int) -> dict:
     """DICOMSVC_DIMSE_PORT, DICOMSVC_AE_TITLE, DICOMSVC_NETWORK_CONFIG, DICOMSVC_DIMSE_* limits,
-    DICOMSVC_DESTINATION_CHECK_TIMEOUT."""
+    DICOMSVC_DESTINATION_CHECK_TIMEOUT, DICOMSVC_SEND_* (sending), DICOMSVC_FORWARD_* (routing rules)."""
     port = get_int("DIMSE_PORT", 0, minimum=0)
     if port > 65535:
         raise ValueError(f"{PREFIX}DIMSE_PORT must be a TCP port (1-65535), or unset for none")
@@ -314,6 +339,18 @@ def _dimse_settings(get, get_int) -> dict:
         "dimse_max_results": get_int("DIMSE_MAX_RESULTS", 10_000),
         "dimse_max_retrieve": get_int("DIMSE_MAX_RETRIEVE", 100_000),
         "destination_check_timeout": get_int("DESTINATION_CHECK_TIMEOUT", 5),
+        "send_batch": get_int("SEND_BATCH", 50),
+        "send_batch_bytes": get_int("SEND_BATCH_BYTES", 256 * 1024**2),
+        "send_retries": get_int("SEND_RETRIES", 5, minimum=0),
+        "send_backoff_seconds": get_int("SEND_BACKOFF_SECONDS", 1, minimum=0),
+        "send_backoff_max_seconds": get_int("SEND_BACKOFF_MAX_SECONDS", 60, minimum=0),
+        "send_max_instances": get_int("SEND_MAX_INSTANCES", 100_000),
+        "send_timeout": get_int("SEND_TIMEOUT", 60),
+        "forward_batch": get_int("FORWARD_BATCH", 50),
+        "forward_backoff_seconds": get_int("FORWARD_BACKOFF_SECONDS", 5),
+        "forward_max_backoff_seconds": get_int("FORWARD_MAX_BACKOFF_SECONDS", 600),
+        "forward_poll_seconds": get_int("FORWARD_POLL_SECONDS", 5),
+        "forward_lease_seconds": get_int("FORWARD_LEASE_SECONDS", 120, minimum=3),
     }
 
 
@@ -363,6 +400,20 @@ def _masked_url(url: str) -> str:
     if not at or ":" not in auth:
         return url
     return f"{scheme}{sep}{auth.split(':', 1)[0]}:***@{host}"
+
+
+def _ohif_url(raw: str) -> str:
+    """DICOMSVC_OHIF_URL: an http(s) URL without credentials, query or fragment (the page shows it
+    to anyone, and builds ``<url>/viewer?StudyInstanceUIDs=...`` from it); "": no OHIF links."""
+    url = raw.strip().rstrip("/")
+    if not url:
+        return ""
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if scheme.lower() not in ("http", "https") or not sep or not host or "@" in host \
+            or any(c in url for c in "?#\"'<> \\"):
+        raise ValueError(f"{PREFIX}OHIF_URL must be an http(s) URL without credentials, query or fragment")
+    return url
 
 
 def _anonymize_mode(raw: str) -> bool:

@@ -96,6 +96,23 @@ DIMSE_REQUESTS = Counter(
     "dicomsvc_dimse_requests", "DIMSE requests the SCP answered, by service and final status class",
     ["service", "status"], registry=REGISTRY,
 )  # fmt: skip
+SENT = Counter(
+    "dicomsvc_instances_sent", "Instance deliveries to destinations (POST /dicom/send, forwarding), by destination type and "
+    "outcome of the attempt: sent, failed, transient (failed, to be retried)",
+    ["type", "outcome"], registry=REGISTRY,
+)  # fmt: skip
+for _type in ("dimse", "stowrs"):
+    for _outcome in ("sent", "failed", "transient"):
+        SENT.labels(_type, _outcome)
+# Forwarding by routing rules (dicomsvc.forwarding); labels: configured destination names only
+FORWARD_OUTCOMES = ("sent", "retried", "failed")
+FORWARDS = Counter(
+    "dicomsvc_forwards", "Forwards this server sent, by destination and outcome (retried: a transient failure, "
+    "tried again later; failed: for good)", ["destination", "outcome"], registry=REGISTRY,
+)  # fmt: skip
+FORWARD_QUEUE = Gauge(
+    "dicomsvc_forward_queue", "Forwards queued, by destination (at scrape time)", ["destination"], registry=REGISTRY
+)
 for _result in ("accepted", "rejected"):
     DIMSE_ASSOCIATIONS.labels(_result)
 for _service in DIMSE_SERVICES:
@@ -180,6 +197,11 @@ def auth_failure(reason: str) -> None:
     AUTH_FAILURES.labels(reason_label(reason)).inc()
 
 
+def sent(destination_type: str, outcome: str, count: int = 1) -> None:
+    """Attempts to deliver instances to a destination of ``destination_type`` that ended ``outcome``."""
+    SENT.labels(destination_type, outcome).inc(count)
+
+
 def dimse_association(accepted: bool) -> None:
     DIMSE_ASSOCIATIONS.labels("accepted" if accepted else "rejected").inc()
 
@@ -198,6 +220,12 @@ def dimse_request(service: str, status: int) -> None:
     else:
         kind = "failure"
     DIMSE_REQUESTS.labels(service, kind).inc()
+
+
+def forwarded(destination: str, sent: int, retried: int, failed: int) -> None:
+    for outcome, n in zip(FORWARD_OUTCOMES, (sent, retried, failed)):
+        if n:
+            FORWARDS.labels(destination, outcome).inc(n)
 
 
 def exposition() -> bytes:

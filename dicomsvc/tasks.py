@@ -68,3 +68,10 @@ frame_source = Task("dicomsvc.retrieve", "frame_source")
 
 # dicomsvc.dimse.echo in an I/O thread (GET /destinations): pynetdicom loaded on first use only
 dimse_echo = Task("dicomsvc.dimse.echo", "echo")
+
+# dicomsvc.sending: the anonymized copy of an instance to send, in a worker -> (path, SOP Instance UID, size)
+anonymized_copy = Task("dicomsvc.sendfiles", "anonymized_copy")
+# dicomsvc.dimse.scu in an I/O thread (sending over DIMSE): pynetdicom loaded on first use only
+scu_associate = Task("dicomsvc.dimse.scu", "associate")
+scu_store = Task("dicomsvc.dimse.scu", "store")
+scu_close = Task("dicomsvc.dimse.scu", "close")

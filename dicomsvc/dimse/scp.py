@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.sop_class import (
@@ -56,27 +56,12 @@ from ..options import Options
 from ..service import Service, StartupError
 from ..storage import space, studies
 from . import query
+from .contexts import STORABLE, UNCOMPRESSED, needs_decompression, read_stored
+from .contexts import contexts_for as _contexts_for
+from .contexts import pairs as _pairs
 
 log = logging.getLogger("dicomsvc.dimse")
 
-# Transfer syntaxes accepted for storage: the native ones and every compressed one whose
-# decoder is installed (dicomsvc.retrieve.decodable; tests/test_dimse.py checks each).
-NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
-STORABLE = NATIVE + (
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203",  # HTJ2K
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-)
-UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 QR_MODELS = (
     PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
@@ -425,24 +410,14 @@ class Scp:
         A compressed instance whose own syntax is not among them, when an uncompressed one is,
         is decompressed first (``retrieve.write_explicit_le`` in a worker: a frame at a time),
         so a peer that takes only uncompressed data (dcmtk's storescp by default) still gets it."""
-        sop, syntax = row.get("sop_class_uid") or "", row.get("transfer_syntax_uid") or ""
-        if (
-            accepted is not None
-            and syntax not in NATIVE
-            and (sop, syntax) not in accepted
-            and any((sop, ts) in accepted for ts in UNCOMPRESSED)
-        ):
+        if needs_decompression(row, accepted):
             temp = self._call(self.svc.cpu(tasks.write_explicit_le, self.config, row["dcm_blob"]))
             try:
                 return dcmread(temp)
             finally:
                 with contextlib.suppress(OSError):
                     Path(temp).unlink()
-        source = self.svc.blobs.stored(row["dcm_blob"])
-        if isinstance(source, Path):
-            return dcmread(source)
-        with source.open_binary() as plain:
-            return dcmread(plain)
+        return read_stored(self.svc.blobs.stored(row["dcm_blob"]))
 
     def _sub_operations(self, event, rows: list[dict], method: str, accepted: set[tuple[str, str]] | None):
         ae, host = _requestor(event.assoc)
@@ -518,11 +493,6 @@ def _counted(service: str, answers):
     metrics.dimse_request(service, SUCCESS)
 
 
-def _pairs(contexts) -> set[tuple[str, str]]:
-    """(abstract syntax, transfer syntax) of accepted presentation contexts."""
-    return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in contexts if cx.transfer_syntax}
-
-
 def _placeholder(row: dict) -> Dataset:
     """What a failed read yields: the instance's UIDs only, so the sub-operation fails and is
     counted (its SOP Instance UID listed in Failed SOP Instance UID List, PS3.4 C.4.3.1.3.1)."""
@@ -530,23 +500,6 @@ def _placeholder(row: dict) -> Dataset:
     ds.SOPClassUID = row.get("sop_class_uid") or "1.2.840.10008.5.1.4.1.1.7"
     ds.SOPInstanceUID = row.get("sop_instance_uid") or "2.25.0"
     return ds  # no file meta: send_c_store refuses it, the sub-operation fails
-
-
-def _contexts_for(rows: list[dict]) -> list:
-    """Presentation contexts for sending ``rows`` (PS3.8 §9.3.2.2): per SOP class, the stored
-    transfer syntaxes and the uncompressed ones (at most 128 contexts, PS3.8 §9.3.2.2)."""
-    syntaxes: dict[str, list[str]] = {}
-    for row in rows:
-        found = syntaxes.setdefault(row["sop_class_uid"] or "", [])
-        ts = row.get("transfer_syntax_uid")
-        if ts and ts not in found:
-            found.append(ts)
-    contexts = []
-    for sop_class, stored in syntaxes.items():
-        if not sop_class:
-            continue
-        contexts.append(build_context(sop_class, list(dict.fromkeys([*stored, *UNCOMPRESSED]))))
-    return contexts[:128]
 
 
 def _move(src: Path, dst: Path) -> None:
