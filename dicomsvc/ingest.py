@@ -21,7 +21,7 @@ import shortuuid
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from . import paths
+from . import paths, routing
 from .config import Config
 from .dicom import dicomjson
 from .dicom.parse import Parsed, frame_count, pixel_hash, read
@@ -166,11 +166,13 @@ def commit_staged(config: Config, blobs: BlobStore, staged: list[Staged]) -> lis
     db = connection(config.database)
     try:
         blobs.sync()  # the names durable before any committed row points at them
+        # routing rules: forwards queued in the instances' own transaction (dicomsvc.routing)
+        forwards = [routing.forwards(config.network_config.rules, s.rows) for s in staged]
         if len(staged) == 1:
             one = staged[0]
-            stored = [instances.insert_instance(db, one.record, one.rows, one.metadata)]
+            stored = [instances.insert_instance(db, one.record, one.rows, one.metadata, forwards[0])]
         else:
-            stored = instances.insert_instances(db, [(s.record, s.rows, s.metadata) for s in staged])
+            stored = instances.insert_instances(db, [(s.record, s.rows, s.metadata) for s in staged], forwards)
     except BaseException as exc:
         if not getattr(exc, "committed", False):  # rows committed, the WAL sync failing: keep their blobs
             for s in staged:

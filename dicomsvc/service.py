@@ -70,6 +70,7 @@ class Service:
     cpu_pool: WorkerPool | ThreadPool
     io_pool: ThreadPoolExecutor
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # a background job is queued
+    forward_wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # forwards may be queued (dicomsvc.forwarding)
     replica: str = field(default_factory=lambda: replica_id())  # who holds a job's lease (dicomsvc.jobs)
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
@@ -77,8 +78,14 @@ class Service:
 
         Past DICOMSVC_WORKER_MEMORY the answer is ``WorkerMemory`` (413), past
         DICOMSVC_WORKER_TIMEOUT ``Busy`` (503); a worker that dies (a decoder's crash)
-        fails its own task only, ``InvalidDicom`` (422). The worker is replaced."""
-        return await self.cpu_pool.run(fn, *args)
+        fails its own task only, ``InvalidDicom`` (422). The worker is replaced.
+
+        With routing rules, the forwarder is woken after each task: an ingest may have queued
+        forwards (in its own transaction, ``dicomsvc.forwarding``)."""
+        result = await self.cpu_pool.run(fn, *args)
+        if self.config.network_config.rules:
+            self.forward_wakeup.set()
+        return result
 
     async def remove_task_leftovers(self, tag: str) -> None:
         """Remove what the worker task ``tag`` wrote before its worker died: its temporary

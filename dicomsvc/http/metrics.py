@@ -11,7 +11,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import metrics
+from .. import forwarding, metrics
 from ..metrics import auth_failure
 from ..storage import instances
 from ..storage import jobs as job_rows
@@ -58,6 +58,9 @@ async def _refresh_gauges(svc) -> None:
     counts = await job_rows.unfinished_counts(svc.db)
     for state in metrics.JOB_STATES:
         metrics.JOBS.labels(state).set(counts.get(state, 0))
+    if svc.config.network_config.destinations:  # forwards queued per destination (routing rules)
+        for destination, n in (await forwarding.queue_depths(svc)).items():
+            metrics.FORWARD_QUEUE.labels(destination).set(n)
     now, key = time.monotonic(), (svc.config.db_path, metrics.changes())
     if _totals["key"] != key or now - _totals["at"] > TOTALS_MAX_AGE:
         count, size = await svc.io(instances.totals, svc.config.database)

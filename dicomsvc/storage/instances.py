@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from . import studies
+from . import forwarding, studies
 from .dialect import POSTGRESQL, SQLITE, is_url
 from .sqlite import Database, Writer, Where, read_now, transaction
 
@@ -35,6 +35,9 @@ _COLUMNS = FILTERS | {"id": "id"}  # and the public id, for deleting one instanc
 FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
 
 
+Forwards = Sequence[tuple[str, bool]]  # (destination, anonymize) pairs the routing rules name
+
+
 class TagRowLike(Protocol):
     """A flattened element as ``dicomsvc.dicom.tags.TagRow`` has it."""
 
@@ -55,19 +58,22 @@ def find_instance(w: Writer, sop_instance_uid: str, pixel_hash: str) -> str | No
     return row[0] if row else None
 
 
-def insert_instance(w: Writer, record: dict, rows: Sequence[TagRowLike], metadata: str | None = None) -> str | None:
+def insert_instance(
+    w: Writer, record: dict, rows: Sequence[TagRowLike], metadata: str | None = None, forwards: Forwards = ()
+) -> str | None:
     """Insert an instance, its tag rows and its DICOM JSON ``metadata`` in one transaction,
-    with its study and series rows brought up to date (``studies.refresh``).
+    with its study and series rows brought up to date (``studies.refresh``) and its
+    ``forwards`` (destination, anonymize) queued (``forwarding.queue``, routing rules).
 
     Returns None when an instance with the same SOP Instance UID and pixel hash
     is already stored: the unique constraint decides, so concurrent posts of one
     file store it once.
     """
-    return insert_instances(w, [(record, rows, metadata)])[0]
+    return insert_instances(w, [(record, rows, metadata)], [forwards])[0]
 
 
 def insert_instances(
-    w: Writer, items: Sequence[tuple[dict, Sequence[TagRowLike], str | None]]
+    w: Writer, items: Sequence[tuple[dict, Sequence[TagRowLike], str | None]], forwards: Sequence[Forwards] = ()
 ) -> list[str | None]:
     """``insert_instance`` for several (record, rows, metadata) in ONE transaction: one
     commit, so one WAL sync (``Writer.commit``) for a whole chunk -- the group commit of a
@@ -78,7 +84,7 @@ def insert_instances(
     run again (up to ``RETRIES`` times) -- it finds the other's instances stored."""
     for attempt in range(RETRIES + 1):
         try:
-            return _insert_instances(w, items)
+            return _insert_instances(w, items, forwards)
         except Exception as exc:
             if w.dialect != POSTGRESQL or attempt == RETRIES or not _retryable(exc):
                 raise
@@ -94,7 +100,9 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, postgres.RETRYABLE)
 
 
-def _insert_instances(w: Writer, items: Sequence[tuple[dict, Sequence[TagRowLike], str | None]]) -> list[str | None]:
+def _insert_instances(
+    w: Writer, items: Sequence[tuple[dict, Sequence[TagRowLike], str | None]], forwards: Sequence[Forwards] = ()
+) -> list[str | None]:
     db = w.db
     missing = sorted({(r.tag, r.vr, r.keyword) for _, rows, _ in items for r in rows} - w.tag_ids.keys())
     db.execute("BEGIN IMMEDIATE")
@@ -105,6 +113,8 @@ def _insert_instances(w: Writer, items: Sequence[tuple[dict, Sequence[TagRowLike
         fresh = [record for (record, _, _), done in zip(items, stored) if done is not None]
         if fresh:
             studies.refresh(db, studies.pairs_of(fresh))
+        # forwards of the instances stored now (a duplicate queues nothing), in the same transaction
+        forwarding.queue(db, w.dialect, [(i, f) for i, f in zip(stored, forwards) if i is not None and f])
         w.commit()
     except BaseException:
         if db.in_transaction:

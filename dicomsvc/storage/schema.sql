@@ -279,3 +279,27 @@ CREATE TABLE IF NOT EXISTS dataset_row (
     PRIMARY KEY (dataset_id, study_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS dataset_row_by_row ON dataset_row (dataset_id, row_number);
+
+-- Forwarding by routing rules (issue 14; dicomsvc/forwarding.py, storage/forwarding.py, README
+-- "Routing rules"): one row per (instance, destination, anonymize) a rule sends it to, inserted in
+-- the instance's own transaction (a stored instance's forwards are queued). Times are the
+-- database's clock, seconds since the epoch. Deleting the instance deletes its rows (cascade).
+CREATE TABLE IF NOT EXISTS forward (
+    id              INTEGER PRIMARY KEY,
+    dicom_pk        INTEGER NOT NULL REFERENCES dicom (pk) ON DELETE CASCADE,
+    instance_id     TEXT NOT NULL,                   -- dicom.id
+    destination     TEXT NOT NULL,                   -- a destination's name (DICOMSVC_NETWORK_CONFIG)
+    anonymize       INTEGER NOT NULL,                -- 1: the anonymized copy is sent
+    state           TEXT NOT NULL,                   -- queued | sent | failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,                   -- due from then (backoff after a transient failure)
+    last_detail     TEXT,                            -- why the last attempt failed (no patient data)
+    attempted_at    REAL,                            -- the last attempt's time
+    claimed_by      TEXT,                            -- the replica delivering it, until lease_until
+    lease_until     REAL,
+    created_at      REAL NOT NULL,
+    sent_at         REAL
+);
+CREATE INDEX IF NOT EXISTS forward_due ON forward (state, next_attempt_at) WHERE state = 'queued';
+CREATE UNIQUE INDEX IF NOT EXISTS forward_one ON forward (dicom_pk, destination, anonymize);
+CREATE INDEX IF NOT EXISTS forward_by_destination ON forward (destination, state);
