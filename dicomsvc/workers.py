@@ -274,7 +274,11 @@ class WorkerPool:
         self._context = multiprocessing.get_context(method)
         module = setup.initializer.partition(":")[0]
         self._preload = tuple(setup.preload) + ((module,) if module else ())
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        # Last in, first out: under light load one worker takes task after task, its caches warm
+        # (SQLite's page cache stays valid while no other connection writes; CPU caches, heap).
+        # Handed out in turn, two workers each found the database changed by the other at every
+        # task and read its pages again: 14.2 -> 12.7 ms of CPU per instance, one client, by path
+        self._idle: asyncio.Queue[_Worker] = asyncio.LifoQueue()
         self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="dicomsvc-worker")
         self._running: set[asyncio.Task] = set()
         self._workers: set[_Worker] = set()  # idle and busy

@@ -150,6 +150,28 @@ def test_an_idle_worker_returns_freed_heap_to_the_system():
     assert now < peak - 150 * 1024, (peak, now)  # most of the 200 MiB given back
 
 
+def test_one_task_at_a_time_goes_to_the_same_warm_worker():
+    """Issue 12: the idle worker last used takes the next task (its SQLite page cache and CPU
+    caches warm), not each worker in turn; under load every worker is still used."""
+    import asyncio
+
+    from dicomsvc.workers import Limits, WorkerPool
+
+    async def main() -> tuple[list[int], set[int], set[int]]:
+        pool = WorkerPool(2, Limits())
+        await pool.start()
+        try:
+            one_by_one = [await pool.run(workertasks.pid) for _ in range(6)]
+            together = await asyncio.gather(*(pool.run(workertasks.sleep_pid, 0.3) for _ in range(2)))
+            return one_by_one, set(together), set(pool.pids())
+        finally:
+            await pool.close()
+
+    one_by_one, together, pids = asyncio.run(main())
+    assert len(set(one_by_one)) == 1, one_by_one  # handed out in turn before: two pids alternating
+    assert together == pids  # two at once: both workers
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

@@ -32,6 +32,11 @@ def allocate_forever() -> None:
         held.append(bytearray(64 << 20))
 
 
+def sleep_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def sleep(seconds: float) -> str:
     time.sleep(seconds)
     return "woke up"
