@@ -24,6 +24,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 
 import shortuuid
@@ -49,8 +50,20 @@ class NotDone(DicomSvcError):
     status, code = 409, "not_done"
 
 
+class Gone(DicomSvcError):
+    """The export's result is no longer kept: DICOMSVC_EXPORT_RESULT_SECONDS after its job
+    finished, or its dataset deleted (RFC 9110 §15.5.11: gone, and not coming back)."""
+
+    status, code = 410, "gone"
+
+
 def result_dir(config: Config, job_id: str) -> Path:
     return config.data_dir / "exports" / job_id
+
+
+def result_prefix(job_id: str) -> str:
+    """With S3: where a finished export's files are kept in the bucket, for every replica."""
+    return f"exports/{job_id}"
 
 
 def parse_request(body: Mapping) -> dict:
@@ -122,6 +135,9 @@ async def run(svc: Service, job_id: str, seq: int, item: str) -> None:
                      *(clinical.get(c, "") for c in columns)]  # fmt: skip
             lines.append([escape_formula(c) for c in cells])
         await svc.io(_append, folder / "manifest.csv", lines)
+    if svc.blobs.remote is not None:  # any replica may be asked for the result: kept in the bucket
+        await svc.io(svc.blobs.remote.delete_under, result_prefix(job_id) + "/")  # a run before this one's
+        await svc.io(svc.blobs.push_folder, folder, result_prefix(job_id))
     result = {"file": "export.zip", "status": "created", "id": job_id,
               "detail": f"{exported} instance(s) exported, {failed} left out"}  # fmt: skip
     await job_rows.record_results(svc.db, job_id, [(seq, "created", json.dumps(result))], svc.replica,
@@ -139,14 +155,58 @@ def _append(path: Path, rows: list[list[str]]) -> None:
 
 
 async def result(svc: Service, job_id: str, owner: str | None) -> Path:
-    """GET /jobs/{job}/result: the export's folder, once its job is done (``owner``: their job)."""
+    """GET /jobs/{job}/result: the export's folder, once its job is done (``owner``: their job);
+    with S3, fetched from the bucket when another replica wrote it. 410 once it expired
+    (DICOMSVC_EXPORT_RESULT_SECONDS after the job finished) or its dataset was deleted."""
     job = await job_rows.get_job(svc.db, job_id, owner)
-    folder = result_dir(svc.config, job_id)
-    if job is None or not await svc.io((folder / "manifest.csv").exists):
+    if job is None or await store.export_item(svc.db, job_id) is None:
         raise NotFound("no export with that job id")
     if job["status"] != "done":
         raise NotDone(f"the export's job is {job['status']}, not done (GET /jobs/{{job}} says how it goes)")
-    return folder
+    found = (await store.export_jobs(svc.db, [job_id])).get(job_id)
+    if found is None or _expired(found, time.time() - svc.config.export_result_seconds):
+        raise Gone(f"the export's result is no longer kept: results are removed {svc.config.export_result_seconds} s "
+                   "after their job finished (DICOMSVC_EXPORT_RESULT_SECONDS), and with their dataset")  # fmt: skip
+    folder = result_dir(svc.config, job_id)
+    if await svc.io((folder / "manifest.csv").exists):
+        return folder
+    if svc.blobs.remote is not None and await svc.io(svc.blobs.pull_folder, result_prefix(job_id), folder):
+        return folder
+    raise Gone("the export's result is no longer kept (removed)")
+
+
+def _expired(job: dict, cutoff: float) -> bool:
+    """Whether a finished export's result is past keeping: finished before ``cutoff`` (seconds
+    since the epoch), or its dataset deleted. Unfinished jobs' results are still being written."""
+    if job["status"] not in ("done", "failed") or not job["finished_at"]:
+        return False
+    if not job.get("dataset_exists", True):
+        return True
+    return datetime.fromisoformat(job["finished_at"]).timestamp() < cutoff
+
+
+async def expire(svc: Service, now: float | None = None) -> int:
+    """Remove the results (local folders; with S3 the bucket's objects) of exports past keeping:
+    finished more than DICOMSVC_EXPORT_RESULT_SECONDS before ``now``, their dataset deleted, or
+    their job gone. How many results were removed."""
+    cutoff = (time.time() if now is None else now) - svc.config.export_result_seconds
+    root = svc.config.data_dir / "exports"
+    local = await svc.io(lambda: [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
+    remote: list[str] = []
+    if svc.blobs.remote is not None:
+        remote = await svc.io(_remote_results, svc.blobs)
+    ids = sorted(set(local) | set(remote))
+    jobs = await store.export_jobs(svc.db, ids)
+    gone = [job_id for job_id in ids if job_id not in jobs or _expired(jobs[job_id], cutoff)]
+    for job_id in gone:
+        await svc.io(shutil.rmtree, result_dir(svc.config, job_id), True)
+        if job_id in remote:
+            await svc.io(svc.blobs.remote.delete_under, result_prefix(job_id) + "/")
+    return len(gone)
+
+
+def _remote_results(blobs) -> list[str]:
+    return sorted({entry.key.split("/")[1] for entry in blobs.remote.listing("exports/") if entry.key.count("/") >= 2})
 
 
 # The ZIP (APPNOTE.TXT 6.3.10, PKWARE), written while it is sent. Members are stored (PNG and

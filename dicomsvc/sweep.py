@@ -11,9 +11,18 @@ With several replicas sharing the blob store (an S3 bucket, or a shared folder) 
 only blobs older than DICOMSVC_SWEEP_GRACE_SECONDS too (default an hour, far longer than any
 ingest's upload-to-commit) are candidates, and only one replica sweeps at a time
 (``dicomsvc.storage.sweeplock``; the others skip). With S3 the candidates are the bucket's
-objects (by their Last-Modified), removed with their local copies.
+objects (by their Last-Modified), removed with their local copies; and the job spools in the
+bucket (``spool/<folder>/...``, uploaded before the job's row is written: ``jobs.submit``) that
+no job holds -- a request that failed between the upload and the row -- older than the grace
+period too.
+
+Dataset exports' results (``exports.expire``) are removed DICOMSVC_EXPORT_RESULT_SECONDS after
+their job finished: looked for at start and then every hour (or every
+DICOMSVC_EXPORT_RESULT_SECONDS, when that is shorter), on every replica (each its own folder;
+the bucket's objects by whichever comes first).
 """
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -21,13 +30,16 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from . import exports
 from .service import Service, in_background
 from .storage import instances, sweeplock
+from .storage import jobs as job_rows
 from .storage.blobs import BlobStore
 
 log = logging.getLogger("dicomsvc")
 BATCH = 500
 START_MARGIN = 2.0  # seconds
+EXPIRY_EVERY = 3600  # seconds between looks for expired export results (at most)
 
 
 def _candidates(root: Path, before: float) -> dict[str, list[Path]]:
@@ -92,7 +104,39 @@ async def _sweep(svc: Service, before: float) -> int:
             await svc.io(_remove, orphans)
     if swept:
         log.info("removed the blobs of %d instance(s) no record points at", swept)
+    if remote:
+        swept += await _sweep_spools(svc, before)
     return swept
+
+
+def _remote_spools(blobs: BlobStore, before: float) -> dict[str, list[str]]:
+    """With S3: the keys of job spool objects (``spool/<folder>/<name>``) by folder, for the
+    folders whose objects are all older than ``before`` (one being uploaded now is left alone)."""
+    found: dict[str, list[str]] = {}
+    fresh: set[str] = set()
+    for entry in blobs.remote.listing("spool/"):
+        folder = entry.key.split("/")[1] if entry.key.count("/") >= 2 else ""
+        if not folder:
+            continue
+        found.setdefault(folder, []).append(entry.key)
+        if entry.modified >= before:
+            fresh.add(folder)
+    return {folder: keys for folder, keys in found.items() if folder not in fresh}
+
+
+async def _sweep_spools(svc: Service, before: float) -> int:
+    """Remove the bucket's job spools no job holds (the request that uploaded one failed before
+    its job's row was written); how many spools."""
+    candidates = await svc.io(_remote_spools, svc.blobs, before)
+    if not candidates:
+        return 0
+    held = {Path(p).name for p in await job_rows.held_spools(svc.db)}
+    orphans = [keys for folder, keys in candidates.items() if folder not in held]
+    for keys in orphans:
+        await svc.io(svc.blobs.remote.delete, *keys)
+    if orphans:
+        log.info("removed %d job spool(s) in the bucket that no job holds", len(orphans))
+    return len(orphans)
 
 
 @contextlib.asynccontextmanager
@@ -102,5 +146,16 @@ async def running(svc: Service) -> AsyncIterator[None]:
     # leave a margin, so a blob written just after the start is never taken for an orphan.
     # DICOMSVC_SWEEP_GRACE_SECONDS: what another replica may be storing right now is younger
     started = time.time() - max(START_MARGIN, svc.config.sweep_grace_seconds)
-    async with in_background(sweep_orphans(svc, started), "dicomsvc-sweep"):
+    async with in_background(sweep_orphans(svc, started), "dicomsvc-sweep"), \
+            in_background(_expire_forever(svc), "dicomsvc-export-expiry"):  # fmt: skip
         yield
+
+
+async def _expire_forever(svc: Service) -> None:
+    """Remove expired export results now and then, for as long as the app runs."""
+    while True:
+        try:
+            await exports.expire(svc)
+        except Exception as exc:  # the database or the bucket away for a moment: next time
+            log.error("could not remove expired export results: %s", type(exc).__name__)
+        await asyncio.sleep(min(EXPIRY_EVERY, svc.config.export_result_seconds))

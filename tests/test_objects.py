@@ -379,3 +379,99 @@ def test_a_job_spool_lives_in_the_bucket_for_any_replica(tmp_path, weed, bucket,
         assert [r["status"] for r in job["results"]] == ["created"] * 3, job
     assert len(pushed) == 1 and len(pushed[0]) == 1, pushed  # the spooled ZIP, before the job row
     assert weed.keys(bucket, f"{prefix}/spool/") == []
+
+
+def test_the_sweep_removes_job_spools_no_job_holds_past_the_grace(tmp_path, weed, bucket):
+    """A request that uploaded its job's spool and failed before the job's row was written leaves
+    ``spool/<folder>/...`` in the bucket: the start-up sweep removes it once past the grace period,
+    never a spool a job holds (nor a young one)."""
+    import asyncio
+
+    from dicomsvc import sweep
+
+    config = dataclasses.replace(s3_config(tmp_path, weed, bucket), sweep_grace_seconds=0)
+    prefix = prefix_of(config)
+    _plant(weed, bucket, prefix, ["spool/orphan1/upload.zip", "spool/orphan1/part2", "spool/held1/upload.zip"])
+    with TestClient(create_app(config)) as client:
+        svc = client.app.state.svc
+
+        with indexdb.index(config) as db:  # a job holding that spool, in a state no runner takes up
+            db.execute("INSERT INTO job (id, status, total, spool_dir, created_at) VALUES (?, 'held', 0, ?, ?)",
+                       ("J" * 22, str(config.spool_dir / "held1"), "2026-01-01T00:00:00.000+00:00"))  # fmt: skip
+        young = client.portal.call(sweep.sweep_orphans, svc, time.time() - 3600)
+        assert young == 0 and len(weed.keys(bucket, f"{prefix}/spool/")) == 3
+        client.portal.call(asyncio.sleep, 1.1)  # past Last-Modified's one-second resolution
+        assert client.portal.call(sweep.sweep_orphans, svc, time.time()) >= 1
+        assert weed.keys(bucket, f"{prefix}/spool/") == [f"{prefix}/spool/held1/upload.zip"]
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _exported(client, dataset_csv: bytes) -> str:
+    """Post a CSV over the stored studies, export it, wait for its job: the job id."""
+    body = client.post("/datasets", files={"csv": ("c.csv", dataset_csv, "text/csv")}, data={"key": "PatientID"}).json()
+    answer = client.post(f"/datasets/{body['id']}/export", json={"include": ["npy", "png", "dicom"]})
+    assert answer.status_code == 202, answer.text
+    deadline = time.monotonic() + 60  # a liveness bound
+    while (job := client.get(answer.json()["status_url"]).json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    assert job["status"] == "done", job
+    return job["id"]
+
+
+def test_an_export_result_is_kept_in_the_bucket_for_any_replica(tmp_path, weed, bucket):
+    """With S3 a finished export's files go to the bucket (sealed when encrypting): a replica
+    without the local folder fetches them and sends the same ZIP; expired, they go from the bucket
+    too (then 410)."""
+    from dicomsvc import exports
+
+    config = s3_config(tmp_path, weed, bucket)
+    prefix = prefix_of(config)
+    with TestClient(create_app(config)) as client:
+        assert post(client, ct_bytes(PatientID="PHI90QX")).status_code == 201
+        job_id = _exported(client, b"PatientID,Age\nPHI90QX,5\n")
+        first = client.get(f"/jobs/{job_id}/result")
+        assert first.status_code == 200, first.text
+        objects = weed.keys(bucket, f"{prefix}/exports/{job_id}/")
+        assert len(objects) == 4 and f"{prefix}/exports/{job_id}/manifest.csv" in objects  # manifest + 3 files
+        if config.encryption_keys:  # sealed: the manifest's patient key is not readable in the bucket
+            raw = weed.client().get_object(Bucket=bucket, Key=f"{prefix}/exports/{job_id}/manifest.csv")["Body"].read()
+            assert b"PHI90QX" not in raw
+        BlobStore.remove_tree(exports.result_dir(config, job_id))  # as on a replica that did not run it
+        again = client.get(f"/jobs/{job_id}/result")
+        assert again.status_code == 200 and _members(again.content) == _members(first.content)
+        assert client.portal.call(exports.expire, client.app.state.svc, time.time() + config.export_result_seconds + 1) == 1
+        assert weed.keys(bucket, f"{prefix}/exports/") == []
+        assert client.get(f"/jobs/{job_id}/result").status_code == 410
+
+
+@pytest.mark.postgres_only
+def test_an_export_run_by_one_replica_is_sent_by_the_other(tmp_path, weed, bucket):
+    """Two replicas (one PostgreSQL, one bucket): whichever runs the export, both send its ZIP;
+    after it expired, neither does (410)."""
+    from dicomsvc import exports
+
+    url = indexdb.database_env(tmp_path / "a")["DICOMSVC_DATABASE_URL"]
+    shared = {k: v for k, v in weed.env(bucket, f"p{uuid.uuid4().hex[:12]}").items() if k.startswith("DICOMSVC_")}
+    configs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        configs.append(Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path / name), "DICOMSVC_IMPORT_ROOT": str(tmp_path),
+                                        "DICOMSVC_WORKERS": "0", "DICOMSVC_DATABASE_URL": url, **shared}))  # fmt: skip
+    with TestClient(create_app(configs[0])) as a, TestClient(create_app(configs[1])) as b:
+        assert post(a, ct_bytes(PatientID="PID-7")).status_code == 201
+        job_id = _exported(a, b"PatientID,Age\nPID-7,5\n")
+        ran_here = [c for c in configs if exports.result_dir(c, job_id).exists()]
+        assert len(ran_here) == 1  # one replica ran it
+        zips = [client.get(f"/jobs/{job_id}/result") for client in (a, b)]
+        assert [z.status_code for z in zips] == [200, 200] and _members(zips[0].content) == _members(zips[1].content)
+        later = time.time() + configs[0].export_result_seconds + 1
+        for client in (a, b):
+            client.portal.call(exports.expire, client.app.state.svc, later)
+        assert [client.get(f"/jobs/{job_id}/result").status_code for client in (a, b)] == [410, 410]

@@ -6,21 +6,23 @@ The body is spooled to disk (never whole in memory) within DICOMSVC_DATASET_MAX_
 the other fields, then read, joined and stored by one worker task; the spool goes with the request.
 """
 
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from starlette.requests import Request
 
 from .. import audit, exports, tasks
-from ..errors import BadRequest, NotFound, UnsupportedMediaType
+from ..errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType
 from ..options import flag
 from ..service import Service
 from ..storage import datasets as store
 from ..storage import spool
 from . import uploads
-from .auth import owner_of, user_of
+from .auth import identity, owner_of, user_of
 from .requests import base_url, read_json_object
 
+log = logging.getLogger("dicomsvc")
 FIELDS = {"csv", "key", "column", "anonymize"}
 FORM_ROOM = 256 * 1024  # bytes of a request besides the CSV: boundaries, part headers, the small fields
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
@@ -72,6 +74,26 @@ async def get(svc: Service, dataset_id: str, owner: str | None) -> dict:
     if found is None:
         raise NotFound("no such dataset")
     return found | {"studies": await store.study_uids(svc.db, dataset_id)}
+
+
+async def delete(svc: Service, request: Request) -> None:
+    """DELETE /datasets/{dataset}: the dataset and its joined rows go (never the studies); its
+    uploader or an admin may (under DICOMSVC_VISIBILITY=own others' datasets are 404, as for
+    GET). Its exports' results go with it (``exports.expire``: 410 from now on)."""
+    dataset_id = request.path_params["dataset"]
+    found = await store.get(svc.db, dataset_id, owner_of(request))
+    if found is None:
+        raise NotFound("no such dataset")
+    who = identity(request)
+    if not who.is_admin and found["created_by"] != who.owner:
+        raise Forbidden("only the dataset's uploader or an admin may delete it")
+    if not await store.delete(svc.db, dataset_id):
+        raise NotFound("no such dataset")  # deleted meanwhile
+    audit.note(dataset=dataset_id)
+    try:
+        await exports.expire(svc)
+    except Exception as exc:  # the bucket away for a moment: the periodic sweep removes them (410 already)
+        log.warning("the deleted dataset's export results could not be removed now: %s", type(exc).__name__)
 
 
 async def listing(svc: Service, query: Mapping[str, str], owner: str | None) -> dict:

@@ -455,6 +455,59 @@ class BlobStore:
         """Remove a finished job's spool from the bucket (S3 only)."""
         self.remote.delete_under(f"spool/{folder.name}/")
 
+    # Finished dataset exports with S3 (dicomsvc.exports): their files go to the bucket under a
+    # prefix, so any replica can send the result; sealed for their object key when encrypting.
+
+    def push_folder(self, folder: Path, prefix: str) -> None:
+        """Upload every file under ``folder`` as ``<prefix>/<path relative to folder>`` (S3 only)."""
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+            if self.keyring is None:
+                self.remote.put_file(key, path)
+                continue
+            sealed = self._seal(path, key)
+            try:
+                self.remote.put_file(key, sealed)
+            finally:
+                sealed.unlink(missing_ok=True)
+
+    def pull_folder(self, prefix: str, folder: Path) -> bool:
+        """Download (decrypting) every object under ``prefix/`` into ``folder``, made whole or not
+        at all (written aside, then renamed); False when the bucket holds nothing there (S3 only)."""
+        from .crypt import open_sealed
+
+        aside = folder.with_name(f".{folder.name}.{secrets.token_hex(6)}")
+        found = False
+        try:
+            for entry in self.remote.listing(prefix + "/"):
+                parts = entry.key[len(prefix) + 1 :].split("/")
+                if any(part in ("", ".", "..") for part in parts):
+                    continue  # not one this service wrote
+                found = True
+                target = aside.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if self.keyring is None:
+                    with open(target, "xb") as out:
+                        self.remote.get_file(entry.key, out)
+                    continue
+                raw = target.with_name(target.name + ".sealed")
+                try:
+                    with open(raw, "xb") as out:
+                        self.remote.get_file(entry.key, out)
+                    with open_sealed(raw, self.keyring, entry.key) as src, open(target, "xb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                finally:
+                    raw.unlink(missing_ok=True)
+            if found:
+                try:
+                    os.rename(aside, folder)
+                except OSError:  # another request fetched it meanwhile
+                    if not folder.is_dir():
+                        raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+        return found
+
     @staticmethod
     def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
-from .sqlite import Database, Writer
+from .sqlite import Database, Writer, transaction
 
 # The study column each key kind is matched against (schema.sql: study)
 KEY_COLUMNS = {
@@ -123,6 +123,14 @@ async def listing(db: Database, limit: int, offset: int = 0, owner: str | None =
     return [_summary(r) for r in rows]
 
 
+async def delete(db: Database, dataset_id: str) -> bool:
+    """Remove a dataset and its joined rows (never the studies); False when there is no such dataset."""
+    async with transaction(db) as conn:
+        await conn.execute("DELETE FROM dataset_row WHERE dataset_id = ?", (dataset_id,))
+        rows = await conn.execute_fetchall("DELETE FROM dataset WHERE id = ? RETURNING id", (dataset_id,))
+    return bool(rows)
+
+
 # A dataset's export (dicomsvc/exports.py): its instances, a page at a time ----------------------
 
 EXPORT_FILTERS = {"Modality": "d.modality", "SeriesInstanceUID": "d.series_instance_uid",
@@ -154,3 +162,38 @@ async def export_page(
         (*params, limit),
     )
     return [dict(r) for r in rows]
+
+
+async def export_item(db: Database, job_id: str) -> str | None:
+    """The item (JSON) of a dataset export's job, None when the job is no export (or unknown)."""
+    rows = await db.conn.execute_fetchall("SELECT item FROM job_item WHERE job_id = ? AND seq = 0", (job_id,))
+    return rows[0]["item"] if rows and rows[0]["item"].startswith('{"export"') else None
+
+
+async def export_jobs(db: Database, job_ids: Sequence[str]) -> dict[str, dict]:
+    """Of ``job_ids``, the jobs still recorded: id -> {status, finished_at, item, dataset_exists}
+    (``item``: the job's first item, JSON; ``dataset_exists``: the dataset its export names is
+    still there -- an export's item names it as ``"dataset": "<id>"``)."""
+    found: dict[str, dict] = {}
+    for start in range(0, len(job_ids), CHUNK):
+        chunk = list(job_ids[start : start + CHUNK])
+        marks = ", ".join("?" for _ in chunk)
+        rows = await db.conn.execute_fetchall(
+            "SELECT j.id, j.status, j.finished_at, i.item FROM job j JOIN job_item i ON i.job_id = j.id AND i.seq = 0 "
+            f"WHERE j.id IN ({marks})",
+            tuple(chunk),
+        )
+        for r in rows:
+            found[r["id"]] = {"status": r["status"], "finished_at": r["finished_at"], "item": r["item"]}
+    named = {job: json.loads(row["item"]).get("export", {}).get("dataset") for job, row in found.items()
+             if row["item"].startswith('{"export"')}  # fmt: skip
+    wanted = sorted({d for d in named.values() if d})
+    existing: set[str] = set()
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start : start + CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        rows = await db.conn.execute_fetchall(f"SELECT id FROM dataset WHERE id IN ({marks})", tuple(chunk))
+        existing.update(r["id"] for r in rows)
+    for job, row in found.items():
+        row["dataset_exists"] = named.get(job) in existing
+    return found
