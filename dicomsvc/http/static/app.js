@@ -96,7 +96,7 @@ function setupToken() {
     $('#token').value = '';
     shown();
     notice('');
-    route();
+    route(true);
   });
   $('#forget-token').addEventListener('click', () => {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -303,6 +303,7 @@ async function tusUpload(f, anonymize, onSent) {
     } catch (err) {
       response = null; // the network: ask where the upload stands, then go on
     }
+    if (response && response.ok) await response.text(); // (empty) read to its end
     const result = response && response.headers.get('Upload-Result');
     if (result) return JSON.parse(result);
     if (response && response.ok) {
@@ -315,6 +316,7 @@ async function tusUpload(f, anonymize, onSent) {
     if (++retries > 5) throw new Error('the upload kept failing');
     await sleep(500 * retries);
     const head = await api(location, { method: 'HEAD', headers: TUS });
+    await head.text(); // (empty) read to its end, as every answer
     offset = Number(head.headers.get('Upload-Offset'));
     onSent(offset);
   }
@@ -712,14 +714,18 @@ function setupStack() {
 // ---------------------------------------------------------------------------------------------
 // views by the URL's fragment (never sent to the server): #study/<StudyInstanceUID>, else home
 // ---------------------------------------------------------------------------------------------
-function route() {
+function route(again = false) {
   const match = /^#study\/(.+)$/.exec(location.hash);
+  if (state.config.auth !== 'none' && !token()) {
+    needToken(); // nothing to show without one: no request that can only be refused
+    return;
+  }
   $('#home-view').hidden = Boolean(match);
   $('#study-view').hidden = !match;
   if (match) {
     openStudy(decodeURIComponent(match[1])).catch((err) => ($('#study-meta').textContent = `Not loaded: ${err.message}`));
     $('#stack').focus({ preventScroll: true });
-  } else if (state.study || !state.listed) {
+  } else if (again || state.study || !state.listed) {
     state.study = null;
     state.listed = true;
     loadStudies();
