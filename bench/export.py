@@ -2,7 +2,10 @@
 npy + png + dicom, the ZIP streamed to disk. Peak RSS of the server process and of its
 workers during the export (sampled from /proc every 20 ms) against their size before it.
 
-    .venv/bin/python bench/export.py [--instances 10000] [--per-study 100]
+    .venv/bin/python bench/export.py [--instances 10000] [--per-study 100] [--anonymize]
+
+--anonymize: the export asks "anonymize": true of studies stored as they came (each instance
+anonymized on the way out, in the workers).
 """
 
 import argparse
@@ -43,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--instances", type=int, default=10_000)
     parser.add_argument("--per-study", type=int, default=100)
+    parser.add_argument("--anonymize", action="store_true", help="anonymize on the way out")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dicomsvc-export-bench-"))
     try:
@@ -93,7 +97,7 @@ def run(root: Path, args) -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         t0 = time.perf_counter()
-        job = client.post(f"/datasets/{body['id']}/export", json={"include": ["npy", "png", "dicom"]}).json()["job"]
+        job = client.post(f"/datasets/{body['id']}/export", json={"include": ["npy", "png", "dicom"], "anonymize": args.anonymize}).json()["job"]
         while (status := client.get(f"/jobs/{job}").json())["status"] not in ("done", "failed"):
             time.sleep(0.2)
         built = time.perf_counter() - t0
