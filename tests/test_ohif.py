@@ -15,13 +15,8 @@ node, playwright-core or OHIF are absent — except in CI (CI=true), where that 
 """
 
 import json
-import os
-import shutil
-import socket
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,54 +28,26 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import MRImageStorage, generate_uid
 
+import liveservice
 from dicomfiles import make_ct
+from liveservice import free_port, service_env
 
 REPO = Path(__file__).resolve().parent.parent
 OHIF_VERSION = "3.13.2"  # tests/ohif/setup.sh pins the same
 OHIF_DIST = REPO / ".cache" / "ohif" / f"app-{OHIF_VERSION}" / "dist"
 HERE = REPO / "tests" / "ohif"
-PLAYWRIGHT = HERE / "node_modules" / "playwright-core" / "package.json"
 APP_CONFIG = REPO / "deploy" / "ohif" / "app-config.js"
 TEST_CONFIG = HERE / "app-config.js"  # appended: test-only settings
 DEFAULT_ROOT = "'http://localhost:8001/dicomweb'"
-BROWSERS = ("/usr/lib/chromium/chromium-headless-shell", "/usr/lib/chromium/chromium")
 
 FAMILY = "ZEBRAFINCH"  # a name to find in the study list (OHIF shows "ZEBRAFINCH, OHIF")
 STUDY_DESCRIPTION = "OHIF HARNESS CT AND MR"
 
 
-def find_browser() -> str | None:
-    """Debian's chromium-headless-shell (or chromium): the binary itself, not /usr/bin's wrapper
-    script (which does not exec, so stopping it could leave the browser behind)."""
-    chosen = os.environ.get("OHIF_TEST_CHROMIUM")
-    for candidate in ([chosen] if chosen else BROWSERS):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def missing() -> list[str]:
-    reasons = []
-    if find_browser() is None:
-        reasons.append("no Chromium (apt-get install chromium-headless-shell)")
-    if shutil.which("node") is None:
-        reasons.append("no node")
-    if not PLAYWRIGHT.is_file():
-        reasons.append("no playwright-core in tests/ohif/node_modules")
-    if not (OHIF_DIST / "index.html").is_file():
-        reasons.append(f"no OHIF {OHIF_VERSION} in {OHIF_DIST.relative_to(REPO)}")
-    return reasons
-
-
 @pytest.fixture(scope="module")
 def tools():
-    reasons = missing()
-    if reasons:
-        message = "OHIF test needs tests/ohif/setup.sh: " + "; ".join(reasons)
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(message + " (CI=true: not skipping)")
-        pytest.skip(message)
-    return find_browser()
+    missing = [] if (OHIF_DIST / "index.html").is_file() else [f"no OHIF {OHIF_VERSION} in {OHIF_DIST.relative_to(REPO)}"]
+    return liveservice.browser_or_skip("OHIF test", missing)
 
 
 # --------------------------------------------------------------------------
@@ -148,12 +115,6 @@ def viewer_config(api: str) -> str:
     return text.replace(DEFAULT_ROOT, repr(api + "/dicomweb")) + "\n" + TEST_CONFIG.read_text()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(tools, tmp_path_factory):
     """dicomsvc (a uvicorn subprocess, DICOMSVC_CORS_ORIGINS = the viewer's origin) and OHIF's static
@@ -169,39 +130,17 @@ def stack(tools, tmp_path_factory):
     viewer = f"http://127.0.0.1:{static.server_address[1]}"
     threading.Thread(target=static.serve_forever, daemon=True).start()
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMSVC_")}
-    env.update(
+    env = service_env(
         DICOMSVC_DATA_DIR=str(work / "data"),
         DICOMSVC_IMPORT_ROOT=str(work / "import"),
         DICOMSVC_CORS_ORIGINS=viewer,
         DICOMSVC_WORKERS="1",
         DICOMSVC_LOG_LEVEL="warning",
     )
-    log = open(work / "dicomsvc.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(api_port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"dicomsvc exited: {(work / 'dicomsvc.log').read_text()[-2000:]}"
-            try:
-                if httpx.get(api + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "dicomsvc did not start in 60 s"
-            time.sleep(0.1)
-        yield viewer, api, work
+        with liveservice.running(api_port, env, work / "dicomsvc.log"):
+            yield viewer, api, work
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-        log.close()
         static.shutdown()
         static.server_close()
 
