@@ -302,4 +302,5 @@ CREATE TABLE IF NOT EXISTS forward (
 );
 CREATE INDEX IF NOT EXISTS forward_due ON forward (state, next_attempt_at) WHERE state = 'queued';
 CREATE UNIQUE INDEX IF NOT EXISTS forward_one ON forward (dicom_pk, destination, anonymize);
-CREATE INDEX IF NOT EXISTS forward_by_destination ON forward (destination, state);
+CREATE INDEX IF NOT EXISTS forward_counts ON forward (destination, state, created_at);
+CREATE INDEX IF NOT EXISTS forward_errors ON forward (destination, attempted_at) WHERE last_detail IS NOT NULL;
