@@ -20,7 +20,8 @@ by another replica are found by polling every DICOMSVC_JOB_POLL_SECONDS (an inde
 this replica's own are started at once (``wakeup``).
 
 A dataset export (``dicomsvc.exports``) is a job of one item holding its parameters: ``_work``
-hands it to ``exports.run`` instead of the ingest.
+hands it to ``exports.run`` instead of the ingest. A send (``dicomsvc.sendjobs``) has one item
+per instance: ``_work`` hands each page to ``sendjobs.run``.
 """
 
 import asyncio
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import shortuuid
 
-from . import audit, batch, exports, metrics
+from . import audit, batch, exports, metrics, sendjobs
 from .batch import Entry, Item, Result
 from .errors import InsufficientStorage, NotFound
 from .service import Service
@@ -85,6 +86,8 @@ async def status_json(svc: Service, job_id: str, owner: str | None = None) -> by
         "finished_at": job["finished_at"],
         "created_by": job["created_by"],
     } | ({"detail": job["detail"]} if job["detail"] else {})
+    if sendjobs.is_send(await job_rows.first_item(svc.db, job_id) or ""):  # a send: its instances sent so far
+        head["sent"] = counts.get("sent", 0)
     results = await job_rows.results_json(svc.db, job_id)  # a job may hold 20,000 files: SQLite joins them
     return json.dumps(head)[:-1].encode() + b', "results": ' + results.encode() + b"}"
 
@@ -197,6 +200,9 @@ async def _work(svc: Service, job_id: str) -> None:
     while pending := await job_rows.pending_items(svc.db, job_id, PAGE):
         if exports.is_export(pending[0][1]):  # a dataset export (its one item): written, then recorded
             await exports.run(svc, job_id, *pending[0])
+            continue
+        if sendjobs.is_send(pending[0][1]):  # instances to send (POST /dicom/send): sent, then recorded
+            await sendjobs.run(svc, job_id, pending, owner)
             continue
         seqs = [seq for seq, _ in pending]
 

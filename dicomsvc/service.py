@@ -72,6 +72,9 @@ class Service:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # a background job is queued
     forward_wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # forwards may be queued (dicomsvc.forwarding)
     replica: str = field(default_factory=lambda: replica_id())  # who holds a job's lease (dicomsvc.jobs)
+    # called with the ids of instances deleted by background work (a send job's delete_after:
+    # dicomsvc.removal), so the HTTP layer's read cache forgets them (app.py registers it)
+    on_delete: list[Callable[[list[str]], None]] = field(default_factory=list)
 
     async def cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-bound ``fn(*args)`` in a worker process (arguments and result are pickled).

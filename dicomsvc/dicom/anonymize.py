@@ -37,6 +37,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import re
+import threading
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
@@ -116,9 +117,20 @@ class ProfileTable:
         return None
 
 
-@cache
+_TABLE_LOCK = threading.Lock()
+
+
 def profile_table() -> ProfileTable:
-    """Table E.1-1 as shipped by the pinned package (parsed once, then cached)."""
+    """Table E.1-1 as shipped by the pinned package (parsed once, then cached). Parsed under a
+    lock: threads anonymizing at once (an in-process worker pool) would each parse it, and
+    CPython 3.11's ``ast.parse`` in concurrent threads fails ("AST constructor recursion depth
+    mismatch")."""
+    with _TABLE_LOCK:
+        return _profile_table()
+
+
+@cache
+def _profile_table() -> ProfileTable:
     try:
         dist = distribution(TABLE_PACKAGE)
     except PackageNotFoundError as exc:  # pragma: no cover - a broken install

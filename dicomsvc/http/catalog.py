@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from ..errors import BadRequest, NotFound
 from ..options import flag
 from .. import audit, jobs, metrics
+from ..removal import remove_blobs
 from ..service import Service
 from ..storage import instances
-from ..storage.blobs import BlobStore
 from ..storage.instances import FILTERS, DateRange
 from .instances import check_id
 from .readcache import ReadCache
@@ -136,7 +136,7 @@ async def delete_one(svc: Service, instance_id: str, cache: ReadCache | None = N
     if not gone:
         raise NotFound("no instance with that id")
     metrics.deleted(len(gone))
-    await svc.io(_remove_blobs, svc.blobs, gone)
+    await svc.io(remove_blobs, svc.blobs, gone)
 
 
 async def delete_matching(svc: Service, query: Mapping[str, str], cache: ReadCache | None = None) -> int:
@@ -148,7 +148,7 @@ async def delete_matching(svc: Service, query: Mapping[str, str], cache: ReadCac
     _forget(cache, gone)
     audit.note_instances(row["id"] for row in gone)
     metrics.deleted(len(gone))
-    await svc.io(_remove_blobs, svc.blobs, gone)
+    await svc.io(remove_blobs, svc.blobs, gone)
     return len(gone)
 
 
@@ -169,7 +169,7 @@ async def delete_study(
     metrics.deleted(len(gone))
     if not gone:
         raise NotFound(f"no such {'instance' if sop else 'series' if series else 'study'}")
-    await svc.io(_remove_blobs, svc.blobs, gone)
+    await svc.io(remove_blobs, svc.blobs, gone)
     return len(gone)
 
 
@@ -178,14 +178,6 @@ def _forget(cache: ReadCache | None, gone: list[dict]) -> None:
     answers for an instance that is gone (``readcache``)."""
     if cache is not None:
         cache.forget(row["id"] for row in gone)
-
-
-def _remove_blobs(blobs: BlobStore, gone: list[dict]) -> None:
-    """After the rows are committed away: a crash in between leaves unused files, never a
-    row pointing at nothing."""
-    for row in gone:
-        blobs.remove(row["dcm_blob"], row["png_blob"])
-        blobs.remove_renderings(row["id"])
 
 
 async def stats(svc: Service, owner: str | None = None) -> dict:

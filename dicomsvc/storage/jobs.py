@@ -139,6 +139,12 @@ async def void_claims(db: Database) -> int:
     return len(rows)
 
 
+async def first_item(db: Database, job_id: str) -> str | None:
+    """The job's first item (JSON): what kind of job it is (an import's file, an export, a send)."""
+    rows = await db.conn.execute_fetchall("SELECT item FROM job_item WHERE job_id = ? AND seq = 0", (job_id,))
+    return rows[0]["item"] if rows else None
+
+
 async def pending_items(db: Database, job_id: str, limit: int) -> list[tuple[int, str]]:
     """The next ``limit`` items still to do, in request order: (seq, item JSON)."""
     rows = await db.conn.execute_fetchall(
