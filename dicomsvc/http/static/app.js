@@ -466,6 +466,7 @@ async function loadStudies() {
   if (mine !== studySearch) return;
   body.replaceChildren();
   $('#study-table').dataset.query = String(query); // what the rows answer
+  $('#study-table').dataset.answered = String(mine);
   $('#study-count').textContent = studies.length
     ? `${studies.length} stud${studies.length === 1 ? 'y' : 'ies'}${studies.length === STUDY_LIMIT ? ' (the newest; narrow the search for more)' : ''}.`
     : 'No studies found.';
