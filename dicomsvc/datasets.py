@@ -388,3 +388,26 @@ def create(
               "columns": columns, "summary": summary, "created_by": user}  # fmt: skip
     rows_store.insert(writer, record, stored_rows)
     return {"id": dataset_id, **summary}
+
+
+LINK_PAGE = 5000  # studies read at a time while looking for an anonymized dataset's originals
+
+
+def original_links(config: Config, dataset_id: str, owner: str | None) -> dict[str, str]:
+    """An anonymized dataset's studies that are stored as they came: their Study Instance UID ->
+    the anonymizer's UID of it (``new_uid``) that the dataset's row links, for those not stored
+    anonymized as well (that copy is exported instead). Every study stored as it came is looked
+    at (one HMAC each): the dataset keeps no original UID to look up. The answer stays in the
+    export's memory only (``exports.run``), never stored."""
+    secret = config.anon_secret.encode()
+    writer = connection(config.database)
+    wanted = rows_store.pseudonymous_study_uids(writer, dataset_id)
+    wanted -= rows_store.stored_studies(writer, wanted)  # stored anonymized: exported as they are
+    links: dict[str, str] = {}
+    after = ""
+    while wanted and (page := rows_store.studies_as_they_came(writer, after, LINK_PAGE, owner)):
+        after = page[-1]
+        for uid in page:
+            if (anonymized := _uid(secret, uid)) in wanted:
+                links[uid] = anonymized
+    return links

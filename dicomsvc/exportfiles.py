@@ -119,7 +119,7 @@ def export_chunk(
             continue
         names = {"StudyInstanceUID": uids[0], "SeriesInstanceUID": uids[1], "SOPInstanceUID": uids[2],
                  "Modality": row["modality"] or ""}  # fmt: skip
-        if clean is not None:
+        if clean is not None and not row.get("pseudonymous"):  # an anonymized dataset's key is one already
             names["key"] = _pseudonym(key_kind, row["key_value"], secret, uids[0])
         out.append({"paths": written, "values": names | values})
     return out

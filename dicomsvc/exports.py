@@ -23,7 +23,7 @@ import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -94,7 +94,8 @@ async def submit(svc: Service, dataset_id: str, body: Mapping, owner: str | None
     columns = dataset["columns"]
     if spec["anonymize"] and not dataset["anonymized"]:  # columns naming patients go, as in an anonymized join
         columns = [name for name in columns if not is_identifying(name)]
-    spec |= {"dataset": dataset_id, "owner": owner, "columns": columns, "key_kind": dataset["key"]}
+    spec |= {"dataset": dataset_id, "owner": owner, "columns": columns, "key_kind": dataset["key"],
+             "dataset_anonymized": dataset["anonymized"]}  # fmt: skip
     job_id = shortuuid.uuid()
     await job_rows.insert_job(svc.db, job_id, [(0, json.dumps({"export": spec}), "pending", None)], None, user)
     svc.wakeup.set()
@@ -116,9 +117,8 @@ async def run(svc: Service, job_id: str, seq: int, item: str) -> None:
     # anonymize: instances stored as they came are anonymized on the way out (exportfiles)
     secret = svc.config.anon_secret.encode() if spec["anonymize"] else None
     extra = (secret, spec.get("allow_burned_in", False), spec.get("key_kind", "PatientID"))
-    after, exported, failed = 0, 0, 0
-    while page := await store.export_page(svc.db, spec["dataset"], after, PAGE, spec["owner"], spec["filter"]):
-        after = page[-1]["pk"]
+    exported, failed = 0, 0
+    async for page in _pages(svc, spec):
         entries = await svc.cpu(tasks.export_chunk, svc.config, str(folder / "files"), page, spec["include"],
                                 spec["rescale"], *extra)  # fmt: skip
         lines = []
@@ -142,6 +142,28 @@ async def run(svc: Service, job_id: str, seq: int, item: str) -> None:
               "detail": f"{exported} instance(s) exported, {failed} left out"}  # fmt: skip
     await job_rows.record_results(svc.db, job_id, [(seq, "created", json.dumps(result))], svc.replica,
                                   svc.config.job_lease_seconds)  # fmt: skip
+
+
+async def _pages(svc: Service, spec: dict) -> AsyncIterator[list[dict]]:
+    """The export's instances a page at a time, each with its dataset row: those of the studies
+    the rows link; then, anonymizing an anonymized dataset, those of its studies stored as they
+    came (linked by the anonymizer's UID of theirs: ``datasets.original_links``), to be
+    anonymized on the way out. Keyset paging by ``dicom.pk`` (memory flat in the export's size)."""
+    after = 0
+    while page := await store.export_page(svc.db, spec["dataset"], after, PAGE, spec["owner"], spec["filter"]):
+        after = page[-1]["pk"]
+        yield page
+    if not (spec["anonymize"] and spec.get("dataset_anonymized")):
+        return
+    links = await svc.cpu(tasks.original_links, svc.config, spec["dataset"], spec["owner"])
+    originals = sorted(links)
+    for start in range(0, len(originals), store.CHUNK):
+        chunk = {uid: links[uid] for uid in originals[start : start + store.CHUNK]}
+        after = 0
+        while page := await store.export_page_of_studies(svc.db, spec["dataset"], chunk, after, PAGE, spec["owner"],
+                                                         spec["filter"]):  # fmt: skip
+            after = page[-1]["pk"]
+            yield page
 
 
 def _fresh(folder: Path) -> None:

@@ -50,6 +50,7 @@ ingest_file = Task("dicomsvc.ingest", "ingest_file")
 # dicomsvc.datasets, in a worker: a clinical CSV read, joined to the studies and stored -> its summary
 create_dataset = Task("dicomsvc.datasets", "create")
 export_chunk = Task("dicomsvc.exportfiles", "export_chunk")  # a page of a dataset export's files
+original_links = Task("dicomsvc.datasets", "original_links")  # an anonymized dataset's studies stored as they came
 ingest_capture = Task("dicomsvc.ingest", "ingest_capture")  # a JPEG or PNG made an SC instance first
 
 # dicomsvc.retrieve, in a worker: bytes, paths, dicts, lists of plain values

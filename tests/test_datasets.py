@@ -486,3 +486,103 @@ def test_the_streamed_zip_reads_back(tmp_path, monkeypatch, zip64):
         assert archive.namelist() == ["manifest.csv", *sorted(contents)]
         assert {n: archive.read(n) for n in contents} == contents
     assert not [p for p in tmp_path.iterdir() if p.name not in ("files", "manifest.csv")]  # its temporary file is gone
+
+
+def test_export_results_expire(client, config):
+    """DICOMSVC_EXPORT_RESULT_SECONDS after its job finished an export's result is removed by the
+    sweep (exports.expire) and GET /jobs/{job}/result answers 410; before that it is kept."""
+    from dicomsvc import exports
+
+    study(client, 1)
+    body = post_csv(client, b"PatientID,Age\nPID-1,5\n").json()
+    exported(client, body["id"], include=["npy"])
+    job_id = client.get("/jobs").json()["items"][0]["id"]
+    svc = client.app.state.svc
+    assert client.portal.call(exports.expire, svc) == 0  # young: kept
+    assert client.get(f"/jobs/{job_id}/result").status_code == 200
+    later = time.time() + config.export_result_seconds + 1
+    assert client.portal.call(exports.expire, svc, later) == 1
+    assert not (config.data_dir / "exports" / job_id).exists()
+    gone = client.get(f"/jobs/{job_id}/result")
+    assert gone.status_code == 410 and set(gone.json()) == {"error", "detail"}
+    finished_at = client.get(f"/jobs/{job_id}").json()["finished_at"]
+    job = {"status": "done", "finished_at": finished_at, "dataset_exists": True}
+    from datetime import datetime
+
+    ended = datetime.fromisoformat(finished_at).timestamp()
+    assert exports._expired(job, ended + 1) and not exports._expired(job, ended - 1)
+    assert not exports._expired(job | {"status": "running"}, ended + 1)
+
+
+def test_expired_by_time_is_410_before_any_sweep(data_dir, import_root):
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "0",
+           "DICOMSVC_EXPORT_RESULT_SECONDS": "1"}  # fmt: skip
+    with TestClient(create_app(Config.from_env(env))) as client:
+        study(client, 1)
+        body = post_csv(client, b"PatientID,Age\nPID-1,5\n").json()
+        answer = client.post(f"/datasets/{body['id']}/export", json={"include": ["npy"]})
+        job = finished(client, answer.json()["job"])
+        ended = time.time()
+        while time.time() < ended + 1.5:  # past the second it is kept
+            time.sleep(0.1)
+        assert client.get(f"/jobs/{job['id']}/result").status_code == 410
+
+
+def test_export_manifest_escapes_every_formula_start_and_keeps_line_breaks(client):
+    """OWASP CSV Injection: manifest cells (and header names) starting with =, +, -, @, a tab or a
+    carriage return are written with a leading ' ; plain negative numbers stay numbers; a quoted
+    cell's line breaks, delimiters and quotes survive the round trip."""
+    study(client, 1)
+    cells = ["@SUM(A1)", "\t=1", "\r=2", "+cmd", "-1", "-2.5e3", 'multi\nline, "quoted"']
+    header = ["PatientID", *(f"c{i}" for i in range(len(cells))), "@head"]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, ["PID-1", *cells, "x"]])
+    body = post_csv(client, buffer.getvalue().encode()).json()
+    assert body["matched"] == 1
+    archive = exported(client, body["id"], include=["npy"])
+    rows = list(csv.reader(io.StringIO(archive.read("manifest.csv").decode(), newline="")))
+    assert rows[0][-1] == "'@head"
+    assert rows[1][-len(cells) - 1 : -1] == ["'@SUM(A1)", "'\t=1", "'\r=2", "'+cmd", "-1", "-2.5e3", 'multi\nline, "quoted"']
+
+
+def test_the_listing_is_paged_like_jobs(client):
+    made = [post_csv(client, b"PatientID,Age\nPID-1,5\n").json()["id"] for _ in range(3)]
+    first = client.get("/datasets", params={"limit": "2"}).json()
+    assert (len(first["items"]), first["next_offset"]) == (2, 2)
+    rest = client.get("/datasets", params={"limit": "2", "offset": str(first["next_offset"])}).json()
+    assert (len(rest["items"]), rest["next_offset"]) == (1, None)
+    assert sorted(d["id"] for d in first["items"] + rest["items"]) == sorted(made)
+
+
+def test_anonymized_dataset_over_studies_stored_as_they_came_exports_them_anonymized(client):
+    """A CSV posted with anonymize=true links studies stored as they came by the anonymizer's UID of
+    them (it keeps no original UID); an anonymized export finds them all the same and anonymizes
+    them on the way out. A study also stored anonymized is exported once (that copy)."""
+    from pydicom import dcmread
+
+    marker = "PHI91QX"
+    kept_as_is = make_study((("CT", 2),), seed=1, PatientID=marker, PatientName=f"{marker}^Jo", StudyDescription=marker)
+    post_all(client, kept_as_is)
+    twice = make_study(ONE, seed=2)  # PID-2: stored as it came and anonymized as well
+    post_all(client, twice)
+    assert client.post("/dicom?anonymize=true", content=_bytes(twice[0]), headers={"content-type": "application/dicom"}).status_code == 201
+    body = post_csv(client, f"PatientID,Grade\n{marker},3\nPID-2,4\n".encode(), anonymize="true").json()
+    assert body["matched"] == 2
+    secret = client.app.state.svc.config.anon_secret.encode()
+    plain = exported(client, body["id"], include=["npy"])  # not anonymizing: only what is stored anonymized
+    assert len(plain.namelist()) == 2
+    archive = exported(client, body["id"], include=["npy", "dicom"], anonymize=True)
+    manifest = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert sorted((r["key"], r["Grade"]) for r in manifest) == sorted(
+        [(pseudonym(secret, marker), "3")] * 2 + [(pseudonym(secret, "PID-2"), "4")])  # fmt: skip
+    for name in archive.namelist():
+        assert marker.encode() not in archive.read(name) and marker not in name
+        assert all(str(ds.StudyInstanceUID) not in name for ds in kept_as_is + twice)
+    for row in manifest:
+        ds = dcmread(io.BytesIO(archive.read(row["path_dicom"])))
+        assert (str(ds.PatientID), ds.PatientIdentityRemoved) == (row["key"], "YES")
+    originals = {new_uid(secret, str(ds.SOPInstanceUID)): ds for ds in kept_as_is}
+    for row in manifest:
+        if row["SOPInstanceUID"] in originals:
+            array = np.load(io.BytesIO(archive.read(row["path_npy"])))
+            assert np.array_equal(array, originals[row["SOPInstanceUID"]].pixel_array)

@@ -97,17 +97,19 @@ async def delete(svc: Service, request: Request) -> None:
 
 
 async def listing(svc: Service, query: Mapping[str, str], owner: str | None) -> dict:
-    """GET /datasets: a page of datasets, newest first, with their counts."""
+    """GET /datasets: a page of datasets, newest first, with their counts; ``next_offset`` as
+    GET /jobs gives it (None on the last page)."""
     unknown = set(query) - {"limit", "offset"}
     if unknown:
         raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
     limit = _number(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     offset = _number(query, "offset", 0, 0, 10**12)
     items = []
-    for found in await store.listing(svc.db, limit, offset, owner):
+    page = await store.listing(svc.db, limit + 1, offset, owner)
+    for found in page[:limit]:
         counts = {f"{name}_count": len(found.get(name, ())) for name in ("unmatched", "ambiguous", "duplicates")}
         items.append({name: found.get(name) for name in LISTED} | counts)
-    return {"items": items, "limit": limit, "offset": offset}
+    return {"items": items, "limit": limit, "offset": offset, "next_offset": offset + limit if len(page) > limit else None}
 
 
 async def export(svc: Service, request: Request) -> tuple[str, str]:

@@ -197,3 +197,72 @@ async def export_jobs(db: Database, job_ids: Sequence[str]) -> dict[str, dict]:
     for job, row in found.items():
         row["dataset_exists"] = named.get(job) in existing
     return found
+
+
+# An anonymized dataset's studies stored as they came (dicomsvc.datasets.original_links, in a worker)
+
+
+def pseudonymous_study_uids(w: Writer, dataset_id: str) -> set[str]:
+    """The study UIDs a dataset's rows link (of an anonymized dataset: the anonymizer's UIDs)."""
+    rows = w.db.execute("SELECT study_instance_uid FROM dataset_row WHERE dataset_id = ?", (dataset_id,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def stored_studies(w: Writer, uids: Iterable[str]) -> set[str]:
+    """Which of ``uids`` are stored studies."""
+    wanted, found = sorted(set(uids)), set()
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start : start + CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        found.update(r[0] for r in w.db.execute(f"SELECT study_instance_uid FROM study WHERE study_instance_uid IN ({marks})",
+                                                tuple(chunk)).fetchall())  # fmt: skip
+    return found
+
+
+def studies_as_they_came(w: Writer, after: str, limit: int, owner: str | None = None) -> list[str]:
+    """The next ``limit`` study UIDs past ``after`` (in UID order: keyset paging) whose newest
+    instance was stored as it came (not anonymized); ``owner``: holding one of theirs."""
+    sql = ("SELECT s.study_instance_uid FROM study s JOIN dicom r ON r.pk = s.rep_pk "
+           "WHERE r.anonymized = 0 AND s.study_instance_uid > ?" + (_OWNED if owner is not None else "")
+           + " ORDER BY s.study_instance_uid LIMIT ?")  # fmt: skip
+    params = (after, owner, limit) if owner is not None else (after, limit)
+    return [r[0] for r in w.db.execute(sql, params).fetchall()]
+
+
+async def export_page_of_studies(
+    db: Database, dataset_id: str, links: dict[str, str], after: int, limit: int, owner: str | None = None,
+    filters: dict | None = None,
+) -> list[dict]:  # fmt: skip
+    """``export_page`` for an anonymized dataset's studies stored as they came: ``links`` maps such a
+    study's UID to the pseudonymous UID the dataset's row links (``datasets.original_links``);
+    each instance comes with that row (``pseudonymous``: its key is a pseudonym already)."""
+    originals = sorted(links)
+    where, params = [f"d.study_instance_uid IN ({', '.join('?' for _ in originals)})", "d.pk > ?", _CURRENT], [*originals, after]
+    if owner is not None:
+        where.append("d.uploaded_by = ?")
+        params.append(owner)
+    for name, value in (filters or {}).items():
+        where.append(f"{EXPORT_FILTERS[name]} = ?")
+        params.append(value)
+    rows = await db.conn.execute_fetchall(
+        "SELECT d.pk, d.id, d.dcm_blob, d.png_blob, d.study_instance_uid, d.series_instance_uid, d.sop_instance_uid, "
+        f"d.modality, d.instance_number, d.has_pixels, d.anonymized FROM dicom d WHERE {' AND '.join(where)} "
+        "ORDER BY d.pk LIMIT ?",
+        (*params, limit),
+    )
+    if not rows:
+        return []
+    linked = sorted({links[r["study_instance_uid"]] for r in rows})
+    marks = ", ".join("?" for _ in linked)
+    joined = await db.conn.execute_fetchall(
+        "SELECT study_instance_uid, row_number, key_value, clinical FROM dataset_row "
+        f"WHERE dataset_id = ? AND study_instance_uid IN ({marks})",
+        (dataset_id, *linked),
+    )
+    by_uid = {r["study_instance_uid"]: dict(r) for r in joined}
+    out = []
+    for r in rows:
+        row = by_uid.get(links[r["study_instance_uid"]])
+        if row is not None:
+            out.append(dict(r) | {k: row[k] for k in ("row_number", "key_value", "clinical")} | {"pseudonymous": True})
+    return out
