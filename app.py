@@ -12,10 +12,10 @@ from starlette.background import BackgroundTask
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from dicomsvc import audit, destinations, dimse, health, jobs, metrics, resumable, sweep
+from dicomsvc import audit, destinations, dimse, forwarding, health, jobs, metrics, resumable, sweep
 from dicomsvc.config import Config
 from dicomsvc.errors import BadRequest, DicomSvcError
-from dicomsvc.http import catalog, datasets, instances, intake, openapi, stow, tus
+from dicomsvc.http import catalog, datasets, instances, intake, openapi, page, send, stow, tus
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
 from dicomsvc.http.catchall import CatchAll
@@ -161,6 +161,16 @@ async def get_dataset(request: Request) -> JSONResponse:
     return JSONResponse(await datasets.get(svc, request.path_params["dataset"], owner_of(request)))
 
 
+async def delete_dataset(request: Request) -> Response:
+    await datasets.delete(request.app.state.svc, request)
+    return Response(status_code=204)
+
+
+async def post_send(request: Request) -> JSONResponse:
+    job_id, status_url = await send.send(request.app.state.svc, request)
+    return JSONResponse({"job": job_id, "status_url": status_url}, status_code=202, headers={"Location": status_url})
+
+
 async def post_dataset_export(request: Request) -> JSONResponse:
     job_id, status_url = await datasets.export(request.app.state.svc, request)
     return JSONResponse({"job": job_id, "status_url": status_url}, status_code=202, headers={"Location": status_url})
@@ -174,6 +184,10 @@ async def get_job_result(request: Request) -> Response:
 
 async def get_destinations(request: Request) -> JSONResponse:
     return JSONResponse(await destinations.listing(request.app.state.svc))
+
+
+async def get_forwarding(request: Request) -> JSONResponse:
+    return JSONResponse(await forwarding.status(request.app.state.svc))
 
 
 async def get_stats(request: Request) -> JSONResponse:
@@ -245,15 +259,18 @@ routes = [
     Route("/dicom", post_dicom, methods=["POST"]),
     Route("/dicom", search_dicom, methods=["GET"]),
     Route("/dicom", delete_dicom, methods=["DELETE"]),
+    Route("/dicom/send", post_send, methods=["POST"]),  # a send job to a destination (dicomsvc/sendjobs.py)
     Route("/dicom/{id}", get_dicom, methods=["GET"]),
     Route("/dicom/{id}", delete_instance, methods=["DELETE"]),
     Route("/stats", get_stats, methods=["GET"]),
     Route("/destinations", get_destinations, methods=["GET"]),  # DICOMSVC_NETWORK_CONFIG's, each checked
+    Route("/forwarding", get_forwarding, methods=["GET"]),  # the routing rules' queue (dicomsvc/forwarding.py)
     Route("/studies", post_studies, methods=["POST"]),
     Route("/studies/{study}", post_studies, methods=["POST"]),
     Route("/datasets", post_datasets, methods=["POST"]),  # clinical CSVs joined to studies (http/datasets.py)
     Route("/datasets", get_datasets, methods=["GET"]),
     Route("/datasets/{dataset}", get_dataset, methods=["GET"]),
+    Route("/datasets/{dataset}", delete_dataset, methods=["DELETE"]),  # the dataset and its rows, never the studies
     Route("/datasets/{dataset}/export", post_dataset_export, methods=["POST"]),  # a job; its ZIP: /jobs/{job}/result
     Route("/jobs", get_jobs, methods=["GET"]),
     Route("/jobs/{job}", get_job, methods=["GET"]),
@@ -275,6 +292,9 @@ routes = [
     Route("/audit", get_audit, methods=["GET"]),  # the audit trail (dicomsvc/audit.py), admins only
     Route("/openapi.json", get_openapi, methods=["GET"]),
     Route("/docs", get_docs, methods=["GET"]),
+    Route("/", page.get_page, methods=["GET"]),  # the page in the browser (dicomsvc/http/page.py, static/)
+    Route("/ui/config", page.get_config, methods=["GET"]),
+    Route("/ui/{name}", page.get_asset, methods=["GET"]),
     Mount("/dicomweb", routes=dicomweb.routes),  # DICOMweb (PS3.18): dicomsvc/http/dicomweb/
 ]
 
@@ -299,10 +319,11 @@ def create_app(config: Config | None = None) -> Starlette:
         warn_if_open(config, log)
         # the audit trail is written until everything else has stopped
         async with open_service(config) as svc, audit.running(svc), jobs.running(svc), sweep.running(svc), \
-                resumable.running(svc), \
+                resumable.running(svc), forwarding.running(svc), \
                 dimse.running(svc):  # the DICOM SCP (DICOMSVC_DIMSE_PORT): stopped first
             app.state.svc = svc
             app.state.read_cache = ReadCache(config.read_cache_bytes)  # GET /image and /tags answers
+            svc.on_delete.append(app.state.read_cache.forget)  # deletes by background work (a send's delete_after)
             yield
 
     middleware = [

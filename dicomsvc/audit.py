@@ -34,7 +34,7 @@ from . import metrics
 from .storage import audit as audit_rows
 
 log = logging.getLogger("dicomsvc.audit")
-ACTIONS = ("upload", "view", "download", "anonymize", "delete", "search")
+ACTIONS = ("upload", "view", "download", "anonymize", "delete", "search", "send")  # send: to a destination (POST /dicom/send)
 MAX_PARAMS = 50  # parameter names kept per record
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.]{1,64}")  # keywords, tags (00100010), dotted sequence paths
 

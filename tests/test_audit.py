@@ -116,7 +116,7 @@ def test_every_route_says_whether_and_how_it_touches_patient_data():
     patient_data = ("/dicom", "/image", "/tags", "/studies", "/jobs", "/users/", "/dicomweb/")
     unrecorded = [k for k in table if k[0].startswith(patient_data) and http_audit.ACTIONS[k] is None]
     assert unrecorded == []
-    assert {http_audit.ACTIONS[k] for k in table} - {None} == {"upload", "view", "download", "anonymize", "delete", "search"}
+    assert {http_audit.ACTIONS[k] for k in table} - {None} == {"upload", "view", "download", "anonymize", "delete", "search", "send"}
 
 
 def test_a_new_route_without_an_action_is_caught():

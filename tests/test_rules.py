@@ -17,7 +17,7 @@ ENOUGH = {  # rule -> roles that pass it (for SELF: the user named in the path, 
     rules.ADMIN: {"admin"},
 }
 SAMPLE = {"id": "A" * 22, "job": "B" * 22, "dataset": "C" * 22, "study": "1.2.3", "series": "1.2.3.4", "sop": "1.2.3.4.5",
-          "frames": "1", "frame": "1", "path": "7FE00010"}  # fmt: skip
+          "frames": "1", "frame": "1", "path": "7FE00010", "name": "app.js"}  # fmt: skip
 
 
 def served(routes, prefix: str = "") -> list[tuple[str, str]]:

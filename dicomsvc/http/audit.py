@@ -29,7 +29,7 @@ from . import routing
 from .status import ResponseStatus
 from .who import who
 
-UPLOAD, VIEW, DOWNLOAD, ANONYMIZE, DELETE, SEARCH = audit.ACTIONS
+UPLOAD, VIEW, DOWNLOAD, ANONYMIZE, DELETE, SEARCH, SEND = audit.ACTIONS
 NONE = None  # the route touches no patient data: not recorded
 
 _W = "/dicomweb"
@@ -50,6 +50,7 @@ ACTIONS: dict[tuple[str, str], str | None] = {
     ("/dicom/{id}/pixels", "GET"): DOWNLOAD,
     ("/dicom/{id}/bulk/{path}", "GET"): DOWNLOAD,
     ("/dicom/{id}/anonymize", "POST"): ANONYMIZE,
+    ("/dicom/send", "POST"): SEND,  # names the job; the job records each instance sent and where
     ("/image", "GET"): DOWNLOAD,
     ("/tags", "GET"): VIEW,
     ("/studies", "POST"): UPLOAD,
@@ -69,16 +70,21 @@ ACTIONS: dict[tuple[str, str], str | None] = {
     ("/datasets", "POST"): UPLOAD,
     ("/datasets", "GET"): SEARCH,
     ("/datasets/{dataset}", "GET"): VIEW,
+    ("/datasets/{dataset}", "DELETE"): DELETE,
     ("/datasets/{dataset}/export", "POST"): DOWNLOAD,  # names the dataset and the export's job
     ("/jobs/{job}/result", "GET"): DOWNLOAD,
     ("/stats", "GET"): NONE,  # counts only
     ("/destinations", "GET"): NONE,  # configuration and reachability: no patient data
+    ("/forwarding", "GET"): NONE,  # counts and error codes per destination: no patient data
     ("/audit", "GET"): NONE,
     ("/healthz", "GET"): NONE,
     ("/readyz", "GET"): NONE,
     ("/metrics", "GET"): NONE,
     ("/openapi.json", "GET"): NONE,
     ("/docs", "GET"): NONE,
+    ("/", "GET"): NONE,  # the page in the browser and its assets: no data (http/page.py)
+    ("/ui/config", "GET"): NONE,
+    ("/ui/{name}", "GET"): NONE,
     # DICOMweb (PS3.18): QIDO-RS (§10.6), WADO-RS (§10.4), STOW-RS (§10.5), DELETE
     (_W + "/studies", "GET"): SEARCH,
     (_W + "/series", "GET"): SEARCH,

@@ -9,6 +9,7 @@ import html
 
 from .. import __version__
 from . import rules
+from .page import OPENAPI as PAGE_PATHS
 from .tus import OPENAPI as TUS_PATHS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -238,7 +239,7 @@ PATHS: dict[str, dict] = {
                 _param("limit", "query", "page size, 1-1000 (default 100)", "integer"),
                 _param("offset", "query", "datasets to skip", "integer"),
             ],
-            "responses": _answers({"200": ("application/json", "{items, limit, offset}")}, {"400": "bad parameter"}),
+            "responses": _answers({"200": ("application/json", "{items, limit, offset, next_offset}")}, {"400": "bad parameter"}),
         },
     },
     "/datasets/{dataset}": {
@@ -246,7 +247,14 @@ PATHS: dict[str, dict] = {
             "summary": "A clinical dataset's summary and the UIDs of the studies it is joined to",
             "parameters": [_param("dataset", "path", "the dataset id", required=True)],
             "responses": _answers({"200": ("application/json", "{id, key, column, matched, ..., studies}")}, {"404": "unknown dataset"}),
-        }
+        },
+        "delete": {
+            "summary": "Remove a clinical dataset and its joined rows (never the studies); its exports' results go "
+            "too (410 afterwards). Its uploader or an admin",
+            "parameters": [_param("dataset", "path", "the dataset id", required=True)],
+            "responses": {"204": {"description": "deleted"}} | _answers({}, {"403": "someone else's dataset (not an admin)",
+                                                                              "404": "unknown dataset"}),
+        },
     },
     "/datasets/{dataset}/export": {
         "post": {
@@ -256,7 +264,7 @@ PATHS: dict[str, dict] = {
             "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
                 "include": {"type": "array", "items": {"type": "string", "enum": ["npy", "png", "dicom"]}},
                 "rescale": {"type": "boolean"}, "anonymize": {"type": "boolean"},
-                "filter": {"type": "object"}}}}}},
+                "allow_burned_in": {"type": "boolean"}, "filter": {"type": "object"}}}}}},
             "responses": _answers({"202": ("application/json", "{job, status_url}")},
                                   {"400": "bad parameters", "404": "unknown dataset"}),
         }
@@ -266,7 +274,8 @@ PATHS: dict[str, dict] = {
             "summary": "A finished dataset export as a ZIP, streamed",
             "parameters": [_param("job", "path", "the export's job id", required=True)],
             "responses": _answers({"200": ("application/zip", "manifest.csv and the files")},
-                                  {"404": "no export with that job id", "409": "the export is not done yet"}),
+                                  {"404": "no export with that job id", "409": "the export is not done yet",
+                                   "410": "the result expired (DICOMSVC_EXPORT_RESULT_SECONDS) or its dataset was deleted"}),
         }
     },
     "/users/{user}/uploads": {
@@ -320,6 +329,23 @@ PATHS: dict[str, dict] = {
             "responses": _answers({"200": ("application/json", "statistics")}, {}),
         }
     },
+    "/dicom/send": {
+        "post": {
+            "summary": "Send stored instances to a configured destination (DIMSE C-STORE or STOW-RS) as a background "
+            "job: batches, per-instance outcomes at /jobs/{job}, transient failures retried with backoff",
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["to"], "properties": {
+                "to": {"type": "string", "description": "a destination's name (GET /destinations)"},
+                "ids": {"type": "array", "items": {"type": "string"}}, "study": {"type": "string"},
+                "series": {"type": "string"}, "filter": {"type": "object", "description": "GET /dicom's parameters"},
+                "anonymize": {"type": "boolean"},
+                "delete_after": {"type": "boolean", "description": "delete each instance here once its send is confirmed (admin)"},
+            }}}}},
+            "responses": _answers({"202": ("application/json", "{job, status_url}")},
+                                  {"400": "malformed body or unknown destination", "403": "delete_after without the admin role",
+                                   "404": "ids or a selection naming no stored instance",
+                                   "413": "more than DICOMSVC_SEND_MAX_INSTANCES instances"}),
+        }
+    },
     "/destinations": {
         "get": {
             "summary": "The destinations of DICOMSVC_NETWORK_CONFIG, each checked: C-ECHO for a DIMSE peer, a QIDO-RS "
@@ -327,6 +353,18 @@ PATHS: dict[str, dict] = {
             "responses": _answers(
                 {"200": ("application/json", "{destinations: [{name, type, ae_title/host/port or url/token, reachable, "
                                              "check, status, detail, ms}]}")},
+                {},
+            ),
+        }
+    },
+    "/forwarding": {
+        "get": {
+            "summary": "The routing rules' forwarding queue: per destination, forwards queued, sent and failed, the "
+            "oldest queued one's age and the last failure's detail; the rules (match keys, destination, anonymize)",
+            "responses": _answers(
+                {"200": ("application/json", "{destinations: [{name, configured, queued, sent, failed, "
+                                             "oldest_queued_seconds, last_error: {detail, seconds_ago}}], "
+                                             "rules: [{match, to, anonymize}]}")},
                 {},
             ),
         }
@@ -511,6 +549,7 @@ DICOMWEB_PATHS: dict[str, dict] = {
 for _path, _ops in DICOMWEB_PATHS.items():  # merged: WADO-RS shares some of these paths
     PATHS.setdefault(_path, {}).update(_ops)
 PATHS.update(TUS_PATHS)  # resumable uploads (dicomsvc/http/tus.py)
+PATHS.update(PAGE_PATHS)  # the page in the browser (dicomsvc/http/page.py)
 
 
 BEARER = {

@@ -37,10 +37,12 @@ RULES: dict[tuple[str, str], str] = {
     ("/dicom/{id}/pixels", "GET"): READER,
     ("/dicom/{id}/bulk/{path}", "GET"): READER,
     ("/dicom/{id}/anonymize", "POST"): UPLOADER,
+    ("/dicom/send", "POST"): UPLOADER,  # data leaves the service; delete_after: admin (checked in http/send.py)
     ("/image", "GET"): READER,
     ("/tags", "GET"): READER,
     ("/stats", "GET"): READER,
     ("/destinations", "GET"): UPLOADER,  # where instances may be sent: for those who may send
+    ("/forwarding", "GET"): UPLOADER,  # the routing rules' queue per destination: as /destinations
     ("/studies", "POST"): UPLOADER,
     ("/studies/{study}", "POST"): UPLOADER,
     ("/jobs", "GET"): READER,
@@ -53,6 +55,7 @@ RULES: dict[tuple[str, str], str] = {
     ("/datasets", "POST"): UPLOADER,
     ("/datasets", "GET"): READER,
     ("/datasets/{dataset}", "GET"): READER,
+    ("/datasets/{dataset}", "DELETE"): UPLOADER,  # its uploader's, or an admin's (checked in http/datasets.py)
     ("/datasets/{dataset}/export", "POST"): READER,  # files of what the caller may read anyway
     ("/jobs/{job}/result", "GET"): READER,
     # Resumable uploads (tus): uploaders; each upload is its creator's (others get 404, http/tus.py)
@@ -66,6 +69,10 @@ RULES: dict[tuple[str, str], str] = {
     ("/metrics", "GET"): METRICS,
     ("/openapi.json", "GET"): PUBLIC,
     ("/docs", "GET"): PUBLIC,
+    # The page in the browser (http/page.py): public, and holds no data (it calls the API with the user's token)
+    ("/", "GET"): PUBLIC,
+    ("/ui/config", "GET"): PUBLIC,  # the auth mode, the OHIF address, upload sizes: no secrets
+    ("/ui/{name}", "GET"): PUBLIC,
     # DICOMweb (PS3.18): QIDO-RS searches
     (_W + "/studies", "GET"): READER,
     (_W + "/series", "GET"): READER,
