@@ -253,6 +253,31 @@ class OrthancService(Service):
         self.launch([self.binary, str(cfg)], self.work, env, "/system")
 
 
+class OrthancPacs(OrthancService):
+    """Orthanc as a PACS: its DICOM server (AE ORTHANC, any calling AE may store) and the DICOMweb
+    plugin (Debian's orthanc-dicomweb) at /dicom-web/; ports chosen at once (``dimse_port``).
+    ``extra``: more of Orthanc's configuration (DicomModalities, DicomWeb servers to send to)."""
+
+    DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+    def __init__(self, workroot: Path, tag: str, binary: str, extra: dict | None = None):
+        super().__init__(workroot, tag, binary)
+        self.dimse_port = free_port()
+        self.extra = extra or {}
+
+    def launch_server(self) -> None:
+        cfg_path = write_orthanc_config(self.work, self.port)
+        cfg = json.loads(cfg_path.read_text())
+        cfg |= {"DicomServerEnabled": True, "DicomPort": self.dimse_port, "DicomAet": "ORTHANC",
+                "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+                "Plugins": [str(self.DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}  # fmt: skip
+        for key, value in self.extra.items():
+            cfg[key] = cfg[key] | value if isinstance(cfg.get(key), dict) else value
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")}
+        self.launch([self.binary, str(cfg_path)], self.work, env, "/system")
+
+
 class Session:
     """One benchmark run: its scratch folder (tmp) and the servers it started (live).
 

@@ -3,10 +3,12 @@ C-STORE and over STOW-RS (its orthanc-dicomweb plugin), checked through Orthanc'
 C-STORE status and STOW-RS answer mapping as unit tests.
 """
 
+import asyncio
 import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -226,3 +228,226 @@ def test_stow_answer_mapping():
     assert sending.stow_results(429, b"", ["1.1"]) == {"1.1": (False, True, "HTTP 429")}
     assert sending.stow_results(401, b"", ["1.1"]) == {"1.1": (False, False, "HTTP 401")}
     assert sending.stow_results(400, b"<xml/>", ["1.1"]) == {"1.1": (False, False, "HTTP 400")}
+
+
+# POST /dicom/send --------------------------------------------------------------------------------
+
+
+def finished(client, job_id: str, bound: float = 180.0) -> dict:
+    """The job's status once it is done (a generous liveness bound, not a timing threshold)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    pytest.fail(f"job {job_id} not done: {job}")
+
+
+def send(client, body: dict) -> str:
+    answer = client.post("/dicom/send", json=body)
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status_url"].endswith(f"/jobs/{answer.json()['job']}")
+    return answer.json()["job"]
+
+
+@pytest.mark.parametrize("name", ["pacs", "web"])
+def test_send_a_study_as_a_job(tmp_path, orthanc, name):
+    orthanc.clear()
+    config = send_config(tmp_path, orthanc.destinations(), DICOMSVC_SEND_BATCH="4")
+    files = study_files(tmp_path)  # 6 instances: batches of 4 and 2
+    with TestClient(create_app(config)) as client:
+        ids = upload(client, files)
+        upload(client, study_files(tmp_path, series=1, per_series=1))  # another study: not sent
+        study = str(dcmread(files[0]).StudyInstanceUID)
+        job = finished(client, send(client, {"to": name, "study": study}))
+    assert (job["status"], job["total"], job["sent"], job["failed"], job["processed"]) == ("done", 6, 6, 0, 6)
+    assert sorted(r["id"] for r in job["results"]) == sorted(ids)
+    assert {(r["status"], r["to"]) for r in job["results"]} == {("sent", name)}
+    assert orthanc.sop_uids() == uids_of(files)
+
+
+def test_an_import_job_has_no_sent_count(tmp_path, orthanc):
+    """The job JSON of other jobs is unchanged: "sent" is a send's only."""
+    config = send_config(tmp_path, orthanc.destinations())
+    with TestClient(create_app(config)) as client:
+        files = study_files(tmp_path, series=1, per_series=1)
+        job = send(client, {"to": "pacs", "ids": upload(client, files)})
+        assert "sent" in finished(client, job)
+        (tmp_path / "import").mkdir(exist_ok=True)
+        shutil.copy(files[0], tmp_path / "import" / "a.dcm")
+        answer = client.post("/dicom", json={"path": "."})
+        if answer.status_code == 202:
+            assert "sent" not in finished(client, answer.json()["job"])
+
+
+def test_send_anonymized_twice_is_one_study_without_the_patient(tmp_path, orthanc):
+    """With anonymize: Orthanc holds no planted marker, date or UID, in any instance; sending the
+    2-series study twice gives one study (the same pseudonymous UIDs), six instances."""
+    from phi_fixture import UID_ROOT, build_study, to_bytes
+
+    orthanc.clear()
+    study = build_study(patient_id="PAT4711SEND")
+    config = send_config(tmp_path, orthanc.destinations())
+    with TestClient(create_app(config)) as client:
+        ids = []
+        for ds in [ds for series in study.instances for ds in series]:
+            answer = client.post("/dicom", content=to_bytes(ds), headers={"content-type": "application/dicom"})
+            assert answer.status_code == 201, answer.text
+            ids.append(answer.json()["id"])
+        for name in ("pacs", "web"):  # once over C-STORE, once over STOW-RS: the same UIDs
+            job = finished(client, send(client, {"to": name, "ids": ids, "anonymize": True}))
+            assert (job["sent"], job["failed"]) == (6, 0), [r for r in job["results"] if r["status"] != "sent"]
+        assert client.get(f"/dicom/{ids[0]}").status_code == 200  # the original is kept
+    with orthanc.rest() as rest:
+        assert len(rest.get("/studies").json()) == 1
+        assert len(rest.get("/series").json()) == 2
+        instances = rest.get("/instances").json()
+        assert len(instances) == 6
+        texts = [rest.get(f"/instances/{i}/tags").text for i in instances]
+    planted = [*study.planted.markers, "STUDYPATIENT", UID_ROOT, *study.planted.dates]
+    for text in texts:
+        assert "PAT4711SEND" not in text
+        assert [m for m in planted if m in text] == []
+    assert sorted(r["sent_uid"] for r in job["results"]) == orthanc.sop_uids()
+
+
+def test_a_destination_down_at_first_receives_everything_once(tmp_path):
+    """Orthanc started only after the job's first attempts failed (connection refused): the job
+    retries with backoff and every instance arrives, once."""
+    from dicomsvc import metrics
+
+    later = Orthanc(tmp_path / "orthanc")  # its ports chosen, nothing listening yet
+    config = send_config(tmp_path, later.destinations(), DICOMSVC_SEND_BACKOFF_SECONDS="1",
+                         DICOMSVC_SEND_BACKOFF_MAX_SECONDS="2", DICOMSVC_SEND_RETRIES="60", DICOMSVC_SEND_BATCH="3")  # fmt: skip
+    transient = metrics.SENT.labels("dimse", "transient")
+    files = study_files(tmp_path)
+    try:
+        with TestClient(create_app(config)) as client:
+            ids = upload(client, files)
+            before = transient._value.get()
+            job_id = send(client, {"to": "pacs", "ids": ids})
+            deadline = time.monotonic() + 60
+            while transient._value.get() == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert transient._value.get() > before  # an attempt failed: the destination was down
+            assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
+            later.start()
+            job = finished(client, job_id)
+        assert (job["sent"], job["failed"]) == (6, 0), job
+        assert later.sop_uids() == uids_of(files)
+    finally:
+        later.stop()
+
+
+def test_a_destination_that_stays_down_fails_after_the_retries(tmp_path):
+    port = servers.free_port()
+    config = send_config(tmp_path, {"web": {"type": "stowrs", "url": f"http://127.0.0.1:{port}/dicom-web"}},
+                         DICOMSVC_SEND_RETRIES="2")  # fmt: skip
+    with TestClient(create_app(config)) as client:
+        ids = upload(client, study_files(tmp_path, series=1, per_series=2))
+        job = finished(client, send(client, {"to": "web", "ids": ids}))
+    assert (job["status"], job["sent"], job["failed"]) == ("done", 0, 2)
+    assert {r["detail"] for r in job["results"]} == {"connection refused (after 3 attempts)"}
+
+
+def test_delete_after_removes_what_was_sent_and_keeps_what_failed(tmp_path, orthanc):
+    """An instance of a SOP class Orthanc does not accept (no presentation context) fails and
+    is kept; the others are sent and deleted here."""
+    orthanc.clear()
+    config = send_config(tmp_path, orthanc.destinations())
+    files = study_files(tmp_path, series=1, per_series=3)
+    odd = make_ct(SOPClassUID="1.2.826.0.1.3680043.10.998.1")  # a private SOP class: Orthanc refuses its context
+    odd.file_meta.MediaStorageSOPClassUID = odd.SOPClassUID
+    with TestClient(create_app(config)) as client:
+        ids = upload(client, [*files, save(odd, tmp_path / "odd.dcm")])
+        job = finished(client, send(client, {"to": "pacs", "ids": ids, "delete_after": True}))
+        assert (job["sent"], job["failed"]) == (3, 1), job
+        failed = [r for r in job["results"] if r["status"] == "failed"]
+        assert failed == [{"id": ids[3], "status": "failed", "detail": "no presentation context accepted", "to": "pacs"}]
+        assert [client.get(f"/dicom/{i}").status_code for i in ids] == [404, 404, 404, 200]
+        assert client.get("/stats").json()["instances"] == 1
+        trail = client.get("/audit", params={"resource": job["id"]}).json()["items"]
+        assert sorted((r["action"], r["status"], r["client"]) for r in trail if r["method"] == "JOB") == sorted(
+            [("send", 200, "to:pacs")] * 3 + [("send", 502, "to:pacs")] + [("delete", 204, None)] * 3
+        )
+    assert orthanc.sop_uids() == uids_of(files)
+
+
+def test_send_resumes_after_a_restart(tmp_path, orthanc, monkeypatch):
+    """The app stopped mid-job (after its first batch): started again, the job goes on with the
+    pending instances and every instance is at the destination once."""
+    from dicomsvc import sendjobs
+
+    orthanc.clear()
+    config = send_config(tmp_path, orthanc.destinations(), DICOMSVC_SEND_BATCH="2")
+    files = study_files(tmp_path, series=2, per_series=4)
+    real = sendjobs._record
+    calls = []
+
+    async def record_then_hang(*args):
+        await real(*args)
+        calls.append(1)
+        await asyncio.Event().wait()  # stuck after the first batch: the app stops meanwhile
+
+    monkeypatch.setattr(sendjobs, "_record", record_then_hang)
+    with TestClient(create_app(config)) as client:
+        ids = upload(client, files)
+        job_id = send(client, {"to": "web", "ids": ids})
+        deadline = time.monotonic() + 60
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job = client.get(f"/jobs/{job_id}").json()
+        assert (job["status"], job["sent"]) == ("running", 2), job
+    monkeypatch.setattr(sendjobs, "_record", real)
+    with TestClient(create_app(config)) as client:
+        job = finished(client, job_id)
+    assert (job["status"], job["sent"], job["failed"]) == ("done", 8, 0), job
+    assert orthanc.sop_uids() == uids_of(files)
+
+
+def test_send_refusals(tmp_path, orthanc):
+    config = send_config(tmp_path, orthanc.destinations(), DICOMSVC_SEND_MAX_INSTANCES="2")
+    with TestClient(create_app(config)) as client:
+        ids = upload(client, study_files(tmp_path, series=1, per_series=3))
+        cases = [
+            ({"to": "nowhere", "ids": ids[:1]}, 400),
+            ({"ids": ids[:1]}, 400),
+            ({"to": "pacs"}, 400),
+            ({"to": "pacs", "ids": ids[:1], "study": "1.2.3"}, 400),
+            ({"to": "pacs", "ids": []}, 400),
+            ({"to": "pacs", "ids": ["not an id"]}, 400),
+            ({"to": "pacs", "ids": ids[:1], "anonymize": "yes"}, 400),
+            ({"to": "pacs", "ids": ids[:1], "extra": 1}, 400),
+            ({"to": "pacs", "filter": {}}, 400),
+            ({"to": "pacs", "filter": {"PatientName": "x"}}, 400),
+            ({"to": "pacs", "study": "not a uid"}, 400),
+            ({"to": "pacs", "ids": ["A" * 22]}, 404),
+            ({"to": "pacs", "study": "1.2.3.4"}, 404),
+            ({"to": "pacs", "filter": {"Modality": "MR"}}, 404),
+            ({"to": "pacs", "ids": ids}, 413),
+            ({"to": "pacs", "filter": {"Modality": "CT"}}, 413),
+        ]
+        for body, status in cases:
+            answer = client.post("/dicom/send", json=body)
+            assert answer.status_code == status, (body, answer.text)
+            assert set(answer.json()) == {"error", "detail"}
+        assert client.post("/dicom/send", content=b"[1]", headers={"content-type": "application/json"}).status_code == 400
+        assert client.get("/jobs").json()["items"] == []
+
+
+def test_delete_after_needs_the_admin_role(tmp_path, orthanc, monkeypatch):
+    from authhelpers import bearer, token_app
+
+    network = tmp_path / "network.json"
+    network.write_text(json.dumps({"destinations": orthanc.destinations()}))
+    users = {"up": "uploader", "boss": "admin", "ro": "reader"}
+    with token_app(monkeypatch, tmp_path / "data", tmp_path / "import", users, network_config=str(network)) as (client, tokens):
+        (path,) = study_files(tmp_path, series=1, per_series=1)
+        answer = client.post("/dicom", content=path.read_bytes(), headers={"content-type": "application/dicom", **bearer(tokens["up"])})
+        assert answer.status_code == 201, answer.text
+        one = {"to": "pacs", "ids": [answer.json()["id"]]}
+        assert client.post("/dicom/send", json=one, headers=bearer(tokens["ro"])).status_code == 403
+        assert client.post("/dicom/send", json=one | {"delete_after": True}, headers=bearer(tokens["up"])).status_code == 403
+        assert client.post("/dicom/send", json=one, headers=bearer(tokens["up"])).status_code == 202
+        assert client.post("/dicom/send", json=one | {"delete_after": True}, headers=bearer(tokens["boss"])).status_code == 202
