@@ -181,6 +181,25 @@ def test_a_zip_batch_queues_each_new_instance_once(config, import_root, monkeypa
     assert sorted((modality[i], d, a) for i, d, a, *_ in got) == [("CT", "pacs", 0), ("CT", "research", 1), ("MR", "research", 1)]
 
 
+def test_an_instance_received_over_c_store_is_forwarded_by_the_rules(config, tmp_path, monkeypatch):
+    """DIMSE C-STORE into our SCP: its Success comes after the commit that queued the forwards."""
+    from test_dimse import free_port, send_raw
+
+    config = dataclasses.replace(
+        routed(config),
+        dimse_port=free_port(), network_config=netconfig.parse(NETWORK | {"peers": [{"ae_title": "PYNETDICOM"}]}),
+    )  # fmt: skip
+    fake = Fake()
+    monkeypatch.setattr(forwarding, "_deliver", fake)
+    path = save(make_ct(Modality="CT"), tmp_path / "ct.dcm")
+    with TestClient(create_app(config)) as client:
+        assert send_raw(config, path) == 0x0000
+        (instance_id,) = [i["id"] for i in client.get("/dicom").json()["items"]]
+        assert {(i, d) for i, d, *_ in forwards_of(config)} == {(instance_id, "pacs"), (instance_id, "research")}
+        eventually(lambda: len(fake.sent()) == 2)
+    assert fake.sent() == [("pacs", instance_id, False), ("research", instance_id, True)]
+
+
 def test_an_instance_whose_forwards_cannot_be_queued_is_not_stored(config, import_root, monkeypatch):
     """One transaction: there is no moment when the instance is committed and its forwards are not."""
     config = routed(config)
