@@ -92,6 +92,9 @@ def test_the_wheel_installs_and_serves_from_any_directory(installed, tmp_path):
         image = httpx.get(f"{url}/image", params={"id": stored.json()["id"]})
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
         assert httpx.get(f"{url}/tags", params={"id": stored.json()["id"]}).json()["tags"]
+        page = httpx.get(f"{url}/")  # the page and its assets are package data (dicomsvc/http/static/)
+        assert page.status_code == 200 and "/ui/app.js?v=" in page.text
+        assert httpx.get(f"{url}/ui/app.js").text.startswith("// dicomsvc's page")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -603,7 +603,7 @@ async function openSeries(se) {
   slider.max = String(Math.max(instances.length, 1));
   slider.value = '1';
   slider.disabled = instances.length < 2;
-  await show(Math.floor(0));
+  await show(0);
 }
 
 function renderPath(id, window) {

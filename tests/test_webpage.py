@@ -1,0 +1,335 @@
+"""The page in the browser at ``/`` (dicomsvc/http/page.py, dicomsvc/http/static/).
+
+HTTP level (TestClient): the page and its assets are public, strict CSP, caching, /ui/config's
+shape; with auth on, the page is still public while the data routes answer 401.
+
+In a real browser: tests/webpage/drive.mjs (playwright-core from tests/ohif/node_modules,
+Debian's chromium-headless-shell: tests/ohif/setup.sh) drives the page served by uvicorn at
+1280x720: a ZIP of three CT slices (sent resumably: DICOMSVC_PAGE_RESUMABLE_BYTES is set below
+its size) and a broken file (multipart) are uploaded with anonymize unticked, the Upload button
+reached and pressed with the keyboard only; the progress reaches done and the broken file is
+listed with its reason; the study is found by patient ID, opened from the keyboard, and three
+slices are stepped through (ArrowDown, the mouse wheel): each shows another instance, with other
+pixels, and its own tags; a CT window preset asks /image with that window. No console errors, no
+CSP violations, nothing fetched from elsewhere, no horizontal scroll.
+
+Screenshots are kept in tests/artifacts/webpage/ (git-ignored). The README's screenshot,
+docs/page.png, is written by the same run when asked:
+``DICOMSVC_PAGE_SCREENSHOT=docs/page.png .venv/bin/python -m pytest -q tests/test_webpage.py``.
+Skipped when the browser, node or playwright-core are missing, except under CI=true (a failure).
+"""
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
+from starlette.testclient import TestClient
+
+from app import create_app
+from dicomfiles import make_ct
+from dicomsvc.config import Config
+import liveservice
+from liveservice import free_port, service_env
+
+REPO = Path(__file__).resolve().parent.parent
+DRIVER = REPO / "tests" / "webpage" / "drive.mjs"
+ARTIFACTS = REPO / "tests" / "artifacts" / "webpage"
+OHIF = "http://viewer.example:3000"
+CHUNK = 16 * 1024  # the page's tus chunks in the browser run: the ZIP goes in several PATCHes
+
+
+# --------------------------------------------------------------------------
+# HTTP level
+# --------------------------------------------------------------------------
+def asset_urls(html: str) -> list[str]:
+    return re.findall(r'(?:href|src)="(/ui/[^"]+)"', html)
+
+
+def test_page_is_served_with_a_strict_policy(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["default-src"] == "'self'" and directives["script-src"] == "'self'"
+    assert directives["img-src"] == "'self' blob: data:" and directives["object-src"] == "'none'"
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["cache-control"] == "no-cache"
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page.text, re.S)
+    assert scripts and all(" src=" in attrs and not body.strip() for attrs, body in scripts)  # no inline script
+    assert not re.search(r"<[^>]*\son[a-z]+\s*=", page.text)  # no inline event handlers
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
+    again = client.get("/", headers={"If-None-Match": page.headers["etag"]})
+    assert again.status_code == 304
+
+
+def test_assets_are_versioned_and_cached(client):
+    urls = asset_urls(client.get("/").text)
+    assert {urlsplit(u).path for u in urls} == {"/ui/app.js", "/ui/app.css", "/ui/favicon.svg"}
+    for url in urls:
+        answer = client.get(url)
+        assert answer.status_code == 200 and answer.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert "content-security-policy" in answer.headers
+        unversioned = client.get(urlsplit(url).path)  # an old or missing version: revalidated
+        assert unversioned.headers["cache-control"] == "no-cache" and unversioned.content == answer.content
+    assert client.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
+    missing = client.get("/ui/secret.txt")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert client.get("/ui/..%2fpage.py").status_code == 404
+
+
+def test_config_says_what_the_page_needs(data_dir, import_root):
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "0",
+           "DICOMSVC_OHIF_URL": OHIF + "/", "DICOMSVC_PAGE_RESUMABLE_BYTES": "1000",
+           "DICOMSVC_ANON_SECRET": "do-not-show-me"}  # fmt: skip
+    with TestClient(create_app(Config.from_env(env))) as client:
+        body = client.get("/ui/config").json()
+    assert body == {"version": body["version"], "auth": "none", "ohif_url": OHIF, "resumable_bytes": 1000,
+                    "chunk_bytes": 8 * 1024**2, "batch_bytes": 64 * 1024**2, "max_upload_bytes": 4 * 1024**3}
+    assert "do-not-show-me" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("bad", ["ftp://viewer", "http://user:pw@viewer", "http://viewer/?a=1", "viewer:3000",
+                                 "http://viewer/#x", 'http://viewer/"><script>'])
+def test_ohif_url_must_be_a_plain_http_url(bad, tmp_path):
+    with pytest.raises(ValueError, match="DICOMSVC_OHIF_URL"):
+        Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path), "DICOMSVC_OHIF_URL": bad})
+
+
+def test_with_auth_on_the_page_is_public_and_the_data_is_not(data_dir, import_root):
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "0",
+           "DICOMSVC_AUTH": "token"}  # fmt: skip
+    with TestClient(create_app(Config.from_env(env))) as client:
+        page = client.get("/")
+        assert page.status_code == 200
+        for url in asset_urls(page.text):
+            assert client.get(url).status_code == 200
+        assert client.get("/ui/config").json()["auth"] == "token"
+        for path in ("/dicomweb/studies", "/dicom", "/jobs", "/stats", "/image?id=x", "/tags?id=x"):
+            refused = client.get(path)
+            assert refused.status_code == 401 and refused.json()["error"] == "unauthorized", path
+        assert client.post("/dicom", content=b"x", headers={"content-type": "application/dicom"}).status_code == 401
+        assert client.get("/ui/nothing").status_code == 404  # no rule needed to say it is not there
+
+
+def test_the_script_sends_the_token_on_every_call():
+    """Every request the script makes goes through authHeaders (fetch in api(), the XMLHttpRequest
+    upload, tus PATCHes); no bare fetch but the public /ui/config."""
+    script = (REPO / "dicomsvc" / "http" / "static" / "app.js").read_text()
+    fetches = re.findall(r"fetch\(([^,)]+)", script)
+    assert sorted(fetches) == sorted(["path", "location", "'/ui/config'"]), fetches
+    assert "sessionStorage" in script and "localStorage" not in script
+    assert "Authorization: `Bearer ${t}`" in script and "setRequestHeader(k, v)" in script
+
+
+# --------------------------------------------------------------------------
+# in the browser
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    return liveservice.browser_or_skip("the page test")
+
+
+def phantom(size: int, z: int) -> np.ndarray:
+    """A CT-like slice in HU: air, a soft-tissue body (40), two lungs (-800), a bone (700) growing with z."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    hu = np.full((size, size), -1000.0)
+    hu[((xx - 0.5) / 0.42) ** 2 + ((yy - 0.5) / 0.32) ** 2 <= 1] = 40
+    for cx in (0.33, 0.67):
+        hu[((xx - cx) / 0.12) ** 2 + ((yy - 0.47) / 0.18) ** 2 <= 1] = -800
+    hu[(xx - 0.5) ** 2 + (yy - 0.72) ** 2 <= (0.04 + 0.02 * z) ** 2] = 700
+    return hu
+
+
+def slices(patient_id: str) -> list:
+    """Three CT slices, 128x128 (each slice's pixels differ: the bone grows with z)."""
+    size, study, series = 128, generate_uid(), generate_uid()
+    out = []
+    for z in range(3):
+        pixels = (phantom(size, z) + 1024).astype(np.int16)  # Rescale Intercept -1024 (make_ct)
+        out.append(make_ct(pixels, StudyInstanceUID=study, SeriesInstanceUID=series, SeriesNumber=1,
+                           InstanceNumber=z + 1, ImagePositionPatient=[0, 0, 5 * z],
+                           ImageOrientationPatient=[1, 0, 0, 0, 1, 0], PatientID=patient_id,
+                           PatientName="WEBPAGE^STORYLINE", StudyDescription="PAGE TEST CT"))  # fmt: skip
+    return out
+
+
+def zipped(datasets) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for n, ds in enumerate(datasets):
+            with DicomBytesIO() as b:
+                ds.save_as(b, enforce_file_format=True)
+                archive.writestr(f"ct/slice{n + 1}.dcm", b.getvalue())
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module", params=["none", "token"])
+def server(request, browser, tmp_path_factory):
+    """dicomsvc in uvicorn on a free loopback port (DICOMSVC_OHIF_URL set, small resumable sizes),
+    with DICOMSVC_AUTH=none, then =token (an uploader's token made with ``dicomsvc token create``)."""
+    work = tmp_path_factory.mktemp("webpage")
+    env = service_env(
+        DICOMSVC_DATA_DIR=str(work / "data"),
+        DICOMSVC_IMPORT_ROOT=str(work / "import"),
+        DICOMSVC_WORKERS="1",
+        DICOMSVC_LOG_LEVEL="warning",
+        DICOMSVC_OHIF_URL=OHIF,
+        DICOMSVC_PAGE_RESUMABLE_BYTES=str(2 * CHUNK),
+        DICOMSVC_PAGE_CHUNK_BYTES=str(CHUNK),
+        DICOMSVC_AUTH=request.param,
+    )
+    token = None
+    if request.param == "token":
+        made = subprocess.run([sys.executable, "-m", "dicomsvc.cli.main", "token", "create", "--user", "page",
+                               "--role", "uploader"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip().splitlines()[-1]
+    with liveservice.running(free_port(), env, work / "dicomsvc.log") as base:
+        yield base, work, token
+
+
+@pytest.fixture(scope="module")
+def drive(server, browser):
+    base, work, token = server
+    patient_id = f"PAGE-{uuid.uuid4().hex[:8].upper()}"
+    datasets = slices(patient_id)
+    files = work / "files"
+    files.mkdir()
+    archive = files / "ct-series.zip"
+    archive.write_bytes(zipped(datasets))
+    assert archive.stat().st_size > 2 * CHUNK  # resumable, in several chunks
+    broken = files / "broken.dcm"
+    clinical = files / "clinical.csv"
+    clinical.write_text(f"PatientID,outcome\n{patient_id},stable\nNOT-STORED,unknown\n")
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x7f")  # a file meta element cut short
+    shots = ARTIFACTS / ("token" if token else "open")
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir(parents=True)
+    options = {"chromium": browser, "base": base, "files": [str(archive), str(broken)], "patientId": patient_id,
+               "csv": str(clinical), "nameWildcard": "webpage*",
+               "out": str(shots), "timeoutMs": 60_000, "token": token}  # fmt: skip
+    done = subprocess.run(["node", str(DRIVER), json.dumps(options)], capture_output=True, text=True,
+                          timeout=300, cwd=DRIVER.parent)  # fmt: skip
+    assert done.returncode == 0, f"drive.mjs failed ({done.returncode}): {done.stderr[-3000:]}"
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    wanted = os.environ.get("DICOMSVC_PAGE_SCREENSHOT")
+    if wanted and not token and record["shots"].get("study"):
+        shutil.copyfile(record["shots"]["study"], REPO / wanted)
+    return record, datasets, base, patient_id, token
+
+
+def reader(base: str, token: str | None) -> httpx.Client:
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
+def describe(record: dict) -> str:
+    lines = [f"error: {record.get('error')}", f"steps: {[s['name'] for s in record['steps']]}"]
+    lines += [f"  {r['method']} {r['url']} -> {r['status']} {r['failure'] or ''}" for r in record["requests"]
+              if not (r["status"] and r["status"] < 400) and not r["url"].startswith("blob:")]
+    lines += [f"  console {c}" for c in record["console"][:10]] + [f"  page error {e}" for e in record["pageErrors"][:5]]
+    lines += [f"  csp {c}" for c in record["csp"][:5]] + [f"screenshots: {record['shots']}"]
+    return "\n".join(lines)
+
+
+def test_upload_reaches_done_and_lists_the_failure(drive):
+    record, datasets, base, _, token = drive
+    assert record["error"] is None, describe(record)
+    upload = record["upload"]
+    assert upload["status"].startswith("Done: 3 stored"), upload
+    assert upload["transfer"] == 1 and upload["processing"] == 1, upload
+    assert [f for f in upload["failures"] if f.startswith("broken.dcm: ")], upload["failures"]
+    # the clinical CSV was joined after the upload (POST /datasets, key PatientID): one row of two
+    assert "Clinical CSV: 1 row(s) joined to studies, 1 unmatched" in upload["status"], upload["status"]
+    methods = [(r["method"], urlsplit(r["url"]).path) for r in record["requests"]]
+    # the ZIP went resumably (tus creation, several PATCHes), the broken file by multipart; both as jobs
+    assert ("POST", "/uploads/") in methods and sum(m == "PATCH" for m, _ in methods) >= 3, methods
+    # one PATCH was broken off on the way (drive.mjs): the page asked HEAD for the offset and went on
+    assert record["broken"] and ("HEAD", urlsplit(record["broken"]).path) in methods, (record["broken"], methods)
+    assert ("POST", "/dicom") in methods and any(p.startswith("/jobs/") for _, p in methods)
+    post = next(r for r in record["requests"] if r["method"] == "POST" and urlsplit(r["url"]).path == "/dicom")
+    assert "anonymize" not in parse_qs(urlsplit(post["url"]).query)  # unticked: stored as sent
+    with reader(base, token) as client:
+        found = client.get("/dicom", params={"SeriesInstanceUID": datasets[0].SeriesInstanceUID}).json()["items"]
+    assert sorted(i["SOPInstanceUID"] for i in found) == sorted(ds.SOPInstanceUID for ds in datasets)
+    assert {i["PatientName"] for i in found} == {"WEBPAGE^STORYLINE"}  # not anonymized
+
+
+def test_study_is_found_and_stepped_through(drive):
+    record, datasets, base, patient_id, token = drive
+    assert record["error"] is None, describe(record)
+    assert record["listRow"][1] == patient_id and "CT" in record["listRow"][4], record["listRow"]
+    assert record["thumbnails"] == 1  # one series, one thumbnail
+    first, second, third = record["slices"]
+    assert len({s["id"] for s in record["slices"]}) == 3 and len({s["src"] for s in record["slices"]}) == 3
+    assert len({s["hash"] for s in record["slices"]}) == 3 and first["mean"] < second["mean"] < third["mean"]
+    assert first["focused"] == "stack"  # the study opened with the stack focused: arrow keys step at once
+    with reader(base, token) as client:
+        sops = [client.get(f"/dicom/{s['id']}").json()["SOPInstanceUID"] for s in record["slices"]]
+    assert sops == [ds.SOPInstanceUID for ds in datasets]  # in Instance Number order
+    for shown, sop in zip(record["slices"], sops):  # the tags table is the current instance's
+        rows = {row[0]: row for row in shown["tags"]}
+        assert rows["(0008,0018)"][1] == "SOPInstanceUID" and rows["(0008,0018)"][3] == sop
+    assert record["ohifLink"] == f"{OHIF}/viewer?StudyInstanceUIDs={datasets[0].StudyInstanceUID}"
+
+
+def test_search_by_name_dates_and_modality(drive):
+    record, datasets, base, patient_id, token = drive
+    assert record["error"] is None, describe(record)
+    found, none = record["searches"]
+    query = parse_qs(found["query"])
+    assert query["PatientName"] == ["webpage*"] and query["StudyDate"] == ["20240101-20240131"]  # PS3.4 C.2.2.2.5
+    assert query["ModalitiesInStudy"] == ["CT"] and found["ids"] == [patient_id]
+    assert parse_qs(none["query"])["ModalitiesInStudy"] == ["MR"] and none["ids"] == []
+
+
+def test_window_preset_asks_for_that_window(drive):
+    record, datasets, base, _, token = drive
+    assert record["error"] is None, describe(record)
+    windowed, third = record["windowed"], record["slices"][2]
+    assert windowed["id"] == third["id"] and windowed["window"] == "-600,1500"
+    assert windowed["hash"] != third["hash"]
+    asked = [parse_qs(urlsplit(r["url"]).query) for r in record["requests"] if urlsplit(r["url"]).path == "/image"]
+    assert {"id": [third["id"]], "window": ["-600,1500"]} in asked, asked
+
+
+def test_token_is_asked_for_only_with_auth_on(drive):
+    record, *_, token = drive
+    assert record["error"] is None, describe(record)
+    assert bool([s for s in record["steps"] if s["name"] == "token set"]) == bool(token)
+
+
+def test_keyboard_reaches_upload_and_study(drive):
+    record, *_ = drive
+    assert record["error"] is None, describe(record)
+    assert record["tabsToUpload"] and record["tabsToStudy"] and record["tabsToStack"]
+    assert record["focusOutlines"] == {"picker": "solid", "upload": "solid", "stack": "solid"}  # focus is visible
+    assert record["overlaps"] == []  # the study view's parts side by side at 1280x720, none over another
+    assert [s for s in record["steps"] if s["name"] == "upload started with the keyboard"]
+
+
+def test_no_errors_no_violations_nothing_from_elsewhere(drive):
+    record, *_ = drive
+    assert record["error"] is None, describe(record)
+    # the one PATCH broken off on purpose is the only network error the browser reports
+    console = [c for c in record["console"] if "ERR_CONNECTION_RESET" not in c]
+    assert not console and not record["pageErrors"], describe(record)
+    assert not record["csp"], record["csp"]
+    assert not record["blocked"], record["blocked"]
+    bad = [r for r in record["requests"] if (r["failure"] or (r["status"] or 0) >= 400)
+           and not (r["method"] == "PATCH" and r["url"] == record["broken"] and r["failure"])]  # fmt: skip
+    assert not bad, describe(record)  # with auth on: the token went with every request (none was refused)
+    assert not record["overflow"], record["overflow"]  # no horizontal scroll at 1280x720
+    assert {"home", "uploaded", "list", "study"} <= set(record["shots"])
