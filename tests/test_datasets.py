@@ -488,6 +488,42 @@ def test_the_streamed_zip_reads_back(tmp_path, monkeypatch, zip64):
     assert not [p for p in tmp_path.iterdir() if p.name not in ("files", "manifest.csv")]  # its temporary file is gone
 
 
+def test_delete_removes_the_dataset_and_its_export_results_never_the_studies(client, config):
+    uid = study(client, 1)
+    body = post_csv(client, b"PatientID,Age\nPID-1,5\n").json()
+    exported(client, body["id"], include=["npy"])
+    job_id = client.get("/jobs").json()["items"][0]["id"]
+    assert client.get(f"/jobs/{job_id}/result").status_code == 200
+    answer = client.delete(f"/datasets/{body['id']}")
+    assert answer.status_code == 204, answer.text
+    assert client.get(f"/datasets/{body['id']}").status_code == 404
+    assert client.delete(f"/datasets/{body['id']}").status_code == 404
+    assert client.get("/datasets").json()["items"] == []
+    assert stored_rows(config, body["id"]) == []
+    assert [s["0020000D"]["Value"] for s in client.get("/dicomweb/studies").json()] == [[uid]]  # the study stays
+    gone = client.get(f"/jobs/{job_id}/result")
+    assert gone.status_code == 410 and gone.json()["error"] == "gone", gone.text
+    assert not (config.data_dir / "exports" / job_id).exists()
+    records = client.get("/audit", params={"resource": body["id"]}).json()["items"]
+    assert ("delete", "/datasets/{dataset}", 204) in [(r["action"], r["route"], r["status"]) for r in records]
+
+
+def test_delete_is_for_the_uploader_or_an_admin(monkeypatch, data_dir, import_root):
+    from authhelpers import bearer, token_app
+
+    users = {"ulla": "uploader", "uwe": "uploader", "rita": "reader", "adam": "admin"}
+    with token_app(monkeypatch, data_dir, import_root, users) as (client, tokens):
+        ulla, uwe, rita, adam = (bearer(tokens[u]) for u in users)
+        csv_part = {"csv": ("c.csv", b"PatientID,Age\nPID-1,1\n", "text/csv")}
+        ids = [client.post("/datasets", files=csv_part, data={"key": "PatientID"}, headers=ulla).json()["id"]
+               for _ in range(2)]  # fmt: skip
+        assert client.delete(f"/datasets/{ids[0]}", headers=rita).status_code == 403  # readers delete nothing
+        refused = client.delete(f"/datasets/{ids[0]}", headers=uwe)
+        assert refused.status_code == 403 and set(refused.json()) == {"error", "detail"}
+        assert client.delete(f"/datasets/{ids[0]}", headers=ulla).status_code == 204
+        assert client.delete(f"/datasets/{ids[1]}", headers=adam).status_code == 204
+
+
 def test_export_results_expire(client, config):
     """DICOMSVC_EXPORT_RESULT_SECONDS after its job finished an export's result is removed by the
     sweep (exports.expire) and GET /jobs/{job}/result answers 410; before that it is kept."""
