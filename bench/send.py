@@ -39,21 +39,6 @@ import servers as S  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
-class Ours(S.Service):
-    label = "dicomsvc"
-
-    def launch_server(self, import_root: Path, network: dict, batch: int) -> None:
-        data = self.work / "data"
-        data.mkdir()
-        path = self.work / "network.json"
-        path.write_text(json.dumps(network))
-        env = S.dicomsvc_env(data, import_root, DICOMSVC_NETWORK_CONFIG=str(path), DICOMSVC_SEND_BATCH=str(batch))
-        self.launch_dicomsvc(S.uvicorn_argv(self.port) + ["--no-access-log"], REPO, env)
-
-    def start(self, *args) -> None:
-        self.launch_server(*args)
-
-
 def rest(base: str) -> httpx.Client:
     return httpx.Client(base_url=base, timeout=600, trust_env=False)
 
@@ -69,7 +54,7 @@ def empty(orthanc: S.OrthancPacs) -> None:
             client.delete(f"/studies/{study}")
 
 
-def ours_send(ours: Ours, way: str, ids: list[str]) -> dict:
+def ours_send(ours: S.NetworkedDicomsvc, way: str, ids: list[str]) -> dict:
     """POST /dicom/send of every instance; seconds until the job is done, CPU of dicomsvc's tree."""
     cpu0 = P.tree_cpu_seconds(ours.server.pid)
     with rest(ours.base) as client:
@@ -124,8 +109,8 @@ def main() -> int:
             "pacs": {"type": "dimse", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": target.dimse_port},
             "web": {"type": "stowrs", "url": f"{target.base}/dicom-web"},
         }}  # fmt: skip
-        ours = Ours(run.tmp, "send")
-        if not run.start(source, {}) or not run.start(ours, {}, corpus.root, network, args.batch):
+        ours = S.NetworkedDicomsvc(run.tmp, "send")
+        if not run.start(source, {}) or not run.start(ours, {}, REPO, corpus.root, network, {"DICOMSVC_SEND_BATCH": str(args.batch)}):
             return 1
         with rest(ours.base) as client, rest(source.base) as orthanc, ThreadPoolExecutor(4) as pool:
             ours_ids = list(pool.map(lambda i: client.post("/dicom", json={"path": i.rel}).json()["id"], corpus.instances))

@@ -253,6 +253,22 @@ class OrthancService(Service):
         self.launch([self.binary, str(cfg)], self.work, env, "/system")
 
 
+class NetworkedDicomsvc(Service):
+    """dicomsvc (uvicorn, its worker processes) with a DICOMSVC_NETWORK_CONFIG of ``network``
+    (destinations, rules) and more DICOMSVC_* ``settings``; run from ``app_dir`` (the repo).
+    ``Session.start(it, record, app_dir, import_root, network, settings)``."""
+
+    label = "dicomsvc"
+
+    def start(self, app_dir: Path, import_root: Path, network: dict, settings: dict[str, str]) -> None:
+        data = self.work / "data"
+        data.mkdir()
+        path = self.work / "network.json"
+        path.write_text(json.dumps(network))
+        env = dicomsvc_env(data, import_root, DICOMSVC_NETWORK_CONFIG=str(path), **settings)
+        self.launch_dicomsvc(uvicorn_argv(self.port) + ["--no-access-log"], app_dir, env)
+
+
 class OrthancPacs(OrthancService):
     """Orthanc as a PACS: its DICOM server (AE ORTHANC, any calling AE may store) and the DICOMweb
     plugin (Debian's orthanc-dicomweb) at /dicom-web/; ports chosen at once (``dimse_port``).

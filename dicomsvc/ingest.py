@@ -204,10 +204,17 @@ def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobSt
         raise InvalidDicom(f"the file could not be anonymized ({type(exc).__name__})") from None
     finally:
         blobs.discard(temp)
+    return save_temp(blobs, out)[0]
+
+
+def save_temp(blobs: BlobStore, ds) -> tuple[Path, int]:
+    """Write a data set (an anonymized copy) as a new temporary blob: its path and size.
+    InvalidDicom when pydicom will not write it; OSError from the disk (a full one is a 507)."""
     path, handle = blobs.create_temp(".dcm")
     try:
         with handle:
-            out.save_as(handle, enforce_file_format=True)
+            ds.save_as(handle, enforce_file_format=True)
+            size = handle.tell()
     except OSError:  # the disk, not the data (a full one is a 507)
         blobs.discard(path)
         raise
@@ -217,7 +224,7 @@ def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobSt
     except BaseException:
         blobs.discard(path)
         raise
-    return path
+    return path, size
 
 
 def _record(

@@ -12,6 +12,7 @@ from pydicom import dcmread
 from .config import Config
 from .dicom.parse import open_source
 from .errors import DicomSvcError, InvalidDicom
+from .ingest import save_temp
 from .storage.blobs import BlobStore
 
 
@@ -30,18 +31,5 @@ def anonymized_copy(config: Config, dcm_blob: str) -> tuple[str, str, int]:
         raise
     except Exception as exc:  # pydicom on a value it cannot convert, say
         raise InvalidDicom(f"the instance could not be anonymized ({type(exc).__name__})") from None
-    path, handle = blobs.create_temp(".dcm")
-    try:
-        with handle:
-            out.save_as(handle, enforce_file_format=True)
-            size = handle.tell()
-    except OSError:
-        blobs.discard(path)
-        raise
-    except Exception as exc:  # what pydicom reads but will not write
-        blobs.discard(path)
-        raise InvalidDicom(f"the anonymized copy could not be written ({type(exc).__name__})") from None
-    except BaseException:
-        blobs.discard(path)
-        raise
+    path, size = save_temp(blobs, out)
     return str(path), str(out.SOPInstanceUID), size

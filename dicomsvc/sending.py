@@ -50,6 +50,7 @@ from .storage import sending as rows_of
 
 log = logging.getLogger("dicomsvc.sending")
 
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # what a decompressed copy is in (PS3.5 §A.2)
 READ = 1 << 20  # bytes read from a stored blob at a time while a STOW-RS body streams
 MAX_ANSWER = 16 * 1024**2  # the most of a STOW-RS answer read (one item per instance: a few MB for thousands)
 # PS3.18 §10.5.3 / PS3.3 C.12.1.1.2 tags of the STOW-RS answer
@@ -238,13 +239,15 @@ async def _send_dimse(svc: Service, d: Destination, ready: list[_Ready]) -> list
     try:
         for item in ready:
             source = item.copy if item.copy is not None else svc.blobs.stored(item.row["dcm_blob"])
+            syntax = item.row["transfer_syntax_uid"] or ""  # an anonymized copy keeps it
             if item.copy is None and needs_decompression(item.row, link.accepted):
                 try:
                     item.copy = source = Path(await svc.cpu(tasks.write_explicit_le, svc.config, item.row["dcm_blob"]))
+                    syntax = EXPLICIT_VR_LITTLE_ENDIAN
                 except DicomSvcError as exc:
                     results.append((False, exc.status == 503, f"not decompressed ({exc.code})"))
                     continue
-            code, why, transient = await svc.io(tasks.scu_store, link, source)
+            code, why, transient = await svc.io(tasks.scu_store, link, source, item.row["sop_class_uid"] or "", syntax)
             results.append(c_store_result(code) if code is not None else (False, transient, why))
     finally:
         with contextlib.suppress(Exception):

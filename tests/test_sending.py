@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 from starlette.testclient import TestClient
 
 from app import create_app
-from dicomfiles import make_ct, save
+from dicomfiles import make_ct, sample_file, save
 from dicomsvc import sending
 from dicomsvc.config import Config
 from dicomsvc.netconfig import Destination
@@ -47,7 +47,7 @@ def orthanc_or_skip() -> str:
 class Orthanc:
     """Orthanc with its DICOM server (AE ORTHANC) and the DICOMweb plugin, on free loopback ports."""
 
-    def __init__(self, work: Path, dicom_port: int | None = None):
+    def __init__(self, work: Path, dicom_port: int | None = None, **extra):
         self.binary = orthanc_or_skip()
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ class Orthanc:
         cfg |= {"DicomServerEnabled": True, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
                 "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
                 "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}  # fmt: skip
-        path.write_text(json.dumps(cfg))
+        path.write_text(json.dumps(cfg | extra))
         self.cfg_path = path
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.proc = None
@@ -451,3 +451,24 @@ def test_delete_after_needs_the_admin_role(tmp_path, orthanc, monkeypatch):
         assert client.post("/dicom/send", json=one | {"delete_after": True}, headers=bearer(tokens["up"])).status_code == 403
         assert client.post("/dicom/send", json=one, headers=bearer(tokens["up"])).status_code == 202
         assert client.post("/dicom/send", json=one | {"delete_after": True}, headers=bearer(tokens["boss"])).status_code == 202
+
+
+def test_compressed_instances_go_decompressed_where_only_uncompressed_is_taken(tmp_path):
+    """A destination accepting only Implicit/Explicit VR Little Endian (Orthanc's
+    AcceptedTransferSyntaxes) gets a JPEG 2000 and an RLE instance decompressed (Explicit VR
+    Little Endian, PS3.5 A.2), an uncompressed one as it is."""
+    native = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
+    plain = Orthanc(tmp_path / "orthanc", AcceptedTransferSyntaxes=native).start()
+    try:
+        config = send_config(tmp_path, plain.destinations())
+        files = [sample_file(name) for name in ("JPEG2000.dcm", "MR_small_RLE.dcm", "CT_small.dcm")]
+        with TestClient(create_app(config)) as client:
+            ids = upload(client, files)
+            job = finished(client, send(client, {"to": "pacs", "ids": ids}))
+        assert (job["sent"], job["failed"]) == (3, 0), job["results"]
+        assert plain.sop_uids() == uids_of(files)
+        with plain.rest() as rest:
+            syntaxes = {rest.get(f"/instances/{i}/header?simplify").json()["TransferSyntaxUID"] for i in rest.get("/instances").json()}
+        assert syntaxes == {"1.2.840.10008.1.2.1"}
+    finally:
+        plain.stop()

@@ -12,8 +12,10 @@ Nothing here logs UIDs or identifiers: pynetdicom's own logging is silenced as i
 import logging
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import split_dataset
 
 from .contexts import contexts_for, pairs, read_stored
 
@@ -79,18 +81,24 @@ def associate(our_ae: str, called_ae: str, host: str, port: int, rows: list[dict
     return link
 
 
-def store(link: Link, source) -> tuple[int | None, str | None, bool]:
-    """C-STORE one instance: ``source`` a file path or ``BlobStore.stored``'s reader. (status,
-    None, False) when the destination answered; else (None, why, transient): no answer (the
-    association gone or timed out: transient) or not offered (no accepted presentation context,
-    unreadable here: not)."""
+def store(link: Link, source, sop_class: str, syntax: str) -> tuple[int | None, str | None, bool]:
+    """C-STORE one instance: ``source`` a file path or ``BlobStore.stored``'s reader, holding an
+    instance of ``sop_class`` in ``syntax``. (status, None, False) when the destination answered;
+    else (None, why, transient): no answer (the association gone or timed out: transient) or not
+    offered (no accepted presentation context, unreadable here: not).
+
+    A plain file whose own transfer syntax was accepted goes as it is, read a piece at a time
+    (pynetdicom's STORE_SEND_CHUNKED_DATASET: neither decoded nor re-encoded); anything else is
+    read as a data set and encoded in an accepted syntax (Implicit <-> Explicit VR Little Endian)."""
     assoc = link.assoc
     if assoc is None or not assoc.is_established:
         return None, "association aborted", True
-    try:
-        ds = read_stored(source)
-    except Exception as exc:  # damaged or gone: this instance fails, the association goes on
-        return None, f"unreadable here ({type(exc).__name__})", False
+    ds = _as_it_is(source, sop_class, syntax, link.accepted)
+    if ds is None:
+        try:
+            ds = read_stored(source)
+        except Exception as exc:  # damaged or gone: this instance fails, the association goes on
+            return None, f"unreadable here ({type(exc).__name__})", False
     try:
         status = assoc.send_c_store(ds)
     except ValueError:  # pynetdicom: no accepted presentation context for it
@@ -100,6 +108,19 @@ def store(link: Link, source) -> tuple[int | None, str | None, bool]:
     if "Status" not in status:
         return None, "no C-STORE response" if assoc.is_established else "association aborted", True
     return int(status.Status), None, False
+
+
+def _as_it_is(source, sop_class: str, syntax: str, accepted: set[tuple[str, str]]) -> Path | None:
+    """The file to send as it is, or None: not a plain file, its syntax not accepted, or not a
+    DICOM file with a meta group (PS3.10 §7.1: preamble, DICM, group 0002)."""
+    if not isinstance(source, (str, Path)) or (sop_class, syntax) not in accepted:
+        return None
+    try:
+        split_dataset(Path(source))
+    except Exception:  # noqa: BLE001 -- no preamble, a damaged meta group: read as a data set instead
+        return None
+    _config.STORE_SEND_CHUNKED_DATASET = True  # paths are given to send_c_store only here
+    return Path(source)
 
 
 def close(link: Link) -> None:
