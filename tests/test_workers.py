@@ -172,6 +172,41 @@ def test_one_task_at_a_time_goes_to_the_same_warm_worker():
     assert together == pids  # two at once: both workers
 
 
+def test_a_ready_worker_gets_its_task_and_answers_without_a_thread():
+    """Issue 12: the task is written and the reply read in the event loop (a hop to a thread and
+    back cost ~120 us of CPU): with the pool's threads unusable a ready worker still answers,
+    small or large, in a message spread over many reads (multiprocessing.connection's framing)."""
+    import asyncio
+
+    from dicomsvc.workers import Limits, WorkerPool
+
+    reply_pieces = (3 << 20) // 16 + 5  # a reply of more than 3 MiB: several reads (READ_SIZE each at most)
+    task_pieces = (200 << 10) // 256  # a task of 200 KiB: more than INLINE_SEND
+
+    class NoThreads:
+        def submit(self, *args, **kwargs):
+            raise AssertionError("a thread was used")
+
+    async def main():
+        pool = WorkerPool(1, Limits())
+        await pool.start()
+        threads, pool._threads = pool._threads, NoThreads()
+        try:
+            small = await pool.run(workertasks.echo, b"x" * 100)
+            large = await pool.run(workertasks.repeat, b"0123456789abcdef", reply_pieces)
+            pool._threads = threads  # a task larger than INLINE_SEND is written from a thread
+            big_task = await pool.run(workertasks.echo, bytes(range(256)) * task_pieces)
+            return small, large, big_task
+        finally:
+            pool._threads = threads
+            await pool.close()
+
+    small, large, big_task = asyncio.run(main())
+    assert small == b"x" * 100
+    assert large == b"0123456789abcdef" * reply_pieces
+    assert big_task == bytes(range(256)) * task_pieces
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

@@ -32,6 +32,14 @@ def allocate_forever() -> None:
         held.append(bytearray(64 << 20))
 
 
+def echo(data: bytes) -> bytes:
+    return data
+
+
+def repeat(data: bytes, times: int) -> bytes:
+    return data * times
+
+
 def sleep_pid(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
