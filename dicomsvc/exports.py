@@ -23,6 +23,7 @@ import struct
 import tempfile
 import time
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -117,14 +118,14 @@ async def run(svc: Service, job_id: str, seq: int, item: str) -> None:
     # anonymize: instances stored as they came are anonymized on the way out (exportfiles)
     secret = svc.config.anon_secret.encode() if spec["anonymize"] else None
     extra = (secret, spec.get("allow_burned_in", False), spec.get("key_kind", "PatientID"))
-    exported, failed = 0, 0
+    exported, failed = 0, Counter()  # instances left out, by error code (burned_in_annotation, not_found...)
     async for page in _pages(svc, spec):
         entries = await svc.cpu(tasks.export_chunk, svc.config, str(folder / "files"), page, spec["include"],
                                 spec["rescale"], *extra)  # fmt: skip
         lines = []
         for row, entry in zip(page, entries):
             if "error" in entry:
-                failed += 1
+                failed[entry["error"]] += 1
                 continue
             exported += 1
             clinical = json.loads(row["clinical"])
@@ -139,7 +140,8 @@ async def run(svc: Service, job_id: str, seq: int, item: str) -> None:
         await svc.io(svc.blobs.remote.delete_under, result_prefix(job_id) + "/")  # a run before this one's
         await svc.io(svc.blobs.push_folder, folder, result_prefix(job_id))
     result = {"file": "export.zip", "status": "created", "id": job_id,
-              "detail": f"{exported} instance(s) exported, {failed} left out"}  # fmt: skip
+              "detail": f"{exported} instance(s) exported, {sum(failed.values())} left out"
+                        + (f" ({', '.join(f'{code}: {n}' for code, n in sorted(failed.items()))})" if failed else "")}  # fmt: skip
     await job_rows.record_results(svc.db, job_id, [(seq, "created", json.dumps(result))], svc.replica,
                                   svc.config.job_lease_seconds)  # fmt: skip
 
