@@ -177,7 +177,12 @@ async def deliver(svc: Service, destination: Destination, ids: Sequence[str], an
             ready = await _anonymized(svc, ready, outcomes)
         if ready:
             send = _send_dimse if destination.type == "dimse" else _send_stowrs
-            for item, (sent, transient, detail) in zip(ready, await send(svc, destination, ready)):
+            try:
+                results = await send(svc, destination, ready)
+            except Exception as exc:  # not the destination's doing (a bug, the blob store): retried, never raised
+                log.error("sending to %s failed: %s", destination.name, type(exc).__name__)
+                results = [(False, True, f"not sent ({type(exc).__name__})")] * len(ready)
+            for item, (sent, transient, detail) in zip(ready, results):
                 outcomes[item.index] = Outcome(item.id, "sent" if sent else "failed", transient and not sent, detail,
                                                item.uid if sent else None)  # fmt: skip
     finally:

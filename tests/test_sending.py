@@ -180,6 +180,22 @@ def test_deliver_to_a_destination_that_is_not_there_fails_transiently(tmp_path, 
     assert [(o.status, o.transient, o.detail) for o in outcomes] == [("failed", True, "connection refused")] * 2
 
 
+def test_deliver_never_raises_for_what_goes_wrong_on_the_way(tmp_path, orthanc, monkeypatch):
+    """An error while sending (here pynetdicom's association raising) is each instance's transient
+    failure: the caller retries; deliver does not raise."""
+    from dicomsvc import tasks
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tasks, "scu_associate", broken)
+    config = send_config(tmp_path, orthanc.destinations())
+    with TestClient(create_app(config)) as client:
+        ids = upload(client, study_files(tmp_path, series=1, per_series=2))
+        outcomes = client.portal.call(sending.deliver, client.app.state.svc, config.network_config.destination("pacs"), ids, False)
+    assert [(o.status, o.transient, o.detail) for o in outcomes] == [("failed", True, "not sent (RuntimeError)")] * 2
+
+
 # status mapping ----------------------------------------------------------------------------------
 
 
@@ -276,9 +292,9 @@ def test_an_import_job_has_no_sent_count(tmp_path, orthanc):
         assert "sent" in finished(client, job)
         (tmp_path / "import").mkdir(exist_ok=True)
         shutil.copy(files[0], tmp_path / "import" / "a.dcm")
-        answer = client.post("/dicom", json={"path": "."})
-        if answer.status_code == 202:
-            assert "sent" not in finished(client, answer.json()["job"])
+        answer = client.post("/dicom?async=true", json={"path": "."})  # an import job
+        assert answer.status_code == 202, answer.text
+        assert "sent" not in finished(client, answer.json()["job"])
 
 
 def test_send_anonymized_twice_is_one_study_without_the_patient(tmp_path, orthanc):
