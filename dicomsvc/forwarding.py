@@ -16,7 +16,9 @@ side, one batch each at a time. Each row's outcome is recorded: sent; a transien
 retried after an exponential backoff (DICOMSVC_FORWARD_BACKOFF_SECONDS, doubled per failed
 attempt, at most DICOMSVC_FORWARD_MAX_BACKOFF_SECONDS), for ever: an outage delays and loses
 nothing; a permanent one (the destination refuses the instance) is marked failed with its
-reason. A row whose destination left the configuration fails so. The forwarder wakes after
+reason. A batch that failed transiently as a whole (the destination is down) puts off that
+destination's other queued rows as long: one try per backoff period, however long the queue,
+not one per batch. A row whose destination left the configuration fails so. The forwarder wakes after
 each worker task (an ingest may have queued rows), when a batch ends, when a retry falls due,
 and otherwise every DICOMSVC_FORWARD_POLL_SECONDS (rows queued by another replica).
 
@@ -147,6 +149,8 @@ async def _send(svc: Service, name: str, anonymize: bool, batch: list[rows.Claim
                 failed.append((c.id, outcome.detail))
     try:
         await rows.record(svc.db, svc.replica, sent, retry, failed)
+        if retry and not sent and not failed:  # the destination is down: its other rows wait as long
+            await rows.hold(svc.db, name, max(delay for _, delay, _ in retry))
     except Exception as exc:  # unrecorded: the rows are sent again once their lease runs out
         _stopping(exc)
         log.error("forwards to %s could not be recorded: %s", name, type(exc).__name__)

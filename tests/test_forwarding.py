@@ -242,6 +242,26 @@ def test_an_outage_delays_delivery_and_loses_nothing(config, import_root, monkey
     assert (research["queued"], research["sent"], research["failed"]) == (0, 2, 0)
 
 
+def test_a_destination_down_is_tried_once_per_backoff_not_once_per_batch(config, import_root, monkeypatch):
+    """Batches of one, four MRs queued for research, research down: one attempt, and the other
+    three rows wait the same backoff instead of each being tried in turn."""
+    config = routed(config, forward_batch=1, forward_backoff_seconds=3600, forward_max_backoff_seconds=3600)
+    fake = Fake(lambda n, i: Outcome(i, "failed", True, "connection refused"))
+    monkeypatch.setattr(forwarding, "_deliver", fake)
+    for n in range(4):
+        save(make_ct(Modality="MR"), import_root / f"{n}.dcm")
+    with TestClient(create_app(dataclasses.replace(config, forward_poll_seconds=3600))) as client:
+        for n in range(4):  # queued before the forwarder is woken: all four due at once
+            ingest.ingest_import(config, f"{n}.dcm")
+        client.post("/dicom", json={"path": "0.dcm"})  # a duplicate: a worker task, which wakes it
+        eventually(lambda: fake.calls)
+        time.sleep(0.5)
+        status = client.get("/forwarding").json()
+    assert len(fake.calls) == 1
+    assert sorted(n for *_, n, _ in forwards_of(config)) == [0, 0, 0, 1]  # the others were not tried
+    assert next(d for d in status["destinations"] if d["name"] == "research")["queued"] == 4
+
+
 def test_a_permanent_failure_is_recorded_with_its_reason(config, import_root, monkeypatch):
     config = routed(config)
     refused = "refused: C-STORE status 0xA900 (data set does not match SOP class)"

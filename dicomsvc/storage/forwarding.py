@@ -112,6 +112,21 @@ _FAILED_SQL = {
 }
 
 
+# A destination that failed a whole batch transiently (it is down): its other queued rows wait too
+_HOLD_SQL = {
+    d: f"UPDATE forward SET next_attempt_at = {now} + ? WHERE destination = ? AND state = 'queued' "
+    f"AND next_attempt_at < {now} + ? AND (lease_until IS NULL OR lease_until < {now})"
+    for d, now in _NOW.items()
+}
+
+
+async def hold(db: Database, destination: str, delay: float) -> None:
+    """Put off every queued row of ``destination`` not being sent until ``delay`` seconds from
+    now at the earliest (their attempts unchanged): one try per backoff while it is down."""
+    async with transaction(db) as conn:
+        await conn.execute(_HOLD_SQL[db.dialect], (delay, destination, delay))
+
+
 async def renew(db: Database, ids: Sequence[int], replica: str, lease: float) -> None:
     """Extend ``replica``'s lease on its claimed rows by ``lease`` seconds from now."""
     async with transaction(db) as conn:
