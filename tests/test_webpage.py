@@ -10,7 +10,8 @@ its size) and a broken file (multipart) are uploaded with anonymize unticked, th
 reached and pressed with the keyboard only; the progress reaches done and the broken file is
 listed with its reason; the study is found by patient ID, opened from the keyboard, and three
 slices are stepped through (ArrowDown, the mouse wheel): each shows another instance, with other
-pixels, and its own tags; a CT window preset asks /image with that window. No console errors, no
+pixels, and its own tags; a CT window preset asks /image with that window; a second series, one
+two-frame instance, steps through its frames (/image?frame=2). No console errors, no
 CSP violations, nothing fetched from elsewhere, no horizontal scroll.
 
 Screenshots are kept in tests/artifacts/webpage/ (git-ignored). The README's screenshot,
@@ -35,7 +36,7 @@ import httpx
 import numpy as np
 import pytest
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import generate_uid
+from pydicom.uid import MRImageStorage, generate_uid
 from starlette.testclient import TestClient
 
 from app import create_app
@@ -166,6 +167,19 @@ def slices(patient_id: str) -> list:
     return out
 
 
+def multiframe(study: str, patient_id: str):
+    """A second series in the study: one MR instance of two frames, Number of Frames (0028,0008) 2."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    frames = [np.where((yy - 32) ** 2 + (xx - 32) ** 2 <= r**2, 900, 100).astype(np.uint16) for r in (8, 24)]
+    ds = make_ct(frames[0], StudyInstanceUID=study, SeriesNumber=2, InstanceNumber=1, Modality="MR",
+                 SOPClassUID=MRImageStorage, PatientID=patient_id, PatientName="WEBPAGE^STORYLINE",
+                 StudyDescription="PAGE TEST CT", window=(500.0, 1000.0), intercept=0.0)  # fmt: skip
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.stack(frames).tobytes()
+    return ds
+
+
 def zipped(datasets) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
@@ -209,7 +223,8 @@ def drive(server, browser):
     files = work / "files"
     files.mkdir()
     archive = files / "ct-series.zip"
-    archive.write_bytes(zipped(datasets))
+    cine = multiframe(datasets[0].StudyInstanceUID, patient_id)
+    archive.write_bytes(zipped([*datasets, cine]))
     assert archive.stat().st_size > 2 * CHUNK  # resumable, in several chunks
     broken = files / "broken.dcm"
     clinical = files / "clinical.csv"
@@ -228,6 +243,7 @@ def drive(server, browser):
     wanted = os.environ.get("DICOMSVC_PAGE_SCREENSHOT")
     if wanted and not token and record["shots"].get("study"):
         shutil.copyfile(record["shots"]["study"], REPO / wanted)
+    record["cine"] = cine.SOPInstanceUID
     return record, datasets, base, patient_id, token
 
 
@@ -248,7 +264,7 @@ def test_upload_reaches_done_and_lists_the_failure(drive):
     record, datasets, base, _, token = drive
     assert record["error"] is None, describe(record)
     upload = record["upload"]
-    assert upload["status"].startswith("Done: 3 stored"), upload
+    assert upload["status"].startswith("Done: 4 stored"), upload
     assert upload["transfer"] == 1 and upload["processing"] == 1, upload
     assert [f for f in upload["failures"] if f.startswith("broken.dcm: ")], upload["failures"]
     # the clinical CSV was joined after the upload (POST /datasets, key PatientID): one row of two
@@ -271,7 +287,7 @@ def test_study_is_found_and_stepped_through(drive):
     record, datasets, base, patient_id, token = drive
     assert record["error"] is None, describe(record)
     assert record["listRow"][1] == patient_id and "CT" in record["listRow"][4], record["listRow"]
-    assert record["thumbnails"] == 1  # one series, one thumbnail
+    assert record["thumbnails"] == 2  # two series, a thumbnail each
     first, second, third = record["slices"]
     assert len({s["id"] for s in record["slices"]}) == 3 and len({s["src"] for s in record["slices"]}) == 3
     assert len({s["hash"] for s in record["slices"]}) == 3 and first["mean"] < second["mean"] < third["mean"]
@@ -292,7 +308,7 @@ def test_search_by_name_dates_and_modality(drive):
     query = parse_qs(found["query"])
     assert query["PatientName"] == ["webpage*"] and query["StudyDate"] == ["20240101-20240131"]  # PS3.4 C.2.2.2.5
     assert query["ModalitiesInStudy"] == ["CT"] and found["ids"] == [patient_id]
-    assert parse_qs(none["query"])["ModalitiesInStudy"] == ["MR"] and none["ids"] == []
+    assert parse_qs(none["query"])["ModalitiesInStudy"] == ["US"] and none["ids"] == []
 
 
 def test_window_preset_asks_for_that_window(drive):
@@ -309,6 +325,19 @@ def test_token_is_asked_for_only_with_auth_on(drive):
     record, *_, token = drive
     assert record["error"] is None, describe(record)
     assert bool([s for s in record["steps"] if s["name"] == "token set"]) == bool(token)
+
+
+def test_a_multiframe_instance_is_a_stack_of_its_frames(drive):
+    record, datasets, base, _, token = drive
+    assert record["error"] is None, describe(record)
+    first, second = record["frames"]
+    assert first["id"] == second["id"] and (first["frame"], second["frame"]) == ("1", "2")
+    assert first["hash"] != second["hash"] and first["mean"] < second["mean"]  # the larger disc
+    assert "frame 2 of 2" in second["caption"]
+    with reader(base, token) as client:
+        assert client.get(f"/dicom/{first['id']}").json()["SOPInstanceUID"] == record["cine"]
+    asked = [parse_qs(urlsplit(r["url"]).query) for r in record["requests"] if urlsplit(r["url"]).path == "/image"]
+    assert {"id": [first["id"]], "frame": ["2"]} in asked, asked
 
 
 def test_keyboard_reaches_upload_and_study(drive):

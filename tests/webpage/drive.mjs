@@ -73,7 +73,7 @@ const slice = () => page.evaluate(() => {
     sum += data[i];
     hash = (hash * 31 + data[i]) >>> 0;
   }
-  return { id: img.dataset.id, window: img.dataset.window, src: img.src, width: img.naturalWidth,
+  return { id: img.dataset.id, window: img.dataset.window, frame: img.dataset.frame, src: img.src, width: img.naturalWidth,
            height: img.naturalHeight, mean: sum / (data.length / 4), hash,
            caption: document.querySelector('#slice-caption').textContent, focused: document.activeElement.id };
 });
@@ -82,7 +82,7 @@ const nextSlice = async (before) => {
   await page.waitForFunction((b) => {
     const img = document.querySelector('#slice');
     return img.complete && img.naturalWidth > 0 && img.dataset.id &&
-      (img.dataset.id !== b.id || img.dataset.window !== b.window);
+      (img.dataset.id !== b.id || img.dataset.window !== b.window || img.dataset.frame !== b.frame);
   }, before, { timeout });
   const now = await slice();
   await page.waitForFunction((id) => document.querySelector('#tags').dataset.id === id, now.id, { timeout });
@@ -188,7 +188,8 @@ try {
     }, opts.patientId, { timeout });
     await page.waitForFunction(() => {
       const imgs = document.querySelectorAll('#study-table tbody img');
-      return imgs.length > 0 && Array.from(imgs).every((i) => i.complete && i.naturalWidth > 0);
+      return document.querySelector('#study-table tbody .thumbs[data-done]') && imgs.length > 0
+        && Array.from(imgs).every((i) => i.complete && i.naturalWidth > 0);
     }, null, { timeout });
     result.listRow = await page.evaluate(() => Array.from(document.querySelector('#study-table tbody tr').cells, (c) => c.textContent));
     result.thumbnails = await page.evaluate(() => document.querySelectorAll('#study-table tbody img').length);
@@ -214,7 +215,7 @@ try {
     };
     result.searches = [
       await search({ '#q-name': opts.nameWildcard, '#q-from': '2024-01-01', '#q-to': '2024-01-31', '#q-modality': 'CT' }),
-      await search({ '#q-name': opts.nameWildcard, '#q-modality': 'MR' }),
+      await search({ '#q-name': opts.nameWildcard, '#q-modality': 'US' }),
     ];
     await search({ '#q-id': opts.patientId, '#q-modality': 'CT' });
     step('searches');
@@ -268,6 +269,18 @@ try {
     });
     await checkFit('study');
     await shot('study');
+
+    current = 'multi-frame series';
+    await page.selectOption('#preset', ''); // back to the stored window
+    now = await nextSlice(now);
+    await page.click('#series-list li:nth-child(2) button');
+    now = await nextSlice(now);
+    result.frames = [now];
+    await page.focus('#stack');
+    await page.keyboard.press('ArrowDown');
+    now = await nextSlice(now);
+    result.frames.push(now);
+    step('frames');
   } catch (err) {
     result.error = `${current}: ${String(err).split('\n')[0]}`;
     await shot('error').catch(() => {});

@@ -112,7 +112,7 @@ const TAG = {
   SeriesDescription: '0008103E', PatientName: '00100010', PatientID: '00100020', StudyUID: '0020000D',
   SeriesUID: '0020000E', SeriesNumber: '00200011', InstanceNumber: '00200013', SOPUID: '00080018',
   Position: '00200032', Orientation: '00200037', StudySeries: '00201206', StudyInstances: '00201208',
-  SeriesInstances: '00201209',
+  SeriesInstances: '00201209', Frames: '00280008',
 };
 
 function values(item, tag) {
@@ -499,6 +499,7 @@ async function seriesThumbs(study, into, search) {
   } catch {
     // a study without images has no thumbnail: the row stays as it is
   }
+  into.dataset.done = 'true';
 }
 
 function seriesPath(study, series) {
@@ -523,6 +524,7 @@ async function openStudy(uid) {
   $('#study-meta').textContent = 'Loading…';
   $('#series-list').replaceChildren();
   $('#tags tbody').replaceChildren();
+  delete $('#tags').dataset.id;
   $('#slice').removeAttribute('src');
   $('#slice-caption').textContent = '';
   const ohif = $('#ohif-link');
@@ -596,8 +598,12 @@ async function openSeries(se) {
   for (const b of document.querySelectorAll('#series-list button')) b.setAttribute('aria-current', String(b.dataset.series === uid));
   const [qido, ids] = await Promise.all([allInstances(study.uid, uid), allIds(uid)]);
   if (state.study !== study) return;
-  const instances = qido.map((q) => ({ qido: q, id: ids.get(first(q, TAG.SOPUID)) })).filter((i) => i.id);
-  instances.sort(sliceOrder);
+  const sorted = qido.map((q) => ({ qido: q, id: ids.get(first(q, TAG.SOPUID)) })).filter((i) => i.id).sort(sliceOrder);
+  // a multi-frame instance is as many slices as it has frames, Number of Frames (0028,0008)
+  const instances = sorted.flatMap((i) => {
+    const frames = Math.max(1, Math.floor(Number(first(i.qido, TAG.Frames))) || 1);
+    return Array.from({ length: frames }, (_, f) => ({ ...i, frame: f + 1, frames }));
+  });
   study.current = { series: se, instances, index: 0, shown: 0, cache: new Map() };
   const slider = $('#slider');
   slider.max = String(Math.max(instances.length, 1));
@@ -606,15 +612,16 @@ async function openSeries(se) {
   await show(0);
 }
 
-function renderPath(id, window) {
-  return `/image?id=${encodeURIComponent(id)}${window ? `&window=${window}` : ''}`;
+function renderPath(item, window) {
+  const frame = item.frame > 1 ? `&frame=${item.frame}` : ''; // frame 1 without a window: the PNG made at ingest
+  return `/image?id=${encodeURIComponent(item.id)}${frame}${window ? `&window=${window}` : ''}`;
 }
 
-// The rendering of instance ``id`` in the chosen window, fetched once per view.
-function rendering(current, id, window) {
-  const key = `${id}|${window}`;
+// The rendering of one slice (an instance's frame) in the chosen window, fetched once per view.
+function rendering(current, item, window) {
+  const key = `${item.id}|${item.frame}|${window}`;
   if (!current.cache.has(key)) {
-    const pending = imageUrl(renderPath(id, window));
+    const pending = imageUrl(renderPath(item, window));
     pending.catch(() => current.cache.delete(key));
     current.cache.set(key, pending);
   }
@@ -637,11 +644,14 @@ async function show(index) {
   const window = study.window;
   $('#slider').value = String(index + 1);
   const number = first(item.qido, TAG.InstanceNumber);
-  const caption = `Slice ${index + 1} of ${current.instances.length}${number !== '' ? ` (Instance Number ${number})` : ''}`
+  const notes = [];
+  if (number !== '') notes.push(`Instance Number ${number}`);
+  if (item.frames > 1) notes.push(`frame ${item.frame} of ${item.frames}`);
+  const caption = `Slice ${index + 1} of ${current.instances.length}${notes.length ? ` (${notes.join(', ')})` : ''}`
     + (window ? ` · window ${window.replace(',', '/')}` : '');
   let url;
   try {
-    url = await rendering(current, item.id, window);
+    url = await rendering(current, item, window);
   } catch (err) {
     if (shown === current.shown) $('#slice-caption').textContent = `${caption}: ${err.message}`;
     return;
@@ -651,13 +661,14 @@ async function show(index) {
   img.src = url;
   img.dataset.id = item.id;
   img.dataset.window = window;
+  img.dataset.frame = String(item.frame);
   img.alt = `${first(current.series, TAG.Modality)} image, slice ${index + 1} of ${current.instances.length}`;
   $('#slice-caption').textContent = caption;
   for (const next of [index + 1, index - 1]) {
-    if (next >= 0 && next < current.instances.length) rendering(current, current.instances[next].id, window).catch(() => {});
+    if (next >= 0 && next < current.instances.length) rendering(current, current.instances[next], window).catch(() => {});
   }
   clearTimeout(tagsTimer);
-  tagsTimer = setTimeout(() => loadTags(item.id), 120);
+  if ($('#tags').dataset.id !== item.id) tagsTimer = setTimeout(() => loadTags(item.id), 120); // frames share tags
 }
 
 async function loadTags(id) {
