@@ -264,6 +264,8 @@ def test_upload_reaches_done_and_lists_the_failure(drive):
     record, datasets, base, _, token = drive
     assert record["error"] is None, describe(record)
     upload = record["upload"]
+    assert record["droppedChosen"] == "1 file(s) chosen, 200 B."  # drag and drop chooses files too
+    assert record["chosen"].startswith("2 file(s) chosen")  # then the picker's two replaced it
     assert upload["status"].startswith("Done: 4 stored"), upload
     assert upload["transfer"] == 1 and upload["processing"] == 1, upload
     assert [f for f in upload["failures"] if f.startswith("broken.dcm: ")], upload["failures"]

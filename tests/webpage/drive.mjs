@@ -151,6 +151,16 @@ try {
 
     current = 'upload';
     if (await page.isChecked('#anonymize')) throw new Error('anonymize is ticked by default');
+    // a file dropped on the drop zone is chosen (then the picker's choice replaces it)
+    const dropped = await page.evaluateHandle(() => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([new Uint8Array(200)], 'dropped.dcm'));
+      return dt;
+    });
+    await page.dispatchEvent('#drop', 'dragover', { dataTransfer: dropped });
+    await page.dispatchEvent('#drop', 'drop', { dataTransfer: dropped });
+    await page.waitForFunction(() => document.querySelector('#chosen').textContent.startsWith('1 file(s)'), null, { timeout });
+    result.droppedChosen = await page.textContent('#chosen');
     await page.setInputFiles('#files', opts.files);
     if (opts.csv) {
       await page.setInputFiles('#csv', opts.csv);
