@@ -29,7 +29,7 @@ from .dicom.tags import TagRow, flatten
 from .errors import DicomSvcError, InvalidDicom, NotDicom, SopMismatch, StudyMismatch
 from .imaging.render import render_png
 from .options import PLAIN, Options
-from .results import Ingested  # defined there: the server unpickles it without pydicom
+from .results import Folder, Ingested  # defined there: the server unpickles them without pydicom
 from .storage import instances, space
 from .storage.blobs import BlobStore
 from .storage.sqlite import connection
@@ -52,6 +52,19 @@ def ingest_import(config: Config, raw: object, options: Options = PLAIN) -> Inge
     """Ingest the file ``raw`` names inside the import root (opened beneath it: ``paths``)."""
     blobs = BlobStore.of(config)
     return _finish(config, blobs, stage_import(config, raw, options, blobs))
+
+
+def ingest_path(config: Config, raw: object, options: Options = PLAIN) -> "Ingested | Folder | DicomSvcError":
+    """``POST /dicom {"path"}`` in one trip to a worker: ``ingest_import`` of the file ``raw``
+    names, or ``Folder`` when it names a folder (the server expands it), or the error that
+    refused the path before any ingest (403 outside the root, 400 a name no file can have:
+    returned, not raised, as it is no failed ingest). Resolving here rather than in an I/O
+    thread of the server spares it a hop there and back per file (issue 12: ~120 us of CPU)."""
+    try:
+        real, is_dir = paths.resolve_kind(config.import_root, raw)
+    except DicomSvcError as exc:
+        return exc
+    return Folder(real) if is_dir else ingest_import(config, raw, options)
 
 
 def ingest_file(config: Config, temp: Path, source: str, options: Options = PLAIN) -> Ingested:

@@ -70,6 +70,16 @@ def resolve(root: Path, raw: object) -> Path:
             return root / _real(root_fd, root, head or ".") / name
 
 
+def resolve_kind(root: Path, raw: object) -> tuple[Path, bool]:
+    """``resolve``, and whether the path names a folder (False when that cannot be told:
+    EACCES on a parent, say; opening it then answers with the reason)."""
+    real = resolve(root, raw)
+    try:
+        return real, real.is_dir()
+    except OSError:
+        return real, False
+
+
 def _check_length(root: Path, target: Path) -> None:
     """The file system's limits, checked before any call could fail with ENAMETOOLONG:
     PATH_MAX bytes for the whole path, NAME_MAX bytes for each component (POSIX)."""

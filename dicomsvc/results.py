@@ -25,6 +25,14 @@ class Ingested:
     sop_instance_uid: str | None = None
 
 
+@dataclass(frozen=True)
+class Folder:
+    """``ingest.ingest_path``'s answer for a path that names a folder of the import root (its
+    real path): the server expands it into a batch."""
+
+    real: Path
+
+
 @contextlib.contextmanager
 def deleted_is_404(path: Path | None = None) -> Iterator[None]:
     """The stored file vanished between the row's lookup and its reading: a DELETE of the

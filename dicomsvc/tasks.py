@@ -45,6 +45,7 @@ def _prepare() -> None:
 
 # dicomsvc.ingest (in a worker) -> dicomsvc.results.Ingested
 ingest_import = Task("dicomsvc.ingest", "ingest_import")
+ingest_path = Task("dicomsvc.ingest", "ingest_path")
 ingest_file = Task("dicomsvc.ingest", "ingest_file")
 
 # dicomsvc.datasets, in a worker: a clinical CSV read, joined to the studies and stored -> its summary

@@ -399,6 +399,39 @@ def assert_error(response, status, code):
     assert response.json()["error"] == code and response.json()["detail"]
 
 
+def test_a_path_import_takes_one_trip_to_a_worker_and_none_to_an_io_thread(client, import_root):
+    """Issue 12: the worker resolves the path it ingests (ingest.ingest_path); the server's I/O
+    threads are used for neither a file nor a refused path, and a folder is still expanded."""
+    from dicomsvc import metrics
+
+    svc = client.app.state.svc
+    hops, cpu = [], []
+    real_io, real_cpu = svc.io, svc.cpu
+
+    async def io(fn, *args):
+        hops.append(getattr(fn, "__name__", fn))
+        return await real_io(fn, *args)
+
+    async def cpu_task(fn, *args):
+        cpu.append(getattr(fn, "name", getattr(fn, "__name__", fn)))
+        return await real_cpu(fn, *args)
+
+    svc.io, svc.cpu = io, cpu_task
+    try:
+        shutil.copyfile(sample_file("CT_small.dcm"), import_root / "ct.dcm")
+        (import_root / "series").mkdir()
+        shutil.copyfile(sample_file("MR_small.dcm"), import_root / "series" / "mr.dcm")
+        failed = metrics.INGESTED.labels("failed")._value.get()
+        assert client.post("/dicom", json={"path": "ct.dcm"}).status_code == 201
+        assert (hops, cpu) == ([], ["ingest_path"])
+        assert_error(client.post("/dicom", json={"path": "../outside.dcm"}), 403, "forbidden")
+        assert hops == [] and metrics.INGESTED.labels("failed")._value.get() == failed  # refused, not a failed ingest
+        body = client.post("/dicom", json={"path": "series"}).json()
+        assert [r["status"] for r in body["results"]] == ["created"]
+    finally:
+        svc.io, svc.cpu = real_io, real_cpu
+
+
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"path": ' + b"[" * 100_000], ids=["array", "in-object"])
 def test_deeply_nested_json_is_400(client, body):
     assert_error(client.post("/dicom", content=body, headers={"content-type": "application/json"}), 400, "bad_request")

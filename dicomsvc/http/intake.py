@@ -27,7 +27,7 @@ from ..batch import Entry, Item
 from ..dicom.files import HEAD_BYTES, is_zip, sniff
 from ..errors import BadRequest, DicomSvcError, UnsupportedMediaType
 from ..results import Ingested
-from ..tasks import ingest_capture, ingest_file, ingest_import  # named, not imported: no pydicom here
+from ..tasks import ingest_capture, ingest_file, ingest_path  # named, not imported: no pydicom here
 from ..options import Options, flag
 from ..service import Service
 from ..storage.spool import new_spool, open_spooled, remove_spool
@@ -88,14 +88,20 @@ def single(ingested: Ingested) -> Answer:
 async def _from_path(svc: Service, request: Request, want_async: bool, options: Options) -> Answer:
     body = await read_json_object(request)
     options, raw = Options.from_request(request.query_params, body, user=options.user), paths.client_path(body.get("path"))
-    real, is_dir = await svc.io(_resolve, svc.config.import_root, raw)
+    if want_async:
+        real, is_dir = await svc.io(paths.resolve_kind, svc.config.import_root, raw)
+    else:  # one trip to a worker, which resolves the path too (ingest.ingest_path)
+        answer = await _ingest_one(svc, ingest_path, svc.config, raw, options)
+        if isinstance(answer, DicomSvcError):  # the path refused
+            raise answer
+        if isinstance(answer, Ingested):
+            return single(answer)
+        real, is_dir = answer.real, True
     if is_dir:
         entries = await svc.io(batch.expand_directory, svc.config, real, options)
-    elif want_async:
+    else:
         relative = str(real.relative_to(svc.config.import_root.resolve()))
         entries = [Item.of(str(raw), "import", relative, options)]
-    else:
-        return single(await _ingest_one(svc, ingest_import, svc.config, raw, options))
     return await _run(svc, request, entries, None, want_async)
 
 
@@ -150,14 +156,6 @@ async def _ingest_one(svc: Service, fn, *args) -> Ingested:
     except DicomSvcError:
         metrics.ingested("failed")
         raise
-
-
-def _resolve(root: Path, raw: object) -> tuple[Path, bool]:
-    real = paths.resolve(root, raw)
-    try:
-        return real, real.is_dir()
-    except OSError:  # EACCES on a parent, say: opening it answers with the reason
-        return real, False
 
 
 def _source(request: Request) -> str:
