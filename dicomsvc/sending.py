@@ -66,12 +66,6 @@ class Outcome:
     detail: str | None  # a short reason, never patient data: "C-STORE status 0xA700", "HTTP 503"
     sent_uid: str | None = None  # SOP Instance UID as sent (the anonymized one when anonymized)
 
-    def public(self) -> dict:
-        """The outcome as a job item's result (``GET /jobs/{id}``)."""
-        return {"id": self.id, "status": self.status, "detail": self.detail} | (
-            {"transient": True} if self.transient else {}
-        )
-
 
 @dataclasses.dataclass
 class _Ready:

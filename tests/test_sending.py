@@ -196,6 +196,22 @@ def test_deliver_never_raises_for_what_goes_wrong_on_the_way(tmp_path, orthanc, 
     assert [(o.status, o.transient, o.detail) for o in outcomes] == [("failed", True, "not sent (RuntimeError)")] * 2
 
 
+def test_an_association_rejected_for_good_is_no_transient_failure(tmp_path):
+    """Orthanc checking the called AE title rejects an association to another one (A-ASSOCIATE-RJ
+    rejected-permanent, PS3.8 Table 9-21): failed, not worth retrying."""
+    strict = Orthanc(tmp_path / "orthanc", DicomCheckCalledAet=True).start()
+    try:
+        wrong = {"pacs": {"type": "dimse", "ae_title": "NOTORTHANC", "host": "127.0.0.1", "port": strict.dicom_port}}
+        config = send_config(tmp_path, wrong)
+        with TestClient(create_app(config)) as client:
+            ids = upload(client, study_files(tmp_path, series=1, per_series=1))
+            outcomes = client.portal.call(sending.deliver, client.app.state.svc, config.network_config.destination("pacs"), ids, False)
+        assert [(o.status, o.transient, o.detail) for o in outcomes] == [("failed", False, "association rejected (permanent)")]
+        assert strict.sop_uids() == []
+    finally:
+        strict.stop()
+
+
 # status mapping ----------------------------------------------------------------------------------
 
 
