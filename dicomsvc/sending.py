@@ -200,11 +200,12 @@ async def _anonymized(svc: Service, ready: list[_Ready], outcomes: dict[int, Out
     wanted = [item for item in ready if not item.row["anonymized"]]
     made = await asyncio.gather(*(svc.cpu(tasks.anonymized_copy, svc.config, item.row["dcm_blob"]) for item in wanted),
                                 return_exceptions=True)  # fmt: skip
+    if any(isinstance(result, asyncio.CancelledError) for result in made):  # stopping: no copy left behind
+        await asyncio.shield(svc.io(_remove, [Path(result[0]) for result in made if isinstance(result, tuple)]))
+        raise asyncio.CancelledError
     failed: set[int] = set()
     for item, result in zip(wanted, made):
         if isinstance(result, BaseException):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
             if isinstance(result, DicomSvcError):
                 detail, transient = f"not anonymized ({result.code})", result.status == 503
             else:

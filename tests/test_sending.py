@@ -4,6 +4,8 @@ C-STORE status and STOW-RS answer mapping as unit tests.
 """
 
 import asyncio
+import concurrent.futures
+import itertools
 import json
 import os
 import shutil
@@ -210,6 +212,27 @@ def test_an_association_rejected_for_good_is_no_transient_failure(tmp_path):
         assert strict.sop_uids() == []
     finally:
         strict.stop()
+
+
+def test_a_send_stopped_while_anonymizing_leaves_no_copy_behind(tmp_path, orthanc, monkeypatch):
+    """The anonymized copies already made are removed when the batch is cancelled (the app stopping)."""
+    from dicomsvc import sendfiles, tasks
+
+    made, calls = [], itertools.count()
+
+    def copy_or_stop(config, dcm_blob):
+        if next(calls) > 0:  # the second: cancelled, as the worker's task would be
+            raise asyncio.CancelledError
+        made.append(sendfiles.anonymized_copy(config, dcm_blob)[0])
+        return made[-1], "2.25.1", 1
+
+    monkeypatch.setattr(tasks, "anonymized_copy", copy_or_stop)
+    config = send_config(tmp_path, orthanc.destinations(), DICOMSVC_WORKERS="0")
+    with TestClient(create_app(config)) as client:
+        ids = upload(client, study_files(tmp_path, series=1, per_series=2))
+        with pytest.raises((asyncio.CancelledError, concurrent.futures.CancelledError)):
+            client.portal.call(sending.deliver, client.app.state.svc, config.network_config.destination("pacs"), ids, True)
+    assert made and not Path(made[0]).exists()
 
 
 # status mapping ----------------------------------------------------------------------------------
