@@ -5,6 +5,7 @@ C-STORE status and STOW-RS answer mapping as unit tests.
 
 import asyncio
 import concurrent.futures
+import io
 import itertools
 import json
 import os
@@ -233,6 +234,78 @@ def test_a_send_stopped_while_anonymizing_leaves_no_copy_behind(tmp_path, orthan
         with pytest.raises((asyncio.CancelledError, concurrent.futures.CancelledError)):
             client.portal.call(sending.deliver, client.app.state.svc, config.network_config.destination("pacs"), ids, True)
     assert made and not Path(made[0]).exists()
+
+
+class StowRecorder:
+    """A STOW-RS endpoint of our own on a loopback port: records each request (path, headers,
+    body) and answers 200 listing every SOP Instance UID it was sent (PS3.18 §10.5.3)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        from pydicom import dcmread as read
+
+        recorder = self
+        self.requests: list[tuple[str, dict, bytes]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                recorder.requests.append((self.path, dict(self.headers), body))
+                boundary = self.headers["Content-Type"].split("boundary=")[1].encode()
+                parts = [p.split(b"\r\n\r\n", 1)[1][:-2] for p in body.split(b"--" + boundary)[1:-1]]
+                uids = [str(read(io.BytesIO(p), stop_before_pixels=True).SOPInstanceUID) for p in parts]
+                answer = json.dumps({"00081199": {"vr": "SQ", "Value": [_item(u) for u in uids]}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/base"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_stow_request_shape_token_and_byte_bound(tmp_path):
+    """What goes out: POST {url}/studies, multipart/related; type="application/dicom" with one
+    application/dicom part per instance holding the stored file's bytes, the bearer token, and
+    no request body past DICOMSVC_SEND_BATCH_BYTES (three 4 KB instances, a bound of 6 KB: three
+    requests)."""
+    recorder = StowRecorder()
+    try:
+        destinations = {"web": {"type": "stowrs", "url": recorder.url, "token": "s3cret"}}
+        config = send_config(tmp_path, destinations, DICOMSVC_SEND_BATCH_BYTES="6000")
+        files = study_files(tmp_path, series=1, per_series=3)
+        with TestClient(create_app(config)) as client:
+            ids = upload(client, files)
+            outcomes = client.portal.call(sending.deliver, client.app.state.svc, config.network_config.destination("web"), ids, False)
+        assert [o.status for o in outcomes] == ["sent"] * 3
+        assert len(recorder.requests) == 3
+        sent = []
+        for path, headers, body in recorder.requests:
+            assert path == "/base/studies"
+            assert headers["Authorization"] == "Bearer s3cret"
+            media, *params = [p.strip() for p in headers["Content-Type"].split(";")]
+            assert media == "multipart/related" and 'type="application/dicom"' in params
+            boundary = next(p for p in params if p.startswith("boundary=")).split("=", 1)[1]
+            assert body.endswith(f"--{boundary}--\r\n".encode())
+            for part in body.split(f"--{boundary}".encode())[1:-1]:
+                head, content = part.split(b"\r\n\r\n", 1)
+                assert head.strip() == b"Content-Type: application/dicom"
+                sent.append(content[:-2])
+        assert sorted(sent) == sorted(p.read_bytes() for p in files)
+    finally:
+        recorder.close()
 
 
 # status mapping ----------------------------------------------------------------------------------
