@@ -440,6 +440,20 @@ def test_send_anonymized_twice_is_one_study_without_the_patient(tmp_path, orthan
     assert sorted(r["sent_uid"] for r in job["results"]) == orthanc.sop_uids()
 
 
+def test_an_instance_stored_anonymized_goes_as_it_is(tmp_path, orthanc):
+    orthanc.clear()
+    config = send_config(tmp_path, orthanc.destinations())
+    (path,) = study_files(tmp_path, series=1, per_series=1)
+    with TestClient(create_app(config)) as client:
+        answer = client.post("/dicom?anonymize=true", content=path.read_bytes(), headers={"content-type": "application/dicom"})
+        assert answer.status_code == 201, answer.text
+        stored = client.get(f"/dicom/{answer.json()['id']}").json()
+        assert stored["anonymized"] is True
+        job = finished(client, send(client, {"to": "web", "ids": [stored["id"]], "anonymize": True}))
+    assert [r["sent_uid"] for r in job["results"]] == [stored["SOPInstanceUID"]]  # not anonymized twice
+    assert orthanc.sop_uids() == [stored["SOPInstanceUID"]]
+
+
 def test_a_destination_down_at_first_receives_everything_once(tmp_path):
     """Orthanc started only after the job's first attempts failed (connection refused): the job
     retries with backoff and every instance arrives, once."""
