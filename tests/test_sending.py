@@ -482,6 +482,38 @@ def test_a_destination_down_at_first_receives_everything_once(tmp_path):
         later.stop()
 
 
+def test_out_of_resources_is_retried_until_stored(tmp_path):
+    """A Storage SCP (pynetdicom, here) answering 0xA700 (refused: out of resources, PS3.4 B.2.3)
+    to the first two C-STOREs of each instance: the job tries again and all are sent."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    refusals: dict[str, int] = {}
+    stored: list[str] = []
+
+    def on_store(event):
+        uid = str(event.request.AffectedSOPInstanceUID)
+        refusals[uid] = refusals.get(uid, 0) + 1
+        if refusals[uid] <= 2:
+            return 0xA700
+        stored.append(uid)
+        return 0x0000
+
+    scp = AE(ae_title="BUSYSCP")
+    scp.supported_contexts = AllStoragePresentationContexts
+    port = servers.free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        config = send_config(tmp_path, {"busy": {"type": "dimse", "ae_title": "BUSYSCP", "host": "127.0.0.1", "port": port}})
+        files = study_files(tmp_path, series=1, per_series=3)
+        with TestClient(create_app(config)) as client:
+            job = finished(client, send(client, {"to": "busy", "ids": upload(client, files)}))
+        assert (job["sent"], job["failed"]) == (3, 0), job["results"]
+        assert sorted(stored) == uids_of(files)
+        assert sorted(refusals.values()) == [3, 3, 3]
+    finally:
+        server.shutdown()
+
+
 def test_a_destination_that_stays_down_fails_after_the_retries(tmp_path):
     port = servers.free_port()
     config = send_config(tmp_path, {"web": {"type": "stowrs", "url": f"http://127.0.0.1:{port}/dicom-web"}},
