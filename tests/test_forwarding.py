@@ -353,6 +353,40 @@ def test_two_replicas_never_claim_the_same_forward(config, import_root):
     assert asyncio.run(_claim_once(config, "c")) is None
 
 
+@pytest.mark.postgres_only
+def test_two_replicas_forwarding_from_one_index_send_each_forward_once(tmp_path, import_root, monkeypatch):
+    """Two apps (replicas) on one PostgreSQL, both forwarders running, small batches: every
+    forward is delivered once, whichever replica claimed it."""
+    url = indexdb.database_env(tmp_path / "a")["DICOMSVC_DATABASE_URL"]
+    configs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        plain = Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path / name), "DICOMSVC_IMPORT_ROOT": str(import_root),
+                                 "DICOMSVC_WORKERS": "0", "DICOMSVC_DATABASE_URL": url})  # fmt: skip
+        configs.append(routed(plain, forward_batch=3, forward_poll_seconds=0.05))
+    delivered: list[tuple[str, str, str, bool]] = []
+    first: list[str] = []
+
+    async def deliver(svc, destination, ids, anonymize):
+        if not first:  # the first batch is held until the other replica has sent one of its own
+            first.append(svc.replica)
+            deadline = time.monotonic() + 30
+            while not any(r != svc.replica for r, *_ in delivered) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        delivered.extend((svc.replica, destination.name, i, anonymize) for i in ids)
+        return [Outcome(i, "sent", False, None) for i in ids]
+
+    monkeypatch.setattr(forwarding, "_deliver", deliver)
+    for n in range(15):
+        save(make_ct(Modality="CT"), import_root / f"{n}.dcm")
+    with TestClient(create_app(configs[0])) as a, TestClient(create_app(configs[1])):
+        ids = [a.post("/dicom", json={"path": f"{n}.dcm"}).json()["id"] for n in range(15)]
+        eventually(lambda: all_sent(configs[0], 30), 60)
+    assert len({r for r, *_ in delivered}) == 2  # both replicas sent, side by side
+    sent = sorted((d, i, anon) for _, d, i, anon in delivered)
+    assert sent == sorted([("pacs", i, False) for i in ids] + [("research", i, True) for i in ids])  # each once
+
+
 async def _claim_once(config: Config, replica: str):
     db = await open_database(config.database)
     try:
