@@ -114,6 +114,7 @@ class Config:
     forward_max_backoff_seconds: int = 600  # the longest wait between attempts (retried for ever)
     forward_poll_seconds: int = 5  # how often a replica looks for forwards queued elsewhere
     forward_lease_seconds: int = 120  # a batch being sent is this replica's for this long, renewed meanwhile
+    forward_keep_seconds: int = 30 * 86400  # sent forwards are forgotten after this (0: kept for ever)
     # Clinical CSVs joined to studies (README "Clinical data (CSV) joined to studies"); dicomsvc.datasets
     dataset_max_bytes: int = 64 * 1024**2  # the largest CSV POST /datasets takes (413 past it)
     dataset_max_rows: int = 100_000  # data rows of one CSV at most (413)
@@ -351,6 +352,7 @@ def _dimse_settings(get, get_int) -> dict:
         "forward_max_backoff_seconds": get_int("FORWARD_MAX_BACKOFF_SECONDS", 600),
         "forward_poll_seconds": get_int("FORWARD_POLL_SECONDS", 5),
         "forward_lease_seconds": get_int("FORWARD_LEASE_SECONDS", 120, minimum=3),
+        "forward_keep_seconds": get_int("FORWARD_KEEP_SECONDS", 30 * 86400, minimum=0),
     }
 
 

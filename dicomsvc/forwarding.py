@@ -22,6 +22,8 @@ not one per batch. A row whose destination left the configuration fails so. The 
 each worker task (an ingest may have queued rows), when a batch ends, when a retry falls due,
 and otherwise every DICOMSVC_FORWARD_POLL_SECONDS (rows queued by another replica).
 
+Sent rows are forgotten after DICOMSVC_FORWARD_KEEP_SECONDS (at start, then hourly).
+
 Delivery is at least once: a replica that dies mid-batch (or stalls past its lease) leaves
 rows another replica sends again. A re-sent instance is the same SOP Instance (for an
 anonymized copy, the same pseudonymous UIDs), which a PACS stores once.
@@ -30,6 +32,7 @@ anonymized copy, the same pseudonymous UIDs), which a PACS stores once.
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 
 from . import metrics
@@ -40,6 +43,7 @@ from .storage import forwarding as rows
 
 log = logging.getLogger("dicomsvc")
 GONE = "the destination is no longer configured"
+PRUNE_EVERY = 3600.0  # seconds between prunings of sent forwards (and once at start)
 
 
 async def _deliver(svc: Service, destination: Destination, ids: Sequence[str], anonymize: bool) -> list:
@@ -80,9 +84,13 @@ async def _run_forever(svc: Service) -> None:
         busy.pop(destination, None)
         svc.forward_wakeup.set()
 
+    pruned_at = float("-inf")
     try:
         while True:
             svc.forward_wakeup.clear()
+            if config.forward_keep_seconds and time.monotonic() - pruned_at > PRUNE_EVERY:
+                pruned_at = time.monotonic()
+                await _prune(svc)
             claimed = None
             try:
                 claimed = await rows.claim(svc.db, svc.replica, config.forward_lease_seconds, config.forward_batch, tuple(busy))
@@ -113,6 +121,17 @@ async def _run_forever(svc: Service) -> None:
         for task in list(busy.values()):
             task.cancel()
         await asyncio.gather(*busy.values(), return_exceptions=True)
+
+
+async def _prune(svc: Service) -> None:
+    """Forget forwards sent more than DICOMSVC_FORWARD_KEEP_SECONDS ago (the table stays the size
+    of the recent traffic); queued and failed ones stay until they are sent or their instance goes."""
+    try:
+        if gone := await rows.prune(svc.db, svc.config.forward_keep_seconds):
+            log.info("forgot %d forward(s) sent more than %d s ago", gone, svc.config.forward_keep_seconds)
+    except Exception as exc:  # the database away for a moment: next time
+        _stopping(exc)
+        log.error("could not prune sent forwards: %s", type(exc).__name__)
 
 
 async def _send(svc: Service, name: str, anonymize: bool, batch: list[rows.Claimed]) -> None:

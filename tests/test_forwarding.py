@@ -305,6 +305,27 @@ def test_forwards_queued_at_a_stop_are_sent_after_the_restart(config, import_roo
     assert {i for _, i, _ in fake.sent()} == ids and len(fake.sent()) == 3
 
 
+def test_sent_forwards_are_forgotten_after_the_keep_period(config, import_root, monkeypatch):
+    config = routed(config, forward_keep_seconds=3600)
+    fake = Fake(lambda n, i: Outcome(i, "sent", False, None) if n == 1 else Outcome(i, "failed", False, "refused"))
+    monkeypatch.setattr(forwarding, "_deliver", fake)
+    ct, _ = ct_and_mr(import_root)  # a CT: to pacs and to research, one sent and the other refused
+    with TestClient(create_app(config)) as client:
+        ct_id = client.post("/dicom", json={"path": ct}).json()["id"]
+        eventually(lambda: sorted(s for *_, s, _, _ in forwards_of(config)) == ["failed", "sent"])
+    with TestClient(create_app(config)):  # a restart within the keep period forgets nothing
+        pass
+    assert len(forwards_of(config)) == 2
+    with indexdb.index(config) as db:  # sent two hours ago (both rows: a failed one has no sent_at)
+        db.execute("UPDATE forward SET sent_at = sent_at - 7200 WHERE state = 'sent'")
+    with TestClient(create_app(config)) as client:  # pruned at start
+        eventually(lambda: len(forwards_of(config)) == 1)
+        status = {d["name"]: d for d in client.get("/forwarding").json()["destinations"]}
+    ((instance, _, _, state, _, _),) = forwards_of(config)
+    assert (instance, state) == (ct_id, "failed")  # the failed one stays
+    assert sum(d["sent"] for d in status.values()) == 0 and sum(d["failed"] for d in status.values()) == 1
+
+
 def test_a_destination_no_longer_configured_fails_its_forwards(config, import_root, monkeypatch):
     config = routed(config)
     monkeypatch.setattr(forwarding, "_deliver", Fake())

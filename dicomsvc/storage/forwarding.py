@@ -152,6 +152,25 @@ async def record(
             await conn.executemany(_FAILED_SQL[d], [(detail, i, replica) for i, detail in failed])
 
 
+_PRUNE_SQL = {
+    d: f"DELETE FROM forward WHERE id IN (SELECT id FROM forward WHERE state = 'sent' AND sent_at < {now} - ? LIMIT ?) "
+    "RETURNING id"
+    for d, now in _NOW.items()
+}
+
+
+async def prune(db: Database, keep: float, chunk: int = 5000) -> int:
+    """Delete forwards sent more than ``keep`` seconds ago, ``chunk`` rows per transaction (a
+    writer never waits long behind it); how many went. Queued and failed rows stay."""
+    gone = 0
+    while True:
+        async with transaction(db) as conn:
+            n = len(await conn.execute_fetchall(_PRUNE_SQL[db.dialect], (keep, chunk)))
+        gone += n
+        if n < chunk:
+            return gone
+
+
 async def void_claims(db: Database) -> int:
     """SQLite: one server owns the index, so claims left are the previous process's: void."""
     if db.dialect != SQLITE:

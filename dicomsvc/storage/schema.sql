@@ -304,3 +304,4 @@ CREATE INDEX IF NOT EXISTS forward_due ON forward (state, next_attempt_at) WHERE
 CREATE UNIQUE INDEX IF NOT EXISTS forward_one ON forward (dicom_pk, destination, anonymize);
 CREATE INDEX IF NOT EXISTS forward_counts ON forward (destination, state, created_at);
 CREATE INDEX IF NOT EXISTS forward_errors ON forward (destination, attempted_at) WHERE last_detail IS NOT NULL;
+CREATE INDEX IF NOT EXISTS forward_sent ON forward (sent_at) WHERE state = 'sent';  -- pruned after DICOMSVC_FORWARD_KEEP_SECONDS
