@@ -514,6 +514,44 @@ def test_out_of_resources_is_retried_until_stored(tmp_path):
         server.shutdown()
 
 
+def test_closing_waits_for_the_c_store_under_way(tmp_path):
+    """The sender's task cancelled (the app stopping) while a C-STORE runs in an I/O thread: the
+    association's release waits for its answer -- sent meanwhile, pynetdicom's state machine broke
+    (InvalidEventError 'Evt9' in 'Sta7' in its reactor thread, an unhandled thread exception)."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from dicomsvc.dimse import scu
+
+    answering = threading.Event()
+
+    def slow_store(event):
+        answering.set()
+        time.sleep(1.0)
+        return 0x0000
+
+    scp = AE(ae_title="SLOWSCP")
+    scp.supported_contexts = AllStoragePresentationContexts
+    port = servers.free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_store)])
+    try:
+        (path,) = study_files(tmp_path, series=1, per_series=1)
+        ds = dcmread(path)
+        row = {"sop_class_uid": str(ds.SOPClassUID), "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID)}
+        link = scu.associate("DICOMSVC", "SLOWSCP", "127.0.0.1", port, [row], (5, 5, 5, 5))
+        assert link.error is None
+        result = []
+        storing = threading.Thread(target=lambda: result.append(scu.store(link, path, row["sop_class_uid"], row["transfer_syntax_uid"])))
+        storing.start()
+        assert answering.wait(10)
+        scu.close(link)  # while the C-STORE waits for its answer
+        storing.join(10)
+        assert result == [(0x0000, None, False)]
+    finally:
+        server.shutdown()
+
+
 def test_a_destination_that_stays_down_fails_after_the_retries(tmp_path):
     port = servers.free_port()
     config = send_config(tmp_path, {"web": {"type": "stowrs", "url": f"http://127.0.0.1:{port}/dicom-web"}},

@@ -11,6 +11,7 @@ Nothing here logs UIDs or identifiers: pynetdicom's own logging is silenced as i
 
 import logging
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class Link:
     error: str | None = None
     transient: bool = True
     accepted: set[tuple[str, str]] = field(default_factory=set)  # (SOP class, transfer syntax) pairs
+    # held by a C-STORE under way: ``close`` waits for it (the sender's task cancelled while its
+    # store runs in a thread; a release sent meanwhile broke pynetdicom's state machine: Evt9 in Sta7)
+    busy: threading.Lock = field(default_factory=threading.Lock)
 
 
 def associate(our_ae: str, called_ae: str, host: str, port: int, rows: list[dict], timeouts: tuple[float, float, float, float]) -> Link:
@@ -100,7 +104,8 @@ def store(link: Link, source, sop_class: str, syntax: str) -> tuple[int | None, 
         except Exception as exc:  # damaged or gone: this instance fails, the association goes on
             return None, f"unreadable here ({type(exc).__name__})", False
     try:
-        status = assoc.send_c_store(ds)
+        with link.busy:
+            status = assoc.send_c_store(ds)
     except ValueError:  # pynetdicom: no accepted presentation context for it
         return None, "no presentation context accepted", False
     except (AttributeError, RuntimeError) as exc:
@@ -124,10 +129,12 @@ def _as_it_is(source, sop_class: str, syntax: str, accepted: set[tuple[str, str]
 
 
 def close(link: Link) -> None:
-    """Release the association (A-RELEASE, PS3.8 §7.2) and free its socket and threads."""
+    """Release the association (A-RELEASE, PS3.8 §7.2), once a C-STORE under way has had its
+    answer (or timed out), and free its socket and threads."""
     try:
-        if link.assoc is not None and link.assoc.is_established:
-            link.assoc.release()
+        with link.busy:
+            if link.assoc is not None and link.assoc.is_established:
+                link.assoc.release()
     finally:
         if link.ae is not None:
             link.ae.shutdown()
