@@ -231,7 +231,14 @@ async def _send_dimse(svc: Service, d: Destination, ready: list[_Ready]) -> list
     """One association, a C-STORE per instance, in order."""
     cfg = svc.config
     timeouts = (cfg.send_timeout, cfg.dimse_acse_timeout, cfg.dimse_timeout, cfg.dimse_network_timeout)
-    link = await svc.io(tasks.scu_associate, cfg.ae_title, d.ae_title, d.host, d.port, [i.row for i in ready], timeouts)
+    associating = asyncio.ensure_future(
+        svc.io(tasks.scu_associate, cfg.ae_title, d.ae_title, d.host, d.port, [i.row for i in ready], timeouts)
+    )
+    try:
+        link = await asyncio.shield(associating)
+    except asyncio.CancelledError:  # the association is made all the same, in its thread: released then
+        associating.add_done_callback(lambda done: _close_later(svc, done))
+        raise
     if link.error is not None:
         log.info("sending to %s: %s", d.name, link.error)
         return [(False, link.transient, link.error)] * len(ready)
@@ -253,6 +260,11 @@ async def _send_dimse(svc: Service, d: Destination, ready: list[_Ready]) -> list
         with contextlib.suppress(Exception):
             await asyncio.shield(svc.io(tasks.scu_close, link))
     return results
+
+
+def _close_later(svc: Service, done: asyncio.Future) -> None:
+    if not done.cancelled() and done.exception() is None:
+        svc.io_pool.submit(tasks.scu_close, done.result())
 
 
 # STOW-RS -----------------------------------------------------------------------------------------

@@ -552,6 +552,31 @@ def test_closing_waits_for_the_c_store_under_way(tmp_path):
         server.shutdown()
 
 
+def test_a_send_cancelled_while_associating_releases_the_association(tmp_path, orthanc, monkeypatch):
+    """The association a cancelled send was making (in its I/O thread) is released once made."""
+    from dicomsvc import tasks
+    from dicomsvc.dimse import scu
+
+    made = []
+
+    def slow_associate(*args):
+        time.sleep(0.5)
+        made.append(scu.associate(*args))
+        return made[-1]
+
+    monkeypatch.setattr(tasks, "scu_associate", slow_associate)
+    config = send_config(tmp_path, orthanc.destinations())
+    with TestClient(create_app(config)) as client:
+        ids = upload(client, study_files(tmp_path, series=1, per_series=1))
+        future = client.portal.start_task_soon(sending.deliver, client.app.state.svc, config.network_config.destination("pacs"), ids, False)
+        time.sleep(0.1)
+        future.cancel()
+        deadline = time.monotonic() + 30
+        while not (made and not made[0].assoc.is_established) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert made and made[0].error is None and not made[0].assoc.is_established
+
+
 def test_a_destination_that_stays_down_fails_after_the_retries(tmp_path):
     port = servers.free_port()
     config = send_config(tmp_path, {"web": {"type": "stowrs", "url": f"http://127.0.0.1:{port}/dicom-web"}},
@@ -661,8 +686,14 @@ def test_delete_after_needs_the_admin_role(tmp_path, orthanc, monkeypatch):
         one = {"to": "pacs", "ids": [answer.json()["id"]]}
         assert client.post("/dicom/send", json=one, headers=bearer(tokens["ro"])).status_code == 403
         assert client.post("/dicom/send", json=one | {"delete_after": True}, headers=bearer(tokens["up"])).status_code == 403
-        assert client.post("/dicom/send", json=one, headers=bearer(tokens["up"])).status_code == 202
-        assert client.post("/dicom/send", json=one | {"delete_after": True}, headers=bearer(tokens["boss"])).status_code == 202
+        jobs = [client.post("/dicom/send", json=one, headers=bearer(tokens["up"])),
+                client.post("/dicom/send", json=one | {"delete_after": True}, headers=bearer(tokens["boss"]))]  # fmt: skip
+        assert [j.status_code for j in jobs] == [202, 202]
+        for job in jobs:  # done before the app stops
+            deadline = time.monotonic() + 120
+            while client.get(f"/jobs/{job.json()['job']}", headers=bearer(tokens["boss"])).json()["status"] != "done":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
 
 
 def test_compressed_instances_go_decompressed_where_only_uncompressed_is_taken(tmp_path):
