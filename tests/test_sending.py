@@ -5,6 +5,7 @@ C-STORE status and STOW-RS answer mapping as unit tests.
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import itertools
 import json
@@ -485,8 +486,6 @@ def test_a_destination_down_at_first_receives_everything_once(tmp_path):
 def test_out_of_resources_is_retried_until_stored(tmp_path):
     """A Storage SCP (pynetdicom, here) answering 0xA700 (refused: out of resources, PS3.4 B.2.3)
     to the first two C-STOREs of each instance: the job tries again and all are sent."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
-
     refusals: dict[str, int] = {}
     stored: list[str] = []
 
@@ -498,11 +497,7 @@ def test_out_of_resources_is_retried_until_stored(tmp_path):
         stored.append(uid)
         return 0x0000
 
-    scp = AE(ae_title="BUSYSCP")
-    scp.supported_contexts = AllStoragePresentationContexts
-    port = servers.free_port()
-    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
+    with storage_scp("BUSYSCP", on_store) as port:
         config = send_config(tmp_path, {"busy": {"type": "dimse", "ae_title": "BUSYSCP", "host": "127.0.0.1", "port": port}})
         files = study_files(tmp_path, series=1, per_series=3)
         with TestClient(create_app(config)) as client:
@@ -510,6 +505,19 @@ def test_out_of_resources_is_retried_until_stored(tmp_path):
         assert (job["sent"], job["failed"]) == (3, 0), job["results"]
         assert sorted(stored) == uids_of(files)
         assert sorted(refusals.values()) == [3, 3, 3]
+
+
+@contextlib.contextmanager
+def storage_scp(ae_title: str, on_store):
+    """A Storage SCP of pynetdicom's on a free loopback port (yielded) answering with ``on_store``."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    scp = AE(ae_title=ae_title)
+    scp.supported_contexts = AllStoragePresentationContexts
+    port = servers.free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield port
     finally:
         server.shutdown()
 
@@ -520,8 +528,6 @@ def test_closing_waits_for_the_c_store_under_way(tmp_path):
     (InvalidEventError 'Evt9' in 'Sta7' in its reactor thread, an unhandled thread exception)."""
     import threading
 
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
-
     from dicomsvc.dimse import scu
 
     answering = threading.Event()
@@ -531,11 +537,7 @@ def test_closing_waits_for_the_c_store_under_way(tmp_path):
         time.sleep(1.0)
         return 0x0000
 
-    scp = AE(ae_title="SLOWSCP")
-    scp.supported_contexts = AllStoragePresentationContexts
-    port = servers.free_port()
-    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_store)])
-    try:
+    with storage_scp("SLOWSCP", slow_store) as port:
         (path,) = study_files(tmp_path, series=1, per_series=1)
         ds = dcmread(path)
         row = {"sop_class_uid": str(ds.SOPClassUID), "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID)}
@@ -548,8 +550,6 @@ def test_closing_waits_for_the_c_store_under_way(tmp_path):
         scu.close(link)  # while the C-STORE waits for its answer
         storing.join(10)
         assert result == [(0x0000, None, False)]
-    finally:
-        server.shutdown()
 
 
 def test_a_send_cancelled_while_associating_releases_the_association(tmp_path, orthanc, monkeypatch):
