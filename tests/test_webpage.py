@@ -234,7 +234,7 @@ def drive(server, browser):
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     options = {"chromium": browser, "base": base, "files": [str(archive), str(broken)], "patientId": patient_id,
-               "csv": str(clinical), "nameWildcard": "webpage*",
+               "csv": str(clinical), "nameWildcard": "webpage*", "folder": str(files),
                "out": str(shots), "timeoutMs": 60_000, "token": token}  # fmt: skip
     done = subprocess.run(["node", str(DRIVER), json.dumps(options)], capture_output=True, text=True,
                           timeout=300, cwd=DRIVER.parent)  # fmt: skip
@@ -264,6 +264,7 @@ def test_upload_reaches_done_and_lists_the_failure(drive):
     record, datasets, base, _, token = drive
     assert record["error"] is None, describe(record)
     upload = record["upload"]
+    assert record["folderChosen"].startswith("3 file(s) chosen")  # the folder: the ZIP, the broken file, the CSV
     assert record["droppedChosen"] == "1 file(s) chosen, 200 B."  # drag and drop chooses files too
     assert record["chosen"].startswith("2 file(s) chosen")  # then the picker's two replaced it
     assert upload["status"].startswith("Done: 4 stored"), upload

@@ -151,6 +151,11 @@ try {
 
     current = 'upload';
     if (await page.isChecked('#anonymize')) throw new Error('anonymize is ticked by default');
+    if (opts.folder) { // the folder picker (webkitdirectory): every file below the folder
+      await page.setInputFiles('#folder', opts.folder);
+      await page.waitForFunction(() => !document.querySelector('#start').disabled, null, { timeout });
+      result.folderChosen = await page.textContent('#chosen');
+    }
     // a file dropped on the drop zone is chosen (then the picker's choice replaces it)
     const dropped = await page.evaluateHandle(() => {
       const dt = new DataTransfer();
