@@ -24,9 +24,10 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import shortuuid
 
@@ -136,6 +137,8 @@ async def run(svc: Service, job_id: str, seq: int, item: str) -> None:
                      *(clinical.get(c, "") for c in columns)]  # fmt: skip
             lines.append([escape_formula(c) for c in cells])
         await svc.io(_append, folder / "manifest.csv", lines)
+    if svc.blobs.keyring is not None:  # encryption at rest: plaintext only while the export is written
+        await svc.io(svc.blobs.seal_folder, folder, result_prefix(job_id))
     if svc.blobs.remote is not None:  # any replica may be asked for the result: kept in the bucket
         await svc.io(svc.blobs.remote.delete_under, result_prefix(job_id) + "/")  # a run before this one's
         await svc.io(svc.blobs.push_folder, folder, result_prefix(job_id))
@@ -250,30 +253,43 @@ def _dos_time(mtime: float) -> tuple[int, int]:
     return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
 
 
-def _crc(path: Path) -> int:
+def _crc(src: BinaryIO) -> int:
     crc = 0
-    with open(path, "rb") as src:
-        while chunk := src.read(READ):
-            crc = zlib.crc32(chunk, crc)
+    while chunk := src.read(READ):
+        crc = zlib.crc32(chunk, crc)
+    src.seek(0)
     return crc
 
 
-def zip_stream(folder: Path) -> Iterator[bytes]:
-    """The export as a ZIP, made while it is read: ``manifest.csv``, then the files folder by folder."""
+def _plain(path: Path) -> tuple[BinaryIO, int]:
+    src = open(path, "rb")
+    return src, os.fstat(src.fileno()).st_size
+
+
+def member_opener(svc: Service, job_id: str, folder: Path) -> Callable[[Path], tuple[BinaryIO, int]]:
+    """How ``zip_stream`` opens the files of a job's result: decrypting those sealed at rest
+    (``BlobStore.seal_folder``; their object id is their key under ``result_prefix``)."""
+    prefix = result_prefix(job_id)
+    return lambda path: svc.blobs.open_member(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+def zip_stream(folder: Path, opener: Callable[[Path], tuple[BinaryIO, int]] = _plain) -> Iterator[bytes]:
+    """The export as a ZIP, made while it is read: ``manifest.csv``, then the files folder by
+    folder; ``opener``: a file's readable (seekable) plaintext and its size."""
     offset = count = 0
     pending = bytearray()  # sent in pieces of READ bytes or more: each piece is a hop to a thread
     with tempfile.TemporaryFile(dir=folder) as central:
         for path, name in _members(folder):
-            stat = path.stat()
-            size, crc, raw = stat.st_size, _crc(path), name.encode("utf-8")
-            clock, date = _dos_time(stat.st_mtime)
-            big = size >= ZIP64_LIMIT
-            extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
-            version = 45 if big else 20
-            small = _FULL32 if big else size
-            pending += struct.pack("<IHHHHHIIIHH", 0x04034B50, version, _UTF8, 0, clock, date, crc, small, small,
-                                   len(raw), len(extra)) + raw + extra  # fmt: skip
-            with open(path, "rb") as src:
+            src, size = opener(path)
+            with src:
+                crc, raw = _crc(src), name.encode("utf-8")
+                clock, date = _dos_time(path.stat().st_mtime)
+                big = size >= ZIP64_LIMIT
+                extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+                version = 45 if big else 20
+                small = _FULL32 if big else size
+                pending += struct.pack("<IHHHHHIIIHH", 0x04034B50, version, _UTF8, 0, clock, date, crc, small, small,
+                                       len(raw), len(extra)) + raw + extra  # fmt: skip
                 while chunk := src.read(READ):
                     pending += chunk
                     if len(pending) >= READ:

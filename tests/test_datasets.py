@@ -622,3 +622,30 @@ def test_anonymized_dataset_over_studies_stored_as_they_came_exports_them_anonym
         if row["SOPInstanceUID"] in originals:
             array = np.load(io.BytesIO(archive.read(row["path_npy"])))
             assert np.array_equal(array, originals[row["SOPInstanceUID"]].pixel_array)
+
+
+def test_export_results_are_sealed_at_rest_with_encryption(data_dir, import_root):
+    """DICOMSVC_ENCRYPTION_KEY: a finished export's files (manifest, .dcm, .npy, .png) are sealed
+    in the data directory like blobs (plaintext only while the export is written); the ZIP sent
+    holds the plaintext."""
+    import base64
+
+    from dicomsvc.storage.crypt import is_sealed
+
+    marker = "PHI92QX"
+    env = {"DICOMSVC_DATA_DIR": str(data_dir), "DICOMSVC_IMPORT_ROOT": str(import_root), "DICOMSVC_WORKERS": "0",
+           "DICOMSVC_ENCRYPTION_KEY": base64.b64encode(bytes(range(32))).decode()}  # fmt: skip
+    with TestClient(create_app(Config.from_env(env))) as client:
+        instance = make_study(ONE, seed=1, PatientID=marker)[0]
+        post_all(client, [instance])
+        body = post_csv(client, f"PatientID,Note\n{marker},{marker}\n".encode()).json()
+        archive = exported(client, body["id"], include=["npy", "png", "dicom"])
+        row = next(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+        assert (row["key"], row["Note"]) == (marker, marker)
+        assert archive.read(row["path_dicom"]) == _bytes(instance)
+        assert np.array_equal(np.load(io.BytesIO(archive.read(row["path_npy"]))), instance.pixel_array)
+    at_rest = [p for p in (data_dir / "exports").rglob("*") if p.is_file()]
+    assert len(at_rest) == 4
+    for path in at_rest:
+        content = path.read_bytes()
+        assert is_sealed(content[:8]) and marker.encode() not in content, path

@@ -124,7 +124,7 @@ async def export_result(svc: Service, request: Request) -> tuple[Iterator[bytes]
     """GET /jobs/{job}/result: the export's ZIP, streamed (made while it is sent), and its name."""
     job_id = request.path_params["job"]
     folder = await exports.result(svc, job_id, owner_of(request))
-    return exports.zip_stream(folder), f"{job_id}.zip"
+    return exports.zip_stream(folder, exports.member_opener(svc, job_id, folder)), f"{job_id}.zip"
 
 
 def _number(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

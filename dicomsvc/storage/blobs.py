@@ -455,27 +455,47 @@ class BlobStore:
         """Remove a finished job's spool from the bucket (S3 only)."""
         self.remote.delete_under(f"spool/{folder.name}/")
 
-    # Finished dataset exports with S3 (dicomsvc.exports): their files go to the bucket under a
-    # prefix, so any replica can send the result; sealed for their object key when encrypting.
+    # Finished dataset exports (dicomsvc.exports): sealed in place when encrypting, each for its
+    # object id ``<prefix>/<path relative to the folder>`` -- its key in the bucket too, so with
+    # S3 the sealed files go up and come down as they are (any replica can send the result).
+
+    def seal_folder(self, folder: Path, prefix: str) -> None:
+        """With a key: replace every file under ``folder`` by its sealed form (written aside,
+        then renamed over it)."""
+        from .crypt import seal_file
+
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+            try:
+                with open(path, "rb") as src, open(aside, "xb") as out:
+                    seal_file(self.keyring, f"{prefix}/{path.relative_to(folder).as_posix()}", src, out)
+                os.replace(aside, path)
+            finally:
+                aside.unlink(missing_ok=True)
+
+    def open_member(self, path: Path, object_id: str) -> tuple[BinaryIO, int]:
+        """A file of a finished export open for reading (decrypting when it is sealed), and its
+        plaintext size."""
+        if self.keyring is not None:
+            from .crypt import is_sealed, open_sealed
+
+            with open(path, "rb") as probe:
+                sealed = is_sealed(probe.read(8))
+            if sealed:
+                reader = open_sealed(path, self.keyring, object_id)
+                return reader, reader.size
+        src = open(path, "rb")
+        return src, os.fstat(src.fileno()).st_size
 
     def push_folder(self, folder: Path, prefix: str) -> None:
         """Upload every file under ``folder`` as ``<prefix>/<path relative to folder>`` (S3 only)."""
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
-            if self.keyring is None:
-                self.remote.put_file(key, path)
-                continue
-            sealed = self._seal(path, key)
-            try:
-                self.remote.put_file(key, sealed)
-            finally:
-                sealed.unlink(missing_ok=True)
+            self.remote.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path)
 
     def pull_folder(self, prefix: str, folder: Path) -> bool:
-        """Download (decrypting) every object under ``prefix/`` into ``folder``, made whole or not
-        at all (written aside, then renamed); False when the bucket holds nothing there (S3 only)."""
-        from .crypt import open_sealed
-
+        """Download every object under ``prefix/`` into ``folder`` as it is (sealed stays sealed),
+        made whole or not at all (written aside, then renamed); False when the bucket holds
+        nothing there (S3 only)."""
         aside = folder.with_name(f".{folder.name}.{secrets.token_hex(6)}")
         found = False
         try:
@@ -486,18 +506,8 @@ class BlobStore:
                 found = True
                 target = aside.joinpath(*parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if self.keyring is None:
-                    with open(target, "xb") as out:
-                        self.remote.get_file(entry.key, out)
-                    continue
-                raw = target.with_name(target.name + ".sealed")
-                try:
-                    with open(raw, "xb") as out:
-                        self.remote.get_file(entry.key, out)
-                    with open_sealed(raw, self.keyring, entry.key) as src, open(target, "xb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                finally:
-                    raw.unlink(missing_ok=True)
+                with open(target, "xb") as out:
+                    self.remote.get_file(entry.key, out)
             if found:
                 try:
                     os.rename(aside, folder)
