@@ -29,6 +29,13 @@ const result = {
 const t0 = Date.now();
 const step = (name, extra = {}) => result.steps.push({ name, ms: Date.now() - t0, ...extra });
 const byRequest = new Map();
+const originOf = (url) => {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return null;
+  }
+};
 
 const browser = await chromium.launch({
   executablePath: opts.chromium,
@@ -94,17 +101,12 @@ const nextSlice = async (before) => {
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 }, serviceWorkers: 'block' });
   await context.route('**/*', (route) => {
-    const url = route.request().url();
-    let o = null;
-    try {
-      o = new URL(url).origin;
-    } catch {}
-    const req = route.request();
+    const req = route.request(), url = req.url();
     if (req.method() === 'PATCH' && !result.broken && req.headers()['upload-offset'] !== '0') {
       result.broken = url; // one chunk lost on the way: the page must resume from HEAD's offset
       return route.abort('connectionreset');
     }
-    if (o === origin || url.startsWith('blob:') || url.startsWith('data:')) return route.continue();
+    if (originOf(url) === origin || /^(blob|data):/.test(url)) return route.continue();
     result.blocked.push(url);
     return route.abort('blockedbyclient');
   });
