@@ -76,6 +76,41 @@ def test_page_is_served_with_a_strict_policy(client):
     assert again.status_code == 304
 
 
+def test_every_control_has_a_label(client):
+    """WCAG 2.2 SC 1.3.1/4.1.2: each input and select is named by a <label for> or sits inside a <label>;
+    the page declares its language; the images the page fills in start with alt text."""
+    from html.parser import HTMLParser
+
+    class Controls(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.controls, self.labelled, self.inside, self.imgs, self.lang = [], set(), 0, [], None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "html":
+                self.lang = a.get("lang")
+            if tag == "label":
+                self.inside += 1
+                if "for" in a:
+                    self.labelled.add(a["for"])
+            if tag in ("input", "select", "textarea"):
+                self.controls.append((a.get("id"), self.inside > 0 or "aria-label" in a))
+            if tag == "img":
+                self.imgs.append(a)
+
+        def handle_endtag(self, tag):
+            if tag == "label":
+                self.inside -= 1
+
+    parsed = Controls()
+    parsed.feed(client.get("/").text)
+    assert len(parsed.controls) >= 12 and parsed.lang == "en"
+    unnamed = [id_ for id_, wrapped in parsed.controls if not wrapped and id_ not in parsed.labelled]
+    assert unnamed == []
+    assert all("alt" in img for img in parsed.imgs)
+
+
 def test_assets_are_versioned_and_cached(client):
     urls = asset_urls(client.get("/").text)
     assert {urlsplit(u).path for u in urls} == {"/ui/app.js", "/ui/app.css", "/ui/favicon.svg"}
