@@ -18,6 +18,8 @@ SOP class that usually does: ``burned_in_reason``) is left out unless ``allow_bu
 Instances stored anonymized already are exported as they are (never anonymized twice).
 """
 
+import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -30,6 +32,17 @@ from .errors import DicomSvcError, InvalidDicom
 from .imaging import arrays
 from .storage.blobs import BlobStore
 
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # PS3.5 §9.1: digit components separated by dots
+
+
+def _segment(uid: str) -> str:
+    """A UID as a folder or file name: itself when it is a valid UID (PS3.5 §9.1: digits and dots,
+    at most 64 characters); otherwise -- the stored value is whatever the file held, an ingest only
+    warns -- ``uid-`` and a hash of it, so that no value can climb out of the export's folder
+    (``..``, ``/``) or name a member oddly."""
+    if len(uid) <= 64 and _UID.fullmatch(uid):
+        return uid
+    return "uid-" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def _text(value) -> str:
@@ -84,7 +97,7 @@ def export_chunk(
             if secret is not None and not row.get("anonymized"):
                 clean = _anonymized(blobs, row["dcm_blob"], secret, allow_burned_in)
                 uids = (str(clean.StudyInstanceUID), str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID))
-            relative = "/".join(uids)
+            relative = "/".join(_segment(uid) for uid in uids)
             target = Path(folder) / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             reader = blobs.stored(row["dcm_blob"])

@@ -649,3 +649,22 @@ def test_export_results_are_sealed_at_rest_with_encryption(data_dir, import_root
     for path in at_rest:
         content = path.read_bytes()
         assert is_sealed(content[:8]) and marker.encode() not in content, path
+
+
+def test_invalid_uids_cannot_climb_out_of_the_export(client, config):
+    """An instance whose UIDs are not valid (stored with a warning) names its export files by a hash
+    of them: nothing is written outside the export's folder, and no ZIP member climbs out (zip slip);
+    the manifest still gives the UIDs as stored."""
+    ds = make_study(ONE, seed=1)[0]
+    ds.StudyInstanceUID, ds.SOPInstanceUID = "../../../../escaped", "1.2/../3"
+    answer = client.post("/dicom", content=_bytes(ds), headers={"content-type": "application/dicom"})
+    assert answer.status_code == 201 and answer.json()["warnings"], answer.text
+    body = post_csv(client, b"PatientID,Age\nPID-1,5\n").json()
+    archive = exported(client, body["id"], include=["npy", "dicom"])
+    assert len(archive.namelist()) == 3
+    for name in archive.namelist():
+        assert ".." not in name and not name.startswith("/"), name
+    row = next(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert (row["StudyInstanceUID"], row["SOPInstanceUID"]) == ("../../../../escaped", "1.2/../3")
+    assert row["path_dicom"].startswith("uid-") and row["path_dicom"].endswith(".dcm")
+    assert not list(config.data_dir.parent.rglob("escaped*"))
