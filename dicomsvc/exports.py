@@ -233,7 +233,10 @@ async def expire(svc: Service, now: float | None = None) -> int:
 
 
 def _remote_results(blobs) -> list[str]:
-    return sorted({entry.key.split("/")[1] for entry in blobs.remote.listing("exports/") if entry.key.count("/") >= 2})
+    """The job ids with results in the bucket (``exports/<job>/...``); only names a job id can
+    have (shortuuid: letters and digits), so no key can name a folder outside ``exports``."""
+    found = {entry.key.split("/")[1] for entry in blobs.remote.listing("exports/") if entry.key.count("/") >= 2}
+    return sorted(job_id for job_id in found if job_id.isascii() and job_id.isalnum())
 
 
 # The ZIP (APPNOTE.TXT 6.3.10, PKWARE), written while it is sent. Members are stored (PNG and

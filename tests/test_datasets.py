@@ -668,3 +668,16 @@ def test_invalid_uids_cannot_climb_out_of_the_export(client, config):
     assert (row["StudyInstanceUID"], row["SOPInstanceUID"]) == ("../../../../escaped", "1.2/../3")
     assert row["path_dicom"].startswith("uid-") and row["path_dicom"].endswith(".dcm")
     assert not list(config.data_dir.parent.rglob("escaped*"))
+
+
+def test_only_job_ids_are_taken_from_the_bucket_listing():
+    """exports.expire removes result_dir(<job>) for every job id under exports/ in the bucket: a key
+    naming '..' (or anything not a job id) must never become one (it would remove the data folder)."""
+    from types import SimpleNamespace
+
+    from dicomsvc import exports
+
+    keys = ["exports/AbC123/manifest.csv", "exports/AbC123/files/1.2/3.npy", "exports/../x", "exports/./y",
+            "exports/a b/z", "exports/lone"]  # fmt: skip
+    blobs = SimpleNamespace(remote=SimpleNamespace(listing=lambda under: [SimpleNamespace(key=k) for k in keys]))
+    assert exports._remote_results(blobs) == ["AbC123"]
