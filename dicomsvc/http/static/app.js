@@ -567,12 +567,15 @@ async function allIds(series) {
   }
 }
 
+// QIDO-RS pages (PS3.18 §8.3.4.4): the server may answer fewer than asked (DICOMSVC_QIDO_MAX_RESULTS),
+// so pages are asked for until one comes back empty.
 async function allInstances(study, series) {
   const out = [];
-  for (let offset = 0; ; offset += 1000) {
-    const page = await getJson(`${seriesPath(study, series)}/instances?includefield=00200032&includefield=00200037&limit=1000&offset=${offset}`);
+  for (;;) {
+    const page = await getJson(`${seriesPath(study, series)}/instances?includefield=00200032&includefield=00200037`
+      + `&limit=1000&offset=${out.length}`);
+    if (!page.length) return out;
     out.push(...page);
-    if (page.length < 1000) return out;
   }
 }
 
