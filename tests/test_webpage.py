@@ -239,7 +239,7 @@ def server(request, browser, tmp_path_factory):
         DICOMSVC_PAGE_RESUMABLE_BYTES=str(2 * CHUNK),
         DICOMSVC_PAGE_CHUNK_BYTES=str(CHUNK),
         DICOMSVC_AUTH=request.param,
-        DICOMSVC_QIDO_MAX_RESULTS="2",  # a series of three instances comes in two QIDO-RS pages
+        DICOMSVC_QIDO_MAX_RESULTS="1",  # QIDO-RS answers one result a page: the page must ask for the next
     )
     token = None
     if request.param == "token":

@@ -490,8 +490,8 @@ async function loadStudies() {
 
 async function seriesThumbs(study, into, search) {
   try {
-    const series = await getJson(`/dicomweb/studies/${encodeURIComponent(study)}/series`);
-    for (const se of series.slice(0, 8)) {
+    const series = await allPages(`/dicomweb/studies/${encodeURIComponent(study)}/series`, 8);
+    for (const se of series) {
       if (search !== studySearch) return;
       const url = await imageUrl(`${seriesPath(study, first(se, TAG.SeriesUID))}/thumbnail?viewport=96,96`);
       into.append(el('img', { src: url, alt: `Series ${first(se, TAG.SeriesNumber)} ${first(se, TAG.Modality)}`.trim(), width: '48', height: '48' }));
@@ -533,7 +533,7 @@ async function openStudy(uid) {
   const study = state.study;
   const [found, series] = await Promise.all([
     getJson(`/dicomweb/studies?StudyInstanceUID=${encodeURIComponent(uid)}&includefield=StudyDescription`),
-    getJson(`/dicomweb/studies/${encodeURIComponent(uid)}/series`),
+    allPages(`/dicomweb/studies/${encodeURIComponent(uid)}/series`),
   ]);
   if (state.study !== study) return;
   const s = found[0] || {};
@@ -567,16 +567,20 @@ async function allIds(series) {
   }
 }
 
-// QIDO-RS pages (PS3.18 §8.3.4.4): the server may answer fewer than asked (DICOMSVC_QIDO_MAX_RESULTS),
-// so pages are asked for until one comes back empty.
-async function allInstances(study, series) {
+// Every result of a QIDO-RS search, page by page (PS3.18 §8.3.4.4 limit/offset): the server may
+// answer fewer than asked (DICOMSVC_QIDO_MAX_RESULTS), so pages are asked for until one is empty.
+async function allPages(search, most = Infinity) {
   const out = [];
-  for (;;) {
-    const page = await getJson(`${seriesPath(study, series)}/instances?includefield=00200032&includefield=00200037`
-      + `&limit=1000&offset=${out.length}`);
-    if (!page.length) return out;
+  while (out.length < most) {
+    const page = await getJson(`${search}${search.includes('?') ? '&' : '?'}limit=1000&offset=${out.length}`);
+    if (!page.length) break;
     out.push(...page);
   }
+  return out.slice(0, most);
+}
+
+function allInstances(study, series) {
+  return allPages(`${seriesPath(study, series)}/instances?includefield=00200032&includefield=00200037`);
 }
 
 // Slice order: Instance Number (0020,0013); where it is missing or equal, the position along the
