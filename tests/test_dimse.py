@@ -434,6 +434,35 @@ def test_a_peer_configured_to_anonymize_gets_its_instances_anonymized(scp, tmp_p
     assert stored_count(client) == 1
 
 
+def test_ingest_warnings_are_c_store_warning_statuses(scp, tmp_path):
+    """Stored with an ingest warning: the C-STORE answer is the matching warning (PS3.4 Table
+    B.2-1), its Error Comment the warning (they were all answered Success before)."""
+    import numpy as np
+
+    client, config = scp
+
+    def edited(name: str, ds: Dataset, edit) -> Path:
+        path = save(ds, tmp_path / name)
+        path.write_bytes(edit(path.read_bytes()))
+        return path
+
+    def zz(raw: bytes) -> bytes:  # a zero-length (0008,0050) of VR ZZ: read as UN
+        at = raw.index(b"\x08\x00\x60\x00CS")
+        return raw[:at] + b"\x08\x00\x50\x00ZZ\x00\x00" + raw[at:]
+
+    short = make_ct(np.zeros((8, 8), np.int16))
+    short.PixelData = short.PixelData[:64]  # half the pixels (0028,0010) Rows x (0028,0011) Columns call for
+    cases = {
+        edited("un.dcm", make_ct(np.zeros((4, 4), np.int16)), zz): 0xB000,  # coercion of data elements
+        edited("stray.dcm", make_ct(np.zeros((4, 4), np.int16)), lambda raw: raw + b"\xfe\xff\xdd\xe0" + bytes(4)): 0xB006,
+        save(short, tmp_path / "short.dcm"): 0xB007,  # data set does not match SOP class
+    }  # fmt: skip
+    for path, expected in cases.items():
+        assert (path.name, send_raw(config, path)) == (path.name, expected)
+    assert stored_count(client) == 3
+    assert send_raw(config, save(make_ct(), tmp_path / "plain.dcm")) == 0x0000
+
+
 def test_a_duplicate_is_success_and_stored_once(scp, tmp_path):
     client, config = scp
     path = save(make_ct(), tmp_path / "one.dcm")

@@ -70,7 +70,9 @@ QR_MODELS = (
 
 # PS3.4 Table B.2-1 (C-STORE) and C.4.1-1/C.4.2-1/C.4.3-1 (Q/R) statuses
 SUCCESS = 0x0000
-COERCED = 0xB000  # warning: coercion of data elements (we anonymized it)
+COERCED = 0xB000  # warning: coercion of data elements (we anonymized it, or read an element as UN)
+ELEMENTS_DISCARDED = 0xB006  # warning: elements discarded
+NOT_MATCHING_SOP_CLASS = 0xB007  # warning: data set does not match SOP class
 OUT_OF_RESOURCES = 0xA700  # refused: out of resources (too large, disk full, busy)
 NOT_SOP_CLASS = 0xA900  # error: data set does not match SOP class / identifier does not match SOP class
 CANNOT_UNDERSTAND = 0xC000  # error: cannot understand
@@ -114,6 +116,26 @@ def store_status(exc: DicomSvcError) -> int:
     if isinstance(exc, (TooLarge, InsufficientStorage, Busy)):
         return OUT_OF_RESOURCES
     return CANNOT_UNDERSTAND
+
+
+def warning_status(warnings: list[str], coerced: bool) -> int | Dataset:
+    """A stored instance's C-STORE status (PS3.4 Table B.2-1): Success, or the warning its ingest
+    warnings amount to, the first of its warnings as the (0000,0902) Error Comment (our warnings
+    name tags and standards, never values). One status only, the most telling first:
+    0xB007 (data set does not match SOP class: an invalid UID, pixel data not matching the Image
+    Pixel module), 0xB006 (elements discarded: a stray item or delimitation tag, a deflate stream's
+    trailing part), 0xB000 (coercion of data elements: an element without a valid VR read as UN,
+    or the data set anonymized on arrival)."""
+    discarded = [w for w in warnings if "was ignored" in w or "ends before" in w]
+    read_as_un = [w for w in warnings if "read as UN" in w]
+    other = [w for w in warnings if w not in discarded and w not in read_as_un]
+    if other:
+        return status_with_comment(NOT_MATCHING_SOP_CLASS, other[0])
+    if discarded:
+        return status_with_comment(ELEMENTS_DISCARDED, discarded[0])
+    if read_as_un:
+        return status_with_comment(COERCED, read_as_un[0])
+    return COERCED if coerced else SUCCESS
 
 
 def status_with_comment(status: int, comment: str) -> Dataset:
@@ -332,7 +354,7 @@ class Scp:
             return status_with_comment(PROCESSING_FAILURE, "processing failure")
         metrics.ingested("created" if ingested.created else "duplicate")
         self._audit("upload", "C-STORE", ingested.id, 201 if ingested.created else 200, ae, host, options.user)
-        return COERCED if options.anonymize or svc.config.anonymize_always else SUCCESS
+        return warning_status(ingested.warnings, options.anonymize or svc.config.anonymize_always)
 
     def _audit(self, action: str, method: str, instance: str | None, status: int, ae: str, host: str,
                user: str | None) -> None:  # fmt: skip
