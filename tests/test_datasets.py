@@ -681,3 +681,29 @@ def test_only_job_ids_are_taken_from_the_bucket_listing():
             "exports/a b/z", "exports/lone"]  # fmt: skip
     blobs = SimpleNamespace(remote=SimpleNamespace(listing=lambda under: [SimpleNamespace(key=k) for k in keys]))
     assert exports._remote_results(blobs) == ["AbC123"]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "mlut_18.dcm", "emri_small.dcm"])
+def test_exported_arrays_equal_pydicoms_with_and_without_rescale(client, name):
+    """pydicom's own files: `rescale: false` gives pixel_array as it is (dtype and every frame),
+    `rescale: true` pydicom's apply_modality_lut (PS3.3 C.11.1: (0028,1052)/(0028,1053) Rescale
+    Intercept/Slope, or the (0028,3000) Modality LUT Sequence) as float32."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_modality_lut
+
+    path = get_testdata_file(name)
+    original = dcmread(path)
+    with open(path, "rb") as file:
+        data = file.read()
+    stored = client.post("/dicom", content=data, headers={"content-type": "application/dicom"})
+    assert stored.status_code == 201, stored.text
+    uid = str(original.StudyInstanceUID)
+    body = post_csv(client, f"StudyInstanceUID,Grade\n{uid},2\n".encode(), key="StudyInstanceUID").json()
+    assert body["matched"] == 1, body
+    modality = apply_modality_lut(original.pixel_array, original).astype(np.float32)
+    for rescale, expected in ((False, original.pixel_array), (True, modality)):
+        archive = exported(client, body["id"], include=["npy"], rescale=rescale)
+        (row,) = csv.DictReader(io.StringIO(archive.read("manifest.csv").decode()))
+        array = np.load(io.BytesIO(archive.read(row["path_npy"])))
+        assert array.dtype == expected.dtype and np.array_equal(array, expected), (name, rescale)
