@@ -367,6 +367,66 @@ def test_movescu_to_a_configured_destination(tmp_path, storescp):
         assert "Final Move Response (Refused: MoveDestinationUnknown)" in output, output
 
 
+def test_two_c_moves_to_one_destination_each_use_their_own_association(tmp_path):
+    """Two C-MOVEs to one destination at once: each decides what goes decompressed by what its
+    own association accepted. A JPEG secondary capture is moved while a CT's move holds an
+    association to the same destination that was made later but accepted first (the destination
+    answers the SC's association late): the SC must go decompressed (the destination takes only
+    uncompressed syntaxes). Before, the newest association to that AE title was taken for this
+    request's -- the CT's, which has no SC context: the SC sub-operation failed."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import SecondaryCaptureImageStorage, StudyRootQueryRetrieveInformationModelMove
+
+    uncompressed = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    stored: list[tuple[str, str]] = []
+
+    def on_requested(event):  # the SC's association is answered after the CT's is made
+        if any(cx.abstract_syntax == SecondaryCaptureImageStorage for cx in event.assoc.requestor.requested_contexts):
+            time.sleep(1.0)
+
+    def on_store(event):
+        stored.append((str(event.request.AffectedSOPClassUID), str(event.context.transfer_syntax)))
+        if event.request.AffectedSOPClassUID != SecondaryCaptureImageStorage:
+            time.sleep(2.0)  # the CT's association stays established meanwhile
+        return 0x0000
+
+    dest = AE(ae_title="SLOWDEST")
+    for cx in AllStoragePresentationContexts:
+        dest.add_supported_context(cx.abstract_syntax, uncompressed)
+    port = free_port()
+    server = dest.start_server(("127.0.0.1", port), block=False,
+                               evt_handlers=[(evt.EVT_REQUESTED, on_requested), (evt.EVT_C_STORE, on_store)])  # fmt: skip
+    config = dimse_config(tmp_path, PEERS, {"slow": {"type": "dimse", "ae_title": "SLOWDEST", "host": "127.0.0.1", "port": port}})
+    try:
+        with TestClient(create_app(config)) as client:
+            files = [sample_file("SC_rgb_jpeg_dcmtk.dcm"), sample_file("CT_small.dcm")]
+            upload(client, files)
+
+            def move(path: Path) -> list[int]:
+                identifier = Dataset()
+                identifier.QueryRetrieveLevel = "STUDY"
+                identifier.StudyInstanceUID = dcmread(path).StudyInstanceUID
+                scu = AE(ae_title="MOVESCU")
+                scu.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+                assoc = scu.associate("127.0.0.1", config.dimse_port, ae_title=config.ae_title)
+                try:
+                    return [int(status.Status) for status, _ in
+                            assoc.send_c_move(identifier, "SLOWDEST", StudyRootQueryRetrieveInformationModelMove)]  # fmt: skip
+                finally:
+                    assoc.release()
+                    scu.shutdown()
+
+            with ThreadPoolExecutor(2) as pool:
+                sc = pool.submit(move, files[0])
+                time.sleep(0.4)  # the SC's association is being answered
+                ct = pool.submit(move, files[1])
+                assert (sc.result(timeout=60)[-1], ct.result(timeout=60)[-1]) == (0x0000, 0x0000)
+    finally:
+        server.shutdown()
+    assert sorted(sop for sop, _ in stored) == sorted([SecondaryCaptureImageStorage, str(dcmread(files[1]).SOPClassUID)])
+    assert all(syntax in uncompressed for _, syntax in stored)
+
+
 # pynetdicom as the SCU: what dcmtk will not send ------------------------------------------------
 
 

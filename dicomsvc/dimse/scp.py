@@ -484,14 +484,15 @@ class Scp:
             yield failure, None
             return
         contexts = _contexts_for(rows)
-        yield destination.host, destination.port, {"contexts": contexts}
-        yield len(rows)
         # pynetdicom associates with the destination after taking the count, before the first
-        # sub-operation: what that association accepted decides whether compressed instances go
-        # decompressed (its object is not handed to us: the newest one to that AE title is it)
-        sending = [a for a in self.ae.active_associations
-                   if a.is_requestor and a.is_established and a.acceptor.ae_title == destination.ae_title]  # fmt: skip
-        yield from self._sub_operations(event, rows, "C-MOVE", _pairs(sending[-1].accepted_contexts) if sending else None)
+        # sub-operation, passing these keywords to AE.associate: this request's own association
+        # is caught as it is accepted (not guessed among the AE's: two C-MOVEs to one destination
+        # each have theirs), and what it accepted decides whether compressed instances go decompressed
+        sending: list = []
+        accepted = (evt.EVT_ACCEPTED, lambda accept: sending.append(accept.assoc))
+        yield destination.host, destination.port, {"contexts": contexts, "evt_handlers": [accepted]}
+        yield len(rows)
+        yield from self._sub_operations(event, rows, "C-MOVE", _pairs(sending[0].accepted_contexts) if sending else None)
 
 
 def _counted(service: str, answers):
