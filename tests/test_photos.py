@@ -375,3 +375,32 @@ def test_mutated_images_never_fail_unexpectedly(tmp_path):
         except DicomSvcError as exc:
             outcomes.add(exc.code)
     assert {"stored", "invalid_image"} <= outcomes
+
+
+@pytest.mark.parametrize(
+    "data", [huge_png(100_000, 100_000), huge_png(30_000, 30_000), huge_jpeg(60_000)], ids=["png-100000", "png-30000", "jpeg-60000"]
+)
+def test_huge_dimensions_are_refused_from_the_header_before_any_decoding(tmp_path, monkeypatch, data):
+    """A decompression bomb (a few hundred bytes declaring 10^10 pixels) is refused by the sizes
+    its header declares -- PNG IHDR (ISO/IEC 15948 §11.2.2), JPEG SOF (ITU T.81 B.2.2) -- and
+    DICOMSVC_MAX_FRAME_BYTES: the decoder is never called, and Python allocates next to nothing."""
+    import tracemalloc
+
+    from dicomsvc import photos
+    from dicomsvc.errors import TooLarge
+    from dicomsvc.imaging import photo
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the image was handed to the decoder")
+
+    monkeypatch.setattr(photo.Image, "open", no_decoding)
+    path = tmp_path / "bomb"
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLarge):
+            photo.convert(path, photos.capture({"PatientID": "X"}), 1 << 29, io.BytesIO())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # a generous bound: the decoded frame would be 900 MB to 30 GB
