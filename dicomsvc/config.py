@@ -83,6 +83,7 @@ class Config:
     s3_timeout: int = 30  # seconds one request to the object store may take
     blob_cache_bytes: int = 1024**3  # with S3: local read-through copies kept at most (LRU)
     blob_cache_dir: Path | None = None  # with S3: where those copies live (default data_dir/blobs)
+    blob_folders: str = "start"  # "start": every <aa>/ fan-out folder made when the store opens; "lazy": on first use
     sweep_grace_seconds: int = 3600  # the orphan sweep leaves blobs younger than this alone
     # Several replicas (README "Running at scale"); dicomsvc.jobs: a running job is leased by one replica
     job_lease_seconds: int = 30  # a job whose runner has not renewed its lease for this long is taken over
@@ -316,6 +317,7 @@ def _object_store_settings(get, get_int) -> dict:
         "s3_multipart_bytes": get_int("S3_MULTIPART_BYTES", 16 * 1024**2, minimum=5 * 1024**2),
         "s3_timeout": get_int("S3_TIMEOUT", 30),
         "blob_cache_bytes": get_int("BLOB_CACHE_BYTES", 1024**3, minimum=0),
+        "blob_folders": _choice("BLOB_FOLDERS", get("BLOB_FOLDERS", "start"), ("start", "lazy")),
         "blob_cache_dir": Path(cache_dir).resolve() if cache_dir else None,
         "sweep_grace_seconds": get_int("SWEEP_GRACE_SECONDS", 3600, minimum=0),
     }

@@ -178,6 +178,9 @@ def make_config(data_dir: Path, import_root: Path, workers: int) -> Config:
             "DICOMSVC_DATA_DIR": str(data_dir),
             "DICOMSVC_IMPORT_ROOT": str(import_root),
             "DICOMSVC_WORKERS": str(workers),
+            # a test's store makes its fan-out folders on first use: made at start, 3,249 folders
+            # (13 MB) per test; tests/test_ingest.py and test_blobs.py cover the start-up mode
+            "DICOMSVC_BLOB_FOLDERS": "lazy",
         }
     )
     return config

@@ -37,6 +37,31 @@ def test_open_clears_leftover_temp_files(tmp_path):
     assert list(blobs.tmp.iterdir()) == []
 
 
+def test_the_service_store_makes_every_folder_when_it_opens(tmp_path):
+    """DICOMSVC_BLOB_FOLDERS=start (the default): every folder a blob id's first two characters
+    (shortuuid's alphabet) can name exists once the store is open; a missing one (removed by
+    hand) is made again at the next start, or by the blob that needs it."""
+    import shortuuid
+
+    from dicomsvc.config import Config
+    from dicomsvc.storage.blobs import FANOUT
+
+    assert FANOUT == shortuuid.get_alphabet()
+    config = Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path / "data")})
+    assert config.blob_folders == "start"
+    blobs = BlobStore.of(config)
+    blobs.open()
+    folders = {p.name for p in blobs.root.iterdir() if p != blobs.tmp}
+    assert folders == {a + b for a in FANOUT for b in FANOUT}
+    (blobs.root / "Ab").rmdir()
+    assert BlobStore.of(config).make_folders() == 1  # the next start
+    (blobs.root / "Ab").rmdir()
+    blobs.commit(blobs.write_temp(b"x"), blobs.key("AbCdEfGhIjKlMnOpQrStUv", "dcm"))
+    assert blobs.read_bytes(blobs.root / "Ab" / "AbCdEfGhIjKlMnOpQrStUv.dcm") == b"x"
+    with pytest.raises(ValueError, match="DICOMSVC_BLOB_FOLDERS"):
+        Config.from_env({"DICOMSVC_BLOB_FOLDERS": "eager"})
+
+
 @pytest.mark.local_blobs_only("plants orphan files in the local folder (tests/test_objects.py sweeps the bucket)")
 def test_blobs_no_record_points_at_are_swept_at_start(config, data_dir):
     import os

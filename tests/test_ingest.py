@@ -123,7 +123,7 @@ def test_parse_warnings_reach_the_answer(ready):
 def _record_syncs(monkeypatch):
     """Every fdatasync/fsync (by the path of its descriptor), rename and commit, in order."""
     events = []
-    real_fdatasync, real_fsync, real_replace = os.fdatasync, os.fsync, os.replace
+    real_fdatasync, real_fsync, real_replace, real_mkdir = os.fdatasync, os.fsync, os.replace, os.mkdir
 
     def named(fd):
         return os.readlink(f"/proc/self/fd/{fd}")
@@ -140,6 +140,10 @@ def _record_syncs(monkeypatch):
         events.append(("rename", str(src), str(dst)))
         real_replace(src, dst)
 
+    def mkdir(path, *args, **kwargs):
+        events.append(("mkdir", str(path)))
+        real_mkdir(path, *args, **kwargs)
+
     def committing(real):
         def insert(*args, **kwargs):
             events.append(("commit",))
@@ -150,6 +154,7 @@ def _record_syncs(monkeypatch):
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "mkdir", mkdir)
     # insert_instance (one) goes through insert_instances too
     monkeypatch.setattr(instances, "insert_instances", committing(instances.insert_instances))
     return events
@@ -171,11 +176,35 @@ def _check_order(events, blob_root):
 
 @pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
 def test_blobs_and_folders_are_synced_before_the_row_commits(ready, monkeypatch):
+    """As the service opens its store (DICOMSVC_BLOB_FOLDERS=start): every fan-out folder made
+    and the root synced once, after the last mkdir, before any ingest; the ingest then makes no
+    folder and syncs only its blobs and their folder before the row commits."""
+    events = _record_syncs(monkeypatch)
+    blobs = BlobStore(ready.blob_dir, folders_at_start=True)
+    blobs.open()
+    made = [i for i, e in enumerate(events) if e[0] == "mkdir" and Path(e[1]).parent == ready.blob_dir]
+    assert len(made) == 57 * 57 + 1  # .tmp and each two-character folder
+    assert ("fsync", str(ready.blob_dir)) in events[made[-1] :]
+    assert blobs.make_folders() == 0  # the next start: nothing made, nothing synced
+    events.clear()
+    result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
+    assert result.created
+    commit = _check_order(events, ready.blob_dir)
+    assert not [e for e in events if e[0] == "mkdir" and ".tmp" not in e[1]]
+    assert ("fsync", str(ready.blob_dir)) not in events
+    assert events[commit + 1 :] == ([] if on_postgres(ready) else [("fdatasync", f"{ready.db_path}-wal")])
+
+
+@pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
+def test_a_missing_folder_is_made_and_the_root_synced_before_the_row_commits(ready, monkeypatch):
+    """DICOMSVC_BLOB_FOLDERS=lazy (or a folder removed by hand): the first blob of a folder
+    makes it, and the root's entry for it is synced before the row commits."""
     events = _record_syncs(monkeypatch)
     result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
     assert result.created
     commit = _check_order(events, ready.blob_dir)
     # the first blob of a two-character folder: the folder's own entry is synced too
+    assert ("mkdir", str(ready.blob_dir / result.id[:2])) in events[:commit]
     assert ("fsync", str(ready.blob_dir)) in events[:commit]
     # after the commit, the WAL synced (the commit's durability) and nothing else (PostgreSQL
     # flushes its WAL in the COMMIT itself)

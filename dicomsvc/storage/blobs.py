@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # crypt (and ``cryptography``) is imported only when a key is
     from .objects import ObjectStore
 
 COPY_CHUNK = 1 << 20
+# A blob id is a shortuuid (ingest: 22 characters of this alphabet); its first two name its folder
+FANOUT = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 _task: str | None = None  # the tag of the worker task running in this process
 _caches: dict[tuple[Path, int], "BlobCache"] = {}  # with S3: one cache bound per folder in a process
@@ -142,8 +144,9 @@ class Remote:
 
 class BlobStore:
     def __init__(self, root: Path, keyring: "Keyring | None" = None, remote: "ObjectStore | None" = None,
-                 cache: "BlobCache | None" = None):  # fmt: skip
+                 cache: "BlobCache | None" = None, folders_at_start: bool = False):  # fmt: skip
         self.root = root
+        self.folders_at_start = folders_at_start  # ``open`` makes every fan-out folder (DICOMSVC_BLOB_FOLDERS)
         self.tmp = root / ".tmp"
         self.unsynced: set[Path] = set()  # folders renamed into (or made) since the last ``sync``
         self.keyring = keyring  # None: blobs in the clear
@@ -166,7 +169,7 @@ class BlobStore:
 
             remote = ObjectStore.of(config)
             cache = _caches.setdefault((config.blob_dir, config.blob_cache_bytes), BlobCache(config.blob_dir, config.blob_cache_bytes))
-        return cls(config.blob_dir, keyring, remote, cache)
+        return cls(config.blob_dir, keyring, remote, cache, config.blob_folders == "start")
 
     def fetch(self, path: Path) -> None:
         """With S3: make sure the local copy of the stored blob at ``path`` is there (a miss
@@ -218,6 +221,29 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
+        if self.folders_at_start:
+            self.make_folders()
+
+    def make_folders(self) -> int:
+        """Make every two-character fan-out folder missing (``<root>/<aa>/``, aa from FANOUT) and,
+        when one was made, fsync the root once (POSIX fsync(2): a new folder's entry is durable
+        once its parent is synced), so no ingest makes a folder or syncs the root; ``_place``
+        still makes one that is missing (removed by hand), syncing the root then. One listing
+        when all are there. With S3 nothing is synced (the folder is a cache). Returns how many
+        were made."""
+        present = set(os.listdir(self.root))
+        made = 0
+        for a in FANOUT:
+            for b in FANOUT:
+                if a + b not in present:
+                    try:
+                        os.mkdir(self.root / (a + b))
+                    except FileExistsError:
+                        continue
+                    made += 1
+        if made and self.remote is None:
+            sync_folder(self.root)
+        return made
 
     @staticmethod
     def key(blob_id: str, ext: str) -> str:
