@@ -475,6 +475,27 @@ def echo_works(config: Config) -> bool:
     return "Received Echo Response (Success)" in done.stdout + done.stderr
 
 
+def test_associations_to_the_scp_run_without_nagle(tmp_path, monkeypatch):
+    """The SCP's side of an association has TCP_NODELAY set (contexts.no_delay: a data set's
+    P-DATA-TF PDUs and our answers do not wait for delayed ACKs); it was off before."""
+    from dicomsvc.dimse.scp import Scp
+
+    started: list[Scp] = []
+    start = Scp.start
+
+    async def recording(self):
+        started.append(self)
+        await start(self)
+
+    monkeypatch.setattr(Scp, "start", recording)
+    config = dimse_config(tmp_path, PEERS)
+    with TestClient(create_app(config)):
+        with association(config, [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]) as assoc:
+            assert int(assoc.send_c_echo().Status) == 0x0000
+            (ours,) = [a for a in started[0].ae.active_associations if a.is_acceptor]
+            assert ours.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def test_every_transfer_syntax_offered_for_storage_is_decodable_here():
     from dicomsvc.dimse.scp import STORABLE
     from dicomsvc.retrieve import decodable

@@ -522,6 +522,26 @@ def storage_scp(ae_title: str, on_store):
         server.shutdown()
 
 
+def test_the_storage_scu_sends_without_nagle(tmp_path):
+    """The Storage SCU's association socket has TCP_NODELAY set (contexts.no_delay): into
+    Orthanc, whose Maximum Length is 16 KiB, a CT's PDU tails waited for delayed ACKs before."""
+    import socket
+
+    from dicomsvc.dimse import scu
+
+    with storage_scp("NAGLESCP", lambda event: 0x0000) as port:
+        (path,) = study_files(tmp_path, series=1, per_series=1)
+        ds = dcmread(path)
+        row = {"sop_class_uid": str(ds.SOPClassUID), "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID)}
+        link = scu.associate("DICOMSVC", "NAGLESCP", "127.0.0.1", port, [row], (5, 5, 5, 5))
+        try:
+            assert link.error is None
+            assert link.raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            assert scu.store(link, path, row["sop_class_uid"], row["transfer_syntax_uid"]) == (0x0000, None, False)
+        finally:
+            scu.close(link)
+
+
 def test_closing_waits_for_the_c_store_under_way(tmp_path):
     """The sender's task cancelled (the app stopping) while a C-STORE runs in an I/O thread: the
     association's release waits for its answer -- sent meanwhile, pynetdicom's state machine broke

@@ -65,6 +65,22 @@ def needs_decompression(row: dict, accepted: set[tuple[str, str]] | None) -> boo
     )
 
 
+def no_delay(assoc) -> None:
+    """TCP_NODELAY on an association's socket (RFC 1122 §4.2.3.4: Nagle's algorithm off). A data
+    set goes as a run of P-DATA-TF PDUs (PS3.8 §9.3.5) capped by the peer's Maximum Length (Orthanc
+    advertises 16 KiB), each a send; with Nagle a PDU's short tail waited for the ACK of what went
+    before (delayed up to 40 ms) -- pynetdicom into Orthanc, 40 CTs of 0.5 MB on loopback:
+    12 instances/s with Nagle, 16 without (bench figures in README Benchmarks)."""
+    import socket
+
+    raw = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    if raw is not None:
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # closed meanwhile: nothing to tune
+            pass
+
+
 def read_stored(source):
     """A stored blob (``BlobStore.stored``: a plain path, or sealed / remote) as a pydicom data set."""
     from pydicom import dcmread

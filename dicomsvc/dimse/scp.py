@@ -58,6 +58,7 @@ from ..storage import space, studies
 from . import query
 from .contexts import STORABLE, UNCOMPRESSED, needs_decompression, read_stored
 from .contexts import contexts_for as _contexts_for
+from .contexts import no_delay as _no_delay
 from .contexts import pairs as _pairs
 
 log = logging.getLogger("dicomsvc.dimse")
@@ -265,6 +266,7 @@ class Scp:
             assoc.kill()
             return
         self.peers[assoc] = peer
+        _no_delay(assoc)  # our responses and C-GET sub-operations go without Nagle's wait
 
     def _on_echo(self, event) -> int:
         metrics.dimse_request("C-ECHO", SUCCESS)
@@ -489,7 +491,7 @@ class Scp:
         # is caught as it is accepted (not guessed among the AE's: two C-MOVEs to one destination
         # each have theirs), and what it accepted decides whether compressed instances go decompressed
         sending: list = []
-        accepted = (evt.EVT_ACCEPTED, lambda accept: sending.append(accept.assoc))
+        accepted = (evt.EVT_ACCEPTED, lambda accept: (sending.append(accept.assoc), _no_delay(accept.assoc)))
         yield destination.host, destination.port, {"contexts": contexts, "evt_handlers": [accepted]}
         yield len(rows)
         yield from self._sub_operations(event, rows, "C-MOVE", _pairs(sending[0].accepted_contexts) if sending else None)

@@ -18,7 +18,7 @@ from pathlib import Path
 from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import split_dataset
 
-from .contexts import contexts_for, pairs, read_stored
+from .contexts import contexts_for, no_delay, pairs, read_stored
 
 # A-ASSOCIATE-RJ Result (PS3.8 §9.3.4, Table 9-21)
 REJECTED_PERMANENT, REJECTED_TRANSIENT = 0x01, 0x02
@@ -69,6 +69,7 @@ def associate(our_ae: str, called_ae: str, host: str, port: int, rows: list[dict
     assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
     link = Link(ae, assoc, getattr(getattr(assoc.dul, "socket", None), "socket", None))
     if assoc.is_established:
+        no_delay(assoc)
         link.accepted = pairs(assoc.accepted_contexts)
         if not link.accepted:
             link.error, link.transient = "no presentation context accepted", False
