@@ -477,7 +477,8 @@ def echo_works(config: Config) -> bool:
 
 def test_associations_to_the_scp_run_without_nagle(tmp_path, monkeypatch):
     """The SCP's side of an association has TCP_NODELAY set (contexts.no_delay: a data set's
-    P-DATA-TF PDUs and our answers do not wait for delayed ACKs); it was off before."""
+    P-DATA-TF PDUs and our answers do not wait for delayed ACKs; it was off before), and the
+    Maximum Length it advertises is DICOMSVC_DIMSE_MAX_PDU (64 KiB: 4x pynetdicom's default)."""
     from dicomsvc.dimse.scp import Scp
 
     started: list[Scp] = []
@@ -492,6 +493,7 @@ def test_associations_to_the_scp_run_without_nagle(tmp_path, monkeypatch):
     with TestClient(create_app(config)):
         with association(config, [("1.2.840.10008.1.1", "1.2.840.10008.1.2")]) as assoc:
             assert int(assoc.send_c_echo().Status) == 0x0000
+            assert assoc.acceptor.maximum_length == config.dimse_max_pdu == 65536  # PS3.8 §D.1: what we advertise
             (ours,) = [a for a in started[0].ae.active_associations if a.is_acceptor]
             assert ours.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
