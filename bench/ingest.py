@@ -3,7 +3,7 @@
 Run from the repo root:
 
     .venv/bin/python bench/ingest.py [--n 500] [--no-orthanc] [--keep] [--json out.json]
-                                     [--reads 500] [--no-access-log] [--phase-timeout 900]
+                                     [--reads 500] [--phase-timeout 900]
                                      [--auth none|token] [--audit on|off]
 
 What it does (all bounded by request counts and deadlines; servers are always
@@ -45,8 +45,7 @@ import report as R  # noqa: E402
 import servers as S  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-UVICORN_EXTRA: list[str] = []  # --no-access-log adds "--no-access-log"
-APP_DIR = REPO  # where `app:app` is imported from (--app-dir, for testing the bench itself)
+APP_DIR = REPO  # cwd of `dicomsvc serve`, where `app:app` is imported from (--app-dir, for testing the bench itself)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADERS = {"Accept-Encoding": "identity"}
 AUTH = "none"  # --auth token: DICOMSVC_AUTH=token, every request with an uploader's API token
@@ -78,7 +77,8 @@ class Ours(Target):
     def launch_server(self):
         data = self.work / "data"
         data.mkdir()
-        env = S.dicomsvc_env(data, self.import_root, DICOMSVC_AUTH=AUTH, DICOMSVC_AUDIT=AUDIT)
+        env = S.dicomsvc_env(data, self.import_root, DICOMSVC_AUTH=AUTH, DICOMSVC_AUDIT=AUDIT,
+                             DICOMSVC_HOST="127.0.0.1", DICOMSVC_PORT=str(self.port))  # fmt: skip
         self.token = None
         if AUTH == "token":  # made before the server starts, as an operator would: dicomsvc token create
             made = subprocess.run(
@@ -86,7 +86,7 @@ class Ours(Target):
                 cwd=APP_DIR, env=env, capture_output=True, text=True, check=True,
             )  # fmt: skip
             self.token = made.stdout.strip()
-        self.launch_dicomsvc(S.uvicorn_argv(self.port) + UVICORN_EXTRA, APP_DIR, env)
+        self.launch_dicomsvc(S.serve_argv(), APP_DIR, env)  # as users run it: `dicomsvc serve`
 
     def client(self) -> httpx.Client:
         auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -309,8 +309,8 @@ def main(argv=None) -> int:
     ap.add_argument("--phase-timeout", type=float, default=900.0, help="deadline per ingest/read phase, s")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--no-access-log", action="store_true",
-                    help="pass --no-access-log to uvicorn (its access log is on by default, DICOMSVC_LOG_LEVEL"
-                         " does not govern it; Orthanc logs no access lines)")
+                    help="no effect, kept for older command lines: dicomsvc runs as `dicomsvc serve` does,"
+                         " without uvicorn's access log (Orthanc logs no access lines either)")
     ap.add_argument("--auth", choices=("none", "token"), default="none",
                     help="dicomsvc's DICOMSVC_AUTH: token sends an uploader's API token on every request")
     ap.add_argument("--audit", choices=("on", "off"), default="on",
@@ -328,8 +328,6 @@ def main(argv=None) -> int:
     APP_DIR = Path(a.app_dir).resolve()
     AUTH = a.auth
     AUDIT = "true" if a.audit == "on" else "false"
-    if a.no_access_log:
-        UVICORN_EXTRA.append("--no-access-log")
     out, binary = R.begin(a.no_orthanc, a.no_ours)
     if out is None:
         return 2
@@ -349,7 +347,7 @@ def main(argv=None) -> int:
         if corpus is None:
             return 2
         out["config"] = {
-            "n": a.n, "reads": a.reads, "uvicorn_access_log": not a.no_access_log, "elements_per_instance": corpus.n_elements,
+            "n": a.n, "reads": a.reads, "uvicorn_access_log": False, "elements_per_instance": corpus.n_elements,
             "auth": a.auth,
             "audit": a.audit,
             "bytes_total": corpus.bytes_total,

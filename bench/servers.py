@@ -141,6 +141,13 @@ def uvicorn_argv(port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port)]
 
 
+def serve_argv() -> list[str]:
+    """dicomsvc as ``dicomsvc serve`` runs it (dicomsvc.cli.server.uvicorn_config: no uvicorn access
+    log, its header-deadline protocol class, its keep-alive timeout), on DICOMSVC_HOST/PORT
+    (``dicomsvc_env(..., DICOMSVC_HOST="127.0.0.1", DICOMSVC_PORT=...)``); run from the repo."""
+    return [sys.executable, "-m", "dicomsvc.cli.main", "serve"]  # = .venv/bin/dicomsvc serve
+
+
 def dicomsvc_env(data: Path, import_root: Path, **settings: str) -> dict:
     """Our environment without any DICOMSVC_* of the caller's, plus the data and import folders,
     log level warning and the given DICOMSVC_* settings."""
@@ -265,8 +272,9 @@ class NetworkedDicomsvc(Service):
         data.mkdir()
         path = self.work / "network.json"
         path.write_text(json.dumps(network))
-        env = dicomsvc_env(data, import_root, DICOMSVC_NETWORK_CONFIG=str(path), **settings)
-        self.launch_dicomsvc(uvicorn_argv(self.port) + ["--no-access-log"], app_dir, env)
+        env = dicomsvc_env(data, import_root, DICOMSVC_NETWORK_CONFIG=str(path), DICOMSVC_HOST="127.0.0.1",
+                           DICOMSVC_PORT=str(self.port), **settings)  # fmt: skip
+        self.launch_dicomsvc(serve_argv(), app_dir, env)
 
 
 class OrthancPacs(OrthancService):
