@@ -59,9 +59,9 @@ def capture(*sources: Mapping, now: datetime | None = None) -> dict:
     and the rule, never the value (it may be patient data)."""
     fields: dict[str, str] = {}
     for name in (*FIELDS, "study_type", "burned_in"):
-        given = {str(v).strip() for source in sources if (v := source.get(name)) is not None and str(v).strip()}
+        given = {str(v).strip() for source in sources for v in _values(source, name) if str(v).strip()}
         if len(given) > 1:
-            raise BadRequest(f"{name} is given twice with different values (query string and form)")
+            raise BadRequest(f"{name} is given twice with different values (query string or form)")
         if given:
             fields[name] = given.pop()
     for name, value in fields.items():
@@ -91,6 +91,15 @@ def capture(*sources: Mapping, now: datetime | None = None) -> dict:
         "created": now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S.%f"),
         "number": 1,
     }
+
+
+def _values(source: Mapping, name: str) -> list:
+    """Every value ``source`` holds for ``name``: a query string's repeated parameter
+    (``getlist``) or a form's repeated field (a list) gives them all, never silently one."""
+    if hasattr(source, "getlist"):
+        return list(source.getlist(name))
+    value = source.get(name)
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 # What an image attached to a stored study takes from it when the request does not say

@@ -228,6 +228,13 @@ def test_bad_requests_are_json_4xx(client):
     refused(post_csv(client, b'PatientID,Age\nP1,"2"x\n'), 400)  # text after a closing quote
     refused(post_csv(client, b"PatientID,Age\nP1,2\x00\n"), 400)  # a NUL: not text
     refused(client.get("/datasets", params={"limit": "0"}), 400)
+    # a mistyped anonymize is refused, not taken as "keep the identifiers"; a field given twice too
+    assert "anonymize" in refused(post_csv(client, b"PatientID\nP1\n", anonymize="ture"), 400)
+    assert "anonymize" in refused(client.post("/datasets?anonymize=maybe", files={"csv": ("c.csv", b"PatientID\nP1\n")},
+                                              data={"key": "PatientID"}), 400)  # fmt: skip
+    twice = client.post("/datasets", files={"csv": ("c.csv", b"PatientID\nP1\n")}, data={"key": ["StudyInstanceUID", "PatientID"]})
+    assert "key" in refused(twice, 400)
+    assert post_csv(client, b"PatientID\nP1\n", anonymize="off").status_code == 201
 
 
 @pytest.mark.parametrize(

@@ -278,6 +278,21 @@ def test_bad_fields_are_400_naming_the_field(client, data_dir, query, field):
     assert not [p for p in (data_dir / "blobs").rglob("*") if p.is_file()]  # refused before anything is stored
 
 
+def test_a_field_given_twice_with_different_values_is_400(client, data_dir):
+    """One image, one patient: a repeated query parameter or form field with two values is refused
+    naming the field, whichever it is (one of them was taken silently: the form's last, the query's last)."""
+    for response in (
+        post_image(client, jpeg(), "PatientID=P-1&PatientID=P-2"),
+        client.post("/dicom", files=[("file", ("a.jpg", jpeg(), "image/jpeg"))], data={"PatientID": ["P-1", "P-2"]}),
+        client.post("/dicom?PatientID=P-1", files=[("file", ("a.jpg", jpeg(), "image/jpeg"))], data={"PatientID": "P-2"}),
+    ):
+        assert response.status_code == 400, response.text
+        assert response.json()["detail"].startswith("PatientID is given twice") and "P-" not in response.text
+    assert not [p for p in (data_dir / "blobs").rglob("*") if p.is_file()]
+    same = client.post("/dicom", files=[("file", ("a.jpg", jpeg(), "image/jpeg"))], data={"PatientID": ["P-1", "P-1"]})
+    assert same.status_code == 200 and same.json()["created"] == 1, same.text
+
+
 def test_study_type_and_utf8_names(client):
     response = post_image(client, jpeg(), "PatientName=M%C3%BCller^J%C3%BCrgen&study_type=wound%20care&burned_in=no")
     assert response.status_code == 201, response.text

@@ -24,6 +24,7 @@ from .requests import base_url, read_json_object
 
 log = logging.getLogger("dicomsvc")
 FIELDS = {"csv", "key", "column", "anonymize"}
+FLAG_WORDS = ("true", "false", "1", "0", "yes", "no", "on", "off", "")  # options.flag's yes and their no
 FORM_ROOM = 256 * 1024  # bytes of a request besides the CSV: boundaries, part headers, the small fields
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 LISTED = ("id", "key", "column", "anonymized", "columns", "created_by", "created_at", "rows", "matched", "study_count")
@@ -44,12 +45,18 @@ async def create(svc: Service, request: Request) -> dict:
         files = [p for p in parts if p.name == "csv"]
         if len(files) != 1:
             raise BadRequest("send the CSV file as exactly one part named 'csv'")
+        repeated = sorted({p.name for p in parts if p.name != "csv" and [q.name for q in parts].count(p.name) > 1})
+        if repeated:  # one key, one column: never one of two values picked silently
+            raise BadRequest(f"form field(s) given more than once: {', '.join(repeated)}")
         fields = {p.name: p.value for p in parts if p.name != "csv"}
         key = (fields.get("key") or "").strip()
         if key not in store.KEY_COLUMNS:
             raise BadRequest(f"key must be one of {', '.join(store.KEY_COLUMNS)}")
         column = (fields.get("column") or "").strip() or None
-        anonymize = flag(fields.get("anonymize")) or flag(request.query_params.get("anonymize"))
+        said = [v for v in (fields.get("anonymize"), *request.query_params.getlist("anonymize")) if v is not None]
+        if any(v.strip().lower() not in FLAG_WORDS for v in said):  # a typo must not mean "keep the identifiers"
+            raise BadRequest(f"anonymize must be one of {', '.join(w for w in FLAG_WORDS if w)}")
+        anonymize = any(flag(v) for v in said)
         path = files[0].path
         if path is None:  # sent as a plain form field (no filename): small, kept in memory
             path = folder / "csv"

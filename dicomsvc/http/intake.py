@@ -207,7 +207,8 @@ async def _form_entries(svc: Service, request: Request, folder: Path, options: O
             entries += await svc.io(batch.expand_zip, cfg, part.path, name, options)
         elif part.content_type in photos.IMAGE_TYPES or photos.image_kind(head):
             if capture is None:
-                capture = await photos.attach(svc.db, photos.capture(fields, request.query_params), owner_of(request))
+                every = {p.name: [q.value for q in parts if q.name == p.name and q.value is not None] for p in parts}
+                capture = await photos.attach(svc.db, photos.capture(every, request.query_params), owner_of(request))
             images += 1
             item = Item.of(name, "spooled", str(part.path), options)
             entries.append(dataclasses.replace(item, capture=photos.numbered(capture, images)))
