@@ -100,6 +100,15 @@ def test_16_bit_grey_png_keeps_its_values(client):
     assert np.array_equal(pixels(client, response.json()["id"]), values)
 
 
+def test_8_bit_grey_png_keeps_its_values(client):
+    values = noise((23, 17))
+    response = post_image(client, png(Image.fromarray(values)), kind="image/png")
+    assert response.status_code == 201, response.text
+    ds, _ = stored_file(client, response.json()["id"])
+    assert (ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored) == ("MONOCHROME2", 1, 8, 8)
+    assert np.array_equal(pixels(client, response.json()["id"]), values)
+
+
 def test_rgb_png(client):
     values = noise((21, 34, 3))
     response = post_image(client, png(Image.fromarray(values)), kind="image/png")
