@@ -64,6 +64,7 @@ def test_rows_matched_unmatched_ambiguous_and_duplicated_by_number(client, confi
         "matched": 2, "unmatched": [4, 5, 9], "ambiguous": [7], "duplicates": [6], "rows": 7}  # fmt: skip
     assert "PID" not in answer.text  # row numbers, never values
     shown = client.get(f"/datasets/{body['id']}").json()
+    assert {k: shown.get(k) for k in body} == body  # the same summary, plus the study UIDs
     assert sorted(shown["studies"]) == sorted([a, b1, b2])
     assert shown["matched"] == 2 and shown["unmatched"] == [4, 5, 9] and shown["key"] == "PatientID"
     assert shown["column"] == "patient_id" and shown["columns"] == ["age", "score"]
