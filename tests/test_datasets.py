@@ -379,6 +379,9 @@ def test_export_arrays_renderings_files_and_manifest(client):
     rescaled = exported(client, body["id"], include=["npy"], rescale=True)
     rows = list(csv.DictReader(io.StringIO(rescaled.read("manifest.csv").decode())))
     assert len(rows) == len(instances) + 1 and all(not r["path_png"] and not r["path_dicom"] for r in rows)
+    first = {str(ds.SOPInstanceUID) for ds in instances}  # PID-1's; the other row is PID-2's
+    assert sorted((r["SOPInstanceUID"] in first, r["key"], r["Outcome"], r["csv_row"]) for r in rows) == sorted(
+        [(True, "PID-1", "1", "2")] * len(instances) + [(False, "PID-2", "0", "3")])  # fmt: skip
     one = next(r for r in rows if r["SOPInstanceUID"] == str(cts[0].SOPInstanceUID))
     expected = cts[0].pixel_array.astype(np.float32) * float(cts[0].RescaleSlope) + float(cts[0].RescaleIntercept)
     assert np.array_equal(np.load(io.BytesIO(rescaled.read(one["path_npy"]))), expected)
