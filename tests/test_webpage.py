@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -133,7 +134,8 @@ def test_config_says_what_the_page_needs(data_dir, import_root):
     with TestClient(create_app(Config.from_env(env))) as client:
         body = client.get("/ui/config").json()
     assert body == {"version": body["version"], "auth": "none", "ohif_url": OHIF, "resumable_bytes": 1000,
-                    "chunk_bytes": 8 * 1024**2, "batch_bytes": 64 * 1024**2, "max_upload_bytes": 4 * 1024**3}
+                    "chunk_bytes": 8 * 1024**2, "batch_bytes": 64 * 1024**2, "max_upload_bytes": 4 * 1024**3,
+                    "qido_max_results": 1000}
     assert "do-not-show-me" not in json.dumps(body)
 
 
@@ -240,6 +242,7 @@ def server(request, browser, tmp_path_factory):
         DICOMSVC_PAGE_CHUNK_BYTES=str(CHUNK),
         DICOMSVC_AUTH=request.param,
         DICOMSVC_QIDO_MAX_RESULTS="1",  # QIDO-RS answers one result a page: the page must ask for the next
+        DICOMSVC_PAGE_BATCH_BYTES="4096",  # one small file a multipart request (the Cancel step holds the second)
     )
     token = None
     if request.param == "token":
@@ -266,12 +269,27 @@ def drive(server, browser):
     clinical = files / "clinical.csv"
     clinical.write_text(f"PatientID,outcome\n{patient_id},stable\nNOT-STORED,unknown\n")
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x7f")  # a file meta element cut short
+    # another study, stored before the page opens: the list (one study a page) has two pages
+    other = make_ct(PatientID=f"{patient_id}-OTHER", PatientName="OTHER^PAGING")
+    with reader(base, token) as client:
+        stored = client.post("/dicom", content=encoded(other), headers={"Content-Type": "application/dicom"})
+        assert stored.status_code == 201, stored.text
+    # the Cancel steps: two files of one more study (a multipart request each), and a file sent by tus
+    cancel = work / "cancel"
+    cancel.mkdir()
+    kept, dropped = (make_ct(PatientID=f"{patient_id}-CANCEL", PatientName="CANCEL^PAGE") for _ in range(2))
+    (cancel / "kept.dcm").write_bytes(encoded(kept))
+    (cancel / "dropped.dcm").write_bytes(encoded(dropped))
+    (cancel / "big.dcm").write_bytes(bytes(3 * CHUNK + 1))  # > 2 chunks: resumable; never finished
+    assert (cancel / "kept.dcm").stat().st_size > 4096 / 2  # two files do not fit one request
     shots = ARTIFACTS / ("token" if token else "open")
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     options = {"chromium": browser, "base": base, "files": [str(archive), str(broken)], "patientId": patient_id,
                "csv": str(clinical), "nameWildcard": "webpage*", "folder": str(files),
-               "out": str(shots), "timeoutMs": 60_000, "token": token}  # fmt: skip
+               "out": str(shots), "timeoutMs": 60_000, "token": token,
+               "cancelFiles": [str(cancel / "kept.dcm"), str(cancel / "dropped.dcm")],
+               "cancelBig": str(cancel / "big.dcm")}  # fmt: skip
     done = subprocess.run(["node", str(DRIVER), json.dumps(options)], capture_output=True, text=True,
                           timeout=300, cwd=DRIVER.parent)  # fmt: skip
     assert done.returncode == 0, f"drive.mjs failed ({done.returncode}): {done.stderr[-3000:]}"
@@ -280,7 +298,15 @@ def drive(server, browser):
     if wanted and not token and record["shots"].get("study"):
         shutil.copyfile(record["shots"]["study"], REPO / wanted)
     record["cine"] = cine.SOPInstanceUID
+    record["other"] = other.PatientID
+    record["kept"], record["dropped"] = kept.SOPInstanceUID, dropped.SOPInstanceUID
     return record, datasets, base, patient_id, token
+
+
+def encoded(ds) -> bytes:
+    with DicomBytesIO() as b:
+        ds.save_as(b, enforce_file_format=True)
+        return b.getvalue()
 
 
 def reader(base: str, token: str | None) -> httpx.Client:
@@ -396,8 +422,79 @@ def test_no_errors_no_violations_nothing_from_elsewhere(drive):
     assert not console and not record["pageErrors"], describe(record)
     assert not record["csp"], record["csp"]
     assert not record["blocked"], record["blocked"]
+    held = {(h["method"], h["url"]) for h in record["held"]}  # the requests the Cancel steps gave up on
     bad = [r for r in record["requests"] if (r["failure"] or (r["status"] or 0) >= 400)
-           and not (r["method"] == "PATCH" and r["url"] == record["broken"] and r["failure"])]  # fmt: skip
+           and not (r["method"] == "PATCH" and r["url"] == record["broken"] and r["failure"])
+           and not ((r["method"], r["url"]) in held and r["failure"])]  # fmt: skip
     assert not bad, describe(record)  # with auth on: the token went with every request (none was refused)
-    assert not record["overflow"], record["overflow"]  # no horizontal scroll at 1280x720
+    assert not record["overflow"], record["overflow"]  # no horizontal scroll at 1280x720, 1024x768, 200% zoom
     assert {"home", "uploaded", "list", "study"} <= set(record["shots"])
+
+
+def test_the_list_pages_and_says_the_server_caps_it(drive):
+    record, datasets, base, patient_id, token = drive
+    assert record["error"] is None, describe(record)
+    first, second, third = record["paging"]
+    # DICOMSVC_QIDO_MAX_RESULTS=1: one study a page, the list says the server caps it
+    assert first["rows"] == 1 and "at most 1 study a request (DICOMSVC_QIDO_MAX_RESULTS)" in first["count"], first
+    assert "there may be more" in first["count"]
+    assert second["rows"] == 2 and sorted(second["ids"]) == sorted([patient_id, record["other"]]) and second["more"]
+    assert third["rows"] == 2 and not third["more"] and "no more" in third["count"], third  # an empty page: the end
+    offsets = [parse_qs(urlsplit(r["url"]).query).get("offset") for r in record["requests"]
+               if urlsplit(r["url"]).path == "/dicomweb/studies" and r["ms"] >= step_ms(record, "upload done")]
+    assert ["1"] in offsets and ["2"] in offsets, offsets  # QIDO-RS offset: the rows already shown
+
+
+def step_ms(record: dict, name: str) -> int:
+    return next(s["ms"] for s in record["steps"] if s["name"] == name)
+
+
+def test_cancel_stops_the_transfer(drive):
+    record, datasets, base, patient_id, token = drive
+    assert record["error"] is None, describe(record)
+    post, tus = record["cancelPost"], record["cancelTus"]
+    held_post, held_patch = record["held"]
+    assert held_post["method"] == "POST" and held_patch["method"] == "PATCH"
+    # multipart: the first file's request went (a job the server keeps running), the second's was aborted
+    assert post["status"].startswith("Cancelled.") and "1 job(s) the server already had keep running" in post["status"]
+    assert post["cancelDisabled"] and not post["startDisabled"], post
+    # tus: no PATCH after the held one, the upload terminated (DELETE 204): the server has it no more
+    assert tus["status"].startswith("Cancelled. The partial resumable upload was removed"), tus
+    location = urlsplit(held_patch["url"]).path
+    after = [r for r in record["requests"] if urlsplit(r["url"]).path == location and r["ms"] > step_ms(record, "more studies")]
+    assert [(r["method"], r["status"]) for r in after if r["method"] != "PATCH"] == [("DELETE", 204)], after
+    patches, delete = [r for r in after if r["method"] == "PATCH"], after[-1]
+    assert delete["method"] == "DELETE" and patches[-1]["failure"], after  # the held PATCH, aborted, was the last
+    assert [r["status"] for r in patches[:-1]] == [204] * (len(patches) - 1), after
+    with reader(base, token) as client:
+        assert client.head(location, headers={"Tus-Resumable": "1.0.0"}).status_code in (404, 410)
+        stored = {}
+        for _ in range(100):  # the job the page left keeps running to its end
+            stored = {i["SOPInstanceUID"] for i in client.get("/dicom", params={"PatientID": f"{patient_id}-CANCEL"}).json()["items"]}
+            if stored:
+                break
+            time.sleep(0.2)
+    assert stored == {record["kept"]}  # the held (cancelled) file never reached the server
+
+
+def test_a_dropped_folder_is_walked(drive):
+    record, *_ = drive
+    assert record["error"] is None, describe(record)
+    # a fake entry tree (drive.mjs): every file below the folder, in later readEntries batches and subfolders too
+    assert record["droppedFolder"]["chosen"] == "3 file(s) chosen, 60 B.", record["droppedFolder"]
+    assert sorted(record["droppedFolder"]["names"].split("\n")) == ["scan/a.dcm", "scan/b.dcm", "scan/sub/c.dcm"]
+
+
+def test_axe_finds_nothing_serious(drive):
+    record, *_ = drive
+    assert record["error"] is None, describe(record)
+    assert set(record["axe"]) == {"uploaded", "list", "study"}
+    assert record["axe"] == {"uploaded": [], "list": [], "study": []}, record["axe"]
+
+
+def test_other_window_sizes_keep_the_layout(drive):
+    record, *_ = drive
+    assert record["error"] is None, describe(record)
+    # 1024x768 and 200% zoom of 1280x720 (640x360 CSS pixels): no horizontal scroll, no overlap
+    assert record["overlapsAt"] == {"1024x768": [], "640x360": []}, record["overlapsAt"]
+    assert not record["overflow"], record["overflow"]

@@ -108,6 +108,7 @@ async def get_config(request: Request) -> JSONResponse:
         "chunk_bytes": config.page_chunk_bytes,
         "batch_bytes": min(config.page_batch_bytes, config.max_upload_bytes),
         "max_upload_bytes": config.max_upload_bytes,
+        "qido_max_results": config.qido_max_results,  # the list says when the server caps its pages
     }
     return JSONResponse(body, headers=SECURITY_HEADERS | {"Cache-Control": "no-store"})
 
@@ -126,6 +127,6 @@ _NOT_FOUND = {"404": {"description": "no such asset", "content": {"application/j
 OPENAPI = {
     "/": _op("The page in the browser: upload, browse studies, view series (public; holds no data)", "text/html"),
     "/ui/config": _op("What the page needs: {version, auth, ohif_url, resumable_bytes, chunk_bytes, batch_bytes, "
-                      "max_upload_bytes}", "application/json"),
+                      "max_upload_bytes, qido_max_results}", "application/json"),
     "/ui/{name}": _op("The page's scripts, styles and icon", "text/javascript", _NOT_FOUND, [_NAME, _V]),
 }  # fmt: skip

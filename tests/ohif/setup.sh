@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What tests/test_ohif.py needs, installed idempotently (seconds when already present):
 #   - headless Chromium from Debian (chromium-headless-shell; apt, only as root);
-#   - playwright-core (pinned in package.json/package-lock.json) into tests/ohif/node_modules;
+#   - playwright-core and axe-core (tests/test_webpage.py's accessibility check), pinned in
+#     package.json/package-lock.json, into tests/ohif/node_modules;
 #   - OHIF Viewer's prebuilt static app, npm package @ohif/app (pinned below, integrity checked),
 #     its dist/ unpacked into .cache/ohif/app-$OHIF_VERSION/dist without dist/ort (136 MB of
 #     onnxruntime the viewer loads only for AI tools).
@@ -32,8 +33,9 @@ if ! command -v npm >/dev/null; then
 fi
 
 if [ ! -f tests/ohif/node_modules/playwright-core/package.json ] ||
+   [ ! -f tests/ohif/node_modules/axe-core/package.json ] ||
    ! cmp -s tests/ohif/package-lock.json tests/ohif/node_modules/.package-lock.json.installed; then
-    echo "ohif setup: npm ci playwright-core"
+    echo "ohif setup: npm ci playwright-core axe-core"
     (cd tests/ohif && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
     cp tests/ohif/package-lock.json tests/ohif/node_modules/.package-lock.json.installed
 fi

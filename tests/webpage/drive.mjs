@@ -13,11 +13,13 @@
 // status; other origins are aborted ("blocked"); console errors, page errors and CSP violations
 // (securitypolicyviolation events) are collected. Prints one JSON object on stdout (exit code 0
 // even when a step fails: "error" says which).
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
 const require = createRequire(new URL('../ohif/package.json', import.meta.url));
 const { chromium } = require('playwright-core');
+const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8'); // axe-core, pinned in tests/ohif/package.json
 
 const opts = JSON.parse(process.argv[2]);
 const timeout = opts.timeoutMs ?? 60000;
@@ -25,7 +27,10 @@ const origin = new URL(opts.base).origin;
 const result = {
   requests: [], blocked: [], console: [], pageErrors: [], csp: [], steps: [], error: null,
   slices: [], shots: {}, overflow: [], tabsToUpload: null, tabsToStudy: null, broken: null,
+  held: [], axe: {}, overlapsAt: {},
 };
+// A request held at the route until the page gives up on it (the Cancel steps): {match, route, seen}
+let hold = null;
 const t0 = Date.now();
 const step = (name, extra = {}) => result.steps.push({ name, ms: Date.now() - t0, ...extra });
 const byRequest = new Map();
@@ -58,6 +63,45 @@ const checkFit = async (where) => {
   }));
   if (fit.scrollWidth > fit.clientWidth) result.overflow.push({ where, ...fit });
 };
+// The study view's parts, none over another: pairs of overlapping boxes.
+const overlaps = () => page.evaluate(() => {
+  const names = ['.study-head', '.series-list', '#stack', '.controls', '.tags'];
+  const boxes = names.map((n) => [n, document.querySelector(n).getBoundingClientRect()]);
+  const out = [];
+  for (let i = 0; i < boxes.length; i++) {
+    for (let j = i + 1; j < boxes.length; j++) {
+      const [a, ra] = boxes[i], [b, rb] = boxes[j];
+      if (ra.left < rb.right - 1 && rb.left < ra.right - 1 && ra.top < rb.bottom - 1 && rb.top < ra.bottom - 1) out.push(`${a} / ${b}`);
+    }
+  }
+  return out;
+});
+// axe-core (not ours) on the page as it is: its violations of serious or critical impact. Evaluated
+// through the DevTools protocol, so the page's CSP (no inline script) is left as it is.
+const axe = async (where) => {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.evaluate(AXE + '\n;0');
+  const found = await page.evaluate(async () => (await window.axe.run(document, { resultTypes: ['violations'] })).violations
+    .filter((v) => ['serious', 'critical'].includes(v.impact))
+    .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 5).map((n) => n.target.join(' ')) })));
+  result.axe[where] = found;
+};
+// Press Upload, wait until ``hold`` has the request it waits for, press Cancel: what the page says.
+const cancelled = async (files, match) => {
+  let seen;
+  const held = new Promise((resolve) => (seen = resolve));
+  hold = { match, route: null, seen };
+  await page.setInputFiles('#files', files);
+  await page.waitForFunction(() => !document.querySelector('#start').disabled, null, { timeout });
+  await page.click('#start');
+  await Promise.race([held, new Promise((_, reject) => setTimeout(() => reject(new Error('nothing held')), timeout))]);
+  await page.click('#cancel');
+  await page.waitForFunction(() => document.querySelector('#upload-status').textContent.startsWith('Cancelled'), null, { timeout });
+  const status = await page.textContent('#upload-status');
+  await hold.route.abort('aborted').catch(() => {}); // the page gave up on it already
+  hold = null;
+  return { status, cancelDisabled: await page.isDisabled('#cancel'), startDisabled: await page.isDisabled('#start') };
+};
+
 // Tab (only the keyboard) until the focused element matches ``selector``; how many presses.
 const tabTo = async (selector, most = 80) => {
   for (let n = 1; n <= most; n++) {
@@ -102,6 +146,12 @@ try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 }, serviceWorkers: 'block' });
   await context.route('**/*', (route) => {
     const req = route.request(), url = req.url();
+    if (hold && !hold.route && hold.match(req)) {
+      hold.route = route; // answered never: the page's Cancel must abort it
+      result.held.push({ method: req.method(), url });
+      hold.seen();
+      return undefined;
+    }
     if (req.method() === 'PATCH' && !result.broken && req.headers()['upload-offset'] !== '0') {
       result.broken = url; // one chunk lost on the way: the page must resume from HEAD's offset
       return route.abort('connectionreset');
@@ -168,6 +218,28 @@ try {
     await page.dispatchEvent('#drop', 'drop', { dataTransfer: dropped });
     await page.waitForFunction(() => document.querySelector('#chosen').textContent.startsWith('1 file(s)'), null, { timeout });
     result.droppedChosen = await page.textContent('#chosen');
+    // A dropped folder: Chromium gives its entries through DataTransferItem.webkitGetAsEntry, which
+    // Playwright cannot make for a real folder. Here a drop event whose dataTransfer is a fake: one
+    // item whose entry is a directory (File and Directory Entries API shape: isFile/isDirectory,
+    // createReader().readEntries in batches until an empty one, file(callback)) holding a file, a
+    // subfolder with a file, and a file in a second batch. The page's walk is exercised, not
+    // Chromium's own entries.
+    result.droppedFolder = await page.evaluate(() => {
+      const file = (name, size) => ({ isFile: true, isDirectory: false, name,
+        file: (ok) => setTimeout(() => ok(new File([new Uint8Array(size)], name))) });
+      const dir = (name, ...batches) => ({ isFile: false, isDirectory: true, name, createReader: () => {
+        const left = [...batches, []];
+        return { readEntries: (ok) => setTimeout(() => ok(left.shift() || [])) };
+      } });
+      const tree = dir('scan', [file('a.dcm', 10), dir('sub', [file('c.dcm', 30)])], [file('b.dcm', 20)]);
+      const event = new Event('drop', { bubbles: true, cancelable: true });
+      Object.defineProperty(event, 'dataTransfer', { value: { items: [{ kind: 'file', webkitGetAsEntry: () => tree }], files: [] } });
+      document.querySelector('#drop').dispatchEvent(event);
+      return true;
+    });
+    await page.waitForFunction(() => document.querySelector('#chosen').textContent.startsWith('3 file(s)'), null, { timeout });
+    result.droppedFolder = { chosen: await page.textContent('#chosen'),
+      names: await page.evaluate(() => document.querySelector('#chosen').dataset.names) };
     await page.setInputFiles('#files', opts.files);
     if (opts.csv) {
       await page.setInputFiles('#csv', opts.csv);
@@ -194,6 +266,35 @@ try {
     }));
     step('upload done');
     await shot('uploaded');
+    await axe('uploaded');
+
+    current = 'more studies';
+    // DICOMSVC_QIDO_MAX_RESULTS=1: one study a page; the list says so and pages with "More studies"
+    await page.waitForFunction(() => document.querySelectorAll('#study-table tbody tr').length === 1
+      && !document.querySelector('#more-studies').hidden, null, { timeout });
+    result.paging = [await page.evaluate(() => ({ rows: document.querySelectorAll('#study-table tbody tr').length,
+      count: document.querySelector('#study-count').textContent }))];
+    for (let n = 0; n < 2; n++) {
+      await page.click('#more-studies');
+      await page.waitForFunction((n) => !document.querySelector('#more-studies').disabled
+        && !document.querySelector('#study-count').textContent.startsWith('Loading'), n, { timeout });
+      result.paging.push(await page.evaluate(() => ({
+        rows: document.querySelectorAll('#study-table tbody tr').length,
+        ids: Array.from(document.querySelectorAll('#study-table tbody tr'), (tr) => tr.cells[1].textContent),
+        count: document.querySelector('#study-count').textContent,
+        more: !document.querySelector('#more-studies').hidden })));
+    }
+    step('more studies');
+
+    current = 'cancel';
+    const posts = { n: 0 };
+    // multipart: the first file's POST goes (a job on the server), the second's is held, then Cancel
+    result.cancelPost = await cancelled(opts.cancelFiles, (req) => req.method() === 'POST'
+      && new URL(req.url()).pathname === '/dicom' && ++posts.n === 2);
+    // tus: the second PATCH is held, then Cancel: the page stops and DELETEs the upload
+    result.cancelTus = await cancelled([opts.cancelBig], (req) => req.method() === 'PATCH'
+      && req.headers()['upload-offset'] !== '0');
+    step('cancelled');
 
     current = 'search';
     await page.fill('#q-id', opts.patientId);
@@ -213,6 +314,7 @@ try {
     step('study found');
     await checkFit('list');
     await shot('list');
+    await axe('list');
 
     current = 'other searches';
     // the same study by a name wildcard, a date range and its modality; none with another modality
@@ -272,20 +374,10 @@ try {
     await page.focus('#back');
     result.tabsToStack = await tabTo('#stack');
     result.focusOutlines.stack = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
-    result.overlaps = await page.evaluate(() => {
-      const names = ['.study-head', '.series-list', '#stack', '.controls', '.tags'];
-      const boxes = names.map((n) => [n, document.querySelector(n).getBoundingClientRect()]);
-      const out = [];
-      for (let i = 0; i < boxes.length; i++) {
-        for (let j = i + 1; j < boxes.length; j++) {
-          const [a, ra] = boxes[i], [b, rb] = boxes[j];
-          if (ra.left < rb.right - 1 && rb.left < ra.right - 1 && ra.top < rb.bottom - 1 && rb.top < ra.bottom - 1) out.push(`${a} / ${b}`);
-        }
-      }
-      return out;
-    });
+    result.overlaps = await overlaps();
     await checkFit('study');
     await shot('study');
+    await axe('study');
 
     current = 'multi-frame series';
     await page.selectOption('#preset', ''); // back to the stored window
@@ -298,6 +390,25 @@ try {
     now = await nextSlice(now);
     result.frames.push(now);
     step('frames');
+
+    current = 'other window sizes';
+    // 1024x768, and 1280x720 at 200% zoom: a CSS viewport of 640x360 (what browser zoom makes)
+    for (const [width, height] of [[1024, 768], [640, 360]]) {
+      await page.setViewportSize({ width, height });
+      const size = `${width}x${height}`;
+      await checkFit(`study ${size}`);
+      result.overlapsAt[size] = await overlaps();
+      await shot(`study-${size}`);
+      await page.evaluate(() => (location.hash = '#studies'));
+      await page.waitForFunction(() => !document.querySelector('#home-view').hidden
+        && document.querySelectorAll('#study-table tbody tr').length > 0, null, { timeout });
+      await checkFit(`home ${size}`);
+      await shot(`home-${size}`);
+      await page.goBack();
+      await page.waitForFunction(() => !document.querySelector('#study-view').hidden
+        && document.querySelector('#slice').naturalWidth > 0, null, { timeout });
+    }
+    step('window sizes');
   } catch (err) {
     result.error = `${current}: ${String(err).split('\n')[0]}`;
     await shot('error').catch(() => {});

@@ -14,6 +14,7 @@ const state = {
   config: { auth: 'none', ohif_url: null, resumable_bytes: 8 << 20, chunk_bytes: 8 << 20, batch_bytes: 64 << 20 },
   files: [], // [{file, name}]
   uploading: false,
+  transfer: null, // the upload in progress: {cancelled, xhr, controller, removed}
   objectUrls: new Set(), // blob: URLs of the current view, revoked when it changes
   study: null, // {uid, series: [...], current: {series, instances, index}, window}
 };
@@ -150,6 +151,7 @@ function el(tag, attrs = {}, ...children) {
 function setFiles(list) {
   state.files = list.filter((f) => f.file.size > 0 || f.file.name);
   const bytes = state.files.reduce((n, f) => n + f.file.size, 0);
+  $('#chosen').dataset.names = state.files.map((f) => f.name).join('\n'); // (for the browser test)
   $('#chosen').textContent = state.files.length
     ? `${state.files.length} file(s) chosen, ${formatBytes(bytes)}.`
     : 'No files chosen.';
@@ -209,6 +211,7 @@ function setupUpload() {
   $('#files').addEventListener('change', (event) => setFiles(fromInput(event.target)));
   $('#folder').addEventListener('change', (event) => setFiles(fromInput(event.target)));
   $('#start').addEventListener('click', () => upload().catch((err) => finishUpload(`Upload failed: ${err.message}`)));
+  $('#cancel').addEventListener('click', cancelUpload);
 }
 
 const progress = { sent: 0, total: 0, processed: 0, jobsTotal: 0 };
@@ -250,12 +253,13 @@ function batches(files) {
 }
 
 // multipart POST /dicom?async=true: XMLHttpRequest for the upload's progress events.
-function postBatch(batch, anonymize, onSent) {
+function postBatch(batch, anonymize, onSent, transfer) {
   const form = new FormData();
   for (const f of batch) form.append('file', f.file, f.name);
   const query = `async=true${anonymize ? '&anonymize=true' : ''}`;
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
+    transfer.xhr = xhr; // Cancel: xhr.abort()
     xhr.open('POST', `/dicom?${query}`);
     for (const [k, v] of Object.entries(authHeaders({ Accept: 'application/json' }))) xhr.setRequestHeader(k, v);
     xhr.upload.addEventListener('progress', (event) => onSent(event.loaded));
@@ -268,6 +272,7 @@ function postBatch(batch, anonymize, onSent) {
       resolve({ status: xhr.status, body });
     });
     xhr.addEventListener('error', () => reject(new Error('the connection failed')));
+    xhr.addEventListener('abort', () => reject(new Cancelled()));
     xhr.send(form);
   });
 }
@@ -277,21 +282,55 @@ function b64(text) {
 }
 
 const TUS = { 'Tus-Resumable': '1.0.0' };
+
+class Cancelled extends Error {
+  constructor() {
+    super('cancelled');
+  }
+}
+
+// Cancel: the transfer in progress is aborted (XHR abort, the tus PATCH's fetch aborted); jobs the
+// server already has keep running (the API has no job cancel).
+function cancelUpload() {
+  const transfer = state.transfer;
+  if (!transfer || transfer.cancelled) return;
+  transfer.cancelled = true;
+  $('#cancel').disabled = true;
+  $('#upload-status').textContent = 'Cancelling…';
+  if (transfer.xhr) transfer.xhr.abort();
+  transfer.controller.abort();
+}
+
+// tus termination (DELETE, the server announces it in Tus-Extension): a cancelled upload's bytes go.
+async function terminate(location, transfer) {
+  try {
+    await (await api(location, { method: 'DELETE', headers: TUS })).text();
+    transfer.removed += 1;
+  } catch {
+    // already gone or expired: nothing left to remove
+  }
+}
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // tus 1.0.0 (https://tus.io/protocols/resumable-upload): creation, then PATCH chunks at the
 // server's Upload-Offset; after a broken request, HEAD says where to go on from.
-async function tusUpload(f, anonymize, onSent) {
+async function tusUpload(f, anonymize, onSent, transfer) {
+  const signal = transfer.controller.signal;
   const metadata = [`filename ${b64(f.name)}`, `async ${b64('true')}`];
   if (anonymize) metadata.push(`anonymize ${b64('true')}`);
   const created = await api('/uploads/', {
     method: 'POST',
     headers: { ...TUS, 'Upload-Length': String(f.file.size), 'Upload-Metadata': metadata.join(',') },
+    signal,
   });
   const location = created.headers.get('Location');
   await created.text(); // read to its end: the connection is reused, not aborted
   let offset = 0, retries = 0;
   for (;;) {
+    if (signal.aborted) {
+      await terminate(location, transfer); // stop PATCHing; the partial upload is removed
+      throw new Cancelled();
+    }
     const end = Math.min(offset + state.config.chunk_bytes, f.file.size);
     let response;
     try {
@@ -299,8 +338,10 @@ async function tusUpload(f, anonymize, onSent) {
         method: 'PATCH',
         headers: authHeaders({ ...TUS, 'Content-Type': 'application/offset+octet-stream', 'Upload-Offset': String(offset) }),
         body: f.file.slice(offset, end),
+        signal,
       });
     } catch (err) {
+      if (signal.aborted) continue; // cancelled: terminated at the loop's top
       response = null; // the network: ask where the upload stands, then go on
     }
     if (response && response.ok) await response.text(); // (empty) read to its end
@@ -315,6 +356,7 @@ async function tusUpload(f, anonymize, onSent) {
     if (response && ![409, 423].includes(response.status) && response.status < 500) throw await failure(response);
     if (++retries > 5) throw new Error('the upload kept failing');
     await sleep(500 * retries);
+    if (signal.aborted) continue;
     const head = await api(location, { method: 'HEAD', headers: TUS });
     await head.text(); // (empty) read to its end, as every answer
     offset = Number(head.headers.get('Upload-Offset'));
@@ -322,9 +364,10 @@ async function tusUpload(f, anonymize, onSent) {
   }
 }
 
-async function pollJobs(jobs) {
+async function pollJobs(jobs, transfer) {
   const last = new Map();
   for (;;) {
+    if (transfer.cancelled) return null; // the jobs keep running; the page stops watching them
     const answers = await Promise.all(jobs.map((id) => getJson(`/jobs/${encodeURIComponent(id)}`)));
     answers.forEach((job) => last.set(job.id, job));
     progress.processed = answers.reduce((n, j) => n + (j.processed || 0), 0);
@@ -346,7 +389,9 @@ function tally(counts, body) {
 async function upload() {
   if (state.uploading || !state.files.length) return;
   state.uploading = true;
+  const transfer = (state.transfer = { cancelled: false, xhr: null, controller: new AbortController(), removed: 0 });
   $('#start').disabled = true;
+  $('#cancel').disabled = false;
   $('#failures').replaceChildren();
   $('#upload-status').textContent = 'Uploading…';
   const anonymize = $('#anonymize').checked;
@@ -358,11 +403,18 @@ async function upload() {
   const counts = { created: 0, duplicates: 0, failed: 0, skipped: 0 };
   let done = 0;
   for (const batch of small) {
+    if (transfer.cancelled) break;
     const size = batch.reduce((n, f) => n + f.file.size, 0);
-    const answer = await postBatch(batch, anonymize, (loaded) => {
-      progress.sent = done + Math.min(loaded, size);
-      showTransfer();
-    });
+    let answer;
+    try {
+      answer = await postBatch(batch, anonymize, (loaded) => {
+        progress.sent = done + Math.min(loaded, size);
+        showTransfer();
+      }, transfer);
+    } catch (err) {
+      if (err instanceof Cancelled) break;
+      throw err;
+    }
     done += size;
     progress.sent = done;
     showTransfer();
@@ -374,11 +426,12 @@ async function upload() {
     }
   }
   for (const f of big) {
+    if (transfer.cancelled) break;
     try {
       const result = await tusUpload(f, anonymize, (offset) => {
         progress.sent = done + offset;
         showTransfer();
-      });
+      }, transfer);
       if (result.status === 202) jobs.push(result.job);
       else if (result.status === 201) counts.created += 1;
       else if (result.status === 200 && result.id) counts.duplicates += 1;
@@ -388,6 +441,7 @@ async function upload() {
         addFailure(f.name, result.detail || result.error);
       }
     } catch (err) {
+      if (transfer.cancelled) break;
       counts.failed += 1;
       addFailure(f.name, err.message);
     }
@@ -395,9 +449,22 @@ async function upload() {
     progress.sent = done;
     showTransfer();
   }
-  $('#upload-status').textContent = jobs.length ? 'Transfer done; the server is storing the files…' : '';
+  let polled = [];
+  if (jobs.length && !transfer.cancelled) {
+    $('#upload-status').textContent = 'Transfer done; the server is storing the files…';
+    polled = await pollJobs(jobs, transfer);
+  }
+  if (transfer.cancelled) {
+    const removed = transfer.removed ? ' The partial resumable upload was removed from the server.' : '';
+    const running = jobs.length
+      ? ` ${jobs.length} job(s) the server already had keep running (the API has no job cancel): the files sent before are stored.`
+      : counts.created + counts.duplicates ? ` ${counts.created + counts.duplicates} file(s) sent before are stored.` : ' Nothing was stored.';
+    finishUpload(`Cancelled.${removed}${running}`);
+    loadStudies();
+    return;
+  }
   if (jobs.length) {
-    for (const job of await pollJobs(jobs)) {
+    for (const job of polled) {
       tally(counts, job);
       if (job.status === 'failed') addFailure(`job ${job.id}`, job.error || 'failed');
     }
@@ -429,6 +496,7 @@ async function postCsv(csv, anonymize) {
 
 function finishUpload(text) {
   state.uploading = false;
+  $('#cancel').disabled = true;
   $('#upload-status').textContent = text;
   $('#start').disabled = state.files.length === 0;
 }
@@ -438,9 +506,17 @@ function finishUpload(text) {
 // ---------------------------------------------------------------------------------------------
 const STUDY_LIMIT = 25;
 let studySearch = 0; // the latest search; older answers are dropped
+const studyPages = { query: '', shown: 0 }; // the search the list answers, and how many rows it has
+
+// Studies one answer carries: the page's 25, or fewer when the server caps QIDO-RS answers
+// (DICOMSVC_QIDO_MAX_RESULTS; PS3.18 §8.3.4.4: a server may return fewer results than the limit).
+function studyPageSize() {
+  const cap = Number(state.config.qido_max_results);
+  return cap > 0 ? Math.min(STUDY_LIMIT, cap) : STUDY_LIMIT;
+}
 
 function searchQuery() {
-  const q = new URLSearchParams({ limit: String(STUDY_LIMIT), includefield: 'StudyDescription' });
+  const q = new URLSearchParams({ includefield: 'StudyDescription' });
   const name = $('#q-name').value.trim(), id = $('#q-id').value.trim();
   if (name) q.set('PatientName', name);
   if (id) q.set('PatientID', id);
@@ -450,26 +526,47 @@ function searchQuery() {
   return q;
 }
 
-async function loadStudies() {
-  const mine = ++studySearch;
-  releaseImages(); // the previous list's thumbnails
+// The list: a new search (its first page), or with ``more`` the next page of the same search
+// (QIDO-RS limit/offset, PS3.18 §8.3.4.4) appended to the rows shown.
+async function loadStudies(more = false) {
+  const mine = more ? studySearch : ++studySearch;
+  if (!more) releaseImages(); // the previous list's thumbnails
   const body = $('#study-table tbody');
-  $('#study-count').textContent = 'Searching…';
-  const query = searchQuery();
+  const moreButton = $('#more-studies');
+  moreButton.disabled = true;
+  if (!more) moreButton.hidden = true;
+  $('#study-count').textContent = more ? 'Loading more studies…' : 'Searching…';
+  const query = new URLSearchParams(more ? studyPages.query : searchQuery());
+  const offset = more ? studyPages.shown : 0;
+  query.set('limit', String(STUDY_LIMIT));
+  query.set('offset', String(offset));
   let studies;
   try {
     studies = await getJson(`/dicomweb/studies?${query}`);
   } catch (err) {
-    if (mine === studySearch) $('#study-count').textContent = `Search failed: ${err.message}`;
+    if (mine === studySearch) {
+      $('#study-count').textContent = `Search failed: ${err.message}`;
+      moreButton.disabled = false;
+    }
     return;
   }
   if (mine !== studySearch) return;
-  body.replaceChildren();
+  if (!more) body.replaceChildren();
+  query.delete('limit');
+  query.delete('offset');
+  studyPages.query = String(query);
+  studyPages.shown = offset + studies.length;
   $('#study-table').dataset.query = String(query); // what the rows answer
   $('#study-table').dataset.answered = String(mine);
-  $('#study-count').textContent = studies.length
-    ? `${studies.length} stud${studies.length === 1 ? 'y' : 'ies'}${studies.length === STUDY_LIMIT ? ' (the newest; narrow the search for more)' : ''}.`
-    : 'No studies found.';
+  const shown = studyPages.shown, size = studyPageSize();
+  const full = studies.length > 0 && studies.length >= size; // a full page: there may be more
+  const capped = size < STUDY_LIMIT
+    ? ` The server answers at most ${size} stud${size === 1 ? 'y' : 'ies'} a request (DICOMSVC_QIDO_MAX_RESULTS).` : '';
+  $('#study-count').textContent = shown
+    ? `${shown} stud${shown === 1 ? 'y' : 'ies'}, newest first${full ? '; there may be more: “More studies” shows the next ones.' : more && !studies.length ? '; no more.' : '.'}${capped}`
+    : `No studies found.${capped}`;
+  moreButton.hidden = !full;
+  moreButton.disabled = false;
   for (const s of studies) {
     const uid = first(s, TAG.StudyUID);
     const thumbs = el('div', { class: 'thumbs' });
@@ -512,6 +609,7 @@ function setupSearch() {
     loadStudies();
   });
   $('#search').addEventListener('reset', () => setTimeout(loadStudies));
+  $('#more-studies').addEventListener('click', () => loadStudies(true));
 }
 
 // ---------------------------------------------------------------------------------------------
