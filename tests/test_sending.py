@@ -522,6 +522,41 @@ def storage_scp(ae_title: str, on_store):
         server.shutdown()
 
 
+def test_a_peer_closing_right_after_rejecting_is_a_permanent_rejection():
+    """A peer that sends A-ASSOCIATE-RJ (rejected-permanent, PS3.8 §9.3.4) and closes at once, as
+    Orthanc does: each attempt is the permanent rejection. Before, pynetdicom sometimes handled the
+    closed transport first and the attempt was 'association aborted', a transient failure (about
+    1 in 30 here; the full suite's Orthanc rejection test failed on it under load)."""
+    import socket
+    import threading
+
+    from dicomsvc.dimse import scu
+
+    rejection = bytes([0x03, 0x00, 0, 0, 0, 4, 0x00, 0x01, 0x01, 0x07])  # permanent, service-user, called AE unknown
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def reject_each() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                head = conn.recv(6, socket.MSG_WAITALL)  # the A-ASSOCIATE-RQ's header, then its body
+                if len(head) == 6:
+                    conn.recv(int.from_bytes(head[2:], "big"), socket.MSG_WAITALL)
+                    conn.sendall(rejection)
+
+    threading.Thread(target=reject_each, daemon=True).start()
+    row = {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "transfer_syntax_uid": "1.2.840.10008.1.2.1"}
+    try:
+        errors = [scu.associate("DICOMSVC", "ANY", "127.0.0.1", listener.getsockname()[1], [row], (5, 5, 5, 5))
+                  for _ in range(100)]  # fmt: skip
+    finally:
+        listener.close()
+    assert {(link.error, link.transient) for link in errors} == {("association rejected (permanent)", False)}
+
+
 def test_the_storage_scu_sends_without_nagle(tmp_path):
     """The Storage SCU's association socket has TCP_NODELAY set (contexts.no_delay): into
     Orthanc, whose Maximum Length is 16 KiB, a CT's PDU tails waited for delayed ACKs before."""

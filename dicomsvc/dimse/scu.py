@@ -59,14 +59,17 @@ def associate(our_ae: str, called_ae: str, host: str, port: int, rows: list[dict
     ae.connection_timeout = connect
     ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = acse, dimse, network
     ae.requested_contexts = contexts
-    results: list[int] = []  # the A-ASSOCIATE-RJ's Result, when it is one
+    # the A-ASSOCIATE-RJ PDU's Result when one is read (PS3.8 §9.3.4): taken as the PDU arrives, not
+    # from the ACSE, since a peer that closes right after rejecting may have pynetdicom report the
+    # association aborted (its transport-closed event handled before the rejection reached the ACSE)
+    results: list[int] = []
 
-    def on_acse(event) -> None:
-        result = getattr(event.primitive, "result", None)
+    def on_pdu(event) -> None:
+        result = getattr(event.pdu, "result", None)  # only the A-ASSOCIATE-RJ PDU has one
         if isinstance(result, int):
             results.append(result)
 
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)])
+    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
     link = Link(ae, assoc, getattr(getattr(assoc.dul, "socket", None), "socket", None))
     if assoc.is_established:
         no_delay(assoc)
@@ -74,7 +77,7 @@ def associate(our_ae: str, called_ae: str, host: str, port: int, rows: list[dict
         if not link.accepted:
             link.error, link.transient = "no presentation context accepted", False
         return link
-    if assoc.is_rejected:
+    if assoc.is_rejected or results:
         permanent = REJECTED_PERMANENT in results
         link.error = "association rejected" + (" (permanent)" if permanent else " (transient)")
         link.transient = not permanent
