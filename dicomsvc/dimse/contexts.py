@@ -68,9 +68,9 @@ def needs_decompression(row: dict, accepted: set[tuple[str, str]] | None) -> boo
 def no_delay(assoc) -> None:
     """TCP_NODELAY on an association's socket (RFC 1122 §4.2.3.4: Nagle's algorithm off). A data
     set goes as a run of P-DATA-TF PDUs (PS3.8 §9.3.5) capped by the peer's Maximum Length (Orthanc
-    advertises 16 KiB), each a send; with Nagle a PDU's short tail waited for the ACK of what went
-    before (delayed up to 40 ms) -- pynetdicom into Orthanc, 40 CTs of 0.5 MB on loopback:
-    12 instances/s with Nagle, 16 without (bench figures in README Benchmarks)."""
+    advertises 16 KiB), each a send, and Nagle may hold a short segment until what went before is
+    ACKed (a delayed ACK: up to 40 ms). pynetdicom into Orthanc, 40 CTs of 0.5 MB on loopback:
+    12 instances/s with Nagle, 16 without (README Benchmarks)."""
     import socket
 
     raw = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
