@@ -623,6 +623,7 @@ def test_a_peer_dropping_mid_transfer_leaves_nothing(scp, tmp_path, monkeypatch)
         for pdu in pdus[: len(pdus) // 2]:
             assoc.dul.send_pdu(pdu)
         assert wait_for(lambda: any(p.stat().st_size > 100_000 for p in received.iterdir()))
+        assert client.get("/dicom").status_code == 200  # HTTP is served while the association is mid-transfer
         assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)  # the peer is gone, no A-ABORT
         assoc.dul.socket.socket.close()
         assoc.kill()
