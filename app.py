@@ -19,6 +19,7 @@ from dicomsvc.http import catalog, datasets, instances, intake, openapi, page, s
 from dicomsvc.http.dicomweb import routes as dicomweb
 from dicomsvc.http.accesslog import AccessLog
 from dicomsvc.http.catchall import CatchAll
+from dicomsvc.http.hotpost import HotPost
 from dicomsvc.http.hotreads import HotReads
 from dicomsvc.http.ranges import RangedFileResponse
 from dicomsvc.http.readcache import ReadCache
@@ -329,6 +330,7 @@ def create_app(config: Config | None = None) -> Starlette:
     middleware = [
         # GET /image and /tags answered from the read cache when the stack would answer exactly so
         Middleware(HotReads, config=config),
+        Middleware(HotPost, config=config),  # POST /dicom {"path"} when the stack would answer exactly so
         Middleware(RequestId),  # every answer and log line of the request has its id
         Middleware(AccessLog),
         Middleware(MetricsMiddleware),  # requests by route template, method, status; latency

@@ -56,6 +56,16 @@ IMAGE, TAGS = "/image", "/tags"
 _SETTLED = "dicomsvc.route"  # routing.settled's scope key: the observers' route template
 
 
+def observed(access: logging.Logger, method: str, path: str, code: int, start: float) -> None:
+    """What ``AccessLog`` and ``MetricsMiddleware`` record of an answered request: one log line,
+    the request counted and timed (since ``start``, a ``time.perf_counter()``)."""
+    ms = (time.perf_counter() - start) * 1e3
+    access.info("%s %s %d %.1fms", method, path, code, ms, extra={"status": code, "duration_ms": round(ms, 1)})
+    count, latency = metrics.request_children(method, path, code)
+    count.inc()
+    latency.observe(ms / 1e3)
+
+
 class HotReads:
     """Pure ASGI middleware, first in the app's list (``app.create_app``)."""
 
@@ -92,11 +102,7 @@ class HotReads:
             code = status
             await send({"type": "http.response.body", "body": body})
         finally:
-            ms = (time.perf_counter() - start) * 1e3
-            self.access.info("%s %s %d %.1fms", "GET", path, code, ms, extra={"status": code, "duration_ms": round(ms, 1)})
-            count, latency = metrics.request_children("GET", path, code)
-            count.inc()
-            latency.observe(ms / 1e3)
+            observed(self.access, "GET", path, code, start)
             trail = audit.trail(getattr(scope["app"].state, "svc", None))
             if trail is not None:  # the record AuditMiddleware makes (http.audit.base_record) of this request
                 client = scope.get("client")

@@ -1,0 +1,124 @@
+"""POST /dicom {"path"} ahead of the middleware stack (http.hotpost): the same answers, log
+line, metrics and audit records as the whole stack gives, and the stack for everything else."""
+
+import pytest
+from starlette.testclient import TestClient
+
+from dicomsvc.http import hotpost
+from indexdb import dict_rows
+from test_audit import rows
+from test_hotreads import IDENTITY, answer, app_with
+
+
+def served_by_hotpost(monkeypatch) -> list[int]:
+    """The statuses HotPost answered itself."""
+    served = []
+    original = hotpost.HotPost._answer
+
+    async def spy(self, scope, send, svc, ingested, *args):
+        served.append(201 if ingested.created else 200)
+        return await original(self, scope, send, svc, ingested, *args)
+
+    monkeypatch.setattr(hotpost.HotPost, "_answer", spy)
+    return served
+
+
+def counted(client) -> dict[str, float]:
+    """The counters of POST /dicom requests and of ingests (the process's: compare changes)."""
+    lines = client.get("/metrics").text.splitlines()
+    found = [line.rsplit(" ", 1) for line in lines if line.startswith(("dicomsvc_http_requests_total{", "dicomsvc_instances_ingested_total{"))]
+    return {k: float(v) for k, v in found if 'route="/dicom"' in k or k.startswith("dicomsvc_instances")}
+
+
+def test_answers_log_metrics_and_audit_are_the_stacks_own(monkeypatch, tmp_path, import_root, put, caplog):
+    """A new instance (201), a duplicate (200, gzip accepted), one with warnings: by the stack (HotPost off) and
+    by HotPost, the same status, headers in the same order, body, log lines, metrics and audit
+    records (but for ids and times)."""
+    names = [put("CT_small.dcm"), put("bad_sequence.dcm")]  # the second stored with a warning
+    caplog.set_level("INFO", logger="dicomsvc.access")
+    served = served_by_hotpost(monkeypatch)
+    seen = {}
+    for label in ("stack", "hot"):
+        data = tmp_path / label
+        with monkeypatch.context() as m:
+            if label == "stack":
+                m.setattr(hotpost, "_plain_json", lambda headers: None)
+            with TestClient(app_with(data, import_root)) as client:
+                caplog.clear()
+                before = counted(client)
+                found = []
+                for i, (name, encoding) in enumerate([(names[0], IDENTITY), (names[0], {}), (names[1], IDENTITY)]):
+                    got = client.post("/dicom", json={"path": name}, headers=encoding | {"X-Request-ID": f"req-{label}-{i}"})
+                    assert got.headers["x-request-id"] == f"req-{label}-{i}"
+                    found.append(answer(got))
+                counts = {k: v - before.get(k, 0) for k, v in counted(client).items()}
+        ids = [body for _, _, body in found]
+        lines = [r.getMessage().rsplit(" ", 1)[0] for r in caplog.records if r.name == "dicomsvc.access"]
+        records = [r for r in rows(data) if (r["request_id"] or "").startswith("req-")]  # written at shutdown
+        for r in records:
+            assert r.pop("time") and r.pop("seq")
+            r["request_id"] = r["request_id"].replace(label, "X")
+            r["instance"] = ids.index(next(b for b in ids if r["instance"].encode() in b))
+        seen[label] = (found, [line for line in lines if "/metrics" not in line], records, {k: v for k, v in counts.items() if v})
+    assert served == [201, 200, 201]
+    (stack, stack_lines, stack_records, stack_counts), (hot, hot_lines, hot_records, hot_counts) = seen["stack"], seen["hot"]
+    assert [s for s, _, _ in hot] == [201, 200, 201]
+    assert [(s, h) for s, h, _ in hot] == [(s, h) for s, h, _ in stack]  # headers in the same order
+    for (_, _, b1), (_, _, b2) in zip(stack, hot):  # the same body but for the id
+        assert len(b1) == len(b2) and b1[:7] == b2[:7] == b'{"id":"'
+        assert b1[29:] == b2[29:]
+    assert b'"warnings"' in hot[2][2]
+    assert stack_lines == hot_lines == ["POST /dicom 201", "POST /dicom 200", "POST /dicom 201"]
+    assert stack_records == hot_records and len(hot_records) == 3
+    requests = 'dicomsvc_http_requests_total{method="POST",route="/dicom",status="%d"}'
+    assert stack_counts == hot_counts and hot_counts[requests % 201] == 2 and hot_counts[requests % 200] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"json": {"path": "CT_small.dcm", "anonymize": True}},  # an option in the body
+        {"json": {"path": "CT_small.dcm"}, "params": {"anonymize": "true"}},  # a query string
+        {"content": b'{"path": "CT_small.dcm"}', "headers": {"Content-Type": "text/plain"}},  # untyped
+        {"content": b'{"path": "CT_small.dcm"}', "headers": {"Content-Type": "application/json; charset=utf-8"}},
+        {"content": iter([b'{"path": ', b'"CT_small.dcm"}']), "headers": {"Content-Type": "application/json"}},  # chunked
+    ],
+)
+def test_the_stack_answers_what_is_not_plain(monkeypatch, client, put, kwargs):
+    put("CT_small.dcm")
+    served = served_by_hotpost(monkeypatch)
+    kwargs = {"headers": {}} | kwargs
+    kwargs["headers"] = IDENTITY | kwargs["headers"]
+    got = client.post("/dicom", **kwargs)
+    assert got.status_code == 201 and served == []
+
+
+def test_refusals_failures_and_folders_are_the_stacks(monkeypatch, client, put, import_root, data_dir):
+    """Read the body, went to a worker, then handed the request (its body as it came) to the
+    stack, which answers and counts as always; nothing stored twice."""
+    put("CT_small.dcm", "folder/a.dcm")
+    (import_root / "junk.dcm").write_bytes(b"not DICOM at all" * 20)
+    served = served_by_hotpost(monkeypatch)
+    before = failed_count(client)
+    missing = client.post("/dicom", json={"path": "nope.dcm"}, headers=IDENTITY)
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert client.post("/dicom", json={"path": "../etc/passwd"}, headers=IDENTITY).status_code in (400, 403)
+    assert client.post("/dicom", json={"path": "junk.dcm"}, headers=IDENTITY).status_code == 422
+    folder = client.post("/dicom", json={"path": "folder"}, headers=IDENTITY)
+    assert folder.status_code == 200 and folder.json()["created"] == 1
+    assert client.post("/dicom", json=["folder"], headers=IDENTITY).status_code == 400
+    assert served == []
+    assert dict_rows(data_dir, "SELECT COUNT(*) AS n FROM dicom") == [{"n": 1}]
+    assert failed_count(client) == before + 2  # as the stack alone counts them: the missing file, the junk once
+
+
+def failed_count(client) -> float:
+    key = 'dicomsvc_instances_ingested_total{outcome="failed"}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in client.get("/metrics").text.splitlines() if line.startswith(key))
+
+
+def test_authentication_and_cors_keep_the_stack(tmp_path, import_root):
+    for settings, enabled in (({"auth": "token"}, False), ({"cors_origins": "https://viewer.example"}, False), ({}, True)):
+        app = app_with(tmp_path / "d", import_root, **settings)
+        middleware = next(m for m in app.user_middleware if m.cls is hotpost.HotPost)
+        assert hotpost.HotPost(None, **middleware.kwargs).enabled is enabled
