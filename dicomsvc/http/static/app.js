@@ -344,7 +344,7 @@ async function tusUpload(f, anonymize, onSent, transfer) {
       if (signal.aborted) continue; // cancelled: terminated at the loop's top
       response = null; // the network: ask where the upload stands, then go on
     }
-    if (response && response.ok) await response.text(); // (empty) read to its end
+    if (response && response.ok) await response.text().catch(() => {}); // (empty) read to its end; a Cancel may cut it
     const result = response && response.headers.get('Upload-Result');
     if (result) return JSON.parse(result);
     if (response && response.ok) {
