@@ -3,10 +3,28 @@
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .errors import BadRequest
 
-def flag(value: object) -> bool:
-    """A yes/no option from a query string, a form field or JSON."""
-    return value is True or (isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"))
+
+YES = ("1", "true", "yes", "on")
+NO = ("0", "false", "no", "off", "")
+
+
+def flag(value: object, name: str = "the option") -> bool:
+    """A yes/no option from a query string, a form field or JSON (absent: no). Anything but
+    those words (or a JSON boolean) is a 400: a typo such as ``anonymize=ture`` must never be
+    read as "no" and keep the patient's identifiers."""
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in YES:
+            return True
+        if word in NO:
+            return False
+    raise BadRequest(f"{name} must be one of {', '.join(YES + NO[:-1])} (or true/false in JSON)")
 
 
 @dataclass(frozen=True)
@@ -25,7 +43,7 @@ class Options:
         """The flags set in any of ``sources`` (the query string, JSON keys, form fields)."""
 
         def any_says(name: str) -> bool:
-            return any(flag(source.get(name)) for source in sources)
+            return any(flag(source.get(name), name) for source in sources)
 
         return cls(anonymize=any_says("anonymize"), allow_burned_in=any_says("allow_burned_in"), **fixed)
 

@@ -160,3 +160,22 @@ def test_stow_rs_can_anonymize(client):
     sop = answer.json()["00081199"]["Value"][0]["00081155"]["Value"][0]  # Referenced SOP Instance UID
     instance_id = client.get("/dicom", params={"SOPInstanceUID": sop}).json()["items"][0]["id"]
     assert_no_phi(client.get(f"/dicom/{instance_id}/file").content + answer.content, planted)
+
+
+@pytest.mark.parametrize("how", ["query", "json", "form", "json_number"])
+def test_a_mistyped_anonymize_is_400_and_stores_nothing(client, import_root, data_dir, how):
+    """``anonymize=ture`` was read as "no" and the identifiers kept: now a 400, nothing stored."""
+    data, _ = phi_file()
+    (import_root / "phi.dcm").write_bytes(data)
+    if how == "query":
+        response = client.post("/dicom?anonymize=ture", content=data, headers=DICOM)
+    elif how == "json":
+        response = client.post("/dicom", json={"path": "phi.dcm", "anonymize": "maybe"})
+    elif how == "json_number":
+        response = client.post("/dicom", json={"path": "phi.dcm", "anonymize": 2})
+    else:
+        response = client.post("/dicom", files=[("file", ("phi.dcm", data, "application/dicom"))], data={"anonymize": "ja"})
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error", "detail"} and "anonymize" in response.json()["detail"]
+    assert client.get("/dicom").json()["items"] == []
+    assert client.post("/dicom?anonymize=off", content=data, headers=DICOM).status_code == 201  # the words still work

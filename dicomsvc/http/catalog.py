@@ -63,7 +63,7 @@ def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high
 def mine(query: Mapping[str, str], owner: str | None, user: str | None) -> str | None:
     """The owner filter with ``?mine=true`` (the caller's own uploads) applied to ``owner`` (the
     visibility filter, which, when set, is the caller already)."""
-    if not flag(query.get("mine")):
+    if not flag(query.get("mine"), "mine"):
         return owner
     if user is None:
         raise BadRequest("mine=true needs an authenticated user (DICOMSVC_AUTH is none)")

@@ -24,7 +24,6 @@ from .requests import base_url, read_json_object
 
 log = logging.getLogger("dicomsvc")
 FIELDS = {"csv", "key", "column", "anonymize"}
-FLAG_WORDS = ("true", "false", "1", "0", "yes", "no", "on", "off", "")  # options.flag's yes and their no
 FORM_ROOM = 256 * 1024  # bytes of a request besides the CSV: boundaries, part headers, the small fields
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 LISTED = ("id", "key", "column", "anonymized", "columns", "created_by", "created_at", "rows", "matched", "study_count")
@@ -54,9 +53,7 @@ async def create(svc: Service, request: Request) -> dict:
             raise BadRequest(f"key must be one of {', '.join(store.KEY_COLUMNS)}")
         column = (fields.get("column") or "").strip() or None
         said = [v for v in (fields.get("anonymize"), *request.query_params.getlist("anonymize")) if v is not None]
-        if any(v.strip().lower() not in FLAG_WORDS for v in said):  # a typo must not mean "keep the identifiers"
-            raise BadRequest(f"anonymize must be one of {', '.join(w for w in FLAG_WORDS if w)}")
-        anonymize = any(flag(v) for v in said)
+        anonymize = any([flag(v, "anonymize") for v in said])  # every one read: a typo is a 400
         path = files[0].path
         if path is None:  # sent as a plain form field (no filename): small, kept in memory
             path = folder / "csv"

@@ -262,7 +262,7 @@ async def pixels(
     worker) and the name to offer it under; the caller removes the file once sent."""
     record = await _instance(svc, instance_id, owner)
     frame = _frame_param(query.get("frame"))
-    rescale = flag(query.get("rescale"))
+    rescale = flag(query.get("rescale"), "rescale")
     temp = await svc.cpu(tasks.write_npy, svc.config, record["dcm_blob"], frame, rescale)
     suffix = (f"-frame{frame}" if frame else "") + ("-rescaled" if rescale else "")
     return temp, f"{record['id']}{suffix}.npy"

@@ -54,7 +54,7 @@ def media_type(request: Request) -> str:
 
 async def post_dicom(svc: Service, request: Request) -> Answer:
     kind = media_type(request)
-    want_async = flag(request.query_params.get("async"))
+    want_async = flag(request.query_params.get("async"), "async")
     options = Options.from_request(request.query_params, user=user_of(request))  # the owner of what is stored
     if kind in UNTYPED:  # JSON by default; a DICOM file sent without its type is taken as one
         request, head = await peek_body(request, HEAD_BYTES)

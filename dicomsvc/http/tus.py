@@ -119,9 +119,9 @@ def _options(metadata: dict[str, str]) -> dict:
     name = metadata.get("filename") or metadata.get("name") or ""
     return {
         "filename": name[:1024],
-        "anonymize": flag(metadata.get("anonymize")),
-        "allow_burned_in": flag(metadata.get("allow_burned_in")),
-        "async": flag(metadata.get("async")),
+        "anonymize": flag(metadata.get("anonymize"), "anonymize"),
+        "allow_burned_in": flag(metadata.get("allow_burned_in"), "allow_burned_in"),
+        "async": flag(metadata.get("async"), "async"),
     }
 
 
