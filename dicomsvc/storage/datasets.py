@@ -142,18 +142,23 @@ _CURRENT = (
 )
 
 
-async def export_page(
-    db: Database, dataset_id: str, after: int, limit: int, owner: str | None = None, filters: dict | None = None
-) -> list[dict]:
-    """The next ``limit`` instances of the dataset's matched studies past ``dicom.pk`` ``after``,
-    in pk order (keyset paging: memory flat in the export's size), each with its CSV row."""
-    where, params = ["r.dataset_id = ?", "d.pk > ?", _CURRENT], [dataset_id, after]
+def _narrow(where: list[str], params: list, owner: str | None, filters: dict | None) -> None:
+    """Add the owner's and the export's filters (search parameters) to an export page's WHERE."""
     if owner is not None:
         where.append("d.uploaded_by = ?")
         params.append(owner)
     for name, value in (filters or {}).items():
         where.append(f"{EXPORT_FILTERS[name]} = ?")
         params.append(value)
+
+
+async def export_page(
+    db: Database, dataset_id: str, after: int, limit: int, owner: str | None = None, filters: dict | None = None
+) -> list[dict]:
+    """The next ``limit`` instances of the dataset's matched studies past ``dicom.pk`` ``after``,
+    in pk order (keyset paging: memory flat in the export's size), each with its CSV row."""
+    where, params = ["r.dataset_id = ?", "d.pk > ?", _CURRENT], [dataset_id, after]
+    _narrow(where, params, owner, filters)
     rows = await db.conn.execute_fetchall(
         "SELECT d.pk, d.id, d.dcm_blob, d.png_blob, d.study_instance_uid, d.series_instance_uid, d.sop_instance_uid, "
         "d.modality, d.instance_number, d.has_pixels, d.anonymized, r.row_number, r.key_value, r.clinical "
@@ -238,12 +243,7 @@ async def export_page_of_studies(
     each instance comes with that row (``pseudonymous``: its key is a pseudonym already)."""
     originals = sorted(links)
     where, params = [f"d.study_instance_uid IN ({', '.join('?' for _ in originals)})", "d.pk > ?", _CURRENT], [*originals, after]
-    if owner is not None:
-        where.append("d.uploaded_by = ?")
-        params.append(owner)
-    for name, value in (filters or {}).items():
-        where.append(f"{EXPORT_FILTERS[name]} = ?")
-        params.append(value)
+    _narrow(where, params, owner, filters)
     rows = await db.conn.execute_fetchall(
         "SELECT d.pk, d.id, d.dcm_blob, d.png_blob, d.study_instance_uid, d.series_instance_uid, d.sop_instance_uid, "
         f"d.modality, d.instance_number, d.has_pixels, d.anonymized FROM dicom d WHERE {' AND '.join(where)} "
