@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Sequence
 from . import metrics
 from .jobs import _stopping
 from .netconfig import Destination
-from .service import Service
+from .service import Service, in_background
 from .storage import forwarding as rows
 
 log = logging.getLogger("dicomsvc")
@@ -67,13 +67,8 @@ async def running(svc: Service) -> AsyncIterator[None]:
         return
     if voided := await rows.void_claims(svc.db):
         log.info("resuming %d forward(s) the previous process was sending", voided)
-    task = asyncio.create_task(_run_forever(svc), name="dicomsvc-forwarding")
-    try:
+    async with in_background(_run_forever(svc), "dicomsvc-forwarding"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _run_forever(svc: Service) -> None:

@@ -37,7 +37,7 @@ import shortuuid
 from . import audit, batch, exports, metrics, sendjobs
 from .batch import Entry, Item, Result
 from .errors import InsufficientStorage, NotFound
-from .service import Service
+from .service import Service, in_background
 from .storage import jobs as job_rows
 from .storage import space
 from .storage.spool import make_durable, remove_spool
@@ -109,13 +109,8 @@ async def running(svc: Service) -> AsyncIterator[None]:
     await _forget_orphan_spools(svc)  # before any request can start a new one
     if voided := await job_rows.void_claims(svc.db):
         log.info("resuming %d job(s) the previous process was running", voided)
-    task = asyncio.create_task(_run_forever(svc), name="dicomsvc-jobs")
-    try:
+    async with in_background(_run_forever(svc), "dicomsvc-jobs"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _run_forever(svc: Service) -> None:
