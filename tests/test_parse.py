@@ -601,9 +601,12 @@ def test_the_bench_corpus_takes_the_fast_reader(tmp_path, monkeypatch):
         sys.path.pop(0)
     path = corpus.make(tmp_path, 1, 1234).instances[0].path
     fastread.COUNTS.clear()
+    metas = []  # the file meta read by fastread, not by pydicom's _read_file_meta_info
+    monkeypatch.setattr(fastread, "_pydicom_file_meta", lambda src: metas.append(src))
     fast, slow = _read_both(path, monkeypatch)
-    assert fastread.COUNTS == {"fast": 1} and len(fast.ds) > 100
+    assert fastread.COUNTS == {"fast": 1} and len(fast.ds) > 100 and metas == []
     _same_dataset(fast.ds, slow.ds)
+    _same_dataset(fast.ds.file_meta, slow.ds.file_meta, "meta")
     monkeypatch.setattr(parse, "FAST", True)
     fastread.COUNTS.clear()
     read(sample_file("MR_small_bigendian.dcm"))

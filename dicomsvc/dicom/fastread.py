@@ -35,7 +35,7 @@ from pydicom import config as pydicom_config
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import _dictionary_vr_fast
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -289,8 +289,9 @@ def _dataset(elements: dict, implicit: bool) -> Dataset:
 def read_file(fp: BinaryIO, src: BinaryIO) -> tuple[FileDataset, int]:
     """The file as ``dcmread(src, force=True, stop_before_pixels=True)`` reads it (``src``:
     the same file, as handed to dcmread), and the offset of the pixel data element (or the
-    end of the file). The preamble and the file meta group are read by pydicom (a dozen
-    elements, and its repairs); the data set here. Raises Unusual."""
+    end of the file). The preamble and the file meta group are read here too (``_file_meta``:
+    pydicom's ``_read_file_meta_info`` took a quarter of a CT's parse), by pydicom when they
+    hold anything unusual (its repairs); the data set here. Raises Unusual."""
     try:
         return _read_file(fp, src)
     except Unusual as exc:
@@ -299,25 +300,23 @@ def read_file(fp: BinaryIO, src: BinaryIO) -> tuple[FileDataset, int]:
 
 
 def _read_file(fp: BinaryIO, src: BinaryIO) -> tuple[FileDataset, int]:
-    src.seek(0)
-    preamble = read_preamble(src, True)
-    meta = _read_file_meta_info(src)
-    start = src.tell()
-    syntax = meta.get("TransferSyntaxUID")  # as read_partial decides the encoding
-    if syntax is None:
-        raise Unusual("no transfer syntax: pydicom guesses the encoding")
-    if syntax in (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian) or syntax in PrivateTransferSyntaxes:
-        raise Unusual("a big endian, deflated or private transfer syntax")
-    implicit = syntax == ImplicitVRLittleEndian
-    if not implicit and syntax != ExplicitVRLittleEndian and not isinstance(syntax, str):
-        raise Unusual("a transfer syntax that is not one text value")
     fp.seek(0)
-    buf, more = b"", FIRST_READ
+    buf, more, head = b"", FIRST_READ, None
     while True:  # the header, then 3 times as many bytes more while it goes on
         chunk = fp.read(more)
         complete = len(chunk) < more
         buf += chunk
-        if complete or len(buf) >= start + 2:
+        if head is None:
+            try:  # the file meta from the bytes read, or (anything odd) read by pydicom
+                head = _file_meta(buf, complete)
+            except _Short:
+                pass
+            else:
+                if head is None:
+                    head = _pydicom_file_meta(src)
+                    fp.seek(len(buf))  # src reads through fp: back to where the reading goes on
+                preamble, meta, start, implicit = head
+        if head is not None and (complete or len(buf) >= start + 2):
             if len(buf) <= start:
                 raise Unusual("nothing after the file meta")
             if buf[start : start + 2] == b"\0\0":  # read_partial's command set (group 0000) first
@@ -338,3 +337,83 @@ def _read_file(fp: BinaryIO, src: BinaryIO) -> tuple[FileDataset, int]:
     COUNTS["fast"] += 1
     return ds, stop
 
+
+def _pydicom_file_meta(src: BinaryIO) -> tuple[bytes | None, FileMetaDataset, int, bool]:
+    """The preamble and the file meta group as ``dcmread`` reads them, where the data set
+    starts, and whether it is Implicit VR (``_syntax``)."""
+    src.seek(0)
+    preamble = read_preamble(src, True)
+    meta = _read_file_meta_info(src)
+    return preamble, meta, src.tell(), _syntax(meta)
+
+
+def _syntax(meta: FileMetaDataset) -> bool:
+    """Whether the data set is Implicit VR Little Endian (else Explicit), as ``read_partial``
+    decides from (0002,0010) Transfer Syntax UID; Unusual for what pydicom reads its own way."""
+    syntax = meta.get("TransferSyntaxUID")  # as read_partial decides the encoding
+    if syntax is None:
+        raise Unusual("no transfer syntax: pydicom guesses the encoding")
+    if syntax in (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian) or syntax in PrivateTransferSyntaxes:
+        raise Unusual("a big endian, deflated or private transfer syntax")
+    implicit = syntax == ImplicitVRLittleEndian
+    if not implicit and syntax != ExplicitVRLittleEndian and not isinstance(syntax, str):
+        raise Unusual("a transfer syntax that is not one text value")
+    return implicit
+
+
+def _file_meta(buf: bytes, complete: bool) -> tuple[bytes, FileMetaDataset, int, bool] | None:
+    """``_pydicom_file_meta`` from ``buf`` (the file's first bytes): the 128-byte preamble and
+    'DICM' (PS3.10 §7.1), then the group 0002 elements (always Explicit VR Little Endian) up
+    to the first element of another group, built as ``_read_file_meta_info`` builds them (its
+    first element and (0002,0000) Group Length converted, as it converts them). None when the
+    file holds anything pydicom reads its own way -- no 'DICM', a VR PS3.5 does not define
+    (pydicom may then read the group as Implicit VR), a sequence or an undefined length, a
+    cut element, an empty group -- and a conversion that raises: pydicom's reading decides.
+    Raises _Short when ``buf`` ends first and the file holds more."""
+    size = len(buf)
+    if size < 132:
+        if complete:
+            return None
+        raise _Short()
+    if buf[128:132] != b"DICM":
+        return None
+    pos, elements, vr_of, raw = 132, {}, VR_OF_BYTES.get, _raw
+    while True:
+        if pos + 8 > size:
+            if complete:
+                return None
+            raise _Short()
+        group, elem, vr_bytes, length = _EXPLICIT(buf, pos)
+        if group != 2:  # where data_element_generator's stop_when rewinds to
+            break
+        vr = vr_of(vr_bytes)
+        if vr is None or vr == "SQ":
+            return None
+        start = pos + 8
+        if vr in LONG_VRS:
+            if pos + 12 > size:
+                if complete:
+                    return None
+                raise _Short()
+            length, start = _LONG(buf, start)[0], pos + 12
+        if length == UNDEFINED_LENGTH:
+            return None
+        pos = start + length
+        if pos > size:
+            if complete:
+                return None
+            raise _Short()
+        key = BaseTag(group << 16 | elem)
+        value = _empty(vr) if length == 0 else buf[start:pos]
+        elements[key] = raw((key, vr, length, value, start, False, True, True, False))
+    if not elements:
+        return None
+    meta = FileMetaDataset(elements)
+    meta.set_original_encoding(False, True, default_encoding)
+    try:
+        meta[next(iter(elements))]  # _read_file_meta_info's check of the first element
+        if 0x00020000 in elements:  # and its look at the group length (a log line when wrong)
+            meta.FileMetaInformationGroupLength  # noqa: B018
+    except Exception:
+        return None
+    return buf[:128], meta, pos, _syntax(meta)
