@@ -536,3 +536,33 @@ def test_the_window_check_agrees_with_the_window(function):
         for width in (-1.0, 0.0, 0.5, 0.999, 1.0, 1.5, 400.0, float("nan"), float("inf")):
             applied = render_module._window_values(np.zeros(1), 40.0, width, function) is not None
             assert render_module._usable(width, function) is applied, width
+
+
+DS_BYTES = [b"40", b" 40.5 ", b"1e3 ", b"-.5", b"+4.E2", b"0", b"40\\50", b"", b"1_0", b"nan", b"40.0\x00",
+            b"12345678901234567", b"abc", b" "]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", DS_BYTES, ids=repr)
+def test_window_and_rescale_read_from_their_bytes_are_pydicoms(value):
+    """Window Center/Width and Rescale Slope/Intercept held raw are read from their bytes
+    (``_first_decimal``): the window is the one pydicom's converted values give, for plain
+    numbers, several values, and what pydicom reads its own way (then it converts them)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import BaseTag
+
+    def dataset(convert: bool) -> Dataset:
+        ds = Dataset()
+        for tag, raw in ((0x00281050, value), (0x00281051, b"400 "), (0x00281052, value), (0x00281053, value)):
+            ds[tag] = RawDataElement(BaseTag(tag), "DS", len(raw), raw, 0, False, True)
+        if convert:
+            for tag in list(ds.keys()):
+                ds[tag]  # noqa: B018  (pydicom's DSfloat, or its error)
+        return ds
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid ones
+        raw, converted = dataset(False), dataset(True)
+        assert repr(render_module._plain_window(raw)) == repr(render_module._plain_window(converted))
+        assert repr(render_module._plain_window(raw, (10, 20))) == repr(render_module._plain_window(converted, (10, 20)))
+    if value in (b"40", b" 40.5 ", b"1e3 ", b"-.5", b"+4.E2", b"0"):  # read without pydicom's conversion
+        assert all(type(raw.get_item(tag)) is RawDataElement for tag in raw.keys())

@@ -16,11 +16,12 @@ big-endian files is read in the file's byte order (``_palette``).
 """
 
 import functools
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels.processing import apply_voi
@@ -60,6 +61,11 @@ YBR_BY_DCMIMAGE = {
 
 # (0028,1201-1204) Red, Green, Blue, Alpha Palette Color Lookup Table Data
 PALETTE_DATA_TAGS = (0x00281201, 0x00281202, 0x00281203, 0x00281204)
+# A DS value (PS3.5 Table 6.2-1) as pydicom checks it: a decimal number, spaces around, 16 bytes at most
+DECIMAL_RE = re.compile(rb" *[+\-]?(\d+|\d+\.\d*|\.\d+)([eE][+\-]?\d+)? *")
+DECIMAL_MAX = 16
+# (0028,1050) Window Center, (0028,1051) Window Width, (0028,1052) Rescale Intercept, (0028,1053) Rescale Slope
+WINDOW_CENTER, WINDOW_WIDTH, RESCALE_INTERCEPT, RESCALE_SLOPE = 0x00281050, 0x00281051, 0x00281052, 0x00281053
 
 
 def render_png(path: Path, parsed: Parsed, index: int = 0) -> bytes:
@@ -244,19 +250,50 @@ def _plain_window(ds: Dataset, window: tuple[float, float] | None = None) -> tup
     try:
         if window is None:
             # (0028,1050) Window Center, (0028,1051) Window Width: the first pair
-            center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+            center, width = _first_decimal(ds, WINDOW_CENTER), _first_decimal(ds, WINDOW_WIDTH)
+            if center is None:
+                center = ds.get("WindowCenter")
+                center = None if center is None else _first(center)
+            if width is None:
+                width = ds.get("WindowWidth")
+                width = None if width is None else _first(width)
             if center is None or width is None:
                 return None
-            params = _first(center), _first(width), _voi_function(ds)
+            params = center, width, _voi_function(ds)
         else:
             params = _override_params(ds, window)
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        slope = _single_decimal(ds, RESCALE_SLOPE)
+        slope = float((ds.get("RescaleSlope", 1) if slope is None else slope) or 1)
+        intercept = _single_decimal(ds, RESCALE_INTERCEPT)
+        intercept = float((ds.get("RescaleIntercept", 0) if intercept is None else intercept) or 0)
     except (TypeError, ValueError, IndexError):
         return None
     if not _usable(params[1], params[2]):
         return None  # an unusable window: the min–max of the frame decides
     return (slope, intercept, *params)
+
+
+def _first_decimal(ds: Dataset, tag: int) -> float | None:
+    """The first value of a DS element (Window Center, Width) as the float pydicom's value
+    gives, read from its bytes while pydicom still holds it raw: converting it to DSfloat
+    costs ~40 µs, and every ingest reads four of them. None when pydicom is to convert it:
+    absent, not an Explicit VR DS held raw, or a first value not in the DS form."""
+    raw = ds.get_item(tag, keep_deferred=True)
+    if type(raw) is not RawDataElement or raw.VR != "DS" or type(raw.value) is not bytes:
+        return None
+    value = raw.value.split(b"\\", 1)[0]
+    if len(value) > DECIMAL_MAX or not DECIMAL_RE.fullmatch(value):
+        return None
+    return float(value)
+
+
+def _single_decimal(ds: Dataset, tag: int) -> float | None:
+    """``_first_decimal`` of a DS element holding one value (Rescale Slope, Intercept): None
+    for several (pydicom's MultiValue then decides, as float() of it fails)."""
+    raw = ds.get_item(tag, keep_deferred=True)
+    if type(raw) is RawDataElement and type(raw.value) is bytes and b"\\" in raw.value:
+        return None
+    return _first_decimal(ds, tag)
 
 
 def _usable(width: float, function: str) -> bool:
