@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -258,3 +259,125 @@ def test_a_cancelled_transaction_stays_cancelled_and_leaves_none_open(database):
             await db.close()
 
     run(scenario())
+
+
+def test_tag_rows_go_in_as_whole_chunks_of_prepared_statements():
+    for n in (0, 1, 63, 64, 65, 118, 132, 1000):
+        sizes = instances._chunks(n)
+        assert sum(sizes) == n and all(size in instances._INSERT_TAG_ROWS for size in sizes)
+        assert len(sizes) <= n // 64 + 6
+    # the tree test above inserts 132 rows (64 + 64 + 4): sequence items point across chunks
+    assert len(flatten(read(sample_file("rtplan.dcm")).ds, None)) > 128
+
+
+# Indexes each storage query's plan must search by (dropping one of them must fail a test): GET
+# /dicom's filters are read newest first from their own index, with no sort (instances.search).
+SEARCH_INDEXES = {
+    "PatientID": "dicom_patient", "StudyInstanceUID": "dicom_study", "SeriesInstanceUID": "dicom_series",
+    "SOPInstanceUID": "dicom_sop", "Modality": "dicom_modality", "AccessionNumber": "dicom_accession",
+}  # fmt: skip
+
+
+def reads_every_instance(sql: str) -> bool:
+    """The only statements that read every instance: /stats' totals, and the newest instances
+    unfiltered, of GET /dicom and QIDO-RS (the table in pk order; LIMIT ends it)."""
+    from dicomsvc.storage.studies import CURRENT
+
+    unfiltered = ("WHERE TRUE ORDER BY pk DESC", f"WHERE {' '.join(CURRENT.split())} ORDER BY d.pk DESC")
+    return sql.startswith("SELECT COUNT(*) AS instances") or any(where in sql for where in unfiltered)
+DICOM_TABLES = re.compile(r"^SCAN (dicom|dicom_tag|dicom_json|d|n|o|dt|j)$")
+
+
+async def recorded_plans(path) -> list[tuple[str, list[str]]]:
+    """Every statement the storage read and delete functions run, with its EXPLAIN QUERY PLAN."""
+    from dicomsvc.storage import studies
+    from dicomsvc.storage.studies import Condition as C
+
+    db = await sqlite.open_database(path)
+    seen = []
+    run_query = db.conn.execute_fetchall
+
+    async def recording(sql, params=()):
+        seen.append((sql, params))
+        return await run_query(sql, params)
+
+    db.conn.execute_fetchall = recording
+    db.conn.execute = recording
+    db.reader = None  # read_now's point reads through the recorded connection too
+    try:
+        for keyword in instances.FILTERS:
+            await instances.search(db, {keyword: "x"}, None, 10)
+            await instances.delete(db, {keyword: "x"})
+        await instances.delete(db, {"id": "x"})
+        await instances.search(db, {}, ("20200101", "20200101"), 10)
+        for owner in (None, "u"):
+            await instances.search(db, {}, None, 10, owner=owner)
+            await instances.get_instance(db, "x", owner)
+            await instances.get_tags_json(db, "x", owner)
+            await instances.instances_by_uid(db, "s", None, owner)
+            await instances.instances_by_uid(db, "s", "se", owner)
+            await instances.instance_by_uid(db, "s", "se", "sop", owner)
+            await instances.representative(db, "s", None, owner)
+            await instances.stats(db, owner)
+            for level in studies.LEVELS:
+                await studies.search(db, level, [], 10, 0, extra_tags=("00100010",), owner=owner)
+                study = [C("StudyInstanceUID", "single", ("s",))]
+                await studies.search(db, level, study, 10, 0, in_study=True, owner=owner)
+            await studies.search(db, "instance", [C("SOPInstanceUID", "single", ("sop",))], 10, 0, owner=owner)
+            await studies.search(db, "series", [C("SeriesInstanceUID", "single", ("se",))], 10, 0, owner=owner)
+            await studies.search(db, "study", [C("PatientID", "single", ("p",))], 10, 0, owner=owner)
+            for scope in (("s", None, None), ("s", "se", None), ("s", "se", "sop")):
+                await studies.version(db, scope, owner)
+                await studies.metadata_page(db, scope, "a", "b", 10, 0, owner)
+                await studies.without_metadata(db, scope, owner)
+        seen += studies._steps([("s", "se")], 1, "sqlite")  # an ingest's study and series refresh
+        seen.append((instances.FIND_INSTANCE_SQL, ("sop", "h")))
+        plans = []
+        for sql, params in seen:
+            if re.search(r"\b(dicom|dicom_tag|dicom_json)\b", sql):
+                rows = await run_query("EXPLAIN QUERY PLAN " + sql, params)
+                plans.append((" ".join(sql.split()), [row[3] for row in rows]))
+        return plans
+    finally:
+        await db.close()
+
+
+@pytest.mark.sqlite_only(reason="EXPLAIN QUERY PLAN is SQLite's")
+def test_every_storage_query_searches_the_instances_by_an_index(tmp_path):
+    plans = run(recorded_plans(tmp_path / "plans.db"))
+    assert len(plans) > 60
+    for sql, plan in plans:
+        if not reads_every_instance(sql):
+            assert not [step for step in plan if DICOM_TABLES.match(step)], (sql, plan)
+    for keyword, index in SEARCH_INDEXES.items():
+        column = instances.FILTERS[keyword]
+        (plan,) = [p for sql, p in plans if sql.startswith(f"SELECT * FROM dicom WHERE {column} = ? ORDER BY pk DESC")]
+        assert plan == [f"SEARCH dicom USING INDEX {index} ({column}=?)"]
+    by_sop_owned = [  # QIDO-RS instances by SOP Instance UID, DICOMSVC_VISIBILITY=own
+        p for sql, p in plans if sql.startswith("SELECT st.") and "d.sop_instance_uid = ?" in sql and "d.uploaded_by = ?" in sql
+    ]
+    assert by_sop_owned and all(
+        any(step.startswith("SEARCH d USING INDEX dicom_sop") for step in p) for p in by_sop_owned
+    )
+    (tags,) = {tuple(p) for sql, p in plans if sql.startswith("SELECT json_group_array") and "uploaded_by" not in sql}
+    assert any("dicom_tag_by_dicom" in step for step in tags)
+    # a series' instances, newest version of each SOP Instance UID, from the index alone (WADO-RS)
+    series = [p for sql, p in plans if sql.startswith("SELECT id, sop_instance_uid") and "series_instance_uid = ? GROUP" in sql]
+    assert series and all(
+        any("COVERING INDEX dicom_series_sop (study_instance_uid=? AND series_instance_uid=?)" in step for step in p)
+        for p in series
+    )
+    (find,) = [p for sql, p in plans if sql == instances.FIND_INSTANCE_SQL]
+    assert find == ["SEARCH dicom USING INDEX sqlite_autoindex_dicom_2 (sop_instance_uid=? AND pixel_hash=?)"]
+
+
+@pytest.mark.sqlite_only(reason="EXPLAIN QUERY PLAN is SQLite's")
+def test_an_index_the_queries_need_dropped_fails_the_plan_check(tmp_path, monkeypatch):
+    """The check above can fail: without dicom_sop or dicom_tag_by_dicom it does."""
+    for index in ("dicom_sop", "dicom_tag_by_dicom", "dicom_series_sop"):
+        text = sqlite.schema()
+        create_line = next(line for line in text.splitlines() if f"EXISTS {index} ON" in line)
+        monkeypatch.setattr(sqlite, "schema", lambda t=text, c=create_line: t.replace(c, f"DROP INDEX IF EXISTS {index};"))
+        (tmp_path / index).mkdir()
+        with pytest.raises(AssertionError):
+            test_every_storage_query_searches_the_instances_by_an_index(tmp_path / index)

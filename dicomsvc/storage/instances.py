@@ -107,7 +107,8 @@ def _insert_instances(
     missing = sorted({(r.tag, r.vr, r.keyword) for _, rows, _ in items for r in rows} - w.tag_ids.keys())
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.executemany("INSERT INTO tag (tag, vr, keyword) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", missing)
+        if missing:  # the dictionary ids this worker has not seen yet
+            db.executemany("INSERT INTO tag (tag, vr, keyword) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", missing)
         tag_ids = w.tag_ids | _tag_ids(db, missing)
         stored = [_insert_one(db, tag_ids, record, rows, metadata, w.dialect) for record, rows, metadata in items]
         fresh = [record for (record, _, _), done in zip(items, stored) if done is not None]
@@ -158,27 +159,38 @@ def _insert_one(
     if inserted is None:
         return None
     # Row ids are chosen here (inside the write lock) so sequence items can point
-    # at their sequence's row: the tree is written in one statement.
+    # at their sequence's row: the tree is written without reading ids back.
     ids = _tag_row_ids(db, len(rows), dialect)
-    db.executemany(
-        "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                ids[i],
-                inserted[0],
-                tag_ids[(r.tag, r.vr, r.keyword)],
-                None if r.parent is None else ids[r.parent],
-                r.item,
-                r.value,
-                r.nbytes,
-            )
-            for i, r in enumerate(rows)
-        ],
-    )
+    values = [
+        (ids[i], inserted[0], tag_ids[(r.tag, r.vr, r.keyword)], None if r.parent is None else ids[r.parent],
+         r.item, r.value, r.nbytes)
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+    start = 0
+    for size in _chunks(len(values)):
+        db.execute(_INSERT_TAG_ROWS[size], [v for row in values[start : start + size] for v in row])
+        start += size
     if metadata is not None:
         db.execute("INSERT INTO dicom_json (dicom_pk, metadata) VALUES (?, ?)", (inserted[0], metadata))
     return record["id"]
+
+
+# Tag rows go in as multi-row INSERTs, a statement per up to 64 rows: a quarter less CPU than a
+# statement run per row (executemany; 0.83 -> 0.65 ms for 80-160 rows), the largest part of an
+# instance's insert (issue 12). A remainder is split in powers of two, so there are only 7
+# statements, each prepared once.
+_TAG_CHUNK = 64
+_INSERT_TAG_ROWS = {
+    size: "INSERT INTO dicom_tag (id, dicom_pk, tag_id, parent_id, item, value, nbytes) VALUES "
+    + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size)
+    for size in (64, 32, 16, 8, 4, 2, 1)
+}
+
+
+def _chunks(n: int) -> list[int]:
+    """``n`` as sizes of ``_INSERT_TAG_ROWS``: 64s, then the remainder's powers of two."""
+    sizes = [_TAG_CHUNK] * (n // _TAG_CHUNK)
+    return sizes + [size for size in (32, 16, 8, 4, 2, 1) if n % _TAG_CHUNK & size]
 
 
 def _tag_ids(db: sqlite3.Connection, keys: list[tuple[int, str, str]]) -> dict:

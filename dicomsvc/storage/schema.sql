@@ -51,7 +51,6 @@ CREATE TABLE IF NOT EXISTS dicom (
 CREATE INDEX IF NOT EXISTS dicom_study ON dicom (study_instance_uid);
 CREATE INDEX IF NOT EXISTS dicom_series ON dicom (series_instance_uid);
 CREATE INDEX IF NOT EXISTS dicom_patient ON dicom (patient_id);
-CREATE INDEX IF NOT EXISTS dicom_created ON dicom (created_at);
 -- Ownership: /users/{user}/uploads, ?mine=true, DICOMSVC_VISIBILITY=own
 CREATE INDEX IF NOT EXISTS dicom_uploaded_by ON dicom (uploaded_by, study_instance_uid, series_instance_uid);
 -- Search filters (GET /dicom): each index also orders by pk, so "newest first" needs no sort.
@@ -61,6 +60,12 @@ CREATE INDEX IF NOT EXISTS dicom_study_date ON dicom (study_date);
 CREATE INDEX IF NOT EXISTS dicom_accession ON dicom (accession_number);
 -- DICOMweb: a study's or series' instances (QIDO-RS, metadata), counted by SOP Instance UID.
 CREATE INDEX IF NOT EXISTS dicom_series_sop ON dicom (study_instance_uid, series_instance_uid, sop_instance_uid);
+-- Dropped: every index is one more b-tree each ingest writes (issue 12), and no query reads
+-- dicom_created (created_at). dicom_sop stays though UNIQUE (sop_instance_uid, pixel_hash) starts
+-- with the same column: without it SQLite's planner takes dicom_uploaded_by for a QIDO-RS search by
+-- SOP Instance UID under DICOMSVC_VISIBILITY=own (all the owner's instances read). The plans are
+-- checked by tests/test_storage.py.
+DROP INDEX IF EXISTS dicom_created;
 
 -- Each instance's DICOM JSON (PS3.18 Annex F), made at ingest: WADO-RS metadata is served from
 -- here, never by re-reading files. BulkDataURIs are stored relative to the service root

@@ -120,26 +120,29 @@ def _locks(pairs: Sequence[Pair], dialect: str) -> list[tuple[str, tuple]]:
     return [(STUDY_LOCK, (study,)) for study in sorted({study for study, _ in pairs})]
 
 
-def _steps(pairs: Sequence[Pair], revision: int, dialect: str) -> list[tuple[str, dict]]:
+def _steps(pairs: Sequence[Pair], revision: int, dialect: str, deletes: bool = True) -> list[tuple[str, dict]]:
+    """The statements that recompute ``pairs``; ``deletes=False`` after an insert, which leaves
+    every pair an instance (a DELETE of its emptied series or study would find nothing)."""
     steps = []
     for study, series in pairs:
         params = {"study": study, "series": series, "revision": revision}
-        steps += [(SERIES_DELETE, params), (SERIES_UPSERT, params)]
+        steps += ([(SERIES_DELETE, params)] if deletes else []) + [(SERIES_UPSERT, params)]
     for study in sorted({study for study, _ in pairs}):
         params = {"study": study, "revision": revision}
-        steps += [(STUDY_DELETE, params), (STUDY_UPSERT[dialect], params)]
+        steps += ([(STUDY_DELETE, params)] if deletes else []) + [(STUDY_UPSERT[dialect], params)]
     return steps
 
 
 def refresh(db: sqlite3.Connection, pairs: Sequence[Pair]) -> None:
-    """Recompute the series and study rows of ``pairs`` (in the caller's transaction)."""
+    """Recompute the series and study rows of ``pairs`` after an insert into them (in the
+    caller's transaction)."""
     if not pairs:
         return
     dialect = dialect_of(db)
     for sql, lock in _locks(pairs, dialect):
         db.execute(sql, lock)
     (revision,) = db.execute(NEXT_REVISION[dialect]).fetchone()
-    for sql, params in _steps(pairs, revision, dialect):
+    for sql, params in _steps(pairs, revision, dialect, deletes=False):
         db.execute(sql, params)
 
 
