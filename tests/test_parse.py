@@ -530,6 +530,31 @@ def test_the_fast_reader_builds_the_data_set_pydicom_builds(path, first_read, mo
     _same_dataset(fast.ds, slow.ds)
 
 
+@pytest.mark.parametrize("path", EVERY_FILE)
+def test_the_image_numbers_are_the_elements_pydicom_converts(path, monkeypatch):
+    """Rows, Columns... converted from their bytes at reading (``_convert_image_numbers``) are
+    the DataElements pydicom's own conversion makes of the same raw elements: VR, value and
+    its type, value_tell, lengths; whatever it leaves raw, pydicom converts when used."""
+    from dicomsvc.dicom import parse
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about some of them, both ways
+        try:
+            ours = read(path)
+        except Exception:
+            pytest.skip("not read")
+        monkeypatch.setattr(parse, "_convert_image_numbers", lambda ds: None)
+        plain = read(path)
+        for tag in parse.IMAGE_NUMBERS:
+            mine = ours.ds.get_item(tag, keep_deferred=True)
+            if type(mine) is not pydicom.dataelem.DataElement:
+                continue
+            theirs = plain.ds[tag]  # pydicom's conversion (read() may have made it already)
+            fields = ("tag", "VR", "value", "file_tell", "is_undefined_length", "private_creator", "validation_mode")
+            assert [getattr(mine, f) for f in fields] == [getattr(theirs, f) for f in fields], f"{tag:08X}"
+            assert type(mine.value) is type(theirs.value) and type(mine.tag) is type(theirs.tag), f"{tag:08X}"
+
+
 def _nested_sequences(undefined: bool) -> pydicom.Dataset:
     """A CT whose sequences hold what pydicom reads with care: empty items (in Explicit VR,
     pydicom reads an empty item as Implicit VR: the bytes where it starts are no VR), an
@@ -606,6 +631,8 @@ def test_the_bench_corpus_takes_the_fast_reader(tmp_path, monkeypatch):
     fast, slow = _read_both(path, monkeypatch)
     assert fastread.COUNTS == {"fast": 1} and len(fast.ds) > 100 and metas == []
     _same_dataset(fast.ds, slow.ds)
+    # Bits Stored and Pixel Representation converted from their bytes (nothing in read() asks pydicom)
+    assert all(type(fast.ds.get_item(tag)) is pydicom.dataelem.DataElement for tag in (0x00280101, 0x00280103))
     _same_dataset(fast.ds.file_meta, slow.ds.file_meta, "meta")
     monkeypatch.setattr(parse, "FAST", True)
     fastread.COUNTS.clear()

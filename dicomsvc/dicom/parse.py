@@ -72,6 +72,10 @@ PIXEL_NAMES = {
 KNOWN_VRS = frozenset(vr.value for vr in VR)  # PS3.5 Table 6.2-1, and pydicom's ambiguous ones
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}  # storage.space's: left for the caller to answer 507
 MAPPED_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}  # binary: inflated values over CHUNK stay on disk
+# (0028,0002) Samples per Pixel, (0028,0010) Rows, (0028,0011) Columns, (0028,0100) Bits Allocated,
+# (0028,0101) Bits Stored, (0028,0103) Pixel Representation: US, one value (PS3.3 C.7.6.3)
+IMAGE_NUMBERS = (0x00280002, 0x00280010, 0x00280011, 0x00280100, 0x00280101, 0x00280103)
+_US = struct.Struct("<H").unpack
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ def read(path: Path, max_inflated: int | None = None) -> Parsed:
                 if pixel is not None:
                     _read_after_pixels(fp, ds, pixel)
             _unknown_vrs_as_un(ds, warnings)
+            _convert_image_numbers(ds)
             if len(ds) == 0:
                 raise InvalidDicom("not a DICOM instance: no data elements after the file meta")
             if pixel is None:
@@ -353,6 +358,23 @@ def _unknown_vrs_as_un(ds: Dataset, warnings: list[str]) -> None:
             elif isinstance(raw, RawDataElement):
                 dataset[tag] = raw._replace(VR="UN")
                 warnings.append(f"{_tag(tag)} has no valid VR (PS3.5 §6.2): read as UN")
+
+
+def _convert_image_numbers(ds: Dataset) -> None:
+    """Convert the Image Pixel module's US elements (PS3.3 C.7.6.3) that every ingest reads
+    (``_native_problem``, decoding): the DataElement pydicom's ``Dataset.__getitem__`` would
+    make of each (``convert_raw_data_element``: the VR, the number, ``value_tell``), built
+    here from its two bytes, without pydicom's hooks (~30 µs an element). Only for what
+    pydicom reads plainly: a raw Explicit VR Little Endian US of one value, no
+    ``data_element_callback``; anything else is left for pydicom to convert when used."""
+    if pydicom_config.data_element_callback is not None:
+        return
+    for tag in IMAGE_NUMBERS:
+        raw = ds.get_item(tag, keep_deferred=True)
+        if type(raw) is RawDataElement and raw.VR == "US" and raw.is_little_endian and raw.length == 2:
+            value = raw.value
+            if type(value) is bytes and len(value) == 2:
+                ds[tag] = DataElement(raw.tag, "US", _US(value)[0], raw.value_tell, False, already_converted=True)
 
 
 def _tag(tag: int) -> str:
