@@ -391,9 +391,11 @@ def test_the_sweep_removes_job_spools_no_job_holds_past_the_grace(tmp_path, weed
 
     config = dataclasses.replace(s3_config(tmp_path, weed, bucket), sweep_grace_seconds=0)
     prefix = prefix_of(config)
-    _plant(weed, bucket, prefix, ["spool/orphan1/upload.zip", "spool/orphan1/part2", "spool/held1/upload.zip"])
     with TestClient(create_app(config)) as client:
         svc = client.app.state.svc
+        # planted after the start: the app's own start-up sweep (started - START_MARGIN) never takes
+        # them, even when a loaded machine takes longer than that margin to start the app
+        _plant(weed, bucket, prefix, ["spool/orphan1/upload.zip", "spool/orphan1/part2", "spool/held1/upload.zip"])
 
         with indexdb.index(config) as db:  # a job holding that spool, in a state no runner takes up
             db.execute("INSERT INTO job (id, status, total, spool_dir, created_at) VALUES (?, 'held', 0, ?, ?)",
