@@ -67,6 +67,11 @@ WORKER_RESTARTS = Counter(
 WORKER_TIMEOUTS = Counter(
     "dicomsvc_worker_timeouts", "Tasks stopped at DICOMSVC_WORKER_TIMEOUT (their worker killed)", registry=REGISTRY
 )
+GROUPED = Counter(
+    "dicomsvc_worker_grouped_tasks", "Worker tasks that ran calls waiting together (single ingests: workers.run_grouped)",
+    registry=REGISTRY,
+)  # fmt: skip
+GROUPED_ITEMS = Counter("dicomsvc_worker_grouped_items", "Calls run in grouped worker tasks", registry=REGISTRY)
 RENDER_CACHE = Counter(
     "dicomsvc_rendering_cache", "Renderings other than the stored PNG: from the cache (hit) or made (miss)",
     ["result"], registry=REGISTRY,
@@ -185,6 +190,11 @@ def worker_restart(reason: str) -> None:
 
 def worker_timeout() -> None:
     WORKER_TIMEOUTS.inc()
+
+
+def worker_group(items: int) -> None:
+    GROUPED.inc()
+    GROUPED_ITEMS.inc(items)
 
 
 def rendering_cache(hit: bool) -> None:

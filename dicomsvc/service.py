@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import tasks
 from .config import Config
 from .errors import DicomSvcError
 from .logs import quiet_pydicom
@@ -86,6 +87,17 @@ class Service:
         With routing rules, the forwarder is woken after each task: an ingest may have queued
         forwards (in its own transaction, ``dicomsvc.forwarding``)."""
         result = await self.cpu_pool.run(fn, *args)
+        if self.config.network_config.rules:
+            self.forward_wakeup.set()
+        return result
+
+    async def ingest_one(self, *item: Any) -> Any:
+        """One ``POST /dicom`` instance in a worker (``ingest.ingest_group``'s item: ``"path",
+        raw, options`` or ``"file", temp, source, options``), with the other single ingests
+        waiting for a worker at the same time: one worker task and one transaction for them all
+        (``WorkerPool.run_grouped``; alone when a worker is idle). Its result or error as
+        ``cpu``'s for ``ingest_path``/``ingest_file`` alone."""
+        result = await self.cpu_pool.run_grouped(tasks.ingest_group, item, self.config)
         if self.config.network_config.rules:
             self.forward_wakeup.set()
         return result

@@ -47,6 +47,7 @@ def _prepare() -> None:
 ingest_import = Task("dicomsvc.ingest", "ingest_import")
 ingest_path = Task("dicomsvc.ingest", "ingest_path")
 ingest_file = Task("dicomsvc.ingest", "ingest_file")
+ingest_group = Task("dicomsvc.ingest", "ingest_group")  # single ingests waiting together -> a reply per item
 
 # dicomsvc.datasets, in a worker: a clinical CSV read, joined to the studies and stored -> its summary
 create_dataset = Task("dicomsvc.datasets", "create")

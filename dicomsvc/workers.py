@@ -36,10 +36,20 @@ server, has one thread.
 When a task's worker dies or is killed, ``on_lost(tag)`` runs before the task is
 answered, so the service can remove what the task had written (``dicomsvc.storage.blobs``
 names a task's files after its tag).
+
+Grouped tasks (``run_grouped``, issue 12: "hand off less", "commits grouped across
+concurrent ingests"): calls of one function that wait for a worker together go to the
+first worker free as one task of all their items (up to ``GROUP_CAP``), ``fn(*shared,
+items)``, which answers each item with a reply of its own (``failure``: one item's
+error is that item's). A call that finds a worker idle goes at once, alone: a group
+never waits to fill. Its time limit is DICOMSVC_WORKER_TIMEOUT per item; a worker that
+dies, times out or runs out of memory mid-group fails every item of the group, each
+with the answer it would have had alone.
 """
 
 import asyncio
 import contextlib
+import copy
 import ctypes
 import functools
 import gc
@@ -78,6 +88,7 @@ FORK_SERVER = "dicomsvc.forkserver"  # the fork server's first import (see there
 # A worker idle this long after a task hands the heap memory its tasks freed back to the
 # system (glibc malloc_trim): not after every task, where the next one would fault it in again
 IDLE_TRIM_S = 1.0
+GROUP_CAP = 8  # items at most in one grouped task (run_grouped)
 # Libraries that start a thread per CPU at import, each reserving address space
 # (OpenBLAS: ~40 MB a thread): one is plenty for a worker, and keeps RLIMIT_AS honest
 ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -179,6 +190,20 @@ def _serve(conn) -> None:
             return
 
 
+def failure(exc: BaseException) -> tuple:
+    """The reply of a task (or of one item of a grouped task) that raised ``exc``: the
+    service's own errors as they are, anything else with its traceback (the server raises
+    it with a ``RemoteTraceback`` cause), as a RuntimeError naming it if it does not pickle."""
+    if isinstance(exc, DicomSvcError):
+        return ("error", exc, None)
+    remote = "".join(traceback.format_exception(exc))
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    return ("error", exc, remote)
+
+
 def _trim_heap() -> None:
     """Return free heap pages to the system (glibc ``malloc_trim``; elsewhere nothing)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -194,10 +219,8 @@ def _run_task(data: bytes) -> tuple[tuple, bool]:
         return ("ok", fn(*args)), False
     except MemoryError:  # past RLIMIT_AS: answered 413, and a fresh worker takes over
         return ("memory", None), True
-    except DicomSvcError as exc:
-        return ("error", exc, None), False
-    except BaseException as exc:  # a bug, or a decoder's panic (a BaseException)
-        return ("error", exc, "".join(traceback.format_exception(exc))), False
+    except BaseException as exc:  # refused input; a bug, or a decoder's panic (a BaseException)
+        return failure(exc), False
     finally:
         if tmp is None:
             blobs.begin_task(None)
@@ -239,6 +262,16 @@ def _no_resource_tracker() -> None:
     if tracker is None or getattr(tracker, "_fd", 0) is not None or not hasattr(tracker, "_check_alive"):
         return
     tracker._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+
+@dataclass
+class _Group:
+    """Items of ``run_grouped`` calls of one function waiting for a worker, each with the
+    future its caller awaits."""
+
+    fn: Callable[..., list]
+    shared: tuple
+    items: list[tuple[Any, asyncio.Future]]
 
 
 class _Worker:
@@ -288,6 +321,7 @@ class WorkerPool:
         self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="dicomsvc-worker")
         self._running: set[asyncio.Task] = set()
         self._workers: set[_Worker] = set()  # idle and busy
+        self._groups: dict[tuple, _Group] = {}  # by function: the group still waiting for a worker
         self._closed = False
 
     async def start(self) -> None:
@@ -315,13 +349,70 @@ class WorkerPool:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closed:
             raise RuntimeError("the worker pool is closed")
-        worker = await self._idle.get()  # cancellable: the task has not started
+        worker = await self._take()  # cancellable: the task has not started
+        task = self._start(self._run_on(worker, fn, args))
+        return self._outcome(await asyncio.shield(task))
+
+    async def run_grouped(self, fn: Callable[..., list], item: Any, *shared: Any) -> Any:
+        """``fn(*shared, [item])[0]``'s outcome, ``item`` grouped with the items of the other
+        calls of ``fn`` (with the same ``shared`` arguments) waiting for a worker: the first
+        worker free runs ``fn(*shared, items)`` once, which returns a reply per item
+        (``("ok", value)`` or ``failure(exc)``). A call cancelled before its group starts
+        leaves it."""
+        if self._closed:
+            raise RuntimeError("the worker pool is closed")
+        future = asyncio.get_running_loop().create_future()
+        key = (fn, *map(id, shared))
+        group = self._groups.get(key)
+        if group is None or len(group.items) >= GROUP_CAP:
+            group = self._groups[key] = _Group(fn, shared, [])
+            self._start(self._run_group(key, group))
+        group.items.append((item, future))
+        return self._outcome(await future)  # its cancellation cancels the future: left out of the group
+
+    async def _run_group(self, key: tuple, group: _Group) -> None:
+        try:
+            try:
+                worker = await self._take()
+            finally:
+                if self._groups.get(key) is group:  # closed: later calls start another
+                    del self._groups[key]
+            waiting = [(item, future) for item, future in group.items if not future.done()]
+            if not waiting:  # every caller went away while waiting
+                self._idle.put_nowait(worker)
+                return
+            metrics.worker_group(len(waiting))
+            items = [item for item, _ in waiting]
+            reply = await self._run_on(worker, group.fn, (*group.shared, items), len(items))
+            # the task as a whole failed (its worker lost, say): each item the same answer
+            replies = reply[1] if reply[0] == "ok" else [tuple(map(copy.copy, reply)) for _ in items]
+            for (_, future), each in zip(waiting, replies, strict=True):
+                if not future.done():
+                    future.set_result(each)
+        except BaseException as exc:  # no caller left waiting for ever
+            for _, future in group.items:
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def _take(self) -> "_Worker":
+        """An idle worker (waiting for one), alive."""
+        worker = await self._idle.get()
         while not worker.process.is_alive():  # killed from outside while idle: not this task's doing
             worker = self._replace(worker)
-        task = asyncio.create_task(self._run_on(worker, fn, args))
+        return worker
+
+    def _start(self, work: Awaitable[Any]) -> asyncio.Task:
+        """Run ``work`` as a task that close() waits for."""
+        task = asyncio.create_task(work)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        return await asyncio.shield(task)
+        return task
 
     async def close(self) -> None:
         """Let running tasks finish, then stop every worker."""
@@ -398,13 +489,24 @@ class WorkerPool:
         worker.conn.close()
         self._workers.discard(worker)
 
-    async def _run_on(self, worker: _Worker, fn: Callable[..., Any], args: tuple) -> Any:
+    async def _run_on(self, worker: _Worker, fn: Callable[..., Any], args: tuple, items: int = 1) -> tuple:
+        """The worker's reply to ``fn(*args)`` (its time limit: ``items`` times the limit), once
+        what the task wrote is removed if the worker died."""
         tag = f"t{secrets.token_hex(8)}"
         loop = asyncio.get_running_loop()
         try:
-            reply = await self._exchange_here(worker, (fn, args, tag, self.tmp), loop)
+            reply = await self._exchange_here(worker, (fn, args, tag, self.tmp), loop, items)
         finally:
             self._give_back(worker)
+        if reply[0] not in ("ok", "error", "memory") and self.on_lost is not None:  # the worker died mid-task
+            try:
+                await self.on_lost(tag)
+            except Exception:
+                log.exception("could not remove what a task left when its worker died")
+        return reply
+
+    def _outcome(self, reply: tuple) -> Any:
+        """A reply's value, or its error raised."""
         kind = reply[0]
         if kind == "ok":
             return reply[1]
@@ -413,27 +515,23 @@ class WorkerPool:
             if remote:
                 exc.__cause__ = RemoteTraceback(remote)
             raise exc
-        if kind != "memory" and self.on_lost is not None:  # the worker died mid-task
-            try:
-                await self.on_lost(tag)
-            except Exception:
-                log.exception("could not remove what a task left when its worker died")
         raise _lost(kind, reply[1], self.limits)
 
-    async def _exchange_here(self, worker: _Worker, task: tuple, loop: asyncio.AbstractEventLoop) -> tuple:
+    async def _exchange_here(self, worker: _Worker, task: tuple, loop: asyncio.AbstractEventLoop, items: int = 1) -> tuple:
         """``_exchange`` without a thread once the worker is ready: the task written from the
         event loop (the idle worker is reading, so its socket takes up to INLINE_SEND bytes at
         once; more go from a thread) and the reply read as it arrives (``_receive``). Issue 12:
         a hop to a thread and back costs the server ~120 us of CPU."""
+        timeout = self.limits.timeout * items
         if not worker.ready:  # a fresh worker: waited for in a thread, as before
-            return await loop.run_in_executor(self._threads, self._exchange, worker, task)
+            return await loop.run_in_executor(self._threads, self._exchange, worker, task, timeout)
         payload = pickle.dumps(task)  # an argument that does not pickle fails here, in the caller
         try:
             if len(payload) <= INLINE_SEND:
                 worker.conn.send_bytes(payload)
             else:
                 await loop.run_in_executor(self._threads, worker.conn.send_bytes, payload)
-            data = await _receive(worker.conn.fileno(), self.limits.timeout, loop)
+            data = await _receive(worker.conn.fileno(), timeout, loop)
         except (EOFError, OSError):
             await loop.run_in_executor(self._threads, worker.process.join, STOP_TIMEOUT)
             return ("killed" if worker.process.exitcode == -signal.SIGKILL else "died", worker.process.exitcode)
@@ -447,14 +545,14 @@ class WorkerPool:
             await loop.run_in_executor(self._threads, worker.process.join, STOP_TIMEOUT)  # it leaves by itself
         return reply
 
-    def _exchange(self, worker: _Worker, task: tuple) -> tuple:
+    def _exchange(self, worker: _Worker, task: tuple, timeout: float) -> tuple:
         """Hand ``task`` to the worker and wait for its reply (in a thread)."""
         payload = pickle.dumps(task)  # an argument that does not pickle fails here, in the caller
         if not self._wait_ready(worker):
             return ("died", worker.process.exitcode)
         try:
             worker.conn.send_bytes(payload)
-            if not worker.conn.poll(self.limits.timeout or None):
+            if not worker.conn.poll(timeout or None):
                 worker.kill()
                 metrics.worker_timeout()
                 return ("timeout", None)
@@ -571,6 +669,14 @@ class ThreadPool:
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def run_grouped(self, fn: Callable[..., list], item: Any, *shared: Any) -> Any:
+        """``WorkerPool.run_grouped`` without grouping: ``fn(*shared, [item])``'s one reply."""
+        call = functools.partial(fn, *shared, [item])
+        kind, *rest = (await asyncio.get_running_loop().run_in_executor(self._executor, call))[0]
+        if kind == "error":
+            raise rest[0]
+        return rest[0]
 
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True)

@@ -404,14 +404,15 @@ def assert_error(response, status, code):
 
 
 def test_a_path_import_takes_one_trip_to_a_worker_and_none_to_an_io_thread(client, import_root):
-    """Issue 12: the worker resolves the path it ingests (ingest.ingest_path); the server's I/O
+    """Issue 12: the worker resolves the path it ingests (ingest.ingest_group); the server's I/O
     threads are used for neither a file nor a refused path, and a folder is still expanded."""
     from dicomsvc import metrics
 
     svc = client.app.state.svc
     hops, cpu = [], []  # (background work, the sweep's with S3, takes I/O threads too)
     resolving = lambda names: [n for n in names if "resolve" in str(n)]  # noqa: E731
-    real_io, real_cpu = svc.io, svc.cpu
+    pool = svc.cpu_pool
+    real_io, real_run, real_grouped = svc.io, pool.run, pool.run_grouped
 
     async def io(fn, *args):
         hops.append(getattr(fn, "__name__", fn))
@@ -419,22 +420,26 @@ def test_a_path_import_takes_one_trip_to_a_worker_and_none_to_an_io_thread(clien
 
     async def cpu_task(fn, *args):
         cpu.append(getattr(fn, "name", getattr(fn, "__name__", fn)))
-        return await real_cpu(fn, *args)
+        return await real_run(fn, *args)
 
-    svc.io, svc.cpu = io, cpu_task
+    async def grouped(fn, *args):
+        cpu.append(fn.name)
+        return await real_grouped(fn, *args)
+
+    svc.io, pool.run, pool.run_grouped = io, cpu_task, grouped
     try:
         shutil.copyfile(sample_file("CT_small.dcm"), import_root / "ct.dcm")
         (import_root / "series").mkdir()
         shutil.copyfile(sample_file("MR_small.dcm"), import_root / "series" / "mr.dcm")
         failed = metrics.INGESTED.labels("failed")._value.get()
         assert client.post("/dicom", json={"path": "ct.dcm"}).status_code == 201
-        assert not resolving(hops) and cpu == ["ingest_path"]
+        assert not resolving(hops) and cpu == ["ingest_group"]
         assert_error(client.post("/dicom", json={"path": "../outside.dcm"}), 403, "forbidden")
         assert not resolving(hops) and metrics.INGESTED.labels("failed")._value.get() == failed  # refused: no failed ingest
         body = client.post("/dicom", json={"path": "series"}).json()
         assert [r["status"] for r in body["results"]] == ["created"]
     finally:
-        svc.io, svc.cpu = real_io, real_cpu
+        svc.io, pool.run, pool.run_grouped = real_io, real_run, real_grouped
 
 
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"path": ' + b"[" * 100_000], ids=["array", "in-object"])
@@ -570,3 +575,50 @@ def test_a_jobs_spooled_input_is_synced_before_its_row(client, monkeypatch):
     folder = os.path.dirname(body[0])
     assert folder in before and os.path.dirname(folder) in before  # its name and the folder's own
     wait_for(client, answer.json()["status_url"])
+
+
+def test_single_ingests_waiting_for_a_worker_together_are_one_task_each_with_its_own_answer(data_dir, import_root, tmp_path):
+    """Issue 12: POST /dicom of paths and of application/dicom bodies waiting together for the one
+    worker go to it as one task, committed in one transaction: each request answered as if alone
+    -- a new instance 201, the same instance twice 201 and 200 with one id, one stored before 200,
+    a body that is no DICOM 422 (counted failed) -- each id the file it was sent."""
+    from dicomsvc import metrics
+    from test_workers import grouped_counts, hold_the_worker, limited_client, waiting
+
+    save(make_ct(), import_root / "ct.dcm")
+    shutil.copyfile(sample_file("MR_small.dcm"), import_root / "mr.dcm")
+    upload = save(make_ct(), tmp_path / "upload.dcm").read_bytes()
+    with limited_client(data_dir, import_root, WORKERS="1") as client:
+        pool = client.app.state.svc.cpu_pool
+        stored = client.post("/dicom", json={"path": "mr.dcm"}).json()["id"]
+        held = hold_the_worker(client, tmp_path / "go")
+        (tasks, items), failed = grouped_counts(), metrics.INGESTED.labels("failed")._value.get()
+        dicom = {"Content-Type": "application/dicom"}
+        sent = [
+            {"json": {"path": "ct.dcm"}},
+            {"json": {"path": "mr.dcm"}},
+            {"content": upload, "headers": dicom},
+            {"content": b"no DICOM here" * 100, "headers": dicom},
+            {"json": {"path": "ct.dcm"}},
+        ]
+        with ThreadPoolExecutor(len(sent)) as threads:
+            posts = [threads.submit(client.post, "/dicom", **kwargs) for kwargs in sent]
+            deadline = time.monotonic() + 120
+            while waiting(pool) < len(sent):
+                assert time.monotonic() < deadline, "the requests did not all wait for the worker"
+                time.sleep(0.01)
+            (tmp_path / "go").touch()
+            answers = [post.result(timeout=300) for post in posts]
+        assert held.result() == "went on"
+        assert grouped_counts() == (tasks + 1, items + len(sent))  # one worker task for the five
+        ct, mr, body, junk, ct_again = answers
+        assert sorted([ct.status_code, ct_again.status_code]) == [200, 201] and ct.json()["id"] == ct_again.json()["id"]
+        assert (mr.status_code, mr.json()["id"]) == (200, stored)
+        assert body.status_code == 201, body.text
+        assert junk.status_code == 422 and junk.json()["error"] in ("not_dicom", "invalid_dicom")
+        assert metrics.INGESTED.labels("failed")._value.get() == failed + 1
+        for answer, original in ((ct, (import_root / "ct.dcm").read_bytes()), (body, upload)):
+            assert client.get(f"/dicom/{answer.json()['id']}/file").content == original
+            assert client.get("/image", params={"id": answer.json()["id"]}).status_code == 200
+        assert client.get("/stats").json()["instances"] == 3
+        assert not [p for p in blob_files(data_dir) if ".tmp" in p.parts]

@@ -20,6 +20,7 @@ from app import create_app
 from dicomfiles import blob_files, make_ct, save
 from dicomsvc.config import Config
 from dicomsvc.errors import Busy, InvalidDicom, WorkerMemory
+from dicomsvc.options import PLAIN
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,6 +111,107 @@ def test_a_worker_dying_mid_ingest_leaves_no_orphans(data_dir, import_root, tmp_
             assert client.get("/stats").json()["instances"] == 1
         else:
             assert stored == []
+        still_works(client, import_root)
+
+
+def hold_the_worker(client: TestClient, go: Path):
+    """The one worker of ``client``'s pool held (``workertasks.wait_for``) until ``go`` exists:
+    the future of that task, submitted from a thread, once the worker has it."""
+    pool = client.app.state.svc.cpu_pool
+    threads = ThreadPoolExecutor(1)
+    held = threads.submit(client.portal.call, pool.run, workertasks.wait_for, str(go))
+    threads.shutdown(wait=False)
+    deadline = time.monotonic() + 60
+    while not pool._idle.empty():
+        assert time.monotonic() < deadline, "the worker was not taken"
+        time.sleep(0.01)
+    return held
+
+
+def waiting(pool) -> int:
+    """Calls of ``run_grouped`` waiting for a worker."""
+    return sum(len(group.items) for group in pool._groups.values())
+
+
+def grouped_counts() -> tuple[float, float]:
+    from dicomsvc import metrics
+
+    return metrics.GROUPED._value.get(), metrics.GROUPED_ITEMS._value.get()
+
+
+def test_grouped_calls_waiting_for_a_worker_run_as_one_task_each_with_its_own_answer(data_dir, import_root, tmp_path):
+    """run_grouped: the calls waiting while the only worker is busy go to it as one task, each answered
+    with its own reply (one refused alone), one cancelled while waiting left out; a call finding the
+    worker idle runs at once, alone."""
+    import asyncio
+
+    from dicomsvc.errors import BadRequest
+
+    with limited_client(data_dir, import_root, WORKERS="1") as client:
+        pool = client.app.state.svc.cpu_pool
+        alone = client.portal.call(pool.run_grouped, workertasks.group_echo, "first", "shared")
+        assert alone[1:] == ("shared", "first", 1)
+        held = hold_the_worker(client, tmp_path / "go")
+        tasks, items = grouped_counts()
+
+        async def four():
+            return [asyncio.ensure_future(pool.run_grouped(workertasks.group_echo, item, "shared")) for item in ("a", "bad", "gone", "c")]
+
+        calls = client.portal.call(four)
+        deadline = time.monotonic() + 60
+        while waiting(pool) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        client.portal.call(lambda: calls[2].cancel())  # its caller gone while waiting
+        (tmp_path / "go").touch()
+        assert held.result(timeout=120) == "went on"
+
+        async def answers():
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        a, b, gone, c = client.portal.call(answers)
+        assert [a[1:], c[1:]] == [("shared", "a", 3), ("shared", "c", 3)] and a[0] == c[0] == alone[0]
+        assert isinstance(b, BadRequest) and isinstance(gone, asyncio.CancelledError)
+        assert grouped_counts() == (tasks + 1, items + 3)
+        with pytest.raises(BadRequest):  # alone too
+            client.portal.call(pool.run_grouped, workertasks.group_echo, "bad", "shared")
+
+
+def test_a_worker_dying_mid_group_fails_every_item_and_leaves_no_orphans(data_dir, import_root, tmp_path):
+    """A grouped ingest whose worker dies once its items' blobs are in place, before any row: every
+    call answered as a lone ingest's would be (422), nothing of the group left in blob storage."""
+    import asyncio
+
+    with limited_client(data_dir, import_root, WORKERS="1") as client:
+        svc = client.app.state.svc
+        pool = svc.cpu_pool
+        uploads = [svc.blobs.tmp / f"upload-test{i}.dcm" for i in range(2)]  # as the server spools uploads
+        for i, temp in enumerate(uploads):
+            save(make_ct(), temp)
+        save(make_ct(), import_root / "ct.dcm")
+        items = [("file", uploads[0], "one", PLAIN), ("path", "ct.dcm", PLAIN), ("file", uploads[1], "two", PLAIN)]
+        held = hold_the_worker(client, tmp_path / "go")
+        tasks, _ = grouped_counts()
+
+        async def queued():
+            return [asyncio.ensure_future(pool.run_grouped(workertasks.group_then_stop, item, svc.config)) for item in items]
+
+        calls = client.portal.call(queued)
+        deadline = time.monotonic() + 60
+        while waiting(pool) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        held.result(timeout=120)
+
+        async def answers():
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        assert [type(a) for a in client.portal.call(answers)] == [InvalidDicom] * 3
+        assert grouped_counts()[0] == tasks + 1  # the three in one task
+        for temp in uploads:
+            temp.unlink(missing_ok=True)  # the server's own spools, as intake removes them
+        assert blob_files(data_dir) == [] and client.get("/stats").json()["instances"] == 0
         still_works(client, import_root)
 
 

@@ -92,3 +92,31 @@ def churn_heap(mib: int) -> int:
     peak = rss_kib()
     del blocks
     return peak
+
+
+def wait_for(path: str) -> str:
+    """Hold a worker until ``path`` exists (two minutes at most)."""
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "went on"
+
+
+def group_echo(label: str, items: list) -> list[tuple]:
+    """A grouped task (``WorkerPool.run_grouped``): each item answered with this worker's pid, the
+    shared argument, the item and the group's size; the item "bad" refused alone."""
+    from dicomsvc.errors import BadRequest
+    from dicomsvc.workers import failure
+
+    return [failure(BadRequest("a bad item")) if item == "bad" else ("ok", (os.getpid(), label, item, len(items))) for item in items]
+
+
+def group_then_stop(config: Config, items: list) -> list[tuple]:
+    """``ingest.ingest_group``, but the worker dies as the staged items' rows are inserted (their
+    blobs renamed into place, no row)."""
+
+    def die(*args, **kwargs):
+        os._exit(9)
+
+    instances.insert_instance = instances.insert_instances = die  # in this worker only, which does not survive it
+    return ingest.ingest_group(config, items)

@@ -5,7 +5,7 @@ Issue 12 counts the server's CPU per ingested instance; the stack's dozen layers
 id, request log, metrics, audit, authentication, gzip, catch-all, exception handling,
 routing: each wrapping ``send``) cost a measurable part of it (bench: ~0.3 ms of ~1.3 ms of
 server CPU per request). This middleware, right after ``HotReads``, ingests the plain case
-itself, by the stack's own functions (``intake.single``, ``Service.cpu`` -- which wakes the
+itself, by the stack's own functions (``intake.single``, ``Service.ingest_one`` -- which wakes the
 forwarder as for any ingest; routing rules' forwards are queued in the ingest's own
 transaction), and answers what the stack would answer:
 
@@ -37,7 +37,6 @@ from .. import audit, logs, paths
 from ..identity import ANONYMOUS
 from ..options import Options
 from ..results import Ingested
-from ..tasks import ingest_path
 from .audit import _records, base_record
 from .compression import _Responder, accepts_gzip
 from .hotreads import observed
@@ -75,7 +74,7 @@ class HotPost:
         notes, rid = audit.begin_request(), request_id(scope)
         logs.begin_request(logs.RequestContext(rid, lambda: DICOM, lambda: ANONYMOUS.user))  # as RequestId, AccessLog
         try:  # the stack's _from_path, without ?async (declined): one trip to a worker
-            answer = await svc.cpu(ingest_path, svc.config, raw, Options.from_request({}, user=ANONYMOUS.owner))
+            answer = await svc.ingest_one("path", raw, Options.from_request({}, user=ANONYMOUS.owner))
         except Exception:  # noqa: BLE001 -- failed (nothing stored): the stack does it again, answers and counts it
             answer = None
         if not isinstance(answer, Ingested):  # refused, a folder, failed

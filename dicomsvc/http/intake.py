@@ -27,7 +27,7 @@ from ..batch import Entry, Item
 from ..dicom.files import HEAD_BYTES, is_zip, sniff
 from ..errors import BadRequest, DicomSvcError, UnsupportedMediaType
 from ..results import Ingested
-from ..tasks import ingest_capture, ingest_file, ingest_path  # named, not imported: no pydicom here
+from ..tasks import ingest_capture  # named, not imported: no pydicom here
 from ..options import Options, flag
 from ..service import Service
 from ..storage.spool import new_spool, open_spooled, remove_spool
@@ -90,8 +90,8 @@ async def _from_path(svc: Service, request: Request, want_async: bool, options: 
     options, raw = Options.from_request(request.query_params, body, user=options.user), paths.client_path(body.get("path"))
     if want_async:
         real, is_dir = await svc.io(paths.resolve_kind, svc.config.import_root, raw)
-    else:  # one trip to a worker, which resolves the path too (ingest.ingest_path)
-        answer = await _ingest_one(svc, ingest_path, svc.config, raw, options)
+    else:  # one trip to a worker, which resolves the path too (ingest.ingest_group)
+        answer = await _ingest_one(svc, svc.ingest_one, "path", raw, options)
         if isinstance(answer, DicomSvcError):  # the path refused
             raise answer
         if isinstance(answer, Ingested):
@@ -114,7 +114,7 @@ async def _from_body(svc: Service, request: Request, want_async: bool, options: 
     answered = False  # the pipeline then renamed the file into place or removed it
     try:
         await uploads.spool_body(svc, request, temp, cfg.max_upload_bytes)
-        answer = single(await _ingest_one(svc, ingest_file, cfg, temp, _source(request), options))
+        answer = single(await _ingest_one(svc, svc.ingest_one, "file", temp, _source(request), options))
         answered = True
         return answer
     finally:
@@ -133,7 +133,7 @@ async def _from_image(svc: Service, request: Request, want_async: bool, options:
     answered = False  # the pipeline then removed the image
     try:
         await uploads.spool_body(svc, request, temp, cfg.max_upload_bytes)
-        answer = single(await _ingest_one(svc, ingest_capture, cfg, temp, _source(request), options, capture))
+        answer = single(await _ingest_one(svc, svc.cpu, ingest_capture, cfg, temp, _source(request), options, capture))
         answered = True
         return answer
     finally:
@@ -150,9 +150,10 @@ def _image_entries(capture: dict):
     return entries
 
 
-async def _ingest_one(svc: Service, fn, *args) -> Ingested:
+async def _ingest_one(svc: Service, run, *args) -> Ingested:
+    """``run(*args)`` (``svc.ingest_one``, ``svc.cpu``), a failed ingest counted."""
     try:
-        return await svc.cpu(fn, *args)
+        return await run(*args)
     except DicomSvcError:
         metrics.ingested("failed")
         raise
