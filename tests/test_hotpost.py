@@ -5,6 +5,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from dicomsvc.http import hotpost
+from dicomfiles import blob_files, sample_file
 from indexdb import dict_rows
 from test_audit import rows
 from test_hotreads import IDENTITY, answer, app_with
@@ -30,11 +31,17 @@ def counted(client) -> dict[str, float]:
     return {k: float(v) for k, v in found if 'route="/dicom"' in k or k.startswith("dicomsvc_instances")}
 
 
-def test_answers_log_metrics_and_audit_are_the_stacks_own(monkeypatch, tmp_path, import_root, put, caplog):
-    """A new instance (201), a duplicate (200, gzip accepted), one with warnings: by the stack (HotPost off) and
-    by HotPost, the same status, headers in the same order, body, log lines, metrics and audit
-    records (but for ids and times)."""
+@pytest.mark.parametrize("how", ["path", "upload"])
+def test_answers_log_metrics_and_audit_are_the_stacks_own(monkeypatch, tmp_path, import_root, put, caplog, how):
+    """A new instance (201), a duplicate (200, gzip accepted), one with warnings, by path or as an
+    application/dicom body: by the stack (HotPost off) and by HotPost, the same status, headers in
+    the same order, body, log lines, metrics and audit records (but for ids and times)."""
     names = [put("CT_small.dcm"), put("bad_sequence.dcm")]  # the second stored with a warning
+
+    def sent(name: str) -> dict:
+        if how == "path":
+            return {"json": {"path": name}, "headers": {}}
+        return {"content": (import_root / name).read_bytes(), "headers": {"Content-Type": "application/dicom"}}
     caplog.set_level("INFO", logger="dicomsvc.access")
     served = served_by_hotpost(monkeypatch)
     seen = {}
@@ -42,13 +49,14 @@ def test_answers_log_metrics_and_audit_are_the_stacks_own(monkeypatch, tmp_path,
         data = tmp_path / label
         with monkeypatch.context() as m:
             if label == "stack":
-                m.setattr(hotpost, "_plain_json", lambda headers: None)
+                m.setattr(hotpost, "_plain", lambda headers: None)
             with TestClient(app_with(data, import_root)) as client:
                 caplog.clear()
                 before = counted(client)
                 found = []
                 for i, (name, encoding) in enumerate([(names[0], IDENTITY), (names[0], {}), (names[1], IDENTITY)]):
-                    got = client.post("/dicom", json={"path": name}, headers=encoding | {"X-Request-ID": f"req-{label}-{i}"})
+                    request = sent(name)
+                    got = client.post("/dicom", **request | {"headers": request["headers"] | encoding | {"X-Request-ID": f"req-{label}-{i}"}})
                     assert got.headers["x-request-id"] == f"req-{label}-{i}"
                     found.append(answer(got))
                 counts = {k: v - before.get(k, 0) for k, v in counted(client).items()}
@@ -122,3 +130,31 @@ def test_authentication_and_cors_keep_the_stack(tmp_path, import_root):
         app = app_with(tmp_path / "d", import_root, **settings)
         middleware = next(m for m in app.user_middleware if m.cls is hotpost.HotPost)
         assert hotpost.HotPost(None, **middleware.kwargs).enabled is enabled
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Disposition": 'attachment; filename="ct.dcm"'},  # its name is the source: the stack's
+        {"Content-Type": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"},  # a parameter
+        {"Content-Type": "Application/DICOM"},
+    ],
+)
+def test_the_stack_answers_uploads_that_are_not_plain(monkeypatch, client, headers):
+    served = served_by_hotpost(monkeypatch)
+    body = sample_file("CT_small.dcm").read_bytes()
+    got = client.post("/dicom", content=body, headers=IDENTITY | {"Content-Type": "application/dicom"} | headers)
+    assert got.status_code == 201 and served == []
+    chunked = client.post("/dicom", content=iter([body[:1000], body[1000:]]), headers=IDENTITY | {"Content-Type": "application/dicom"})
+    assert chunked.status_code == 200 and served == []  # no Content-Length
+
+
+def test_an_upload_that_fails_is_the_stacks_and_leaves_nothing(monkeypatch, client, data_dir):
+    """Not DICOM: ingested by HotPost (its worker refused it), then by the stack, which answers 422
+    and counts one failure; no temporary file left."""
+    served = served_by_hotpost(monkeypatch)
+    before = failed_count(client)
+    got = client.post("/dicom", content=b"not DICOM at all" * 20, headers=IDENTITY | {"Content-Type": "application/dicom"})
+    assert (got.status_code, got.json()["error"]) == (422, "invalid_dicom") and served == []
+    assert failed_count(client) == before + 1
+    assert blob_files(data_dir) == []

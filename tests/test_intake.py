@@ -610,7 +610,8 @@ def test_single_ingests_waiting_for_a_worker_together_are_one_task_each_with_its
             (tmp_path / "go").touch()
             answers = [post.result(timeout=300) for post in posts]
         assert held.result() == "went on"
-        assert grouped_counts() == (tasks + 1, items + len(sent))  # one worker task for the five
+        # one worker task for the five; then the refused body again, alone, by the stack (http.hotpost hands it on)
+        assert grouped_counts() == (tasks + 2, items + len(sent) + 1)
         ct, mr, body, junk, ct_again = answers
         assert sorted([ct.status_code, ct_again.status_code]) == [200, 201] and ct.json()["id"] == ct_again.json()["id"]
         assert (mr.status_code, mr.json()["id"]) == (200, stored)

@@ -1,5 +1,6 @@
-"""``POST /dicom`` of ``{"path"}`` (one file under the import root) answered ahead of the
-middleware stack, as ``hotreads`` answers ``GET /image`` and ``/tags``.
+"""``POST /dicom`` of ``{"path"}`` (one file under the import root) or of one instance as an
+``application/dicom`` body answered ahead of the middleware stack, as ``hotreads`` answers
+``GET /image`` and ``/tags``.
 
 Issue 12 counts the server's CPU per ingested instance; the stack's dozen layers (request
 id, request log, metrics, audit, authentication, gzip, catch-all, exception handling,
@@ -19,9 +20,13 @@ transaction), and answers what the stack would answer:
 It declines (the stack answers, from scratch) whenever anything differs from the plain case:
 authentication on (``DICOMSVC_AUTH`` not ``none``), CORS origins configured, a root path, any
 query string (``?async``, ``?anonymize``...), a Content-Type other than exactly
-``application/json``, no Content-Length or one over ``requests.MAX_JSON_BYTES``, a
-Transfer-Encoding, Content-Encoding or Expect header, a body that is not a JSON object of
-``path`` alone. The answer goes through the stack's gzip responder (``compression``). A body it has read
+``application/json`` or ``application/dicom``, no Content-Length or one over
+``requests.MAX_JSON_BYTES`` (JSON) or ``MAX_BODY`` and DICOMSVC_MAX_UPLOAD_BYTES (an
+instance), a Transfer-Encoding, Content-Encoding, Expect or Content-Disposition header, a
+JSON body that is not an object of ``path`` alone. An instance's body, read whole (at most
+``MAX_BODY``), is written to its blob temporary file in one trip to an I/O thread, as the
+stack's ``intake._from_body`` spools it, then ingested as the stack would (``"upload"`` its
+source). The answer goes through the stack's gzip responder (``compression``). A body it has read
 is handed to the stack as it came (``_replay``). After the worker's trip it answers only an
 instance ingested (201/200); a path refused, a folder or a failed ingest goes to the stack,
 which does it again and answers (and counts) the error -- nothing was stored the first time.
@@ -29,7 +34,9 @@ which does it again and answers (and counts) the error -- nothing was stored the
 
 import json
 import logging
+import secrets
 import time
+from pathlib import Path
 
 from starlette.responses import JSONResponse
 
@@ -37,6 +44,7 @@ from .. import audit, logs, paths
 from ..identity import ANONYMOUS
 from ..options import Options
 from ..results import Ingested
+from ..storage import spool
 from .audit import _records, base_record
 from .compression import _Responder, accepts_gzip
 from .hotreads import observed
@@ -46,7 +54,10 @@ from .requests import MAX_JSON_BYTES
 
 DICOM = "/dicom"
 _SETTLED = "dicomsvc.route"  # routing.settled's scope key: the observers' route template
-_DECLINE = frozenset({b"transfer-encoding", b"content-encoding", b"expect"})
+_DECLINE = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"content-disposition"})
+MAX_BODY = 8 << 20  # bytes of an application/dicom body read whole here; a larger one is the stack's (streamed)
+JSON_TYPE, DICOM_TYPE = b"application/json", b"application/dicom"
+_MAX_LENGTH = {JSON_TYPE: MAX_JSON_BYTES, DICOM_TYPE: MAX_BODY}
 
 
 class HotPost:
@@ -61,22 +72,32 @@ class HotPost:
         if not (self.enabled and scope.get("path") == DICOM and scope["type"] == "http" and scope["method"] == "POST"
                 and not scope.get("query_string") and not scope.get("root_path")):  # fmt: skip
             return await self.app(scope, receive, send)
-        plain = _plain_json(scope["headers"])
+        plain = _plain(scope["headers"])
         svc = getattr(getattr(scope["app"], "state", None), "svc", None)
-        if plain is None or svc is None:
+        if plain is None or svc is None or (plain[0] == DICOM_TYPE and plain[1] > svc.config.max_upload_bytes):
             return await self.app(scope, receive, send)
-        length, gzip_ok = plain
+        kind, length, gzip_ok = plain
         start, when = time.perf_counter(), audit.now()
         read, body = await _read(receive, length)
-        raw = _plain_path(body) if body is not None else None
-        if raw is None:
+        raw = _plain_path(body) if body is not None and kind == JSON_TYPE else None
+        if raw is None and (body is None or kind == JSON_TYPE):
             return await self.app(scope, _replay(read, receive), send)
         notes, rid = audit.begin_request(), request_id(scope)
         logs.begin_request(logs.RequestContext(rid, lambda: DICOM, lambda: ANONYMOUS.user))  # as RequestId, AccessLog
-        try:  # the stack's _from_path, without ?async (declined): one trip to a worker
-            answer = await svc.ingest_one("path", raw, Options.from_request({}, user=ANONYMOUS.owner))
+        options = Options.from_request({}, user=ANONYMOUS.owner)
+        temp = None if raw is not None else svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"  # as intake._from_body
+        answer = None
+        try:  # the stack's _from_path or _from_body, without ?async (declined): one trip to a worker
+            if temp is None:
+                answer = await svc.ingest_one("path", raw, options)
+            else:
+                await svc.io(_spool, temp, body)
+                answer = await svc.ingest_one("file", temp, "upload", options)
         except Exception:  # noqa: BLE001 -- failed (nothing stored): the stack does it again, answers and counts it
-            answer = None
+            pass
+        finally:  # not ingested (failed, cancelled): the upload's file may be left, its worker dead
+            if temp is not None and not isinstance(answer, Ingested):
+                await svc.io(svc.blobs.discard, temp)
         if not isinstance(answer, Ingested):  # refused, a folder, failed
             return await self.app(scope, _replay(read, receive), send)
         await self._answer(scope, send, svc, answer, rid, gzip_ok, notes, start, when)
@@ -115,9 +136,10 @@ async def _no_body():
     return {"type": "http.disconnect"}  # the answer reads nothing more
 
 
-def _plain_json(headers) -> tuple[int, bool] | None:
-    """The Content-Length of a plain JSON request (exactly application/json, nothing that asks
-    for more than a body read as it is) and whether it accepts gzip, else None."""
+def _plain(headers) -> tuple[bytes, int, bool] | None:
+    """The Content-Type, Content-Length of a plain request (exactly application/json or
+    application/dicom, nothing that asks for more than a body read as it is) and whether it
+    accepts gzip, else None."""
     length = ctype = accept_encoding = None
     for name, value in headers:
         if name == b"content-length":
@@ -132,24 +154,31 @@ def _plain_json(headers) -> tuple[int, bool] | None:
             accept_encoding = value.decode("latin-1")
         elif name in _DECLINE:
             return None
-    if ctype != b"application/json" or length is None or length > MAX_JSON_BYTES:
+    if length is None or length > _MAX_LENGTH.get(ctype, -1) or (ctype == DICOM_TYPE and not length):
         return None
-    return length, accepts_gzip(accept_encoding or "")
+    return ctype, length, accepts_gzip(accept_encoding or "")
 
 
 async def _read(receive, length: int) -> tuple[list[dict], bytes | None]:
     """The messages read, and the body when it came whole and as long as announced."""
-    read, body = [], b""
+    read, size = [], 0
     while True:
         message = await receive()
         read.append(message)
         if message["type"] != "http.request":
             return read, None
-        body += message.get("body", b"")
-        if len(body) > length:
+        size += len(message.get("body", b""))
+        if size > length:
             return read, None
         if not message.get("more_body", False):
-            return read, body if len(body) == length else None
+            return read, b"".join(m.get("body", b"") for m in read) if size == length else None
+
+
+def _spool(temp: Path, body: bytes) -> None:
+    """An upload's body to its blob temporary file (in an I/O thread), as ``uploads.spool_body``
+    writes it for the stack (``storage.spool.create``, unsealed: blob temp space)."""
+    with spool.create(temp, None) as out:
+        out.write(body)
 
 
 def _plain_path(body: bytes) -> str | None:
