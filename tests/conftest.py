@@ -79,13 +79,46 @@ def postgres_wanted(config: pytest.Config) -> bool:
     return config.getoption("--postgres") or os.environ.get("DICOMSVC_TEST_POSTGRES", "") not in ("", "0")
 
 
+def scale_run(config: pytest.Config) -> bool:
+    """make test-scale: PostgreSQL, S3 blobs or encryption at rest in place of the defaults."""
+    return postgres_wanted(config) or s3_wanted(config) or os.environ.get("DICOMSVC_TEST_ENCRYPTION") == "1"
+
+
+# Tests marked same_in_scale_run make no Config in this process: counted here, so that a marked
+# test that starts to (and could then reach the scale run's backends) fails in make test.
+_configs_made = 0
+_plain_init = Config.__init__
+
+
+def _counting_init(self, *args, **kwargs):
+    global _configs_made
+    _configs_made += 1
+    _plain_init(self, *args, **kwargs)
+
+
+Config.__init__ = _counting_init
+_CONFIGS_AT_START = pytest.StashKey[int]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "same_in_scale_run(reason): never reaches the index, the blob store or encryption at rest (pure functions, or"
+        " a service in a subprocess whose environment drops DICOMSVC_*), so the scale run would repeat make test's"
+        " run of it: skipped there. A marked test that makes a Config fails",
+    )
     config.addinivalue_line("markers", "sqlite_only(reason): SQLite by nature (PRAGMAs, WAL, the file); skipped on PostgreSQL")
     config.addinivalue_line("markers", "postgres_only: PostgreSQL's own behaviour; runs with DICOMSVC_TEST_POSTGRES=1")
     config.addinivalue_line("markers", "local_blobs_only(reason): about the local blob folder (fsyncs, the files); skipped with S3 blobs")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if scale_run(config):
+        for item in items:
+            marker = item.get_closest_marker("same_in_scale_run")
+            if marker is not None:
+                reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+                item.add_marker(pytest.mark.skip(reason=f"the same in the scale run (ran in make test): {reason}"))
     if s3_wanted(config):
         for item in items:
             marker = item.get_closest_marker("local_blobs_only")
@@ -154,7 +187,26 @@ def database(tmp_path: Path) -> Path | str:
     return _postgres.new_database() if _postgres is not None else tmp_path / "d.db"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_CONFIGS_AT_START] = _configs_made
+    _check_setup(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    start = item.stash.get(_CONFIGS_AT_START, None)
+    if start is None or item.get_closest_marker("same_in_scale_run") is None or report.when != "call":
+        return
+    if _configs_made != start and report.passed:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} is marked same_in_scale_run but made {_configs_made - start} Config(s):"
+                           " it may reach the scale run's backends; remove the mark")  # fmt: skip
+
+
+def _check_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("postgres_only") is not None and not postgres_wanted(item.config):
         pytest.skip("PostgreSQL only: run with DICOMSVC_TEST_POSTGRES=1")
 

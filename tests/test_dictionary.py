@@ -11,6 +11,8 @@ from pydicom._dicom_dict import DicomDictionary, RepeatersDictionary
 
 from dicomsvc.dicom import dictionary
 
+pytestmark = pytest.mark.same_in_scale_run("the tag dictionary is code")
+
 
 def _expansions(mask: str) -> list[int]:
     """Tags a repeating-group mask such as 60xx0010 stands for: every x as 0, as F, and random."""

@@ -15,6 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import fuzz  # noqa: E402
 
+pytestmark = pytest.mark.same_in_scale_run("the fuzzed server runs in a subprocess with its own environment (SQLite, local blobs)")
+
 SEED = 9  # fixed: CI sends the same mutants every run (bench/fuzz.py --seed 9 --only I reproduces one)
 
 

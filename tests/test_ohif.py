@@ -32,6 +32,8 @@ import liveservice
 from dicomfiles import make_ct
 from liveservice import free_port, service_env
 
+pytestmark = pytest.mark.same_in_scale_run("the viewer's service runs in a subprocess with its own environment (SQLite, local blobs)")
+
 REPO = Path(__file__).resolve().parent.parent
 OHIF_VERSION = "3.13.2"  # tests/ohif/setup.sh pins the same
 OHIF_DIST = REPO / ".cache" / "ohif" / f"app-{OHIF_VERSION}" / "dist"

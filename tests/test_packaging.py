@@ -20,6 +20,8 @@ import pytest
 
 from dicomfiles import sample_file
 
+pytestmark = pytest.mark.same_in_scale_run("the wheel's server runs in a subprocess with its own environment (SQLite, local blobs)")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -20,6 +20,8 @@ from dicomsvc.dicom.parse import pixel_hash, read
 from dicomsvc.dicom.tags import flatten
 from dicomsvc.imaging.decode import decode_frame
 
+pytestmark = pytest.mark.same_in_scale_run("parsing is a pure function of the file")
+
 
 def test_native_pixel_location_and_hash():
     path = sample_file("CT_small.dcm")

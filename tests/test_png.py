@@ -16,6 +16,8 @@ from PIL import Image
 from dicomsvc.imaging import png
 from dicomsvc.imaging.png import encode_png
 
+pytestmark = pytest.mark.same_in_scale_run("the PNG encoder is a pure function")
+
 FILTERS = ("none", "sub", "up", "average", "paeth")
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -20,6 +20,8 @@ from dicomsvc.imaging import render as render_module
 from dicomsvc.imaging.png import encode_png
 from dicomsvc.imaging.render import decode_frame, display_frame, render_png, to_display
 
+pytestmark = pytest.mark.same_in_scale_run("rendering is a pure function of the file (no index, blobs or keys)")
+
 REFS = Path(__file__).parent / "refs"
 MANIFEST = json.loads((REFS / "manifest.json").read_text())
 REFERENCES = {ref["file"]: ref for ref in MANIFEST["references"]}

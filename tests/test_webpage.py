@@ -46,6 +46,9 @@ from dicomsvc.config import Config
 import liveservice
 from liveservice import free_port, service_env
 
+# The browser's service runs in a subprocess with its own environment (SQLite, local blobs)
+in_the_browser = pytest.mark.same_in_scale_run("the page's service runs in a subprocess with its own environment")
+
 REPO = Path(__file__).resolve().parent.parent
 DRIVER = REPO / "tests" / "webpage" / "drive.mjs"
 ARTIFACTS = REPO / "tests" / "artifacts" / "webpage"
@@ -323,6 +326,7 @@ def describe(record: dict) -> str:
     return "\n".join(lines)
 
 
+@in_the_browser
 def test_upload_reaches_done_and_lists_the_failure(drive):
     record, datasets, base, _, token = drive
     assert record["error"] is None, describe(record)
@@ -349,6 +353,7 @@ def test_upload_reaches_done_and_lists_the_failure(drive):
     assert {i["PatientName"] for i in found} == {"WEBPAGE^STORYLINE"}  # not anonymized
 
 
+@in_the_browser
 def test_study_is_found_and_stepped_through(drive):
     record, datasets, base, patient_id, token = drive
     assert record["error"] is None, describe(record)
@@ -367,6 +372,7 @@ def test_study_is_found_and_stepped_through(drive):
     assert record["ohifLink"] == f"{OHIF}/viewer?StudyInstanceUIDs={datasets[0].StudyInstanceUID}"
 
 
+@in_the_browser
 def test_search_by_name_dates_and_modality(drive):
     record, datasets, base, patient_id, token = drive
     assert record["error"] is None, describe(record)
@@ -377,6 +383,7 @@ def test_search_by_name_dates_and_modality(drive):
     assert parse_qs(none["query"])["ModalitiesInStudy"] == ["US"] and none["ids"] == []
 
 
+@in_the_browser
 def test_window_preset_asks_for_that_window(drive):
     record, datasets, base, _, token = drive
     assert record["error"] is None, describe(record)
@@ -387,12 +394,14 @@ def test_window_preset_asks_for_that_window(drive):
     assert {"id": [third["id"]], "window": ["-600,1500"]} in asked, asked
 
 
+@in_the_browser
 def test_token_is_asked_for_only_with_auth_on(drive):
     record, *_, token = drive
     assert record["error"] is None, describe(record)
     assert bool([s for s in record["steps"] if s["name"] == "token set"]) == bool(token)
 
 
+@in_the_browser
 def test_a_multiframe_instance_is_a_stack_of_its_frames(drive):
     record, datasets, base, _, token = drive
     assert record["error"] is None, describe(record)
@@ -406,6 +415,7 @@ def test_a_multiframe_instance_is_a_stack_of_its_frames(drive):
     assert {"id": [first["id"]], "frame": ["2"]} in asked, asked
 
 
+@in_the_browser
 def test_keyboard_reaches_upload_and_study(drive):
     record, *_ = drive
     assert record["error"] is None, describe(record)
@@ -415,6 +425,7 @@ def test_keyboard_reaches_upload_and_study(drive):
     assert [s for s in record["steps"] if s["name"] == "upload started with the keyboard"]
 
 
+@in_the_browser
 def test_no_errors_no_violations_nothing_from_elsewhere(drive):
     record, *_ = drive
     assert record["error"] is None, describe(record)
@@ -432,6 +443,7 @@ def test_no_errors_no_violations_nothing_from_elsewhere(drive):
     assert {"home", "uploaded", "list", "study"} <= set(record["shots"])
 
 
+@in_the_browser
 def test_the_list_pages_and_says_the_server_caps_it(drive):
     record, datasets, base, patient_id, token = drive
     assert record["error"] is None, describe(record)
@@ -450,6 +462,7 @@ def step_ms(record: dict, name: str) -> int:
     return next(s["ms"] for s in record["steps"] if s["name"] == name)
 
 
+@in_the_browser
 def test_cancel_stops_the_transfer(drive):
     record, datasets, base, patient_id, token = drive
     assert record["error"] is None, describe(record)
@@ -478,6 +491,7 @@ def test_cancel_stops_the_transfer(drive):
     assert stored == {record["kept"]}  # the held (cancelled) file never reached the server
 
 
+@in_the_browser
 def test_a_dropped_folder_is_walked(drive):
     record, *_ = drive
     assert record["error"] is None, describe(record)
@@ -486,6 +500,7 @@ def test_a_dropped_folder_is_walked(drive):
     assert sorted(record["droppedFolder"]["names"].split("\n")) == ["scan/a.dcm", "scan/b.dcm", "scan/sub/c.dcm"]
 
 
+@in_the_browser
 def test_axe_finds_nothing_serious(drive):
     record, *_ = drive
     assert record["error"] is None, describe(record)
@@ -493,6 +508,7 @@ def test_axe_finds_nothing_serious(drive):
     assert record["axe"] == {"uploaded": [], "list": [], "study": []}, record["axe"]
 
 
+@in_the_browser
 def test_other_window_sizes_keep_the_layout(drive):
     record, *_ = drive
     assert record["error"] is None, describe(record)
