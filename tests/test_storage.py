@@ -93,6 +93,28 @@ def study_record(instance_id: str, sop: str, series: str) -> dict:
     return record(instance_id, sop) | {"study_instance_uid": "9.1", "series_instance_uid": series, "modality": "CT"}
 
 
+def two_writers_at_once(database, insert, steps: int) -> None:
+    """Writers 1 and 2 (threads, a connection each) run ``insert(writer, n, i)`` for each step
+    ``i``, both steps starting together; fails with what either raised."""
+    start, errors = threading.Barrier(2), []
+
+    def write(n: int) -> None:
+        try:
+            writer = sqlite.connection(database)
+            for i in range(steps):
+                start.wait(timeout=60)
+                insert(writer, n, i)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+
+
 def test_concurrent_writers_keep_the_study_and_series_rows_right(database, monkeypatch):
     """Two writers (threads: a connection each) inserting into one study at once: its series and
     study rows count every instance. On PostgreSQL, writers do not wait for each other as on
@@ -107,24 +129,13 @@ def test_concurrent_writers_keep_the_study_and_series_rows_right(database, monke
 
     monkeypatch.setattr(sqlite.Writer, "commit", slow_commit)
     rows = flatten(*(lambda p: (p.ds, p.pixel))(read(sample_file("CT_small.dcm"))))
-    per_writer, start, errors = 20, threading.Barrier(2), []
+    per_writer = 20
 
-    def write(n: int) -> None:
-        try:
-            writer = sqlite.connection(database)
-            for i in range(per_writer):  # both into series i at once: each series' two refreshes race
-                rec = study_record(f"{n}{i:021d}", f"1.{n}.{i}", f"9.1.{i}")
-                start.wait(timeout=60)
-                assert instances.insert_instance(writer, rec, rows) is not None
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
+    def insert(writer: sqlite.Writer, n: int, i: int) -> None:  # both into series i: its two refreshes race
+        rec = study_record(f"{n}{i:021d}", f"1.{n}.{i}", f"9.1.{i}")
+        assert instances.insert_instance(writer, rec, rows) is not None
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in (1, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors
+    two_writers_at_once(database, insert, per_writer)
 
     async def summaries():
         db = await sqlite.open_database(database)
@@ -140,6 +151,66 @@ def test_concurrent_writers_keep_the_study_and_series_rows_right(database, monke
     assert sorted(series) == sorted((f"9.1.{i}", 2) for i in range(per_writer))
     assert study == [(per_writer, 2 * per_writer)]
     assert tags == (2 * per_writer * len(rows),) * 2
+
+
+def counts_and_recounts(database) -> tuple[list, list]:
+    """Each series' and study's kept instance counts, and the same counted from the instances."""
+
+    async def read():
+        db = await sqlite.open_database(database)
+        try:
+            kept = await db.conn.execute_fetchall(
+                "SELECT series_instance_uid, instance_count FROM series ORDER BY 1"
+            ) + await db.conn.execute_fetchall("SELECT study_instance_uid, instance_count FROM study ORDER BY 1")
+            recount = await db.conn.execute_fetchall(
+                "SELECT series_instance_uid, COUNT(DISTINCT sop_instance_uid) FROM dicom GROUP BY 1 ORDER BY 1"
+            ) + await db.conn.execute_fetchall(
+                "SELECT study_instance_uid, COUNT(*) FROM (SELECT DISTINCT study_instance_uid, series_instance_uid,"
+                " sop_instance_uid FROM dicom) AS v GROUP BY 1 ORDER BY 1"
+            )
+            return [tuple(r) for r in kept], [tuple(r) for r in recount]
+        finally:
+            await db.close()
+
+    return run(read())
+
+
+def test_an_insert_counts_what_its_new_rows_add_to_the_series(database):
+    """After an insert the series' count grows by the new SOP Instance UIDs only (an index probe
+    per new row, not a recount): versions (same UID, other pixels) in one batch, later, and from
+    two writers at once, count once; a delete recounts."""
+    create(database)
+    writer = sqlite.connection(database)
+
+    def version(instance_id: str, sop: str, series: str, pixels: str) -> tuple:
+        return (study_record(instance_id, sop, series) | {"pixel_hash": pixels}, [], None)
+
+    batch = [version("A" * 22, "1.1", "9.1.1", "h1"), version("B" * 22, "1.1", "9.1.1", "h2"),
+             version("C" * 22, "1.2", "9.1.1", "h1"), version("D" * 22, "1.3", "9.1.2", "h1")]  # fmt: skip
+    assert instances.insert_instances(writer, batch) == ["A" * 22, "B" * 22, "C" * 22, "D" * 22]
+    assert counts_and_recounts(database)[0] == [("9.1.1", 2), ("9.1.2", 1), ("9.1", 3)]
+    assert instances.insert_instances(writer, [version("E" * 22, "1.1", "9.1.1", "h3")]) == ["E" * 22]
+    assert instances.insert_instances(writer, [version("F" * 22, "1.4", "9.1.1", "h1")]) == ["F" * 22]
+    kept, recount = counts_and_recounts(database)
+    assert kept == recount == [("9.1.1", 3), ("9.1.2", 1), ("9.1", 4)]
+
+    def insert(other: sqlite.Writer, n: int, i: int) -> None:  # the same UIDs, other pixels, at once
+        instances.insert_instances(other, [version(f"{n}{i:021d}", f"2.{i}", "9.1.3", f"p{n}")])
+
+    two_writers_at_once(database, insert, 10)
+    kept, recount = counts_and_recounts(database)
+    assert kept == recount and ("9.1.3", 10) in kept
+
+    async def delete():
+        db = await sqlite.open_database(database)
+        try:
+            await instances.delete(db, {"SOPInstanceUID": "1.1"})
+        finally:
+            await db.close()
+
+    run(delete())
+    kept, recount = counts_and_recounts(database)
+    assert kept == recount and ("9.1.1", 2) in kept
 
 
 @pytest.mark.postgres_only
@@ -330,7 +401,8 @@ async def recorded_plans(path) -> list[tuple[str, list[str]]]:
                 await studies.version(db, scope, owner)
                 await studies.metadata_page(db, scope, "a", "b", 10, 0, owner)
                 await studies.without_metadata(db, scope, owner)
-        seen += studies._steps([("s", "se")], 1, "sqlite")  # an ingest's study and series refresh
+        seen += studies._steps([("s", "se")], 1, "sqlite")  # a delete's study and series refresh
+        seen += studies._steps([("s", "se")], 1, "sqlite", {("s", "se"): [1, 2]})  # an insert's
         seen.append((instances.FIND_INSTANCE_SQL, ("sop", "h")))
         plans = []
         for sql, params in seen:

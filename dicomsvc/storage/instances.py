@@ -110,10 +110,9 @@ def _insert_instances(
         if missing:  # the dictionary ids this worker has not seen yet
             db.executemany("INSERT INTO tag (tag, vr, keyword) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", missing)
         tag_ids = w.tag_ids | _tag_ids(db, missing)
-        stored = [_insert_one(db, tag_ids, record, rows, metadata, w.dialect) for record, rows, metadata in items]
-        fresh = [record for (record, _, _), done in zip(items, stored) if done is not None]
-        if fresh:
-            studies.refresh(db, studies.pairs_of(fresh))
+        pks = [_insert_one(db, tag_ids, record, rows, metadata, w.dialect) for record, rows, metadata in items]
+        stored = [None if pk is None else record["id"] for (record, _, _), pk in zip(items, pks)]
+        studies.refresh(db, studies.fresh_pairs((r, pk) for (r, _, _), pk in zip(items, pks) if pk is not None))
         # forwards of the instances stored now (a duplicate queues nothing), in the same transaction
         forwarding.queue(db, w.dialect, [(i, f) for i, f in zip(stored, forwards) if i is not None and f])
         w.commit()
@@ -148,7 +147,8 @@ def _insert_one(
     rows: Sequence[TagRowLike],
     metadata: str | None,
     dialect: str = SQLITE,
-) -> str | None:
+) -> int | None:
+    """Insert one instance's rows; its pk, or None when it is stored already."""
     columns = ", ".join(INSTANCE_COLUMNS)
     marks = ", ".join("?" for _ in INSTANCE_COLUMNS)
     inserted = db.execute(
@@ -172,7 +172,7 @@ def _insert_one(
         start += size
     if metadata is not None:
         db.execute("INSERT INTO dicom_json (dicom_pk, metadata) VALUES (?, ?)", (inserted[0], metadata))
-    return record["id"]
+    return inserted[0]
 
 
 # Tag rows go in as multi-row INSERTs, a statement per up to 64 rows: a quarter less CPU than a

@@ -4,9 +4,9 @@ The ``study`` and ``series`` tables (schema.sql) summarize the ``dicom`` rows: t
 attributes of the newest instance (``rep_pk``) and the aggregates DICOMweb returns,
 PS3.4 C.3.4: Number of Study Related Series (0020,1206) and Instances (0020,1208),
 Number of Series Related Instances (0020,1209), Modalities in Study (0008,0061).
-``refresh`` recomputes them for the (study, series) pairs an insert or delete touched,
-inside that insert's or delete's transaction, so the summaries never disagree with the
-instances. Study- and series-level queries read only these tables (never scan instances).
+``refresh`` brings them up to date for the (study, series) pairs an insert touched, by what
+its new rows add, ``refresh_async`` recomputes them for those a delete touched, inside that
+insert's or delete's transaction, so the summaries never disagree with the instances. Study- and series-level queries read only these tables (never scan instances).
 
 This module imports nothing from the rest of the storage package but ``dialect``: ``sqlite``
 calls ``backfill`` when it upgrades an older database, ``instances`` calls ``refresh``.
@@ -21,7 +21,7 @@ committed before they start, count every instance committed by the study's earli
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,12 +64,11 @@ SERIES_DELETE = """
 DELETE FROM series WHERE study_instance_uid = :study AND series_instance_uid = :series
     AND NOT EXISTS (SELECT 1 FROM dicom WHERE study_instance_uid = :study AND series_instance_uid = :series)
 """
-SERIES_UPSERT = f"""
+_SERIES_UPSERT = f"""
 INSERT INTO series (study_instance_uid, series_instance_uid, rep_pk, {", ".join(_SERIES_ATTRS)},
                     instance_count, revision)
 SELECT d.study_instance_uid, d.series_instance_uid, d.pk, {", ".join("d." + c for c in _SERIES_ATTRS)},
-       (SELECT COUNT(DISTINCT c.sop_instance_uid) FROM dicom c
-        WHERE c.study_instance_uid = :study AND c.series_instance_uid = :series),
+       {{count}},
        :revision
 FROM dicom d WHERE d.study_instance_uid = :study AND d.series_instance_uid = :series
 ORDER BY d.pk DESC LIMIT 1
@@ -77,6 +76,27 @@ ON CONFLICT (study_instance_uid, series_instance_uid) DO UPDATE SET
     rep_pk = excluded.rep_pk, {", ".join(f"{c} = excluded.{c}" for c in _SERIES_ATTRS)},
     instance_count = excluded.instance_count, revision = excluded.revision
 """
+# The series' instances counted (after a delete, and by ``backfill``)
+SERIES_UPSERT = _SERIES_UPSERT.replace("{count}", """(SELECT COUNT(DISTINCT c.sop_instance_uid) FROM dicom c
+        WHERE c.study_instance_uid = :study AND c.series_instance_uid = :series)""")
+# After an insert (``refresh``): the count grows by the SOP Instance UIDs of the pair's new rows
+# (``:fresh``, their pks) that no other row of the series has -- an index probe per new row. A
+# recount reads every instance of the series, on each insert: a refresh took 0.5 ms CPU at 1,000
+# instances in a series and 1.3-1.5 ms at 3,000, now 0.25-0.3 ms (issue 12).
+_FRESH = {SQLITE: "{pk} IN (SELECT value FROM json_each(:fresh))", POSTGRESQL: "{pk} = ANY(:fresh)"}
+_NOT_FRESH = {SQLITE: "{pk} NOT IN (SELECT value FROM json_each(:fresh))", POSTGRESQL: "{pk} <> ALL(:fresh)"}
+_ADDED_SOPS = """(SELECT COUNT(DISTINCT f.sop_instance_uid) FROM dicom f WHERE {fresh} AND NOT EXISTS (
+            SELECT 1 FROM dicom o WHERE o.study_instance_uid = :study AND o.series_instance_uid = :series
+            AND o.sop_instance_uid = f.sop_instance_uid AND {not_fresh}))"""
+_SERIES_COUNT = "(SELECT c.instance_count FROM series c WHERE c.study_instance_uid = :study AND c.series_instance_uid = :series)"
+SERIES_INSERTED = {
+    dialect: _SERIES_UPSERT.replace(
+        "{count}",
+        f"COALESCE({_SERIES_COUNT}, 0)\n       + "
+        + _ADDED_SOPS.format(fresh=_FRESH[dialect].format(pk="f.pk"), not_fresh=_NOT_FRESH[dialect].format(pk="o.pk")),
+    )
+    for dialect in (SQLITE, POSTGRESQL)
+}
 STUDY_DELETE = """
 DELETE FROM study WHERE study_instance_uid = :study
     AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = :study)
@@ -114,35 +134,52 @@ def pairs_of(rows: Iterable[Any]) -> list[Pair]:
     return sorted((st, se) for st, se in found if st and se)
 
 
+def fresh_pairs(rows: Iterable[tuple[Any, int]]) -> dict[Pair, list[int]]:
+    """(instance row, its pk) of new rows -> their pks by (study, series) pair (as ``pairs_of``)."""
+    found: dict[Pair, list[int]] = {}
+    for row, pk in rows:
+        for pair in pairs_of([row]):
+            found.setdefault(pair, []).append(pk)
+    return found
+
+
 def _locks(pairs: Sequence[Pair], dialect: str) -> list[tuple[str, tuple]]:
     if dialect != POSTGRESQL:
         return []  # SQLite's writers are serialized already
     return [(STUDY_LOCK, (study,)) for study in sorted({study for study, _ in pairs})]
 
 
-def _steps(pairs: Sequence[Pair], revision: int, dialect: str, deletes: bool = True) -> list[tuple[str, dict]]:
-    """The statements that recompute ``pairs``; ``deletes=False`` after an insert, which leaves
-    every pair an instance (a DELETE of its emptied series or study would find nothing)."""
+def _steps(
+    pairs: Sequence[Pair], revision: int, dialect: str, fresh: Mapping[Pair, Sequence[int]] | None = None
+) -> list[tuple[str, dict]]:
+    """The statements that recompute ``pairs``. ``fresh`` after an insert: each pair's new rows'
+    pks. Then no DELETE (every pair has an instance: it would find nothing) and the series'
+    counts are brought up by what the new rows add (SERIES_INSERTED)."""
     steps = []
     for study, series in pairs:
         params = {"study": study, "series": series, "revision": revision}
-        steps += ([(SERIES_DELETE, params)] if deletes else []) + [(SERIES_UPSERT, params)]
+        if fresh is None:
+            steps += [(SERIES_DELETE, params), (SERIES_UPSERT, params)]
+        else:
+            pks = list(fresh[(study, series)])
+            steps.append((SERIES_INSERTED[dialect], params | {"fresh": json.dumps(pks) if dialect == SQLITE else pks}))
     for study in sorted({study for study, _ in pairs}):
         params = {"study": study, "revision": revision}
-        steps += ([(STUDY_DELETE, params)] if deletes else []) + [(STUDY_UPSERT[dialect], params)]
+        steps += ([(STUDY_DELETE, params)] if fresh is None else []) + [(STUDY_UPSERT[dialect], params)]
     return steps
 
 
-def refresh(db: sqlite3.Connection, pairs: Sequence[Pair]) -> None:
-    """Recompute the series and study rows of ``pairs`` after an insert into them (in the
-    caller's transaction)."""
+def refresh(db: sqlite3.Connection, fresh: Mapping[Pair, Sequence[int]]) -> None:
+    """Bring the series and study rows up to date after an insert (in the caller's transaction):
+    ``fresh``, the pks of the rows inserted, by (study, series) pair (``fresh_pairs``)."""
+    pairs = sorted(fresh)
     if not pairs:
         return
     dialect = dialect_of(db)
     for sql, lock in _locks(pairs, dialect):
         db.execute(sql, lock)
     (revision,) = db.execute(NEXT_REVISION[dialect]).fetchone()
-    for sql, params in _steps(pairs, revision, dialect, deletes=False):
+    for sql, params in _steps(pairs, revision, dialect, fresh):
         db.execute(sql, params)
 
 
