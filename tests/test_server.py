@@ -1,6 +1,7 @@
 """Slow clients against a real ``dicomsvc serve`` process (issue 9): a deadline for request
 headers (DICOMSVC_HEADER_TIMEOUT) and for idle kept-alive connections (DICOMSVC_KEEPALIVE_TIMEOUT)."""
 
+import dataclasses
 import os
 import selectors
 import socket
@@ -9,12 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from dicomsvc.cli.server import protocol_class, uvicorn_config
 from dicomsvc.config import Config
+from test_audit import rows
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER_TIMEOUT = 2  # seconds, for the server under test
@@ -164,3 +167,173 @@ def test_the_settings_reach_uvicorn():
     for bad in ("0", "x"):
         with pytest.raises(ValueError, match="HEADER_TIMEOUT"):
             Config.from_env({"DICOMSVC_HEADER_TIMEOUT": bad})
+
+
+# --- cached reads answered by the protocol itself (HotReads.answer_now; issue 12) ---
+
+
+@pytest.fixture
+def in_process(tmp_path, import_root, put, monkeypatch):
+    """The app under uvicorn as ``dicomsvc serve`` configures it, in a thread of this process (so
+    its calls can be looked at); yields (port, app, targets the protocol answered, stop)."""
+    import threading
+
+    import uvicorn
+
+    from app import create_app
+    from dicomsvc.http.hotreads import HotReads
+
+    answered = []  # the targets HotReads.answer_now answered (the protocol's path)
+    original = HotReads.answer_now
+
+    def spy(self, state, url, headers, client, write):
+        done = original(self, state, url, headers, client, write)
+        if done:
+            answered.append(url)
+        return done
+
+    monkeypatch.setattr(HotReads, "answer_now", spy)
+    port = free_port()
+    config = Config.from_env({
+        "DICOMSVC_DATA_DIR": str(tmp_path / "data"), "DICOMSVC_IMPORT_ROOT": str(import_root),
+        "DICOMSVC_WORKERS": "0", "DICOMSVC_HOST": "127.0.0.1", "DICOMSVC_PORT": str(port),
+        "DICOMSVC_LOG_LEVEL": "warning", "DICOMSVC_KEEPALIVE_TIMEOUT": "1",
+    })  # fmt: skip
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn_config(app, config))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+
+    def stop():
+        server.should_exit = True
+        thread.join(timeout=60)
+
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        yield port, app, answered, stop
+    finally:
+        stop()
+
+
+def exchange(port: int, *requests: bytes, answers: int | None = None) -> list[bytes]:
+    """Send ``requests`` on one connection (together: pipelined) and read ``answers`` answers
+    (one per request unless said), each as its raw bytes (head and body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"".join(requests))
+        data, found = b"", []
+        while len(found) < (len(requests) if answers is None else answers):
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                head = data[:head_end].lower()
+                length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) if b"content-length: " in head else 0
+                if len(data) >= head_end + 4 + length:
+                    found.append(data[: head_end + 4 + length])
+                    data = data[head_end + 4 + length :]
+                    continue
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {len(found)} answers"
+            data += chunk
+        return found
+
+
+def get(target: str, *headers: str) -> bytes:
+    return ("\r\n".join([f"GET {target} HTTP/1.1", "Host: test", *headers]) + "\r\n\r\n").encode()
+
+
+def without_date(answer: bytes) -> bytes:
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.lower().startswith(b"date: "))
+
+
+def test_a_cached_read_is_answered_by_the_protocol_as_the_app_answers_it(in_process, put, tmp_path):
+    """Byte for byte (but the Date) what the app's HotReads middleware answers, for /image, its
+    304 and /tags; the log line, metrics and audit record as for a request through the app."""
+    port, app, answered, stop = in_process
+    name = put("CT_small.dcm")
+    made = httpx.post(f"http://127.0.0.1:{port}/dicom", json={"path": name})
+    assert made.status_code == 201
+    instance = made.json()["id"]
+    targets = [f"/image?id={instance}", f"/tags?id={instance}"]
+    exchange(port, *(get(t) for t in targets))  # misses: through the app, which fills the cache
+    assert answered == []
+    before = image_counts(port)
+    etag = f'If-None-Match: "{instance}.png"'
+    cases = [(targets[0],), (targets[0], etag), (targets[1], "Accept-Encoding: identity")]
+    shared = bool(app.state.svc.config.database_url)  # PostgreSQL (replicas): every read is the app's
+    for n, (target, *extra) in enumerate(cases):
+        rid = f"X-Request-ID: req-{n}"
+        # a proxy header (uvicorn's ProxyHeadersMiddleware leaves a loopback client as it is) keeps the app's path
+        (by_app,) = exchange(port, get(target, rid, "X-Forwarded-Proto: http", *extra))
+        assert answered == ([] if shared else [c[0].encode() for c in cases[:n]])
+        (by_protocol,) = exchange(port, get(target, rid, *extra))
+        assert answered == ([] if shared else [c[0].encode() for c in cases[: n + 1]])
+        assert without_date(by_protocol) == without_date(by_app)
+        assert by_protocol.startswith(b"HTTP/1.1 304 " if etag in extra else b"HTTP/1.1 200 ")
+        assert b"\r\nx-request-id: req-%d\r\n" % n in by_protocol and b"\r\ndate: " in by_protocol
+    counts = {k: v - before.get(k, 0) for k, v in image_counts(port).items() if v != before.get(k, 0)}
+    assert counts == {"200": 2.0, "304": 2.0}  # the app's and the protocol's
+    stop()  # the audit trail is written at shutdown at the latest
+    records = {}
+    for row in rows(tmp_path / "data"):
+        if (row["request_id"] or "").startswith("req-"):
+            records.setdefault(row["request_id"], []).append({k: v for k, v in row.items() if k not in ("time", "seq")})
+    assert sorted(records) == ["req-0", "req-1", "req-2"]
+    assert all(len(pair) == 2 and pair[0] == pair[1] for pair in records.values())
+    assert [pair[0]["status"] for pair in records.values()] == [200, 304, 200]
+
+
+def image_counts(port: int) -> dict[str, float]:
+    """GET /image requests counted, by status (the metrics are the process's: compare changes)."""
+    prefix = 'dicomsvc_http_requests_total{method="GET",route="/image",status="'
+    lines = httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines()
+    return {line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)}
+
+
+def test_the_protocol_keeps_order_and_leaves_the_rest_to_uvicorn(in_process, put):
+    """Pipelined requests are answered in order; a request behind one under way, a closing
+    connection, HTTP/1.0 and a deleted instance are not the protocol's (uvicorn and the app answer)."""
+    port, app, answered, _ = in_process
+    instance = httpx.post(f"http://127.0.0.1:{port}/dicom", json={"path": put("CT_small.dcm")}).json()["id"]
+    image = f"/image?id={instance}"
+    exchange(port, get(image))  # fills the cache
+    answered.clear()
+    first, second, third = exchange(port, get(image), get("/healthz"), get(image))
+    assert [a.split(b"\r\n")[0] for a in (first, second, third)] == [b"HTTP/1.1 200 OK"] * 3
+    assert b"image/png" in first and b"image/png" in third and b"image/png" not in second
+    shared = bool(app.state.svc.config.database_url)  # PostgreSQL (replicas): every read is the app's
+    assert answered == ([] if shared else [image.encode()])  # the third came behind /healthz: through the app
+    answered.clear()
+    (closing,) = exchange(port, get(image, "Connection: close"))
+    assert b"\r\nconnection: close\r\n" in closing.lower() and answered == []
+    (old,) = exchange(port, get(image).replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert old.startswith(b"HTTP/1.1 200 ") and answered == []
+    assert httpx.delete(f"http://127.0.0.1:{port}/dicom/{instance}").status_code == 204
+    (gone,) = exchange(port, get(image))
+    assert gone.startswith(b"HTTP/1.1 404 ") and answered == []
+
+
+def test_the_protocol_answers_only_for_an_app_whose_reads_are_cached():
+    config = Config.from_env({"DICOMSVC_DATA_DIR": "/tmp/x"})
+    assert uvicorn_config(lambda scope, receive, send: None, config).http.hot is None  # no app state
+    assert protocol_class(1, hot=None).hot is None
+    off = Config.from_env({"DICOMSVC_DATA_DIR": "/tmp/x", "DICOMSVC_AUTH": "token"})
+    from app import create_app
+
+    assert uvicorn_config(create_app(off), off).http.hot is None  # tokens are the stack's to check
+    assert uvicorn_config(create_app(config), config).http.hot is not None
+    from dicomsvc.http.hotreads import HotReads
+    from dicomsvc.http.readcache import ReadCache
+
+    cache, instance = ReadCache(1 << 20), "A" * 22
+    cache.put(("png", instance), b"png")
+    state = SimpleNamespace(svc=SimpleNamespace(config=config), read_cache=cache)
+    written = []
+    target = f"/image?id={instance}".encode()
+    alone = dataclasses.replace(config, database_url="")  # (the scale run's tests have one)
+    assert HotReads(None, alone).answer_now(state, target, [], None, lambda *answer: written.append(answer))
+    assert [status for status, _, _ in written] == [200]
+    shared = dataclasses.replace(config, database_url="postgresql://db/dicom")
+    assert not HotReads(None, shared).answer_now(state, target, [], None, written.append)  # replicas delete too
+    assert len(written) == 1

@@ -34,6 +34,7 @@ not in the cache yet is made by the stack's own functions (``http.instances.imag
 answered here, so a first read does not pay for the dozen layers either. An unexpected error before the answer starts also hands the request to the stack.
 """
 
+import contextvars
 import logging
 import re
 import time
@@ -51,8 +52,11 @@ from .requestid import request_id
 from .requests import etag_matches
 
 QUERY_ID = re.compile(rb"id=([0-9A-Za-z]{22})")  # shortuuid.uuid(), and nothing else in the query
+TARGET = re.compile(rb"(/image|/tags)\?id=([0-9A-Za-z]{22})")  # the same as a request target (answer_now)
+DECLINE = ()  # _from_cache: the stack answers this request
 IMMUTABLE = b"public, max-age=31536000, immutable"  # as app.IMMUTABLE: stored renderings never change
 IMAGE, TAGS = "/image", "/tags"
+_log = logging.getLogger("dicomsvc.http")
 _SETTLED = "dicomsvc.route"  # routing.settled's scope key: the observers' route template
 
 
@@ -67,7 +71,8 @@ def observed(access: logging.Logger, method: str, path: str, code: int, start: f
 
 
 class HotReads:
-    """Pure ASGI middleware, first in the app's list (``app.create_app``)."""
+    """Pure ASGI middleware, first in the app's list (``app.create_app``); also what
+    ``cli.server``'s protocol calls (``answer_now``) for a cached answer, before any ASGI."""
 
     def __init__(self, app, config: Config) -> None:
         self.app = app
@@ -102,15 +107,52 @@ class HotReads:
             code = status
             await send({"type": "http.response.body", "body": body})
         finally:
-            observed(self.access, "GET", path, code, start)
-            trail = audit.trail(getattr(scope["app"].state, "svc", None))
-            if trail is not None:  # the record AuditMiddleware makes (http.audit.base_record) of this request
-                client = scope.get("client")
-                trail.add([audit.Record(
-                    time=when, user=ANONYMOUS.user, role=ANONYMOUS.role, action=self.actions[path], method="GET",
-                    route=path, instance=instance_id, params="id", status=code, client=client[0] if client else None,
-                    request_id=rid,
-                )])  # fmt: skip
+            client = scope.get("client")
+            self._observe(scope["app"].state, path, code, start, when, rid, client, instance_id)
+
+    def answer_now(self, state, url: bytes, headers: list, client, write) -> bool:
+        """A plain GET of ``url`` (the request target: ``/image?id=`` or ``/tags?id=``) answered
+        at once from the read cache, for ``cli.server``'s protocol, which calls this before it
+        makes a scope and a task: ``write(status, headers, body)`` called with the answer
+        ``__call__`` would give (the request id last), observed as ``__call__`` observes it, and
+        True; False, nothing done, whenever ``__call__`` would do more than that (a miss, an
+        index shared by replicas, a decline). ``state`` is the app's; ``headers`` the request's
+        (lower-case names, as in a scope); ``client`` the peer (host, port)."""
+        found = TARGET.fullmatch(url) if self.enabled and not self.shared else None
+        svc, cache = getattr(state, "svc", None), getattr(state, "read_cache", None)
+        if found is None or svc is None or cache is None:
+            return False
+        start, when = time.perf_counter(), audit.now()
+        path, instance_id = found.group(1).decode("ascii"), found.group(2).decode("ascii")
+        try:
+            answer = self._from_cache(svc, cache, path, instance_id, *_wanted(headers))
+        except Exception:  # noqa: BLE001 -- whatever it was, the app answers (and reports) it
+            return False
+        if not answer:  # a miss (None) or a decline
+            return False
+        status, answer_headers, body = answer
+        rid = request_id({"headers": headers})
+        write(status, [*answer_headers, (b"x-request-id", rid.encode("ascii"))], body)
+        # the log line in a context of its own (as a request's task has): the protocol's outlives the request
+        context = contextvars.copy_context()
+        context.run(logs.begin_request, logs.RequestContext(rid, lambda: path, lambda: ANONYMOUS.user))
+        try:
+            context.run(self._observe, state, path, status, start, when, rid, client, instance_id)
+        except Exception:  # noqa: BLE001 -- answered: the protocol must not answer again
+            context.run(_log.exception, "a cached read was answered but not recorded")
+        return True
+
+    def _observe(self, state, path: str, code: int, start: float, when: str, rid: str, client, instance_id: str) -> None:
+        """What the observing middlewares record of an answered request: the log line and metrics
+        (``observed``), and the record AuditMiddleware makes (http.audit.base_record)."""
+        observed(self.access, "GET", path, code, start)
+        trail = audit.trail(getattr(state, "svc", None))
+        if trail is not None:
+            trail.add([audit.Record(
+                time=when, user=ANONYMOUS.user, role=ANONYMOUS.role, action=self.actions[path], method="GET",
+                route=path, instance=instance_id, params="id", status=code, client=client[0] if client else None,
+                request_id=rid,
+            )])  # fmt: skip
 
     async def _answer(self, scope, path: str) -> tuple[int, list, bytes, str] | None:
         """(status, headers, body, instance id) exactly as the stack would answer, or None to let it."""
@@ -120,55 +162,51 @@ class HotReads:
         if found is None or svc is None or cache is None:
             return None
         instance_id = found.group(1).decode("ascii")
-        accept = if_none_match = accept_encoding = None
-        for name, value in scope["headers"]:
-            if name == b"accept":
-                accept = value.decode("latin-1") if accept is None else accept
-            elif name == b"if-none-match":
-                if_none_match = value.decode("latin-1") if if_none_match is None else if_none_match
-            elif name == b"accept-encoding":
-                accept_encoding = value.decode("latin-1") if accept_encoding is None else accept_encoding
-        if path == IMAGE:
-            return await self._image(svc, cache, instance_id, accept, if_none_match)
-        if accept_encoding and accepts_gzip(accept_encoding):
-            return None  # compressed by the stack's gzip middleware
-        body = await self._cached(svc, cache, "tags", instance_id)
-        if body is None:  # the stack's function: looked up, serialized, kept
-            try:
-                body = await stack.tags_json(svc, instance_id, None, cache)
-            except DicomSvcError:
-                return None  # the stack answers the error
-        return 200, [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json"),
-                     (b"vary", b"Accept-Encoding")], body, instance_id  # fmt: skip
+        wanted = _wanted(scope["headers"])
+        answer = self._from_cache(svc, cache, path, instance_id, *wanted)
+        if answer == DECLINE:
+            return None
+        if answer is not None and self.shared and not await instances.instance_exists(svc.db, instance_id):
+            cache.forget([instance_id])  # deleted by another replica: the stack's function answers 404
+            answer = None
+        if answer is None:  # the stack's function: the row looked up, the file read, the cache filled
+            answer = await self._fill(svc, cache, path, instance_id, *wanted)
+        return None if answer is None else (*answer, instance_id)
 
-    async def _image(self, svc, cache, instance_id: str, accept, if_none_match) -> tuple[int, list, bytes, str] | None:
-        if not self._stored_png(accept, svc.config.render_max_size) or (if_none_match and "-gzip" in if_none_match):
+    def _from_cache(self, svc, cache, path: str, instance_id: str, accept, if_none_match, accept_encoding):
+        """The answer (status, headers, body) from the cache; None if it is not there; DECLINE
+        when the stack answers such a request (another format, gzip)."""
+        if path == IMAGE:
+            if not self._stored_png(accept, svc.config.render_max_size) or (if_none_match and "-gzip" in if_none_match):
+                return DECLINE
+            body = cache.get(("png", instance_id))  # only an existing instance's stored PNG
+            if body is None:
+                return None
+            etag = b'"%s.png"' % instance_id.encode("ascii")
+            if etag_matches(if_none_match, etag.decode("ascii")):
+                return 304, _png_headers(etag), b""
+            return 200, _png_headers(etag, body), body
+        if accept_encoding and accepts_gzip(accept_encoding):
+            return DECLINE  # compressed by the stack's gzip middleware
+        body = cache.get(("tags", instance_id))
+        return None if body is None else (200, _tags_headers(body), body)
+
+    async def _fill(self, svc, cache, path: str, instance_id: str, accept, if_none_match, _encoding):
+        """The answer made by the stack's own function (which fills the cache); None for an error
+        (the stack answers it)."""
+        try:
+            if path == TAGS:
+                body = await stack.tags_json(svc, instance_id, None, cache)
+                return 200, _tags_headers(body), body
+            image = await stack.image(svc, {"id": instance_id}, accept, if_none_match, None, cache)
+        except DicomSvcError:
             return None
         etag = b'"%s.png"' % instance_id.encode("ascii")
-        headers = [(b"etag", etag), (b"cache-control", IMMUTABLE), (b"vary", b"Accept")]
-        body = await self._cached(svc, cache, "png", instance_id)  # only an existing instance's stored PNG
-        if body is None:  # the stack's function: the row looked up, the file read, the cache filled
-            try:
-                image = await stack.image(svc, {"id": instance_id}, accept, if_none_match, None, cache)
-            except DicomSvcError:
-                return None  # the stack answers the error
-            if image.media_type != "image/png" or image.etag != etag.decode("ascii"):
-                return None
-            body = image.body
-            if body is None:
-                return 304, headers, b"", instance_id
-        elif etag_matches(if_none_match, etag.decode("ascii")):
-            return 304, headers, b"", instance_id
-        return 200, [*headers, (b"content-length", b"%d" % len(body)), (b"content-type", b"image/png")], body, instance_id
-
-    async def _cached(self, svc, cache, kind: str, instance_id: str) -> bytes | None:
-        """The cached answer, if any; with a shared index, only while the instance's row exists
-        (another replica may have deleted it: then it is forgotten here too)."""
-        body = cache.get((kind, instance_id))
-        if body is not None and self.shared and not await instances.instance_exists(svc.db, instance_id):
-            cache.forget([instance_id])
+        if image.media_type != "image/png" or image.etag != etag.decode("ascii"):
             return None
-        return body
+        if image.body is None:
+            return 304, _png_headers(etag), b""
+        return 200, _png_headers(etag, image.body), image.body
 
     def _stored_png(self, accept: str | None, max_size: int) -> bool:
         """Whether a request with only ``id`` and this ``Accept`` asks for the PNG stored at ingest
@@ -182,3 +220,28 @@ class HotReads:
             if len(self.formats) < 64:  # browsers send a handful of distinct Accept headers
                 self.formats[accept] = found
         return found
+
+
+def _wanted(headers) -> tuple[str | None, str | None, str | None]:
+    """(Accept, If-None-Match, Accept-Encoding) of a request's headers, the first of each."""
+    accept = if_none_match = accept_encoding = None
+    for name, value in headers:
+        if name == b"accept":
+            accept = value.decode("latin-1") if accept is None else accept
+        elif name == b"if-none-match":
+            if_none_match = value.decode("latin-1") if if_none_match is None else if_none_match
+        elif name == b"accept-encoding":
+            accept_encoding = value.decode("latin-1") if accept_encoding is None else accept_encoding
+    return accept, if_none_match, accept_encoding
+
+
+def _png_headers(etag: bytes, body: bytes | None = None) -> list:
+    """The stack's /image headers, in its order: a 304's, or with ``body`` a 200's."""
+    headers = [(b"etag", etag), (b"cache-control", IMMUTABLE), (b"vary", b"Accept")]
+    if body is not None:
+        headers += [(b"content-length", b"%d" % len(body)), (b"content-type", b"image/png")]
+    return headers
+
+
+def _tags_headers(body: bytes) -> list:
+    return [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json"), (b"vary", b"Accept-Encoding")]
