@@ -95,9 +95,14 @@ class Service:
         """One ``POST /dicom`` instance in a worker (``ingest.ingest_group``'s item: ``"path",
         raw, options`` or ``"file", temp, source, options``), with the other single ingests
         waiting for a worker at the same time: one worker task and one transaction for them all
-        (``WorkerPool.run_grouped``; alone when a worker is idle). Its result or error as
-        ``cpu``'s for ``ingest_path``/``ingest_file`` alone."""
-        result = await self.cpu_pool.run_grouped(tasks.ingest_group, item, self.config)
+        (``WorkerPool.run_grouped``; alone when a worker is idle; an upload always alone). Its
+        result or error as ``cpu``'s for ``ingest_path``/``ingest_file`` alone."""
+        if item[0] == "file":  # an upload's bytes are used up by its ingest: it could not go again
+            # alone after a worker lost mid-group (WorkerPool.run_grouped), so it is never grouped
+            # and another request's crash never fails it
+            result = await self.cpu_pool.run_alone(tasks.ingest_group, item, self.config)
+        else:
+            result = await self.cpu_pool.run_grouped(tasks.ingest_group, item, self.config)
         if self.config.network_config.rules:
             self.forward_wakeup.set()
         return result

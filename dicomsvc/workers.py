@@ -49,7 +49,6 @@ with the answer it would have had alone.
 
 import asyncio
 import contextlib
-import copy
 import ctypes
 import functools
 import gc
@@ -370,6 +369,12 @@ class WorkerPool:
         group.items.append((item, future))
         return self._outcome(await future)  # its cancellation cancels the future: left out of the group
 
+    async def run_alone(self, fn: Callable[..., list], item: Any, *shared: Any) -> Any:
+        """``run_grouped``'s outcome for an item never grouped: ``fn(*shared, [item])``, a task
+        of its own (a lost worker fails it alone, as ``run``)."""
+        (reply,) = await self.run(fn, *shared, [item])
+        return self._outcome(reply)
+
     async def _run_group(self, key: tuple, group: _Group) -> None:
         try:
             try:
@@ -384,11 +389,23 @@ class WorkerPool:
             metrics.worker_group(len(waiting))
             items = [item for item, _ in waiting]
             reply = await self._run_on(worker, group.fn, (*group.shared, items), len(items))
-            # the task as a whole failed (its worker lost, say): each item the same answer
-            replies = reply[1] if reply[0] == "ok" else [tuple(map(copy.copy, reply)) for _ in items]
-            for (_, future), each in zip(waiting, replies, strict=True):
-                if not future.done():
-                    future.set_result(each)
+            if reply[0] == "ok":
+                for (_, future), each in zip(waiting, reply[1], strict=True):
+                    if not future.done():
+                        future.set_result(each)
+            elif len(waiting) == 1:
+                if not waiting[0][1].done():
+                    waiting[0][1].set_result(reply)
+            else:
+                # the task as a whole failed (its worker lost, out of time or memory): one item
+                # brought it down, so each goes again alone and only that one gets the answer
+                # (grouped items can be run again: Service.ingest_one groups paths only)
+                for item, future in waiting:
+                    if future.done():
+                        continue
+                    alone = await self._run_on(await self._take(), group.fn, (*group.shared, [item]))
+                    if not future.done():
+                        future.set_result(alone[1][0] if alone[0] == "ok" else alone)
         except BaseException as exc:  # no caller left waiting for ever
             for _, future in group.items:
                 if future.done():
@@ -677,6 +694,8 @@ class ThreadPool:
         if kind == "error":
             raise rest[0]
         return rest[0]
+
+    run_alone = run_grouped
 
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True)

@@ -178,18 +178,16 @@ def test_grouped_calls_waiting_for_a_worker_run_as_one_task_each_with_its_own_an
 
 
 def test_a_worker_dying_mid_group_fails_every_item_and_leaves_no_orphans(data_dir, import_root, tmp_path):
-    """A grouped ingest whose worker dies once its items' blobs are in place, before any row: every
-    call answered as a lone ingest's would be (422), nothing of the group left in blob storage."""
+    """A grouped ingest whose worker dies once its items' blobs are in place, before any row, alone
+    too: every call answered as a lone ingest's would be (422), nothing left in blob storage."""
     import asyncio
 
     with limited_client(data_dir, import_root, WORKERS="1") as client:
         svc = client.app.state.svc
         pool = svc.cpu_pool
-        uploads = [svc.blobs.tmp / f"upload-test{i}.dcm" for i in range(2)]  # as the server spools uploads
-        for i, temp in enumerate(uploads):
-            save(make_ct(), temp)
-        save(make_ct(), import_root / "ct.dcm")
-        items = [("file", uploads[0], "one", PLAIN), ("path", "ct.dcm", PLAIN), ("file", uploads[1], "two", PLAIN)]
+        for name in ("a.dcm", "b.dcm", "c.dcm"):
+            save(make_ct(), import_root / name)
+        items = [("path", name, PLAIN) for name in ("a.dcm", "b.dcm", "c.dcm")]
         held = hold_the_worker(client, tmp_path / "go")
         tasks, _ = grouped_counts()
 
@@ -207,11 +205,52 @@ def test_a_worker_dying_mid_group_fails_every_item_and_leaves_no_orphans(data_di
         async def answers():
             return await asyncio.gather(*calls, return_exceptions=True)
 
-        assert [type(a) for a in client.portal.call(answers)] == [InvalidDicom] * 3
-        assert grouped_counts()[0] == tasks + 1  # the three in one task
-        for temp in uploads:
-            temp.unlink(missing_ok=True)  # the server's own spools, as intake removes them
+        assert [type(a) for a in client.portal.call(answers)] == [InvalidDicom] * 3  # each alone too
+        assert grouped_counts()[0] == tasks + 1  # the three in one task (then each alone)
         assert blob_files(data_dir) == [] and client.get("/stats").json()["instances"] == 0
+        still_works(client, import_root)
+
+
+def test_the_item_that_brings_a_group_down_fails_alone(data_dir, import_root, tmp_path):
+    """One grouped ingest kills the worker (its group's blobs in place, no row): the group's items go
+    again one by one, so only it is answered as a crash (422); the others are stored (201) as if
+    it had never been there, and nothing is left of it."""
+    import asyncio
+
+    from dicomsvc.results import Ingested
+
+    with limited_client(data_dir, import_root, WORKERS="1") as client:
+        svc = client.app.state.svc
+        pool = svc.cpu_pool
+        names = ("a.dcm", "crash.dcm", "b.dcm")
+        for name in names:
+            save(make_ct(), import_root / name)
+        held = hold_the_worker(client, tmp_path / "go")
+        tasks, _ = grouped_counts()
+
+        async def queued():
+            return [asyncio.ensure_future(pool.run_grouped(workertasks.group_dies_with_crash_dcm, ("path", name, PLAIN),
+                                                           svc.config)) for name in names]  # fmt: skip
+
+        calls = client.portal.call(queued)
+        deadline = time.monotonic() + 60
+        while waiting(pool) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        held.result(timeout=120)
+
+        async def answers():
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        a, crash, b = client.portal.call(answers)
+        assert isinstance(crash, InvalidDicom)
+        assert isinstance(a, Ingested) and isinstance(b, Ingested) and a.created and b.created, (a, b)
+        assert grouped_counts()[0] == tasks + 1
+        assert client.get("/stats").json()["instances"] == 2
+        for done, name in ((a, "a.dcm"), (b, "b.dcm")):
+            assert client.get(f"/dicom/{done.id}/file").content == (import_root / name).read_bytes()
+        assert len(blob_files(data_dir)) == 4  # two DICOM files and their PNGs: nothing of crash.dcm
         still_works(client, import_root)
 
 

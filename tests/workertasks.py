@@ -111,6 +111,18 @@ def group_echo(label: str, items: list) -> list[tuple]:
     return [failure(BadRequest("a bad item")) if item == "bad" else ("ok", (os.getpid(), label, item, len(items))) for item in items]
 
 
+def group_dies_with_crash_dcm(config: Config, items: list) -> list[tuple]:
+    """``ingest.ingest_group``, but when the group holds the path "crash.dcm" the worker dies as the
+    rows are inserted (every item's blobs in place, no row), grouped or alone."""
+    if any(item[:2] == ("path", "crash.dcm") for item in items):
+
+        def die(*args, **kwargs):
+            os._exit(9)
+
+        instances.insert_instance = instances.insert_instances = die  # in this worker only
+    return ingest.ingest_group(config, items)
+
+
 def group_then_stop(config: Config, items: list) -> list[tuple]:
     """``ingest.ingest_group``, but the worker dies as the staged items' rows are inserted (their
     blobs renamed into place, no row)."""
