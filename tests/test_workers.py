@@ -177,35 +177,42 @@ def test_grouped_calls_waiting_for_a_worker_run_as_one_task_each_with_its_own_an
             client.portal.call(pool.run_grouped, workertasks.group_echo, "bad", "shared")
 
 
+def grouped_while_held(client, go: Path, fn, names: tuple[str, ...]) -> list:
+    """Path ingests of ``names`` by ``fn`` (an ``ingest_group``-like task) queued with
+    ``run_grouped`` while the only worker is held, released once all wait together: each
+    call's outcome (an error as a value)."""
+    import asyncio
+
+    svc = client.app.state.svc
+    held = hold_the_worker(client, go)
+
+    async def queued():
+        return [asyncio.ensure_future(svc.cpu_pool.run_grouped(fn, ("path", name, PLAIN), svc.config)) for name in names]
+
+    calls = client.portal.call(queued)
+    deadline = time.monotonic() + 60
+    while waiting(svc.cpu_pool) < len(names):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    go.touch()
+    held.result(timeout=120)
+
+    async def answers():
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    return client.portal.call(answers)
+
+
 def test_a_worker_dying_mid_group_fails_every_item_and_leaves_no_orphans(data_dir, import_root, tmp_path):
     """A grouped ingest whose worker dies once its items' blobs are in place, before any row, alone
     too: every call answered as a lone ingest's would be (422), nothing left in blob storage."""
-    import asyncio
-
     with limited_client(data_dir, import_root, WORKERS="1") as client:
-        svc = client.app.state.svc
-        pool = svc.cpu_pool
-        for name in ("a.dcm", "b.dcm", "c.dcm"):
+        names = ("a.dcm", "b.dcm", "c.dcm")
+        for name in names:
             save(make_ct(), import_root / name)
-        items = [("path", name, PLAIN) for name in ("a.dcm", "b.dcm", "c.dcm")]
-        held = hold_the_worker(client, tmp_path / "go")
         tasks, _ = grouped_counts()
-
-        async def queued():
-            return [asyncio.ensure_future(pool.run_grouped(workertasks.group_then_stop, item, svc.config)) for item in items]
-
-        calls = client.portal.call(queued)
-        deadline = time.monotonic() + 60
-        while waiting(pool) < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        (tmp_path / "go").touch()
-        held.result(timeout=120)
-
-        async def answers():
-            return await asyncio.gather(*calls, return_exceptions=True)
-
-        assert [type(a) for a in client.portal.call(answers)] == [InvalidDicom] * 3  # each alone too
+        answers = grouped_while_held(client, tmp_path / "go", workertasks.group_then_stop, names)
+        assert [type(a) for a in answers] == [InvalidDicom] * 3  # each alone too
         assert grouped_counts()[0] == tasks + 1  # the three in one task (then each alone)
         assert blob_files(data_dir) == [] and client.get("/stats").json()["instances"] == 0
         still_works(client, import_root)
@@ -215,35 +222,14 @@ def test_the_item_that_brings_a_group_down_fails_alone(data_dir, import_root, tm
     """One grouped ingest kills the worker (its group's blobs in place, no row): the group's items go
     again one by one, so only it is answered as a crash (422); the others are stored (201) as if
     it had never been there, and nothing is left of it."""
-    import asyncio
-
     from dicomsvc.results import Ingested
 
     with limited_client(data_dir, import_root, WORKERS="1") as client:
-        svc = client.app.state.svc
-        pool = svc.cpu_pool
         names = ("a.dcm", "crash.dcm", "b.dcm")
         for name in names:
             save(make_ct(), import_root / name)
-        held = hold_the_worker(client, tmp_path / "go")
         tasks, _ = grouped_counts()
-
-        async def queued():
-            return [asyncio.ensure_future(pool.run_grouped(workertasks.group_dies_with_crash_dcm, ("path", name, PLAIN),
-                                                           svc.config)) for name in names]  # fmt: skip
-
-        calls = client.portal.call(queued)
-        deadline = time.monotonic() + 60
-        while waiting(pool) < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        (tmp_path / "go").touch()
-        held.result(timeout=120)
-
-        async def answers():
-            return await asyncio.gather(*calls, return_exceptions=True)
-
-        a, crash, b = client.portal.call(answers)
+        a, crash, b = grouped_while_held(client, tmp_path / "go", workertasks.group_dies_with_crash_dcm, names)
         assert isinstance(crash, InvalidDicom)
         assert isinstance(a, Ingested) and isinstance(b, Ingested) and a.created and b.created, (a, b)
         assert grouped_counts()[0] == tasks + 1
