@@ -48,6 +48,7 @@ def start_server(data_dir: Path, import_root: Path, port: int) -> subprocess.Pop
     raise AssertionError("server did not start")
 
 
+@pytest.mark.same_in_scale_run("the killed server runs in a subprocess, SQLite and local blobs in either run")
 @pytest.mark.parametrize("upload", ["folder", "zip"])
 def test_a_job_survives_a_killed_server(tmp_path, upload):
     data_dir, import_root = tmp_path / "data", tmp_path / "import"
