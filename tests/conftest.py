@@ -114,24 +114,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if scale_run(config):
-        for item in items:
-            marker = item.get_closest_marker("same_in_scale_run")
-            if marker is not None:
-                reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
-                item.add_marker(pytest.mark.skip(reason=f"the same in the scale run (ran in make test): {reason}"))
+        _skip_marked(items, "same_in_scale_run", "the same in the scale run (ran in make test)", "")
     if s3_wanted(config):
-        for item in items:
-            marker = item.get_closest_marker("local_blobs_only")
-            if marker is not None:
-                reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "the local blob folder")
-                item.add_marker(pytest.mark.skip(reason=f"local blobs only: {reason}"))
-    if not postgres_wanted(config):
-        return
+        _skip_marked(items, "local_blobs_only", "local blobs only", "the local blob folder")
+    if postgres_wanted(config):
+        _skip_marked(items, "sqlite_only", "SQLite only", "SQLite only")
+
+
+def _skip_marked(items: list[pytest.Item], name: str, prefix: str, default: str) -> None:
+    """Skip every item marked ``name``, saying ``prefix: <the mark's reason or default>``."""
     for item in items:
-        marker = item.get_closest_marker("sqlite_only")
+        marker = item.get_closest_marker(name)
         if marker is not None:
-            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "SQLite only")
-            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else default)
+            item.add_marker(pytest.mark.skip(reason=f"{prefix}: {reason}"))
 
 
 @contextlib.contextmanager
