@@ -282,7 +282,7 @@ def test_reads_racing_deletes_are_200_or_404_never_500_or_a_cut_connection(live_
                 ok = response.status_code in (200, 201, 404) and (
                     response.status_code != 404 or response.json()["error"] == "not_found"
                 )
-                outcome = str(response.status_code) if ok else f"bad {response.status_code}"
+                outcome = str(response.status_code) if ok else f"bad {response.status_code} {method} {url.split('?')[0]}: {response.text[:300]}"
             except httpx.HTTPError as exc:  # a connection cut after the headers, say
                 outcome = type(exc).__name__
             with lock:

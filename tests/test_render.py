@@ -199,6 +199,18 @@ def test_no_pixel_data_and_corrupt_data_raise_clear_errors(tmp_path):
         decode_frame(path, read(path), 0)
 
 
+@pytest.mark.parametrize("name", ["CT_small.dcm", "JPEG2000.dcm"])  # read directly; through pydicom's decoder
+def test_a_file_that_vanishes_before_its_frame_is_read_is_not_found_not_undecodable(tmp_path, name):
+    """Parsed, then deleted (a DELETE between the parse and the frame's read): FileNotFoundError,
+    which readers answer 404 (``results.deleted_is_404``), not 415 with the file's path in it."""
+    path = tmp_path / name
+    path.write_bytes(sample_file(name).read_bytes())
+    parsed = read(path)
+    path.unlink()
+    with pytest.raises(FileNotFoundError):
+        decode_frame(path, parsed, 0)
+
+
 def test_frame_50_of_a_100_frame_jpeg2000_decodes_one_frame(tmp_path, monkeypatch):
     """Compressed multi-frame: only the asked frame's fragments are decoded."""
     from pydicom.uid import JPEG2000Lossless

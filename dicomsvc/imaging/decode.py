@@ -100,7 +100,9 @@ def decode_frame_unmasked(
         finally:
             if src is not ds and not isinstance(src, bytes):
                 src.close()
-    except DicomSvcError:
+    except (DicomSvcError, FileNotFoundError):
+        # FileNotFoundError: the stored file vanished before its frame was read (a DELETE got
+        # there first): the caller's ``results.deleted_is_404`` answers 404, never 415
         raise
     except MemoryError:  # over the worker's memory limit: the service answers 413
         raise WorkerMemory("decoding the frame needed more memory than a worker may use") from None
