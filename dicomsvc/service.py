@@ -96,7 +96,17 @@ class Service:
         raw, options`` or ``"file", temp, source, options``), with the other single ingests
         waiting for a worker at the same time: one worker task and one transaction for them all
         (``WorkerPool.run_grouped``; alone when a worker is idle; an upload always alone). Its
-        result or error as ``cpu``'s for ``ingest_path``/``ingest_file`` alone."""
+        result or error as ``cpu``'s for ``ingest_path``/``ingest_file`` alone.
+
+        An outcome ``settled`` for the same item in this request (by ``http.hotpost``, which then
+        hands the request to the stack) is given again instead: a file that brings its worker
+        down costs one worker, not two, and a refused file is not parsed twice."""
+        settled = _SETTLED.get()
+        if settled is not None and settled[0] == _same_ingest(item):
+            _SETTLED.set(None)  # once
+            if settled[2]:
+                raise settled[1]
+            return settled[1]
         if item[0] == "file":  # an upload's bytes are used up by its ingest: it could not go again
             # alone after a worker lost mid-group (WorkerPool.run_grouped), so it is never grouped
             # and another request's crash never fails it
@@ -106,6 +116,17 @@ class Service:
         if self.config.network_config.rules:
             self.forward_wakeup.set()
         return result
+
+    @staticmethod
+    @contextlib.contextmanager
+    def settled(item: tuple, outcome: Any, raised: bool = False) -> Iterator[None]:
+        """Within this block (in this request's context), ``ingest_one(*item)`` -- an upload's
+        temporary file aside -- answers ``outcome`` (raised if ``raised``) without a worker."""
+        token = _SETTLED.set((_same_ingest(item), outcome, raised))
+        try:
+            yield
+        finally:
+            _SETTLED.reset(token)
 
     async def remove_task_leftovers(self, tag: str) -> None:
         """Remove what the worker task ``tag`` wrote before its worker died: its temporary
@@ -125,6 +146,16 @@ class Service:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.io_pool, functools.partial(contextvars.copy_context().run, fn, *args))
 
+
+
+# (item, outcome, raised) of an ingest already run for the request being answered (``Service.settled``)
+_SETTLED: contextvars.ContextVar[tuple[tuple, Any, bool] | None] = contextvars.ContextVar("dicomsvc_settled", default=None)
+
+
+def _same_ingest(item: tuple) -> tuple:
+    """What makes two ``ingest_one`` items the same ingest: all but an upload's temporary file
+    (the stack spools the body it is handed again, to a file of its own)."""
+    return (item[0], *item[2:]) if item[0] == "file" else item
 
 
 def replica_id() -> str:

@@ -150,11 +150,47 @@ def test_the_stack_answers_uploads_that_are_not_plain(monkeypatch, client, heade
 
 
 def test_an_upload_that_fails_is_the_stacks_and_leaves_nothing(monkeypatch, client, data_dir):
-    """Not DICOM: ingested by HotPost (its worker refused it), then by the stack, which answers 422
-    and counts one failure; no temporary file left."""
+    """Not DICOM: ingested by HotPost (its worker refused it), then answered by the stack (422,
+    one failure counted) from that outcome; no temporary file left."""
     served = served_by_hotpost(monkeypatch)
     before = failed_count(client)
     got = client.post("/dicom", content=b"not DICOM at all" * 20, headers=IDENTITY | {"Content-Type": "application/dicom"})
     assert (got.status_code, got.json()["error"]) == (422, "invalid_dicom") and served == []
     assert failed_count(client) == before + 1
     assert blob_files(data_dir) == []
+
+
+def test_the_stack_gives_hotposts_outcome_again_with_no_second_ingest(monkeypatch, client, put, import_root, data_dir):
+    """What HotPost hands to the stack it has run in a worker once; the stack's ingest of the same item
+    gives that outcome again (Service.settled), so a file that brings its worker down costs one
+    worker, not two, and junk is parsed once. The answers and counts are the stack's, as above."""
+    from dicomsvc import ingest
+
+    put("CT_small.dcm", "folder/a.dcm")
+    (import_root / "junk.dcm").write_bytes(b"not DICOM at all" * 20)
+    runs, real = [], ingest.ingest_group
+
+    def counting(config, items):
+        runs.extend(item[1] if item[0] == "path" else item[2] for item in items)
+        return real(config, items)
+
+    monkeypatch.setattr(ingest, "ingest_group", counting)
+    served = served_by_hotpost(monkeypatch)
+    cases = [
+        ({"json": {"path": "junk.dcm"}}, 422, ["junk.dcm"]),  # raised in the worker
+        ({"json": {"path": "nope.dcm"}}, 404, ["nope.dcm"]),
+        ({"json": {"path": "../etc/passwd"}}, 403, ["../etc/passwd"]),  # refused: returned, not raised
+        ({"json": {"path": "folder"}}, 200, ["folder"]),  # a folder: the stack runs its batch
+        ({"content": b"not DICOM at all" * 20, "headers": {"Content-Type": "application/dicom"}}, 422, ["upload"]),
+    ]
+    for kwargs, status, once in cases:
+        runs.clear()
+        before = failed_count(client)
+        got = client.post("/dicom", **kwargs | {"headers": IDENTITY | kwargs.get("headers", {})})
+        assert got.status_code == status, (kwargs, got.text)
+        assert runs == once, kwargs
+        assert failed_count(client) == before + (status in (404, 422)), kwargs  # counted once, by the stack
+    assert served == [] and blob_files(data_dir) != []  # the folder's instance
+    runs.clear()  # nothing settled is left behind for the next request
+    again = client.post("/dicom", json={"path": "junk.dcm"}, headers=IDENTITY)
+    assert again.status_code == 422 and runs == ["junk.dcm"]

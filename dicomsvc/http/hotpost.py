@@ -28,10 +28,13 @@ JSON body that is not an object of ``path`` alone. An instance's body, read whol
 stack's ``intake._from_body`` spools it, then ingested as the stack would (``"upload"`` its
 source). The answer goes through the stack's gzip responder (``compression``). A body it has read
 is handed to the stack as it came (``_replay``). After the worker's trip it answers only an
-instance ingested (201/200); a path refused, a folder or a failed ingest goes to the stack,
-which does it again and answers (and counts) the error -- nothing was stored the first time.
+instance ingested (201/200); a path refused, a folder or a failed ingest goes to the stack
+(whose ``Service.ingest_one`` of the same item gives that outcome again, ``Service.settled``:
+a file that brings its worker down costs one worker), which answers and counts the error --
+nothing was stored.
 """
 
+import contextlib
 import json
 import logging
 import secrets
@@ -86,20 +89,22 @@ class HotPost:
         logs.begin_request(logs.RequestContext(rid, lambda: DICOM, lambda: ANONYMOUS.user))  # as RequestId, AccessLog
         options = Options.from_request({}, user=ANONYMOUS.owner)
         temp = None if raw is not None else svc.blobs.tmp / f"upload-{secrets.token_hex(12)}.dcm"  # as intake._from_body
-        answer = None
+        answer = spooled = raised = None
+        item = ("path", raw, options) if temp is None else ("file", temp, "upload", options)
         try:  # the stack's _from_path or _from_body, without ?async (declined): one trip to a worker
-            if temp is None:
-                answer = await svc.ingest_one("path", raw, options)
-            else:
+            if temp is not None:
                 await svc.io(_spool, temp, body)
-                answer = await svc.ingest_one("file", temp, "upload", options)
-        except Exception:  # noqa: BLE001 -- failed (nothing stored): the stack does it again, answers and counts it
-            pass
+            spooled = True
+            answer = await svc.ingest_one(*item)  # a path refused comes back as its error, not raised
+        except Exception as exc:  # noqa: BLE001 -- failed (nothing stored): the stack answers and counts it
+            answer, raised = exc, True
         finally:  # not ingested (failed, cancelled): the upload's file may be left, its worker dead
             if temp is not None and not isinstance(answer, Ingested):
                 await svc.io(svc.blobs.discard, temp)
-        if not isinstance(answer, Ingested):  # refused, a folder, failed
-            return await self.app(scope, _replay(read, receive), send)
+        if not isinstance(answer, Ingested):  # refused, a folder, failed: the stack's ingest_one of the
+            # same item gives the worker's outcome again (no second trip); a spool that failed, the stack retries
+            with svc.settled(item, answer, raised) if spooled else contextlib.nullcontext():
+                return await self.app(scope, _replay(read, receive), send)
         await self._answer(scope, send, svc, answer, rid, gzip_ok, notes, start, when)
 
     async def _answer(self, scope, send, svc, ingested: Ingested, rid: str, gzip_ok: bool, notes, start: float,
