@@ -46,6 +46,7 @@ import resource
 import shutil
 import sys
 import time
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -181,7 +182,7 @@ class Ours(Target):
             url = j.get("status_url") or f"/jobs/{job}"
             if "status_url" not in j:
                 res["shape_problems"].append(f"202 body lacks status_url: {r.text[:300]!r}")
-            elif url != f"/jobs/{job}":
+            elif urllib.parse.urlsplit(url).path != f"/jobs/{job}":  # absolute, as the README shows
                 res["shape_problems"].append(f"202 status_url {url!r} is not /jobs/{job}")
             final, polls, timeline = None, 0, []
             n_poll = int(max(0.0, deadline - time.monotonic()) / 0.25) + 2
