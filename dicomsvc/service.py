@@ -147,7 +147,6 @@ class Service:
         return await loop.run_in_executor(self.io_pool, functools.partial(contextvars.copy_context().run, fn, *args))
 
 
-
 # (item, outcome, raised) of an ingest already run for the request being answered (``Service.settled``)
 _SETTLED: contextvars.ContextVar[tuple[tuple, Any, bool] | None] = contextvars.ContextVar("dicomsvc_settled", default=None)
 
