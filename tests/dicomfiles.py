@@ -171,3 +171,18 @@ def temporary_files_on_a_full_disk(monkeypatch) -> None:
             return getattr(self._file, name)
 
     monkeypatch.setattr(tempfile, "TemporaryFile", Full)
+
+
+def drops_pages(folder) -> bool:
+    """Whether this file system drops a synced file's pages on POSIX_FADV_DONTNEED (a disk
+    file system does; tmpfs keeps them: its pages are the file)."""
+    from dicomsvc.storage import blobs
+
+    probe = folder / "probe"
+    probe.write_bytes(b"p" * 65536)
+    blobs.sync_data(probe)
+    blobs.drop_cached(probe)
+    dropped = blobs.read_if_cached(probe) is None
+    probe.unlink()
+    return dropped
+

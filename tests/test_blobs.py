@@ -4,6 +4,7 @@ import io
 
 import pytest
 
+from dicomfiles import drops_pages
 from dicomsvc.storage.blobs import BlobStore
 from dicomsvc.errors import TooLarge
 
@@ -122,3 +123,30 @@ def test_read_if_cached_reads_what_the_page_cache_holds_and_never_waits(tmp_path
     monkeypatch.undo()
     monkeypatch.setattr(blobs, "CACHED_READ_MAX", 10)
     assert blobs.read_if_cached(path) is None  # too large for the event loop
+
+
+def test_a_placed_dicom_blob_leaves_the_page_cache_its_rendering_stays(tmp_path):
+    from dicomsvc.storage.blobs import read_if_cached
+
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.open()
+    if not drops_pages(blobs.tmp):
+        pytest.skip("this file system keeps pages on POSIX_FADV_DONTNEED (tmpfs)")
+    dcm, png = blobs.write_temp(b"d" * 200_000, ".dcm"), blobs.write_temp(b"p" * 50_000, ".png")
+    assert read_if_cached(dcm) is not None and read_if_cached(png) is not None  # just written
+    blobs.sync_soon(dcm)  # as ingest does: the data sync started early, waited for by the commit
+    dcm_key, png_key = blobs.key("AbCdEfGhIjKlMnOpQrStUv", "dcm"), blobs.key("AbCdEfGhIjKlMnOpQrStUv", "png")
+    blobs.commit_all([(dcm, dcm_key), (png, png_key)])
+    assert read_if_cached(blobs.path(dcm_key)) is None  # synced, then its pages dropped
+    assert blobs.path(dcm_key).read_bytes() == b"d" * 200_000  # from the disk, whole
+    assert read_if_cached(blobs.path(png_key)) == b"p" * 50_000  # GET /image reads it from memory
+
+
+def test_drop_cached_is_advice_only(tmp_path):
+    from dicomsvc.storage import blobs
+
+    blobs.drop_cached(tmp_path / "gone.dcm")  # nothing to open: nothing happens
+    path = tmp_path / "dirty.dcm"
+    path.write_bytes(b"x" * 4096)
+    blobs.drop_cached(path)  # not synced: the kernel keeps what it must write
+    assert path.read_bytes() == b"x" * 4096

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomfiles import ENCRYPTED_SUITE, blob_files, blob_plaintext, sample_file
+from dicomfiles import ENCRYPTED_SUITE, blob_files, blob_plaintext, drops_pages, sample_file
 from indexdb import index, on_postgres
 from dicomsvc import ingest
 from dicomsvc.storage import instances, sqlite
@@ -300,6 +300,21 @@ def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch)
     monkeypatch.setattr(ingest, "read", read)
     assert ingest.ingest_file(ready, spooled, "CT_small.dcm").created
     assert events[:2] == ["sync begins", "parse"]
+
+
+@pytest.mark.local_blobs_only("with S3 the local copy is a read cache, not synced: its pages are kept")
+def test_the_stored_dicom_leaves_the_page_cache_once_synced_its_png_stays(ready):
+    """The next ingest writes into the pages the kernel freed (dicomsvc.storage.blobs)."""
+    from dicomsvc.storage.blobs import read_if_cached
+
+    if not drops_pages(ready.blob_dir / ".tmp"):
+        pytest.skip("this file system keeps pages on POSIX_FADV_DONTNEED (tmpfs)")
+    result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
+    blobs = BlobStore(ready.blob_dir)
+    dcm, png = blobs.path(BlobStore.key(result.id, "dcm")), blobs.path(BlobStore.key(result.id, "png"))
+    assert read_if_cached(dcm) is None
+    assert read_if_cached(png) is not None
+    assert blob_plaintext(dcm) == sample_file("CT_small.dcm").read_bytes()  # read back from the disk
 
 
 @pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key, the early sync does not run: _place syncs the sealed copy")
