@@ -13,6 +13,8 @@ crash leaves a whole record or nothing anything points at (temporary files are
 cleared at the next start).
 """
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -193,13 +195,15 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
             temp = _anonymized_copy(config, temp, options, blobs)
             parsed, source = read(temp, config.max_upload_bytes), "(anonymized)"
         uids = {"sop_class_uid": _text(parsed.ds, "SOPClassUID"), "sop_instance_uid": parsed.sop_instance_uid}
-        digest = pixel_hash(temp, parsed)
-        existing = instances.find_instance(db, parsed.sop_instance_uid, digest)
-        if existing:
-            blobs.discard(temp)
-            return Ingested(existing, created=False, warnings=[], **uids)
+        hashing = _hash_soon(temp, parsed)  # SHA-256 in a thread (GIL released) while we flatten and render
+        if instances.sop_stored(db, parsed.sop_instance_uid):  # maybe a duplicate: the hash decides now
+            existing = instances.find_instance(db, parsed.sop_instance_uid, hashing.result())
+            if existing:
+                blobs.discard(temp)
+                return Ingested(existing, created=False, warnings=[], **uids)
         rows = flatten(parsed.ds, parsed.pixel)
         png_temp, render_error = _render(temp, parsed, blobs)
+        digest = hashing.result()
         record = _record(parsed, digest, rows, temp, source, render_error, png_temp is not None)
         record |= {
             "anonymized": int(anonymized),
@@ -255,6 +259,26 @@ def commit_staged(config: Config, blobs: BlobStore, staged: list[Staged]) -> lis
         else:
             done.append(Ingested(stored_id, created=True, warnings=s.warnings, **s.uids))
     return done
+
+
+_hasher: ThreadPoolExecutor | None = None  # made on first use (in a worker: after the fork)
+_hasher_lock = threading.Lock()
+
+
+def _hash_soon(temp: Path, parsed: Parsed) -> "Future[str]":
+    """``pixel_hash`` of a pixel data value in the file, started in a thread of its own: the
+    file's reads and SHA-256 release the GIL, so at one request at a time the second core
+    hashes while this one flattens and renders (issue 12). A value held in the data set is
+    hashed here and now (reading it may convert the element, which ``flatten`` walks)."""
+    global _hasher
+    if parsed.pixel is None or parsed.pixel.offset is None:
+        done: Future[str] = Future()
+        done.set_result(pixel_hash(temp, parsed))
+        return done
+    with _hasher_lock:
+        if _hasher is None:
+            _hasher = ThreadPoolExecutor(1, thread_name_prefix="pixel-hash")
+    return _hasher.submit(pixel_hash, temp, parsed)
 
 
 def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobStore) -> Path:

@@ -1,6 +1,7 @@
 """The synchronous ingest pipeline, called directly: what it stores, and what it cleans up."""
 
 import asyncio
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -8,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from dicomfiles import ENCRYPTED_SUITE, blob_files, blob_plaintext, drops_pages, sample_file
 from indexdb import index, on_postgres
@@ -300,6 +302,47 @@ def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch)
     monkeypatch.setattr(ingest, "read", read)
     assert ingest.ingest_file(ready, spooled, "CT_small.dcm").created
     assert events[:2] == ["sync begins", "parse"]
+
+
+def test_the_pixel_hash_runs_beside_flatten_and_render(ready, monkeypatch):
+    """SHA-256 of the pixel data in a thread of its own, while this one flattens the tags."""
+    hashing, flattened = threading.Event(), threading.Event()
+    threads = {}
+    real_hash, real_flatten = ingest.pixel_hash, ingest.flatten
+
+    def pixel_hash(*args):
+        threads["hash"] = threading.get_ident()
+        hashing.set()
+        assert flattened.wait(10)  # liveness bound only: in one thread this could never be set
+        return real_hash(*args)
+
+    def flatten(*args):
+        assert hashing.wait(10)
+        threads["flatten"] = threading.get_ident()
+        flattened.set()
+        return real_flatten(*args)
+
+    monkeypatch.setattr(ingest, "pixel_hash", pixel_hash)
+    monkeypatch.setattr(ingest, "flatten", flatten)
+    result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
+    assert result.created and threads["hash"] != threads["flatten"]
+    monkeypatch.undo()
+    again = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "again")  # the same UID and pixels
+    assert (again.id, again.created) == (result.id, False)
+    (digest,) = rows(ready, "SELECT pixel_hash FROM dicom")[0]
+    assert digest == hashlib.sha256(dcmread(sample_file("CT_small.dcm")).PixelData).hexdigest()
+
+
+def test_the_same_uid_with_other_pixels_is_another_instance(ready, tmp_path):
+    ds = dcmread(sample_file("CT_small.dcm"))
+    first = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "first")
+    ds.PixelData = bytes(len(ds.PixelData))  # the same SOP Instance UID, other pixel data
+    changed = tmp_path / "changed.dcm"
+    ds.save_as(changed)
+    with open(changed, "rb") as src:
+        second = ingest.ingest_file(ready, BlobStore(ready.blob_dir).spool(src, 1 << 30), "second")
+    assert second.created and second.id != first.id
+    assert rows(ready, "SELECT COUNT(DISTINCT pixel_hash) FROM dicom") == [(2,)]
 
 
 @pytest.mark.local_blobs_only("with S3 the local copy is a read cache, not synced: its pages are kept")

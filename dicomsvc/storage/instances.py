@@ -33,6 +33,7 @@ FILTERS = {
 }
 _COLUMNS = FILTERS | {"id": "id"}  # and the public id, for deleting one instance
 FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
+SOP_STORED_SQL = "SELECT 1 FROM dicom WHERE sop_instance_uid = ? LIMIT 1"
 
 
 Forwards = Sequence[tuple[str, bool]]  # (destination, anonymize) pairs the routing rules name
@@ -56,6 +57,11 @@ class TagRowLike(Protocol):
 def find_instance(w: Writer, sop_instance_uid: str, pixel_hash: str) -> str | None:
     row = w.db.execute(FIND_INSTANCE_SQL, (sop_instance_uid, pixel_hash)).fetchone()
     return row[0] if row else None
+
+
+def sop_stored(w: Writer, sop_instance_uid: str) -> bool:
+    """Whether any instance with this SOP Instance UID is stored (whatever its pixel hash)."""
+    return w.db.execute(SOP_STORED_SQL, (sop_instance_uid,)).fetchone() is not None
 
 
 def insert_instance(
