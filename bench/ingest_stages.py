@@ -1,16 +1,20 @@
 """Per-stage profile of one ingest (in-process, no HTTP): CPU (thread time) and wall ms per stage.
 
-    .venv/bin/python bench/ingest_stages.py [--n 200]
+    .venv/bin/python bench/ingest_stages.py [--n 200] [--keep-cached]
 
 Ingests N synthetic CTs (bench/corpus.py) by path through dicomsvc.ingest.ingest_import,
 with each stage wrapped in a timer; prints the median per instance of each stage. pydicom is
 set up as in the service's workers (``logs.quiet_pydicom``: no validation while reading).
+``--keep-cached``: stored DICOM blobs keep their page-cache pages (``blobs.drop_cached`` does
+nothing), for an A/B of that choice; run both, alternating, in one session. The pixel hash runs
+in a thread beside flatten and render (``ingest._hash_soon``): its row is that thread's CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -24,6 +28,7 @@ import corpus as CO  # noqa: E402
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--keep-cached", action="store_true", help="stored DICOM blobs keep their page-cache pages")
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="stages-"))
     imp = tmp / "import"
@@ -39,6 +44,8 @@ def main(argv=None) -> int:
     from dicomsvc.storage import blobs, instances, sqlite
     from dicomsvc.storage.blobs import BlobStore
 
+    if a.keep_cached:
+        blobs.drop_cached = lambda path: None
     quiet_pydicom()  # as in the workers: values not validated while reading (pydicom.config IGNORE)
     config = Config.from_env()
     config.data_dir.mkdir(parents=True)
@@ -73,13 +80,16 @@ def main(argv=None) -> int:
     for owner, attr, name in stages:
         setattr(owner, attr, timed(name, getattr(owner, attr)))
     total = []
-    for inst in corpus.instances:
-        current.clear()
-        c0, w0 = time.thread_time(), time.perf_counter()
-        ingest.ingest_import(config, inst.rel)
-        total.append((time.thread_time() - c0, time.perf_counter() - w0))
-        for k, v in current.items():
-            times.setdefault(k, []).append(tuple(v))
+    try:
+        for inst in corpus.instances:
+            current.clear()
+            c0, w0 = time.thread_time(), time.perf_counter()
+            ingest.ingest_import(config, inst.rel)
+            total.append((time.thread_time() - c0, time.perf_counter() - w0))
+            for k, v in current.items():
+                times.setdefault(k, []).append(tuple(v))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the corpus and the data folder (hundreds of MB)
     med = lambda xs, i: statistics.median(x[i] for x in xs) * 1000  # noqa: E731
     print(f"{'stage':28} {'CPU ms':>8} {'wall ms':>8}")
     for _, _, name in stages:

@@ -32,12 +32,14 @@ dropped from the page cache (``drop_cached``: ``posix_fadvise`` POSIX_FADV_DONTN
 drops clean pages only), so the next ingest writes into pages the kernel just freed. Issue 12
 measured why: on a virtual machine whose free memory goes back to the host (virtio-balloon
 free page reporting, as here), a page the guest never touched, or freed a while ago, costs a
-fault in the host on its first write: a 0.5 MB file written into fresh pages took 1.4-1.9 ms
-of CPU, into pages just freed 0.6 ms (bench: 1.3 ms of worker CPU per CT ingest less, and a
-fifth more uploads a second). The stored DICOM file is what an ingest rarely reads again soon
-(its tags are in the database); renderings keep their pages (``GET /image`` reads them).
-On a host where fresh pages are cheap this changes little either way; a later read of the
-file comes from the disk.
+fault in the host on its first write: 0.5 MB files written one after another into fresh pages
+took 1.4-1.9 ms of CPU each, into pages just freed 0.6-1.2 ms. ``bench/ingest_stages.py``
+(``--keep-cached`` for the A/B) measured a whole CT ingest 0.9-1.3 ms of CPU cheaper, the copy
+into the store 0.4-1.5 ms down to 0.2-0.3 ms (how much depends on how many recently freed pages
+the kernel holds). The stored DICOM file is what an ingest rarely reads again soon (its tags
+are in the database); renderings keep their pages (``GET /image`` reads them). On a host where
+fresh pages are cheap this changes little either way; a later read of the file comes from the
+disk.
 
 S3-compatible storage (``remote``, DICOMSVC_BLOB_URL=s3://...; ``dicomsvc.storage.objects``):
 the bucket holds the durable copy under the same key, the folder is a bounded read-through
