@@ -7,7 +7,8 @@ with each stage wrapped in a timer; prints the median per instance of each stage
 set up as in the service's workers (``logs.quiet_pydicom``: no validation while reading).
 ``--keep-cached``: stored DICOM blobs keep their page-cache pages (``blobs.drop_cached`` does
 nothing), for an A/B of that choice; run both, alternating, in one session. The pixel hash runs
-in a thread beside flatten and render (``ingest._hash_soon``): its row is that thread's CPU.
+in a thread of its own beside flatten and render (``ingest._hash_soon``): its row is that
+thread's CPU ("whole ingest" is the ingest's own thread's).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     stages = [
         (ingest, "read", "parse"), (ingest, "pixel_hash", "pixel hash"), (ingest, "flatten", "flatten"),
         (ingest, "render_png", "render PNG"), (ingest, "_metadata", "DICOM JSON"), (ingest, "summary", "summary"),
-        (instances, "find_instance", "duplicate check"), (instances, "insert_instances", "SQLite insert+commit"),
+        (instances, "sop_stored", "duplicate check"), (instances, "insert_instances", "SQLite insert+commit"),
         (blobs, "sync_data", "fdatasync blobs"), (blobs, "sync_folder", "fsync folders"),
         (BlobStore, "spool", "copy in"), (BlobStore, "write_temp", "PNG write"),
     ]

@@ -333,6 +333,30 @@ def test_the_pixel_hash_runs_beside_flatten_and_render(ready, monkeypatch):
     assert digest == hashlib.sha256(dcmread(sample_file("CT_small.dcm")).PixelData).hexdigest()
 
 
+def test_a_failure_after_the_png_was_written_leaves_nothing(ready, monkeypatch):
+    def record(*args):
+        raise RuntimeError("a bug after the PNG was written")
+
+    monkeypatch.setattr(ingest, "_record", record)
+    with pytest.raises(RuntimeError, match="a bug after the PNG was written"):
+        ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
+    assert stored_blobs(ready) == [] and temp_blobs(ready) == []
+    assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(0,)]
+
+
+def test_pixel_data_that_will_not_render_is_stored_with_the_reason(ready, monkeypatch):
+    def render_png(*args):
+        raise ValueError("no")
+
+    monkeypatch.setattr(ingest, "render_png", render_png)
+    result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
+    assert result.created and result.warnings == ["pixel data could not be rendered: ValueError"]
+    assert stored_blobs(ready) == [f"{result.id}.dcm"] and temp_blobs(ready) == []
+    assert rows(ready, "SELECT png_blob, png_bytes, render_error FROM dicom") == [
+        (None, None, "pixel data could not be rendered: ValueError")
+    ]
+
+
 def test_the_same_uid_with_other_pixels_is_another_instance(ready, tmp_path):
     ds = dcmread(sample_file("CT_small.dcm"))
     first = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "first")
