@@ -6,7 +6,7 @@ pipeline: ``set_forkserver_preload``) and forks a worker per request, so all the
 workers share those pages copy-on-write instead of each importing its own. This
 module is the first of that list, so what it does happens before any of them:
 
-* one thread for OpenBLAS/OpenMP/MKL (``workers.ONE_THREAD``), set before numpy is
+* one thread for OpenBLAS/OpenMP/MKL (``workerproc.ONE_THREAD``), set before numpy is
   imported, and inherited by every worker forked from here;
 * the fork server dies with the server, kill -9 included (``PR_SET_PDEATHSIG``). The
   server starts it from a thread that lives as long as its process
@@ -23,7 +23,9 @@ Importing it anywhere but in the fork server does nothing.
 import os
 import sys
 
-from .workers import ONE_THREAD, die_with_parent
+from .workerproc import ONE_THREAD, die_with_parent
+
+UNUSED = ("requests", "tqdm")  # imported by pydicom.data if installed; never used in a worker
 
 
 def _in_fork_server() -> bool:
@@ -40,4 +42,10 @@ def _in_fork_server() -> bool:
 if _in_fork_server():
     for _name in ONE_THREAD:
         os.environ.setdefault(_name, "1")
+    # pydicom.data imports requests and tqdm when they are installed (the tests install them),
+    # to download its test files -- which no worker does: kept out of the fork server, and so
+    # of every worker (5 MB of each one's memory, issue 12). ``import requests`` then raises
+    # ImportError, as pydicom expects where they are not installed.
+    for _name in UNUSED:
+        sys.modules.setdefault(_name, None)
     die_with_parent()

@@ -35,7 +35,7 @@ from .results import Folder, Ingested  # defined there: the server unpickles the
 from .storage import instances, space
 from .storage.blobs import BlobStore
 from .storage.sqlite import connection
-from .workers import failure
+from .workerproc import failure
 
 
 @dataclass
@@ -83,7 +83,7 @@ def ingest_group(config: Config, items: list[tuple]) -> list[tuple]:
     each item ``("path", raw, options)`` (``ingest_path``) or ``("file", temp, source, options)``
     (``ingest_file``) staged on its own, and the staged ones committed in one transaction
     (``commit_staged``: one folder-sync pass, one WAL sync; issue 12's group commit). A reply
-    per item, as a worker's (``workers.failure``): an item's refusal or failure is its own;
+    per item, as a worker's (``workerproc.failure``): an item's refusal or failure is its own;
     a commit that fails, fails the items it commits (their blobs removed). Past the memory
     limit nothing staged stays, and the task fails as a whole (413, as alone)."""
     blobs = BlobStore.of(config)

@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 from . import tasks
 from .config import Config
 from .errors import DicomSvcError
-from .logs import quiet_pydicom
 from .storage import instances, shared
 from .storage.dialect import SQLITE
 from .storage.blobs import BlobStore
@@ -45,22 +44,11 @@ WORKER_MODULES = ("dicomsvc.ingest", "dicomsvc.retrieve", "dicomsvc.imaging.deco
 
 def _new_cpu_pool(config: Config) -> WorkerPool | ThreadPool:
     # preload: imported once by the fork server, shared by every worker (dicomsvc.workers)
-    setup = Setup("dicomsvc.service:init_worker", (config.max_frame_bytes,), preload=WORKER_MODULES)
+    setup = Setup("dicomsvc.tasks:init_worker", (config.max_frame_bytes,), preload=WORKER_MODULES)
     if config.workers == 0:  # in-process threads: tests, debugging
         return ThreadPool(2, setup)
     limits = Limits(memory=config.worker_memory, timeout=config.worker_timeout)
     return WorkerPool(config.workers, limits, setup, tmp=config.blob_dir / ".tmp")
-
-
-def init_worker(max_frame_bytes: int) -> None:
-    """Set up a worker (run once in each, under its limits): pydicom kept quiet,
-    DICOMSVC_MAX_FRAME_BYTES, and what the pipeline imports, so the first request
-    does not pay for it."""
-    quiet_pydicom()
-    from . import ingest, retrieve  # noqa: F401
-    from .imaging import decode
-
-    decode.set_max_frame_bytes(max_frame_bytes)
 
 
 @dataclass

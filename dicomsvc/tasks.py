@@ -34,10 +34,23 @@ class Task:
         return getattr(importlib.import_module(self.module), self.name)(*args)
 
 
+def init_worker(max_frame_bytes: int) -> None:
+    """Set up a worker (run once in each, under its limits): pydicom kept quiet,
+    DICOMSVC_MAX_FRAME_BYTES, and what the pipeline imports, so the first request
+    does not pay for it. Here, in a light module, and not in ``dicomsvc.service``: the
+    fork server imports the initializer's module, and the service's would bring the
+    pool, asyncio and the metrics into every worker (issue 12: memory)."""
+    _prepare()
+    from . import ingest, retrieve  # noqa: F401
+    from .imaging import decode
+
+    decode.set_max_frame_bytes(max_frame_bytes)
+
+
 @functools.cache
 def _prepare() -> None:
     """Once per process, before a task's module is imported: pydicom reads leniently and
-    stays quiet, as in the workers (``dicomsvc.service.init_worker``)."""
+    stays quiet, as in the workers (``init_worker``)."""
     from .logs import quiet_pydicom
 
     quiet_pydicom()

@@ -7,7 +7,9 @@ and the server hands it one task at a time, so a death or a timeout belongs to
 exactly one task.
 
 Workers are forked from a fork server (multiprocessing's "forkserver" start
-method; ``dicomsvc.forkserver`` is its first import): it imports what the workers
+method; ``dicomsvc.forkserver`` is its first import, ``dicomsvc.workerproc`` -- the
+worker's side of this module: its loop, limits and replies, without the pool's asyncio
+and metrics -- its second): it imports what the workers
 run once (``Setup.preload``: numpy, pydicom and its decoders, the pipeline), and
 every worker forked from it shares those pages copy-on-write, where spawned
 workers each imported their own (issue 12: idle memory counted as PSS). Each
@@ -49,20 +51,15 @@ with the answer it would have had alone.
 
 import asyncio
 import contextlib
-import ctypes
 import functools
-import gc
 import importlib
 import logging
 import multiprocessing
 import os
 import pickle
-import resource
 import secrets
 import signal
 import struct
-import sys
-import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,10 +68,10 @@ from typing import Any
 from . import metrics
 from .errors import Busy, DicomSvcError, InvalidDicom, WorkerMemory
 from .storage import blobs
+from .workerproc import STOP, Limits, Setup, _worker_main  # the worker's side (Limits, Setup: the pool's too)
 
 log = logging.getLogger("dicomsvc")
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 START_TIMEOUT = 120.0  # seconds a new worker may take to import what it needs
 STOP_TIMEOUT = 10.0  # seconds a worker may take to leave at shutdown before it is killed
 # A task up to this size is written to an idle worker from the event loop (its socket takes it
@@ -82,34 +79,9 @@ STOP_TIMEOUT = 10.0  # seconds a worker may take to leave at shutdown before it 
 INLINE_SEND = 64 * 1024
 READ_SIZE = 1 << 20  # bytes read at most per readiness of a worker's connection
 _LENGTH, _LONG_LENGTH = struct.Struct("!i"), struct.Struct("!Q")  # multiprocessing.connection's framing
-STOP = b"stop"  # the message that ends a worker (tasks are pickles, never this)
 FORK_SERVER = "dicomsvc.forkserver"  # the fork server's first import (see there)
-# A worker idle this long after a task hands the heap memory its tasks freed back to the
-# system (glibc malloc_trim): not after every task, where the next one would fault it in again
-IDLE_TRIM_S = 1.0
+WORKER_SIDE = "dicomsvc.workerproc"  # its second: what a worker runs (not this module: no asyncio there)
 GROUP_CAP = 8  # items at most in one grouped task (run_grouped)
-# Libraries that start a thread per CPU at import, each reserving address space
-# (OpenBLAS: ~40 MB a thread): one is plenty for a worker, and keeps RLIMIT_AS honest
-ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@dataclass(frozen=True)
-class Limits:
-    memory: int = 0  # bytes of address space per worker (RLIMIT_AS); 0: none
-    timeout: float = 0  # seconds per task; 0: none
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What a worker runs once before its first task: ``module:function`` and its
-    arguments, run after the limits are in place; and the modules the fork server
-    imports for all the workers to share (``preload``; the initializer's module too).
-    The fork server is one per server process, started by the first pool with the
-    preload list of that pool."""
-
-    initializer: str = ""
-    args: tuple = ()
-    preload: tuple[str, ...] = ()
 
 
 class RemoteTraceback(Exception):
@@ -117,115 +89,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.args[0]
-
-
-# The worker side ---------------------------------------------------------------------------
-
-
-def _worker_main(conn, server_pid: int, limits: Limits, setup: Setup) -> None:
-    """A worker's life: die with the parent, take the limits, set up, then serve tasks."""
-    die_with_parent()
-    if not _parent_is_ours(server_pid):  # the parent went before the request took effect
-        os._exit(0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    for name in ONE_THREAD:
-        os.environ.setdefault(name, "1")
-    if limits.memory:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
-    if setup.initializer:
-        module, _, function = setup.initializer.partition(":")
-        getattr(importlib.import_module(module), function)(*setup.args)
-    gc.freeze()  # what the fork server imported stays shared: no collection writes to it
-    conn.send_bytes(pickle.dumps(("ready", os.getpid())))
-    _serve(conn)
-
-
-def die_with_parent() -> None:
-    """Ask for SIGKILL when the parent process goes (Linux: ``PR_SET_PDEATHSIG``)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _parent_is_ours(server_pid: int) -> bool:
-    """This process's parent is the server, or the server's child (the fork server)."""
-    parent = os.getppid()
-    return parent == server_pid or _parent_of(parent) == server_pid
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])  # after (comm): state, ppid
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _serve(conn) -> None:
-    trimmed = True
-    while True:
-        if not trimmed and not conn.poll(IDLE_TRIM_S):
-            _trim_heap()
-            trimmed = True
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):  # the server is gone
-            os._exit(0)
-        if data == STOP:
-            return
-        reply, retire = _run_task(data)
-        trimmed = False
-        try:
-            payload = pickle.dumps(reply)
-        except Exception:  # an exception that does not pickle: its name and message
-            error = reply[1]
-            payload = pickle.dumps(("error", RuntimeError(f"{type(error).__name__}: {error}"), reply[2]))
-        try:
-            conn.send_bytes(payload)
-        except OSError:
-            os._exit(0)
-        if retire:
-            return
-
-
-def failure(exc: BaseException) -> tuple:
-    """The reply of a task (or of one item of a grouped task) that raised ``exc``: the
-    service's own errors as they are, anything else with its traceback (the server raises
-    it with a ``RemoteTraceback`` cause), as a RuntimeError naming it if it does not pickle."""
-    if isinstance(exc, DicomSvcError):
-        return ("error", exc, None)
-    remote = "".join(traceback.format_exception(exc))
-    try:
-        pickle.dumps(exc)
-    except Exception:
-        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-    return ("error", exc, remote)
-
-
-def _trim_heap() -> None:
-    """Return free heap pages to the system (glibc ``malloc_trim``; elsewhere nothing)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-def _run_task(data: bytes) -> tuple[tuple, bool]:
-    """The reply to one task, and whether this worker should leave after sending it."""
-    tmp = None
-    try:
-        fn, args, tag, tmp = pickle.loads(data)
-        blobs.begin_task(tag)
-        return ("ok", fn(*args)), False
-    except MemoryError:  # past RLIMIT_AS: answered 413, and a fresh worker takes over
-        return ("memory", None), True
-    except BaseException as exc:  # refused input; a bug, or a decoder's panic (a BaseException)
-        return failure(exc), False
-    finally:
-        if tmp is None:
-            blobs.begin_task(None)
-        else:
-            with contextlib.suppress(OSError):
-                blobs.end_task(tmp)
 
 
 # The server side ---------------------------------------------------------------------------
@@ -242,7 +105,7 @@ def _start_fork_server(preload: tuple[str, ...]) -> None:
         return
     from multiprocessing import forkserver
 
-    forkserver.set_forkserver_preload(list(dict.fromkeys((FORK_SERVER, __name__, *preload))))
+    forkserver.set_forkserver_preload(list(dict.fromkeys((FORK_SERVER, WORKER_SIDE, *preload))))
     _no_resource_tracker()
     _STARTER.submit(forkserver.ensure_running).result()
 

@@ -155,3 +155,49 @@ def test_the_server_process_never_imports_pydicom_numpy_pil(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"import": [], "start": [], "healthz, tags": [], "ingest, image, tags": []}
+
+
+WORKER_SCRIPT = """
+import json, sys
+import app
+from dicomsvc.config import Config
+from starlette.testclient import TestClient
+
+# a builtin, so that asking imports nothing more into the worker
+ASK = "sorted({name.split('.')[0] for name, module in __import__('sys').modules.items() if module is not None})"
+application = app.create_app(Config.from_env())
+with TestClient(application) as client:
+    created = client.post("/dicom", json={"path": "CT_small.dcm"})
+    assert created.status_code == 201, created.text
+    assert client.get("/image", params={"id": created.json()["id"]}).status_code == 200
+    pool = application.state.svc.cpu_pool
+    print(json.dumps(client.portal.call(pool.run, eval, ASK)))
+"""
+
+
+def test_workers_never_import_the_servers_event_loop_metrics_or_downloads(tmp_path):
+    """Issue 12 (memory: every module a worker holds counts in its RSS): the fork server
+    imports the worker's side only (``dicomsvc.workerproc``, ``dicomsvc.tasks:init_worker``),
+    so a worker that has ingested and rendered holds no asyncio, aiosqlite or prometheus_client
+    (the pool's and the server's), and none of the requests and tqdm pydicom.data would import
+    (``dicomsvc.forkserver``) -- while it does hold the pipeline's pydicom and numpy."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "import").mkdir()
+    shutil.copyfile(get_testdata_file("CT_small.dcm"), tmp_path / "import" / "CT_small.dcm")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMSVC_")}
+    env |= {"DICOMSVC_DATA_DIR": str(tmp_path / "data"), "DICOMSVC_IMPORT_ROOT": str(tmp_path / "import")}
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert {"pydicom", "numpy", "dicomsvc"} <= loaded
+    assert sorted(loaded & {"asyncio", "aiosqlite", "prometheus_client", "requests", "tqdm", "starlette", "uvicorn"}) == []

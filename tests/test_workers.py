@@ -257,7 +257,8 @@ def test_an_idle_worker_returns_freed_heap_to_the_system():
     IDLE_TRIM_S, then malloc_trim gives it back (issue 12)."""
     import asyncio
 
-    from dicomsvc.workers import IDLE_TRIM_S, Limits, WorkerPool
+    from dicomsvc.workerproc import IDLE_TRIM_S
+    from dicomsvc.workers import Limits, WorkerPool
 
     async def main() -> tuple[int, int]:
         pool = WorkerPool(1, Limits())

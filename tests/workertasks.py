@@ -106,7 +106,7 @@ def group_echo(label: str, items: list) -> list[tuple]:
     """A grouped task (``WorkerPool.run_grouped``): each item answered with this worker's pid, the
     shared argument, the item and the group's size; the item "bad" refused alone."""
     from dicomsvc.errors import BadRequest
-    from dicomsvc.workers import failure
+    from dicomsvc.workerproc import failure
 
     return [failure(BadRequest("a bad item")) if item == "bad" else ("ok", (os.getpid(), label, item, len(items))) for item in items]
 

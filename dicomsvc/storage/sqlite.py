@@ -25,7 +25,6 @@ behind the same calls, and ``Database.dialect`` / ``Writer.dialect`` say which S
 where the two differ.
 """
 
-import asyncio
 import contextlib
 import sqlite3
 import threading
@@ -33,8 +32,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiosqlite
+if TYPE_CHECKING:  # the service's side: worker processes, which only write, never load asyncio
+    import asyncio
+
+    import aiosqlite
 
 from . import studies
 from .dialect import POSTGRESQL, SQLITE, dialect_of, is_url
@@ -138,15 +141,21 @@ def connection(path: Where) -> Writer:
     return writer
 
 
+def _new_lock() -> "asyncio.Lock":
+    import asyncio  # here: this module is imported by the workers too, which never need asyncio
+
+    return asyncio.Lock()
+
+
 # The service's side (async) --------------------------------------------------------
 
 
 @dataclass
 class Database:
-    conn: aiosqlite.Connection  # the service's own: reads, and job bookkeeping (or postgres.AsyncConn)
+    conn: "aiosqlite.Connection"  # the service's own: reads, and job bookkeeping (or postgres.AsyncConn)
     # One transaction at a time on ``conn``: coroutines share it, and a statement of one
     # must not land inside (and roll back with) another's transaction.
-    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    write_lock: "asyncio.Lock" = field(default_factory=_new_lock)
     # Point reads run at once on the event loop (``read_now``); None: all reads go through ``conn``
     reader: sqlite3.Connection | None = None
 
@@ -187,7 +196,7 @@ async def read_now(db: Database, sql: str, params: tuple = ()) -> list[sqlite3.R
 
 
 @contextlib.asynccontextmanager
-async def transaction(db: Database) -> AsyncIterator[aiosqlite.Connection]:
+async def transaction(db: Database) -> AsyncIterator["aiosqlite.Connection"]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the service's connection, one at a time.
 
     On any error, a COMMIT's included (SQLITE_FULL on a full disk), and on cancellation, a
@@ -242,6 +251,8 @@ async def open_database(path: Where, pool_size: int = 8) -> Database:
             raise
         return Database(conn=conn)  # type: ignore[arg-type]
     text = schema()  # before touching the file: a broken install fails here, not half-way
+    import aiosqlite
+
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         conn.row_factory = aiosqlite.Row

@@ -23,9 +23,10 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiosqlite
+if TYPE_CHECKING:  # the server's side only: worker processes never load asyncio (issue 12: memory)
+    import aiosqlite
 
 from .dialect import POSTGRESQL, SQLITE, dialect_of
 
@@ -45,7 +46,7 @@ TAG_KEY = re.compile(r"[0-9A-F]{8}")  # a DICOM JSON key (PS3.18 F.2.1.1)
 class HasConnection(Protocol):
     """The service's database (``sqlite.Database``): reads go through its connection."""
 
-    conn: aiosqlite.Connection
+    conn: "aiosqlite.Connection"
 
 
 # Keeping the summaries right (one transaction with the insert or delete) ----------------
@@ -183,7 +184,7 @@ def refresh(db: sqlite3.Connection, fresh: Mapping[Pair, Sequence[int]]) -> None
         db.execute(sql, params)
 
 
-async def refresh_async(conn: aiosqlite.Connection, pairs: Sequence[Pair]) -> None:
+async def refresh_async(conn: "aiosqlite.Connection", pairs: Sequence[Pair]) -> None:
     """``refresh`` on the service's connection (in the caller's transaction)."""
     if not pairs:
         return
@@ -234,7 +235,7 @@ WHERE study_instance_uid != '' AND series_instance_uid != ''
 """
 
 
-async def backfill(conn: aiosqlite.Connection) -> None:
+async def backfill(conn: "aiosqlite.Connection") -> None:
     """Bring instances stored before DICOMweb up to date (in the caller's transaction): the new
     ``dicom`` columns from the stored tag rows, then every study and series row. (Instances
     stored before ``dicom_json`` existed get their DICOM JSON on first request.)"""
