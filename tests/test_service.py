@@ -136,24 +136,7 @@ def test_the_server_process_never_imports_pydicom_numpy_pil(tmp_path):
     are loaded by the workers only (``dicomsvc.tasks``): not by ``import app``, nor at
     start-up with the default worker processes, nor serving /healthz, /tags, /image and
     an ingest (whose result is unpickled in the server)."""
-    import json
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from pydicom.data import get_testdata_file
-
-    (tmp_path / "import").mkdir()
-    shutil.copyfile(get_testdata_file("CT_small.dcm"), tmp_path / "import" / "CT_small.dcm")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMSVC_")}
-    env |= {"DICOMSVC_DATA_DIR": str(tmp_path / "data"), "DICOMSVC_IMPORT_ROOT": str(tmp_path / "import")}
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        [sys.executable, "-c", SERVER_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = _run_with_ct_small(tmp_path, SERVER_SCRIPT)
     assert seen == {"import": [], "start": [], "healthz, tags": [], "ingest, image, tags": []}
 
 
@@ -181,6 +164,14 @@ def test_workers_never_import_the_servers_event_loop_metrics_or_downloads(tmp_pa
     so a worker that has ingested and rendered holds no asyncio, aiosqlite or prometheus_client
     (the pool's and the server's), and none of the requests and tqdm pydicom.data would import
     (``dicomsvc.forkserver``) -- while it does hold the pipeline's pydicom and numpy."""
+    loaded = set(_run_with_ct_small(tmp_path, WORKER_SCRIPT))
+    assert {"pydicom", "numpy", "dicomsvc"} <= loaded
+    assert sorted(loaded & {"asyncio", "aiosqlite", "prometheus_client", "requests", "tqdm", "starlette", "uvicorn"}) == []
+
+
+def _run_with_ct_small(tmp_path, script: str):
+    """``script`` run by a fresh interpreter from the repository, with pydicom's CT_small.dcm
+    in its import root: what it printed last, as JSON."""
     import json
     import shutil
     import subprocess
@@ -194,10 +185,6 @@ def test_workers_never_import_the_servers_event_loop_metrics_or_downloads(tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMSVC_")}
     env |= {"DICOMSVC_DATA_DIR": str(tmp_path / "data"), "DICOMSVC_IMPORT_ROOT": str(tmp_path / "import")}
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
-    assert {"pydicom", "numpy", "dicomsvc"} <= loaded
-    assert sorted(loaded & {"asyncio", "aiosqlite", "prometheus_client", "requests", "tqdm", "starlette", "uvicorn"}) == []
+    return json.loads(done.stdout.strip().splitlines()[-1])
