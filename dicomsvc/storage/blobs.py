@@ -34,9 +34,10 @@ measured why: on a virtual machine whose free memory goes back to the host (virt
 free page reporting, as here), a page the guest never touched, or freed a while ago, costs a
 fault in the host on its first write: 0.5 MB files written one after another into fresh pages
 took 1.4-1.9 ms of CPU each, into pages just freed 0.6-1.2 ms. ``bench/ingest_stages.py``
-(``--keep-cached`` for the A/B) measured a whole CT ingest 0.9-1.3 ms of CPU cheaper, the copy
-into the store 0.4-1.5 ms down to 0.2-0.3 ms (how much depends on how many recently freed pages
-the kernel holds). The stored DICOM file is what an ingest rarely reads again soon (its tags
+(``--keep-cached`` for the A/B) measured the copy into the store at 0.3-1.6 ms with the pages
+kept, 0.24-0.35 ms with them dropped, and a whole CT ingest 0.8-1.3 ms of CPU cheaper in 4 of 6
+alternating pairs (in the other 2, run while the kernel held many recently freed pages, the two
+were within the host's noise). The stored DICOM file is what an ingest rarely reads again soon (its tags
 are in the database); renderings keep their pages (``GET /image`` reads them). On a host where
 fresh pages are cheap this changes little either way; a later read of the file comes from the
 disk.
