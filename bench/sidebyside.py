@@ -24,6 +24,12 @@ buffer lookup each. What perf measured in a dicomsvc worker (two files created a
 after a folder of ~1,200 files was removed, 19-24 % after ~32,000 (``find_inode_bit`` 17-22 %),
 and 2.1-2.4 % when the 1,500 deleted files lay in another block group. The cost of keeping the
 folders: disk space, about 10 x the corpus per round (about 10 GB at the defaults).
+
+Every phase also starts with nothing dirty in the page cache (SETTLE): the corpus and its
+ZIP (written just before the first phase: twice the corpus's bytes) are synced before it, and
+each phase's server, once stopped, is followed by an ``os.sync()`` outside the timed window.
+Otherwise the kernel's flusher writes them back some 30 s later (``vm.dirty_expire_centisecs``),
+in whichever phase runs then, on the same two cores.
 """
 
 from __future__ import annotations
@@ -165,12 +171,18 @@ def keepalive_reads(port_paths: dict[str, tuple[int, list[str], dict]], n: int) 
     return {k: {**R.lat_summary(v), "errors": errors[k]} for k, v in lat.items()}
 
 
+def settle() -> None:
+    """The page cache written back before the next phase (SETTLE)."""
+    os.sync()
+
+
 def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, import_root: Path) -> None:
     UP.APP_DIR = Path(a.app_dir).resolve()  # the ZIP rows run the same tree as the others
     corpus = CO.make(import_root, a.n, a.seed)
     if corpus is None:
         raise SystemExit(2)
     zipped = UP.zip_corpus(corpus, run.tmp / "corpus.zip", "stored")
+    settle()  # the corpus and the ZIP on disk before any phase (SETTLE)
     makers = [("dicomsvc", lambda tag: Ours(run.tmp, tag, import_root))]
     if binary:
         makers.append(("orthanc", lambda tag: Orthanc(run.tmp, tag, binary)))
@@ -190,6 +202,7 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
                         continue
                     res = _ingest(t, corpus, clients, how, a.phase_timeout)
                     run.stop(t)  # its data folder stays until the run ends (FRESH_INODES)
+                    settle()
                     key = f"{how}_{clients}"
                     note(label, key, res["inst_per_s"])
                     note(label, "cpu_ms", res.get("server_cpu_ms_per_inst"))
@@ -205,6 +218,7 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
                 continue
             res = UP.run_zip(t, zipped, a.phase_timeout)
             run.stop(t)  # (FRESH_INODES)
+            settle()
             note(label, "zip", res.get("inst_per_s"))
             print(f"  round {rnd} [{label}] zip: {res.get('inst_per_s')} inst/s {res.get('error', '')}", flush=True)
 
