@@ -19,13 +19,14 @@ import sys
 import traceback
 from dataclasses import dataclass
 
+from . import heap
 from .errors import DicomSvcError
 from .storage import blobs
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP = b"stop"  # the message that ends a worker (tasks are pickles, never this)
 # A worker idle this long after a task hands the heap memory its tasks freed back to the
-# system (glibc malloc_trim): not after every task, where the next one would fault it in again
+# system (heap.trim): not after every task, where the next one would fault it in again
 IDLE_TRIM_S = 1.0
 # Libraries that start a thread per CPU at import, each reserving address space
 # (OpenBLAS: ~40 MB a thread): one is plenty for a worker, and keeps RLIMIT_AS honest
@@ -95,7 +96,7 @@ def _serve(conn) -> None:
     trimmed = True
     while True:
         if not trimmed and not conn.poll(IDLE_TRIM_S):
-            _trim_heap()
+            heap.trim()
             trimmed = True
         try:
             data = conn.recv_bytes()
@@ -130,12 +131,6 @@ def failure(exc: BaseException) -> tuple:
     except Exception:
         exc = RuntimeError(f"{type(exc).__name__}: {exc}")
     return ("error", exc, remote)
-
-
-def _trim_heap() -> None:
-    """Return free heap pages to the system (glibc ``malloc_trim``; elsewhere nothing)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _run_task(data: bytes) -> tuple[tuple, bool]:

@@ -29,14 +29,19 @@ def service_env(**settings: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running(port: int, env: dict[str, str], log_path: Path) -> Iterator[str]:
+def running(port: int, env: dict[str, str], log_path: Path, serve: bool = False) -> Iterator[str]:
     """The service on 127.0.0.1:``port`` with ``env``, its output in ``log_path``; yields its
-    origin once /healthz answers (60 s at most), and stops it (SIGTERM, then SIGKILL) after."""
+    origin once /healthz answers (60 s at most), and stops it (SIGTERM, then SIGKILL) after.
+    Run by uvicorn's command line, or with ``serve`` as ``dicomsvc serve`` runs it."""
     origin = f"http://127.0.0.1:{port}"
+    if serve:
+        argv = [sys.executable, "-m", "dicomsvc.cli.main", "serve"]
+        env = env | {"DICOMSVC_HOST": "127.0.0.1", "DICOMSVC_PORT": str(port)}
+    else:
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60

@@ -91,13 +91,14 @@ def _serve() -> int:
 
     from app import create_app  # the routes (app.py, installed beside the package)
 
-    from .server import uvicorn_config
+    from .server import hold_heap, uvicorn_config
 
     try:
         config = Config.from_env()  # the one reading of the environment
     except ValueError as exc:
         print(f"dicomsvc serve: {exc}", file=sys.stderr)
         return 2
+    hold_heap()
     server = uvicorn.Server(uvicorn_config(create_app(config), config))
     server.run()
     if not server.started:  # the lifespan failed (its reason is logged) or the port was taken

@@ -30,6 +30,7 @@ from types import SimpleNamespace
 
 import uvicorn
 
+from .. import heap
 from ..config import Config
 from ..http.hotreads import HotReads
 
@@ -40,6 +41,14 @@ except ImportError:  # httptools is a dependency; h11 is uvicorn's own fallback
     from uvicorn.protocols.http.h11_impl import H11Protocol as _Base
 
     STATUS_LINE = None  # and no answers from the protocol
+
+# The server's C heap (``heap.hold``): request bodies (a CT's 0.5 MB, read in 64 KiB pieces) and
+# the buffers around them come from the heap, and up to 8 MiB of it stays free between requests
+# instead of being trimmed and faulted in again by the next one. Measured through a real server,
+# 400 CT uploads from 1 client, 6 alternating pairs: 221 -> 1 minor faults and 2.8 -> 2.2 ms of
+# the server's CPU an upload (median); its peak RSS unchanged (42-43 MiB; 47 with 4 clients).
+HEAP_MMAP_THRESHOLD = 4 << 20
+HEAP_TRIM_THRESHOLD = 8 << 20
 
 _FOR_UVICORN = {b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto"}  # a body, a proxy
 _BODY = b'{"error":"request_timeout","detail":"the request headers came too slowly"}'
@@ -135,6 +144,11 @@ def protocol_class(header_timeout: float, hot=None) -> type[asyncio.Protocol]:
     unless None or uvicorn runs h11, ``hot(url, headers, client, write) -> bool`` answering cached reads."""
     hot = staticmethod(hot) if hot is not None and STATUS_LINE is not None else None
     return type("HeaderDeadline", (HeaderDeadline,), {"header_timeout": float(header_timeout), "hot": hot})
+
+
+def hold_heap() -> bool:
+    """The server process's heap thresholds (HEAP_MMAP_THRESHOLD); whether glibc took them."""
+    return heap.hold(HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD)
 
 
 def uvicorn_config(app, config: Config) -> uvicorn.Config:
