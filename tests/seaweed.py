@@ -5,7 +5,10 @@ master, volume, filer and the S3 gateway in one process; every port it listens o
 free one (each service's gRPC port is its HTTP port + 10000 unless given, so both are chosen), the
 Iceberg and Lance side ports are off, telemetry is off, and everything binds to 127.0.0.1. S3
 credentials come from a ``-s3.config`` identities file (one admin identity). The data folder is a
-temporary directory, removed after.
+temporary directory, removed after. Its volume count is fixed (MAX_VOLUMES): left to weed
+(``-volume.max=0``), it is the disk's free space over the volume size limit, and every bucket
+(a collection) takes 7 volumes, so with 29 GB free the fourth bucket of a session got
+"no free volumes left" and every write to it failed.
 
 Stopping: SIGTERM, then SIGKILL after a short grace (weed may linger on SIGTERM); the ``running``
 context manager stops it on any exit, test failure or Ctrl-C included, and an ``atexit`` hook
@@ -28,6 +31,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+MAX_VOLUMES = 100  # 14 buckets at 7 volumes each; volumes are files that grow as written, not reserved
 
 ACCESS_KEY = "dicomsvc-test"
 SECRET_KEY = "dicomsvc-test-secret-0123456789"
@@ -145,7 +150,7 @@ def running(start_timeout: float = 60.0) -> Iterator[Server]:
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s_grpc}", f"-s3.config={root / 's3.json'}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         f"-filer.localSocket={root / 'filer.sock'}", f"-s3.localSocket={root / 's3.sock'}",
-        "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+        "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", f"-volume.max={MAX_VOLUMES}",
     ]  # fmt: skip
     log = open(root / "weed.log", "wb")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
