@@ -1,5 +1,6 @@
 """dicomsvc HTTP routes and wiring. Run with ``dicomsvc serve`` (or ``uvicorn --factory app:create_app``)."""
 
+import asyncio
 import contextlib
 import logging
 
@@ -50,7 +51,8 @@ async def post_studies(request: Request) -> JSONResponse:
 
 
 async def get_job(request: Request) -> Response:
-    body = await jobs.status_json(request.app.state.svc, request.path_params["job"], owner_of(request))
+    svc, job_id = request.app.state.svc, request.path_params["job"]
+    body = await catalog.job_status(svc, job_id, request.query_params, owner_of(request), request.app.state.stopping)
     return Response(body, media_type="application/json")
 
 
@@ -350,5 +352,9 @@ def create_app(config: Config | None = None) -> Starlette:
     middleware.append(Middleware(AuthMiddleware, config=config))  # DICOMSVC_AUTH; rules: dicomsvc/http/rules.py
     middleware.append(Middleware(GzipMiddleware))  # JSON and multipart answers; never images
     middleware.append(Middleware(CatchAll, handler=internal_error))  # a 500 never reaches uvicorn's log
-    return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
+    # set as the server begins to stop (dicomsvc serve: cli.server.Server), before it waits for the
+    # requests under way: those waiting for a job (GET /jobs/{id}?wait=) answer at once
+    app.state.stopping = asyncio.Event()
+    return app
 

@@ -43,6 +43,8 @@ from .storage import space
 from .storage.spool import make_durable, remove_spool
 
 log = logging.getLogger("dicomsvc")
+MAX_WAIT_SECONDS = 60  # GET /jobs/{id}?wait=: the longest an answer is held for its job to end
+ENDED = ("done", "failed")
 PAGE = 512  # pending items read, run and recorded at a time: memory stays flat in the job's size
 FULL_DISK_PAUSE = 5.0  # seconds a job waits when the disk is full before its pending items are tried again
 
@@ -90,6 +92,38 @@ async def status_json(svc: Service, job_id: str, owner: str | None = None) -> by
         head["sent"] = counts.get("sent", 0)
     results = await job_rows.results_json(svc.db, job_id)  # a job may hold 20,000 files: SQLite joins them
     return json.dumps(head)[:-1].encode() + b', "results": ' + results.encode() + b"}"
+
+
+async def wait_for_end(
+    svc: Service, job_id: str, seconds: float, owner: str | None = None, stopping: asyncio.Event | None = None
+) -> None:
+    """``GET /jobs/{id}?wait=seconds``: return as soon as the job is done or failed, ``seconds``
+    have passed, or the server begins to stop (``stopping``), whichever comes first; ``NotFound``
+    at once when there is no such job. A job that ends in this process is seen at once
+    (``svc.job_ended``); one run by another replica, at the next look at the index, every
+    DICOMSVC_JOB_POLL_SECONDS. Clients learn of the end without polling (and without the
+    granularity of their polling)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        ended = svc.job_ended.fired()  # before the look: an end after it is not missed
+        job = await job_rows.get_job(svc.db, job_id, owner)
+        if job is None:
+            raise NotFound("no job with that id")
+        left = deadline - loop.time()
+        if job["status"] in ENDED or left <= 0 or (stopping is not None and stopping.is_set()):
+            return
+        await _first_of([ended] + ([stopping] if stopping is not None else []), min(left, svc.config.job_poll_seconds))
+
+
+async def _first_of(events: list[asyncio.Event], timeout: float) -> None:
+    """Until one of ``events`` is set, or ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def listing(svc: Service, limit: int, offset: int, owner: str | None = None) -> dict:
@@ -229,6 +263,7 @@ def _local_items(svc: Service, items: list[Item]) -> list[Item]:
 
 async def _finish(svc: Service, job_id: str, state: str, detail: str | None) -> None:
     spool = await job_rows.finish(svc.db, job_id, state, detail, svc.replica)
+    svc.job_ended.fire()  # requests waiting for it answer now (wait_for_end)
     if spool:
         await svc.io(remove_spool, Path(spool))
         if svc.blobs.remote is not None:

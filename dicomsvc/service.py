@@ -51,6 +51,21 @@ def _new_cpu_pool(config: Config) -> WorkerPool | ThreadPool:
     return WorkerPool(config.workers, limits, setup, tmp=config.blob_dir / ".tmp")
 
 
+class Broadcast:
+    """Wakes every waiter at once each time it is fired: ``fired()`` taken before looking at
+    what it announces, then awaited, misses no firing after the look (``GET /jobs/{id}?wait=``)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fired(self) -> asyncio.Event:
+        return self._event
+
+    def fire(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+
 @dataclass
 class Service:
     config: Config
@@ -59,6 +74,7 @@ class Service:
     cpu_pool: WorkerPool | ThreadPool
     io_pool: ThreadPoolExecutor
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # a background job is queued
+    job_ended: Broadcast = field(default_factory=Broadcast)  # a job of this replica is done or failed
     forward_wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # forwards may be queued (dicomsvc.forwarding)
     replica: str = field(default_factory=lambda: replica_id())  # who holds a job's lease (dicomsvc.jobs)
     # called with the ids of instances deleted by background work (a send job's delete_after:

@@ -1,6 +1,9 @@
 """Finding and managing what is stored: GET /dicom, GET /dicom/{id}, DELETE, /stats."""
 
+import asyncio
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -304,3 +307,48 @@ def test_reads_racing_deletes_are_200_or_404_never_500_or_a_cut_connection(live_
     assert set(outcomes) <= {"200", "201", "404"}, outcomes
     assert outcomes.get("404") and (outcomes.get("200") or outcomes.get("201")), outcomes
     assert not list((data_dir / "blobs").rglob("*.renderings"))  # no rendering outlived its instance
+
+
+# GET /jobs/{id}?wait= ---------------------------------------------------------------------------
+
+
+def test_a_request_waiting_for_a_job_is_answered_when_it_ends(client, monkeypatch):
+    from dicomsvc import batch, jobs
+
+    gate, waiting = threading.Event(), threading.Event()  # the job held; a request in its wait
+    real_run, real_first_of = batch.run, jobs._first_of
+
+    async def held_run(*args, **kwargs):
+        await asyncio.to_thread(gate.wait, 60)
+        return await real_run(*args, **kwargs)
+
+    async def noted_first_of(*args):
+        waiting.set()
+        return await real_first_of(*args)
+
+    monkeypatch.setattr(batch, "run", held_run)
+    monkeypatch.setattr(jobs, "_first_of", noted_first_of)
+    buf = io.BytesIO()
+    make_ct(np.full((8, 8), 7, np.int16)).save_as(buf, enforce_file_format=True)
+    submitted = client.post("/dicom?async=true", content=buf.getvalue(), headers=DICOM)
+    assert submitted.status_code == 202, submitted.text
+    url = submitted.json()["status_url"]
+    # the wait runs out while the job is held: its status as it is
+    early = client.get(url, params={"wait": "0.2"})
+    assert early.status_code == 200 and early.json()["status"] in ("queued", "running") and waiting.is_set()
+    waiting.clear()
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(client.get, url, params={"wait": "60"})
+        assert waiting.wait(30), "the request did not wait"
+        assert not later.done()  # held while the job is
+        gate.set()
+        ended = later.result(timeout=60)
+    assert ended.status_code == 200
+    assert (ended.json()["status"], ended.json()["created"], ended.json()["processed"]) == ("done", 1, 1)
+    waiting.clear()
+    again = client.get(url, params={"wait": "60"})  # an ended job answers at once
+    assert again.json()["status"] == "done" and not waiting.is_set()
+    for bad in ("x", "-1", "61", "nan", "inf", ""):
+        refused = client.get(url, params={"wait": bad})
+        assert refused.status_code == 400 and refused.json()["error"] == "bad_request", bad
+    assert client.get("/jobs/nope", params={"wait": "5"}).status_code == 404

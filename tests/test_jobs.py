@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(data_dir: Path, import_root: Path, port: int) -> subprocess.Popen:
+def start_server(data_dir: Path, import_root: Path, port: int, serve: bool = False) -> subprocess.Popen:
+    """uvicorn's command line running the app (or, with ``serve``, ``dicomsvc serve``) on ``port``."""
     env = dict(os.environ) | {
         "DICOMSVC_DATA_DIR": str(data_dir),
         "DICOMSVC_IMPORT_ROOT": str(import_root),
@@ -33,10 +35,11 @@ def start_server(data_dir: Path, import_root: Path, port: int) -> subprocess.Pop
         "DICOMSVC_SYNC_LIMIT": "10",
         "DICOMSVC_LOG_LEVEL": "warning",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "app:create_app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    if serve:
+        argv = [sys.executable, "-m", "dicomsvc.cli.main", "serve"]
+        env |= {"DICOMSVC_HOST": "127.0.0.1", "DICOMSVC_PORT": str(port)}
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -98,3 +101,36 @@ def test_a_job_survives_a_killed_server(tmp_path, upload):
     assert stored == distinct == count  # nothing lost, nothing twice
     assert not (data_dir / "spool").exists() or not list((data_dir / "spool").iterdir())
     assert not list((data_dir / "blobs" / ".tmp").iterdir())
+
+
+@pytest.mark.same_in_scale_run("the server runs in a subprocess, SQLite and local blobs in either run")
+def test_a_request_waiting_for_a_job_does_not_hold_up_a_stopping_server(tmp_path):
+    """GET /jobs/{id}?wait= holds its answer until the job ends; a server told to stop (SIGTERM)
+    waits for the requests under way, so the waiting one answers at once, with the job unfinished."""
+    data_dir, import_root = tmp_path / "data", tmp_path / "import"
+    rng = np.random.default_rng(2)
+    count = 300
+    for i in range(count):
+        save(make_ct(rng.integers(0, 2000, (256, 256), dtype=np.int16)), import_root / "big" / f"{i:04d}.dcm")
+    port = free_port()
+    server = start_server(data_dir, import_root, port, serve=True)
+    try:
+        answer = httpx.post(f"http://127.0.0.1:{port}/dicom", json={"path": "big"}, timeout=30)
+        assert answer.status_code == 202
+        status_url = answer.json()["status_url"]
+        deadline = time.monotonic() + 60
+        while httpx.get(status_url).json()["processed"] < 16:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(httpx.get, status_url, params={"wait": "60"}, timeout=30)
+            time.sleep(0.5)  # the request under way (its bytes sent, its wait begun)
+            server.send_signal(signal.SIGTERM)
+            answered = waiting.result(timeout=40)
+        # stopped cleanly (uvicorn raises the signal it caught again once it has stopped)
+        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        server.kill()
+    assert answered.status_code == 200
+    job = answered.json()
+    assert job["status"] == "running" and job["processed"] < count, "the answer waited for the job"

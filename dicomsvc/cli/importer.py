@@ -430,11 +430,14 @@ class _Run:
         return _Outcome(not_sent=1, unreachable=_unreachable(self.base_url, exc))
 
     def poll(self, archive: str, job: str) -> _Outcome:
-        """Follow ``GET /jobs/<job>`` until it is no longer queued or running."""
+        """Follow ``GET /jobs/<job>`` until it is no longer queued or running: each answer held by
+        the server until the job ends or ``poll_interval`` is over (``?wait=``), so its end is seen
+        as it comes; a server that answers sooner is asked again after the rest of the interval."""
         url = f"{self.base_url}/jobs/{job}"
         try:
             while True:
-                response = self.client.get(url)
+                asked = time.monotonic()
+                response = self.client.get(url, params={"wait": self.poll_interval})
                 if response.status_code != 200:
                     return _Outcome.failure(archive, *_error_of(response), answered=True)
                 body = _json(response)
@@ -444,7 +447,7 @@ class _Run:
                 if body["status"] not in JOB_RUNNING:
                     return _batch(archive, body)
                 self.meter.job(archive, _count(body, "processed", 0), _count(body, "total", 0))
-                if self.stop.wait(self.poll_interval):
+                if self.stop.wait(max(0.0, self.poll_interval - (time.monotonic() - asked))):
                     return _Outcome.failure(archive, "interrupted", f"stopped while job {job} was {body['status']}")
         finally:
             self.meter.job(archive, None, None)

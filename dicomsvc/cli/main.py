@@ -87,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve() -> int:
     """Run the service until stopped; a start-up that fails exits 1 at once, saying why."""
-    import uvicorn
-
     from app import create_app  # the routes (app.py, installed beside the package)
 
-    from .server import hold_heap, uvicorn_config
+    from .server import Server, hold_heap, uvicorn_config
 
     try:
         config = Config.from_env()  # the one reading of the environment
@@ -99,7 +97,7 @@ def _serve() -> int:
         print(f"dicomsvc serve: {exc}", file=sys.stderr)
         return 2
     hold_heap()
-    server = uvicorn.Server(uvicorn_config(create_app(config), config))
+    server = Server(uvicorn_config(create_app(config), config))
     server.run()
     if not server.started:  # the lifespan failed (its reason is logged) or the port was taken
         logging.getLogger("dicomsvc").error("dicomsvc did not start")

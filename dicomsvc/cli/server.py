@@ -151,6 +151,22 @@ def hold_heap() -> bool:
     return heap.hold(HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD)
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, telling the app when it begins to stop: ``app.state.stopping`` is set
+    before uvicorn waits for the requests under way to finish (it waits as long as they take),
+    so a request held open on purpose (``GET /jobs/{id}?wait=``) answers at once instead of
+    holding up the shutdown."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stopping: asyncio.Event | None = getattr(getattr(config.app, "state", None), "stopping", None)
+
+    async def shutdown(self, sockets=None) -> None:
+        if self.stopping is not None:
+            self.stopping.set()
+        await super().shutdown(sockets=sockets)
+
+
 def uvicorn_config(app, config: Config) -> uvicorn.Config:
     """How ``dicomsvc serve`` runs ``app``: DICOMSVC_HOST/PORT, the log level, the header
     deadline (DICOMSVC_HEADER_TIMEOUT) and the keep-alive timeout (DICOMSVC_KEEPALIVE_TIMEOUT)."""

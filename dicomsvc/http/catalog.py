@@ -185,6 +185,23 @@ async def stats(svc: Service, owner: str | None = None) -> dict:
     return await instances.stats(svc.db, owner)
 
 
+async def job_status(
+    svc: Service, job_id: str, query: Mapping[str, str], owner: str | None = None, stopping=None
+) -> bytes:
+    """``GET /jobs/{id}[?wait=seconds]``: the job's status, once it has ended when ``wait`` is
+    given (at most that long; the server stopping answers at once: ``jobs.wait_for_end``)."""
+    raw = query.get("wait")
+    if raw is not None:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= jobs.MAX_WAIT_SECONDS:  # NaN too
+            raise BadRequest(f"wait must be a number of seconds from 0 to {jobs.MAX_WAIT_SECONDS}")
+        await jobs.wait_for_end(svc, job_id, seconds, owner, stopping)
+    return await jobs.status_json(svc, job_id, owner)
+
+
 async def jobs_page(svc: Service, query: Mapping[str, str], owner: str | None = None, user: str | None = None) -> dict:
     """``GET /jobs[?mine=true]``, ``GET /users/{user}/jobs``: a page of jobs, newest first."""
     unknown = set(query) - {"limit", "offset", "mine"}

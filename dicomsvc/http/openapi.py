@@ -304,8 +304,14 @@ PATHS: dict[str, dict] = {
     "/jobs/{job}": {
         "get": {
             "summary": "A background job's progress and per-file results",
-            "parameters": [_param("job", "path", "the job id", required=True)],
-            "responses": _answers({"200": ("application/json", "{id, status, total, processed, ..., results}")}, {"404": "unknown job"}),
+            "parameters": [
+                _param("job", "path", "the job id", required=True),
+                _param("wait", "query", "seconds, 0-60: the answer held until the job is done or failed, at most that long", "number"),
+            ],
+            "responses": _answers(
+                {"200": ("application/json", "{id, status, total, processed, ..., results}")},
+                {"400": "bad wait", "404": "unknown job"},
+            ),
         }
     },
     "/studies": {
