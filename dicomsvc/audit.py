@@ -197,21 +197,28 @@ class Trail:
         self._full.set()
 
     async def flush(self) -> bool:
-        """Write everything waiting, a batch per transaction; False if a write failed (what
+        """Write what is waiting, a batch per transaction; False if a write failed (what
         was not written stays queued)."""
         async with self._writing:
             return await self._flush()
 
     async def _flush(self) -> bool:
-        while self.pending:
-            chunk = self.pending[: self.batch]
+        """Write the records waiting when called, and no more: those that come meanwhile wait for
+        the next batch (written every few records otherwise, while requests keep coming: a
+        transaction and two thread hops a record, as much CPU as a cached read itself)."""
+        left = len(self.pending)
+        while left > 0 and self.pending:
+            chunk = self.pending[: min(self.batch, left)]
+            dropped = self.dropped
             try:
                 await audit_rows.append(self.db, [r.row() for r in chunk])
             except Exception as exc:  # a full disk, a locked database: keep them, say so
                 metrics.AUDIT_ERRORS.inc()
                 log.error("audit records could not be written (%s); %d waiting", type(exc).__name__, len(self.pending))
                 return False
-            del self.pending[: len(chunk)]
+            # the oldest records dropped meanwhile (add: the queue over its maximum) were the chunk's first
+            del self.pending[: max(0, len(chunk) - (self.dropped - dropped))]
+            left -= len(chunk)
             metrics.AUDIT_RECORDS.inc(len(chunk))
             metrics.AUDIT_QUEUE.set(len(self.pending))
             if self.file is not None:
@@ -265,7 +272,10 @@ async def running(svc) -> AsyncIterator[None]:
         found.stop()
         with contextlib.suppress(Exception):
             await task
-        if not await found.flush():
+        written = True
+        while written and found.pending:  # and what came while the last batch was written
+            written = await found.flush()
+        if not written:
             log.error("%d audit record(s) could not be written at shutdown", len(found.pending))
         svc.audit_trail = None
         await writer.close()

@@ -2,6 +2,7 @@
 files anywhere in it, its file or the logs), every route's action, searches by parameter
 names only, uploads per instance, append-only, GET /audit's filters and paging, batching."""
 
+import asyncio
 import io
 import json
 import sqlite3
@@ -264,6 +265,44 @@ def test_records_are_written_in_batches_and_at_shutdown(data_dir, import_root):
                 break
             __import__("time").sleep(0.05)
         assert len(rows(data_dir)) == 5
+
+
+def _trail_over(monkeypatch, during_write, **limits):
+    """A Trail whose database write is ``during_write(trail, rows)`` (what arrives meanwhile)."""
+    from dicomsvc import audit
+    from dicomsvc.storage import audit as audit_rows
+
+    writes: list[list[str]] = []
+
+    async def append(db, rows):
+        writes.append([row[audit_rows.COLUMNS.index("request_id")] for row in rows])
+        during_write(trail, rows)
+
+    monkeypatch.setattr(audit_rows, "append", append)
+    trail = audit.Trail(None, flush_ms=100, batch=limits.get("batch", 500), queue_max=limits.get("queue_max", 10_000), file=None, io=None)
+    return trail, writes, lambda rid: audit.Record("2026-12-03T00:00:00.000Z", "anonymous", "", "view", "GET", "/image", request_id=rid)
+
+
+def test_a_flush_writes_what_was_waiting_and_leaves_what_comes_meanwhile_for_the_next_batch(monkeypatch):
+    # Requests answered while a batch is written add records: they wait for the next batch
+    # (they were written a few at a time, a transaction each, for as long as requests kept coming)
+    trail, writes, record = _trail_over(monkeypatch, lambda trail, rows: len(writes) < 50 and trail.add([record(f"m{len(writes)}")]))
+    trail.add([record(f"r{n}") for n in range(3)])
+    assert asyncio.run(trail.flush())
+    assert writes == [["r0", "r1", "r2"]]
+    assert [r.request_id for r in trail.pending] == ["m1"]
+
+
+def test_records_dropped_while_a_batch_is_written_are_not_counted_twice(monkeypatch):
+    # the queue overflows during the write: its oldest records (the batch's own) are dropped,
+    # and only what is left of the batch is taken off the queue, never a newer record
+    trail, writes, record = _trail_over(
+        monkeypatch, lambda trail, rows: len(writes) == 1 and trail.add([record(x) for x in "def"]), queue_max=4
+    )
+    trail.add([record(x) for x in "abc"])
+    assert asyncio.run(trail.flush())
+    assert writes == [["a", "b", "c"]] and trail.dropped == 2
+    assert [r.request_id for r in trail.pending] == ["d", "e", "f"]
 
 
 def test_audit_off(data_dir, import_root):
