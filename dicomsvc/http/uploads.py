@@ -28,8 +28,10 @@ def check_length(request: Request, limit: int) -> None:
         raise TooLarge(f"request body of {declared} bytes; the limit is {limit}")
 
 
-async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The request body in pieces of about WRITE_SIZE; 413 past ``limit`` bytes."""
+async def _body(request: Request, limit: int) -> AsyncIterator[bytearray]:
+    """The request body in pieces of about WRITE_SIZE, each a buffer of its own (handed over,
+    not copied: the caller writes one from a thread while the next fills); 413 past ``limit``
+    bytes."""
     check_length(request, limit)
     size, pending = 0, bytearray()
     async for chunk in request.stream():
@@ -38,9 +40,9 @@ async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
             raise TooLarge(f"request body larger than the limit of {limit} bytes")
         pending += chunk
         if len(pending) >= WRITE_SIZE:
-            yield bytes(pending)
-            pending.clear()
-    yield bytes(pending)
+            yield pending
+            pending = bytearray()
+    yield pending
 
 
 async def spool_body(svc: Service, request: Request, target: Path, limit: int, seal: bool = False) -> None:
@@ -49,7 +51,7 @@ async def spool_body(svc: Service, request: Request, target: Path, limit: int, s
     typically) costs one hop to an I/O thread, not three. ``seal``: a spool file, encrypted as
     it is written when encryption at rest is on (``storage.spool.create``)."""
     out: BinaryIO | None = None
-    held: bytes | None = None
+    held: bytearray | None = None
     keyring = svc.blobs.keyring if seal else None
     try:
         async for piece in _body(request, limit):
@@ -62,7 +64,7 @@ async def spool_body(svc: Service, request: Request, target: Path, limit: int, s
             await svc.io(out.close)
 
 
-def _write(out: BinaryIO | None, target: Path, piece: bytes, last: bool, keyring=None) -> BinaryIO | None:
+def _write(out: BinaryIO | None, target: Path, piece: bytes | bytearray, last: bool, keyring=None) -> BinaryIO | None:
     """Append ``piece`` to ``target`` (created by the first call); closed after the last one.
     The open file for the next call, or None once closed (an error closes it too)."""
     out = out if out is not None else spool.create(target, keyring)
