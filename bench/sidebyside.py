@@ -4,8 +4,9 @@
 
 Per round, services alternate (ours first in even rounds, Orthanc first in odd ones), each
 on a fresh server and data folder: ingest by path (Orthanc has no path import: its row is
-POST /instances with the bytes) and by upload (application/dicom), 1 and 4 clients, and
-one ZIP of the corpus. Medians over the rounds. Then, untimed: fsync-family calls per
+POST /instances with the bytes) and by upload (application/dicom), 1 and 4 clients, one
+ZIP of the corpus, and (dicomsvc only: Orthanc has none) a folder import of the corpus
+(``POST /dicom {"path": "."}``). Medians over the rounds. Then, untimed: fsync-family calls per
 instance (strace -f -c on the whole server tree during a 1-client path ingest), idle
 memory (RSS and PSS summed over the server and its workers, after start-up), and reads
 timed with one keep-alive ``http.client`` connection per service, request by request in
@@ -85,6 +86,37 @@ def _ingest(t, corpus: CO.Corpus, clients: int, how: str, deadline_s: float) -> 
     res["peak_rss_mib"] = P.tree_peak_rss_mib(t.server.pid)["sum_mib"]
     res["peak_pss_mib"] = round(peak_pss[0], 1) or None
     res["_ids"] = run.answers
+    return res
+
+
+def _folder(t, corpus: CO.Corpus, deadline_s: float) -> dict:
+    """dicomsvc's folder import of the whole corpus: ``POST /dicom {"path": "."}`` (every file
+    below the import root: a background job), timed until ``GET /jobs/{id}?wait=`` says it is
+    done (each answer held until the job ends: no poll interval in the figure). Orthanc has no
+    folder import: the issue compares it with Orthanc's per-file upload."""
+    pid, n = t.server.pid, len(corpus.instances)
+    cpu0 = P.tree_cpu_seconds(pid)
+    deadline = time.monotonic() + deadline_s
+    res: dict = {}
+    with t.client() as c:
+        t0 = time.perf_counter()
+        r = c.post("/dicom", json={"path": "."})
+        if r.status_code != 202:
+            return {"error": f"POST /dicom folder: HTTP {r.status_code} {r.text[:300]!r}", "inst_per_s": None}
+        url = r.json()["status_url"]
+        while time.monotonic() < deadline:
+            job = c.get(url, params={"wait": 30}).json()
+            if job.get("status") in ("done", "failed"):
+                break
+        else:
+            return {"error": "the folder import was not done before the phase deadline", "inst_per_s": None}
+        done_s = time.perf_counter() - t0
+    cpu1 = P.tree_cpu_seconds(pid)
+    res.update(P.cpu_figures(cpu0, cpu1, P.settle_cpu(pid), n))
+    ok = (job.get("created") or 0) + (job.get("duplicates") or 0)
+    if job.get("status") != "done" or job.get("created") != n:
+        res["error"] = f"expected {n} created: {({k: v for k, v in job.items() if k != 'results'})}"
+    res.update(done_s=round(done_s, 3), inst_per_s=round(ok / done_s, 2) if ok else None)
     return res
 
 
@@ -221,6 +253,18 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
             settle()
             note(label, "zip", res.get("inst_per_s"))
             print(f"  round {rnd} [{label}] zip: {res.get('inst_per_s')} inst/s {res.get('error', '')}", flush=True)
+        for label, make in order:
+            if label != "dicomsvc":  # Orthanc has no folder import
+                continue
+            t = make(f"r{rnd}folder")
+            if not run.start(t, out["services"][label]):
+                continue
+            res = _folder(t, corpus, a.phase_timeout)
+            run.stop(t)  # (FRESH_INODES)
+            settle()
+            note(label, "folder", res.get("inst_per_s"))
+            print(f"  round {rnd} [{label}] folder: {res.get('inst_per_s')} inst/s,"
+                  f" {res.get('server_cpu_ms_per_inst')} ms CPU/inst {res.get('error', '')}", flush=True)
 
     # untimed passes: fsyncs, idle memory, reads against nginx
     live = {}
@@ -290,6 +334,7 @@ def print_table(out: dict) -> None:
         ("upload, 1 client [inst/s]", "upload_1", "hi"),
         ("upload, 4 clients [inst/s]", "upload_4", "hi"),
         ("ZIP of the corpus [inst/s]", "zip", "hi"),
+        ("folder import of the corpus [inst/s] (Orthanc: none)", "folder", None),
         ("server CPU per instance [ms]", "cpu_ms", "lo"),
         ("fsync-family calls per instance", "syncs", None),
         ("GET /tags p50 [ms]", "tags_p50", "lo"),
@@ -309,3 +354,5 @@ def print_table(out: dict) -> None:
           f" {R.fmt(R.ratio(img, floor), '{:.2f}')}x the floor |")
     zo, uo = ours.get("zip"), orth.get("upload_1")
     print(f"ZIP vs Orthanc's per-file upload (1 client): {R.fmt(R.ratio(zo, uo), '{:.2f}')}x (target >= 2)")
+    fo = ours.get("folder")
+    print(f"folder import vs Orthanc's per-file upload (1 client): {R.fmt(R.ratio(fo, uo), '{:.2f}')}x (target >= 2)")
