@@ -325,6 +325,9 @@ def create_app(config: Config | None = None) -> Starlette:
                 resumable.running(svc), forwarding.running(svc), \
                 dimse.running(svc):  # the DICOM SCP (DICOMSVC_DIMSE_PORT): stopped first
             app.state.svc = svc
+            # set as the server begins to stop (dicomsvc serve: cli.server.Server), before it waits for
+            # the requests under way: those waiting for a job (GET /jobs/{id}?wait=) answer at once
+            app.state.stopping = asyncio.Event()
             app.state.read_cache = ReadCache(config.read_cache_bytes)  # GET /image and /tags answers
             svc.on_delete.append(app.state.read_cache.forget)  # deletes by background work (a send's delete_after)
             yield
@@ -352,9 +355,5 @@ def create_app(config: Config | None = None) -> Starlette:
     middleware.append(Middleware(AuthMiddleware, config=config))  # DICOMSVC_AUTH; rules: dicomsvc/http/rules.py
     middleware.append(Middleware(GzipMiddleware))  # JSON and multipart answers; never images
     middleware.append(Middleware(CatchAll, handler=internal_error))  # a 500 never reaches uvicorn's log
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
-    # set as the server begins to stop (dicomsvc serve: cli.server.Server), before it waits for the
-    # requests under way: those waiting for a job (GET /jobs/{id}?wait=) answer at once
-    app.state.stopping = asyncio.Event()
-    return app
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers, lifespan=lifespan)
 

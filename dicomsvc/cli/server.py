@@ -157,13 +157,10 @@ class Server(uvicorn.Server):
     so a request held open on purpose (``GET /jobs/{id}?wait=``) answers at once instead of
     holding up the shutdown."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.stopping: asyncio.Event | None = getattr(getattr(config.app, "state", None), "stopping", None)
-
     async def shutdown(self, sockets=None) -> None:
-        if self.stopping is not None:
-            self.stopping.set()
+        stopping = getattr(getattr(self.config.app, "state", None), "stopping", None)  # made by the lifespan
+        if stopping is not None:
+            stopping.set()
         await super().shutdown(sockets=sockets)
 
 
