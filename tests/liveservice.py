@@ -33,6 +33,13 @@ def running(port: int, env: dict[str, str], log_path: Path, serve: bool = False)
     """The service on 127.0.0.1:``port`` with ``env``, its output in ``log_path``; yields its
     origin once /healthz answers (60 s at most), and stops it (SIGTERM, then SIGKILL) after.
     Run by uvicorn's command line, or with ``serve`` as ``dicomsvc serve`` runs it."""
+    with serving(port, env, log_path, serve) as (origin, _):
+        yield origin
+
+
+@contextlib.contextmanager
+def serving(port: int, env: dict[str, str], log_path: Path, serve: bool = False) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``running``'s service, yielding its origin and its server process."""
     origin = f"http://127.0.0.1:{port}"
     if serve:
         argv = [sys.executable, "-m", "dicomsvc.cli.main", "serve"]
@@ -54,7 +61,7 @@ def running(port: int, env: dict[str, str], log_path: Path, serve: bool = False)
                     pass
                 assert time.monotonic() < deadline, "dicomsvc did not start in 60 s"
                 time.sleep(0.1)
-            yield origin
+            yield origin, proc
         finally:
             proc.terminate()
             try:

@@ -2,7 +2,6 @@
 a 1-client upload used to fault its 0.5 MB of heap in anew every time)."""
 
 import http.client
-import os
 import platform
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 
 from dicomfiles import make_ct, save
 from dicomsvc.cli.server import hold_heap
-from liveservice import free_port, running, service_env
+from liveservice import free_port, service_env, serving
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
@@ -57,28 +56,14 @@ def minor_faults(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[7])  # after (comm): state ... minflt
 
 
-def serving_child() -> int:
-    """The pid of this process's ``dicomsvc serve`` child."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"dicomsvc.cli.main" in argv:
-                return int(entry.name)
-    raise AssertionError("no dicomsvc serve child")
-
-
 def test_uploads_one_at_a_time_fault_no_new_heap_in_the_server(tmp_path):
     pixels = np.random.default_rng(3).integers(0, 2000, size=(512, 512), dtype=np.int16)
     bodies = [save(make_ct(pixels), tmp_path / f"{i}.dcm").read_bytes() for i in range(25)]
     env = service_env(DICOMSVC_DATA_DIR=str(tmp_path / "data"), DICOMSVC_IMPORT_ROOT=str(tmp_path / "import"),
                       DICOMSVC_LOG_LEVEL="warning")  # fmt: skip
     port = free_port()
-    with running(port, env, tmp_path / "server.log", serve=True):
-        server = serving_child()
+    with serving(port, env, tmp_path / "server.log", serve=True) as (_, process):
+        server = process.pid
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
         def upload(body: bytes) -> None:
