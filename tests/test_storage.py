@@ -433,6 +433,7 @@ def test_every_storage_query_searches_the_instances_by_an_index(tmp_path):
     )
     (tags,) = {tuple(p) for sql, p in plans if sql.startswith("SELECT json_group_array") and "uploaded_by" not in sql}
     assert any("dicom_tag_by_dicom" in step for step in tags)
+    assert not [step for step in tags if "TEMP B-TREE" in step], tags  # in id order from the index, no sort
     # a series' instances, newest version of each SOP Instance UID, from the index alone (WADO-RS)
     series = [p for sql, p in plans if sql.startswith("SELECT id, sop_instance_uid") and "series_instance_uid = ? GROUP" in sql]
     assert series and all(

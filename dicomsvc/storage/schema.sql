@@ -144,8 +144,10 @@ CREATE TABLE IF NOT EXISTS dicom_tag (
     value     TEXT,                                  -- NULL for binary values and sequences
     nbytes    INTEGER                                -- byte count of a binary value
 );
--- GET /tags is one scan of this index.
-CREATE INDEX IF NOT EXISTS dicom_tag_by_dicom ON dicom_tag (dicom_pk, id);
+-- GET /tags is one scan of this index. In SQLite an index entry ends with the row id, which id
+-- is, so (dicom_pk) alone keeps an instance's rows in id order: (dicom_pk, id), as databases made
+-- before issue 12 have it, held id twice an entry, a quarter more pages to write at each ingest.
+CREATE INDEX IF NOT EXISTS dicom_tag_by_dicom ON dicom_tag (dicom_pk);
 
 -- Background imports: one row per job, one per file in it (see dicomsvc/jobs.py).
 CREATE TABLE IF NOT EXISTS job (
