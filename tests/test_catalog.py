@@ -352,3 +352,23 @@ def test_a_request_waiting_for_a_job_is_answered_when_it_ends(client, monkeypatc
         refused = client.get(url, params={"wait": bad})
         assert refused.status_code == 400 and refused.json()["error"] == "bad_request", bad
     assert client.get("/jobs/nope", params={"wait": "5"}).status_code == 404
+
+
+def test_a_progress_poll_leaves_out_the_results(client, import_root):
+    for n in range(3):
+        make_ct(np.full((8, 8), n, np.int16)).save_as(import_root / f"{n}.dcm", enforce_file_format=True)
+    (import_root / "notes.txt").write_text("not DICOM")
+    submitted = client.post("/dicom?async=true", json={"path": "."})
+    assert submitted.status_code == 202, submitted.text
+    url = submitted.json()["status_url"]
+    full = client.get(url, params={"wait": "60"}).json()
+    assert full["status"] == "done" and len(full["results"]) == 4
+    for no in ("false", "0", "no", "off"):
+        poll = client.get(url, params={"results": no})
+        assert poll.status_code == 200 and poll.json() == {k: v for k, v in full.items() if k != "results"}
+        assert poll.json()["processed"] == 4 and poll.json()["created"] == 3 and poll.json()["skipped"] == 1
+    assert client.get(url, params={"results": "true"}).json() == full
+    assert client.get(url, params={"results": "false", "wait": "1"}).json()["status"] == "done"
+    refused = client.get(url, params={"results": "nope"})
+    assert refused.status_code == 400 and refused.json()["error"] == "bad_request"
+    assert client.get("/jobs/nope", params={"results": "false"}).status_code == 404

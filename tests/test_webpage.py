@@ -345,6 +345,13 @@ def test_upload_reaches_done_and_lists_the_failure(drive):
     # one PATCH was broken off on the way (drive.mjs): the page asked HEAD for the offset and went on
     assert record["broken"] and ("HEAD", urlsplit(record["broken"]).path) in methods, (record["broken"], methods)
     assert ("POST", "/dicom") in methods and any(p.startswith("/jobs/") for _, p in methods)
+    # progress polled without the per-file results; each job's results read once, after its polls
+    asked = [(urlsplit(r["url"]).path, parse_qs(urlsplit(r["url"]).query)) for r in record["requests"]
+             if r["method"] == "GET" and urlsplit(r["url"]).path.startswith("/jobs/")]  # fmt: skip
+    polled = [path for path, query in asked if query == {"results": ["false"]}]
+    full = [path for path, query in asked if not query]
+    assert polled and sorted(full) == sorted(set(polled)) and len(asked) == len(polled) + len(full), asked
+    assert all(asked.index((path, {})) > max(i for i, a in enumerate(asked) if a[0] == path and a[1]) for path in full)
     post = next(r for r in record["requests"] if r["method"] == "POST" and urlsplit(r["url"]).path == "/dicom")
     assert "anonymize" not in parse_qs(urlsplit(post["url"]).query)  # unticked: stored as sent
     with reader(base, token) as client:

@@ -188,8 +188,10 @@ async def stats(svc: Service, owner: str | None = None) -> dict:
 async def job_status(
     svc: Service, job_id: str, query: Mapping[str, str], owner: str | None = None, stopping=None
 ) -> bytes:
-    """``GET /jobs/{id}[?wait=seconds]``: the job's status, once it has ended when ``wait`` is
-    given (at most that long; the server stopping answers at once: ``jobs.wait_for_end``)."""
+    """``GET /jobs/{id}[?wait=seconds][&results=false]``: the job's status, once it has ended when
+    ``wait`` is given (at most that long; the server stopping answers at once:
+    ``jobs.wait_for_end``); ``results=false`` leaves out the per-file results (a progress poll)."""
+    with_results = query.get("results") is None or flag(query.get("results"), "results")
     raw = query.get("wait")
     if raw is not None:
         try:
@@ -199,7 +201,7 @@ async def job_status(
         if not 0 <= seconds <= jobs.MAX_WAIT_SECONDS:  # NaN too
             raise BadRequest(f"wait must be a number of seconds from 0 to {jobs.MAX_WAIT_SECONDS}")
         await jobs.wait_for_end(svc, job_id, seconds, owner, stopping)
-    return await jobs.status_json(svc, job_id, owner)
+    return await jobs.status_json(svc, job_id, owner, with_results)
 
 
 async def jobs_page(svc: Service, query: Mapping[str, str], owner: str | None = None, user: str | None = None) -> dict:

@@ -307,10 +307,11 @@ PATHS: dict[str, dict] = {
             "parameters": [
                 _param("job", "path", "the job id", required=True),
                 _param("wait", "query", "seconds, 0-60: the answer held until the job is done or failed, at most that long", "number"),
+                _param("results", "query", "false: without the per-file results (a progress poll)", "boolean"),
             ],
             "responses": _answers(
                 {"200": ("application/json", "{id, status, total, processed, ..., results}")},
-                {"400": "bad wait", "404": "unknown job"},
+                {"400": "bad wait or results", "404": "unknown job"},
             ),
         }
     },

@@ -364,16 +364,19 @@ async function tusUpload(f, anonymize, onSent, transfer) {
   }
 }
 
+// Progress is polled without the per-file results (?results=false: a 20,000-file job's are
+// megabytes, made and sent again at every poll); each job's results are read once, when it ends.
 async function pollJobs(jobs, transfer) {
-  const last = new Map();
+  const url = (id) => `/jobs/${encodeURIComponent(id)}`;
   for (;;) {
     if (transfer.cancelled) return null; // the jobs keep running; the page stops watching them
-    const answers = await Promise.all(jobs.map((id) => getJson(`/jobs/${encodeURIComponent(id)}`)));
-    answers.forEach((job) => last.set(job.id, job));
+    const answers = await Promise.all(jobs.map((id) => getJson(`${url(id)}?results=false`)));
     progress.processed = answers.reduce((n, j) => n + (j.processed || 0), 0);
     progress.jobsTotal = answers.reduce((n, j) => n + (j.total || 0), 0);
     showProcessing();
-    if (answers.every((j) => j.status === 'done' || j.status === 'failed')) return answers;
+    if (answers.every((j) => j.status === 'done' || j.status === 'failed')) {
+      return Promise.all(jobs.map((id) => getJson(url(id))));
+    }
     await sleep(400);
   }
 }
