@@ -28,17 +28,6 @@ STOP = b"stop"  # the message that ends a worker (tasks are pickles, never this)
 # A worker idle this long after a task hands the heap memory its tasks freed back to the
 # system (heap.trim): not after every task, where the next one would fault it in again
 IDLE_TRIM_S = 1.0
-# The worker's C heap (``heap.hold``), as the server's (cli/server.py): with glibc's moving
-# thresholds an ingest's buffers of 0.5-1 MB (the file, the pixel array, the display image,
-# the PNG) were mapped and unmapped, or trimmed off the heap top, and faulted in anew by the
-# next ingest: 110-270 minor faults an instance in each worker, 7 with these. Measured through
-# a real server, 300 CTs by path, alternating pairs: 4 clients (6 pairs), the server tree's CPU
-# 10.8 -> 10.0 ms an instance (medians; lower in every pair), 136 -> 150 instances/s; 1 client
-# (4 pairs), lower in every pair; each process's peak RSS within 0.5 MB. Larger blocks (a big
-# frame's arrays) are still mapped on their own, and what a busy spell leaves free still goes
-# back after IDLE_TRIM_S.
-HEAP_MMAP_THRESHOLD = 4 << 20
-HEAP_TRIM_THRESHOLD = 8 << 20
 # Libraries that start a thread per CPU at import, each reserving address space
 # (OpenBLAS: ~40 MB a thread): one is plenty for a worker, and keeps RLIMIT_AS honest
 ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -73,7 +62,7 @@ def _worker_main(conn, server_pid: int, limits: Limits, setup: Setup) -> None:
         os.environ.setdefault(name, "1")
     if limits.memory:
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
-    heap.hold(HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD)
+    heap.hold()  # as the server's: an ingest's buffers stay on the heap for the next (dicomsvc.heap)
     if setup.initializer:
         module, _, function = setup.initializer.partition(":")
         getattr(importlib.import_module(module), function)(*setup.args)

@@ -281,17 +281,17 @@ def test_an_idle_worker_returns_freed_heap_to_the_system():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_a_worker_holds_its_heap_thresholds():
-    """Issue 12: a worker's blocks below HEAP_MMAP_THRESHOLD come from its heap, so what one
+    """Issue 12: a worker's blocks below heap.MMAP_THRESHOLD come from its heap, so what one
     ingest frees serves the next one. With glibc's moving thresholds an ingest's 0.5-1 MB
     buffers were mapped on their own or trimmed off the heap and faulted in again: 100-270
     minor faults an instance in each worker, 7 with the thresholds held."""
     import asyncio
 
     import heaptasks
-    from dicomsvc.workerproc import HEAP_MMAP_THRESHOLD
+    from dicomsvc.heap import MMAP_THRESHOLD
     from dicomsvc.workers import Limits, WorkerPool
 
-    sizes = [HEAP_MMAP_THRESHOLD - (1 << 20), HEAP_MMAP_THRESHOLD - 4096, HEAP_MMAP_THRESHOLD + (1 << 20)]
+    sizes = [MMAP_THRESHOLD - (1 << 20), MMAP_THRESHOLD - 4096, MMAP_THRESHOLD + (1 << 20)]
 
     async def main() -> list[bool]:
         pool = WorkerPool(1, Limits())

@@ -42,13 +42,6 @@ except ImportError:  # httptools is a dependency; h11 is uvicorn's own fallback
 
     STATUS_LINE = None  # and no answers from the protocol
 
-# The server's C heap (``heap.hold``): request bodies (a CT's 0.5 MB, read in 64 KiB pieces) and
-# the buffers around them come from the heap, and up to 8 MiB of it stays free between requests
-# instead of being trimmed and faulted in again by the next one. Measured through a real server,
-# 400 CT uploads from 1 client, 6 alternating pairs: 221 -> 1 minor faults and 2.8 -> 2.2 ms of
-# the server's CPU an upload (median); its peak RSS unchanged (42-43 MiB; 47 with 4 clients).
-HEAP_MMAP_THRESHOLD = 4 << 20
-HEAP_TRIM_THRESHOLD = 8 << 20
 
 _FOR_UVICORN = {b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto"}  # a body, a proxy
 _BODY = b'{"error":"request_timeout","detail":"the request headers came too slowly"}'
@@ -147,8 +140,9 @@ def protocol_class(header_timeout: float, hot=None) -> type[asyncio.Protocol]:
 
 
 def hold_heap() -> bool:
-    """The server process's heap thresholds (HEAP_MMAP_THRESHOLD); whether glibc took them."""
-    return heap.hold(HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD)
+    """The server process's heap thresholds (``heap.MMAP_THRESHOLD``): request bodies stay on the
+    heap between requests instead of being trimmed and faulted in again; whether glibc took them."""
+    return heap.hold()
 
 
 class Server(uvicorn.Server):
