@@ -70,6 +70,8 @@ def _write(out: BinaryIO | None, target: Path, piece: bytes | bytearray, last: b
     out = out if out is not None else spool.create(target, keyring)
     try:
         out.write(piece)
+        if not last:  # a body of more than one piece: the disk writes while the rest arrives
+            spool.start_writeback(out)
     except BaseException:
         out.close()
         raise
@@ -146,8 +148,14 @@ class _PartWriter:
             if len(self._text) > MAX_FIELD_BYTES:
                 raise TooLarge(f"a form field larger than {MAX_FIELD_BYTES} bytes")
 
+    def start_writeback(self) -> None:
+        """The part being written: its pages to the disk now (``spool.start_writeback``)."""
+        if self._out is not None:
+            spool.start_writeback(self._out)
+
     def end(self) -> None:
         if self._out is not None:
+            spool.start_writeback(self._out)
             self._out.close()
             self._out = None
         if self._text is not None:
@@ -173,17 +181,18 @@ async def spool_multipart(svc: Service, request: Request, folder: Path, limit: i
     parser = MultipartParser(boundary_of(request.headers.get("content-type", "")), writer.callbacks())
     try:
         async for piece in _body(request, limit):
-            await svc.io(_feed, parser, piece)
+            await svc.io(_feed, parser, piece, writer)
         await svc.io(parser.finalize)
     finally:
         await svc.io(writer.close)
     return writer.parts
 
 
-def _feed(parser: MultipartParser, data: bytes) -> None:
+def _feed(parser: MultipartParser, data: bytes, writer: _PartWriter) -> None:
     try:
         parser.write(data)
     except (TooLarge, BadRequest):
         raise
     except Exception as exc:  # python-multipart's parse errors
         raise BadRequest(f"malformed multipart body ({type(exc).__name__})") from None
+    writer.start_writeback()

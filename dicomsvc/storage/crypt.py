@@ -167,6 +167,10 @@ class SealingWriter:
     def flush(self) -> None:
         self._out.flush()
 
+    def fileno(self) -> int:
+        """The descriptor of the file the sealed bytes go to."""
+        return self._out.fileno()
+
     def close(self) -> None:
         """Seal the final chunk and close ``out`` if it owns it (also after an error)."""
         if self.closed:
