@@ -129,6 +129,30 @@ def test_a_dicom_file_in_chunks_is_ingested_with_its_options(client, data_dir):
     assert not list((data_dir / "uploads").iterdir())  # the bytes are gone once ingested
 
 
+def test_a_big_chunk_is_on_its_way_to_the_disk_before_it_is_synced(client, data_dir, monkeypatch):
+    """A chunk's pages are written out as it arrives (sync_file_range), so the fdatasync before
+    its offset is recorded finds no pile of dirty pages waiting for it (issue 12)."""
+    from test_intake import counts_dirty_pages, dirty_pages
+
+    if not counts_dirty_pages(data_dir):
+        pytest.skip("no cachestat(2) here, or no disk behind this folder (tmpfs)")
+
+    seen: list[tuple[int | None, int]] = []
+    real = os.fdatasync
+
+    def noting(fd):
+        seen.append((dirty_pages(Path(os.readlink(f"/proc/self/fd/{fd}"))), os.fstat(fd).st_size // 4096))
+        real(fd)
+
+    data = os.urandom(6 << 20)
+    upload = create(client, len(data) + 1)  # one byte short of complete: nothing to ingest
+    monkeypatch.setattr(os, "fdatasync", noting)
+    answer = patch(client, upload, 0, data)
+    assert answer.status_code == 204, answer.text
+    ((dirty, pages),) = [v for v in seen if v[1] > 1000]  # the upload's file
+    assert dirty <= pages // 4  # without the writeback: every page still dirty
+
+
 def test_the_last_patch_again_answers_the_same_and_stores_nothing_twice(client, data_dir):
     data = dicom_bytes()
     upload = create(client, len(data))

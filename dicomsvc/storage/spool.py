@@ -9,8 +9,6 @@ arrives, and read back through a decrypting reader: a job's input waiting on dis
 ciphertext like the blobs. A spool written before the key was set is read as it is.
 """
 
-import ctypes
-import functools
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import shortuuid
 
+from .blobs import start_writeback as _writeback_fd
 from .blobs import sync_data, sync_folder
 
 if TYPE_CHECKING:
@@ -85,34 +84,15 @@ def open_if_sealed(path: Path | str, keyring: "Keyring | None") -> "BinaryIO | N
         raise
 
 
-SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writing the range's dirty pages, do not wait
-
-
 def start_writeback(fh: BinaryIO) -> None:
-    """Start writing a spool file's dirty pages to the disk now, without waiting for them
-    (sync_file_range(2), SYNC_FILE_RANGE_WRITE, over the whole file). Called as a body
-    arrives, so the disk writes while the rest comes in, and ``make_durable``'s fdatasync
-    finds little left; otherwise a 263 MB ZIP's pages stayed dirty until then, and that
-    one flush held up its 202 and then the instances' own flushes (issue 12: a 500-member
-    ZIP ingested in 2.28-2.69 s instead of 2.80-3.19 s, 5 alternating pairs). Only a head
-    start: it does nothing where there is no such call, and its errors change nothing."""
-    call = _sync_file_range()
-    if call is None:
-        return
+    """A spool file being written: its pages to the disk now, without waiting
+    (``blobs.start_writeback``). Called as a body arrives, so the disk writes while the rest
+    comes in and ``make_durable``'s fdatasync finds little left; otherwise a 263 MB ZIP's
+    pages stayed dirty until then, and that one flush held up its 202 and then the instances'
+    own flushes (issue 12: a 500-member ZIP ingested in 2.28-2.69 s instead of 2.80-3.19 s,
+    5 alternating pairs)."""
     fh.flush()
-    call(fh.fileno(), 0, 0, SYNC_FILE_RANGE_WRITE)  # 0 bytes: to the end of the file
-
-
-@functools.cache
-def _sync_file_range():
-    """glibc's sync_file_range (Linux), or None (Python's os module has no wrapper)."""
-    try:
-        call = ctypes.CDLL(None).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    call.restype = ctypes.c_int
-    return call
+    _writeback_fd(fh.fileno())
 
 
 def make_durable(folder: Path) -> None:
