@@ -233,6 +233,11 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
         raise SystemExit(2)
     zipped = UP.zip_corpus(corpus, run.tmp / "corpus.zip", "stored")
     settle()  # the corpus and the ZIP on disk before any phase (SETTLE)
+    fresh, reused = R.page_cache_cost(run.tmp)
+    out["facts"]["page_cache_ms_per_mb"] = {"new_file": fresh, "after_delete": reused}
+    cold = fresh > 3 * reused  # new pages from guest memory never touched before: every server's writes pay
+    print(f"page cache: writing a new file cost {fresh} ms of system CPU per MB, {reused} again after deleting it"
+          + (" (cold guest memory: each server pays it for the pages it writes)" if cold else ""))
     makers = [("dicomsvc", lambda tag: Ours(run.tmp, tag, import_root))]
     if binary:
         makers.append(("orthanc", lambda tag: Orthanc(run.tmp, tag, binary)))
