@@ -103,6 +103,7 @@ class _PartWriter:
     _value: bytearray = field(default_factory=bytearray)
     _text: bytearray | None = None
     _out: BinaryIO | None = None
+    _size: int = 0  # bytes of the part being written so far
 
     def callbacks(self) -> dict:
         return {
@@ -137,25 +138,29 @@ class _PartWriter:
             self._text = bytearray()  # a plain form field, kept in memory (it is small)
         else:
             part.path = self.folder / f"part-{len(self.parts):06d}"
-            self._out = spool.create(part.path, self.keyring)
+            self._out, self._size = spool.create(part.path, self.keyring), 0
         self.parts.append(part)
 
     def data(self, data: bytes, start: int, end: int) -> None:
         if self._out is not None:
             self._out.write(data[start:end])
+            self._size += end - start
         elif self._text is not None:
             self._text.extend(data[start:end])
             if len(self._text) > MAX_FIELD_BYTES:
                 raise TooLarge(f"a form field larger than {MAX_FIELD_BYTES} bytes")
 
     def start_writeback(self) -> None:
-        """The part being written: its pages to the disk now (``spool.start_writeback``)."""
-        if self._out is not None:
+        """A big part being written (a piece of the body or more, as ``_write`` does for a raw
+        one): its pages to the disk now (``spool.start_writeback``). A part of one instance is
+        left to the worker's data sync, as before: kicked here, its writeback cost the server's
+        I/O thread 0.3-0.4 ms an instance and STOW-RS a tenth of its throughput (4 pairs)."""
+        if self._out is not None and self._size >= WRITE_SIZE:
             spool.start_writeback(self._out)
 
     def end(self) -> None:
         if self._out is not None:
-            spool.start_writeback(self._out)
+            self.start_writeback()
             self._out.close()
             self._out = None
         if self._text is not None:
