@@ -185,9 +185,10 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
 def keepalive_reads(port_paths: dict[str, tuple[int, list[str], dict]], n: int) -> dict:
     """p50/p95 ms per name: one keep-alive connection each, the names in turn request by request.
 
-    A server may close a keep-alive connection that sat idle past its timeout (Orthanc's
-    KeepAliveTimeout is 1 s; a stall of the machine can exceed it): that request is sent again
-    on a new connection, untimed, and counted in ``reconnects``."""
+    A server may close a keep-alive connection that sat idle past its timeout (uvicorn's is 5 s;
+    Orthanc's HTTP server, civetweb, has its ``keep_alive_timeout_ms``), which a stall of the
+    machine can exceed: that request is sent again on a new connection, untimed, and counted in
+    ``reconnects``."""
     conns = {k: http.client.HTTPConnection("127.0.0.1", port, timeout=60) for k, (port, _, _) in port_paths.items()}
     lat = {k: [] for k in port_paths}
     errors = {k: 0 for k in port_paths}
