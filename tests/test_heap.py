@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dicomfiles import make_ct, save
-from dicomsvc.cli.server import hold_heap
+from dicomsvc import heap
 from liveservice import free_port, service_env, serving
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -22,7 +22,7 @@ BURSTS = """
 import resource, sys
 from dicomsvc import heap
 if sys.argv[1] == "hold":
-    assert heap.hold(4 << 20, 8 << 20)
+    assert heap.hold()
 def burst():
     pieces = [b"\\x01" * 65536 for _ in range(24)]
     del pieces
@@ -48,7 +48,7 @@ def test_held_thresholds_keep_the_heap_a_burst_freed():
 
 
 def test_the_server_takes_its_thresholds():
-    assert hold_heap() is True
+    assert heap.hold() is True
 
 
 def minor_faults(pid: int) -> int:

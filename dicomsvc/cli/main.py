@@ -89,14 +89,15 @@ def _serve() -> int:
     """Run the service until stopped; a start-up that fails exits 1 at once, saying why."""
     from app import create_app  # the routes (app.py, installed beside the package)
 
-    from .server import Server, hold_heap, uvicorn_config
+    from .. import heap
+    from .server import Server, uvicorn_config
 
     try:
         config = Config.from_env()  # the one reading of the environment
     except ValueError as exc:
         print(f"dicomsvc serve: {exc}", file=sys.stderr)
         return 2
-    hold_heap()
+    heap.hold()  # request bodies stay on the heap between requests (dicomsvc.heap)
     server = Server(uvicorn_config(create_app(config), config))
     server.run()
     if not server.started:  # the lifespan failed (its reason is logged) or the port was taken

@@ -30,7 +30,6 @@ from types import SimpleNamespace
 
 import uvicorn
 
-from .. import heap
 from ..config import Config
 from ..http.hotreads import HotReads
 
@@ -137,12 +136,6 @@ def protocol_class(header_timeout: float, hot=None) -> type[asyncio.Protocol]:
     unless None or uvicorn runs h11, ``hot(url, headers, client, write) -> bool`` answering cached reads."""
     hot = staticmethod(hot) if hot is not None and STATUS_LINE is not None else None
     return type("HeaderDeadline", (HeaderDeadline,), {"header_timeout": float(header_timeout), "hot": hot})
-
-
-def hold_heap() -> bool:
-    """The server process's heap thresholds (``heap.MMAP_THRESHOLD``): request bodies stay on the
-    heap between requests instead of being trimmed and faulted in again; whether glibc took them."""
-    return heap.hold()
 
 
 class Server(uvicorn.Server):
