@@ -81,6 +81,7 @@ READ_SIZE = 1 << 20  # bytes read at most per readiness of a worker's connection
 _LENGTH, _LONG_LENGTH = struct.Struct("!i"), struct.Struct("!Q")  # multiprocessing.connection's framing
 FORK_SERVER = "dicomsvc.forkserver"  # the fork server's first import (see there)
 WORKER_SIDE = "dicomsvc.workerproc"  # its second: what a worker runs (not this module: no asyncio there)
+FORK_SERVER_READY = "dicomsvc.forkserver_ready"  # its last: all loaded, what only loading used is let go
 GROUP_CAP = 8  # items at most in one grouped task (run_grouped)
 
 
@@ -105,7 +106,7 @@ def _start_fork_server(preload: tuple[str, ...]) -> None:
         return
     from multiprocessing import forkserver
 
-    forkserver.set_forkserver_preload(list(dict.fromkeys((FORK_SERVER, WORKER_SIDE, *preload))))
+    forkserver.set_forkserver_preload(list(dict.fromkeys((FORK_SERVER, WORKER_SIDE, *preload, FORK_SERVER_READY))))
     _no_resource_tracker()
     _STARTER.submit(forkserver.ensure_running).result()
 

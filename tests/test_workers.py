@@ -401,6 +401,36 @@ def test_workers_are_forked_from_a_fork_server_that_preloaded_their_modules(proc
     assert facts["blas_threads"] == "1"
 
 
+PRELOADED_PAGES = """
+import json, os
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+from dicomsvc.service import WORKER_MODULES
+import dicomsvc.workerproc, dicomsvc.tasks
+for name in WORKER_MODULES:
+    __import__(name)
+from dicomsvc.forkserver import _read_only_file_pages
+with open("/proc/self/smaps") as f:
+    print(sum(r for _, _, r in _read_only_file_pages(f.read())))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="/proc/<pid>/smaps is Linux's")
+def test_the_fork_server_lets_go_of_the_library_pages_it_only_ran_to_load_them(process_client, import_root):
+    """Issue 12: after its preloads the fork server runs only its fork loop; the library code it
+    ran importing numpy, pydicom and the pipeline leaves its resident set (it stays in the page
+    cache for the workers) instead of being counted in the summed peak RSS once more."""
+    pool = process_client.app.state.svc.cpu_pool
+    server = pool.fork_server_pid()
+    from dicomsvc.forkserver import _read_only_file_pages
+
+    kept = sum(r for _, _, r in _read_only_file_pages(Path(f"/proc/{server}/smaps").read_text()))
+    loaded = int(subprocess.run([sys.executable, "-c", PRELOADED_PAGES], capture_output=True, text=True,
+                                timeout=120, check=True, cwd=REPO).stdout)  # fmt: skip
+    assert loaded > 8 << 20  # what the same imports leave resident in a process that keeps it
+    assert kept < loaded / 3, (kept, loaded)  # the fork loop's own code touched again
+    still_works(process_client, import_root)  # workers forked after it: parse, render, store
+
+
 def cmdline(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
