@@ -129,7 +129,21 @@ def tree_peak_rss_mib(root: int) -> dict:
         "sum_mib": round(sum(per.values()), 1),
         "max_mib": round(max(per.values()), 1) if per else None,
         "nproc": len(per),
+        "per": per,
     }
+
+
+def reset_peak_rss(root: int) -> bool:
+    """Set VmHWM of root and of each live descendant back to its current RSS (writing 5 to
+    /proc/<pid>/clear_refs, Linux 4.0+), so that ``tree_peak_rss_mib`` read later gives the
+    peak since now: of an ingest, not of the start-up before it. Whether every process took it."""
+    done = True
+    for pid in descendants(root):
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            done = False
+    return done
 
 
 def per_process(root: int) -> list[dict]:
