@@ -1,11 +1,12 @@
 """The fork server's last import (``dicomsvc.workers`` puts it at the end of the preload list):
-everything the workers share is loaded by now, so the library code the fork server ran only
-to load it leaves its resident set (``forkserver.release_library_pages``).
+everything the workers share is loaded by now, and the fork server only forks from here on, so
+the library code it ran to load them leaves its resident set (``dicomsvc.libpages``).
 
 Importing it anywhere but in the fork server does nothing.
 """
 
-from .forkserver import _in_fork_server, release_library_pages
+from . import libpages
+from .forkserver import _in_fork_server
 
 if _in_fork_server():
-    release_library_pages()
+    libpages.release()

@@ -169,6 +169,46 @@ def test_the_settings_reach_uvicorn():
             Config.from_env({"DICOMSVC_HEADER_TIMEOUT": bad})
 
 
+def test_once_started_the_server_lets_go_of_the_library_pages_only_starting_ran(monkeypatch):
+    """Issue 12: ``dicomsvc serve`` unmaps them (``libpages.release``, tested in test_libpages)
+    once the lifespan is done and the socket is listening, not before."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from dicomsvc import libpages
+    from dicomsvc.cli.server import Server
+
+    seen = []
+
+    async def app(scope, receive, send):  # a lifespan that takes a moment
+        assert scope["type"] == "lifespan"
+        await receive()
+        await asyncio.sleep(0.2)
+        seen.append("lifespan started")
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def released():
+        seen.append(("released", server.started, len(server.servers)))
+        server.should_exit = True
+        return 0
+
+    monkeypatch.setattr(libpages, "release", released)
+    server = Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    thread.join(timeout=2)  # the spy stops it; without a call, stopped here
+    server.should_exit = True
+    thread.join(timeout=30)
+    assert seen == ["lifespan started", ("released", True, 1)]
+
+
 # --- cached reads answered by the protocol itself (HotReads.answer_now; issue 12) ---
 
 

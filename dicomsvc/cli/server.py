@@ -30,6 +30,7 @@ from types import SimpleNamespace
 
 import uvicorn
 
+from .. import libpages
 from ..config import Config
 from ..http.hotreads import HotReads
 
@@ -142,7 +143,14 @@ class Server(uvicorn.Server):
     """uvicorn's server, telling the app when it begins to stop: ``app.state.stopping`` is set
     before uvicorn waits for the requests under way to finish (it waits as long as they take),
     so a request held open on purpose (``GET /jobs/{id}?wait=``) answers at once instead of
-    holding up the shutdown."""
+    holding up the shutdown; and letting go of the library pages only its start ran."""
+
+    async def startup(self, sockets=None) -> None:
+        """uvicorn's start (the lifespan: the service, its workers; then the listening socket);
+        once started, the library code only starting ran leaves the resident set (``libpages``)."""
+        await super().startup(sockets=sockets)
+        if self.started:
+            libpages.release()
 
     async def shutdown(self, sockets=None) -> None:
         stopping = getattr(getattr(self.config.app, "state", None), "stopping", None)  # made by the lifespan

@@ -1,5 +1,5 @@
-"""dicomsvc.forkserver: what the fork server lets go of once it has loaded the workers' modules
-(issue 12: its library pages counted in the summed peak RSS beside the workers that use them)."""
+"""dicomsvc.libpages: the library pages a process ran only while starting, let go once started
+(issue 12: counted in the summed peak RSS of the server, the fork server and the workers)."""
 
 import json
 import platform
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dicomsvc.forkserver import _read_only_file_pages, release_library_pages
+from dicomsvc.libpages import release, releasable
 
 SMAPS = """\
 00400000-00401000 r--p 00000000 fd:00 11 /usr/bin/python3.11
@@ -42,21 +42,21 @@ Anonymous:             0 kB
 def test_only_read_only_private_file_mappings_without_own_pages_are_let_go():
     # the code and read-only data of the binary; not relocated data (a page of its own), not
     # writable data, not a shared mapping, not anonymous memory, not what is not resident
-    assert _read_only_file_pages(SMAPS) == [(0x400000, 0x401000, 4096), (0x401000, 0x403000, 8192)]
+    assert releasable(SMAPS) == [(0x400000, 0x401000, 4096), (0x401000, 0x403000, 8192)]
 
 
 MEASURE = """
 import hashlib, json, sys, zlib
 import numpy as np
 import pydicom
-from dicomsvc.forkserver import _read_only_file_pages, release_library_pages
+from dicomsvc.libpages import release, releasable
 
 def resident():
     with open("/proc/self/smaps") as f:
-        return sum(r for _, _, r in _read_only_file_pages(f.read()))
+        return sum(r for _, _, r in releasable(f.read()))
 
 before = resident()
-released = release_library_pages()
+released = release()
 after = resident()
 # everything still runs: the pages fault in again from the same files
 works = (float(np.arange(10).sum()), zlib.decompress(zlib.compress(b"x" * 1000)) == b"x" * 1000, hashlib.sha256(b"x").hexdigest()[:8])
@@ -79,4 +79,4 @@ def test_outside_linux_or_without_proc_nothing_happens(monkeypatch):
         raise FileNotFoundError("/proc/self/smaps")
 
     monkeypatch.setattr("builtins.open", no_proc)
-    assert release_library_pages() == 0
+    assert release() == 0
