@@ -32,7 +32,7 @@ from .workerproc import ONE_THREAD, die_with_parent
 UNUSED = ("requests", "tqdm")  # imported by pydicom.data if installed; never used in a worker
 
 
-def _in_fork_server() -> bool:
+def in_fork_server() -> bool:
     """Imported by ``multiprocessing.forkserver.main`` (its preload), not elsewhere."""
     frame = sys._getframe(1)
     while frame is not None:
@@ -43,7 +43,7 @@ def _in_fork_server() -> bool:
     return False
 
 
-if _in_fork_server():
+if in_fork_server():
     for _name in ONE_THREAD:
         os.environ.setdefault(_name, "1")
     # pydicom.data imports requests and tqdm when they are installed (the tests install them),

@@ -6,7 +6,7 @@ Importing it anywhere but in the fork server does nothing.
 """
 
 from . import libpages
-from .forkserver import _in_fork_server
+from .forkserver import in_fork_server
 
-if _in_fork_server():
+if in_fork_server():
     libpages.release()
