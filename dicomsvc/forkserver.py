@@ -33,7 +33,8 @@ UNUSED = ("requests", "tqdm")  # imported by pydicom.data if installed; never us
 
 
 def in_fork_server() -> bool:
-    """Imported by ``multiprocessing.forkserver.main`` (its preload), not elsewhere."""
+    """Whether the module calling this is being imported by ``multiprocessing.forkserver.main``
+    (one of the fork server's preloads), not elsewhere."""
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
