@@ -370,18 +370,39 @@ def test_the_same_uid_with_other_pixels_is_another_instance(ready, tmp_path):
 
 
 @pytest.mark.local_blobs_only("with S3 the local copy is a read cache, not synced: its pages are kept")
-def test_the_stored_dicom_leaves_the_page_cache_once_synced_its_png_stays(ready):
-    """The next ingest writes into the pages the kernel freed (dicomsvc.storage.blobs)."""
+def test_the_stored_dicom_leaves_the_page_cache_once_synced_its_png_stays(ready, monkeypatch, tmp_path):
+    """The next ingest writes into the pages the kernel freed (dicomsvc.storage.blobs).
+
+    The drop is advice: now and then (about 1 ingest in 100 here, more often in a fresh
+    process) the kernel keeps a page it could not drop at that instant. So the test checks
+    that the drop is asked for the stored DICOM file and never for the PNG, every time, and
+    that the kernel does drop it in one of three ingests."""
+    from dicomsvc.storage import blobs as store
     from dicomsvc.storage.blobs import read_if_cached
 
     if not drops_pages(ready.blob_dir / ".tmp"):
         pytest.skip("this file system keeps pages on POSIX_FADV_DONTNEED (tmpfs)")
-    result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
-    blobs = BlobStore(ready.blob_dir)
-    dcm, png = blobs.path(BlobStore.key(result.id, "dcm")), blobs.path(BlobStore.key(result.id, "png"))
-    assert read_if_cached(dcm) is None
-    assert read_if_cached(png) is not None
-    assert blob_plaintext(dcm) == sample_file("CT_small.dcm").read_bytes()  # read back from the disk
+    asked, real_drop = [], store.drop_cached
+
+    def drop_cached(path):
+        asked.append(os.stat(path).st_ino)
+        real_drop(path)
+
+    monkeypatch.setattr(store, "drop_cached", drop_cached)
+    ds, dropped = dcmread(sample_file("CT_small.dcm")), []
+    for n in range(3):
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{n + 1}"
+        ds.save_as(tmp_path / "ct.dcm")
+        with open(tmp_path / "ct.dcm", "rb") as src:
+            result = ingest.ingest_file(ready, BlobStore(ready.blob_dir).spool(src, 1 << 30), "ct.dcm")
+        blobs = BlobStore(ready.blob_dir)
+        dcm, png = blobs.path(BlobStore.key(result.id, "dcm")), blobs.path(BlobStore.key(result.id, "png"))
+        assert asked == [os.stat(dcm).st_ino], asked  # the stored DICOM file's, asked once; not the PNG's
+        assert read_if_cached(png) is not None
+        dropped.append(read_if_cached(dcm) is None)
+        assert blob_plaintext(dcm) == (tmp_path / "ct.dcm").read_bytes()  # read back from the disk
+        asked.clear()
+    assert any(dropped), dropped
 
 
 @pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key, the early sync does not run: _place syncs the sealed copy")
