@@ -14,6 +14,7 @@ from pydicom import dcmread
 from dicomfiles import ENCRYPTED_SUITE, blob_files, blob_plaintext, drops_pages, sample_file
 from indexdb import index, on_postgres
 from dicomsvc import ingest
+from dicomsvc.logs import quiet_pydicom
 from dicomsvc.storage import instances, sqlite
 from dicomsvc.storage.blobs import BlobStore
 from dicomsvc.errors import InvalidDicom
@@ -21,7 +22,11 @@ from dicomsvc.errors import InvalidDicom
 
 @pytest.fixture
 def ready(config):
-    """A data directory with its schema and blob store, as the service leaves it at start-up."""
+    """A data directory with its schema and blob store, as the service leaves it at start-up;
+    pydicom set up as in the workers these functions run in (``logs.quiet_pydicom``: values
+    not validated while reading). Run alone, this module otherwise depended on an earlier test
+    having done it in the process."""
+    quiet_pydicom()
     config.data_dir.mkdir(parents=True)
     BlobStore(config.blob_dir).open()
 
