@@ -58,3 +58,13 @@ def releasable(smaps: str) -> list[tuple[int, int, int]]:
             key, value = line.split()[:2]
             vma[key] = int(value) * 1024
     return [(v["start"], v["end"], v["Rss:"]) for v in found if v["Anonymous:"] == 0 and v["Rss:"] > 0]
+
+
+def resident(pid: int | str = "self") -> int:
+    """Bytes resident in the mappings of process ``pid`` that ``release`` would drop: what a
+    release leaves out of its RSS, or what came back since (0 where /proc is missing)."""
+    try:
+        with open(f"/proc/{pid}/smaps") as smaps:
+            return sum(rss for _, _, rss in releasable(smaps.read()))
+    except OSError:
+        return 0

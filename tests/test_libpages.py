@@ -49,11 +49,7 @@ MEASURE = """
 import hashlib, json, sys, zlib
 import numpy as np
 import pydicom
-from dicomsvc.libpages import release, releasable
-
-def resident():
-    with open("/proc/self/smaps") as f:
-        return sum(r for _, _, r in releasable(f.read()))
+from dicomsvc.libpages import release, resident
 
 before = resident()
 released = release()

@@ -408,9 +408,8 @@ from dicomsvc.service import WORKER_MODULES
 import dicomsvc.workerproc, dicomsvc.tasks
 for name in WORKER_MODULES:
     __import__(name)
-from dicomsvc.libpages import releasable
-with open("/proc/self/smaps") as f:
-    print(sum(r for _, _, r in releasable(f.read())))
+from dicomsvc.libpages import resident
+print(resident())
 """
 
 
@@ -421,9 +420,9 @@ def test_the_fork_server_lets_go_of_the_library_pages_it_only_ran_to_load_them(p
     cache for the workers) instead of being counted in the summed peak RSS once more."""
     pool = process_client.app.state.svc.cpu_pool
     server = pool.fork_server_pid()
-    from dicomsvc.libpages import releasable
+    from dicomsvc.libpages import resident
 
-    kept = sum(r for _, _, r in releasable(Path(f"/proc/{server}/smaps").read_text()))
+    kept = resident(server)
     loaded = int(subprocess.run([sys.executable, "-c", PRELOADED_PAGES], capture_output=True, text=True,
                                 timeout=120, check=True, cwd=REPO).stdout)  # fmt: skip
     assert loaded > 8 << 20  # what the same imports leave resident in a process that keeps it
