@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import shortuuid
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -204,7 +203,7 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
         rows = flatten(parsed.ds, parsed.pixel)
         png_temp, render_error = _render(temp, parsed, blobs)
         digest = hashing.result()
-        record = _record(parsed, digest, rows, temp, source, render_error, png_temp is not None)
+        record = _record(parsed, digest, rows, temp, source, render_error, png_temp is not None, blobs.new_id())
         record |= {
             "anonymized": int(anonymized),
             "anonymized_from": options.anonymized_from,
@@ -325,8 +324,8 @@ def _record(
     source: str,
     render_error: str | None,
     has_png: bool,
+    instance_id: str,
 ) -> dict:
-    instance_id = shortuuid.uuid()
     return summary(parsed, rows) | {
         "pixel_hash": digest,
         "id": instance_id,

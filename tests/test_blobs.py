@@ -5,7 +5,7 @@ import io
 import pytest
 
 from dicomfiles import drops_pages
-from dicomsvc.storage.blobs import BlobStore
+from dicomsvc.storage.blobs import FANOUT, BlobStore
 from dicomsvc.errors import TooLarge
 
 
@@ -45,7 +45,6 @@ def test_the_service_store_makes_every_folder_when_it_opens(tmp_path):
     import shortuuid
 
     from dicomsvc.config import Config
-    from dicomsvc.storage.blobs import FANOUT
 
     assert FANOUT == shortuuid.get_alphabet()
     config = Config.from_env({"DICOMSVC_DATA_DIR": str(tmp_path / "data")})
@@ -101,6 +100,19 @@ def test_blobs_no_record_points_at_are_swept_at_start(config, data_dir):
     assert fresh.exists()
     assert (blobs.root / "Zz" / ("Zz" + "y" * 20 + ".dcm")).exists()  # within the grace period
     assert len(list(data_dir.glob(f"blobs/*/{kept}*"))) == 3  # .dcm, .png, .renderings
+
+
+def test_the_ids_one_store_hands_out_share_their_folder(tmp_path):
+    """A group commit's blobs land in one fan-out folder (one directory fsync for them all);
+    the ids stay shortuuids, distinct, and another store starts a folder of its own."""
+    store = BlobStore(tmp_path / "blobs")
+    ids = [store.new_id() for _ in range(200)]
+    assert len(set(ids)) == 200
+    assert all(len(i) == 22 and set(i) <= set(FANOUT) for i in ids)
+    assert {i[:2] for i in ids} == {ids[0][:2]}
+    assert {BlobStore.key(i, "dcm").split("/")[0] for i in ids} == {ids[0][:2]}
+    firsts = {BlobStore(tmp_path / "blobs").new_id()[:2] for _ in range(50)}
+    assert len(firsts) > 10  # the folder is drawn per store: stores spread over the fan-out
 
 
 def test_read_if_cached_reads_what_the_page_cache_holds_and_never_waits(tmp_path, monkeypatch):

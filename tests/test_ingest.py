@@ -3,6 +3,7 @@
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -263,7 +264,13 @@ def test_a_batch_shares_its_syncs_and_commits_once(ready, monkeypatch):
     _check_order(events, ready.blob_dir)
     folder_syncs = [e for e in events if e[0] == "fsync"]
     assert len(folder_syncs) == len(set(folder_syncs))  # each folder once, however many blobs
-    assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(4,)]
+    # the chunk's ids share their fan-out folder (BlobStore.new_id): one folder, one fsync
+    folders = {Path(e[2]).parent for e in events if e[0] == "rename" and Path(e[2]).parent != ready.blob_dir}
+    assert len(folders) == 1
+    (folder,) = folders
+    assert [e for e in folder_syncs if e[1] != str(ready.blob_dir)] == [("fsync", str(folder))]
+    ids = [i for (i,) in rows(ready, "SELECT id FROM dicom")]
+    assert len(set(ids)) == 4 and all(re.fullmatch(r"[0-9A-Za-z]{22}", i) and i[:2] == folder.name for i in ids)
 
 
 def test_a_batch_whose_commit_fails_leaves_nothing_and_fails_each_file(ready, monkeypatch):
