@@ -7,7 +7,8 @@ on a fresh server and data folder: ingest by path (Orthanc has no path import: i
 POST /instances with the bytes) and by upload (application/dicom), 1 and 4 clients, one
 ZIP of the corpus, and (dicomsvc only: Orthanc has none) a folder import of the corpus
 (``POST /dicom {"path": "."}``). Medians over the rounds. Then, untimed: fsync-family calls per
-instance (strace -f -c on the whole server tree during a 1-client path ingest), idle
+instance (strace -f -c on the whole server tree during a 1-client path ingest, and on a server
+of its own during a folder import of the corpus), idle
 memory (RSS and PSS summed over the server and its workers, after start-up), and reads
 timed with one keep-alive ``http.client`` connection per service, request by request in
 turn: dicomsvc /tags and /image, Orthanc /instances/{id}/tags and /preview, and nginx
@@ -136,7 +137,7 @@ def _folder(t, corpus: CO.Corpus, deadline_s: float) -> dict:
     ok = (job.get("created") or 0) + (job.get("duplicates") or 0)
     if job.get("status") != "done" or job.get("created") != n:
         res["error"] = f"expected {n} created: {({k: v for k, v in job.items() if k != 'results'})}"
-    res.update(done_s=round(done_s, 3), inst_per_s=round(ok / done_s, 2) if ok else None)
+    res.update(done_s=round(done_s, 3), inst_per_s=round(ok / done_s, 2) if ok else None, created=job.get("created"))
     return res
 
 
@@ -149,7 +150,20 @@ def tree_memory_mib(pid: int) -> tuple[float, float]:
 
 
 def count_syncs(t, corpus: CO.Corpus, n: int, how: str) -> float | None:
-    """fsync-family calls per instance over the whole server tree (untimed: strace slows it)."""
+    """fsync-family calls per instance over the whole server tree (untimed: strace slows it),
+    while ``n`` instances are sent by one client (``how``: "path" or "upload")."""
+    send = t.ingest if how == "path" else t.upload
+    return _syncs_while(t, lambda: CL.send_each(corpus.instances[:n], 1, 300, t.client, send, t.server.pid).ok)
+
+
+def count_folder_syncs(t, corpus: CO.Corpus, deadline_s: float) -> float | None:
+    """The same during a folder import of the whole corpus (``_folder``): the group commit's
+    share of syncs, chunk by chunk."""
+    return _syncs_while(t, lambda: _folder(t, corpus, deadline_s).get("created") or 0)
+
+
+def _syncs_while(t, act) -> float | None:
+    """fsync-family calls over the server tree while ``act()`` runs, per instance it returns."""
     if not shutil.which("strace"):
         return None
     pids = P.descendants(t.server.pid)
@@ -159,8 +173,7 @@ def count_syncs(t, corpus: CO.Corpus, n: int, how: str) -> float | None:
         argv += ["-p", str(p)]
     tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached
-    send = t.ingest if how == "path" else t.upload
-    run = CL.send_each(corpus.instances[:n], 1, 300, t.client, send, t.server.pid)
+    done = act()
     time.sleep(0.5)
     tracer.send_signal(signal.SIGINT)
     tracer.wait(timeout=30)
@@ -169,7 +182,7 @@ def count_syncs(t, corpus: CO.Corpus, n: int, how: str) -> float | None:
         m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
         if m and m.group(2) in SYNC_CALLS.split(","):
             calls += int(m.group(1))
-    return round(calls / run.ok, 2) if run.ok else None
+    return round(calls / done, 2) if done else None
 
 
 def start_nginx(work: Path, root: Path) -> tuple[subprocess.Popen, int]:
@@ -321,6 +334,9 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
             how = "path" if label == "dicomsvc" else "upload"
             note(label, "syncs", count_syncs(t, corpus, min(100, a.n), how))
             live[label] = t
+    label, make = makers[0]  # dicomsvc: a folder import's syncs, on a server of its own (Orthanc has none)
+    res = phase(label, make("syncs_folder"), lambda t: count_folder_syncs(t, corpus, a.phase_timeout))
+    note(label, "syncs_folder", res)
     stored = []
     ours = live.get("dicomsvc")
     if ours is not None:
@@ -380,6 +396,7 @@ def print_table(out: dict) -> None:
         ("folder import of the corpus [inst/s] (Orthanc: none)", "folder", None),
         ("server CPU per instance [ms]", "cpu_ms", "lo"),
         ("fsync-family calls per instance", "syncs", None),
+        ("fsync-family calls per instance, folder import (Orthanc: none)", "syncs_folder", None),
         ("GET /tags p50 [ms]", "tags_p50", "lo"),
         ("GET /image p50 [ms] (Orthanc: /preview)", "image_p50", "lo"),
         ("idle RSS summed [MiB]", "idle_rss", "lo"),
