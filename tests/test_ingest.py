@@ -264,6 +264,7 @@ def test_a_batch_shares_its_syncs_and_commits_once(ready, monkeypatch):
     _check_order(events, ready.blob_dir)
     folder_syncs = [e for e in events if e[0] == "fsync"]
     assert len(folder_syncs) == len(set(folder_syncs))  # each folder once, however many blobs
+    assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(4,)]
     # the chunk's ids share their fan-out folder (BlobStore.new_id): one folder, one fsync
     folders = {Path(e[2]).parent for e in events if e[0] == "rename" and Path(e[2]).parent != ready.blob_dir}
     assert len(folders) == 1
