@@ -8,6 +8,9 @@ module is the first of that list, so what it does happens before any of them:
 
 * one thread for OpenBLAS/OpenMP/MKL (``workerproc.ONE_THREAD``), set before numpy is
   imported, and inherited by every worker forked from here;
+* SIGINT and SIGTERM to the process group are ignored (``workerproc.ignore_stop_signals``):
+  the server stops its workers itself, and a fork server killed by them would take its
+  workers with it;
 * the fork server dies with the server, kill -9 included (``PR_SET_PDEATHSIG``). The
   server starts it from a thread that lives as long as its process
   (``workers._start_fork_server``), since the signal follows the starting *thread*.
@@ -27,7 +30,7 @@ resident set (``dicomsvc.libpages``).
 import os
 import sys
 
-from .workerproc import ONE_THREAD, die_with_parent
+from .workerproc import ONE_THREAD, die_with_parent, ignore_stop_signals
 
 UNUSED = ("requests", "tqdm")  # imported by pydicom.data if installed; never used in a worker
 
@@ -54,3 +57,4 @@ if in_fork_server():
     for _name in UNUSED:
         sys.modules.setdefault(_name, None)
     die_with_parent()
+    ignore_stop_signals()  # as its workers do (a SIGTERM to the group killing it would kill them)

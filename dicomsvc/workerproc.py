@@ -57,7 +57,7 @@ def _worker_main(conn, server_pid: int, limits: Limits, setup: Setup) -> None:
     die_with_parent()
     if not _parent_is_ours(server_pid):  # the parent went before the request took effect
         os._exit(0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    ignore_stop_signals()
     for name in ONE_THREAD:
         os.environ.setdefault(name, "1")
     if limits.memory:
@@ -69,6 +69,16 @@ def _worker_main(conn, server_pid: int, limits: Limits, setup: Setup) -> None:
     gc.freeze()  # what the fork server imported stays shared: no collection writes to it
     conn.send_bytes(pickle.dumps(("ready", os.getpid())))
     _serve(conn)
+
+
+def ignore_stop_signals() -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) and SIGTERM to the whole group
+    (``kill -TERM -<pgid>``, systemd's KillMode=control-group) are the server's to handle: it
+    lets the running tasks finish, then stops each worker (``STOP``: it removes its note of
+    placed blobs, ``storage.blobs``). A worker killed by the signal itself would fail its task
+    and leave its note behind. The server dying all the same kills them (``die_with_parent``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def die_with_parent() -> None:
@@ -104,6 +114,7 @@ def _serve(conn) -> None:
         except (EOFError, OSError):  # the server is gone
             os._exit(0)
         if data == STOP:
+            blobs.drop_notes()
             return
         reply, retire = _run_task(data)
         trimmed = False
@@ -117,6 +128,7 @@ def _serve(conn) -> None:
         except OSError:
             os._exit(0)
         if retire:
+            blobs.drop_notes()
             return
 
 

@@ -144,6 +144,7 @@ class _Worker:
         self.ready = False
         self.retire = False  # replace it after this task
         self.killed = False  # by us (time limit)
+        self.name = f"w{secrets.token_hex(6)}"  # begins its tasks' tags: names its note (storage.blobs)
 
     def kill(self) -> None:
         self.killed = True
@@ -373,7 +374,7 @@ class WorkerPool:
     async def _run_on(self, worker: _Worker, fn: Callable[..., Any], args: tuple, items: int = 1) -> tuple:
         """The worker's reply to ``fn(*args)`` (its time limit: ``items`` times the limit), once
         what the task wrote is removed if the worker died."""
-        tag = f"t{secrets.token_hex(8)}"
+        tag = f"{worker.name}.t{secrets.token_hex(8)}"
         loop = asyncio.get_running_loop()
         try:
             reply = await self._exchange_here(worker, (fn, args, tag, self.tmp), loop, items)

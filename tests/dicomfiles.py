@@ -11,6 +11,8 @@ from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from dicomsvc.storage.blobs import NOTE_SUFFIX
+
 
 def sample_file(name: str) -> Path:
     """A file shipped with pydicom (test_files or charset_files); never downloaded."""
@@ -74,9 +76,17 @@ def save(ds: Dataset, path: Path) -> Path:
 
 
 def blob_files(data_dir: Path) -> list[Path]:
-    """Every file in blob storage, temp space included."""
+    """Every file in blob storage, temp space included, but the notes of placed blobs that
+    live worker processes keep there (``notes``: one per worker, bookkeeping, not data)."""
     root = data_dir / "blobs"
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    kept = set(notes(data_dir))
+    return sorted(p for p in root.rglob("*") if p.is_file() and p not in kept) if root.exists() else []
+
+
+def notes(data_dir: Path) -> list[Path]:
+    """The notes of placed blobs in temp space (dicomsvc.storage.blobs: one per worker process
+    that placed a blob, removed when the worker leaves or dies)."""
+    return sorted((data_dir / "blobs" / ".tmp").glob(f"*{NOTE_SUFFIX}"))
 
 
 ENCRYPTED_SUITE = os.environ.get("DICOMSVC_TEST_ENCRYPTION") == "1"

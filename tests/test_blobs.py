@@ -5,6 +5,7 @@ import io
 import pytest
 
 from dicomfiles import drops_pages
+from dicomsvc.storage import blobs as blobs_module
 from dicomsvc.storage.blobs import FANOUT, BlobStore
 from dicomsvc.errors import TooLarge
 
@@ -113,6 +114,83 @@ def test_the_ids_one_store_hands_out_share_their_folder(tmp_path):
     assert {BlobStore.key(i, "dcm").split("/")[0] for i in ids} == {ids[0][:2]}
     firsts = {BlobStore(tmp_path / "blobs").new_id()[:2] for _ in range(50)}
     assert len(firsts) > 10  # the folder is drawn per store: stores spread over the fan-out
+
+
+def _task(blobs: BlobStore, tag: str, *names: str) -> list[str]:
+    """What a worker task does: place a blob per name under ``tag``, then end; their keys."""
+    blobs_module.begin_task(tag)
+    keys = []
+    for name in names:
+        key = blobs.key(name, "dcm")
+        blobs.commit(blobs.write_temp(b"x" * 100), key)
+        keys.append(key)
+    blobs_module.end_task(blobs.tmp)
+    return keys
+
+
+def test_a_process_notes_placed_blobs_in_one_note_no_file_made_or_removed_per_task(tmp_path, monkeypatch):
+    """Issue 12: a note made and removed per task is a freed inode per ingest, and every file
+    created in the next minutes (on ext4 without a journal) pays for each one."""
+    monkeypatch.setattr(blobs_module, "_notes", {})
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.open()
+    first = _task(blobs, "wAAAA.tAAAA", "AbCdEfGhIjKlMnOpQrStUv", "AbCdEfGhIjKlMnOpQrStUw")
+    (note,) = blobs.tmp.iterdir()
+    inode = note.stat().st_ino
+    second = _task(blobs, "wAAAA.tBBBB", "XyCdEfGhIjKlMnOpQrStUv")
+    assert list(blobs.tmp.iterdir()) == [note] and note.stat().st_ino == inode  # the same file, kept
+    assert note.name == "wAAAA.placed"  # named after the worker, the first part of its tasks' tags
+    assert blobs.task_leftovers("wAAAA.tAAAA") == ([note], first)  # when its worker dies: its keys, the note
+    assert blobs.task_leftovers("wAAAA.tBBBB") == ([note], second)
+    assert blobs.task_leftovers("wCCCC.tCCCC") == ([], [])  # another worker's task that placed nothing
+    blobs_module.drop_notes()  # the worker leaves
+    assert list(blobs.tmp.iterdir()) == []
+
+
+def test_a_note_past_its_limit_is_cut_back_when_its_task_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(blobs_module, "_notes", {})
+    monkeypatch.setattr(blobs_module, "NOTE_LIMIT", 200)
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.open()
+    sizes = []
+    for n in range(12):
+        _task(blobs, f"t{n:04d}", f"Ab{n:020d}")
+        (note,) = blobs.tmp.iterdir()
+        sizes.append(note.stat().st_size)
+    assert max(sizes) <= 200 + len("t0000 Ab/") + 20 + len(".dcm\n")  # one line past the limit at most
+    assert 0 in sizes  # cut back (to empty) at least once
+    blobs_module.drop_notes()
+
+
+def test_a_task_that_left_temporaries_and_placed_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(blobs_module, "_notes", {})
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.open()
+    blobs_module.begin_task("tDDDD")
+    temp = blobs.write_temp(b"half")
+    # the worker dies here: no end_task
+    blobs_module.begin_task(None)
+    assert blobs.task_leftovers("tDDDD") == ([temp], [])
+
+
+def test_a_worker_that_dies_in_a_task_that_placed_nothing_leaves_no_note(tmp_path, monkeypatch):
+    """Tags begin with the worker's name (dicomsvc.workers), which names its note: the note of a
+    dead worker goes, whatever the task it died in had placed."""
+    monkeypatch.setattr(blobs_module, "_notes", {})
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.open()
+    done = _task(blobs, "wAAAA.t1111", "AbCdEfGhIjKlMnOpQrStUv")
+    kept = blobs_module._notes
+    monkeypatch.setattr(blobs_module, "_notes", {})  # another worker process, alive: another note
+    other = _task(blobs, "wBBBB.t3333", "XyCdEfGhIjKlMnOpQrStUv")
+    monkeypatch.setattr(blobs_module, "_notes", kept)  # back in wAAAA
+    assert sorted(p.name for p in blobs.tmp.iterdir()) == ["wAAAA.placed", "wBBBB.placed"]
+    blobs_module.begin_task("wAAAA.t2222")  # the next task of wAAAA, which dies before it places
+    assert blobs.task_leftovers("wAAAA.t2222") == ([blobs.tmp / "wAAAA.placed"], [])
+    assert blobs.task_leftovers("wAAAA.t1111") == ([blobs.tmp / "wAAAA.placed"], done)
+    assert blobs.task_leftovers("wBBBB.t3333") == ([blobs.tmp / "wBBBB.placed"], other)
+    blobs_module.begin_task(None)
+    monkeypatch.setattr(blobs_module, "_notes", {})  # (both notes' processes gone)
 
 
 def test_read_if_cached_reads_what_the_page_cache_holds_and_never_waits(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 import bombs
 import workertasks
 from app import create_app
-from dicomfiles import blob_files, make_ct, save
+from dicomfiles import blob_files, make_ct, notes, save
 from dicomsvc.config import Config
 from dicomsvc.errors import Busy, InvalidDicom, WorkerMemory
 from dicomsvc.options import PLAIN
@@ -107,6 +107,7 @@ def test_a_worker_dying_mid_ingest_leaves_no_orphans(data_dir, import_root, tmp_
         temp.unlink(missing_ok=True)  # the server's own spool, as intake removes it
         stored = [p for p in blob_files(data_dir) if ".tmp" not in p.parts]
         assert not [p for p in blob_files(data_dir) if ".tmp" in p.parts]
+        assert notes(data_dir) == []  # the dead worker's note too (the only task run so far)
         if when == "committed":  # a whole record: kept
             assert sorted(p.suffix for p in stored) == [".dcm", ".png"]
             assert client.get("/stats").json()["instances"] == 1
@@ -399,6 +400,23 @@ def test_workers_are_forked_from_a_fork_server_that_preloaded_their_modules(proc
     facts = process_client.portal.call(process_client.app.state.svc.cpu, workertasks.inherited)
     assert facts["frozen"] > 10_000  # the objects it was forked with: left alone by the GC
     assert facts["blas_threads"] == "1"
+
+
+def test_sigterm_to_the_process_group_is_the_servers_to_handle(data_dir, import_root):
+    """``kill -TERM -<pgid>`` and systemd's KillMode=control-group signal every process: the
+    workers and their fork server ignore it (a worker killed mid-task would fail it and leave
+    its note of placed blobs), the server stops them when it stops, and they leave no note."""
+    with limited_client(data_dir, import_root) as client:
+        pool = client.app.state.svc.cpu_pool
+        still_works(client, import_root)
+        assert notes(data_dir)  # the worker that stored it keeps its note while it lives
+        workers = sorted(pool.pids())
+        for pid in [*workers, pool.fork_server_pid()]:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+        assert all(alive(pid) for pid in workers) and sorted(pool.pids()) == workers
+        still_works(client, import_root)
+    assert notes(data_dir) == [] and not any(alive(pid) for pid in workers)
 
 
 PRELOADED_PAGES = """
