@@ -48,7 +48,7 @@ def _new_cpu_pool(config: Config) -> WorkerPool | ThreadPool:
     if config.workers == 0:  # in-process threads: tests, debugging
         return ThreadPool(2, setup)
     limits = Limits(memory=config.worker_memory, timeout=config.worker_timeout)
-    return WorkerPool(config.workers, limits, setup, tmp=config.blob_dir / ".tmp")
+    return WorkerPool(config.workers, limits, setup)
 
 
 class Broadcast:

@@ -148,9 +148,8 @@ def failure(exc: BaseException) -> tuple:
 
 def _run_task(data: bytes) -> tuple[tuple, bool]:
     """The reply to one task, and whether this worker should leave after sending it."""
-    tmp = None
     try:
-        fn, args, tag, tmp = pickle.loads(data)
+        fn, args, tag = pickle.loads(data)
         blobs.begin_task(tag)
         return ("ok", fn(*args)), False
     except MemoryError:  # past RLIMIT_AS: answered 413, and a fresh worker takes over
@@ -158,8 +157,5 @@ def _run_task(data: bytes) -> tuple[tuple, bool]:
     except BaseException as exc:  # refused input; a bug, or a decoder's panic (a BaseException)
         return failure(exc), False
     finally:
-        if tmp is None:
-            blobs.begin_task(None)
-        else:
-            with contextlib.suppress(OSError):
-                blobs.end_task(tmp)
+        with contextlib.suppress(OSError):
+            blobs.end_task()

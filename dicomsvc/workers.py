@@ -165,13 +165,11 @@ class WorkerPool:
         size: int,
         limits: Limits,
         setup: Setup = Setup(),
-        tmp: Any = None,
         on_lost: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.size = max(size, 1)
         self.limits = limits
         self.setup = setup
-        self.tmp = tmp  # the blob temp folder, where workers' task notes live
         self.on_lost = on_lost
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         self._context = multiprocessing.get_context(method)
@@ -377,7 +375,7 @@ class WorkerPool:
         tag = f"{worker.name}.t{secrets.token_hex(8)}"
         loop = asyncio.get_running_loop()
         try:
-            reply = await self._exchange_here(worker, (fn, args, tag, self.tmp), loop, items)
+            reply = await self._exchange_here(worker, (fn, args, tag), loop, items)
         finally:
             self._give_back(worker)
         if reply[0] not in ("ok", "error", "memory") and self.on_lost is not None:  # the worker died mid-task

@@ -124,7 +124,7 @@ def _task(blobs: BlobStore, tag: str, *names: str) -> list[str]:
         key = blobs.key(name, "dcm")
         blobs.commit(blobs.write_temp(b"x" * 100), key)
         keys.append(key)
-    blobs_module.end_task(blobs.tmp)
+    blobs_module.end_task()
     return keys
 
 

@@ -112,16 +112,16 @@ def begin_task(tag: str | None) -> None:
     _task = tag
 
 
-def end_task(tmp: Path) -> None:
+def end_task() -> None:
     """The task finished (answered, even with an error): its notes are no longer needed.
     They stay in the process's note (another task's tag never matches them) until it is
     longer than ``NOTE_LIMIT``, then it is truncated: no file is removed (module docstring)."""
     global _task
-    note = _notes.get(tmp)
-    if _task is not None and note is not None and note.size > NOTE_LIMIT:
-        os.ftruncate(note.fd, 0)
-        note.size = 0
     _task = None
+    for note in _notes.values():
+        if note.size > NOTE_LIMIT:
+            os.ftruncate(note.fd, 0)
+            note.size = 0
 
 
 def drop_notes() -> None:
