@@ -229,6 +229,8 @@ def test_the_commit_is_durable(ready, monkeypatch):
     assert db.execute("PRAGMA synchronous").fetchone() == (1,)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert events[-1] == ("fdatasync", f"{ready.db_path}-wal")
+    # 2 = MEMORY: statement journals are not spilled into files in /var/tmp (sqlite.WRITER_PRAGMAS)
+    assert db.execute("PRAGMA temp_store").fetchone() == (2,)
 
 
 @pytest.mark.sqlite_only(reason="the WAL sync after SQLite's commit (groupsync)")

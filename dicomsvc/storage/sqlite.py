@@ -89,7 +89,12 @@ PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = ON", "PRAGMA sy
 # checked on its inserts (two index probes a tag row): the pipeline inserts a tag row only
 # with the ``dicom`` pk it has just inserted and dictionary ids already committed; deletes,
 # which rely on ON DELETE CASCADE, run on the service's connection, where they are on.
-WRITER_PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = OFF", "PRAGMA synchronous = NORMAL")
+# temp_store = MEMORY: a statement journal (the undo of one statement inside the transaction)
+# stays in memory (each of the pipeline's statements touches some tens of pages) instead of spilling past
+# 64 KiB into a file SQLite creates and unlinks in /var/tmp -- a quarter of a path ingest's
+# transactions did (strace, 54 of 200), a file created and freed each (storage.blobs on why
+# freed inodes cost), and a worker needing a writable /var/tmp to ingest.
+WRITER_PRAGMAS = ("PRAGMA busy_timeout = 30000", "PRAGMA foreign_keys = OFF", "PRAGMA synchronous = NORMAL", "PRAGMA temp_store = MEMORY")
 
 
 def schema() -> str:
