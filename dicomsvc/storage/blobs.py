@@ -138,14 +138,18 @@ def _note(tmp: Path, lines: str) -> None:
     never before it forks). One write(2) of O_APPEND: whole lines, even if the process dies."""
     note = _notes.get(tmp)
     if note is None:
-        worker, dot, _ = _task.partition(".")
-        path = tmp / f"{worker if dot else 'w' + secrets.token_hex(8)}{NOTE_SUFFIX}"
+        path = tmp / _note_name(_task)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         note = _notes[tmp] = _Note(fd, path)
     data = lines.encode()
     if os.write(note.fd, data) != len(data):  # a regular file: only when the disk is full
         raise OSError(errno.ENOSPC, "the note of placed blobs was cut short")
     note.size += len(data)
+
+
+def _note_name(tag: str) -> str:
+    """The note of the worker that runs the task ``tag`` (its first part, the worker's name)."""
+    return tag.partition(".")[0] + NOTE_SUFFIX
 
 
 @dataclass
@@ -358,20 +362,13 @@ class BlobStore:
         except FileNotFoundError:
             return [], []
         temps = [self.tmp / n for n in names if n.startswith(f"{tag}-")]
-        worker, dot, _ = tag.partition(".")
-        keys: list[str] = []
-        for name in names:
-            if not name.endswith(NOTE_SUFFIX):
-                continue
-            try:
-                lines = (self.tmp / name).read_text().splitlines()
-            except FileNotFoundError:
-                continue
-            mine = [line[len(tag) + 1 :] for line in lines if line.startswith(f"{tag} ")]
-            if mine or (dot and name == worker + NOTE_SUFFIX):  # the dead worker's note: removed too
-                keys += mine
-                temps.append(self.tmp / name)
-        return temps, keys
+        note = self.tmp / _note_name(tag)
+        try:
+            lines = note.read_text().splitlines()
+        except FileNotFoundError:
+            return temps, []
+        keys = [line[len(tag) + 1 :] for line in lines if line.startswith(f"{tag} ")]
+        return [*temps, note], keys  # the dead worker's note goes too
 
     def write_temp(self, data: bytes, suffix: str = "", final: Path | None = None) -> Path:
         """``data`` in a new temporary blob; on any error (a full disk) none is left. With a
