@@ -6,9 +6,9 @@ Ingests N synthetic CTs (bench/corpus.py) by path through dicomsvc.ingest.ingest
 with each stage wrapped in a timer; prints the median per instance of each stage. pydicom is
 set up as in the service's workers (``logs.quiet_pydicom``: no validation while reading).
 ``--keep-cached``: stored DICOM blobs keep their page-cache pages (``blobs.drop_cached`` does
-nothing), for an A/B of that choice; run both, alternating, in one session. The pixel hash runs
-in a thread of its own beside flatten and render (``ingest._hash_soon``): its row is that
-thread's CPU ("whole ingest" is the ingest's own thread's).
+nothing), for an A/B of that choice; run both, alternating, in one session. "whole ingest" is
+the ingest's own thread's CPU: the data syncs ``blobs.sync_soon`` starts run in another, and their
+row is that thread's.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     stages = [
         (ingest, "read", "parse"), (ingest, "pixel_hash", "pixel hash"), (ingest, "flatten", "flatten"),
         (ingest, "render_png", "render PNG"), (ingest, "_metadata", "DICOM JSON"), (ingest, "summary", "summary"),
-        (instances, "sop_stored", "duplicate check"), (instances, "insert_instances", "SQLite insert+commit"),
+        (instances, "stored_versions", "duplicate check"), (instances, "insert_instances", "SQLite insert+commit"),
         (blobs, "sync_data", "fdatasync blobs"), (blobs, "sync_folder", "fsync folders"),
         (BlobStore, "spool", "copy in"), (BlobStore, "write_temp", "PNG write"),
     ]

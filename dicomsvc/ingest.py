@@ -13,8 +13,6 @@ crash leaves a whole record or nothing anything points at (temporary files are
 cleared at the next start).
 """
 
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +23,7 @@ from pydicom.dataset import Dataset
 from . import paths, routing
 from .config import Config
 from .dicom import dicomjson
-from .dicom.parse import Parsed, frame_count, pixel_hash, read
+from .dicom.parse import Parsed, frame_count, is_legacy_hash, pixel_hash, read
 from .dicom.tags import TagRow, flatten
 from .errors import DicomSvcError, InvalidDicom, NotDicom, SopMismatch, StudyMismatch
 from .imaging.render import render_png
@@ -33,7 +31,7 @@ from .options import PLAIN, Options
 from .results import Folder, Ingested  # defined there: the server unpickles them without pydicom
 from .storage import instances, space
 from .storage.blobs import BlobStore
-from .storage.sqlite import connection
+from .storage.sqlite import Writer, connection
 from .workerproc import failure
 
 
@@ -194,15 +192,13 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
             temp = _anonymized_copy(config, temp, options, blobs)
             parsed, source = read(temp, config.max_upload_bytes), "(anonymized)"
         uids = {"sop_class_uid": _text(parsed.ds, "SOPClassUID"), "sop_instance_uid": parsed.sop_instance_uid}
-        hashing = _hash_soon(temp, parsed)  # SHA-256 in a thread (GIL released) while we flatten and render
-        if instances.sop_stored(db, parsed.sop_instance_uid):  # maybe a duplicate: the hash decides now
-            existing = instances.find_instance(db, parsed.sop_instance_uid, hashing.result())
-            if existing:
-                blobs.discard(temp)
-                return Ingested(existing, created=False, warnings=[], **uids)
+        digest = pixel_hash(temp, parsed)
+        existing = _stored_already(db, temp, parsed, digest)
+        if existing:
+            blobs.discard(temp)
+            return Ingested(existing, created=False, warnings=[], **uids)
         rows = flatten(parsed.ds, parsed.pixel)
         png_temp, render_error = _render(temp, parsed, blobs)
-        digest = hashing.result()
         record = _record(parsed, digest, rows, temp, source, render_error, png_temp is not None, blobs.new_id())
         record |= {
             "anonymized": int(anonymized),
@@ -260,24 +256,15 @@ def commit_staged(config: Config, blobs: BlobStore, staged: list[Staged]) -> lis
     return done
 
 
-_hasher: ThreadPoolExecutor | None = None  # made on first use (in a worker: after the fork)
-_hasher_lock = threading.Lock()
-
-
-def _hash_soon(temp: Path, parsed: Parsed) -> "Future[str]":
-    """``pixel_hash`` of a pixel data value in the file, started in a thread of its own: the
-    file's reads and SHA-256 release the GIL, so at one request at a time the second core
-    hashes while this one flattens and renders (issue 12). A value held in the data set is
-    hashed here and now (reading it may convert the element, which ``flatten`` walks)."""
-    global _hasher
-    if parsed.pixel is None or parsed.pixel.offset is None:
-        done: Future[str] = Future()
-        done.set_result(pixel_hash(temp, parsed))
-        return done
-    with _hasher_lock:
-        if _hasher is None:
-            _hasher = ThreadPoolExecutor(1, thread_name_prefix="pixel-hash")
-    return _hasher.submit(pixel_hash, temp, parsed)
+def _stored_already(db: Writer, temp: Path, parsed: Parsed, digest: str) -> str | None:
+    """The id of the stored instance this one repeats (the same SOP Instance UID and pixel data),
+    or None. A row stored before ``PIXEL_DIGEST`` holds a SHA-256: the file's is computed then."""
+    versions = instances.stored_versions(db, parsed.sop_instance_uid)
+    if digest in versions:
+        return versions[digest]
+    if any(is_legacy_hash(stored) for stored in versions):
+        return versions.get(pixel_hash(temp, parsed, legacy=True))
+    return None
 
 
 def _anonymized_copy(config: Config, temp: Path, options: Options, blobs: BlobStore) -> Path:

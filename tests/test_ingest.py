@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import xxhash
 from pydicom import dcmread
 
 from dicomfiles import ENCRYPTED_SUITE, blob_files, blob_plaintext, drops_pages, sample_file
@@ -319,33 +320,26 @@ def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch)
     assert events[:2] == ["sync begins", "parse"]
 
 
-def test_the_pixel_hash_runs_beside_flatten_and_render(ready, monkeypatch):
-    """SHA-256 of the pixel data in a thread of its own, while this one flattens the tags."""
-    hashing, flattened = threading.Event(), threading.Event()
-    threads = {}
-    real_hash, real_flatten = ingest.pixel_hash, ingest.flatten
-
-    def pixel_hash(*args):
-        threads["hash"] = threading.get_ident()
-        hashing.set()
-        assert flattened.wait(10)  # liveness bound only: in one thread this could never be set
-        return real_hash(*args)
-
-    def flatten(*args):
-        assert hashing.wait(10)
-        threads["flatten"] = threading.get_ident()
-        flattened.set()
-        return real_flatten(*args)
-
-    monkeypatch.setattr(ingest, "pixel_hash", pixel_hash)
-    monkeypatch.setattr(ingest, "flatten", flatten)
+def test_a_repeated_file_is_found_by_its_pixel_digest(ready):
+    """The row keeps XXH3-128 of the pixel data; the same file again is the stored instance."""
     result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
-    assert result.created and threads["hash"] != threads["flatten"]
-    monkeypatch.undo()
     again = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "again")  # the same UID and pixels
-    assert (again.id, again.created) == (result.id, False)
+    assert result.created and (again.id, again.created) == (result.id, False)
     (digest,) = rows(ready, "SELECT pixel_hash FROM dicom")[0]
-    assert digest == hashlib.sha256(dcmread(sample_file("CT_small.dcm")).PixelData).hexdigest()
+    assert digest == "xxh3:" + xxhash.xxh3_128_hexdigest(dcmread(sample_file("CT_small.dcm")).PixelData)
+    assert temp_blobs(ready) == [] and len(stored_blobs(ready)) == 2  # the repeat left nothing
+
+
+def test_a_row_stored_with_a_sha256_still_finds_its_repeat(ready):
+    """Rows of a database from before the XXH3 digest hold the pixel data's SHA-256: a file that
+    repeats one is that instance still, not a second copy."""
+    result = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "CT_small.dcm")
+    old = hashlib.sha256(dcmread(sample_file("CT_small.dcm")).PixelData).hexdigest()
+    with index(ready) as db:
+        db.execute("UPDATE dicom SET pixel_hash = ?", (old,))
+    again = ingest.ingest_file(ready, spool(ready, "CT_small.dcm"), "again")
+    assert (again.id, again.created) == (result.id, False)
+    assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(1,)]
 
 
 def test_a_failure_after_the_png_was_written_leaves_nothing(ready, monkeypatch):

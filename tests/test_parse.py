@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import xxhash
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from dicomfiles import counting_reads, make_ct, sample_file, save
 from dicomsvc.errors import InvalidDicom, TooLarge, UnsupportedTransferSyntax
-from dicomsvc.dicom.parse import pixel_hash, read
+from dicomsvc.dicom.parse import is_legacy_hash, pixel_hash, read
 from dicomsvc.dicom.tags import flatten
 from dicomsvc.imaging.decode import decode_frame
 
@@ -33,7 +34,8 @@ def test_native_pixel_location_and_hash():
     assert (pixel.vr, pixel.length, pixel.encapsulated) == ("OW", len(ds.PixelData), False)
     raw = path.read_bytes()
     assert raw[pixel.offset : pixel.offset + pixel.length] == ds.PixelData
-    assert pixel_hash(path, parsed) == hashlib.sha256(ds.PixelData).hexdigest()
+    assert pixel_hash(path, parsed) == "xxh3:" + xxhash.xxh3_128_hexdigest(ds.PixelData)
+    assert pixel_hash(path, parsed, legacy=True) == hashlib.sha256(ds.PixelData).hexdigest()  # older rows'
 
 
 def test_encapsulated_length_runs_to_the_delimiter(tmp_path):
@@ -48,8 +50,9 @@ def test_encapsulated_length_runs_to_the_delimiter(tmp_path):
     assert parsed.pixel.encapsulated
     assert parsed.pixel.length == len(ds.PixelData)  # every item; not the delimiter pydicom adds
     raw = path.read_bytes()
-    expected = hashlib.sha256(raw[parsed.pixel.offset : parsed.pixel.offset + parsed.pixel.length]).hexdigest()
-    assert pixel_hash(path, parsed) == expected
+    value = raw[parsed.pixel.offset : parsed.pixel.offset + parsed.pixel.length]
+    assert pixel_hash(path, parsed) == "xxh3:" + xxhash.xxh3_128_hexdigest(value)
+    assert pixel_hash(path, parsed, legacy=True) == hashlib.sha256(value).hexdigest()
 
 
 def test_hash_depends_on_pixels_only(tmp_path):
@@ -73,6 +76,15 @@ def test_encodings_are_read(name):
 def test_deflated_file_is_held_in_memory():
     parsed = read(sample_file("image_dfl.dcm"))
     assert parsed.pixel.offset is None and "PixelData" in parsed.ds
+    pixels = pydicom.dcmread(sample_file("image_dfl.dcm")).PixelData
+    assert pixel_hash(sample_file("image_dfl.dcm"), parsed) == "xxh3:" + xxhash.xxh3_128_hexdigest(pixels)
+    assert pixel_hash(sample_file("image_dfl.dcm"), parsed, legacy=True) == hashlib.sha256(pixels).hexdigest()
+
+
+def test_which_stored_hashes_are_legacy():
+    assert is_legacy_hash(hashlib.sha256(b"pixels").hexdigest())
+    assert not is_legacy_hash("xxh3:" + xxhash.xxh3_128_hexdigest(b"pixels"))
+    assert not is_legacy_hash("")  # no pixel data, then as now
 
 
 def test_files_without_pixel_data():
@@ -256,7 +268,7 @@ def test_deflated_data_set_inflates_as_a_stream_capped_and_never_into_memory(tmp
     assert peak < 4 << 20, peak  # what pydicom needed: ~56 MiB
     assert parsed.pixel.offset is None and parsed.pixel.length == 2048 * 2048 * 2
     assert parsed.pixel_problem is None and parsed.warnings == []
-    assert pixel_hash(path, parsed) == hashlib.sha256(bytes(2048 * 2048 * 2)).hexdigest()
+    assert pixel_hash(path, parsed) == "xxh3:" + xxhash.xxh3_128_hexdigest(bytes(2048 * 2048 * 2))
     frame = decode_frame(path, parsed, 0)
     assert frame.shape == (2048, 2048) and not frame.any()
 

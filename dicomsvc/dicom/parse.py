@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import xxhash
 from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement
@@ -572,16 +573,41 @@ def _encapsulated_length(fp: BinaryIO, end: str) -> tuple[int, int, str | None]:
         fp.seek(length, 1)
 
 
-def pixel_hash(path: Path, parsed: Parsed) -> str:
-    """SHA-256 of the pixel data value ("" when there is none): with the SOP Instance UID,
-    what makes two posts the same instance. Read in chunks; only ingest needs it."""
+PIXEL_DIGEST = "xxh3:"  # what begins a stored pixel_hash; rows stored before it hold SHA-256 hex
+
+
+def pixel_hash(path: Path, parsed: Parsed, legacy: bool = False) -> str:
+    """The pixel data value's digest, ``xxh3:`` and XXH3-128 in hex ("" when there is none):
+    with the SOP Instance UID, what makes two posts the same instance. Read in chunks; only
+    ingest needs it. ``legacy``: the SHA-256 hex that rows stored before it hold
+    (``is_legacy_hash``), computed only when such a row has the instance's UID.
+
+    An identity check, not a seal: XXH3 (``xxhash``) is ~30x cheaper than SHA-256 (0.01
+    against 0.26 ms for a 512x512 CT, 0.3 ms of an ingest's ~4 ms; issue 12), and a collision
+    made on purpose gains nothing SHA-256 would deny: the identity is (UID, pixels) only, so
+    a client who knows an instance's pixels can post them under its UID anyway."""
     pixel = parsed.pixel
     if pixel is None:
         return ""
-    h = hashlib.sha256()
+    h = hashlib.sha256() if legacy else xxhash.xxh3_128()
     if pixel.offset is None:
         h.update(parsed.ds[pixel.tag].value or b"")
-        return h.hexdigest()
+    else:
+        with open(path, "rb") as fp:
+            fp.seek(pixel.offset)
+            remaining = pixel.length
+            while remaining > 0:
+                chunk = fp.read(min(CHUNK, remaining))
+                if not chunk:
+                    break
+                h.update(chunk)
+                remaining -= len(chunk)
+    return h.hexdigest() if legacy else PIXEL_DIGEST + h.hexdigest()
+
+
+def is_legacy_hash(stored: str) -> bool:
+    """Whether a stored pixel_hash is the SHA-256 hex of a row stored before ``PIXEL_DIGEST``."""
+    return bool(stored) and not stored.startswith(PIXEL_DIGEST)
     with open(path, "rb") as fp:
         fp.seek(pixel.offset)
         remaining = pixel.length

@@ -33,7 +33,7 @@ FILTERS = {
 }
 _COLUMNS = FILTERS | {"id": "id"}  # and the public id, for deleting one instance
 FIND_INSTANCE_SQL = "SELECT id FROM dicom WHERE sop_instance_uid = ? AND pixel_hash = ?"
-SOP_STORED_SQL = "SELECT 1 FROM dicom WHERE sop_instance_uid = ? LIMIT 1"
+STORED_VERSIONS_SQL = "SELECT pixel_hash, id FROM dicom WHERE sop_instance_uid = ?"
 
 
 Forwards = Sequence[tuple[str, bool]]  # (destination, anonymize) pairs the routing rules name
@@ -59,9 +59,10 @@ def find_instance(w: Writer, sop_instance_uid: str, pixel_hash: str) -> str | No
     return row[0] if row else None
 
 
-def sop_stored(w: Writer, sop_instance_uid: str) -> bool:
-    """Whether any instance with this SOP Instance UID is stored (whatever its pixel hash)."""
-    return w.db.execute(SOP_STORED_SQL, (sop_instance_uid,)).fetchone() is not None
+def stored_versions(w: Writer, sop_instance_uid: str) -> dict[str, str]:
+    """{pixel hash: id} of the instances stored with this SOP Instance UID (almost always none;
+    more than one when it was sent with other pixel data)."""
+    return dict(w.db.execute(STORED_VERSIONS_SQL, (sop_instance_uid,)).fetchall())
 
 
 def insert_instance(

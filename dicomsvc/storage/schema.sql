@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS dicom (
     pk                  INTEGER PRIMARY KEY,
     id                  TEXT NOT NULL UNIQUE,        -- shortuuid, the public id
     sop_instance_uid    TEXT NOT NULL,               -- (0008,0018)
-    pixel_hash          TEXT NOT NULL,               -- sha256 of the pixel data value; '' when none
+    pixel_hash          TEXT NOT NULL,               -- 'xxh3:' + XXH3-128 hex of the pixel data value (older rows: SHA-256 hex); '' when none
     sop_class_uid       TEXT,                        -- (0008,0016)
     study_instance_uid  TEXT,                        -- (0020,000D)
     series_instance_uid TEXT,                        -- (0020,000E)
