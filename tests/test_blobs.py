@@ -224,7 +224,7 @@ def test_a_placed_dicom_blob_leaves_the_page_cache_its_rendering_stays(tmp_path)
         pytest.skip("this file system keeps pages on POSIX_FADV_DONTNEED (tmpfs)")
     dcm, png = blobs.write_temp(b"d" * 200_000, ".dcm"), blobs.write_temp(b"p" * 50_000, ".png")
     assert read_if_cached(dcm) is not None and read_if_cached(png) is not None  # just written
-    blobs.sync_soon(dcm)  # as ingest does: the data sync started early, waited for by the commit
+    blobs.sync_soon(dcm)  # as ingest does: its writeback started early, the commit's fdatasync after
     dcm_key, png_key = blobs.key("AbCdEfGhIjKlMnOpQrStUv", "dcm"), blobs.key("AbCdEfGhIjKlMnOpQrStUv", "png")
     blobs.commit_all([(dcm, dcm_key), (png, png_key)])
     assert read_if_cached(blobs.path(dcm_key)) is None  # synced, then its pages dropped

@@ -17,6 +17,7 @@ from dicomfiles import ENCRYPTED_SUITE, blob_files, blob_plaintext, drops_pages,
 from indexdb import index, on_postgres
 from dicomsvc import ingest
 from dicomsvc.logs import quiet_pydicom
+from dicomsvc.storage import blobs as blobstore
 from dicomsvc.storage import instances, sqlite
 from dicomsvc.storage.blobs import BlobStore
 from dicomsvc.errors import InvalidDicom
@@ -295,29 +296,42 @@ def test_a_batch_whose_commit_fails_leaves_nothing_and_fails_each_file(ready, mo
     assert rows(ready, "SELECT COUNT(*) FROM dicom") == [(0,)]
 
 
-@pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key, the early sync does not run: _place syncs the sealed copy")
+@pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key, no early writeback: _place syncs the sealed copy")
 @pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
-def test_the_dicom_blob_flushes_while_the_instance_is_parsed(ready, monkeypatch):
-    """Its fdatasync starts before parsing (in a thread), and the commit still waits for it."""
+def test_the_dicom_blob_starts_to_flush_before_the_instance_is_parsed(ready, monkeypatch):
+    """Its writeback starts before parsing (sync_file_range: the disk works meanwhile), and it
+    is fdatasync'ed before it is renamed into place."""
     spooled = spool(ready, "CT_small.dcm")
-    began, events = threading.Event(), []
-    real_fdatasync, real_read = os.fdatasync, ingest.read
+    events = []
+    real_writeback, real_fdatasync, real_read, real_replace = (
+        blobstore.start_writeback, os.fdatasync, ingest.read, os.replace
+    )
+
+    def named(fd):
+        return os.readlink(f"/proc/self/fd/{fd}") == str(spooled)
+
+    def start_writeback(fd):
+        events.extend(["writeback"] if named(fd) else [])
+        real_writeback(fd)
 
     def fdatasync(fd):
-        if os.readlink(f"/proc/self/fd/{fd}") == str(spooled):
-            events.append("sync begins")
-            began.set()
+        events.extend(["fdatasync"] if named(fd) else [])
         real_fdatasync(fd)
 
     def read(*args, **kwargs):
-        began.wait(10)  # liveness bound only: the old order never starts the sync before this
         events.append("parse")
         return real_read(*args, **kwargs)
 
+    def replace(src, dst):
+        real_replace(src, dst)  # the first into a new folder fails, and is made again after a mkdir
+        events.extend(["rename"] if Path(src) == spooled else [])
+
+    monkeypatch.setattr(blobstore, "start_writeback", start_writeback)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(ingest, "read", read)
+    monkeypatch.setattr(os, "replace", replace)
     assert ingest.ingest_file(ready, spooled, "CT_small.dcm").created
-    assert events[:2] == ["sync begins", "parse"]
+    assert events == ["writeback", "parse", "fdatasync", "rename"]
 
 
 def test_a_repeated_file_is_found_by_its_pixel_digest(ready):
