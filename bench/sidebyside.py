@@ -59,7 +59,10 @@ import report as R  # noqa: E402
 import servers as S  # noqa: E402
 import upload as UP  # noqa: E402
 
-SYNC_CALLS = "fsync,fdatasync,sync_file_range,syncfs,sync,msync"
+# What strace counts: calls that make data durable (each waits for the disk and flushes its cache),
+# and sync_file_range(SYNC_FILE_RANGE_WRITE), which only starts writeback and waits for nothing.
+FLUSH_CALLS = ("fsync", "fdatasync", "syncfs", "sync", "msync")
+WRITEBACK_CALLS = ("sync_file_range",)
 
 
 def _median(values):
@@ -149,26 +152,27 @@ def tree_memory_mib(pid: int) -> tuple[float, float]:
     return round(rss, 1), round(pss, 1)
 
 
-def count_syncs(t, corpus: CO.Corpus, n: int, how: str) -> float | None:
+def count_syncs(t, corpus: CO.Corpus, n: int, how: str) -> dict | None:
     """fsync-family calls per instance over the whole server tree (untimed: strace slows it),
     while ``n`` instances are sent by one client (``how``: "path" or "upload")."""
     send = t.ingest if how == "path" else t.upload
     return _syncs_while(t, lambda: CL.send_each(corpus.instances[:n], 1, 300, t.client, send, t.server.pid).ok)
 
 
-def count_folder_syncs(t, corpus: CO.Corpus, deadline_s: float) -> float | None:
+def count_folder_syncs(t, corpus: CO.Corpus, deadline_s: float) -> dict | None:
     """The same during a folder import of the whole corpus (``_folder``): the group commit's
     share of syncs, chunk by chunk."""
     return _syncs_while(t, lambda: _folder(t, corpus, deadline_s).get("created") or 0)
 
 
-def _syncs_while(t, act) -> float | None:
-    """fsync-family calls over the server tree while ``act()`` runs, per instance it returns."""
+def _syncs_while(t, act) -> dict | None:
+    """Calls over the server tree while ``act()`` runs, per instance it returns: ``syncs``
+    (FLUSH_CALLS) and ``writebacks`` (WRITEBACK_CALLS)."""
     if not shutil.which("strace"):
         return None
     pids = P.descendants(t.server.pid)
     out = t.work / "strace.txt"
-    argv = ["strace", "-f", "-c", "-o", str(out), "-e", f"trace={SYNC_CALLS}"]
+    argv = ["strace", "-f", "-c", "-o", str(out), "-e", f"trace={','.join(FLUSH_CALLS + WRITEBACK_CALLS)}"]
     for p in pids:
         argv += ["-p", str(p)]
     tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -177,12 +181,14 @@ def _syncs_while(t, act) -> float | None:
     time.sleep(0.5)
     tracer.send_signal(signal.SIGINT)
     tracer.wait(timeout=30)
-    calls = 0
+    flushes = writebacks = 0
     for line in out.read_text().splitlines():
         m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
-        if m and m.group(2) in SYNC_CALLS.split(","):
-            calls += int(m.group(1))
-    return round(calls / done, 2) if done else None
+        if m and m.group(2) in FLUSH_CALLS:
+            flushes += int(m.group(1))
+        elif m and m.group(2) in WRITEBACK_CALLS:
+            writebacks += int(m.group(1))
+    return {"syncs": round(flushes / done, 2), "writebacks": round(writebacks / done, 2)} if done else None
 
 
 def start_nginx(work: Path, root: Path) -> tuple[subprocess.Popen, int]:
@@ -332,11 +338,14 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
             note(label, "idle_rss", rss)
             note(label, "idle_pss", pss)
             how = "path" if label == "dicomsvc" else "upload"
-            note(label, "syncs", count_syncs(t, corpus, min(100, a.n), how))
+            counted = count_syncs(t, corpus, min(100, a.n), how) or {}
+            note(label, "syncs", counted.get("syncs"))
+            note(label, "writebacks", counted.get("writebacks"))
             live[label] = t
     label, make = makers[0]  # dicomsvc: a folder import's syncs, on a server of its own (Orthanc has none)
     res = phase(label, make("syncs_folder"), lambda t: count_folder_syncs(t, corpus, a.phase_timeout))
-    note(label, "syncs_folder", res)
+    note(label, "syncs_folder", (res or {}).get("syncs"))
+    note(label, "writebacks_folder", (res or {}).get("writebacks"))
     stored = []
     ours = live.get("dicomsvc")
     if ours is not None:
@@ -395,8 +404,10 @@ def print_table(out: dict) -> None:
         ("ZIP of the corpus [inst/s]", "zip", "hi"),
         ("folder import of the corpus [inst/s] (Orthanc: none)", "folder", None),
         ("server CPU per instance [ms]", "cpu_ms", "lo"),
-        ("fsync-family calls per instance", "syncs", None),
-        ("fsync-family calls per instance, folder import (Orthanc: none)", "syncs_folder", None),
+        ("fsync/fdatasync calls per instance", "syncs", None),
+        ("fsync/fdatasync calls per instance, folder import (Orthanc: none)", "syncs_folder", None),
+        ("sync_file_range calls per instance (writeback started, no flush)", "writebacks", None),
+        ("sync_file_range calls per instance, folder import", "writebacks_folder", None),
         ("GET /tags p50 [ms]", "tags_p50", "lo"),
         ("GET /image p50 [ms] (Orthanc: /preview)", "image_p50", "lo"),
         ("idle RSS summed [MiB]", "idle_rss", "lo"),
