@@ -7,8 +7,8 @@ with each stage wrapped in a timer; prints the median per instance of each stage
 set up as in the service's workers (``logs.quiet_pydicom``: no validation while reading).
 ``--keep-cached``: stored DICOM blobs keep their page-cache pages (``blobs.drop_cached`` does
 nothing), for an A/B of that choice; run both, alternating, in one session. "whole ingest" is
-the ingest's own thread's CPU: the data syncs ``blobs.sync_soon`` starts run in another, and their
-row is that thread's.
+the ingest's thread's CPU: every stage runs in it (the early writeback of ``blobs.sync_soon`` is
+the kernel's, not a thread's).
 """
 
 from __future__ import annotations

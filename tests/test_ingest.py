@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest

@@ -608,13 +608,3 @@ def pixel_hash(path: Path, parsed: Parsed, legacy: bool = False) -> str:
 def is_legacy_hash(stored: str) -> bool:
     """Whether a stored pixel_hash is the SHA-256 hex of a row stored before ``PIXEL_DIGEST``."""
     return bool(stored) and not stored.startswith(PIXEL_DIGEST)
-    with open(path, "rb") as fp:
-        fp.seek(pixel.offset)
-        remaining = pixel.length
-        while remaining > 0:
-            chunk = fp.read(min(CHUNK, remaining))
-            if not chunk:
-                break
-            h.update(chunk)
-            remaining -= len(chunk)
-    return h.hexdigest()
