@@ -118,9 +118,9 @@ def pct(values: list[float], p: float) -> float | None:
 def lat_summary(ms: list[float]) -> dict:
     return {
         "n": len(ms),
-        "p50_ms": round(pct(ms, 50), 2) if ms else None,
-        "p95_ms": round(pct(ms, 95), 2) if ms else None,
-        "mean_ms": round(float(np.mean(ms)), 2) if ms else None,
+        "p50_ms": round(pct(ms, 50), 3) if ms else None,
+        "p95_ms": round(pct(ms, 95), 3) if ms else None,
+        "mean_ms": round(float(np.mean(ms)), 3) if ms else None,
     }
 
 
