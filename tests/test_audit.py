@@ -334,3 +334,25 @@ def test_records_the_database_refuses_are_kept_and_written_later(data_dir, impor
         client.portal.call(writer.execute, "PRAGMA query_only = OFF")
         got = trail(client, {})  # GET /audit writes what waits first
     assert [r["request_id"] for r in got] == ["q2", "q3", "q4"]  # the oldest two were dropped
+
+
+def test_a_record_time_is_written_as_datetime_would_write_it_to_the_millisecond():
+    """``audit.stamp`` keeps the text of the last whole second: each stamp, in or across seconds
+    and at either edge of one, is what datetime's isoformat writes (milliseconds cut), and
+    ``now`` is the current time."""
+    from datetime import datetime, timedelta, timezone
+
+    from dicomsvc import audit
+
+    def by_datetime(ns: int) -> str:
+        moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=ns // 1000)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    second = 1_796_349_600 * 10**9  # 2026-12-04T02:00:00Z
+    for ns in (second, second + 999_999_999, second + 1_000_000_000, second + 123_456_789, second - 1,
+               second + 86_400 * 10**9 + 1_000_000, second + 5_000_000, second + 5_000_000 - 1):  # fmt: skip
+        assert audit.stamp(ns) == by_datetime(ns)
+    before = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamped = audit.now()
+    after = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert before <= stamped <= after
