@@ -396,12 +396,12 @@ def run_table(a, out: dict, binary: str | None, Ours, Orthanc, run: S.Session, i
                 o = live["orthanc"]
                 previews = {"orthanc": (o.port, [f"/instances/{i}/preview" for i in orthanc_ids], {})}
                 tags["orthanc"] = (o.port, [f"/instances/{i}/tags" for i in orthanc_ids], {})
-            # rounds of reads as of everything else (the p50 of two nearby processes ping-ponging
-            # depends on how the scheduler places them, which changes from one pass to the next),
-            # each of a.reads timed reads after a warm pass: medians of the rounds' p50s
-            # Orthanc's /preview (it renders: ~14 ms of CPU each) in passes of its own: interleaved,
-            # its bursts slowed the sub-millisecond reads next to them (dicomsvc's and nginx's p50
-            # 0.18 -> 0.23 and 0.10-0.15 -> 0.17 ms in one probe)
+            # Rounds of reads, as for everything else: the p50 of a client and a server exchanging
+            # single requests depends on where the scheduler puts them, which changes from one pass
+            # to the next. Each round is a.reads timed reads after a warm pass; the table has the
+            # medians of the rounds' p50s. Orthanc's /preview (it renders: ~14 ms of CPU each) runs
+            # in passes of its own: interleaved, its bursts slowed the sub-millisecond reads next to
+            # them (in one probe dicomsvc's p50 0.18 -> 0.23 ms, nginx's 0.10-0.15 -> 0.17 ms).
             img_rounds = [keepalive_reads(images, a.reads, warm=True) for _ in range(a.rounds)]
             if previews:
                 for r, p in zip(img_rounds, [keepalive_reads(previews, a.reads, warm=True) for _ in range(a.rounds)]):
