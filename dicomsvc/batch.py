@@ -33,7 +33,18 @@ from .service import Service
 from .storage import spool
 from .storage.blobs import BlobStore
 
-CHUNK = 8  # items per trip to a worker
+# Items per trip to a worker (``chunk_size``). A chunk's rows commit in one transaction (one WAL
+# sync, one fsync per blob folder) and its results are recorded in its job in one more, so each
+# chunk costs its worker and the server a fixed amount besides its files. Small batches keep
+# CHUNK_MIN so that every worker gets several chunks; large ones grow to CHUNK_MAX (issue 12: a
+# folder of 500 CTs, 6 rounds in rotated order: 417 vs 392 inst/s, the server process's CPU
+# 0.10 vs 0.20 ms per instance, the workers' 3.80 vs 3.88).
+CHUNK_MIN, CHUNK_MAX = 8, 32
+CHUNKS_PER_WORKER = 4  # at least this many chunks each, while chunks can stay at CHUNK_MIN or above
+# A chunk's staged instances hold their tag rows and DICOM JSON until they commit: past this many
+# characters of DICOM JSON the ones staged so far commit first, so a chunk of files with large
+# text values never holds more than about this much (plus one file) in the worker.
+STAGED_MAX = 32 << 20
 # Archives and members expanding to no more than this are not held to DICOMSVC_MAX_ZIP_RATIO
 # (a few blank frames compress beyond any sane ratio, and cannot amount to much).
 RATIO_FLOOR = 1 << 20
@@ -216,38 +227,52 @@ def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = 
 
     Group commit: each file is staged (blobs synced and in place), then the folders are
     synced once each and all rows commit in one transaction (``ingest.commit_staged``),
-    so a chunk costs one WAL sync instead of one per file. A full disk at the commit
-    fails every staged file of the chunk (its blobs removed)."""
+    so a chunk costs one WAL sync instead of one per file (more transactions only when its
+    DICOM JSON passes STAGED_MAX). A full disk at a commit fails every file staged for it
+    (their blobs removed)."""
     # the pipeline (pydicom, numpy) imported here, in the worker: the server imports this
     # module for Item, Result, expand_* and run, and never loads pydicom (dicomsvc.tasks)
-    from .ingest import Staged, commit_staged
+    from .ingest import Staged
 
     blobs = BlobStore.of(config)
     results: list[Result | None] = [None] * len(items)
     staged: list[tuple[int, Staged]] = []
+    held = 0  # characters of DICOM JSON staged
     try:
         for i, item in enumerate(items):
             outcome = _stage_item(config, blobs, item, study_uid)
-            if isinstance(outcome, Staged):
-                staged.append((i, outcome))
-            else:
+            if not isinstance(outcome, Staged):
                 results[i] = outcome
+                continue
+            staged.append((i, outcome))
+            held += len(outcome.metadata or "")
+            if held > STAGED_MAX:
+                group, staged, held = staged, [], 0
+                _commit(config, blobs, items, group, results)
     except BaseException:  # not a client's fault (a bug): the staged blobs must not stay
         for _, s in staged:
             blobs.remove(s.record["dcm_blob"], s.record["png_blob"])
         raise
     if staged:
-        try:
-            done: list = commit_staged(config, blobs, [s for _, s in staged])
-        except DicomSvcError as exc:
-            done = [exc] * len(staged)
-        for (i, s), one in zip(staged, done):
-            if isinstance(one, DicomSvcError):
-                uids = (s.uids["sop_class_uid"], s.uids["sop_instance_uid"])
-                results[i] = failed(items[i].file, one.code, one.detail, uids)
-            else:
-                results[i] = created_or_duplicate(items[i].file, one)
+        _commit(config, blobs, items, staged, results)
     return [r for r in results if r is not None]
+
+
+def _commit(config: Config, blobs: BlobStore, items: Sequence[Item], staged: list, results: list) -> None:
+    """Commit ``staged`` ((index, Staged) pairs) in one transaction; each one's result into
+    ``results``. ``commit_staged`` removes their blobs when it fails."""
+    from .ingest import commit_staged  # in the worker only: see ingest_items
+
+    try:
+        done: list = commit_staged(config, blobs, [s for _, s in staged])
+    except DicomSvcError as exc:
+        done = [exc] * len(staged)
+    for (i, s), one in zip(staged, done):
+        if isinstance(one, DicomSvcError):
+            uids = (s.uids["sop_class_uid"], s.uids["sop_instance_uid"])
+            results[i] = failed(items[i].file, one.code, one.detail, uids)
+        else:
+            results[i] = created_or_duplicate(items[i].file, one)
 
 
 _archives = threading.local()
@@ -349,16 +374,23 @@ async def run(
     """
     results: list[Result | None] = [None] * len(items)
     limit = asyncio.Semaphore(max(svc.config.workers, 1) * 2)
+    size = chunk_size(len(items), svc.config.workers)
 
     async def one_chunk(start: int) -> None:
         async with limit:
-            done = await _ingest_chunk(svc, list(items[start : start + CHUNK]), study_uid)
+            done = await _ingest_chunk(svc, list(items[start : start + size]), study_uid)
             results[start : start + len(done)] = done
             if on_done is not None:
                 await on_done(start, done)
 
-    await asyncio.gather(*(one_chunk(start) for start in range(0, len(items), CHUNK)))
+    await asyncio.gather(*(one_chunk(start) for start in range(0, len(items), size)))
     return [r for r in results if r is not None]
+
+
+def chunk_size(items: int, workers: int) -> int:
+    """Items per chunk for a batch of ``items`` on ``workers`` workers: CHUNKS_PER_WORKER
+    chunks each, within CHUNK_MIN..CHUNK_MAX."""
+    return max(CHUNK_MIN, min(CHUNK_MAX, -(-items // (max(workers, 1) * CHUNKS_PER_WORKER))))
 
 
 async def _ingest_chunk(svc: Service, chunk: list[Item], study_uid: str | None) -> list[Result]:

@@ -277,6 +277,44 @@ def test_a_batch_shares_its_syncs_and_commits_once(ready, monkeypatch):
     assert len(set(ids)) == 4 and all(re.fullmatch(r"[0-9A-Za-z]{22}", i) and i[:2] == folder.name for i in ids)
 
 
+def test_chunk_sizes_grow_with_the_batch_within_their_bounds():
+    from dicomsvc.batch import CHUNK_MAX, CHUNK_MIN, chunk_size
+
+    assert [chunk_size(n, 2) for n in (1, 8, 64, 65, 100, 256, 257, 512, 20_000)] == [8, 8, 8, 9, 13, 32, 32, 32, 32]
+    assert chunk_size(100, 1) == 25 and chunk_size(100, 0) == 25 and chunk_size(100, 8) == CHUNK_MIN
+    assert CHUNK_MIN <= chunk_size(10**6, 3) == CHUNK_MAX
+
+
+@pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
+def test_a_batch_commits_early_when_its_staged_json_passes_the_bound(ready, monkeypatch):
+    """Past STAGED_MAX characters of staged DICOM JSON, what is staged commits before the next
+    file is staged: a chunk never holds more than that in the worker. A later group's failure
+    fails that group alone; what committed before it stays."""
+    from dicomsvc import batch
+    from dicomsvc.options import PLAIN
+
+    names = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm"]
+    for name in names:
+        shutil.copyfile(sample_file(name), ready.import_root / name)
+    monkeypatch.setattr(batch, "STAGED_MAX", 0)  # every file its own transaction
+    real_insert, calls = instances.insert_instance, []
+
+    def insert(db, record, *args):
+        calls.append(record["dcm_blob"])
+        if len(calls) == 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_insert(db, record, *args)
+
+    monkeypatch.setattr(instances, "insert_instance", insert)
+    events = _record_syncs(monkeypatch)
+    results = batch.ingest_items(ready, [batch.Item.of(n, "import", n, PLAIN) for n in names])
+    assert [(r.status, r.error) for r in results] == [("created", None)] * 2 + [("failed", "insufficient_storage"), ("created", None)]
+    assert events.count(("commit",)) == 3 and len(calls) == 4
+    kept = {dcm for (dcm,) in rows(ready, "SELECT dcm_blob FROM dicom")}
+    assert kept == {calls[0], calls[1], calls[3]}
+    assert not (ready.blob_dir / calls[2]).exists() and (ready.blob_dir / calls[3]).is_file()
+
+
 def test_a_batch_whose_commit_fails_leaves_nothing_and_fails_each_file(ready, monkeypatch):
     from dicomsvc import batch
     from dicomsvc.options import PLAIN

@@ -293,7 +293,7 @@ def test_a_replica_that_cannot_record_results_under_its_lease_stops_the_rest_of_
     from dicomsvc import batch
 
     rng = np.random.default_rng(9)
-    for i in range(48):  # 6 chunks of batch.CHUNK
+    for i in range(48):  # 6 chunks of batch.CHUNK_MIN
         save(make_ct(rng.integers(0, 500, (8, 8), dtype=np.int16)), import_root / "many" / f"{i:02d}.dcm")
     started, real_chunk, real_record = [], batch._ingest_chunk, job_rows.record_results
 
@@ -318,7 +318,7 @@ def test_a_replica_that_cannot_record_results_under_its_lease_stops_the_rest_of_
             time.sleep(0.02)
         at_stop = len(started)
         time.sleep(2)  # what would still be running in the background, had it not been cancelled
-        assert len(started) == at_stop < 48 // batch.CHUNK, started
+        assert len(started) == at_stop < 48 // batch.chunk_size(48, config.workers), started
 
 
 def test_the_runner_stops_when_cancelled_as_a_job_is_queued(monkeypatch):

@@ -82,6 +82,32 @@ def test_a_file_that_kills_its_worker_fails_alone(process_client, monkeypatch, t
     assert process_client.get("/healthz").status_code == 200  # and the service goes on
 
 
+def test_a_large_batch_goes_to_the_workers_in_larger_chunks(process_client, monkeypatch, tmp_path):
+    """Each chunk costs a transaction and a job record besides its files (issue 12): a batch of
+    120 goes in chunks of chunk_size (15 with 2 workers), not of CHUNK_MIN; every file stored."""
+    from dicomsvc import batch
+
+    svc = process_client.app.state.svc
+    real_cpu, sizes = svc.cpu, []
+
+    async def cpu(fn, *args):
+        if fn is batch.ingest_items:
+            sizes.append(len(args[1]))
+        return await real_cpu(fn, *args)
+
+    monkeypatch.setattr(svc, "cpu", cpu)
+    items = []
+    for i in range(120):
+        path = tmp_path / f"{i}.dcm"
+        save(make_ct(np.full((8, 8), i, np.int16)), path)
+        items.append(batch.Item(file=path.name, kind="spooled", path=str(path)))
+    results = process_client.portal.call(batch.run, svc, items)
+    assert [r.status for r in results] == ["created"] * 120
+    assert [r.file for r in results] == [item.file for item in items]
+    size = batch.chunk_size(120, svc.config.workers)
+    assert size > batch.CHUNK_MIN and sorted(sizes) == sorted([size] * (120 // size) + ([120 % size] if 120 % size else []))
+
+
 def test_a_data_directory_that_is_not_writable_is_named_at_start(tmp_path, monkeypatch):
     import os
 
