@@ -332,6 +332,43 @@ def test_a_cancelled_transaction_stays_cancelled_and_leaves_none_open(database):
     run(scenario())
 
 
+@pytest.mark.sqlite_only(reason="aiosqlite's one connection and its statement queue (PostgreSQL: a pooled connection each)")
+def test_a_transaction_cancelled_while_its_begin_waits_for_the_lock_leaves_none_open(database):
+    """Another writer (a worker) holds the lock; the service's BEGIN IMMEDIATE waits for it in
+    aiosqlite's thread and its task is cancelled (a stopping server, a lost job lease). Once the
+    lock is free the BEGIN runs, and the ROLLBACK queued behind it closes it: the lock is free for
+    the workers again and the service's next transaction begins. Before: the BEGIN's await was
+    outside the transaction's try, the transaction stayed open and held the lock for good."""
+
+    async def scenario():
+        db = await sqlite.open_database(database)
+        worker = sqlite3.connect(database, isolation_level=None, timeout=0)
+        try:
+            worker.execute("BEGIN IMMEDIATE")
+
+            async def write():
+                async with sqlite.transaction(db) as conn:
+                    await conn.execute("UPDATE health SET checked_at = 'x' WHERE id = 1")
+
+            task = asyncio.ensure_future(write())
+            await asyncio.sleep(0.3)  # its BEGIN IMMEDIATE is waiting in the busy handler
+            task.cancel()
+            await asyncio.sleep(0.05)  # the cancellation delivered at the BEGIN's await
+            worker.execute("ROLLBACK")  # the worker commits: the lock is free for the BEGIN
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await db.conn.execute("SELECT 1")  # queued after whatever the cancelled task queued
+            assert not db.conn.in_transaction
+            worker.execute("BEGIN IMMEDIATE")  # at once (timeout 0): nobody holds the lock
+            worker.execute("ROLLBACK")
+            await sqlite.probe_write(db, "now")
+        finally:
+            worker.close()
+            await db.close()
+
+    run(scenario())
+
+
 def test_tag_rows_go_in_as_whole_chunks_of_prepared_statements():
     for n in (0, 1, 63, 64, 65, 118, 132, 1000):
         sizes = instances._chunks(n)

@@ -223,8 +223,13 @@ async def transaction(db: Database) -> AsyncIterator["aiosqlite.Connection"]:
             yield conn  # type: ignore[misc]
         return
     async with db.write_lock:
-        await db.conn.execute("BEGIN IMMEDIATE")
         try:
+            # inside the try: a task cancelled while its BEGIN waits for another writer's lock
+            # (SQLite's busy handler, in aiosqlite's thread) gets its ROLLBACK queued behind it.
+            # Outside it, the BEGIN went on to take the lock once free, and held it: every worker's
+            # ingest then waited out its 30 s busy timeout (a SIGTERM mid-job: the server's stop
+            # waited for a worker stuck so, and the connection failed every later BEGIN).
+            await db.conn.execute("BEGIN IMMEDIATE")
             yield db.conn
             await db.conn.execute("COMMIT")
         except BaseException:
