@@ -225,8 +225,9 @@ def expand_directory(config: Config, real: Path, options: Options = PLAIN) -> li
 def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = None) -> list[Result]:
     """Ingest each item; one result each, in order. One bad file never spoils the others.
 
-    Group commit: each file is staged (blobs synced and in place), then the folders are
-    synced once each and all rows commit in one transaction (``ingest.commit_staged``),
+    Group commit: each file is staged (its blobs written), then the blobs are synced and
+    placed together, their folders synced once each, and all rows commit in one
+    transaction (``ingest.commit_staged``),
     so a chunk costs one WAL sync instead of one per file (more transactions only when its
     DICOM JSON passes STAGED_MAX). A full disk at a commit fails every file staged for it
     (their blobs removed)."""

@@ -6,8 +6,9 @@ every core and never the event loop), and tests and tools call it directly.
 Blobs are written to temporary names, synced, renamed into place, their folders
 synced, and only then is the row committed, durably (``storage.blobs``,
 ``storage.sqlite``): a 201 survives a power cut. A batch stages each of its files
-(``stage_file``) and commits them together (``commit_staged``): one folder sync per
-folder and one transaction for the chunk (a group commit). A failed or duplicate
+(``stage_file``) and commits them together (``commit_staged``): their blobs synced and
+renamed together, one folder sync per folder and one transaction for the chunk (a group
+commit). A failed or duplicate
 ingest removes what it wrote, so a
 crash leaves a whole record or nothing anything points at (temporary files are
 cleared at the next start).
@@ -37,8 +38,8 @@ from .workerproc import failure
 
 @dataclass
 class Staged:
-    """An instance whose blobs are in place (data synced, folders not yet), its row not yet
-    committed: ``commit_staged`` finishes it."""
+    """An instance whose blobs are written and committed to the store (placed by its next
+    ``sync``), its row not yet committed: ``commit_staged`` finishes it."""
 
     record: dict
     rows: list[TagRow]
@@ -170,8 +171,9 @@ def stage_import(config: Config, raw: object, options: Options, blobs: BlobStore
 
 def stage_file(config: Config, temp: Path, source: str, options: Options, blobs: BlobStore) -> "Staged | Ingested":
     """Everything of an ingest but the commit: parse, check for a duplicate (then its
-    ``Ingested``), flatten, render, and blobs renamed into place (their folders still to
-    sync, in ``blobs.unsynced``). On any error nothing this call wrote is left."""
+    ``Ingested``), flatten, render, and blobs committed to the store (``BlobStore.commit_at_sync``:
+    synced and in place, folders aside, after ``blobs.sync`` at the latest). On any error nothing this
+    call wrote is left."""
     db = connection(config.database)
     png_temp = record = None
     anonymized = options.anonymize or config.anonymize_always
@@ -207,7 +209,7 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
             "png_bytes": png_temp.stat().st_size if png_temp else None,
         }
         metadata = _metadata(parsed, rows, record)
-        blobs.commit_all([(temp, record["dcm_blob"]), *([(png_temp, record["png_blob"])] if png_temp else [])])
+        blobs.commit_at_sync([(temp, record["dcm_blob"]), *([(png_temp, record["png_blob"])] if png_temp else [])])
     except DicomSvcError as exc:
         blobs.discard(temp, png_temp)
         if parsed is not None:  # name the refused instance (STOW-RS Failed SOP Sequence)
@@ -225,12 +227,13 @@ def stage_file(config: Config, temp: Path, source: str, options: Options, blobs:
 
 
 def commit_staged(config: Config, blobs: BlobStore, staged: list[Staged]) -> list[Ingested]:
-    """Sync the folders the staged blobs were renamed into, then commit their rows in one
-    durable transaction: the group commit (one fsync per folder, one WAL sync per call).
+    """Place the staged blobs and sync the folders they were renamed into (``blobs.sync``),
+    then commit their rows in one durable transaction: the group commit (the blobs' data
+    synced together, one fsync per folder, one WAL sync per call).
     On an error every staged blob is removed (a full disk: 507)."""
     db = connection(config.database)
     try:
-        blobs.sync()  # the names durable before any committed row points at them
+        blobs.sync()  # the data and names durable before any committed row points at them
         # routing rules: forwards queued in the instances' own transaction (dicomsvc.routing)
         forwards = [routing.forwards(config.network_config.rules, s.rows) for s in staged]
         if len(staged) == 1:

@@ -23,6 +23,57 @@ def test_spool_commit_remove(tmp_path):
     assert not blobs.path(key).exists()
 
 
+def test_blobs_committed_at_sync_are_placed_together_by_it(tmp_path, monkeypatch):
+    """Issue 12: a group commit's blobs are all created before the first is synced, every data
+    sync comes before the first rename, and the folder is synced after the last; until then
+    nothing is at its key."""
+    import os
+
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.open()
+    ids = ["AbCdEfGhIjKlMnOpQrStUv", "AbCdEfGhIjKlMnOpQrStUw"]
+    temps = {blobs.key(i, ext): blobs.write_temp(i.encode() + ext.encode(), "." + ext) for i in ids for ext in ("dcm", "png")}
+    blobs.commit_at_sync(list((temp, key) for key, temp in temps.items()))
+    assert all(temp.exists() and not blobs.path(key).exists() for key, temp in temps.items())
+    calls, real_fdatasync, real_replace, real_fsync = [], os.fdatasync, os.replace, os.fsync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}"))), real_fdatasync(fd)))
+    monkeypatch.setattr(os, "replace", lambda src, dst: (real_replace(src, dst), calls.append(("rename", str(dst)))))
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
+    blobs.sync()
+    assert [c[0] for c in calls] == ["fdatasync"] * 4 + ["rename"] * 4 + ["fsync"] * 2  # the new folder, and the root
+    assert sorted(c[1] for c in calls if c[0] == "fdatasync") == sorted(str(t) for t in temps.values())
+    assert {c[1] for c in calls if c[0] == "fsync"} == {str(blobs.root / "Ab"), str(blobs.root)}
+    assert all(blobs.path(key).read_bytes() == key.split("/")[1].replace(".", "").encode() for key in temps)
+    assert blobs.pending == {} and list(blobs.tmp.iterdir()) == []
+
+
+def test_blobs_a_failed_sync_left_pending_are_removed_by_remove(tmp_path, monkeypatch):
+    """A sync that fails (the disk, EIO) leaves what it has not placed pending; the caller's
+    ``remove`` of the keys removes those temporaries and what was placed alike."""
+    import errno
+    import os
+
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.open()
+    keys = [blobs.key(i, "dcm") for i in ("AbCdEfGhIjKlMnOpQrStUv", "AbCdEfGhIjKlMnOpQrStUw", "AbCdEfGhIjKlMnOpQrStUx")]
+    blobs.commit_at_sync([(blobs.write_temp(b"x" * 100, ".dcm"), key) for key in keys])
+    real_replace, renamed = os.replace, []
+
+    def replace(src, dst):
+        if renamed:
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)
+        renamed.append(dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError):
+        blobs.sync()
+    assert blobs.path(keys[0]).exists() and list(blobs.pending) == keys[1:]
+    blobs.remove(*keys)
+    assert not any(blobs.path(key).exists() for key in keys)
+    assert blobs.pending == {} and list(blobs.tmp.iterdir()) == []
+
+
 def test_spool_over_the_limit_leaves_nothing(tmp_path):
     blobs = BlobStore(tmp_path / "blobs")
     blobs.open()

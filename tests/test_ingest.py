@@ -277,6 +277,29 @@ def test_a_batch_shares_its_syncs_and_commits_once(ready, monkeypatch):
     assert len(set(ids)) == 4 and all(re.fullmatch(r"[0-9A-Za-z]{22}", i) and i[:2] == folder.name for i in ids)
 
 
+@pytest.mark.skipif(ENCRYPTED_SUITE, reason="with a key each blob is sealed and placed as it is committed")
+@pytest.mark.local_blobs_only("local fsyncs: with S3 the bucket holds the durable copy, the cached one is not synced")
+def test_a_batch_syncs_its_blobs_after_the_last_is_written_and_renames_them_after(ready, monkeypatch):
+    """Issue 12: a chunk's blob files all exist before the first is synced, and every data sync
+    comes before the first rename (``BlobStore.commit_at_sync``): on ext4 without a journal the
+    syncs then share the inode table blocks they write, where one file at a time rewrote them."""
+    from dicomsvc import batch
+    from dicomsvc.options import PLAIN
+
+    names = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm"]
+    for name in names:
+        shutil.copyfile(sample_file(name), ready.import_root / name)
+    events = _record_syncs(monkeypatch)
+    results = batch.ingest_items(ready, [batch.Item.of(n, "import", n, PLAIN) for n in names])
+    assert [r.status for r in results] == ["created"] * 4
+    syncs = [i for i, e in enumerate(events) if e[0] == "fdatasync" and Path(e[1]).parent.name == ".tmp"]
+    renames = [i for i, e in enumerate(events) if e[0] == "rename" and str(ready.blob_dir) in e[2]]
+    # four DICOM files, three PNGs (the RT Plan has no pixels); a rename into a folder not made yet is tried twice
+    assert len(syncs) == len({events[i][2] for i in renames}) == 7
+    assert max(syncs) < min(renames)
+    _check_order(events, ready.blob_dir)
+
+
 def test_chunk_sizes_grow_with_the_batch_within_their_bounds():
     from dicomsvc.batch import CHUNK_MAX, CHUNK_MIN, chunk_size
 

@@ -109,9 +109,9 @@ def test_a_request_waiting_for_a_job_does_not_hold_up_a_stopping_server(tmp_path
     waits for the requests under way, so the waiting one answers at once, with the job unfinished."""
     data_dir, import_root = tmp_path / "data", tmp_path / "import"
     rng = np.random.default_rng(2)
-    count = 300
+    count = 1500  # a few seconds of ingest on one worker: the job still runs when the signal comes
     for i in range(count):
-        save(make_ct(rng.integers(0, 2000, (256, 256), dtype=np.int16)), import_root / "big" / f"{i:04d}.dcm")
+        save(make_ct(rng.integers(0, 2000, (64, 64), dtype=np.int16)), import_root / "big" / f"{i:04d}.dcm")
     port = free_port()
     server = start_server(data_dir, import_root, port, serve=True)
     try:

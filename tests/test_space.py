@@ -98,14 +98,14 @@ def _fail_png_write(monkeypatch):
 
 
 def _fail_png_rename(monkeypatch):
-    real = BlobStore._place  # one blob renamed into place (commit and commit_all)
+    real = BlobStore._rename  # one synced blob renamed into place (by commit_all and sync alike)
 
-    def place(self, temp, key):
-        if key.endswith(".png"):  # the DICOM blob is in place already
+    def rename(self, temp, final):
+        if final.suffix == ".png":  # the DICOM blob is in place already
             no_space()
-        real(self, temp, key)
+        real(self, temp, final)
 
-    monkeypatch.setattr(BlobStore, "_place", place)
+    monkeypatch.setattr(BlobStore, "_rename", rename)
 
 
 def _fail_database(monkeypatch):

@@ -9,7 +9,14 @@ place, and ``sync`` fsyncs every folder renamed into since (once per folder, how
 many blobs: a batch shares the syncs) -- callers sync before the row that points at
 the blobs commits, so a committed row never points at a name or data a power cut can
 lose (POSIX fsync(2): a file's directory entry is durable only once the directory is
-synced).
+synced). In a local store without a key, ``commit_at_sync`` (what ingest uses) only notes
+its blobs and ``sync`` places all of them: every one's data synced first, then every rename, then the folders.
+A group commit's files are then all created before the first sync, and they share the
+inode table blocks and bitmaps a sync writes: on ext4 without a journal (issue 12's
+machine) each fdatasync of a new file writes its inode table block and waits (perf:
+``ext4_write_inode`` → ``__sync_dirty_buffer``), and a rename dirties the renamed inode's
+block again, so one file at a time each sync wrote those blocks anew (folder import of
+500 CTs, 6 rounds in rotated order: 480 against 428 instances/s).
 
 In a worker process, what a task writes carries the task's tag (``begin_task``;
 ``<worker>.<task>``, the worker's name first: ``dicomsvc.workers``): its temporary files
@@ -220,6 +227,7 @@ class BlobStore:
         self.folders_at_start = folders_at_start  # ``open`` makes every fan-out folder (DICOMSVC_BLOB_FOLDERS)
         self.tmp = root / ".tmp"
         self.unsynced: set[Path] = set()  # folders renamed into (or made) since the last ``sync``
+        self.pending: dict[str, Path] = {}  # key -> temporary: ``commit_at_sync``, placed by ``sync``
         self.keyring = keyring  # None: blobs in the clear
         self._presealed: set[Path] = set()  # temporaries written encrypted already (``write_temp``)
         self.remote = remote  # None: the folder is the store (no S3)
@@ -432,6 +440,16 @@ class BlobStore:
         Its data is synced first (fdatasync); the rename itself is durable after ``sync``."""
         self.commit_all([(temp, key)])
 
+    def commit_at_sync(self, blobs: list[tuple[Path, str]]) -> None:
+        """``commit_all``, the placing left to the next ``sync`` in a local store without a key
+        (``pending``), which places all such blobs together (see the module's Durability)."""
+        if self.keyring is not None or self.remote is not None:
+            self.commit_all(blobs)
+            return
+        if _task is not None:
+            _note(self.tmp, "".join(f"{_task} {key}\n" for _, key in blobs))
+        self.pending.update((key, temp) for temp, key in blobs)
+
     def commit_all(self, blobs: list[tuple[Path, str]]) -> None:
         """``commit`` for several (temp, key): their keys noted in one write."""
         if _task is not None:
@@ -468,18 +486,22 @@ class BlobStore:
             sync_data(temp)
             if key.endswith(DICOM_SUFFIX):  # synced: its pages are clean, and free to drop
                 drop_cached(temp)
-            try:
-                os.replace(temp, final)
-            except FileNotFoundError:  # the first blob of its two-character folder
-                final.parent.mkdir(exist_ok=True)
-                self.unsynced.add(self.root)  # the new folder's own entry
-                os.replace(temp, final)
+            self._rename(temp, final)
         except BaseException:
             if plain is not None:  # the encrypted copy is ours to remove; the caller discards ``plain``
                 temp.unlink(missing_ok=True)
             raise
         if plain is not None:
             plain.unlink(missing_ok=True)
+
+    def _rename(self, temp: Path, final: Path) -> None:
+        """Rename a synced temporary to ``final``, its folder (made if need be) left to ``sync``."""
+        try:
+            os.replace(temp, final)
+        except FileNotFoundError:  # the first blob of its two-character folder
+            final.parent.mkdir(exist_ok=True)
+            self.unsynced.add(self.root)  # the new folder's own entry
+            os.replace(temp, final)
         self.unsynced.add(final.parent)
 
     def _upload(self, temp: Path, key: str, plain: Path | None) -> None:
@@ -516,7 +538,17 @@ class BlobStore:
         return sealed
 
     def sync(self) -> None:
-        """Make the renames since the last call durable: one fsync per folder they touched."""
+        """Place the blobs ``commit_at_sync`` left pending (each one's data synced, then each
+        renamed into place) and make the renames since the last call durable: one fsync per folder they
+        touched. On an error what is still pending stays so (``remove`` removes it)."""
+        for key, temp in self.pending.items():
+            sync_data(temp)
+            if key.endswith(DICOM_SUFFIX):  # synced: its pages are clean, and free to drop
+                drop_cached(temp)
+        while self.pending:
+            key, temp = next(iter(self.pending.items()))
+            self._rename(temp, self.path(key))
+            del self.pending[key]
         while self.unsynced:
             folder = self.unsynced.pop()
             try:
@@ -528,6 +560,9 @@ class BlobStore:
     def remove(self, *keys: str | None) -> None:
         for key in keys:
             if key:
+                pending = self.pending.pop(key, None)
+                if pending is not None:
+                    pending.unlink(missing_ok=True)
                 self.path(key).unlink(missing_ok=True)
         if self.remote is not None:
             self.remote.delete(*[key for key in keys if key])
