@@ -37,8 +37,8 @@ from .storage.blobs import BlobStore
 # sync, one fsync per blob folder) and its results are recorded in its job in one more, so each
 # chunk costs its worker and the server a fixed amount besides its files. Small batches keep
 # CHUNK_MIN so that every worker gets several chunks; large ones grow to CHUNK_MAX (issue 12: a
-# folder of 500 CTs, 6 rounds in rotated order: 417 vs 392 inst/s, the server process's CPU
-# 0.10 vs 0.20 ms per instance, the workers' 3.80 vs 3.88).
+# folder of 500 CTs, 6 rounds in rotated order: 453 vs 434 inst/s, the server tree's CPU 3.50 vs
+# 3.67 ms per instance, its server process's 0.11 vs 0.19; 64 was no better than 32).
 CHUNK_MIN, CHUNK_MAX = 8, 32
 CHUNKS_PER_WORKER = 4  # at least this many chunks each, while chunks can stay at CHUNK_MIN or above
 # A chunk's staged instances hold their tag rows and DICOM JSON until they commit: past this many
@@ -227,10 +227,9 @@ def ingest_items(config: Config, items: Sequence[Item], study_uid: str | None = 
 
     Group commit: each file is staged (its blobs written), then the blobs are synced and
     placed together, their folders synced once each, and all rows commit in one
-    transaction (``ingest.commit_staged``),
-    so a chunk costs one WAL sync instead of one per file (more transactions only when its
-    DICOM JSON passes STAGED_MAX). A full disk at a commit fails every file staged for it
-    (their blobs removed)."""
+    transaction (``ingest.commit_staged``), so a chunk costs one WAL sync instead of one
+    per file (more transactions only when its DICOM JSON passes STAGED_MAX). A full disk
+    at a commit fails every file staged for it (their blobs removed)."""
     # the pipeline (pydicom, numpy) imported here, in the worker: the server imports this
     # module for Item, Result, expand_* and run, and never loads pydicom (dicomsvc.tasks)
     from .ingest import Staged

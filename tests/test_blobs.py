@@ -32,13 +32,25 @@ def test_blobs_committed_at_sync_are_placed_together_by_it(tmp_path, monkeypatch
     blobs = BlobStore(tmp_path / "blobs")
     blobs.open()
     ids = ["AbCdEfGhIjKlMnOpQrStUv", "AbCdEfGhIjKlMnOpQrStUw"]
-    temps = {blobs.key(i, ext): blobs.write_temp(i.encode() + ext.encode(), "." + ext) for i in ids for ext in ("dcm", "png")}
-    blobs.commit_at_sync(list((temp, key) for key, temp in temps.items()))
+    temps = {blobs.key(i, x): blobs.write_temp(i.encode() + x.encode(), "." + x) for i in ids for x in ("dcm", "png")}
+    blobs.commit_at_sync([(temp, key) for key, temp in temps.items()])
     assert all(temp.exists() and not blobs.path(key).exists() for key, temp in temps.items())
-    calls, real_fdatasync, real_replace, real_fsync = [], os.fdatasync, os.replace, os.fsync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}"))), real_fdatasync(fd)))
-    monkeypatch.setattr(os, "replace", lambda src, dst: (real_replace(src, dst), calls.append(("rename", str(dst)))))
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
+    calls = []
+
+    def recorded(name, real, what):
+        def call(*args):
+            result = real(*args)
+            calls.append((name, what(*args)))
+            return result
+
+        return call
+
+    def named(fd):
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    monkeypatch.setattr(os, "fdatasync", recorded("fdatasync", os.fdatasync, named))
+    monkeypatch.setattr(os, "fsync", recorded("fsync", os.fsync, named))
+    monkeypatch.setattr(os, "replace", recorded("rename", os.replace, lambda src, dst: str(dst)))
     blobs.sync()
     assert [c[0] for c in calls] == ["fdatasync"] * 4 + ["rename"] * 4 + ["fsync"] * 2  # the new folder, and the root
     assert sorted(c[1] for c in calls if c[0] == "fdatasync") == sorted(str(t) for t in temps.values())

@@ -10,13 +10,14 @@ many blobs: a batch shares the syncs) -- callers sync before the row that points
 the blobs commits, so a committed row never points at a name or data a power cut can
 lose (POSIX fsync(2): a file's directory entry is durable only once the directory is
 synced). In a local store without a key, ``commit_at_sync`` (what ingest uses) only notes
-its blobs and ``sync`` places all of them: every one's data synced first, then every rename, then the folders.
-A group commit's files are then all created before the first sync, and they share the
-inode table blocks and bitmaps a sync writes: on ext4 without a journal (issue 12's
-machine) each fdatasync of a new file writes its inode table block and waits (perf:
-``ext4_write_inode`` → ``__sync_dirty_buffer``), and a rename dirties the renamed inode's
-block again, so one file at a time each sync wrote those blocks anew (folder import of
-500 CTs, 6 rounds in rotated order: 480 against 428 instances/s).
+its blobs and ``sync`` places all of them: every one's data synced first, then every
+rename, then the folders. A group commit's files are then all created before the first
+sync, and they share the inode table blocks and bitmaps a sync writes: on ext4 without a
+journal (issue 12's machine) each fdatasync of a new file writes its inode table block and
+waits (perf sched_switch in the workers: ``ext4_write_inode`` → ``__sync_dirty_buffer``),
+and a rename dirties the renamed inode's block again, so one file at a time each sync wrote
+those blocks anew (folder import of 500 CTs, 6 rounds in rotated order: 526 against 461
+instances/s).
 
 In a worker process, what a task writes carries the task's tag (``begin_task``;
 ``<worker>.<task>``, the worker's name first: ``dicomsvc.workers``): its temporary files
