@@ -98,14 +98,22 @@ def _fail_png_write(monkeypatch):
 
 
 def _fail_png_rename(monkeypatch):
-    real = BlobStore._rename  # one synced blob renamed into place (by commit_all and sync alike)
+    """The PNG's placing fails, the DICOM blob in place already: in a local store at its rename
+    (``_rename``, which ``sync`` and ``_place`` both take); with S3, its upload (``_place``)."""
+    real_rename, real_place = BlobStore._rename, BlobStore._place
 
     def rename(self, temp, final):
-        if final.suffix == ".png":  # the DICOM blob is in place already
+        if final.suffix == ".png":
             no_space()
-        real(self, temp, final)
+        real_rename(self, temp, final)
+
+    def place(self, temp, key):
+        if key.endswith(".png"):
+            no_space()
+        real_place(self, temp, key)
 
     monkeypatch.setattr(BlobStore, "_rename", rename)
+    monkeypatch.setattr(BlobStore, "_place", place)
 
 
 def _fail_database(monkeypatch):
