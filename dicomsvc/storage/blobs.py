@@ -447,19 +447,29 @@ class BlobStore:
         if self.keyring is not None or self.remote is not None:
             self.commit_all(blobs)
             return
-        if _task is not None:
-            _note(self.tmp, "".join(f"{_task} {key}\n" for _, key in blobs))
+        self._note_keys(blobs)
         self.pending.update((key, temp) for temp, key in blobs)
 
     def commit_all(self, blobs: list[tuple[Path, str]]) -> None:
         """``commit`` for several (temp, key): their keys noted in one write."""
-        if _task is not None:
-            _note(self.tmp, "".join(f"{_task} {key}\n" for _, key in blobs))
+        self._note_keys(blobs)
         if self.remote is not None and len(blobs) > 1:  # S3: the uploads at once (each one a round trip)
             self._place_together(blobs)
             return
         for temp, key in blobs:
             self._place(temp, key)
+
+    def _note_keys(self, blobs: list[tuple[Path, str]]) -> None:
+        """In a worker task, the keys about to be placed, noted in one write (see the module)."""
+        if _task is not None:
+            _note(self.tmp, "".join(f"{_task} {key}\n" for _, key in blobs))
+
+    @staticmethod
+    def _sync_data(temp: Path, key: str) -> None:
+        """fdatasync a temporary blob; a DICOM blob's pages, clean then, dropped from the cache."""
+        sync_data(temp)
+        if key.endswith(DICOM_SUFFIX):
+            drop_cached(temp)
 
     def _place_together(self, blobs: list[tuple[Path, str]]) -> None:
         """``_place`` of each in a thread of its own; all have finished before the first error is
@@ -484,9 +494,7 @@ class BlobStore:
             self._upload(temp, key, plain)
             return
         try:
-            sync_data(temp)
-            if key.endswith(DICOM_SUFFIX):  # synced: its pages are clean, and free to drop
-                drop_cached(temp)
+            self._sync_data(temp, key)
             self._rename(temp, final)
         except BaseException:
             if plain is not None:  # the encrypted copy is ours to remove; the caller discards ``plain``
@@ -543,9 +551,7 @@ class BlobStore:
         renamed into place) and make the renames since the last call durable: one fsync per folder they
         touched. On an error what is still pending stays so (``remove`` removes it)."""
         for key, temp in self.pending.items():
-            sync_data(temp)
-            if key.endswith(DICOM_SUFFIX):  # synced: its pages are clean, and free to drop
-                drop_cached(temp)
+            self._sync_data(temp, key)
         while self.pending:
             key, temp = next(iter(self.pending.items()))
             self._rename(temp, self.path(key))
